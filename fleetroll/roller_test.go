@@ -1,0 +1,419 @@
+package fleetroll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/api/googleapi"
+)
+
+func planOf(names ...string) *Plan {
+	p := &Plan{Service: "my-service"}
+	for _, n := range names {
+		p.Units = append(p.Units, PlannedUnit{Name: n})
+	}
+	return p
+}
+
+func newTestRoller(t *testing.T, f Fleet, opt Options) (*Roller, *fakeClock, *[]Event) {
+	t.Helper()
+	clock := newFakeClock()
+	var events []Event
+	opt.Clock = clock
+	opt.OnEvent = func(e Event) { events = append(events, e) }
+	if opt.PollInterval == 0 {
+		opt.PollInterval = 100 * time.Millisecond
+	}
+	r, err := NewRoller(f, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, clock, &events
+}
+
+// sets returns the target-state calls in order.
+func sets(calls []string) []string {
+	var out []string
+	for _, c := range calls {
+		if strings.HasPrefix(c, "set ") {
+			out = append(out, strings.TrimPrefix(c, "set "))
+		}
+	}
+	return out
+}
+
+// untouched fails the test when any call names unit.
+func untouched(t *testing.T, calls []string, unit string) {
+	t.Helper()
+	for _, c := range calls {
+		if strings.HasSuffix(c, " "+unit) || strings.Contains(c, " "+unit+" ") {
+			t.Fatalf("%s was touched: %q", unit, c)
+		}
+	}
+}
+
+func TestRollRestartsOneAtATimeInOrder(t *testing.T) {
+	a, b, c := "my-service@8901.service", "my-service@8902.service", "my-service@8903.service"
+	f := newFakeFleet(a, b, c)
+	// Observe availability at every call: never more than one unit may be
+	// anything but active/running.
+	maxDown := 0
+	f.hook = func(string) {
+		f.mu.Lock()
+		down := 0
+		for _, u := range f.units {
+			if u.active != "active" || u.sub != "running" {
+				down++
+			}
+		}
+		f.mu.Unlock()
+		maxDown = max(maxDown, down)
+	}
+	r, _, events := newTestRoller(t, f, Options{Grace: 3 * time.Second})
+	rep, err := r.Roll(context.Background(), planOf(a, b, c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a + " loaded", a + " launched", b + " loaded", b + " launched", c + " loaded", c + " launched"}
+	if got := sets(f.Calls()); !reflect.DeepEqual(got, want) {
+		t.Fatalf("sets = %v, want %v", got, want)
+	}
+	// Exact call sequence for the first unit: the start is requested only
+	// after a poll saw it stopped, and the next unit only after it ran.
+	wantFirst := []string{"set " + a + " loaded", "state " + a, "state " + a, "set " + a + " launched", "state " + a, "state " + a, "set " + b + " loaded"}
+	if got := f.Calls()[:len(wantFirst)]; !reflect.DeepEqual(got, wantFirst) {
+		t.Fatalf("calls = %v, want %v", got, wantFirst)
+	}
+	if maxDown != 1 {
+		t.Fatalf("max units down at once = %d, want 1", maxDown)
+	}
+	if rep.Result != "succeeded" || rep.Restarted() != 3 {
+		t.Fatalf("report = %+v", rep)
+	}
+	var kinds []string
+	for _, e := range *events {
+		if e.Unit == a {
+			kinds = append(kinds, string(e.Kind))
+		}
+		if e.RolloutID != r.RolloutID() {
+			t.Fatalf("event without rollout ID: %+v", e)
+		}
+	}
+	if want := []string{"stopping", "stopped", "starting", "running"}; !reflect.DeepEqual(kinds, want) {
+		t.Fatalf("events for %s = %v, want %v", a, kinds, want)
+	}
+	// Poll interval 100ms, one extra poll per phase: 100ms stop, 100ms start.
+	if u := rep.Units[0]; time.Duration(u.Stop) != 100*time.Millisecond || time.Duration(u.Start) != 100*time.Millisecond {
+		t.Fatalf("durations = %s/%s", u.Stop, u.Start)
+	}
+	// Two grace periods (none after the last unit).
+	if d := rep.Finished.Sub(rep.Started); d != 6*time.Second+600*time.Millisecond {
+		t.Fatalf("roll took %s on the fake clock", d)
+	}
+}
+
+func TestRollHaltsWhenAUnitFailsToStart(t *testing.T) {
+	a, b, c := "s@1.service", "s@2.service", "s@3.service"
+	f := newFakeFleet(a)
+	f.add(b, &simUnit{failStart: true})
+	f.add(c, &simUnit{})
+	r, _, _ := newTestRoller(t, f, Options{})
+	rep, err := r.Roll(context.Background(), planOf(a, b, c))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Unit != b || ue.Phase != PhaseStart || !ue.LeftStopped || !errors.Is(err, ErrUnitFailed) {
+		t.Fatalf("err = %#v", err)
+	}
+	if !strings.Contains(err.Error(), "IS DOWN") || !strings.Contains(err.Error(), "failed/failed") {
+		t.Fatalf("error does not say loudly that the unit is down: %v", err)
+	}
+	untouched(t, f.Calls(), c)
+	got := []Outcome{rep.Units[0].Outcome, rep.Units[1].Outcome, rep.Units[2].Outcome}
+	if want := []Outcome{OutcomeRestarted, OutcomeFailed, OutcomeUntouched}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("outcomes = %v, want %v", got, want)
+	}
+	if rep.Result != "failed" || rep.Units[1].LastState != "failed/failed on machine-" || !rep.Units[1].LeftStopped {
+		t.Fatalf("report = %+v", rep.Units[1])
+	}
+}
+
+func TestRollStopTimeoutBringsUnitBack(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet()
+	f.add(a, &simUnit{stuckStop: true})
+	f.add(b, &simUnit{})
+	r, clock, _ := newTestRoller(t, f, Options{StopTimeout: 2 * time.Second})
+	start := clock.Now()
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Phase != PhaseStop || ue.LeftStopped || !strings.Contains(err.Error(), "timed out after 2s") {
+		t.Fatalf("err = %v", err)
+	}
+	if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
+		t.Fatalf("sets = %v: the unit must be set back to launched", got)
+	}
+	untouched(t, f.Calls(), b)
+	if rep.Units[0].LastState != "active/running on machine-" {
+		t.Fatalf("last state = %q", rep.Units[0].LastState)
+	}
+	if d := clock.Now().Sub(start); d < 2*time.Second || d > 3*time.Second {
+		t.Fatalf("stop phase took %s on the fake clock, want about the 2s timeout", d)
+	}
+}
+
+func TestRollStartTimeout(t *testing.T) {
+	a := "s@1.service"
+	f := newFakeFleet()
+	f.add(a, &simUnit{startPolls: 1000})
+	r, _, _ := newTestRoller(t, f, Options{StartTimeout: 5 * time.Second})
+	_, err := r.Roll(context.Background(), planOf(a))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Phase != PhaseStart || !ue.LeftStopped || !strings.Contains(err.Error(), "timed out after 5s") ||
+		!strings.Contains(err.Error(), "activating/start-pre") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRollRetriesTransientErrorsWithBackoff(t *testing.T) {
+	a := "s@1.service"
+	f := newFakeFleet(a)
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	f.errs = []error{refused, &googleapi.Error{Code: 503}, refused}
+	r, clock, _ := newTestRoller(t, f, Options{PollInterval: 100 * time.Millisecond, MaxBackoff: 300 * time.Millisecond})
+	start := clock.Now()
+	rep, err := r.Roll(context.Background(), planOf(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Restarted() != 1 {
+		t.Fatalf("report = %+v", rep)
+	}
+	// The three failed set calls waited 100, 200 and 300 (capped) ms;
+	// then the stop and the start took one extra poll each (backoff reset).
+	if got, want := clock.Now().Sub(start), 600*time.Millisecond+200*time.Millisecond; got != want {
+		t.Fatalf("fake time = %s, want %s", got, want)
+	}
+	if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " loaded", a + " loaded", a + " loaded", a + " launched"}) {
+		t.Fatalf("sets = %v", got)
+	}
+}
+
+func TestRollPersistentTransientErrorTimesOut(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	f.hook = func(call string) {
+		if call == "state "+a {
+			f.mu.Lock()
+			f.errs = append(f.errs, &googleapi.Error{Code: 500, Message: "etcd down"})
+			f.mu.Unlock()
+		}
+	}
+	r, _, _ := newTestRoller(t, f, Options{StopTimeout: 3 * time.Second, StartTimeout: 3 * time.Second})
+	_, err := r.Roll(context.Background(), planOf(a, b))
+	if err == nil || !strings.Contains(err.Error(), "timed out after 3s; last error") || !strings.Contains(err.Error(), "etcd down") {
+		t.Fatalf("err = %v", err)
+	}
+	untouched(t, f.Calls(), b)
+}
+
+func TestRollDoesNotRetryPermanentErrors(t *testing.T) {
+	a := "s@1.service"
+	f := newFakeFleet(a)
+	f.errs = []error{&googleapi.Error{Code: 400, Message: "bad"}}
+	r, _, _ := newTestRoller(t, f, Options{})
+	_, err := r.Roll(context.Background(), planOf(a))
+	if err == nil || !strings.Contains(err.Error(), "bad") {
+		t.Fatalf("err = %v", err)
+	}
+	// One failed stop request, then the unit is set back to launched.
+	if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
+		t.Fatalf("sets = %v", got)
+	}
+}
+
+func TestRollMissingUnitIsNotRetried(t *testing.T) {
+	r, _, _ := newTestRoller(t, newFakeFleet(), Options{})
+	_, err := r.Roll(context.Background(), planOf("s@9.service"))
+	var ue *UnitError
+	if !errors.As(err, &ue) || !errors.Is(err, ErrNotFound) || ue.LeftStopped {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRollNoStateCountsAsStoppedThenWaitsForStart(t *testing.T) {
+	a := "s@1.service"
+	f := newFakeFleet(a)
+	calls := 0
+	f.hook = func(call string) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		u := f.units[a]
+		if call == "set "+a+" loaded" {
+			u.noState = true // unloaded: fleet publishes nothing
+		}
+		if call == "state "+a && u.desired == "launched" {
+			calls++
+			u.noState = calls < 3 // no state for two polls after the start
+		}
+	}
+	r, _, _ := newTestRoller(t, f, Options{})
+	rep, err := r.Roll(context.Background(), planOf(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Units[0].Outcome != OutcomeRestarted || calls < 3 {
+		t.Fatalf("report = %+v, start polls = %d", rep.Units[0], calls)
+	}
+}
+
+func TestRollIgnoresFailedStateLeftFromTheStop(t *testing.T) {
+	a := "s@1.service"
+	f := newFakeFleet()
+	f.add(a, &simUnit{stopFailed: true, startPolls: 4})
+	r, _, _ := newTestRoller(t, f, Options{})
+	rep, err := r.Roll(context.Background(), planOf(a))
+	if err != nil {
+		t.Fatalf("a failed state left from the stop was taken for a failed start: %v", err)
+	}
+	if rep.Units[0].Outcome != OutcomeRestarted {
+		t.Fatalf("report = %+v", rep.Units[0])
+	}
+}
+
+// cancelAt cancels the roll when the fake sees call.
+func cancelAt(f *fakeFleet, call string) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.hook = func(c string) {
+		if c == call {
+			cancel()
+		}
+	}
+	return ctx
+}
+
+func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	for _, at := range []string{"set " + a + " loaded", "state " + a} {
+		t.Run(at, func(t *testing.T) {
+			f := newFakeFleet(a, b)
+			ctx := cancelAt(f, at)
+			r, _, events := newTestRoller(t, f, Options{})
+			rep, err := r.Roll(ctx, planOf(a, b))
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("err = %v, want context.Canceled", err)
+			}
+			if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
+				t.Fatalf("sets = %v", got)
+			}
+			f.mu.Lock()
+			running := f.units[a].active == "active" && f.units[a].sub == "running"
+			f.mu.Unlock()
+			if !running {
+				t.Fatal("unit not running after cancellation")
+			}
+			untouched(t, f.Calls(), b)
+			if u := rep.Units[0]; u.Outcome != OutcomeInterrupted || u.LeftStopped || u.Phase != PhaseStop {
+				t.Fatalf("unit report = %+v", u)
+			}
+			if rep.Result != "interrupted" {
+				t.Fatalf("result = %q", rep.Result)
+			}
+			var recovering bool
+			for _, e := range *events {
+				recovering = recovering || e.Kind == EventRecovering
+			}
+			if !recovering {
+				t.Fatal("no recovering event")
+			}
+		})
+	}
+}
+
+func TestRollCancelledDuringStartFinishesTheStart(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	ctx := cancelAt(f, "set "+a+" launched")
+	r, _, _ := newTestRoller(t, f, Options{})
+	rep, err := r.Roll(ctx, planOf(a, b))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	if rep.Units[0].Outcome != OutcomeRestarted || rep.Units[1].Outcome != OutcomeUntouched {
+		t.Fatalf("report = %+v", rep.Units)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if u := f.units[a]; u.active != "active" {
+		t.Fatalf("unit left %s", u.active)
+	}
+	untouched(t, f.calls, b)
+}
+
+func TestRollCancelledDuringGrace(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	ctx, cancel := context.WithCancel(context.Background())
+	r, _, _ := newTestRoller(t, f, Options{Grace: time.Hour})
+	r.opt.OnEvent = func(e Event) {
+		if e.Kind == EventRunning {
+			cancel()
+		}
+	}
+	rep, err := r.Roll(ctx, planOf(a, b))
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "grace period") {
+		t.Fatalf("err = %v", err)
+	}
+	if rep.Units[0].Outcome != OutcomeRestarted || rep.Units[1].Outcome != OutcomeUntouched {
+		t.Fatalf("report = %+v", rep.Units)
+	}
+	untouched(t, f.Calls(), b)
+}
+
+func TestRollCancelledBeforeStartTouchesNothing(t *testing.T) {
+	f := newFakeFleet("s@1.service")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r, _, _ := newTestRoller(t, f, Options{})
+	if _, err := r.Roll(ctx, planOf("s@1.service")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	if calls := f.Calls(); len(calls) != 0 {
+		t.Fatalf("calls = %v", calls)
+	}
+}
+
+func TestRollerRejectsNegativeDurations(t *testing.T) {
+	if _, err := NewRoller(newFakeFleet(), Options{Grace: -time.Second}); err == nil {
+		t.Fatal("negative grace accepted")
+	}
+}
+
+func TestIsTransient(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, true},
+		{fmt.Errorf("wrapped: %w", syscall.ECONNRESET), true},
+		{&googleapi.Error{Code: 500}, true},
+		{&googleapi.Error{Code: 503}, true},
+		{&googleapi.Error{Code: 429}, true},
+		{&googleapi.Error{Code: 400}, false},
+		{&googleapi.Error{Code: 409}, false},
+		{fmt.Errorf("x: %w", ErrNotFound), false},
+		{context.Canceled, false},
+		{context.DeadlineExceeded, true},
+		{errors.New("json: cannot unmarshal"), false},
+		{nil, false},
+	} {
+		if got := IsTransient(tc.err); got != tc.want {
+			t.Errorf("IsTransient(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
