@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"time"
 
@@ -37,47 +38,54 @@ type Fleet interface {
 // satisfies it.
 type API interface {
 	Units() ([]*schema.Unit, error)
-	UnitState(string) (*schema.UnitState, error)
+	UnitStates() ([]*schema.UnitState, error)
 	SetUnitTargetState(name, target string) error
 }
 
 // WrapAPI adapts a context-free fleet client (such as client.API) to Fleet.
 // The context is checked before each call; the call itself is bounded only by
-// the client's own HTTP timeout. Prefer Connect, whose calls honour the context.
-func WrapAPI(api API) Fleet { return apiFleet{func(context.Context) API { return api }} }
+// the client's own HTTP timeout. A unit's state is found in the full state
+// list. Prefer Connect, whose calls honour the context.
+func WrapAPI(api API) Fleet { return apiFleet{api} }
 
-// apiFleet turns a per-call client.API into a Fleet.
-type apiFleet struct {
-	api func(ctx context.Context) API
-}
+type apiFleet struct{ api API }
 
 func (f apiFleet) Units(ctx context.Context) ([]*schema.Unit, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return f.api(ctx).Units()
+	return f.api.Units()
 }
 
 func (f apiFleet) UnitState(ctx context.Context, name string) (*schema.UnitState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	// fleet's HTTP client answers (nil, nil) on 404.
-	st, err := f.api(ctx).UnitState(name)
+	states, err := f.api.UnitStates()
 	if err != nil {
 		return nil, err
 	}
-	if st == nil {
-		return nil, fmt.Errorf("state of %s: %w", name, ErrNotFound)
-	}
-	return st, nil
+	return findState(states, name)
 }
 
 func (f apiFleet) SetUnitTargetState(ctx context.Context, name, target string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := f.api(ctx).SetUnitTargetState(name, target)
+	return setTargetState(f.api, name, target)
+}
+
+func findState(states []*schema.UnitState, name string) (*schema.UnitState, error) {
+	for _, st := range states {
+		if st != nil && st.Name == name {
+			return st, nil
+		}
+	}
+	return nil, fmt.Errorf("state of %s: %w", name, ErrNotFound)
+}
+
+func setTargetState(api API, name, target string) error {
+	err := api.SetUnitTargetState(name, target)
 	if isMissingUnit(err) {
 		return fmt.Errorf("%s: %w", name, ErrNotFound)
 	}
@@ -109,15 +117,51 @@ func Connect(endpoint string, requestTimeout time.Duration) (Fleet, error) {
 	if requestTimeout <= 0 {
 		return nil, fmt.Errorf("request timeout must be positive, got %s", requestTimeout)
 	}
-	return apiFleet{api: func(ctx context.Context) API {
-		hc := &http.Client{
-			Timeout:   requestTimeout,
-			Transport: ctxTransport{ctx: ctx, base: base},
-		}
-		// NewHTTPClient only fails when given a nil *http.Client.
-		api, _ := client.NewHTTPClient(hc, ep)
-		return api
-	}}, nil
+	return &httpFleet{ep: ep, base: base, timeout: requestTimeout}, nil
+}
+
+// httpFleet talks to the fleet HTTP API. Each call gets an http.Client whose
+// transport binds the request to the call's context.
+type httpFleet struct {
+	ep      url.URL
+	base    http.RoundTripper
+	timeout time.Duration
+}
+
+func (h *httpFleet) httpClient(ctx context.Context) *http.Client {
+	return &http.Client{Timeout: h.timeout, Transport: ctxTransport{ctx: ctx, base: h.base}}
+}
+
+func (h *httpFleet) api(ctx context.Context) client.API {
+	// NewHTTPClient fails only when schema.New is given a nil client.
+	api, _ := client.NewHTTPClient(h.httpClient(ctx), h.ep)
+	return api
+}
+
+func (h *httpFleet) Units(ctx context.Context) ([]*schema.Unit, error) {
+	return h.api(ctx).Units()
+}
+
+// UnitState asks for the one unit's state through the state list filtered by
+// unit name. fleet v1.0.0's GET /state/NAME panics in the server (and drops
+// the connection) when the unit has no state; the list answers empty.
+func (h *httpFleet) UnitState(ctx context.Context, name string) (*schema.UnitState, error) {
+	svc, err := schema.New(h.httpClient(ctx))
+	if err != nil {
+		return nil, err
+	}
+	ep := h.ep
+	ep.Path = path.Join(ep.Path, "fleet", "v1") + "/"
+	svc.BasePath = ep.String()
+	page, err := svc.UnitState.List().UnitName(name).Do()
+	if err != nil {
+		return nil, err
+	}
+	return findState(page.States, name)
+}
+
+func (h *httpFleet) SetUnitTargetState(ctx context.Context, name, target string) error {
+	return setTargetState(h.api(ctx), name, target)
 }
 
 // transportFor parses a fleetctl-style endpoint into the URL the fleet client
@@ -168,4 +212,3 @@ type ctxTransport struct {
 func (t ctxTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return t.base.RoundTrip(r.WithContext(t.ctx))
 }
-

@@ -1,6 +1,10 @@
 package fleetroll
 
 import (
+	"github.com/coreos/fleet/client"
+	"github.com/coreos/fleet/schema"
+	"google.golang.org/api/googleapi"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,14 +45,18 @@ func fleetAPI(t *testing.T, units []string) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(page)
 	})
+	// Like fleet v1.0.0, GET /state/NAME drops the connection (a server panic)
+	// for a unit without state; the filtered list answers empty.
 	mux.HandleFunc("GET /fleet/v1/state/{name}", func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		if name != units[0] {
-			w.WriteHeader(404)
-			_, _ = w.Write([]byte(`{"error":{"code":404,"message":"unit state does not exist"}}`))
-			return
+		panic(http.ErrAbortHandler)
+	})
+	mux.HandleFunc("GET /fleet/v1/state", func(w http.ResponseWriter, r *http.Request) {
+		var states []map[string]string
+		if name := r.URL.Query().Get("unitName"); name == units[0] {
+			states = append(states, map[string]string{"name": name, "machineID": "abcdef0123",
+				"systemdActiveState": "active", "systemdSubState": "running", "systemdLoadState": "loaded"})
 		}
-		_, _ = w.Write([]byte(`{"name":"` + name + `","machineID":"abcdef0123","systemdActiveState":"active","systemdSubState":"running","systemdLoadState":"loaded"}`))
+		_ = json.NewEncoder(w).Encode(map[string]any{"states": states})
 	})
 	mux.HandleFunc("PUT /fleet/v1/units/{name}", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
@@ -195,5 +203,38 @@ func TestConnectUnreachable(t *testing.T) {
 	_, err := f.Units(context.Background())
 	if err == nil || !IsTransient(err) || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// stubAPI is a context-free client.API subset.
+type stubAPI struct {
+	states []*schema.UnitState
+	setErr error
+}
+
+func (s stubAPI) Units() ([]*schema.Unit, error)               { return []*schema.Unit{{Name: "s@1.service"}}, nil }
+func (s stubAPI) UnitStates() ([]*schema.UnitState, error)     { return s.states, nil }
+func (s stubAPI) SetUnitTargetState(name, target string) error { return s.setErr }
+
+func TestWrapAPI(t *testing.T) {
+	var _ API = client.API(nil) // fleet's client satisfies API
+	f := WrapAPI(stubAPI{
+		states: []*schema.UnitState{{Name: "s@2.service"}, {Name: "s@1.service", SystemdActiveState: "active"}},
+		setErr: &googleapi.Error{Code: 409, Message: "unit does not exist and options field empty"},
+	})
+	ctx := context.Background()
+	if st, err := f.UnitState(ctx, "s@1.service"); err != nil || st.SystemdActiveState != "active" {
+		t.Fatalf("state = %+v, %v", st, err)
+	}
+	if _, err := f.UnitState(ctx, "s@3.service"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing state: %v", err)
+	}
+	if err := f.SetUnitTargetState(ctx, "s@3.service", "loaded"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("set on missing unit: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := f.Units(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
 	}
 }

@@ -1,0 +1,167 @@
+// Command fleetroll restarts the instances of a fleet service one at a time.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitFailed      = 1 // the roll failed or halted, or fleet could not be reached
+	exitUsage       = 2 // bad flags, bad port list, unknown units
+	exitInterrupted = 130
+)
+
+// exitError carries an exit code through urfave/cli.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(format string, a ...any) error {
+	return &exitError{exitUsage, fmt.Errorf(format, a...)}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal cancels ctx; later ones stay caught (stop is only
+	// called at exit) so that a unit being brought back up is not abandoned.
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the CLI and returns its exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, moveFlagsFirst(app, args))
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "fleetroll:", err)
+	var ee *exitError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case ctx.Err() != nil:
+		return exitInterrupted
+	default:
+		// Errors urfave/cli raises itself are about flags and arguments.
+		return exitUsage
+	}
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:      "fleetroll",
+		Usage:     "restart the instances of a fleet service one at a time, proving each restart",
+		Version:   version,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// Exit codes are ours: never let urfave/cli call os.Exit.
+		ExitErrHandler:  func(*cli.Context, error) {},
+		HideVersion:     true,
+		CommandNotFound: func(c *cli.Context, name string) {},
+		Commands: []*cli.Command{
+			restartCommand(),
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintf(c.App.Writer, "fleetroll %s\n", version)
+					return nil
+				},
+			},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageErr("unknown command %q (try --help)", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
+		},
+	}
+}
+
+// newLogger builds the slog logger for --log-level and --log-format.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageErr("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, usageErr("--log-format %q: want text or json", format)
+	}
+}
+
+// moveFlagsFirst lets flags follow positional arguments
+// ("restart my-service --ports 8901"): urfave/cli v2 stops parsing flags at
+// the first positional argument, so the command's flags are moved before it.
+// Everything after "--" stays where it is.
+func moveFlagsFirst(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	var cmd *cli.Command
+	at := -1
+	for i, a := range args[1:] {
+		if !strings.HasPrefix(a, "-") {
+			cmd, at = app.Command(a), i+1
+			break
+		}
+	}
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, positional []string
+	rest := args[at+1:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		switch {
+		case a == "--":
+			positional = append(positional, rest[i:]...)
+			i = len(rest)
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(rest) {
+				i++
+				flags = append(flags, rest[i])
+			}
+		default:
+			positional = append(positional, a)
+		}
+	}
+	out := append([]string{}, args[:at+1]...)
+	out = append(out, flags...)
+	return append(out, positional...)
+}

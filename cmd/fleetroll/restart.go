@@ -1,0 +1,248 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/urfave/cli/v2"
+)
+
+// fleetFlags are the fleet connection flags, named as fleetctl names them.
+func fleetFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "endpoint", Value: fleetroll.DefaultEndpoint, EnvVars: []string{"FLEETCTL_ENDPOINT", "FLEETROLL_ENDPOINT"},
+			Usage: "fleet API endpoint: unix://PATH, http://HOST:PORT or https://HOST:PORT"},
+		&cli.DurationFlag{Name: "request-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_REQUEST_TIMEOUT"},
+			Usage: "timeout of each fleet API request"},
+	}
+}
+
+func logFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "log-level", Value: "warn", EnvVars: []string{"FLEETROLL_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FLEETROLL_LOG_FORMAT"}, Usage: "text or json (logs go to stderr)"},
+	}
+}
+
+// rollFlags are the per-roll settings, shared with serve.
+func rollFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "ports", EnvVars: []string{"FLEETROLL_PORTS"},
+			Usage: "instances to restart: 8901,8902 or 8901-8904 (default: every launched instance)"},
+		&cli.DurationFlag{Name: "grace", Value: fleetroll.DefaultGrace, EnvVars: []string{"FLEETROLL_GRACE"},
+			Usage: "wait after an instance runs before the next one"},
+		&cli.DurationFlag{Name: "stop-timeout", Value: fleetroll.DefaultStopTimeout, EnvVars: []string{"FLEETROLL_STOP_TIMEOUT"},
+			Usage: "how long an instance may take to stop"},
+		&cli.DurationFlag{Name: "start-timeout", Value: fleetroll.DefaultStartTimeout, EnvVars: []string{"FLEETROLL_START_TIMEOUT"},
+			Usage: "how long an instance may take to run again"},
+		&cli.DurationFlag{Name: "poll-interval", Value: fleetroll.DefaultPollInterval, EnvVars: []string{"FLEETROLL_POLL_INTERVAL"},
+			Usage: "how often to ask fleet for a unit's state"},
+	}
+}
+
+func restartCommand() *cli.Command {
+	flags := append(fleetFlags(), rollFlags()...)
+	flags = append(flags,
+		&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"FLEETROLL_DRY_RUN"}, Usage: "print the plan and exit"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
+	)
+	flags = append(flags, logFlags()...)
+	return &cli.Command{
+		Name:      "restart",
+		Usage:     "restart a service's instances one at a time",
+		ArgsUsage: "SERVICE | UNIT...",
+		Description: `Restarts each instance through the fleet API: stop, wait until fleet reports it
+stopped, start, wait until it runs on a machine, wait the grace period, then the
+next. Halts on the first failure; the remaining instances are not touched.
+
+Examples:
+   fleetroll restart my-service --ports 8901,8902,8903
+   fleetroll restart my-service --ports 8901-8904 --grace 30s
+   fleetroll restart my-service --dry-run            # every launched instance
+   fleetroll restart my-service@8901.service my-service@8902.service
+   FLEETCTL_ENDPOINT=http://127.0.0.1:49153 fleetroll restart my-service -o json
+
+Exit codes: 0 all restarted; 1 the roll failed or halted, or fleet could not
+be reached; 2 usage or plan errors (bad flags, bad port list, unknown units);
+130 interrupted (the unit being restarted is brought back up first).`,
+		Flags:  flags,
+		Action: restartAction,
+	}
+}
+
+// restartOptions is everything a restart needs, validated before any call.
+type restartOptions struct {
+	endpoint       string
+	requestTimeout time.Duration
+	target         fleetroll.Target
+	roll           fleetroll.Options
+	dryRun         bool
+	output         string
+}
+
+func restartOptionsFrom(c *cli.Context) (*restartOptions, error) {
+	o := &restartOptions{
+		endpoint:       c.String("endpoint"),
+		requestTimeout: c.Duration("request-timeout"),
+		dryRun:         c.Bool("dry-run"),
+		output:         c.String("output"),
+		roll: fleetroll.Options{
+			Grace:        c.Duration("grace"),
+			StopTimeout:  c.Duration("stop-timeout"),
+			StartTimeout: c.Duration("start-timeout"),
+			PollInterval: c.Duration("poll-interval"),
+		},
+	}
+	args := c.Args().Slice()
+	switch {
+	case len(args) == 0:
+		return nil, usageErr("restart: name a service (my-service) or units (my-service@8901.service)")
+	case len(args) == 1 && !strings.Contains(args[0], "@"):
+		o.target.Service = args[0]
+	default:
+		o.target.Units = args
+	}
+	if p := c.String("ports"); p != "" {
+		if len(o.target.Units) > 0 {
+			return nil, usageErr("restart: --ports goes with a service name, not with unit names")
+		}
+		inst, err := fleetroll.ParseInstances(p)
+		if err != nil {
+			return nil, usageErr("--ports: %w", err)
+		}
+		o.target.Instances = inst
+	}
+	return o, o.validate()
+}
+
+func (o *restartOptions) validate() error {
+	if err := o.target.Validate(); err != nil {
+		return usageErr("restart: %w", err)
+	}
+	if err := o.roll.Validate(); err != nil {
+		return usageErr("restart: %w", err)
+	}
+	for name, d := range map[string]time.Duration{"--stop-timeout": o.roll.StopTimeout, "--start-timeout": o.roll.StartTimeout,
+		"--poll-interval": o.roll.PollInterval, "--request-timeout": o.requestTimeout} {
+		if d <= 0 {
+			return usageErr("%s must be positive, got %s", name, d)
+		}
+	}
+	if o.output != "text" && o.output != "json" {
+		return usageErr("--output %q: want text or json", o.output)
+	}
+	return nil
+}
+
+func restartAction(c *cli.Context) error {
+	o, err := restartOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	fleet, err := fleetroll.Connect(o.endpoint, o.requestTimeout)
+	if err != nil {
+		return usageErr("--endpoint: %w", err)
+	}
+	ctx := c.Context
+	out, errw := c.App.Writer, c.App.ErrWriter
+
+	plan, err := fleetroll.MakePlan(ctx, fleet, o.target)
+	var pe *fleetroll.PlanError
+	switch {
+	case errors.As(err, &pe):
+		return &exitError{exitUsage, err}
+	case err != nil && ctx.Err() != nil:
+		return &exitError{exitInterrupted, fmt.Errorf("interrupted while planning; nothing was touched: %w", err)}
+	case err != nil:
+		return &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", o.endpoint, err)}
+	}
+
+	if o.dryRun {
+		return printPlan(out, o, plan)
+	}
+
+	o.roll.Logger = logger
+	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
+	roller, err := fleetroll.NewRoller(fleet, o.roll)
+	if err != nil {
+		return usageErr("restart: %w", err)
+	}
+	fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s one at a time\n", roller.RolloutID(), len(plan.Units), plan.Service)
+	rep, rollErr := roller.Roll(ctx, plan)
+	if o.output == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return &exitError{exitFailed, err}
+		}
+	} else {
+		printSummary(out, rep)
+	}
+	switch {
+	case rollErr == nil:
+		return nil
+	case rep.Result == "interrupted":
+		return &exitError{exitInterrupted, rollErr}
+	default:
+		return &exitError{exitFailed, rollErr}
+	}
+}
+
+func printPlan(w io.Writer, o *restartOptions, plan *fleetroll.Plan) error {
+	if o.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(plan)
+	}
+	fmt.Fprintf(w, "plan: restart %d unit(s) of %s, one at a time (grace %s, stop timeout %s, start timeout %s)\n",
+		len(plan.Units), plan.Service, o.roll.Grace, o.roll.StopTimeout, o.roll.StartTimeout)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for i, u := range plan.Units {
+		fmt.Fprintf(tw, "  %d.\t%s\t%s\n", i+1, u.Name, u.State)
+	}
+	return tw.Flush()
+}
+
+func printEvent(w io.Writer, e fleetroll.Event) {
+	switch e.Kind {
+	case fleetroll.EventStopping:
+		fmt.Fprintf(w, "%s: stopping\n", e.Unit)
+	case fleetroll.EventStopped:
+		fmt.Fprintf(w, "%s: stopped in %s (%s)\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.State)
+	case fleetroll.EventStarting:
+		fmt.Fprintf(w, "%s: starting\n", e.Unit)
+	case fleetroll.EventRecovering:
+		fmt.Fprintf(w, "%s: bringing back up (%v)\n", e.Unit, e.Err)
+	case fleetroll.EventRunning:
+		fmt.Fprintf(w, "%s: running in %s (%s)\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.State)
+	case fleetroll.EventFailed:
+		fmt.Fprintf(w, "%s: FAILED after %s: %v\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.Err)
+	}
+}
+
+func printSummary(w io.Writer, rep *fleetroll.Report) {
+	fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Result,
+		rep.Restarted(), len(rep.Units), rep.Finished.Sub(rep.Started).Round(time.Millisecond))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, u := range rep.Units {
+		line := fmt.Sprintf("  %s\t%s", u.Unit, u.Outcome)
+		if u.Outcome != fleetroll.OutcomeUntouched {
+			line += fmt.Sprintf("\tstop %s\tstart %s", u.Stop, u.Start)
+		}
+		if u.LeftStopped {
+			line += "\tLEFT DOWN"
+		}
+		fmt.Fprintln(tw, line)
+	}
+	_ = tw.Flush()
+}

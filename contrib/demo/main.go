@@ -1,0 +1,97 @@
+// Command my-service is the demo service of the local cluster: it listens on
+// the port it is given and answers / with its version, PID and start time.
+// On SIGTERM it stops accepting, finishes requests in flight and exits 0.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "my-service:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	port := flag.Int("port", 0, "port to listen on (required)")
+	addr := flag.String("addr", "", "address to listen on (default: all)")
+	version := flag.String("version", "", "version to report")
+	versionFile := flag.String("version-file", "", "read the version from this file at start (stands in for pulling the newest image)")
+	drain := flag.Duration("shutdown-timeout", 10*time.Second, "how long requests in flight may take after SIGTERM")
+	flag.Parse()
+	if *port <= 0 || *port > 65535 {
+		return fmt.Errorf("-port: want 1-65535, got %d", *port)
+	}
+	v := *version
+	if *versionFile != "" {
+		b, err := os.ReadFile(*versionFile)
+		if err != nil {
+			return fmt.Errorf("read version: %w", err)
+		}
+		v = strings.TrimSpace(string(b))
+	}
+	if v == "" {
+		v = "dev"
+	}
+	started := time.Now().UTC()
+	info := map[string]any{"version": v, "pid": os.Getpid(), "started": started.Format(time.RFC3339Nano), "port": *port}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		// /?sleep=500ms makes a slow request, for load tests.
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil && d > 0 && d <= time.Minute {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(info)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+
+	l, err := net.Listen("tcp", net.JoinHostPort(*addr, strconv.Itoa(*port)))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	slog.Info("serving", "port", *port, "version", v, "pid", os.Getpid())
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	slog.Info("SIGTERM: finishing requests in flight", "port", *port)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
