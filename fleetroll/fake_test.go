@@ -133,6 +133,7 @@ func (f *fakeFleet) UnitState(ctx context.Context, name string) (*schema.UnitSta
 		return nil, fmt.Errorf("state of %s: %w", name, ErrNotFound)
 	}
 	u.step()
+	f.calls[len(f.calls)-1] += " -> " + u.active + "/" + u.sub
 	return &schema.UnitState{Name: name, MachineID: u.machine, SystemdActiveState: u.active, SystemdSubState: u.sub, SystemdLoadState: "loaded"}, nil
 }
 

@@ -186,12 +186,22 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 	var last *schema.UnitState
 
 	t0 := clock.Now()
+	stopDeadline := t0.Add(r.opt.StopTimeout)
 	r.emit(Event{Unit: name, Kind: EventStopping})
-	stopErr := r.until(ctx, t0.Add(r.opt.StopTimeout), r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
+	stopErr := r.until(ctx, stopDeadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
 		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
 	})
+	// interrupted is set when ctx ends after fleet accepted the stop.
+	var interrupted error
 	if stopErr == nil {
-		stopErr = r.waitState(ctx, name, t0.Add(r.opt.StopTimeout), r.opt.StopTimeout, StoppedStatus, &last)
+		stopErr = r.waitState(ctx, name, stopDeadline, r.opt.StopTimeout, StoppedStatus, &last)
+		if stopErr != nil && ctx.Err() != nil {
+			// The stop is under way. fleet's states lag systemd's, so a
+			// start requested now could be judged on the "running" state
+			// published before the stop. Observe the stop first.
+			interrupted = stopErr
+			stopErr = r.waitState(context.WithoutCancel(ctx), name, stopDeadline, r.opt.StopTimeout, StoppedStatus, &last)
+		}
 	}
 	ur.Stop = Seconds(clock.Now().Sub(t0))
 	if stopErr != nil && errors.Is(stopErr, ErrNotFound) {
@@ -206,11 +216,14 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 	// runs to its own deadline even when ctx is cancelled: a signal must not
 	// leave the unit down.
 	t1 := clock.Now()
-	kind := EventStarting
-	if stopErr != nil {
+	kind, why := EventStarting, stopErr
+	if why == nil {
+		why = interrupted
+	}
+	if why != nil {
 		kind = EventRecovering
 	}
-	r.emit(Event{Unit: name, Kind: kind, State: DescribeState(last), Err: stopErr})
+	r.emit(Event{Unit: name, Kind: kind, State: DescribeState(last), Err: why})
 	startCtx := context.WithoutCancel(ctx)
 	startErr := r.until(startCtx, t1.Add(r.opt.StartTimeout), r.opt.StartTimeout, func(ctx context.Context) (bool, error) {
 		return true, r.fleet.SetUnitTargetState(ctx, name, "launched")
@@ -229,6 +242,9 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 	case stopErr != nil:
 		// Back up and running, but the restart did not happen as asked.
 		return r.failed(&ur, PhaseStop, last, false, fmt.Errorf("%w; the unit was brought back up", stopErr), t0)
+	case interrupted != nil:
+		// Restarted, but the roll stops here.
+		return r.failed(&ur, PhaseStop, last, false, fmt.Errorf("%w; the stop had begun, so the unit was restarted", interrupted), t0)
 	}
 	r.emit(Event{Unit: name, Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: DescribeState(last)})
 	return ur, nil
@@ -292,10 +308,10 @@ func (r *Roller) until(ctx context.Context, deadline time.Time, timeout time.Dur
 	for {
 		done, err := fn(ctx)
 		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
 		case err == nil && done:
 			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case err == nil:
 			wait, lastErr = r.opt.PollInterval, nil
 		case !IsTransient(err):

@@ -87,7 +87,8 @@ func TestRollRestartsOneAtATimeInOrder(t *testing.T) {
 	}
 	// Exact call sequence for the first unit: the start is requested only
 	// after a poll saw it stopped, and the next unit only after it ran.
-	wantFirst := []string{"set " + a + " loaded", "state " + a, "state " + a, "set " + a + " launched", "state " + a, "state " + a, "set " + b + " loaded"}
+	wantFirst := []string{"set " + a + " loaded", "state " + a + " -> deactivating/stop-sigterm", "state " + a + " -> inactive/dead",
+		"set " + a + " launched", "state " + a + " -> activating/start-pre", "state " + a + " -> active/running", "set " + b + " loaded"}
 	if got := f.Calls()[:len(wantFirst)]; !reflect.DeepEqual(got, wantFirst) {
 		t.Fatalf("calls = %v, want %v", got, wantFirst)
 	}
@@ -297,11 +298,32 @@ func cancelAt(f *fakeFleet, call string) context.Context {
 	return ctx
 }
 
+// stopObservedBeforeStart fails unless a poll saw unit stopped between the
+// stop and the start requests.
+func stopObservedBeforeStart(t *testing.T, calls []string, unit string) {
+	t.Helper()
+	stopped, stopping := false, false
+	for _, c := range calls {
+		switch {
+		case c == "set "+unit+" loaded":
+			stopping = true
+		case stopping && (c == "state "+unit+" -> inactive/dead" || c == "state "+unit+" -> failed/failed"):
+			stopped = true
+		case c == "set "+unit+" launched":
+			if !stopped {
+				t.Fatalf("start requested before the stop was observed: %v", calls)
+			}
+			return
+		}
+	}
+}
+
 func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
 	a, b := "s@1.service", "s@2.service"
 	for _, at := range []string{"set " + a + " loaded", "state " + a} {
 		t.Run(at, func(t *testing.T) {
 			f := newFakeFleet(a, b)
+			f.units[a].stopPolls = 3
 			ctx := cancelAt(f, at)
 			r, _, events := newTestRoller(t, f, Options{})
 			rep, err := r.Roll(ctx, planOf(a, b))
@@ -311,6 +333,7 @@ func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
 			if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
 				t.Fatalf("sets = %v", got)
 			}
+			stopObservedBeforeStart(t, f.Calls(), a)
 			f.mu.Lock()
 			running := f.units[a].active == "active" && f.units[a].sub == "running"
 			f.mu.Unlock()
@@ -333,6 +356,32 @@ func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A stop request cut off by the cancellation may or may not have reached
+// fleet: the unit is set back to launched at once.
+func TestRollCancelledStopRequestSetsTheUnitBack(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	ctx, cancel := context.WithCancel(context.Background())
+	f.errs = []error{context.Canceled}
+	f.hook = func(c string) {
+		if c == "set "+a+" loaded" {
+			cancel()
+		}
+	}
+	r, _, _ := newTestRoller(t, f, Options{})
+	rep, err := r.Roll(ctx, planOf(a, b))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
+		t.Fatalf("sets = %v", got)
+	}
+	if u := rep.Units[0]; u.Outcome != OutcomeInterrupted || u.LeftStopped {
+		t.Fatalf("unit report = %+v", u)
+	}
+	untouched(t, f.Calls(), b)
 }
 
 func TestRollCancelledDuringStartFinishesTheStart(t *testing.T) {

@@ -79,6 +79,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		ExitErrHandler:  func(*cli.Context, error) {},
 		HideVersion:     true,
 		CommandNotFound: func(c *cli.Context, name string) {},
+		OnUsageError:    onUsageError,
 		Commands: []*cli.Command{
 			restartCommand(),
 			{
@@ -97,6 +98,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return cli.ShowAppHelp(c)
 		},
 	}
+}
+
+// onUsageError turns flag parsing errors into one line and exit code 2,
+// instead of urfave/cli's help dump.
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	return usageErr("%s: %w (see fleetroll %s --help)", c.Command.Name, err, c.Command.Name)
 }
 
 // newLogger builds the slog logger for --log-level and --log-format.

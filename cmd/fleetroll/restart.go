@@ -71,8 +71,9 @@ Examples:
 Exit codes: 0 all restarted; 1 the roll failed or halted, or fleet could not
 be reached; 2 usage or plan errors (bad flags, bad port list, unknown units);
 130 interrupted (the unit being restarted is brought back up first).`,
-		Flags:  flags,
-		Action: restartAction,
+		Flags:        flags,
+		Action:       restartAction,
+		OnUsageError: onUsageError,
 	}
 }
 

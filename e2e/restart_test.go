@@ -1,0 +1,145 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A roll of three instances: every MainPID and start time changes, exit 0,
+// and an observer sampling every 50 ms never sees two instances down.
+func TestRestartRollsEveryInstanceOneAtATime(t *testing.T) {
+	needCluster(t)
+	ports := []string{"18901", "18902", "18903"}
+	units := launchDemo(t, "e2e-roll", ports...)
+	before := systemd(t, units...)
+
+	obs := observe(units, ports, 50*time.Millisecond)
+	code, out := fleetroll(t, "restart", "e2e-roll", "--ports", "18901,18902,18903", "--endpoint", cl.Endpoint, "--grace", "0s")
+	obs.Stop()
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	after := systemd(t, units...)
+	for i, u := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID || after[i].Started <= before[i].Started {
+			t.Errorf("%s not restarted: before %+v, after %+v", u, before[i], after[i])
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	t.Logf("observer: %d samples, max down %d (systemd), %d (HTTP), %d sample errors", obs.samples, obs.maxDown, obs.maxHTTPDown, len(obs.errs))
+	if obs.samples < 20 || len(obs.errs) > obs.samples/10 {
+		t.Fatalf("observer too weak: %d samples, errors %v", obs.samples, obs.errs)
+	}
+	if obs.maxDown != 1 || obs.maxHTTPDown > 1 {
+		t.Fatalf("at most one instance may be down at once: saw %d (systemd), %d (HTTP)\n%s", obs.maxDown, obs.maxHTTPDown, out)
+	}
+	for _, u := range units {
+		if !obs.seenDown[u] {
+			t.Errorf("the observer never saw %s down: its restart was not observed", u)
+		}
+	}
+	if !strings.Contains(out, "succeeded: 3/3 restarted") {
+		t.Fatalf("summary:\n%s", out)
+	}
+}
+
+// The second instance cannot start: exit 1, the first restarted, the third
+// untouched.
+func TestRestartHaltsWhenAnInstanceCannotStart(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-halt", "18911", "18912", "18913")
+	before := systemd(t, units...)
+	marker := filepath.Join(cl.Dir, "fail-start-18912")
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(marker)
+
+	code, out := fleetroll(t, "restart", "e2e-halt", "--endpoint", cl.Endpoint, "--grace", "0s", "--start-timeout", "1m")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	after := systemd(t, units...)
+	if !after[0].Up() || after[0].MainPID == before[0].MainPID {
+		t.Errorf("first instance not restarted: %+v -> %+v", before[0], after[0])
+	}
+	if after[1].Up() {
+		t.Errorf("second instance runs though it cannot start: %+v", after[1])
+	}
+	if after[2].MainPID != before[2].MainPID || after[2].Started != before[2].Started || !after[2].Up() {
+		t.Errorf("third instance touched: %+v -> %+v", before[2], after[2])
+	}
+	for _, want := range []string{"start e2e-halt@18912.service", "IS DOWN", "e2e-halt@18913.service  untouched"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// SIGINT while the first instance is stopped: fleetroll brings it back up,
+// exits 130, and leaves the others untouched.
+func TestRestartSIGINTDuringStopBringsTheUnitBack(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-sigint", "18921", "18922", "18923")
+	before := systemd(t, units...)
+
+	cmd, lines := startFleetroll(t, "restart", "e2e-sigint", "--endpoint", cl.Endpoint, "--grace", "0s")
+	var log strings.Builder
+	waitLine(t, lines, units[0]+": stopping", &log)
+	// Wait until systemd has really stopped it: fleet reports that only
+	// seconds later, so fleetroll is still in the stop phase.
+	deadline := time.Now().Add(time.Minute)
+	for systemd(t, units[0])[0].Up() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never stopped", units[0])
+		}
+		time.Sleep(20 * time.Millisecond) // polling systemd; there is no event to wait on
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	err := cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("exit %d (%v), want 130:\n%s", code, err, log.String())
+	}
+	after := systemd(t, units...)
+	if !after[0].Up() {
+		t.Fatalf("%s left down after SIGINT: %+v\n%s", units[0], after[0], log.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cl.WaitRunning(ctx, units[0]); err != nil {
+		t.Fatalf("fleet does not report %s running: %v", units[0], err)
+	}
+	for i := 1; i < 3; i++ {
+		if after[i].MainPID != before[i].MainPID {
+			t.Errorf("%s touched: %+v -> %+v", units[i], before[i], after[i])
+		}
+	}
+	if after[0].MainPID == before[0].MainPID {
+		t.Errorf("%s was stopped, so it must run with a new PID: %+v", units[0], after[0])
+	}
+}
+
+// An unknown unit: exit 2, one line, nothing touched.
+func TestRestartUnknownUnitTouchesNothing(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-unknown", "18931")
+	before := systemd(t, units...)
+	code, out := fleetroll(t, "restart", "e2e-unknown", "--ports", "18931,18939", "--endpoint", cl.Endpoint)
+	if code != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "e2e-unknown@18939.service") {
+		t.Fatalf("exit %d, output %q", code, out)
+	}
+	if after := systemd(t, units...); after[0].MainPID != before[0].MainPID {
+		t.Fatalf("unit touched: %+v -> %+v", before[0], after[0])
+	}
+}
