@@ -87,7 +87,19 @@ start_systemd() {
     mkdir -p /run/systemd/system
     created=1
   fi
-  start_bg systemd "$STATE/systemd.log" /lib/systemd/systemd --user
+  # Each cluster's systemd gets a cgroup subtree of its own: two instances
+  # in one subtree take each other's units (and D-Bus) for their own.
+  local cg h dirs=()
+  cg=fleetroll-$(basename "$STATE")
+  for h in systemd unified pids cpu; do
+    [[ -d /sys/fs/cgroup/$h ]] || continue
+    mkdir -p "/sys/fs/cgroup/$h/$cg"
+    dirs+=("/sys/fs/cgroup/$h/$cg")
+  done
+  printf '%s\n' "${dirs[@]}" >"$STATE/cgroups"
+  start_bg systemd "$STATE/systemd.log" /bin/sh -c \
+    'for d in "$@"; do echo $$ >"$d/cgroup.procs" || exit 1; done; exec /lib/systemd/systemd --user' \
+    sh "${dirs[@]}"
   local ok=0
   wait_for 30 "systemd --user" systemd_ready || ok=1
   [[ -n $created ]] && rmdir /run/systemd/system 2>/dev/null || true
@@ -162,6 +174,10 @@ down() {
   stop_pid etcd
   # Anything left in the state directory's services (a unit's own children).
   pkill -f "^$STATE/bin/" 2>/dev/null || true
+  if [[ -f $STATE/cgroups ]]; then
+    local d
+    while read -r d; do rmdir "$d" 2>/dev/null || true; done <"$STATE/cgroups"
+  fi
   rm -rf "$STATE"
   log "stopped and removed $STATE"
 }

@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   start the local real fleet cluster and roll the demo service
+#   make test   every test: static checks, unit tests, real-cluster tests
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: demo test check unit e2e fuzz build bench cluster-down
+
+demo:
+	contrib/demo.sh
+
+test: check unit e2e
+
+check:
+	contrib/cluster/deps.sh
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	cd contrib/cluster/fleetd && $(GO) vet .
+	$(GO) mod tidy -e -diff 2>/dev/null
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e:
+	$(GO) test -count=1 -timeout 20m -v ./e2e/
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/fleetroll ./cmd/fleetroll
+
+bench:
+	bench/roll.sh
+
+cluster-down:
+	contrib/cluster/cluster.sh down

@@ -1,0 +1,165 @@
+// Command roll measures, on the local real cluster and in one run, fleetroll's
+// wall time to roll three instances with grace 0 next to the naive loop's
+// (fleetctl-style: stop, start, then poll every 5 s until running), and
+// fleet's own median stop and start latency per unit. It also counts how many
+// instances each method really restarted (a new MainPID).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/cluster"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	repo := flag.String("repo", ".", "repository root")
+	rounds := flag.Int("rounds", 1, "fleetroll rolls to run (more samples for the medians)")
+	naivePoll := flag.Duration("naive-poll", 5*time.Second, "the naive loop's poll interval")
+	flag.Parse()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+
+	cl, err := cluster.Up(ctx, cluster.Config{Repo: *repo})
+	if err != nil {
+		return err
+	}
+	opts, err := cluster.LoadTemplate(filepath.Join(*repo, "contrib", "demo", "my-service@.service"), "STATE="+cl.Dir)
+	if err != nil {
+		return err
+	}
+	ports := []string{"19901", "19902", "19903"}
+	units, err := cl.Launch(ctx, "bench-roll", opts, ports...)
+	if err != nil {
+		return err
+	}
+	defer cl.Destroy(units...)
+	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	plan, err := fleetroll.MakePlan(ctx, fleet, fleetroll.Target{Service: "bench-roll", Instances: ports})
+	if err != nil {
+		return err
+	}
+
+	var stops, starts []time.Duration
+	var rollWall []time.Duration
+	var rollRestarted []int
+	for i := 0; i < *rounds; i++ {
+		before, err := cl.Systemd(ctx, units...)
+		if err != nil {
+			return err
+		}
+		r, err := fleetroll.NewRoller(fleet, fleetroll.Options{Grace: 0})
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		rep, err := r.Roll(ctx, plan)
+		if err != nil {
+			return fmt.Errorf("fleetroll roll: %w", err)
+		}
+		rollWall = append(rollWall, time.Since(t0))
+		for _, u := range rep.Units {
+			stops = append(stops, time.Duration(u.Stop))
+			starts = append(starts, time.Duration(u.Start))
+		}
+		after, err := cl.Systemd(ctx, units...)
+		if err != nil {
+			return err
+		}
+		rollRestarted = append(rollRestarted, restarted(before, after))
+	}
+
+	before, err := cl.Systemd(ctx, units...)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := naive(ctx, fleet, units, *naivePoll); err != nil {
+		return fmt.Errorf("naive loop: %w", err)
+	}
+	naiveWall := time.Since(t0)
+	after, err := cl.Systemd(ctx, units...)
+	if err != nil {
+		return err
+	}
+	naiveRestarted := restarted(before, after)
+
+	fmt.Printf("roll of 3 instances on the local cluster (fleet v1.0.0, systemd --user), grace 0\n")
+	fmt.Printf("%-34s %12s %22s\n", "method", "wall time", "really restarted")
+	for i, w := range rollWall {
+		fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("fleetroll (round %d)", i+1), w.Round(time.Millisecond), rollRestarted[i])
+	}
+	fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("naive loop (stop, start, poll %s)", *naivePoll), naiveWall.Round(time.Millisecond), naiveRestarted)
+	fmt.Printf("fleet latency per unit, median of %d: stop %s, start %s (min %s / %s, max %s / %s)\n",
+		len(stops), median(stops), median(starts), slices.Min(stops).Round(time.Millisecond), slices.Min(starts).Round(time.Millisecond),
+		slices.Max(stops).Round(time.Millisecond), slices.Max(starts).Round(time.Millisecond))
+	return nil
+}
+
+// naive is the loop operators write around fleetctl: for each unit, stop,
+// start, then poll every interval until fleet reports it running.
+func naive(ctx context.Context, f fleetroll.Fleet, units []string, every time.Duration) error {
+	for _, u := range units {
+		if err := f.SetUnitTargetState(ctx, u, "loaded"); err != nil {
+			return err
+		}
+		if err := f.SetUnitTargetState(ctx, u, "launched"); err != nil {
+			return err
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(every):
+			}
+			st, err := f.UnitState(ctx, u)
+			if err != nil && !errors.Is(err, fleetroll.ErrNotFound) {
+				return err
+			}
+			if _, done, _ := fleetroll.RunningStatus(st); done {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func restarted(before, after []cluster.SystemdState) int {
+	n := 0
+	for i := range before {
+		if after[i].Up() && after[i].MainPID != before[i].MainPID {
+			n++
+		}
+	}
+	return n
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return m.Round(time.Millisecond)
+}
