@@ -70,7 +70,8 @@ check_deps() {
 
 systemd_ready() {
   local st
-  st=$(systemctl --user is-system-running 2>/dev/null) || true
+  # Not is-system-running: it says "offline" once /run/systemd/system is gone.
+  st=$(systemctl --user show -p SystemState --value 2>/dev/null) || true
   [[ $st == running || $st == degraded ]] && busctl --user status >/dev/null 2>&1
 }
 
