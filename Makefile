@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 demo:
 	contrib/demo.sh
 
-test: check unit e2e
+test: check unit fuzz e2e
 
 check:
 	contrib/cluster/deps.sh
@@ -20,6 +20,14 @@ check:
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+# Each fuzz target for a bounded time (seeded with ../shared/fixtures).
+FUZZTIME ?= 10s
+fuzz:
+	@for f in $$($(GO) test -list '^Fuzz' ./hook/ | grep '^Fuzz'); do \
+		echo "fuzz $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./hook/ || exit 1; \
+	done
 
 e2e:
 	$(GO) test -count=1 -timeout 20m -v ./e2e/

@@ -82,6 +82,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError:    onUsageError,
 		Commands: []*cli.Command{
 			restartCommand(),
+			serveCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",

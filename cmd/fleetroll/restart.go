@@ -23,9 +23,9 @@ func fleetFlags() []cli.Flag {
 	}
 }
 
-func logFlags() []cli.Flag {
+func logFlags(level string) []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "log-level", Value: "warn", EnvVars: []string{"FLEETROLL_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-level", Value: level, EnvVars: []string{"FLEETROLL_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FLEETROLL_LOG_FORMAT"}, Usage: "text or json (logs go to stderr)"},
 	}
 }
@@ -52,7 +52,7 @@ func restartCommand() *cli.Command {
 		&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"FLEETROLL_DRY_RUN"}, Usage: "print the plan and exit"},
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
 	)
-	flags = append(flags, logFlags()...)
+	flags = append(flags, logFlags("warn")...)
 	return &cli.Command{
 		Name:      "restart",
 		Usage:     "restart a service's instances one at a time",

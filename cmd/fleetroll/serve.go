@@ -1,0 +1,352 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/hook"
+	"github.com/urfave/cli/v2"
+)
+
+func serveCommand() *cli.Command {
+	flags := append(fleetFlags(), rollFlags()...)
+	flags = append(flags,
+		&cli.StringFlag{Name: "config", EnvVars: []string{"FLEETROLL_CONFIG"}, Usage: "YAML file of services and their triggers (reloaded on SIGHUP)"},
+		&cli.StringFlag{Name: "service", EnvVars: []string{"FLEETROLL_SERVICE"}, Usage: "one service to roll, instead of --config"},
+		&cli.StringFlag{Name: "repository", EnvVars: []string{"FLEETROLL_REPOSITORY"}, Usage: "with --service: the image repository (namespace/name) whose pushes roll it"},
+		&cli.StringSliceFlag{Name: "tag", Value: cli.NewStringSlice("latest"), EnvVars: []string{"FLEETROLL_TAG"}, Usage: "with --service: tags (or globs) that roll it"},
+		&cli.StringFlag{Name: "listen", Value: ":8080", EnvVars: []string{"FLEETROLL_LISTEN"}, Usage: "address to listen on"},
+		&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"FLEETROLL_TLS_CERT"}, Usage: "TLS certificate file (with --tls-key)"},
+		&cli.StringFlag{Name: "tls-key", EnvVars: []string{"FLEETROLL_TLS_KEY"}, Usage: "TLS key file"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"FLEETROLL_TOKEN_FILE"},
+			Usage: "file holding the token of the API and, unless set apart, of every sender (or the token itself in $FLEETROLL_TOKEN)"},
+		&cli.StringFlag{Name: "dockerhub-token-file", EnvVars: []string{"FLEETROLL_DOCKERHUB_TOKEN_FILE"}, Usage: "file holding the token in the Docker Hub webhook URL (or $FLEETROLL_DOCKERHUB_TOKEN)"},
+		&cli.StringFlag{Name: "registry-token-file", EnvVars: []string{"FLEETROLL_REGISTRY_TOKEN_FILE"}, Usage: "file holding the registry's bearer token (or $FLEETROLL_REGISTRY_TOKEN)"},
+		&cli.StringFlag{Name: "github-secret-file", EnvVars: []string{"FLEETROLL_GITHUB_SECRET_FILE"}, Usage: "file holding the GitHub webhook secret (or $FLEETROLL_GITHUB_SECRET)"},
+		&cli.StringSliceFlag{Name: "callback-allow", Value: cli.NewStringSlice(hook.DefaultCallbackAllow), EnvVars: []string{"FLEETROLL_CALLBACK_ALLOW"},
+			Usage: "origins (scheme://host[:port]) Docker Hub callbacks may go to"},
+		&cli.DurationFlag{Name: "callback-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_TIMEOUT"}, Usage: "timeout of each callback request"},
+		&cli.StringSliceFlag{Name: "allow-from", EnvVars: []string{"FLEETROLL_ALLOW_FROM"}, Usage: "CIDRs allowed to call (default: any)"},
+		&cli.StringSliceFlag{Name: "trusted-proxies", EnvVars: []string{"FLEETROLL_TRUSTED_PROXIES"}, Usage: "CIDRs of proxies whose X-Forwarded-For is believed"},
+		&cli.Int64Flag{Name: "max-body", Value: hook.DefaultBodyLimit, EnvVars: []string{"FLEETROLL_MAX_BODY"}, Usage: "largest request body, in bytes"},
+		&cli.IntFlag{Name: "max-parallel", Value: 2, EnvVars: []string{"FLEETROLL_MAX_PARALLEL"}, Usage: "rollouts of different services at once"},
+		&cli.DurationFlag{Name: "quiet-period", Value: 2 * time.Second, EnvVars: []string{"FLEETROLL_QUIET_PERIOD"}, Usage: "a queued rollout starts once no trigger touched it for this long"},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: 6 * time.Minute, EnvVars: []string{"FLEETROLL_SHUTDOWN_TIMEOUT"}, Usage: "how long SIGTERM waits for the running unit step"},
+		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com)"},
+		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
+	)
+	flags = append(flags, logFlags("info")...)
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "receive webhooks (Docker Hub, registry, GitHub, CI) and roll services",
+		Description: `Answers at once, runs rollouts in the background, one per service at a time,
+coalescing bursts, and reports back to Docker Hub.
+
+Examples:
+   fleetroll serve --service my-service --ports 8901-8903 --repository demo/my-service --token-file /etc/fleetroll/token
+   fleetroll serve --config /etc/fleetroll/config.yaml --token-file /etc/fleetroll/token --public-url https://hooks.example.com
+
+Endpoints: POST /webhooks/dockerhub/{token}, POST /webhooks/registry, POST /webhooks/github,
+POST /rollouts, GET /rollouts, GET /rollouts/{id}, GET /healthz, GET /metrics.
+SIGHUP reloads --config; SIGTERM stops taking work, lets the running unit step finish and exits 0.`,
+		Flags:        flags,
+		Action:       serveAction,
+		OnUsageError: onUsageError,
+	}
+}
+
+// serveOptions is everything serve needs, validated before it listens.
+type serveOptions struct {
+	endpoint        string
+	requestTimeout  time.Duration
+	configFile      string
+	config          *hook.Config
+	hook            hook.Options
+	listen          string
+	tlsCert, tlsKey string
+	shutdownTimeout time.Duration
+}
+
+func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
+	if c.NArg() > 0 {
+		return nil, usageErr("serve takes no arguments (got %q)", c.Args().First())
+	}
+	o := &serveOptions{
+		endpoint:        c.String("endpoint"),
+		requestTimeout:  c.Duration("request-timeout"),
+		configFile:      c.String("config"),
+		listen:          c.String("listen"),
+		tlsCert:         c.String("tls-cert"),
+		tlsKey:          c.String("tls-key"),
+		shutdownTimeout: c.Duration("shutdown-timeout"),
+	}
+	o.hook = hook.Options{
+		Roll: fleetroll.Options{
+			Grace: c.Duration("grace"), StopTimeout: c.Duration("stop-timeout"),
+			StartTimeout: c.Duration("start-timeout"), PollInterval: c.Duration("poll-interval"),
+		},
+		BodyLimit:   c.Int64("max-body"),
+		MaxParallel: c.Int("max-parallel"),
+		QuietPeriod: c.Duration("quiet-period"),
+		History:     c.Int("history"),
+		PublicURL:   strings.TrimSuffix(c.String("public-url"), "/"),
+	}
+	var err error
+	switch {
+	case o.configFile != "" && c.String("service") != "":
+		return nil, usageErr("serve: give --config or --service, not both")
+	case o.configFile != "":
+		if c.IsSet("ports") || c.IsSet("repository") {
+			return nil, usageErr("serve: --ports and --repository go with --service; put them in the --config file")
+		}
+		if o.config, err = hook.LoadConfig(o.configFile); err != nil {
+			return nil, usageErr("%w", err)
+		}
+	case c.String("service") != "":
+		if o.config, err = flagConfig(c); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, usageErr("serve: give --config FILE or --service NAME")
+	}
+
+	sec := hook.Secrets{}
+	for _, s := range []struct {
+		dst        *string
+		flag, env  string
+		isRequired bool
+	}{
+		{&sec.API, "token-file", "FLEETROLL_TOKEN", true},
+		{&sec.DockerHub, "dockerhub-token-file", "FLEETROLL_DOCKERHUB_TOKEN", false},
+		{&sec.Registry, "registry-token-file", "FLEETROLL_REGISTRY_TOKEN", false},
+		{&sec.GitHub, "github-secret-file", "FLEETROLL_GITHUB_SECRET", false},
+	} {
+		if *s.dst, err = readSecret(c.String(s.flag), s.flag, s.env); err != nil {
+			return nil, err
+		}
+		if s.isRequired && *s.dst == "" {
+			return nil, usageErr("serve: a token is required: --token-file FILE or $%s", s.env)
+		}
+	}
+	o.hook.Secrets = sec
+
+	if o.hook.Callbacks, err = hook.NewCallbacker(c.StringSlice("callback-allow"), c.Duration("callback-timeout")); err != nil {
+		return nil, usageErr("--callback-allow: %w", err)
+	}
+	if o.hook.AllowFrom, err = parsePrefixes(c.StringSlice("allow-from")); err != nil {
+		return nil, usageErr("--allow-from: %w", err)
+	}
+	if o.hook.TrustedProxies, err = parsePrefixes(c.StringSlice("trusted-proxies")); err != nil {
+		return nil, usageErr("--trusted-proxies: %w", err)
+	}
+	return o, o.validate()
+}
+
+func (o *serveOptions) validate() error {
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return usageErr("serve: --tls-cert and --tls-key go together")
+	}
+	if err := o.hook.Roll.Validate(); err != nil {
+		return usageErr("serve: %w", err)
+	}
+	for name, d := range map[string]time.Duration{"--stop-timeout": o.hook.Roll.StopTimeout, "--start-timeout": o.hook.Roll.StartTimeout,
+		"--poll-interval": o.hook.Roll.PollInterval, "--request-timeout": o.requestTimeout, "--shutdown-timeout": o.shutdownTimeout} {
+		if d <= 0 {
+			return usageErr("%s must be positive, got %s", name, d)
+		}
+	}
+	if o.hook.BodyLimit <= 0 || o.hook.MaxParallel <= 0 || o.hook.History <= 0 {
+		return usageErr("serve: --max-body, --max-parallel and --history must be positive")
+	}
+	if o.hook.QuietPeriod < 0 {
+		return usageErr("serve: --quiet-period must not be negative")
+	}
+	for name, v := range map[string]string{"token": o.hook.Secrets.API, "Docker Hub token": o.hook.Secrets.DockerHub,
+		"registry token": o.hook.Secrets.Registry, "GitHub secret": o.hook.Secrets.GitHub} {
+		if v != "" && len(v) < hook.MinSecretLength {
+			return usageErr("serve: the %s must be at least %d characters", name, hook.MinSecretLength)
+		}
+	}
+	return nil
+}
+
+// flagConfig builds the one-service configuration of --service.
+func flagConfig(c *cli.Context) (*hook.Config, error) {
+	svc := hook.Service{Name: c.String("service")}
+	if p := c.String("ports"); p != "" {
+		inst, err := fleetroll.ParseInstances(p)
+		if err != nil {
+			return nil, usageErr("--ports: %w", err)
+		}
+		svc.Ports = inst
+	}
+	if repo := c.String("repository"); repo != "" {
+		t := hook.Trigger{Repository: repo, Tags: c.StringSlice("tag")}
+		svc.DockerHub, svc.Registry, svc.GitHub = []hook.Trigger{t}, []hook.Trigger{t}, []hook.Trigger{t}
+	}
+	cfg := &hook.Config{Services: []hook.Service{svc}}
+	if err := cfg.Validate(); err != nil {
+		return nil, usageErr("serve --service/--repository/--tag: %w", err)
+	}
+	return cfg, nil
+}
+
+// readSecret reads a secret from a file (trailing newline trimmed) or, when
+// no file is given, from an environment variable. Secrets never come from
+// flags' values, which show in process lists.
+func readSecret(file, flag, env string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv(env)), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", usageErr("--%s: %w", flag, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", usageErr("--%s: %s is empty", flag, file)
+	}
+	return v, nil
+}
+
+func parsePrefixes(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		for _, part := range strings.Split(s, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			if !strings.Contains(part, "/") {
+				a, err := netip.ParseAddr(part)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+				continue
+			}
+			p, err := netip.ParsePrefix(part)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p.Masked())
+		}
+	}
+	return out, nil
+}
+
+func serveAction(c *cli.Context) error {
+	o, err := serveOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	fleet, err := fleetroll.Connect(o.endpoint, o.requestTimeout)
+	if err != nil {
+		return usageErr("--endpoint: %w", err)
+	}
+	o.hook.Fleet, o.hook.Config, o.hook.Logger = fleet, o.config, logger
+	srv, err := hook.New(o.hook)
+	if err != nil {
+		return usageErr("serve: %w", err)
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return &exitError{exitFailed, fmt.Errorf("listen: %w", err)}
+	}
+	return runServer(c.Context, o, srv, ln, logger)
+}
+
+// runServer serves until ctx is done (SIGINT, SIGTERM) or the listener
+// fails, reloading the configuration on SIGHUP.
+func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln net.Listener, logger *slog.Logger) error {
+	httpSrv := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	// The queue outlives ctx: it is stopped on purpose, after the listener.
+	queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopQueue()
+	queueDone := make(chan struct{})
+	go func() {
+		defer close(queueDone)
+		srv.Run(queueCtx)
+	}()
+	served := make(chan error, 1)
+	go func() {
+		if o.tlsCert != "" {
+			served <- httpSrv.ServeTLS(ln, o.tlsCert, o.tlsKey)
+		} else {
+			served <- httpSrv.Serve(ln)
+		}
+	}()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	logger.Info("listening", "addr", ln.Addr().String(), "tls", o.tlsCert != "", "services", len(srv.Config().Services), "fleet", o.endpoint)
+
+	var serveErr error
+loop:
+	for {
+		select {
+		case <-hup:
+			reload(o, srv, logger)
+		case serveErr = <-served:
+			break loop
+		case <-ctx.Done():
+			break loop
+		}
+	}
+
+	logger.Info("shutting down: no new requests; the running unit step finishes", "timeout", o.shutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
+	defer cancel()
+	if err := httpSrv.Shutdown(sctx); err != nil {
+		logger.Warn("closing connections", "error", err.Error())
+	}
+	stopQueue()
+	select {
+	case <-queueDone:
+	case <-sctx.Done():
+		return &exitError{exitFailed, fmt.Errorf("shutdown timed out after %s with a rollout still bringing a unit back up; its target state is launched", o.shutdownTimeout)}
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return &exitError{exitFailed, fmt.Errorf("serve: %w", serveErr)}
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func reload(o *serveOptions, srv *hook.Server, logger *slog.Logger) {
+	if o.configFile == "" {
+		logger.Warn("SIGHUP: nothing to reload without --config")
+		return
+	}
+	cfg, err := hook.LoadConfig(o.configFile)
+	if err == nil {
+		err = srv.SetConfig(cfg)
+	}
+	if err != nil {
+		logger.Error("config reload failed; keeping the configuration in force", "error", err.Error())
+		return
+	}
+	logger.Info("config reloaded", "file", o.configFile, "services", len(cfg.Services))
+}

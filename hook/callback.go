@@ -1,0 +1,164 @@
+package hook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// DefaultCallbackAllow is the only callback origin allowed by default.
+const DefaultCallbackAllow = "https://registry.hub.docker.com"
+
+// ErrCallbackNotAllowed is returned for a callback URL whose scheme and host
+// are not on the allow-list.
+var ErrCallbackNotAllowed = errors.New("callback URL not on the allow-list")
+
+// errRedirectRefused stops a redirect to another origin, or a long chain.
+var errRedirectRefused = errors.New("redirect not followed")
+
+// Callbacker reports a rollout's result to the callback_url of a Docker Hub
+// webhook, but only to origins on its allow-list: the URL comes from an
+// unauthenticated body, and posting to it blindly would let anyone make
+// fleetroll call any address.
+type Callbacker struct {
+	allow   map[string]bool // "scheme://host[:port]"
+	client  *http.Client
+	retries int
+	backoff time.Duration
+}
+
+// NewCallbacker accepts origins such as "https://registry.hub.docker.com" or
+// "http://127.0.0.1:9000".
+func NewCallbacker(origins []string, timeout time.Duration) (*Callbacker, error) {
+	c := &Callbacker{allow: map[string]bool{}, retries: 3, backoff: time.Second}
+	for _, o := range origins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return nil, fmt.Errorf("callback origin %q: want scheme://host[:port]", o)
+		}
+		c.allow[origin(u)] = true
+	}
+	c.client = &http.Client{
+		Timeout: timeout,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 3 {
+				return fmt.Errorf("%w: too many redirects", errRedirectRefused)
+			}
+			if origin(req.URL) != origin(via[0].URL) {
+				return fmt.Errorf("%w: %s is another origin", errRedirectRefused, origin(req.URL))
+			}
+			return nil
+		},
+	}
+	return c, nil
+}
+
+func origin(u *url.URL) string {
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Host)
+}
+
+// Allowed reports whether a callback URL may be posted to.
+func (c *Callbacker) Allowed(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.IsAbs() && u.User == nil && c.allow[origin(u)]
+}
+
+// CallbackResult is the body Docker Hub expects.
+type CallbackResult struct {
+	State       string `json:"state"` // success, failure or error
+	Description string `json:"description"`
+	Context     string `json:"context"`
+	TargetURL   string `json:"target_url,omitempty"`
+}
+
+// Send posts the result, retrying failures (network errors, 5xx) a few times
+// with backoff. It refuses URLs off the allow-list.
+func (c *Callbacker) Send(ctx context.Context, callbackURL string, res CallbackResult) error {
+	if !c.Allowed(callbackURL) {
+		return ErrCallbackNotAllowed
+	}
+	res.Context = truncate(res.Context, 100)
+	res.Description = truncate(res.Description, 255)
+	body, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	wait := c.backoff
+	var last error
+	for attempt := 1; attempt <= c.retries; attempt++ {
+		last = c.post(ctx, callbackURL, body)
+		var perm *permanentError
+		if last == nil || errors.As(last, &perm) {
+			return last
+		}
+		if attempt == c.retries {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("callback: %w (last error: %v)", ctx.Err(), last)
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+	return fmt.Errorf("callback failed after %d attempts: %w", c.retries, last)
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+
+func (c *Callbacker) post(ctx context.Context, u string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return &permanentError{err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		if errors.Is(err, errRedirectRefused) {
+			return &permanentError{err}
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		return nil
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+		return fmt.Errorf("callback answered %s", resp.Status)
+	default:
+		return &permanentError{fmt.Errorf("callback answered %s", resp.Status)}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	// Cut on a rune boundary.
+	for n > 0 && !isRuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// originOf returns the scheme and host of a URL for logs; the rest of a
+// callback URL (Docker Hub puts a secret-like path there) is never logged.
+func originOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return origin(u)
+}

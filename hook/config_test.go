@@ -1,0 +1,92 @@
+package hook
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+)
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := ParseConfig([]byte(testConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, ok := cfg.Service("my-service")
+	if !ok || !reflect.DeepEqual([]string(svc.Ports), []string{"8901", "8902", "8903"}) {
+		t.Fatalf("service = %+v", svc)
+	}
+	if got := svc.GitHub[0].Tags; !reflect.DeepEqual(got, []string{"latest"}) {
+		t.Fatalf("default tags = %v", got)
+	}
+	for _, tc := range []struct {
+		kind      Source
+		repo, tag string
+		want      []string
+	}{
+		{SourceDockerHub, "demo/my-service", "latest", []string{"my-service"}},
+		{SourceDockerHub, "demo/my-service", "v1", nil},
+		{SourceRegistry, "demo/my-service", "release-7", []string{"my-service"}},
+		{SourceRegistry, "demo/my-service", "latest", nil},
+		{SourceRegistry, "demo/other", "v1", nil},
+		{SourceGitHub, "demo/my-service", "latest", []string{"my-service"}},
+	} {
+		if got := cfg.Match(tc.kind, tc.repo, tc.tag); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Match(%s, %s:%s) = %v, want %v", tc.kind, tc.repo, tc.tag, got, tc.want)
+		}
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{``, "empty configuration"},
+		{`services: []`, "services: at least one service"},
+		{`services: [{ports: 1}]`, "services[0].name: required"},
+		{`services: [{name: a}, {name: a}]`, "services[1].name: service \"a\" is configured twice"},
+		{`services: [{name: "a@1.service"}]`, "services[0].name"},
+		{`services: [{name: a, ports: "9-1"}]`, "ports"},
+		{`services: [{name: a, grace: -1s}]`, "grace must not be negative"},
+		{`services: [{name: a, dockerhub: [{tags: [x]}]}]`, "services[0].dockerhub[0].repository: required"},
+		{`services: [{name: a, dockerhub: [{repository: noslash}]}]`, "services[0].dockerhub[0].repository"},
+		{`services: [{name: a, registry: [{repository: r, tags: ["[x"]}]}]`, "services[0].registry[0].tags[0]: bad tag pattern"},
+		{`services: [{name: a, token: s3cret}]`, "field token not found"},
+		{`secret: x`, "field secret not found"},
+		{`services: [{name: a, stop_timeout: soon}]`, "line 1: cannot unmarshal !!str `soon`"},
+		{"services:\n  - name: a\n    ports: 1\n    grace: 20x\n", "services[0].grace: cannot unmarshal"},
+		{"services:\n  - name: a\n    dockerhub:\n      - repository: a/b\n        token: x\n", "services[0].dockerhub[0].token: field token not found"},
+	} {
+		_, err := ParseConfig([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+func TestRollOptionsOverDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte("services: [{name: a, grace: 0s, start_timeout: 1m}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, _ := cfg.Service("a")
+	got := svc.RollOptions(fleetroll.Options{Grace: 20 * time.Second, StartTimeout: 5 * time.Minute, StopTimeout: 2 * time.Minute})
+	if got.Grace != 0 || got.StartTimeout != time.Minute || got.StopTimeout != 2*time.Minute {
+		t.Fatalf("options = %+v", got)
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(testConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(p + ".missing"); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}

@@ -1,0 +1,48 @@
+package hook
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	reg         *prometheus.Registry
+	webhooks    *prometheus.CounterVec
+	rollouts    *prometheus.CounterVec
+	unitRestart *prometheus.HistogramVec
+}
+
+func newMetrics(q *Queue) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetroll_webhooks_total",
+			Help: "Requests to the trigger endpoints, by sender and HTTP status code.",
+		}, []string{"sender", "code"}),
+		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetroll_rollouts_total",
+			Help: "Finished rollouts, by service and result (succeeded, failed, superseded, cancelled).",
+		}, []string{"service", "result"}),
+		unitRestart: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fleetroll_unit_restart_duration_seconds",
+			Help:    "Time from a unit's stop request until fleet reported it running again.",
+			Buckets: []float64{1, 2, 5, 10, 20, 30, 60, 120, 300},
+		}, []string{"service"}),
+	}
+	depth := func(running bool) func() float64 {
+		return func() float64 {
+			qd, rn := q.Depth()
+			if running {
+				return float64(rn)
+			}
+			return float64(qd)
+		}
+	}
+	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_queue_depth", Help: "Rollouts waiting to run."}, depth(false)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_rollouts_running", Help: "Rollouts running now."}, depth(true)),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}

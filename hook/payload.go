@@ -1,0 +1,248 @@
+package hook
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Source is the kind of sender that triggered a rollout.
+type Source string
+
+const (
+	SourceDockerHub Source = "dockerhub"
+	SourceRegistry  Source = "registry"
+	SourceGitHub    Source = "github"
+	SourceManual    Source = "manual"
+)
+
+// Event is an image event a payload reports: a repository, a tag and what
+// identifies this very push.
+type Event struct {
+	Repository string `json:"repository,omitempty"`
+	Tag        string `json:"tag,omitempty"`
+	Digest     string `json:"digest,omitempty"`
+	Pusher     string `json:"pusher,omitempty"`
+	// PushedAt is the sender's push time (Docker Hub), as sent.
+	PushedAt string `json:"pushed_at,omitempty"`
+	// CallbackURL is where Docker Hub wants the result; never shown.
+	CallbackURL string `json:"-"`
+}
+
+// PayloadError is a malformed or incomplete payload (400).
+type PayloadError struct{ Msg string }
+
+func (e *PayloadError) Error() string { return e.Msg }
+
+func payloadErr(format string, a ...any) error { return &PayloadError{fmt.Sprintf(format, a...)} }
+
+// ParseDockerHub parses a Docker Hub repository webhook.
+func ParseDockerHub(body []byte) (Event, error) {
+	var p struct {
+		CallbackURL string `json:"callback_url"`
+		PushData    *struct {
+			PushedAt json.Number `json:"pushed_at"`
+			Pusher   string      `json:"pusher"`
+			Tag      string      `json:"tag"`
+		} `json:"push_data"`
+		Repository *struct {
+			RepoName string `json:"repo_name"`
+		} `json:"repository"`
+	}
+	if err := decodeJSON(body, &p); err != nil {
+		return Event{}, err
+	}
+	switch {
+	case p.Repository == nil || p.Repository.RepoName == "":
+		return Event{}, payloadErr("missing repository.repo_name")
+	case p.PushData == nil:
+		return Event{}, payloadErr("missing push_data")
+	case p.PushData.Tag == "":
+		return Event{}, payloadErr("missing push_data.tag")
+	}
+	if p.PushData.PushedAt != "" {
+		if _, err := strconv.ParseFloat(string(p.PushData.PushedAt), 64); err != nil {
+			return Event{}, payloadErr("push_data.pushed_at: not a number")
+		}
+	}
+	return Event{
+		Repository:  p.Repository.RepoName,
+		Tag:         p.PushData.Tag,
+		Pusher:      p.PushData.Pusher,
+		PushedAt:    string(p.PushData.PushedAt),
+		CallbackURL: p.CallbackURL,
+	}, nil
+}
+
+// ManifestMediaTypes are the media types of an image manifest or index.
+var ManifestMediaTypes = map[string]bool{
+	"application/vnd.docker.distribution.manifest.v2+json":      true,
+	"application/vnd.docker.distribution.manifest.list.v2+json": true,
+	"application/vnd.oci.image.manifest.v1+json":                true,
+	"application/vnd.oci.image.index.v1+json":                   true,
+}
+
+// ParseRegistry parses a registry notification envelope and returns its
+// manifest pushes with a tag, in order. Layer and config pushes, pulls and
+// deletes are left out.
+func ParseRegistry(body []byte) ([]Event, error) {
+	var env struct {
+		Events *[]struct {
+			Action string `json:"action"`
+			Target struct {
+				MediaType  string `json:"mediaType"`
+				Digest     string `json:"digest"`
+				Repository string `json:"repository"`
+				Tag        string `json:"tag"`
+			} `json:"target"`
+			Actor struct {
+				Name string `json:"name"`
+			} `json:"actor"`
+		} `json:"events"`
+	}
+	if err := decodeJSON(body, &env); err != nil {
+		return nil, err
+	}
+	if env.Events == nil {
+		return nil, payloadErr("missing events")
+	}
+	var out []Event
+	for i, e := range *env.Events {
+		if e.Action != "push" || !ManifestMediaTypes[e.Target.MediaType] || e.Target.Tag == "" {
+			continue
+		}
+		if e.Target.Repository == "" {
+			return nil, payloadErr("events[%d].target.repository: missing", i)
+		}
+		out = append(out, Event{Repository: e.Target.Repository, Tag: e.Target.Tag, Digest: e.Target.Digest, Pusher: e.Actor.Name})
+	}
+	return out, nil
+}
+
+// ParseGitHub parses a GitHub "package" (or older "registry_package") event.
+// ok is false for an authentic event that is not a container publish.
+func ParseGitHub(body []byte) (ev Event, ok bool, err error) {
+	var p struct {
+		Action  string `json:"action"`
+		Package *struct {
+			Name           string `json:"name"`
+			Namespace      string `json:"namespace"`
+			Ecosystem      string `json:"ecosystem"`
+			PackageType    string `json:"package_type"`
+			PackageVersion *struct {
+				ContainerMetadata *struct {
+					Tag *struct {
+						Name   string `json:"name"`
+						Digest string `json:"digest"`
+					} `json:"tag"`
+				} `json:"container_metadata"`
+			} `json:"package_version"`
+		} `json:"package"`
+		Repository *struct {
+			FullName string `json:"full_name"`
+		} `json:"repository"`
+		Sender *struct {
+			Login string `json:"login"`
+		} `json:"sender"`
+	}
+	if err := decodeJSON(body, &p); err != nil {
+		return Event{}, false, err
+	}
+	if p.Package == nil || p.Package.Name == "" {
+		return Event{}, false, payloadErr("missing package.name")
+	}
+	if p.Action != "published" && p.Action != "updated" {
+		return Event{}, false, nil
+	}
+	if !strings.EqualFold(p.Package.Ecosystem, "container") && !strings.EqualFold(p.Package.PackageType, "container") {
+		return Event{}, false, nil
+	}
+	v := p.Package.PackageVersion
+	if v == nil || v.ContainerMetadata == nil || v.ContainerMetadata.Tag == nil || v.ContainerMetadata.Tag.Name == "" {
+		return Event{}, false, nil // an untagged manifest of a multi-arch image
+	}
+	ns := p.Package.Namespace
+	if ns == "" && p.Repository != nil {
+		ns, _, _ = strings.Cut(p.Repository.FullName, "/")
+	}
+	if ns == "" {
+		return Event{}, false, payloadErr("missing package.namespace")
+	}
+	ev = Event{Repository: ns + "/" + p.Package.Name, Tag: v.ContainerMetadata.Tag.Name, Digest: v.ContainerMetadata.Tag.Digest}
+	if p.Sender != nil {
+		ev.Pusher = p.Sender.Login
+	}
+	return ev, true, nil
+}
+
+// ParseManual parses the body of POST /rollouts: {"service": "my-service"}.
+func ParseManual(body []byte) (service string, err error) {
+	var p struct {
+		Service string `json:"service"`
+	}
+	if err := decodeJSON(body, &p); err != nil {
+		return "", err
+	}
+	if p.Service == "" {
+		return "", payloadErr("missing service")
+	}
+	return p.Service, nil
+}
+
+// decodeJSON decodes one JSON object; anything else is a PayloadError.
+func decodeJSON(body []byte, v any) error {
+	if err := json.Unmarshal(body, v); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return payloadErr("malformed JSON at byte %d", se.Offset)
+		case errors.As(err, &te):
+			return payloadErr("%s: want %s", te.Field, te.Type)
+		default:
+			return payloadErr("malformed JSON: %v", err)
+		}
+	}
+	return nil
+}
+
+// VerifyGitHubSignature checks an X-Hub-Signature-256 header
+// ("sha256=<hex HMAC-SHA256 of the body>") in constant time.
+func VerifyGitHubSignature(secret, header string, body []byte) bool {
+	hexsig, ok := strings.CutPrefix(header, "sha256=")
+	if !ok || secret == "" {
+		return false
+	}
+	got, err := hex.DecodeString(hexsig)
+	if err != nil || len(got) != sha256.Size {
+		return false
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	return hmac.Equal(got, mac.Sum(nil))
+}
+
+// SignGitHub returns the X-Hub-Signature-256 value for body.
+func SignGitHub(secret string, body []byte) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// tokenEqual compares a presented token with the expected one in constant
+// time, length included (both are hashed first). An empty expected token
+// never matches.
+func tokenEqual(expected, presented string) bool {
+	if expected == "" {
+		return false
+	}
+	a := sha256.Sum256([]byte(expected))
+	b := sha256.Sum256([]byte(presented))
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
