@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/hook"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
+	"github.com/urfave/cli/v2"
+)
+
+const token = "serve-test-token-0123456789"
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestServeBadInput(t *testing.T) {
+	tok := writeFile(t, "token", token+"\n")
+	short := writeFile(t, "short", "abc")
+	badCfg := writeFile(t, "bad.yaml", "services:\n  - name: a\n    grace: soon\n")
+	goodCfg := writeFile(t, "good.yaml", "services:\n  - name: a\n")
+	t.Setenv("FLEETROLL_TOKEN", "")
+	for _, tc := range []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"no service", []string{"serve", "--token-file", tok}, "give --config FILE or --service NAME"},
+		{"no token", []string{"serve", "--service", "a"}, "a token is required"},
+		{"short token", []string{"serve", "--service", "a", "--token-file", short}, "at least 16 characters"},
+		{"missing token file", []string{"serve", "--service", "a", "--token-file", tok + ".nope"}, "--token-file"},
+		{"both", []string{"serve", "--service", "a", "--config", goodCfg, "--token-file", tok}, "not both"},
+		{"bad config", []string{"serve", "--config", badCfg, "--token-file", tok}, "services[0].grace"},
+		{"ports with config", []string{"serve", "--config", goodCfg, "--ports", "1", "--token-file", tok}, "go with --service"},
+		{"bad ports", []string{"serve", "--service", "a", "--ports", "x", "--token-file", tok}, "--ports"},
+		{"bad repository", []string{"serve", "--service", "a", "--repository", "noslash", "--token-file", tok}, "repository"},
+		{"tls half", []string{"serve", "--service", "a", "--token-file", tok, "--tls-cert", "c.pem"}, "--tls-cert and --tls-key"},
+		{"bad cidr", []string{"serve", "--service", "a", "--token-file", tok, "--allow-from", "10.0.0.0/99"}, "--allow-from"},
+		{"bad callback origin", []string{"serve", "--service", "a", "--token-file", tok, "--callback-allow", "https://x/path"}, "--callback-allow"},
+		{"argument", []string{"serve", "extra", "--service", "a", "--token-file", tok}, "no arguments"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := runCLI(t, tc.args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2\n%s\n%s", code, out, errs)
+			}
+			lines := strings.Split(strings.TrimSpace(errs), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tc.msg) {
+				t.Fatalf("stderr = %q, want one line with %q", errs, tc.msg)
+			}
+			if strings.Contains(errs, token) {
+				t.Fatal("the token was printed")
+			}
+		})
+	}
+}
+
+func TestServeTokenFromEnvironment(t *testing.T) {
+	t.Setenv("FLEETROLL_TOKEN", token)
+	app := newApp(&bytes.Buffer{}, &bytes.Buffer{})
+	var got *serveOptions
+	for _, c := range app.Commands {
+		if c.Name == "serve" {
+			c.Action = func(c *cli.Context) error {
+				var err error
+				got, err = serveOptionsFrom(c)
+				return err
+			}
+		}
+	}
+	if err := app.Run([]string{"fleetroll", "serve", "--service", "a", "--repository", "demo/a", "--tag", "v*"}); err != nil {
+		t.Fatal(err)
+	}
+	if got.hook.Secrets.API != token || got.config.Services[0].DockerHub[0].Tags[0] != "v*" {
+		t.Fatalf("options = %+v", got.hook)
+	}
+}
+
+func TestReloadKeepsTheOldConfigOnError(t *testing.T) {
+	cfgFile := writeFile(t, "c.yaml", "services:\n  - name: a\n")
+	cfg, err := hook.LoadConfig(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, _ := fleetroll.Connect("http://127.0.0.1:1", time.Second)
+	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	o := &serveOptions{configFile: cfgFile}
+
+	os.WriteFile(cfgFile, []byte("services:\n  - name: a\n  - name: b\n"), 0o600)
+	reload(o, srv, log)
+	if n := len(srv.Config().Services); n != 2 {
+		t.Fatalf("%d services after a good reload", n)
+	}
+	os.WriteFile(cfgFile, []byte("services:\n  - name: a\n    token: x\n"), 0o600)
+	reload(o, srv, log)
+	if n := len(srv.Config().Services); n != 2 {
+		t.Fatalf("a bad reload replaced the config: %d services", n)
+	}
+	if !strings.Contains(logs.String(), "config reload failed") || !strings.Contains(logs.String(), "services[0].token") {
+		t.Fatalf("logs do not say why:\n%s", logs.String())
+	}
+}
+
+// SIGTERM (ctx cancelled) in the middle of a rollout: the listener closes,
+// the running unit step finishes (every unit ends launched and running), the
+// queued rollout is cancelled, and runServer returns nil (exit 0).
+func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
+	ff := fakefleet.New("a@1.service", "a@2.service", "b@1.service")
+	ff.Steps = 40
+	fsrv := httptest.NewServer(ff)
+	defer fsrv.Close()
+	fleet, _ := fleetroll.Connect(fsrv.URL, 5*time.Second)
+	cfg, _ := hook.ParseConfig([]byte("services: [{name: a}, {name: b}]"))
+	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token}, MaxParallel: 1,
+		Roll: fleetroll.Options{PollInterval: 5 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs bytes.Buffer
+	returned := make(chan error, 1)
+	go func() {
+		returned <- runServer(ctx, &serveOptions{shutdownTimeout: time.Minute}, srv, ln, slog.New(slog.NewTextHandler(&logs, nil)))
+	}()
+	base := "http://" + ln.Addr().String()
+	post := func(service string) string {
+		req, _ := http.NewRequest("POST", base+"/rollouts", strings.NewReader(`{"service":"`+service+`"}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var ans map[string]any
+		json.NewDecoder(resp.Body).Decode(&ans)
+		if resp.StatusCode != 202 {
+			t.Fatalf("%d %v", resp.StatusCode, ans)
+		}
+		return ans["id"].(string)
+	}
+	first := post("a")
+	second := post("b")
+	// Wait until the first unit is being stopped.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if u, _ := ff.Unit("a@1.service"); u.Desired == "loaded" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rollout did not start")
+		}
+		time.Sleep(time.Millisecond) // polling the fake: it has no change notification
+	}
+	cancel()
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Fatalf("runServer: %v\n%s", err, logs.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("no shutdown")
+	}
+	for _, name := range []string{"a@1.service", "a@2.service", "b@1.service"} {
+		if u, _ := ff.Unit(name); u.Desired != "launched" || u.Active != "active" {
+			t.Fatalf("%s left %s/%s", name, u.Desired, u.Active)
+		}
+	}
+	if u, _ := ff.Unit("a@2.service"); u.Restarts != 0 {
+		t.Fatal("the next unit was restarted after SIGTERM")
+	}
+	if r, _ := srv.Store().Get(first); r.Status != hook.StatusCancelled {
+		t.Fatalf("running rollout ended %s", r.Status)
+	}
+	if r, _ := srv.Store().Get(second); r.Status != hook.StatusCancelled {
+		t.Fatalf("queued rollout ended %s", r.Status)
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Fatal("still listening after shutdown")
+	}
+}

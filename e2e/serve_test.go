@@ -1,0 +1,220 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const serveToken = "e2e-serve-token-0123456789abcdef"
+
+func sharedFixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repo, "..", "shared", "fixtures", name))
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("fixture: %v", err)
+		}
+		t.Skipf("fixture: %v", err)
+	}
+	return b
+}
+
+// startServe runs fleetroll serve and returns its base URL once it listens.
+func startServe(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd, lines := startFleetroll(t, append([]string{"serve", "--listen", "127.0.0.1:0", "--endpoint", cl.Endpoint}, args...)...)
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if code := cmd.ProcessState.ExitCode(); code != 0 {
+				t.Errorf("fleetroll serve exited %d on SIGINT: %v", code, err)
+			}
+		case <-time.After(2 * time.Minute):
+			_ = cmd.Process.Kill()
+			t.Error("fleetroll serve did not stop on SIGINT")
+		}
+	})
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("fleetroll serve ended before listening")
+			}
+			if strings.Contains(l, serveToken) {
+				t.Errorf("the token was logged: %s", l)
+			}
+			if _, addr, found := strings.Cut(l, "msg=listening addr="); found {
+				addr, _, _ = strings.Cut(addr, " ")
+				go func() { // keep draining, checking for the token
+					for l := range lines {
+						if strings.Contains(l, serveToken) {
+							t.Errorf("the token was logged: %s", l)
+						}
+					}
+				}()
+				return "http://" + addr
+			}
+		case <-timeout:
+			t.Fatal("fleetroll serve did not listen within 1m")
+		}
+	}
+}
+
+func post(t *testing.T, url string, body []byte, headers map[string]string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	return resp.StatusCode, m
+}
+
+// waitStatus polls the status API until the rollout is final.
+func waitStatus(t *testing.T, base, id string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		req, _ := http.NewRequest("GET", base+"/rollouts/"+id, nil)
+		req.Header.Set("Authorization", "Bearer "+serveToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ro map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&ro)
+		resp.Body.Close()
+		switch ro["status"] {
+		case "succeeded", "failed", "cancelled", "superseded":
+			return ro
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout %s not finished: %v", id, ro)
+		}
+		time.Sleep(500 * time.Millisecond) // polling the status API, as a CI job would
+	}
+}
+
+func TestServeRollsOnWebhooks(t *testing.T) {
+	needCluster(t)
+	ports := []string{"18941", "18942", "18943"}
+	units := launchDemo(t, "e2e-hook", ports...)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(serveToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	callbacks := make(chan map[string]any, 4)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&m)
+		callbacks <- m
+	}))
+	defer receiver.Close()
+
+	base := startServe(t, "--service", "e2e-hook", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
+		"--tag", "latest", "--tag", "v1", "--token-file", tokenFile, "--grace", "0s", "--callback-allow", receiver.URL)
+
+	// A wrong token changes nothing.
+	before := systemd(t, units...)
+	hub := sharedFixture(t, "dockerhub-push.json")
+	var payload map[string]any
+	if err := json.Unmarshal(hub, &payload); err != nil {
+		t.Fatal(err)
+	}
+	payload["callback_url"] = receiver.URL + "/u/demo/my-service/hook/e2e/"
+	hub, _ = json.Marshal(payload)
+	if code, ans := post(t, base+"/webhooks/dockerhub/wrong-token-0123456789abcd", hub, map[string]string{"Content-Type": "application/json"}); code != 403 {
+		t.Fatalf("wrong token: %d %v", code, ans)
+	}
+	if code, _ := post(t, base+"/webhooks/registry", sharedFixture(t, "registry-push-oci.json"),
+		map[string]string{"Content-Type": "application/vnd.docker.distribution.events.v1+json", "Authorization": "Bearer registry-token-example"}); code != 403 {
+		t.Fatalf("wrong registry token: %d", code)
+	}
+
+	req, _ := http.NewRequest("GET", base+"/rollouts", nil)
+	req.Header.Set("Authorization", "Bearer "+serveToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Rollouts []any `json:"rollouts"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if len(list.Rollouts) != 0 {
+		t.Fatalf("wrong tokens queued rollouts: %v", list.Rollouts)
+	}
+	for i, s := range systemd(t, units...) {
+		if s.MainPID != before[i].MainPID {
+			t.Fatalf("%s changed after a wrong token: %+v -> %+v", units[i], before[i], s)
+		}
+	}
+
+	// Docker Hub: 202, every instance restarted, the callback says success.
+	code, ans := post(t, base+"/webhooks/dockerhub/"+serveToken, hub, map[string]string{"Content-Type": "application/json"})
+	if code != 202 {
+		t.Fatalf("Docker Hub webhook: %d %v", code, ans)
+	}
+	if ro := waitStatus(t, base, ans["id"].(string)); ro["status"] != "succeeded" {
+		t.Fatalf("rollout: %v", ro)
+	}
+	select {
+	case cb := <-callbacks:
+		if cb["state"] != "success" || cb["context"] != "fleetroll" {
+			t.Fatalf("callback = %v", cb)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("no callback")
+	}
+	mid := systemd(t, units...)
+	for i, u := range units {
+		if !mid[i].Up() || mid[i].MainPID == before[i].MainPID {
+			t.Errorf("%s not restarted by the Docker Hub webhook: %+v -> %+v", u, before[i], mid[i])
+		}
+	}
+	if len(callbacks) != 0 {
+		t.Fatal("more than one callback")
+	}
+
+	// The registry notification (tag v1) rolls them again.
+	code, ans = post(t, base+"/webhooks/registry", sharedFixture(t, "registry-push-oci.json"),
+		map[string]string{"Content-Type": "application/vnd.docker.distribution.events.v1+json", "Authorization": "Bearer " + serveToken})
+	if code != 202 {
+		t.Fatalf("registry webhook: %d %v", code, ans)
+	}
+	ro := waitStatus(t, base, ans["id"].(string))
+	if ro["status"] != "succeeded" {
+		t.Fatalf("rollout: %v", ro)
+	}
+	after := systemd(t, units...)
+	for i, u := range units {
+		if !after[i].Up() || after[i].MainPID == mid[i].MainPID {
+			t.Errorf("%s not restarted by the registry webhook: %+v -> %+v", u, mid[i], after[i])
+		}
+	}
+	for _, u := range ro["units"].([]any) {
+		if m := u.(map[string]any); m["phase"] != "restarted" || m["stop_seconds"].(float64) <= 0 {
+			t.Errorf("unit progress %v", m)
+		}
+	}
+}
