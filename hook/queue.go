@@ -26,10 +26,12 @@ type Queue struct {
 	quiet       time.Duration
 	now         func() time.Time
 
-	// Guarded by store.mu.
-	queued  map[string]string // service -> queued rollout ID
-	running map[string]string // service -> running rollout ID
-	fifo    []string          // services with a queued rollout, oldest first
+	// Guarded by store.mu. The queue holds its rollouts itself: the store
+	// may drop a record from its history once it is final, which a running
+	// rollout's record becomes a little before the queue lets go of it.
+	queued  map[string]*Rollout // service -> queued rollout
+	running map[string]*Rollout // service -> running rollout
+	fifo    []string            // services with a queued rollout, oldest first
 	closed  bool
 
 	wake chan struct{}
@@ -40,7 +42,7 @@ type Queue struct {
 func NewQueue(store *Store, exec func(ctx context.Context, r Rollout), maxParallel int, quiet time.Duration) *Queue {
 	return &Queue{
 		store: store, exec: exec, maxParallel: max(maxParallel, 1), quiet: quiet, now: time.Now,
-		queued: map[string]string{}, running: map[string]string{}, wake: make(chan struct{}, 1),
+		queued: map[string]*Rollout{}, running: map[string]*Rollout{}, wake: make(chan struct{}, 1),
 	}
 }
 
@@ -54,12 +56,11 @@ func (q *Queue) Submit(service string, t TriggerInfo) (Rollout, bool, error) {
 		return Rollout{}, false, ErrShuttingDown
 	}
 	now := q.now()
-	if id, ok := q.running[service]; ok && t.Source != SourceManual && s.byID[id].Trigger.key() == t.key() {
-		return s.byID[id].clone(), true, nil
+	if cur, ok := q.running[service]; ok && t.Source != SourceManual && cur.Trigger.key() == t.key() {
+		return cur.clone(), true, nil
 	}
 	r := &Rollout{ID: fleetroll.NewID(), Service: service, Status: StatusQueued, Trigger: t, Created: now, touched: now}
-	if id, ok := q.queued[service]; ok {
-		old := s.byID[id]
+	if old, ok := q.queued[service]; ok {
 		if old.Trigger.key() == t.key() {
 			old.touched = now
 			return old.clone(), true, nil
@@ -72,9 +73,9 @@ func (q *Queue) Submit(service string, t TriggerInfo) (Rollout, bool, error) {
 			}
 		}
 		old.Supersedes = nil
-		q.queued[service] = r.ID
+		q.queued[service] = r
 	} else {
-		q.queued[service] = r.ID
+		q.queued[service] = r
 		q.fifo = append(q.fifo, service)
 	}
 	s.addLocked(r)
@@ -140,7 +141,7 @@ func (q *Queue) startReady(ctx context.Context, wg *sync.WaitGroup) time.Duratio
 			i++
 			continue
 		}
-		r := s.byID[q.queued[service]]
+		r := q.queued[service]
 		if wait := r.touched.Add(q.quiet).Sub(now); wait > 0 {
 			if next == 0 || wait < next {
 				next = wait
@@ -150,7 +151,7 @@ func (q *Queue) startReady(ctx context.Context, wg *sync.WaitGroup) time.Duratio
 		}
 		q.fifo = append(q.fifo[:i], q.fifo[i+1:]...)
 		delete(q.queued, service)
-		q.running[service] = r.ID
+		q.running[service] = r
 		r.Status, r.Started = StatusRunning, &now
 		snapshot := r.clone()
 		wg.Add(1)
@@ -172,10 +173,8 @@ func (q *Queue) close() {
 	defer s.mu.Unlock()
 	q.closed = true
 	now := q.now()
-	for service, id := range q.queued {
-		if r, ok := s.byID[id]; ok {
-			r.Status, r.Finished, r.Error = StatusCancelled, &now, "fleetroll shut down before this rollout started"
-		}
+	for service, r := range q.queued {
+		r.Status, r.Finished, r.Error = StatusCancelled, &now, "fleetroll shut down before this rollout started"
 		delete(q.queued, service)
 	}
 	q.fifo = nil

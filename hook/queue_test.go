@@ -244,3 +244,30 @@ func TestStoreKeepsTheNewestFinished(t *testing.T) {
 		t.Fatal("service filter")
 	}
 }
+
+// A rollout's record turns final inside exec, before the queue lets go of
+// it; a small history may drop it meanwhile. Submit must not trip over that.
+func TestSubmitWhileTheRunningRecordLeftTheHistory(t *testing.T) {
+	store := NewStore(1)
+	release := make(chan struct{})
+	started := make(chan struct{}, 10)
+	q := NewQueue(store, func(ctx context.Context, r Rollout) {
+		store.Update(r.ID, func(ro *Rollout) { ro.Status = StatusSucceeded })
+		started <- struct{}{}
+		<-release
+	}, 2, 0)
+	runQueue(t, q)
+	t.Cleanup(func() { close(release) }) // runs before runQueue's cleanup
+	first, _, _ := q.Submit("a", trig(1))
+	<-started
+	q.Submit("b", trig(1)) // starts too: pushes the finished record of "a" out
+	<-started
+	q.Submit("c", trig(1))
+	q.Submit("c", trig(2)) // a superseded (final) record, dropped as well
+	if _, ok := store.Get(first.ID); ok {
+		t.Fatal("test setup: the finished record is still in the history")
+	}
+	if _, merged, err := q.Submit("a", trig(1)); err != nil || !merged {
+		t.Fatalf("duplicate of the running push: merged=%v err=%v", merged, err)
+	}
+}

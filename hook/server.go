@@ -14,6 +14,7 @@ import (
 	"mime"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -215,6 +216,18 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-ID", id)
 		sw := &statusWriter{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, reqInfo{id: id, log: log}))
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error("handler panic", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				if sw.code == 0 {
+					code, body := problem(http.StatusInternalServerError, "internal error")
+					writeJSON(sw, code, withID(body, id))
+				}
+			}
+		}()
 		if len(s.opt.AllowFrom) > 0 && r.URL.Path != "/healthz" && !inAny(client, s.opt.AllowFrom) {
 			code, body := problem(http.StatusForbidden, "source address not allowed")
 			writeJSON(sw, code, withID(body, id))

@@ -291,3 +291,18 @@ func TestDockerHubRollsAndCallsBack(t *testing.T) {
 		t.Fatalf("the callback URL leaks through the status API: %s", raw)
 	}
 }
+
+func TestHandlerPanicAnswers500(t *testing.T) {
+	env := newTestEnv(t, nil)
+	h := env.srv.middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { panic("boom") }))
+	srv := newHTTPServer(t, h)
+	resp, err := http.Get(srv.URL + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 500 || resp.Header.Get("X-Request-ID") == "" {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	mustContain(t, env.logs.String(), "handler panic")
+}
