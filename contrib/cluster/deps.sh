@@ -7,6 +7,16 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 [[ -e /usr/lib/systemd/user/dbus.socket ]] || need+=(dbus-user-session)
 command -v busctl >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+# Containers without a Docker engine (the container proof): podman with runc,
+# a registry that sends notifications, nginx for the proxy, and a static
+# busybox for a builder image made without any registry.
+if [[ ${FLEETROLL_DEPS:-all} == all ]]; then
+  command -v podman >/dev/null || need+=(podman)
+  command -v runc >/dev/null || need+=(runc)
+  command -v docker-registry >/dev/null || need+=(docker-registry)
+  command -v nginx >/dev/null || need+=(nginx-light)
+  [[ -x /bin/busybox ]] && /bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
+fi
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

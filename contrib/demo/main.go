@@ -20,6 +20,9 @@ import (
 	"time"
 )
 
+// defaultVersion is stamped into demo images with -ldflags.
+var defaultVersion = "dev"
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "my-service:", err)
@@ -30,7 +33,7 @@ func main() {
 func run() error {
 	port := flag.Int("port", 0, "port to listen on (required)")
 	addr := flag.String("addr", "", "address to listen on (default: all)")
-	version := flag.String("version", "", "version to report")
+	version := flag.String("version", "", "version to report (default: the one stamped at build)")
 	versionFile := flag.String("version-file", "", "read the version from this file at start (stands in for pulling the newest image)")
 	drain := flag.Duration("shutdown-timeout", 10*time.Second, "how long requests in flight may take after SIGTERM")
 	flag.Parse()
@@ -46,10 +49,11 @@ func run() error {
 		v = strings.TrimSpace(string(b))
 	}
 	if v == "" {
-		v = "dev"
+		v = defaultVersion
 	}
 	started := time.Now().UTC()
-	info := map[string]any{"version": v, "pid": os.Getpid(), "started": started.Format(time.RFC3339Nano), "port": *port}
+	host, _ := os.Hostname()
+	info := map[string]any{"version": v, "pid": os.Getpid(), "host": host, "started": started.Format(time.RFC3339Nano), "port": *port}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {

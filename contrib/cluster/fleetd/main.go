@@ -55,6 +55,11 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("listen unix %s: %w", *sock, err)
 		}
+		// As fleet.socket on CoreOS (systemd's default SocketMode=0666), so
+		// that a non-root container (fleetroll's image) can connect.
+		if err := os.Chmod(*sock, 0o666); err != nil {
+			return fmt.Errorf("chmod %s: %w", *sock, err)
+		}
 		listeners = append(listeners, l)
 	}
 	cfg := config.Config{

@@ -1,0 +1,420 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coreos/fleet/schema"
+	"github.com/fleetroll/fleetroll/internal/cluster"
+)
+
+// The container proof (issue 4): the fleetroll image built from the
+// Dockerfile with podman, two versions of the demo image, a local registry
+// whose notifications reach fleetroll running in its container as the shipped
+// fleetroll.service, the shipped my-service units and the confd + nginx
+// proxy. Pushing version 2 rolls every instance to it, and the proxy answers
+// from all of them.
+
+const (
+	regAddr     = "127.0.0.1:15000"
+	hookListen  = "127.0.0.1:18080"
+	proxyListen = "127.0.0.1:18088"
+	ctrToken    = "e2e-container-token-0123456789"
+)
+
+var ctrPorts = []string{"18951", "18952", "18953"}
+
+type ctrEnv struct {
+	t    *testing.T
+	tmp  string
+	env  []string
+	repo string
+}
+
+func (c *ctrEnv) run(timeout time.Duration, name string, args ...string) string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = c.env
+	cmd.Dir = c.repo
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is required under CI=true (contrib/cluster/deps.sh installs it)", tool)
+			}
+			t.Skipf("no %s", tool)
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dropIn writes a systemd drop-in for a unit into the cluster's runtime unit
+// directory, where fleet links the units it loads.
+func dropIn(t *testing.T, unit string, env map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("[Service]\n")
+	for k, v := range env {
+		fmt.Fprintf(&b, "Environment=\"%s=%s\"\n", k, v)
+	}
+	writeFile(t, filepath.Join(cl.Dir, "run", "systemd", "user", unit+".d", "10-e2e.conf"), b.String(), 0o644)
+}
+
+// submit submits a shipped unit file under the given names and launches them.
+func submit(t *testing.T, file string, names ...string) {
+	t.Helper()
+	opts, err := cluster.LoadTemplate(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test cluster has one machine: fleet's Conflicts= would keep all
+	// but one instance off it. Scheduling options are the cluster's business;
+	// everything that runs is the shipped unit as it is.
+	var kept []*schema.UnitOption
+	for _, o := range opts {
+		if !(o.Section == "X-Fleet" && o.Name == "Conflicts") {
+			kept = append(kept, o)
+		}
+	}
+	api, err := cl.API()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if err := api.CreateUnit(&schema.Unit{Name: n, Options: kept, DesiredState: "launched"}); err != nil {
+			t.Fatalf("create %s: %v", n, err)
+		}
+	}
+	t.Cleanup(func() { cl.Destroy(names...) })
+}
+
+func getJSON(url string, headers map[string]string, v any) error {
+	req, _ := http.NewRequest("GET", url, nil)
+	for k, val := range headers {
+		req.Header.Set(k, val)
+	}
+	resp, err := (&http.Client{Timeout: 3 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// eventually polls cond every interval until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(500 * time.Millisecond) // polling a system with no change notification
+	}
+}
+
+type demoAnswer struct {
+	Version string `json:"version"`
+	Port    int    `json:"port"`
+	Host    string `json:"host"`
+}
+
+// proxyView asks the proxy n times and returns the version seen per port.
+func proxyView(n int) (map[int]string, error) {
+	seen := map[int]string{}
+	for range n {
+		var a demoAnswer
+		if err := getJSON("http://"+proxyListen+"/", nil, &a); err != nil {
+			return nil, err
+		}
+		seen[a.Port] = a.Version
+	}
+	return seen, nil
+}
+
+func TestContainersRollOnRegistryPush(t *testing.T) {
+	needCluster(t)
+	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox")
+	tmp := t.TempDir()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	regConf := filepath.Join(tmp, "registries.conf")
+	writeFile(t, regConf, "[[registry]]\nlocation = \""+regAddr+"\"\ninsecure = true\n", 0o644)
+	containersConf := filepath.Join(repo, "contrib", "container", "containers.conf")
+	c := &ctrEnv{t: t, tmp: tmp, repo: repo,
+		env: append(os.Environ(), "CONTAINERS_CONF="+containersConf, "CONTAINERS_REGISTRIES_CONF="+regConf)}
+	version := fmt.Sprintf("e2e-%d", time.Now().Unix())
+	fleetrollImage := regAddr + "/fleetroll/fleetroll:" + version
+	demoImage := regAddr + "/demo/my-service"
+
+	// Images, with no registry but our own.
+	modcache := strings.TrimSpace(c.run(time.Minute, "go", "env", "GOMODCACHE"))
+	c.run(5*time.Minute, "contrib/container/builder.sh", "localhost/fleetroll-builder")
+	c.run(15*time.Minute, "podman", "build", "-q", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
+		"--build-arg", "GOPROXY=off", "--build-arg", "GOFLAGS=-mod=mod", "--build-arg", "VERSION="+version,
+		"--volume", modcache+":/go/pkg/mod:ro", "-t", fleetrollImage, ".")
+	for _, v := range []string{"v1", "v2"} {
+		c.run(10*time.Minute, "podman", "build", "-q", "-f", "contrib/demo/Dockerfile", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
+			"--build-arg", "VERSION="+v, "-t", demoImage+":"+v, "contrib/demo")
+	}
+
+	// The image: the stamped version, a non-root user, and only what it needs.
+	if out := c.run(time.Minute, "podman", "run", "--rm", fleetrollImage, "version"); strings.TrimSpace(out) != "fleetroll "+version {
+		t.Fatalf("fleetroll version in the image: %q", out)
+	}
+	if user := strings.TrimSpace(c.run(time.Minute, "podman", "image", "inspect", "--format", "{{.Config.User}}", fleetrollImage)); user != "65532:65532" {
+		t.Fatalf("image user %q", user)
+	}
+	ctr := strings.TrimSpace(c.run(time.Minute, "podman", "create", fleetrollImage))
+	defer c.run(time.Minute, "podman", "rm", ctr)
+	tarFile := filepath.Join(tmp, "rootfs.tar")
+	c.run(time.Minute, "podman", "export", "-o", tarFile, ctr)
+	var files []string
+	for _, f := range strings.Fields(c.run(time.Minute, "tar", "-tf", tarFile)) {
+		if !strings.HasSuffix(f, "/") {
+			files = append(files, f)
+		}
+	}
+	want := map[string]bool{"etc/group": true, "etc/passwd": true, "etc/ssl/certs/ca-certificates.crt": true, "usr/local/bin/fleetroll": true}
+	for _, f := range files {
+		if !want[strings.TrimPrefix(f, "/")] && !strings.HasPrefix(f, "etc/hosts") && !strings.HasPrefix(f, "etc/resolv.conf") && !strings.HasPrefix(f, "run/") {
+			t.Errorf("unexpected file in the image: %s", f)
+		}
+	}
+
+	// A registry that notifies fleetroll. Until fleetroll listens, a sink
+	// takes the notifications of the first pushes (the registry retries
+	// until someone answers).
+	regDir := filepath.Join(tmp, "registry")
+	writeFile(t, filepath.Join(tmp, "registry.yml"), fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+notifications:
+  endpoints:
+    - name: fleetroll
+      url: http://%s/webhooks/registry
+      headers:
+        Authorization: [Bearer %s]
+      timeout: 2s
+      threshold: 3
+      backoff: 1s
+`, regDir, regAddr, hookListen, ctrToken), 0o644)
+	reg := exec.Command("docker-registry", "serve", filepath.Join(tmp, "registry.yml"))
+	reg.Stdout, reg.Stderr = io.Discard, io.Discard
+	if err := reg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = reg.Process.Kill(); _ = reg.Wait() }()
+	eventually(t, 30*time.Second, "registry up", func() error {
+		var v any
+		return getJSON("http://"+regAddr+"/v2/", nil, &v)
+	})
+	sinkLn, err := net.Listen("tcp", hookListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sinkGot := make(chan struct{}, 100)
+	sink := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		sinkGot <- struct{}{}
+	})}
+	go func() { _ = sink.Serve(sinkLn) }()
+	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", fleetrollImage)
+	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", demoImage+":v1", demoImage+":latest")
+	select {
+	case <-sinkGot:
+	case <-time.After(time.Minute):
+		t.Fatal("the registry sent no notification")
+	}
+	eventually(t, 30*time.Second, "registry queue drained", func() error {
+		// Drain until a second goes by without a notification.
+		select {
+		case <-sinkGot:
+			return fmt.Errorf("still sending")
+		case <-time.After(time.Second):
+			return nil
+		}
+	})
+	_ = sink.Close()
+
+	// fleetroll's configuration and token on "the host".
+	etc := filepath.Join(tmp, "etc-fleetroll")
+	writeFile(t, filepath.Join(etc, "config.yaml"), `services:
+  - name: my-service
+    ports: `+strings.Join(ctrPorts, ",")+`
+    grace: 1s
+    registry:
+      - repository: demo/my-service
+        tags: [latest]
+`, 0o644)
+	writeFile(t, filepath.Join(etc, "token"), ctrToken+"\n", 0o400)
+	if err := os.Chown(filepath.Join(etc, "token"), 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
+
+	// The proxy directory, as an operator installs it.
+	proxyDir := filepath.Join(tmp, "my-service-proxy")
+	c.run(time.Minute, "cp", "-r", filepath.Join(repo, "contrib", "proxy", "my-service-proxy"), proxyDir)
+	writeFile(t, filepath.Join(proxyDir, "listen.conf"), "listen "+proxyListen+";\n", 0o644)
+	confd := c.run(10*time.Minute, "contrib/proxy/build-confd.sh", filepath.Join(tmp, "confd"))
+
+	// Drop-ins: the site settings, one Environment= line each.
+	engine := map[string]string{"DOCKER": "/usr/bin/podman", "CONTAINERS_CONF": containersConf, "CONTAINERS_REGISTRIES_CONF": regConf}
+	with := func(m map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range engine {
+			out[k] = v
+		}
+		for k, v := range m {
+			out[k] = v
+		}
+		return out
+	}
+	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5"}))
+	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
+	dropIn(t, "fleetroll.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc,
+		"FLEET_SOCKET": filepath.Join(cl.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s"}))
+	dropIn(t, "my-service-proxy.service", map[string]string{"PROXY_DIR": proxyDir})
+	dropIn(t, "my-service-confd.service", map[string]string{"PROXY_DIR": proxyDir, "CONFD": strings.TrimSpace(confd), "ETCD": cl.EtcdURL})
+
+	// Submit the shipped units.
+	var instances, sidekicks []string
+	for _, p := range ctrPorts {
+		instances = append(instances, "my-service@"+p+".service")
+		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
+	}
+	submit(t, filepath.Join(repo, "units", "my-service@.service"), instances...)
+	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+	submit(t, filepath.Join(repo, "contrib", "proxy", "units", "my-service-proxy.service"), "my-service-proxy.service")
+	submit(t, filepath.Join(repo, "contrib", "proxy", "units", "my-service-confd.service"), "my-service-confd.service")
+	submit(t, filepath.Join(repo, "units", "fleetroll.service"), "fleetroll.service")
+	t.Cleanup(func() {
+		// Units first (their ExecStop stops the containers), then leftovers.
+		for _, n := range append(instances, "fleetroll.service") {
+			cl.Destroy(n)
+		}
+		_ = exec.Command("podman", "rm", "-f", "-a").Run()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, n := range append(append(append([]string{}, instances...), sidekicks...), "my-service-proxy.service", "my-service-confd.service", "fleetroll.service") {
+		if err := cl.WaitRunning(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 2*time.Minute, "fleetroll answering in its container", func() error {
+		var h map[string]any
+		return getJSON("http://"+hookListen+"/healthz", nil, &h)
+	})
+	eventually(t, 2*time.Minute, "the proxy routing to all three v1 instances", func() error {
+		seen, err := proxyView(30)
+		if err != nil {
+			return err
+		}
+		if len(seen) != 3 {
+			return fmt.Errorf("proxy reaches %v", seen)
+		}
+		for p, v := range seen {
+			if v != "v1" {
+				return fmt.Errorf("port %d serves %s", p, v)
+			}
+		}
+		return nil
+	})
+	before := systemd(t, instances...)
+
+	// Push version 2: the registry notifies fleetroll, which rolls.
+	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", demoImage+":v2", demoImage+":latest")
+	auth := map[string]string{"Authorization": "Bearer " + ctrToken}
+	var done map[string]any
+	eventually(t, 5*time.Minute, "a rollout triggered by the registry to succeed", func() error {
+		var list struct {
+			Rollouts []map[string]any `json:"rollouts"`
+		}
+		if err := getJSON("http://"+hookListen+"/rollouts", auth, &list); err != nil {
+			return err
+		}
+		for _, r := range list.Rollouts {
+			trig, _ := r["trigger"].(map[string]any)
+			if trig["source"] == "registry" && r["status"] == "succeeded" {
+				done = r
+				return nil
+			}
+			if r["status"] == "failed" {
+				t.Fatalf("rollout failed: %v", r)
+			}
+		}
+		return fmt.Errorf("rollouts: %v", list.Rollouts)
+	})
+	t.Logf("rollout %v", done["id"])
+	after := systemd(t, instances...)
+	for i, n := range instances {
+		if !after[i].Up() || after[i].Started == before[i].Started {
+			t.Errorf("%s not restarted: %+v -> %+v", n, before[i], after[i])
+		}
+		var a demoAnswer
+		if err := getJSON("http://127.0.0.1:"+ctrPorts[i]+"/", nil, &a); err != nil || a.Version != "v2" {
+			t.Errorf("%s serves %+v (%v), want v2", n, a, err)
+		}
+	}
+	eventually(t, time.Minute, "the proxy routing to all three v2 instances", func() error {
+		seen, err := proxyView(30)
+		if err != nil {
+			return err
+		}
+		if len(seen) != 3 {
+			return fmt.Errorf("proxy reaches %v", seen)
+		}
+		for p, v := range seen {
+			if v != "v2" {
+				return fmt.Errorf("port %d serves %s", p, v)
+			}
+		}
+		return nil
+	})
+}
