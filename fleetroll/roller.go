@@ -47,6 +47,25 @@ type Options struct {
 	Logger *slog.Logger
 	// Clock defaults to the real clock.
 	Clock Clock
+	// Hooks add steps around each unit: drain, health gate, lock checks.
+	Hooks Hooks
+}
+
+// Hooks add steps around each unit's restart. Nil hooks are skipped.
+type Hooks struct {
+	// Continue runs before each unit; an error halts the roll before the
+	// unit is touched (for example: the cluster lock was lost).
+	Continue func() error
+	// BeforeStop runs before a unit is stopped (drain); an error halts the
+	// roll with the unit left as it is.
+	BeforeStop func(ctx context.Context, unit string) error
+	// AfterRunning runs once fleet reports the unit running, before the
+	// grace period (health gate, announcement back); an error halts the roll
+	// like a failed start, with the unit launched.
+	AfterRunning func(ctx context.Context, unit string, st *schema.UnitState) error
+	// Done runs after each unit that BeforeStop was called for, whatever
+	// happened (cleanup such as clearing a drain key).
+	Done func(ctx context.Context, unit string)
 }
 
 // Validate rejects negative durations.
@@ -163,6 +182,11 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 		if err := ctx.Err(); err != nil {
 			return finish(fmt.Errorf("roll of %s interrupted before %s: %w", plan.Service, u.Name, err))
 		}
+		if c := r.opt.Hooks.Continue; c != nil {
+			if err := c(); err != nil {
+				return finish(fmt.Errorf("roll of %s halted before %s: %w", plan.Service, u.Name, err))
+			}
+		}
 		ur, err := r.restart(ctx, u.Name)
 		rep.Units[i] = ur
 		if err != nil {
@@ -186,7 +210,15 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 	var last *schema.UnitState
 
 	t0 := clock.Now()
-	stopDeadline := t0.Add(r.opt.StopTimeout)
+	if h := r.opt.Hooks.BeforeStop; h != nil {
+		if done := r.opt.Hooks.Done; done != nil {
+			defer done(context.WithoutCancel(ctx), name)
+		}
+		if err := h(ctx, name); err != nil {
+			return r.failed(&ur, PhaseDrain, nil, false, fmt.Errorf("%w; the unit was not touched", err), t0)
+		}
+	}
+	stopDeadline := clock.Now().Add(r.opt.StopTimeout)
 	r.emit(Event{Unit: name, Kind: EventStopping})
 	stopErr := r.until(ctx, stopDeadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
 		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
@@ -247,6 +279,12 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 		return r.failed(&ur, PhaseStop, last, false, fmt.Errorf("%w; the stop had begun, so the unit was restarted", interrupted), t0)
 	}
 	r.emit(Event{Unit: name, Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: DescribeState(last)})
+	if h := r.opt.Hooks.AfterRunning; h != nil {
+		if err := h(ctx, name, last); err != nil {
+			return r.failed(&ur, PhaseHealth, last, false, err, t0)
+		}
+		ur.Total = Seconds(clock.Now().Sub(t0))
+	}
 	return ur, nil
 }
 
