@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -143,7 +144,7 @@ type observer struct {
 
 func observe(units, ports []string, every time.Duration) *observer {
 	o := &observer{units: units, ports: ports, seenDown: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
-	hc := &http.Client{Timeout: every}
+	hc := &http.Client{Timeout: 2 * time.Second}
 	go func() {
 		defer close(o.done)
 		tick := time.NewTicker(every)
@@ -164,15 +165,26 @@ func (o *observer) sample(hc *http.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	states, err := cl.Systemd(ctx, o.units...)
-	httpDown := 0
+	// Down over HTTP means the port refuses connections; a slow answer on a
+	// busy machine is not a down instance.
+	refused := make(chan bool, len(o.ports))
 	for _, p := range o.ports {
-		resp, err := hc.Get("http://127.0.0.1:" + p + "/healthz")
-		if err != nil {
+		go func() {
+			resp, err := hc.Get("http://127.0.0.1:" + p + "/healthz")
+			if err != nil {
+				refused <- errors.Is(err, syscall.ECONNREFUSED)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			refused <- false
+		}()
+	}
+	httpDown := 0
+	for range o.ports {
+		if <-refused {
 			httpDown++
-			continue
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
