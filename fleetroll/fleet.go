@@ -160,6 +160,25 @@ func (h *httpFleet) UnitState(ctx context.Context, name string) (*schema.UnitSta
 	return findState(page.States, name)
 }
 
+// MachineIPs maps fleet machine IDs to their public IPs (GET /machines;
+// only the listing: fleet's metadata calls panic in its client).
+func (h *httpFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
+	ms, err := h.api(ctx).Machines()
+	if err != nil {
+		return nil, err
+	}
+	ips := make(map[string]string, len(ms))
+	for _, m := range ms {
+		ips[m.ID] = m.PublicIP
+	}
+	return ips, nil
+}
+
+// MachineLister is implemented by fleets that can list machines' IPs.
+type MachineLister interface {
+	MachineIPs(ctx context.Context) (map[string]string, error)
+}
+
 func (h *httpFleet) SetUnitTargetState(ctx context.Context, name, target string) error {
 	return setTargetState(h.api(ctx), name, target)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 )
 
 // execute runs one rollout to its end: plan, roll, record, count, report
@@ -64,7 +65,15 @@ func (s *Server) roll(ctx context.Context, r Rollout) (*fleetroll.Report, error)
 			ro.Units = append(ro.Units, UnitProgress{Unit: u.Name, Phase: "pending", State: u.State})
 		}
 	})
+	safety := svc.Safety(s.opt.Safety)
+	safety.Owner = coord.Owner("fleetroll serve, rollout " + r.ID)
+	hooks, release, err := safety.Prepare(ctx, r.Service)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Service, err)
+	}
+	defer release()
 	opts := svc.RollOptions(s.opt.Roll)
+	opts.Hooks = hooks
 	opts.RolloutID = r.ID
 	opts.Logger = s.log.With("service", r.Service, "request_id", r.Trigger.RequestID)
 	opts.OnEvent = func(e fleetroll.Event) { s.progress(r.ID, e) }

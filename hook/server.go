@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -67,6 +68,9 @@ type Options struct {
 	AllowFrom []netip.Prefix
 	// TrustedProxies may set X-Forwarded-For.
 	TrustedProxies []netip.Prefix
+	// Safety holds etcd, the lock mode and owner; each service adds its
+	// health gate and drain settings.
+	Safety coord.Safety
 }
 
 // Server is the webhook receiver.
@@ -104,6 +108,12 @@ func New(opt Options) (*Server, error) {
 	if err := opt.Roll.Validate(); err != nil {
 		return nil, err
 	}
+	if opt.Safety.Fleet == nil {
+		opt.Safety.Fleet = opt.Fleet
+	}
+	if err := checkSafety(opt.Config, opt.Safety); err != nil {
+		return nil, err
+	}
 	if opt.BodyLimit <= 0 {
 		opt.BodyLimit = DefaultBodyLimit
 	}
@@ -139,9 +149,22 @@ func (s *Server) Run(ctx context.Context) { s.queue.Run(ctx) }
 // Config returns the configuration in force.
 func (s *Server) Config() *Config { return s.cfg.Load() }
 
+// checkSafety makes sure every service's drain and lock can work.
+func checkSafety(c *Config, base coord.Safety) error {
+	for i, svc := range c.Services {
+		if err := svc.Safety(base).Validate(); err != nil {
+			return fmt.Errorf("services[%d] (%s): %w (--etcd-endpoints)", i, svc.Name, err)
+		}
+	}
+	return nil
+}
+
 // SetConfig replaces the configuration atomically; it must be valid.
 func (s *Server) SetConfig(c *Config) error {
 	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := checkSafety(c, s.opt.Safety); err != nil {
 		return err
 	}
 	s.cfg.Store(c)

@@ -135,7 +135,11 @@ func TestSidekickUnit(t *testing.T) {
 	if e["PREFIX"] != "/services/my-service" || e["TTL"] == "" || e["ETCD"] == "" {
 		t.Errorf("environment %v", e)
 	}
-	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), `-X PUT "$$key"`, `ttl="$$TTL"`, `value="$$host:%i"`, "$$CHECK_URL", "-X DELETE")
+	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), `-X PUT "$$key"`, `ttl="$$TTL"`, `value="$$host:%i"`, "$$CHECK_URL", "-X DELETE",
+		`"$$ETCD/v2/keys$$DRAIN_KEY"`)
+	if e["DRAIN_KEY"] != "/fleetroll/drain/my-service/%i" {
+		t.Errorf("DRAIN_KEY=%s: fleetroll's drain keys are /fleetroll/drain/SERVICE/INSTANCE", e["DRAIN_KEY"])
+	}
 	contains(t, "ExecStop", one(t, uf, "Service", "ExecStop"), "-X DELETE", "$$PREFIX/%i")
 }
 

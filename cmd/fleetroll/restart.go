@@ -52,6 +52,7 @@ func restartCommand() *cli.Command {
 		&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"FLEETROLL_DRY_RUN"}, Usage: "print the plan and exit"},
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
 	)
+	flags = append(flags, safetyFlags()...)
 	flags = append(flags, logFlags("warn")...)
 	return &cli.Command{
 		Name:      "restart",
@@ -67,6 +68,7 @@ Examples:
    fleetroll restart my-service --dry-run            # every launched instance
    fleetroll restart my-service@8901.service my-service@8902.service
    FLEETCTL_ENDPOINT=http://127.0.0.1:49153 fleetroll restart my-service -o json
+   fleetroll restart my-service --lock fail --drain --health-path /healthz
 
 Exit codes: 0 all restarted; 1 the roll failed or halted, or fleet could not
 be reached; 2 usage or plan errors (bad flags, bad port list, unknown units);
@@ -172,6 +174,16 @@ func restartAction(c *cli.Context) error {
 		return printPlan(out, o, plan)
 	}
 
+	safety, err := safetyFrom(c, fleet, "fleetroll restart "+plan.Service, false)
+	if err != nil {
+		return err
+	}
+	hooks, release, err := safety.Prepare(ctx, plan.Service)
+	if err != nil {
+		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}
+	}
+	defer release()
+	o.roll.Hooks = hooks
 	o.roll.Logger = logger
 	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
 	roller, err := fleetroll.NewRoller(fleet, o.roll)

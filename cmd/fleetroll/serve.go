@@ -46,6 +46,7 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com)"},
 		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
 	)
+	flags = append(flags, safetyFlags()...)
 	flags = append(flags, logFlags("info")...)
 	return &cli.Command{
 		Name:  "serve",
@@ -181,6 +182,15 @@ func (o *serveOptions) validate() error {
 	return nil
 }
 
+func needsEtcd(cfg *hook.Config) bool {
+	for _, s := range cfg.Services {
+		if s.Drain != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // flagConfig builds the one-service configuration of --service.
 func flagConfig(c *cli.Context) (*hook.Config, error) {
 	svc := hook.Service{Name: c.String("service")}
@@ -194,6 +204,13 @@ func flagConfig(c *cli.Context) (*hook.Config, error) {
 	if repo := c.String("repository"); repo != "" {
 		t := hook.Trigger{Repository: repo, Tags: c.StringSlice("tag")}
 		svc.DockerHub, svc.Registry, svc.GitHub = []hook.Trigger{t}, []hook.Trigger{t}, []hook.Trigger{t}
+	}
+	if p := c.String("health-path"); p != "" {
+		svc.Health = &hook.HealthConfig{Path: p, Successes: c.Int("health-successes"), Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout")}
+	}
+	if c.Bool("drain") {
+		svc.Drain = &hook.DrainConfig{Prefix: strings.ReplaceAll(c.String("drain-prefix"), "{service}", svc.Name),
+			Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
 	}
 	cfg := &hook.Config{Services: []hook.Service{svc}}
 	if err := cfg.Validate(); err != nil {
@@ -260,6 +277,14 @@ func serveAction(c *cli.Context) error {
 		return usageErr("--endpoint: %w", err)
 	}
 	o.hook.Fleet, o.hook.Config, o.hook.Logger = fleet, o.config, logger
+	// etcd is connected when the lock is on or any service drains; the
+	// drain and health settings themselves are per service.
+	safety, err := safetyFrom(c, fleet, "fleetroll serve", needsEtcd(o.config))
+	if err != nil {
+		return err
+	}
+	safety.Drain, safety.Gate = false, nil
+	o.hook.Safety = safety
 	srv, err := hook.New(o.hook)
 	if err != nil {
 		return usageErr("serve: %w", err)

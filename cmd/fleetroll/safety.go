@@ -1,0 +1,63 @@
+package main
+
+import (
+	"strings"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/urfave/cli/v2"
+)
+
+// safetyFlags: etcd (like fleetctl's), the cluster lock, drain and the
+// health gate.
+func safetyFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "etcd-endpoints", Value: "http://127.0.0.1:2379", EnvVars: []string{"FLEETROLL_ETCD_ENDPOINTS"}, Usage: "etcd client URLs, comma-separated (lock and drain)"},
+		&cli.StringFlag{Name: "etcd-ca-file", EnvVars: []string{"FLEETROLL_ETCD_CA_FILE"}, Usage: "CA of etcd's TLS certificate"},
+		&cli.StringFlag{Name: "etcd-cert-file", EnvVars: []string{"FLEETROLL_ETCD_CERT_FILE"}, Usage: "client certificate for etcd"},
+		&cli.StringFlag{Name: "etcd-key-file", EnvVars: []string{"FLEETROLL_ETCD_KEY_FILE"}, Usage: "client key for etcd"},
+		&cli.DurationFlag{Name: "etcd-timeout", Value: 3 * time.Second, EnvVars: []string{"FLEETROLL_ETCD_TIMEOUT"}, Usage: "timeout of each etcd request"},
+		&cli.StringFlag{Name: "lock", Value: coord.LockOff, EnvVars: []string{"FLEETROLL_LOCK"}, Usage: "cluster-wide lock per service in etcd: off, fail (refuse when held) or wait"},
+		&cli.DurationFlag{Name: "lock-ttl", Value: 30 * time.Second, EnvVars: []string{"FLEETROLL_LOCK_TTL"}, Usage: "TTL of the lock key (kept alive while held)"},
+		&cli.BoolFlag{Name: "drain", EnvVars: []string{"FLEETROLL_DRAIN"}, Usage: "take each instance out of the proxy (its etcd announcement) before stopping it"},
+		&cli.StringFlag{Name: "drain-prefix", Value: "/services/{service}", EnvVars: []string{"FLEETROLL_DRAIN_PREFIX"}, Usage: "where instances are announced: PREFIX/INSTANCE"},
+		&cli.DurationFlag{Name: "drain-delay", Value: 5 * time.Second, EnvVars: []string{"FLEETROLL_DRAIN_DELAY"}, Usage: "wait after the announcement is removed, for requests in flight"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: time.Minute, EnvVars: []string{"FLEETROLL_DRAIN_TIMEOUT"}, Usage: "wait for the announcement to come back after the start"},
+		&cli.StringFlag{Name: "health-path", EnvVars: []string{"FLEETROLL_HEALTH_PATH"}, Usage: "after the start, GET http://MACHINE_IP:PORT/PATH until healthy (empty: no gate)"},
+		&cli.IntFlag{Name: "health-successes", Value: 3, EnvVars: []string{"FLEETROLL_HEALTH_SUCCESSES"}, Usage: "2xx answers in a row that make an instance healthy"},
+		&cli.DurationFlag{Name: "health-interval", Value: time.Second, EnvVars: []string{"FLEETROLL_HEALTH_INTERVAL"}, Usage: "between health checks"},
+		&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Minute, EnvVars: []string{"FLEETROLL_HEALTH_TIMEOUT"}, Usage: "how long an instance may take to become healthy"},
+	}
+}
+
+// safetyFrom builds the safety settings; etcd is connected (not dialled)
+// when the lock or drain needs it, or needEtcd says so (a service of serve's
+// configuration drains).
+func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd bool) (coord.Safety, error) {
+	s := coord.Safety{
+		Lock: c.String("lock"), LockTTL: c.Duration("lock-ttl"), Owner: coord.Owner(what),
+		Drain: c.Bool("drain"), DrainPrefix: c.String("drain-prefix"),
+		DrainDelay: c.Duration("drain-delay"), DrainTimeout: c.Duration("drain-timeout"),
+		Fleet: fleet,
+	}
+	if p := c.String("health-path"); p != "" {
+		s.Gate = &fleetroll.HealthGate{Path: p, Successes: c.Int("health-successes"),
+			Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout")}
+	}
+	if needEtcd || s.Drain || (s.Lock != coord.LockOff && s.Lock != "") {
+		kapi, err := coord.Connect(coord.Config{
+			Endpoints: strings.Split(c.String("etcd-endpoints"), ","),
+			CAFile:    c.String("etcd-ca-file"), CertFile: c.String("etcd-cert-file"), KeyFile: c.String("etcd-key-file"),
+			Timeout: c.Duration("etcd-timeout"),
+		})
+		if err != nil {
+			return s, usageErr("--etcd-endpoints: %w", err)
+		}
+		s.KAPI = kapi
+	}
+	if err := s.Validate(); err != nil {
+		return s, usageErr("%w", err)
+	}
+	return s, nil
+}
