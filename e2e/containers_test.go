@@ -86,7 +86,9 @@ func dropIn(t *testing.T, unit string, env map[string]string) {
 	for k, v := range env {
 		fmt.Fprintf(&b, "Environment=\"%s=%s\"\n", k, v)
 	}
-	writeFile(t, filepath.Join(cl.Dir, "run", "systemd", "user", unit+".d", "10-e2e.conf"), b.String(), 0o644)
+	file := filepath.Join(cl.Dir, "run", "systemd", "user", unit+".d", "10-e2e.conf")
+	writeFile(t, file, b.String(), 0o644)
+	t.Cleanup(func() { _ = os.Remove(file) })
 }
 
 // submit submits a shipped unit file under the given names and launches them.

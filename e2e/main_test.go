@@ -233,6 +233,7 @@ func startFleetroll(t *testing.T, args ...string) (*exec.Cmd, <-chan string) {
 	return cmd, lines
 }
 
+// waitLine reads lines until one starts with want.
 func waitLine(t *testing.T, lines <-chan string, want string, log *strings.Builder) {
 	t.Helper()
 	timeout := time.After(2 * time.Minute)
@@ -243,7 +244,7 @@ func waitLine(t *testing.T, lines <-chan string, want string, log *strings.Build
 				t.Fatalf("fleetroll ended before printing %q:\n%s", want, log)
 			}
 			log.WriteString(l + "\n")
-			if l == want {
+			if strings.HasPrefix(l, want) {
 				return
 			}
 		case <-timeout:

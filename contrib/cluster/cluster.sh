@@ -132,10 +132,24 @@ fleet_ready() {
 }
 
 start_fleet() {
-  if alive fleetd && fleet_ready; then return; fi
+  if alive fleetd-supervisor && wait_for 30 "fleet API on $FLEET_URL" fleet_ready; then return; fi
+  alive fleetd-supervisor && kill "$(cat "$STATE/fleetd-supervisor.pid")" 2>/dev/null || true
   alive fleetd && kill "$(cat "$STATE/fleetd.pid")" 2>/dev/null || true
   mkdir -p "$STATE/units"
-  start_bg fleetd "$STATE/fleetd.log" "$STATE/bin/fleetd" -etcd-servers "$ETCD_URL" \
+  # Supervised like fleet.service (Restart=always): fleetd v1.0.0 panics
+  # when etcd stays away past its heartbeat monitor, and comes back on its
+  # own. fleetd.pid is the fleetd of the moment; the supervisor's pid is in
+  # fleetd-supervisor.pid.
+  start_bg fleetd-supervisor "$STATE/fleetd.log" /bin/bash -c '
+    state=$1; shift
+    trap "kill \$(cat \"$state/fleetd.pid\") 2>/dev/null; exit 0" TERM INT
+    while :; do
+      "$@" &
+      echo $! >"$state/fleetd.pid"
+      wait $!
+      echo "fleetd exited ($?), restarting in 1s" >&2
+      sleep 1
+    done' supervisor "$STATE" "$STATE/bin/fleetd" -etcd-servers "$ETCD_URL" \
     -listen "127.0.0.1:$FLEET_PORT" -socket "$STATE/fleet.sock" -units-dir "$STATE/units" \
     -public-ip 127.0.0.1
   wait_for 60 "fleet API on $FLEET_URL" fleet_ready || die "fleet did not start; see $STATE/fleetd.log"
@@ -170,6 +184,7 @@ down() {
   if alive systemd; then
     systemctl --user stop 'my-service@*.service' >/dev/null 2>&1 || true
   fi
+  stop_pid fleetd-supervisor
   stop_pid fleetd
   stop_pid systemd
   stop_pid etcd
@@ -185,7 +200,7 @@ down() {
 
 status() {
   local n
-  for n in systemd etcd fleetd; do
+  for n in systemd etcd fleetd-supervisor fleetd; do
     if alive $n; then echo "$n: running (pid $(cat "$STATE/$n.pid"))"; else echo "$n: not running"; fi
   done
   if fleet_ready; then

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coreos/fleet/client"
@@ -241,4 +242,38 @@ func (c *Cluster) Systemd(ctx context.Context, units ...string) ([]SystemdState,
 		}
 	}
 	return states, nil
+}
+
+// Kill kills one of the cluster's processes ("etcd", "fleetd", "systemd")
+// with SIGKILL, as a crash would.
+func (c *Cluster) Kill(name string) error {
+	b, err := os.ReadFile(filepath.Join(c.Dir, name+".pid"))
+	if err != nil {
+		return err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	if err := p.Kill(); err != nil {
+		return fmt.Errorf("kill %s (pid %d): %w", name, pid, err)
+	}
+	// Wait until it is gone, so that a restart does not find it alive.
+	for i := 0; i < 100; i++ {
+		if p.Signal(syscall.Signal(0)) != nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s (pid %d) still alive after SIGKILL", name, pid)
+}
+
+// Restore starts whatever of the cluster is not running (cluster.sh up).
+func (c *Cluster) Restore(ctx context.Context) error {
+	_, err := c.script(ctx, "up")
+	return err
 }

@@ -1,0 +1,262 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+func etcdKAPI(t *testing.T) client.KeysAPI {
+	t.Helper()
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kapi
+}
+
+func exitCode(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+// drain: the shipped sidekick announces each instance; fleetroll takes the
+// instance out before stopping it and waits for it to be back. An observer
+// sampling systemd and etcd every 50 ms never sees an announced instance that
+// is down, and never fewer than two announced once the roll has started.
+func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
+	needCluster(t)
+	ports := []string{"18961", "18962", "18963"}
+	units := launchDemo(t, "my-service", ports...)
+	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
+	var sidekicks []string
+	for _, p := range ports {
+		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
+	}
+	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+	kapi := etcdKAPI(t)
+	ctx := context.Background()
+	announced := func() (map[string]bool, error) {
+		resp, err := kapi.Get(ctx, "/services/my-service", nil)
+		if err != nil {
+			return nil, err
+		}
+		m := map[string]bool{}
+		for _, n := range resp.Node.Nodes {
+			m[filepath.Base(n.Key)] = true
+		}
+		return m, nil
+	}
+	eventually(t, time.Minute, "all three announced", func() error {
+		m, err := announced()
+		if err == nil && len(m) != 3 {
+			err = errors.New("not yet")
+		}
+		return err
+	})
+	before := systemd(t, units...)
+
+	var mu sync.Mutex
+	violations, minAnnounced, samples := 0, 3, 0
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			states, err1 := cl.Systemd(ctx, units...)
+			keys, err2 := announced()
+			if err1 == nil && err2 == nil {
+				mu.Lock()
+				samples++
+				for i, p := range ports {
+					if keys[p] && !states[i].Up() {
+						violations++
+					}
+				}
+				minAnnounced = min(minAnnounced, len(keys))
+				mu.Unlock()
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	code, out := fleetroll(t, "restart", "my-service", "--ports", strings.Join(ports, ","), "--endpoint", cl.Endpoint,
+		"--grace", "0s", "--drain", "--drain-delay", "3s", "--lock", "fail", "--health-path", "/healthz",
+		"--etcd-endpoints", cl.EtcdURL)
+	close(stop)
+	<-done
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("observer: %d samples, %d violations, at least %d announced", samples, violations, minAnnounced)
+	if samples < 50 || violations != 0 || minAnnounced < 2 {
+		t.Fatalf("%d samples: %d with a down instance announced; min announced %d\n%s", samples, violations, minAnnounced, out)
+	}
+	after := systemd(t, units...)
+	for i := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
+			t.Errorf("%s not restarted", units[i])
+		}
+	}
+	if _, err := kapi.Get(ctx, coord.LockKey("my-service"), nil); err == nil {
+		t.Error("the lock was not released")
+	}
+}
+
+func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-health", "18971", "18972", "18973")
+	before := systemd(t, units...)
+	code, out := fleetroll(t, "restart", "e2e-health", "--endpoint", cl.Endpoint, "--grace", "0s",
+		"--health-path", "/no-such-page", "--health-timeout", "5s", "--health-interval", "200ms")
+	if code != 1 || !strings.Contains(out, "health e2e-health@18971.service") || !strings.Contains(out, "instance not healthy") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	after := systemd(t, units...)
+	if !after[0].Up() || after[0].MainPID == before[0].MainPID {
+		t.Errorf("the first instance must be restarted and left running: %+v", after[0])
+	}
+	for i := 1; i < 3; i++ {
+		if after[i].MainPID != before[i].MainPID {
+			t.Errorf("%s touched", units[i])
+		}
+	}
+}
+
+// A second fleetroll during a roll: with --lock fail it refuses and names the
+// holder; with --lock wait it rolls only after the first one is done.
+func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
+	needCluster(t)
+	launchDemo(t, "e2e-lock", "18981", "18982")
+	args := []string{"restart", "e2e-lock", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL, "--grace", "6s"}
+	first, lines := startFleetroll(t, append(args, "--lock", "fail")...)
+	var log strings.Builder
+	waitLine(t, lines, "e2e-lock@18981.service: running", &log)
+	go func() {
+		for l := range lines {
+			log.WriteString(l + "\n")
+		}
+	}()
+
+	code, out := fleetroll(t, append(args, "--lock", "fail")...)
+	if code != 1 || !strings.Contains(out, "locked: /fleetroll/locks/e2e-lock is held by fleetroll restart e2e-lock on") {
+		t.Fatalf("second fleetroll: exit %d:\n%s", code, out)
+	}
+
+	waiter, wlines := startFleetroll(t, append(args, "--lock", "wait", "--grace", "0s")...)
+	firstDone := make(chan time.Time, 1)
+	go func() {
+		_ = first.Wait()
+		firstDone <- time.Now()
+	}()
+	var wlog strings.Builder
+	waitLine(t, wlines, "e2e-lock@18981.service: stopping", &wlog)
+	startedAt := time.Now()
+	var doneAt time.Time
+	select {
+	case doneAt = <-firstDone:
+	default:
+		t.Fatalf("the waiting fleetroll started before the first one finished:\n%s", log.String())
+	}
+	if first.ProcessState.ExitCode() != 0 || doneAt.After(startedAt) {
+		t.Fatalf("first fleetroll: exit %d:\n%s", first.ProcessState.ExitCode(), log.String())
+	}
+	for range wlines {
+	}
+	if code := exitCode(t, waiter); code != 0 {
+		t.Fatalf("waiting fleetroll exit %d:\n%s", code, wlog.String())
+	}
+}
+
+// etcd lost in the middle of a roll: the lock cannot be kept, so the roll
+// halts before the next unit; nothing is left stopped. Without etcd at the
+// start, a roll that needs it touches nothing.
+func TestEtcdLostMidRoll(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-etcd", "18991", "18992", "18993")
+	before := systemd(t, units...)
+
+	code, out := fleetroll(t, "restart", "e2e-etcd", "--endpoint", cl.Endpoint, "--drain", "--etcd-endpoints", "http://127.0.0.1:1")
+	if code != 1 || !strings.Contains(out, "etcd unreachable, nothing was touched") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+
+	cmd, lines := startFleetroll(t, "restart", "e2e-etcd", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL,
+		"--lock", "fail", "--lock-ttl", "2s", "--grace", "10s")
+	var log strings.Builder
+	waitLine(t, lines, units[0]+": running", &log)
+	if err := cl.Kill("etcd"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := cl.Restore(ctx); err != nil {
+			t.Fatalf("bring etcd back: %v", err)
+		}
+	}()
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	if code := exitCode(t, cmd); code != 1 || !strings.Contains(log.String(), "halted before "+units[1]) || !strings.Contains(log.String(), "lost") {
+		t.Fatalf("exit %d:\n%s", code, log.String())
+	}
+	after := systemd(t, units...)
+	if !after[0].Up() || after[0].MainPID == before[0].MainPID {
+		t.Errorf("first unit: %+v", after[0])
+	}
+	for i := 1; i < 3; i++ {
+		if !after[i].Up() || after[i].MainPID != before[i].MainPID {
+			t.Errorf("%s: %+v -> %+v", units[i], before[i], after[i])
+		}
+	}
+}
+
+// The fleet API killed while a unit is stopping, and started again by its
+// supervisor: the roller retries through the outage and completes.
+func TestFleetAPIRestartedMidRoll(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-fleet", "18995", "18996")
+	before := systemd(t, units...)
+	cmd, lines := startFleetroll(t, "restart", "e2e-fleet", "--endpoint", cl.Endpoint, "--grace", "0s")
+	var log strings.Builder
+	waitLine(t, lines, units[0]+": stopping", &log)
+	// A crash: the cluster's supervisor starts fleetd again, as systemd's
+	// Restart=always does for fleet.service.
+	if err := cl.Kill("fleetd"); err != nil {
+		t.Fatal(err)
+	}
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	if code := exitCode(t, cmd); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, log.String())
+	}
+	after := systemd(t, units...)
+	for i := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
+			t.Errorf("%s: %+v -> %+v", units[i], before[i], after[i])
+		}
+	}
+	if !strings.Contains(log.String(), "retrying") {
+		t.Logf("no retry was logged (the outage fell between polls):\n%s", log.String())
+	}
+}
