@@ -58,6 +58,9 @@ func fleetAPI(t *testing.T, units []string) http.Handler {
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"states": states})
 	})
+	mux.HandleFunc("GET /fleet/v1/machines", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"machines":[{"id":"abcdef0123","primaryIP":"10.0.0.7"},{"id":"feed","primaryIP":"10.0.0.8"}]}`))
+	})
 	mux.HandleFunc("PUT /fleet/v1/units/{name}", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
 			DesiredState string `json:"desiredState"`
@@ -112,6 +115,11 @@ func TestConnectHTTP(t *testing.T) {
 	}
 	if err := f.SetUnitTargetState(ctx, "nope@1.service", "loaded"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("set on unknown unit = %v, want ErrNotFound", err)
+	}
+
+	ips, err := f.(MachineLister).MachineIPs(ctx)
+	if err != nil || ips["abcdef0123"] != "10.0.0.7" || ips["feed"] != "10.0.0.8" {
+		t.Fatalf("machine IPs = %v, %v", ips, err)
 	}
 
 	// The plan follows pagination too.
