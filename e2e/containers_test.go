@@ -171,6 +171,26 @@ func proxyView(n int) (map[int]string, error) {
 	return seen, nil
 }
 
+// proxyServes checks that the proxy reaches all three instances, each
+// serving version.
+func proxyServes(version string) func() error {
+	return func() error {
+		seen, err := proxyView(30)
+		if err != nil {
+			return err
+		}
+		if len(seen) != 3 {
+			return fmt.Errorf("proxy reaches %v", seen)
+		}
+		for p, v := range seen {
+			if v != version {
+				return fmt.Errorf("port %d serves %s", p, v)
+			}
+		}
+		return nil
+	}
+}
+
 func TestContainersRollOnRegistryPush(t *testing.T) {
 	needCluster(t)
 	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox")
@@ -353,21 +373,7 @@ notifications:
 		var h map[string]any
 		return getJSON("http://"+hookListen+"/healthz", nil, &h)
 	})
-	eventually(t, 2*time.Minute, "the proxy routing to all three v1 instances", func() error {
-		seen, err := proxyView(30)
-		if err != nil {
-			return err
-		}
-		if len(seen) != 3 {
-			return fmt.Errorf("proxy reaches %v", seen)
-		}
-		for p, v := range seen {
-			if v != "v1" {
-				return fmt.Errorf("port %d serves %s", p, v)
-			}
-		}
-		return nil
-	})
+	eventually(t, 2*time.Minute, "the proxy routing to all three v1 instances", proxyServes("v1"))
 	before := systemd(t, instances...)
 
 	// Push version 2: the registry notifies fleetroll, which rolls.
@@ -404,19 +410,5 @@ notifications:
 			t.Errorf("%s serves %+v (%v), want v2", n, a, err)
 		}
 	}
-	eventually(t, time.Minute, "the proxy routing to all three v2 instances", func() error {
-		seen, err := proxyView(30)
-		if err != nil {
-			return err
-		}
-		if len(seen) != 3 {
-			return fmt.Errorf("proxy reaches %v", seen)
-		}
-		for p, v := range seen {
-			if v != "v2" {
-				return fmt.Errorf("port %d serves %s", p, v)
-			}
-		}
-		return nil
-	})
+	eventually(t, time.Minute, "the proxy routing to all three v2 instances", proxyServes("v2"))
 }

@@ -431,15 +431,20 @@ func (s *Server) dockerHub(r *http.Request) (int, any) {
 	if err != nil {
 		return badPayload(err)
 	}
-	services := s.Config().Match(SourceDockerHub, ev.Repository, ev.Tag)
+	return s.enqueueMatching(r, SourceDockerHub, "Docker Hub", ev)
+}
+
+// enqueueMatching queues one event for every service whose triggers match.
+func (s *Server) enqueueMatching(r *http.Request, source Source, sender string, ev Event) (int, any) {
+	services := s.Config().Match(source, ev.Repository, ev.Tag)
 	if len(services) == 0 {
-		return ignored(fmt.Sprintf("no service is configured for Docker Hub %s:%s", ev.Repository, ev.Tag))
+		return ignored(fmt.Sprintf("no service is configured for %s %s:%s", sender, ev.Repository, ev.Tag))
 	}
 	matches := map[string]Event{}
 	for _, svc := range services {
 		matches[svc] = ev
 	}
-	return s.enqueue(r, SourceDockerHub, matches, services)
+	return s.enqueue(r, source, matches, services)
 }
 
 func (s *Server) registry(r *http.Request) (int, any) {
@@ -503,15 +508,7 @@ func (s *Server) github(r *http.Request) (int, any) {
 	if !ok {
 		return ignored("not a tagged container publish")
 	}
-	services := s.Config().Match(SourceGitHub, ev.Repository, ev.Tag)
-	if len(services) == 0 {
-		return ignored(fmt.Sprintf("no service is configured for GitHub package %s:%s", ev.Repository, ev.Tag))
-	}
-	matches := map[string]Event{}
-	for _, svc := range services {
-		matches[svc] = ev
-	}
-	return s.enqueue(r, SourceGitHub, matches, services)
+	return s.enqueueMatching(r, SourceGitHub, "GitHub package", ev)
 }
 
 func (s *Server) manual(r *http.Request) (int, any) {

@@ -11,7 +11,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/urfave/cli/v2"
 )
 
@@ -122,6 +124,19 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	default:
 		return nil, usageErr("--log-format %q: want text or json", format)
 	}
+}
+
+// connect builds the logger and the fleet connection every command uses.
+func connect(c *cli.Context, endpoint string, requestTimeout time.Duration) (*slog.Logger, fleetroll.Fleet, error) {
+	logger, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return nil, nil, err
+	}
+	fleet, err := fleetroll.Connect(endpoint, requestTimeout)
+	if err != nil {
+		return nil, nil, usageErr("--endpoint: %w", err)
+	}
+	return logger, fleet, nil
 }
 
 // moveFlagsFirst lets flags follow positional arguments

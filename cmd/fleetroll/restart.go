@@ -148,13 +148,9 @@ func restartAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	logger, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
+	logger, fleet, err := connect(c, o.endpoint, o.requestTimeout)
 	if err != nil {
 		return err
-	}
-	fleet, err := fleetroll.Connect(o.endpoint, o.requestTimeout)
-	if err != nil {
-		return usageErr("--endpoint: %w", err)
 	}
 	ctx := c.Context
 	out, errw := c.App.Writer, c.App.ErrWriter

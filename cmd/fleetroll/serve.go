@@ -268,13 +268,9 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	logger, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
+	logger, fleet, err := connect(c, o.endpoint, o.requestTimeout)
 	if err != nil {
 		return err
-	}
-	fleet, err := fleetroll.Connect(o.endpoint, o.requestTimeout)
-	if err != nil {
-		return usageErr("--endpoint: %w", err)
 	}
 	o.hook.Fleet, o.hook.Config, o.hook.Logger = fleet, o.config, logger
 	// etcd is connected when the lock is on or any service drains; the
