@@ -247,29 +247,33 @@ func TestRollMissingUnitIsNotRetried(t *testing.T) {
 	}
 }
 
-func TestRollNoStateCountsAsStoppedThenWaitsForStart(t *testing.T) {
+// A state that goes missing (fleet restarting) is not a stop: the roller
+// waits for a positive "inactive" before it starts the unit.
+func TestRollMissingStateIsNotAStop(t *testing.T) {
 	a := "s@1.service"
 	f := newFakeFleet(a)
-	calls := 0
+	f.units[a].stopPolls = 1
+	gone := 0
 	f.hook = func(call string) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		u := f.units[a]
-		if call == "set "+a+" loaded" {
-			u.noState = true // unloaded: fleet publishes nothing
-		}
-		if call == "state "+a && u.desired == "launched" {
-			calls++
-			u.noState = calls < 3 // no state for two polls after the start
+		switch {
+		case call == "set "+a+" loaded":
+			u.noState, u.moving = true, false // fleet restarting: no state, nothing moves
+		case call == "state "+a && u.noState:
+			if gone++; gone == 3 {
+				u.noState, u.moving = false, true // back: now it stops
+			}
 		}
 	}
 	r, _, _ := newTestRoller(t, f, Options{})
-	rep, err := r.Roll(context.Background(), planOf(a))
-	if err != nil {
+	if _, err := r.Roll(context.Background(), planOf(a)); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Units[0].Outcome != OutcomeRestarted || calls < 3 {
-		t.Fatalf("report = %+v, start polls = %d", rep.Units[0], calls)
+	stopObservedBeforeStart(t, f.Calls(), a)
+	if gone < 3 {
+		t.Fatalf("started after %d polls without state", gone)
 	}
 }
 

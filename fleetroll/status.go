@@ -24,13 +24,15 @@ func DescribeState(st *schema.UnitState) string {
 	return s
 }
 
-// StoppedStatus judges whether a unit being stopped has stopped. A nil state
-// means fleet publishes none: the unit is unloaded, hence stopped. Otherwise
-// the unit is stopped once systemd has left "active" and is not on its way
-// back or still deactivating: "inactive" or "failed".
+// StoppedStatus judges whether a unit being stopped has stopped: systemd has
+// left "active" and is not on its way back or still deactivating, that is
+// "inactive" or "failed". A nil state (fleet publishes none) proves nothing:
+// with the target state "loaded" fleet keeps the unit loaded and publishes
+// "inactive" once it stopped, and a state goes missing while fleet restarts,
+// when a unit that never stopped would pass for stopped.
 func StoppedStatus(st *schema.UnitState) (msg string, done bool, err error) {
 	if st == nil {
-		return "stopped (no state)", true, nil
+		return "waiting for stop (no state)", false, nil
 	}
 	switch st.SystemdActiveState {
 	case "inactive", "failed":

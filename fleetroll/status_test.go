@@ -17,7 +17,7 @@ func TestStoppedStatus(t *testing.T) {
 		state *schema.UnitState
 		done  bool
 	}{
-		{"no state: unloaded", nil, true},
+		{"no state proves nothing", nil, false},
 		{"inactive dead", st("m1", "inactive", "dead"), true},
 		{"failed", st("m1", "failed", "failed"), true},
 		{"still running", st("m1", "active", "running"), false},
