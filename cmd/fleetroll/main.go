@@ -85,6 +85,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			restartCommand(),
 			serveCommand(),
+			statusCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",

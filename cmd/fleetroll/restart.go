@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/urfave/cli/v2"
 )
 
@@ -188,6 +190,14 @@ func restartAction(c *cli.Context) error {
 	}
 	fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s one at a time\n", roller.RolloutID(), len(plan.Units), plan.Service)
 	rep, rollErr := roller.Roll(ctx, plan)
+	if safety.KAPI != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err := coord.History{KAPI: safety.KAPI}.Save(sctx, coord.RecordFromReport(rep, "cli", safety.Owner))
+		cancel()
+		if err != nil {
+			logger.Warn("rollout record not saved", "rollout_id", rep.ID, "error", err.Error())
+		}
+	}
 	if o.output == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")

@@ -18,6 +18,7 @@ func safetyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "etcd-cert-file", EnvVars: []string{"FLEETROLL_ETCD_CERT_FILE"}, Usage: "client certificate for etcd"},
 		&cli.StringFlag{Name: "etcd-key-file", EnvVars: []string{"FLEETROLL_ETCD_KEY_FILE"}, Usage: "client key for etcd"},
 		&cli.DurationFlag{Name: "etcd-timeout", Value: 3 * time.Second, EnvVars: []string{"FLEETROLL_ETCD_TIMEOUT"}, Usage: "timeout of each etcd request"},
+		&cli.BoolFlag{Name: "record", EnvVars: []string{"FLEETROLL_RECORD"}, Usage: "save each rollout's record in etcd for fleetroll status (always on when the lock or drain uses etcd)"},
 		&cli.StringFlag{Name: "lock", Value: coord.LockOff, EnvVars: []string{"FLEETROLL_LOCK"}, Usage: "cluster-wide lock per service in etcd: off, fail (refuse when held) or wait"},
 		&cli.DurationFlag{Name: "lock-ttl", Value: 30 * time.Second, EnvVars: []string{"FLEETROLL_LOCK_TTL"}, Usage: "TTL of the lock key (kept alive while held)"},
 		&cli.BoolFlag{Name: "drain", EnvVars: []string{"FLEETROLL_DRAIN"}, Usage: "take each instance out of the proxy (its etcd announcement) before stopping it"},
@@ -45,19 +46,38 @@ func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd boo
 		s.Gate = &fleetroll.HealthGate{Path: p, Successes: c.Int("health-successes"),
 			Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout")}
 	}
-	if needEtcd || s.Drain || (s.Lock != coord.LockOff && s.Lock != "") {
-		kapi, err := coord.Connect(coord.Config{
-			Endpoints: strings.Split(c.String("etcd-endpoints"), ","),
-			CAFile:    c.String("etcd-ca-file"), CertFile: c.String("etcd-cert-file"), KeyFile: c.String("etcd-key-file"),
-			Timeout: c.Duration("etcd-timeout"),
-		})
+	if needEtcd || c.Bool("record") || s.Drain || (s.Lock != coord.LockOff && s.Lock != "") {
+		h, err := etcdFrom(c)
 		if err != nil {
-			return s, usageErr("--etcd-endpoints: %w", err)
+			return s, err
 		}
-		s.KAPI = kapi
+		s.KAPI = h.KAPI
 	}
 	if err := s.Validate(); err != nil {
 		return s, usageErr("%w", err)
 	}
 	return s, nil
+}
+
+// etcdFlags are the etcd connection flags alone (fleetroll status).
+func etcdFlags() []cli.Flag {
+	var out []cli.Flag
+	for _, f := range safetyFlags() {
+		if strings.HasPrefix(f.Names()[0], "etcd-") {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func etcdFrom(c *cli.Context) (coord.History, error) {
+	kapi, err := coord.Connect(coord.Config{
+		Endpoints: strings.Split(c.String("etcd-endpoints"), ","),
+		CAFile:    c.String("etcd-ca-file"), CertFile: c.String("etcd-cert-file"), KeyFile: c.String("etcd-key-file"),
+		Timeout: c.Duration("etcd-timeout"),
+	})
+	if err != nil {
+		return coord.History{}, usageErr("--etcd-endpoints: %w", err)
+	}
+	return coord.History{KAPI: kapi}, nil
 }

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/urfave/cli/v2"
+)
+
+func statusCommand() *cli.Command {
+	flags := append(etcdFlags(),
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
+		&cli.IntFlag{Name: "limit", Value: 20, Usage: "rollouts to show"},
+	)
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show recent rollouts, from every fleetroll (CLI and servers), from etcd",
+		ArgsUsage: "[SERVICE | ROLLOUT-ID]",
+		Description: `Lists the rollouts recorded in etcd (/fleetroll/history), newest first.
+fleetroll restart records a rollout when it uses etcd (--lock, --drain, --record);
+fleetroll serve records every rollout when it has etcd.
+
+Examples:
+   fleetroll status
+   fleetroll status my-service --etcd-endpoints http://10.0.0.1:2379
+   fleetroll status 5f0c2a9b1e77 -o json`,
+		Flags:        flags,
+		Action:       statusAction,
+		OnUsageError: onUsageError,
+	}
+}
+
+func statusAction(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return usageErr("status: at most one service or rollout ID")
+	}
+	out := c.String("output")
+	if out != "text" && out != "json" {
+		return usageErr("--output %q: want text or json", out)
+	}
+	h, err := etcdFrom(c)
+	if err != nil {
+		return err
+	}
+	arg := c.Args().First()
+	if arg != "" && !strings.ContainsAny(arg, "@-") && len(arg) == 12 {
+		if r, ok, err := h.Get(c.Context, arg); err != nil {
+			return &exitError{exitFailed, fmt.Errorf("status: %w", err)}
+		} else if ok {
+			enc := json.NewEncoder(c.App.Writer)
+			enc.SetIndent("", "  ")
+			return enc.Encode(r)
+		}
+	}
+	recs, err := h.List(c.Context, arg)
+	if err != nil {
+		return &exitError{exitFailed, fmt.Errorf("status: cannot read etcd at %s: %w", c.String("etcd-endpoints"), err)}
+	}
+	if n := c.Int("limit"); n > 0 && len(recs) > n {
+		recs = recs[:n]
+	}
+	if out == "json" {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"rollouts": recs})
+	}
+	if len(recs) == 0 {
+		fmt.Fprintln(c.App.Writer, "no rollouts recorded")
+		return nil
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSERVICE\tSTATUS\tUNITS\tSTARTED\tTOOK\tTRIGGER\tERROR")
+	for _, r := range recs {
+		restarted := 0
+		for _, u := range r.Units {
+			if u.Outcome == fleetroll.OutcomeRestarted {
+				restarted++
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", r.ID, r.Service, r.Status, restarted, len(r.Units),
+			r.Started.Local().Format(time.DateTime), r.Finished.Sub(r.Started).Round(time.Second), r.Trigger, r.Error)
+	}
+	return tw.Flush()
+}

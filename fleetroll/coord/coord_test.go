@@ -1,0 +1,243 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	client "go.etcd.io/etcd/client/v2"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startEtcd runs a real etcd (v2 API on) for one test. Under CI=true a
+// missing etcd fails the test.
+func startEtcd(t *testing.T) (client.KeysAPI, string, func()) {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("etcd is required under CI=true (contrib/cluster/deps.sh installs it)")
+		}
+		t.Skip("no etcd")
+	}
+	cport, pport := freePort(t), freePort(t)
+	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", cport), fmt.Sprintf("http://127.0.0.1:%d", pport)
+	cmd := exec.Command(bin, "--name", "t", "--data-dir", t.TempDir(), "--enable-v2=true",
+		"--listen-client-urls", curl, "--advertise-client-urls", curl,
+		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl, "--initial-cluster", "t="+purl)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(curl + "/v2/keys")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd did not start: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // etcd has no readiness signal but its port
+	}
+	kapi, err := Connect(Config{Endpoints: []string{curl}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kapi, curl, stop
+}
+
+func TestLock(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := context.Background()
+	a := Lock{KAPI: kapi, Key: LockKey("my-service"), Owner: "fleetroll A (rollout 1)", TTL: 3 * time.Second}
+	b := a
+	b.Owner = "fleetroll B"
+
+	held, err := a.Acquire(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Acquire(ctx, false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "held by fleetroll A (rollout 1)") {
+		t.Fatalf("second acquire: %v", err)
+	}
+	// Kept alive past its TTL.
+	time.Sleep(4 * time.Second) // long enough for the TTL to run out were it not refreshed
+	if resp, err := kapi.Get(ctx, a.Key, nil); err != nil || resp.Node.Value != a.Owner || held.Err() != nil {
+		t.Fatalf("lock not kept alive: %v %v", err, held.Err())
+	}
+	// A waiter gets it once it is released.
+	got := make(chan error, 1)
+	go func() {
+		h, err := b.Acquire(ctx, true)
+		if err == nil {
+			err = h.Release(ctx)
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("the waiter did not wait: %v", err)
+	case <-time.After(300 * time.Millisecond): // the waiter must still be blocked
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter never got the lock")
+	}
+}
+
+func TestLockLostWhenTaken(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := context.Background()
+	l := Lock{KAPI: kapi, Key: LockKey("s"), Owner: "me", TTL: 1500 * time.Millisecond}
+	h, err := l.Acquire(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kapi.Set(ctx, l.Key, "someone else", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.Lost():
+		if !strings.Contains(h.Err().Error(), "lost") {
+			t.Fatalf("why: %v", h.Err())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lock was not noticed lost")
+	}
+	// Release must not delete someone else's key.
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := kapi.Get(ctx, l.Key, nil); err != nil || resp.Node.Value != "someone else" {
+		t.Fatalf("someone else's lock was removed: %v", err)
+	}
+}
+
+func TestLockLostWhenEtcdGoes(t *testing.T) {
+	kapi, _, stop := startEtcd(t)
+	l := Lock{KAPI: kapi, Key: LockKey("s"), Owner: "me", TTL: 1500 * time.Millisecond}
+	h, err := l.Acquire(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	select {
+	case <-h.Lost():
+	case <-time.After(15 * time.Second):
+		t.Fatal("losing etcd did not lose the lock")
+	}
+	_ = h.Release(context.Background())
+}
+
+func TestDrain(t *testing.T) {
+	kapi, _, stop := startEtcd(t)
+	ctx := context.Background()
+	d := Drain{KAPI: kapi, Prefix: "/services/my-service", DrainPrefix: "/fleetroll/drain/my-service", BackTimeout: 5 * time.Second}
+	unit := "my-service@8901.service"
+	if _, err := kapi.Set(ctx, "/services/my-service/8901", "10.0.0.1:8901", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Out(ctx, unit); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kapi.Get(ctx, "/services/my-service/8901", nil); !isCode(err, client.ErrorCodeKeyNotFound) {
+		t.Fatalf("announcement still there: %v", err)
+	}
+	if _, err := kapi.Get(ctx, "/fleetroll/drain/my-service/8901", nil); err != nil {
+		t.Fatalf("no drain key: %v", err)
+	}
+	// The sidekick announces again once the drain key is gone.
+	go func() {
+		for {
+			if _, err := kapi.Get(ctx, "/fleetroll/drain/my-service/8901", nil); isCode(err, client.ErrorCodeKeyNotFound) {
+				time.Sleep(200 * time.Millisecond)
+				_, _ = kapi.Set(ctx, "/services/my-service/8901", "10.0.0.1:8901", nil)
+				return
+			}
+			time.Sleep(20 * time.Millisecond) // a sidekick polls too
+		}
+	}()
+	if err := d.In(ctx, unit); err != nil {
+		t.Fatal(err)
+	}
+	// Not back in time.
+	d.BackTimeout = 300 * time.Millisecond
+	if err := d.In(ctx, "my-service@8902.service"); err == nil || !strings.Contains(err.Error(), "not announced again") {
+		t.Fatalf("err = %v", err)
+	}
+	// etcd unreachable: Out fails, so nothing is stopped.
+	stop()
+	if err := d.Out(ctx, unit); err == nil {
+		t.Fatal("drain succeeded without etcd")
+	}
+}
+
+func TestHistory(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := context.Background()
+	h := History{KAPI: kapi, Keep: 3}
+	t0 := time.Date(2026, 11, 28, 5, 0, 0, 0, time.UTC)
+	for i := range 5 {
+		r := Record{ID: fmt.Sprintf("id%d", i), Service: "a", Status: "succeeded", Started: t0.Add(time.Duration(i) * time.Minute)}
+		if err := h.Save(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Save(ctx, Record{ID: "b1", Service: "b", Status: "failed", Started: t0}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.List(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range got {
+		ids = append(ids, r.ID)
+	}
+	if strings.Join(ids, ",") != "id4,id3,id2" {
+		t.Fatalf("history of a = %v, want the newest 3, newest first", ids)
+	}
+	all, _ := h.List(ctx, "")
+	if len(all) != 4 {
+		t.Fatalf("all services: %d records", len(all))
+	}
+	if r, ok, err := h.Get(ctx, "b1"); err != nil || !ok || r.Status != "failed" {
+		t.Fatalf("get b1: %+v %v %v", r, ok, err)
+	}
+	if none, err := (History{KAPI: kapi}).List(ctx, "nothing"); err != nil || len(none) != 0 {
+		t.Fatalf("empty history: %v %v", none, err)
+	}
+}

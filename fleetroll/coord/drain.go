@@ -1,0 +1,118 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// Drain takes an instance out of the proxy before it is stopped and waits
+// until it is back in after it runs again. The proxy routes to the keys
+// under Prefix that the sidekick keeps announcing; a drain key under
+// DrainPrefix tells the sidekick to stop announcing that instance.
+type Drain struct {
+	KAPI client.KeysAPI
+	// Prefix of the announcements, "/services/my-service"; the key of an
+	// instance is Prefix/INSTANCE.
+	Prefix string
+	// DrainPrefix of the drain keys, "/fleetroll/drain/my-service".
+	DrainPrefix string
+	// Delay after removing the announcement, so that the proxy stops
+	// routing to it and requests in flight finish.
+	Delay time.Duration
+	// BackTimeout bounds the wait for the announcement after the start.
+	BackTimeout time.Duration
+	// KeyTTL bounds a drain key's life, should fleetroll die meanwhile.
+	KeyTTL time.Duration
+	// Sleep waits d or until ctx ends (time-based by default).
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+func (d Drain) sleep(ctx context.Context, dur time.Duration) error {
+	if d.Sleep != nil {
+		return d.Sleep(ctx, dur)
+	}
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func instanceOf(unit string) string {
+	base := strings.TrimSuffix(unit, ".service")
+	_, inst, _ := strings.Cut(base, "@")
+	return inst
+}
+
+// Out sets the drain key, removes the announcement and waits the delay.
+// etcd unreachable is an error: the caller must not stop the instance.
+func (d Drain) Out(ctx context.Context, unit string) error {
+	inst := instanceOf(unit)
+	ttl := d.KeyTTL
+	if ttl <= 0 {
+		ttl = 10 * time.Minute
+	}
+	if _, err := d.KAPI.Set(ctx, d.DrainPrefix+"/"+inst, "draining", &client.SetOptions{TTL: ttl}); err != nil {
+		return fmt.Errorf("drain %s: set %s/%s: %w", unit, d.DrainPrefix, inst, err)
+	}
+	if _, err := d.KAPI.Delete(ctx, d.Prefix+"/"+inst, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
+		return fmt.Errorf("drain %s: delete %s/%s: %w", unit, d.Prefix, inst, err)
+	}
+	return d.sleep(ctx, d.Delay)
+}
+
+// In removes the drain key and waits until the instance is announced again.
+func (d Drain) In(ctx context.Context, unit string) error {
+	if err := d.Clear(ctx, unit); err != nil {
+		return err
+	}
+	inst := instanceOf(unit)
+	key := d.Prefix + "/" + inst
+	timeout := d.BackTimeout
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		_, err := d.KAPI.Get(wctx, key, nil)
+		if err == nil {
+			return nil
+		}
+		if !isCode(err, client.ErrorCodeKeyNotFound) {
+			if wctx.Err() != nil {
+				return fmt.Errorf("%s not announced again within %s: %w", unit, timeout, err)
+			}
+			return fmt.Errorf("wait for %s: %w", key, err)
+		}
+		var cerr client.Error
+		errors.As(err, &cerr)
+		w := d.KAPI.Watcher(key, &client.WatcherOptions{AfterIndex: cerr.Index})
+		if _, err := w.Next(wctx); err != nil {
+			if wctx.Err() != nil && ctx.Err() == nil {
+				return fmt.Errorf("%s not announced again at %s within %s", unit, key, timeout)
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("watch %s: %w", key, err)
+		}
+	}
+}
+
+// Clear removes the drain key (idempotent).
+func (d Drain) Clear(ctx context.Context, unit string) error {
+	_, err := d.KAPI.Delete(ctx, d.DrainPrefix+"/"+instanceOf(unit), nil)
+	if err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
+		return fmt.Errorf("undrain %s: %w", unit, err)
+	}
+	return nil
+}
