@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
@@ -34,6 +35,7 @@ func (s *Server) execute(ctx context.Context, r Rollout) {
 			}
 		}
 	})
+	s.record(ctx, final, rep, log)
 	s.metrics.rollouts.WithLabelValues(r.Service, string(final.Status)).Inc()
 	if rep != nil {
 		for _, u := range rep.Units {
@@ -155,5 +157,30 @@ func (s *Server) report(ctx context.Context, final Rollout, log *slog.Logger) {
 			continue
 		}
 		log.Info("callback sent", "rollout_id", t.ID, "state", res.State, "callback_origin", originOf(cb))
+	}
+}
+
+// record saves the rollout in etcd's history, when fleetroll has etcd, so
+// that every receiver and fleetroll status can show it.
+func (s *Server) record(ctx context.Context, final Rollout, rep *fleetroll.Report, log *slog.Logger) {
+	if s.opt.Safety.KAPI == nil {
+		return
+	}
+	rec := coord.Record{ID: final.ID, Service: final.Service, Status: string(final.Status), Error: final.Error,
+		Trigger: strings.TrimSpace(fmt.Sprintf("%s %s:%s", final.Trigger.Source, final.Trigger.Event.Repository, final.Trigger.Event.Tag)),
+		By:      s.opt.Safety.Owner}
+	if final.Started != nil {
+		rec.Started = *final.Started
+	}
+	if final.Finished != nil {
+		rec.Finished = *final.Finished
+	}
+	if rep != nil {
+		rec.Units = rep.Units
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := (coord.History{KAPI: s.opt.Safety.KAPI}).Save(hctx, rec); err != nil {
+		log.Warn("rollout record not saved", "error", err.Error())
 	}
 }

@@ -536,7 +536,28 @@ func (s *Server) listRollouts(r *http.Request) (int, any) {
 	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
 		return code, body
 	}
-	return http.StatusOK, map[string]any{"rollouts": s.store.List(r.URL.Query().Get("service"))}
+	service := r.URL.Query().Get("service")
+	local := s.store.List(service)
+	ans := map[string]any{"rollouts": local}
+	if s.opt.Safety.KAPI != nil {
+		// Rollouts of other receivers (or of this one before a restart).
+		recs, err := coord.History{KAPI: s.opt.Safety.KAPI}.List(r.Context(), service)
+		if err != nil {
+			ans["history_error"] = err.Error()
+		}
+		seen := map[string]bool{}
+		for _, ro := range local {
+			seen[ro.ID] = true
+		}
+		history := []coord.Record{}
+		for _, rec := range recs {
+			if !seen[rec.ID] {
+				history = append(history, rec)
+			}
+		}
+		ans["history"] = history
+	}
+	return http.StatusOK, ans
 }
 
 func (s *Server) getRollout(r *http.Request) (int, any) {
@@ -544,8 +565,13 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 		return code, body
 	}
 	ro, ok := s.store.Get(r.PathValue("id"))
-	if !ok {
-		return problem(http.StatusNotFound, "no such rollout")
+	if ok {
+		return http.StatusOK, ro
 	}
-	return http.StatusOK, ro
+	if s.opt.Safety.KAPI != nil {
+		if rec, found, err := (coord.History{KAPI: s.opt.Safety.KAPI}).Get(r.Context(), r.PathValue("id")); err == nil && found {
+			return http.StatusOK, rec
+		}
+	}
+	return problem(http.StatusNotFound, "no such rollout")
 }

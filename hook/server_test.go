@@ -2,11 +2,15 @@ package hook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/internal/etcdtest"
 )
 
 func registryHeaders(token string) map[string]string {
@@ -305,4 +309,43 @@ func TestHandlerPanicAnswers500(t *testing.T) {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	mustContain(t, env.logs.String(), "handler panic")
+}
+
+// With etcd, every rollout is recorded in the shared history, and the status
+// API shows the rollouts of other receivers too.
+func TestHistoryInEtcd(t *testing.T) {
+	url, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := coord.Record{ID: "0123456789ab", Service: "other", Status: "succeeded", By: "another receiver", Started: time.Now().Add(-time.Hour)}
+	if err := (coord.History{KAPI: kapi}).Save(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	env := newTestEnv(t, func(o *Options) { o.Safety = coord.Safety{KAPI: kapi, Owner: "this receiver"} })
+	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
+	resp, ans := env.do(t, "POST", "/rollouts", []byte(`{"service":"other"}`), auth)
+	if resp.StatusCode != 202 {
+		t.Fatalf("%d %v", resp.StatusCode, ans)
+	}
+	id := ans["id"].(string)
+	env.waitRollout(t, id)
+	var recs []coord.Record
+	deadline := time.Now().Add(10 * time.Second)
+	for len(recs) < 2 && time.Now().Before(deadline) {
+		recs, _ = coord.History{KAPI: kapi}.List(context.Background(), "other")
+		time.Sleep(10 * time.Millisecond) // the record is written just after the rollout ends
+	}
+	if len(recs) != 2 || recs[0].ID != id || recs[0].Status != "succeeded" || recs[0].By != "this receiver" || len(recs[0].Units) != 1 {
+		t.Fatalf("history = %+v", recs)
+	}
+	_, list := env.do(t, "GET", "/rollouts", nil, auth)
+	hist, _ := list["history"].([]any)
+	if len(hist) != 1 || hist[0].(map[string]any)["id"] != other.ID {
+		t.Fatalf("GET /rollouts history = %v", list["history"])
+	}
+	if resp, got := env.do(t, "GET", "/rollouts/"+other.ID, nil, auth); resp.StatusCode != 200 || got["by"] != "another receiver" {
+		t.Fatalf("%d %v", resp.StatusCode, got)
+	}
 }
