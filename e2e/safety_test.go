@@ -119,6 +119,22 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 	if _, err := kapi.Get(ctx, coord.LockKey("my-service"), nil); err == nil {
 		t.Error("the lock was not released")
 	}
+	// The rollout is in the shared history.
+	id := strings.Fields(strings.TrimPrefix(out[strings.Index(out, "rollout "):], "rollout "))[0]
+	id = strings.TrimSuffix(id, ":")
+	code, st := fleetroll(t, "status", "my-service", "--etcd-endpoints", cl.EtcdURL)
+	if code != 0 {
+		t.Fatalf("status: exit %d:\n%s", code, st)
+	}
+	var line string
+	for _, l := range strings.Split(st, "\n") {
+		if strings.HasPrefix(l, id+" ") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "succeeded") || !strings.Contains(line, "3/3") || !strings.Contains(line, "cli") {
+		t.Fatalf("status does not show rollout %s:\n%s", id, st)
+	}
 }
 
 func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
