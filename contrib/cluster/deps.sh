@@ -11,7 +11,8 @@ command -v curl >/dev/null || need+=(curl)
 # a registry that sends notifications, nginx for the proxy, and a static
 # busybox for a builder image made without any registry.
 if [[ ${FLEETROLL_DEPS:-all} == all ]]; then
-  command -v podman >/dev/null || need+=(podman)
+  # podman as tested here, with the helpers it recommends.
+  command -v podman >/dev/null || need+=(podman uidmap slirp4netns fuse-overlayfs)
   command -v runc >/dev/null || need+=(runc)
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v nginx >/dev/null || need+=(nginx-light)
