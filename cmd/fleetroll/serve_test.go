@@ -138,17 +138,9 @@ func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
-	returned := make(chan error, 1)
-	go func() {
-		returned <- runServer(ctx, &serveOptions{shutdownTimeout: time.Minute}, srv, ln, slog.New(slog.NewTextHandler(&logs, nil)))
-	}()
-	base := "http://" + ln.Addr().String()
+	addr, cancel, returned := serveInBackground(t, &serveOptions{shutdownTimeout: time.Minute}, srv, slog.New(slog.NewTextHandler(&logs, nil)))
+	base := "http://" + addr
 	post := func(service string) string {
 		req, _ := http.NewRequest("POST", base+"/rollouts", strings.NewReader(`{"service":"`+service+`"}`))
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -204,4 +196,18 @@ func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Fatal("still listening after shutdown")
 	}
+}
+
+// serveInBackground runs runServer on a loopback port; cancel stands for
+// SIGTERM, and returned gives runServer's result.
+func serveInBackground(t *testing.T, o *serveOptions, srv *hook.Server, logger *slog.Logger) (addr string, cancel context.CancelFunc, returned <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ret := make(chan error, 1)
+	go func() { ret <- runServer(ctx, o, srv, ln, logger) }()
+	return ln.Addr().String(), cancel, ret
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -62,18 +61,10 @@ func TestServeTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	returned := make(chan error, 1)
-	go func() {
-		returned <- runServer(ctx, &serveOptions{shutdownTimeout: time.Minute, tlsCert: certFile, tlsKey: keyFile},
-			srv, ln, slog.New(slog.DiscardHandler))
-	}()
+	addr, cancel, returned := serveInBackground(t, &serveOptions{shutdownTimeout: time.Minute, tlsCert: certFile, tlsKey: keyFile},
+		srv, slog.New(slog.DiscardHandler))
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	resp, err := client.Get("https://" + ln.Addr().String() + "/healthz")
+	resp, err := client.Get("https://" + addr + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +74,7 @@ func TestServeTLS(t *testing.T) {
 		t.Fatalf("status %d, TLS %v", resp.StatusCode, resp.TLS != nil)
 	}
 	// Plain HTTP on the TLS port is refused.
-	if resp, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
+	if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode == 200 {
 			t.Fatal("plain HTTP answered 200 on the TLS listener")
