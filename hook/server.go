@@ -366,8 +366,12 @@ func contentType(r *http.Request, accepted ...string) (int, any, bool) {
 	return code, body, false
 }
 
-// readBody reads the body within the limit (413) and maps payload errors.
-func (s *Server) readBody(r *http.Request) ([]byte, int, any) {
+// readBody checks the content type against the accepted ones (415) and
+// reads the body within the limit (413).
+func (s *Server) readBody(r *http.Request, accepted ...string) ([]byte, int, any) {
+	if code, body, ok := contentType(r, accepted...); !ok {
+		return nil, code, body
+	}
 	if r.ContentLength > s.opt.BodyLimit {
 		code, body := problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over the limit of %d bytes", s.opt.BodyLimit))
 		return nil, code, body
@@ -420,10 +424,7 @@ func (s *Server) dockerHub(r *http.Request) (int, any) {
 	if !tokenEqual(s.opt.Secrets.DockerHub, r.PathValue("token")) {
 		return problem(http.StatusForbidden, "wrong token")
 	}
-	if code, body, ok := contentType(r, "application/json"); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r)
+	b, code, body := s.readBody(r, "application/json")
 	if code != 0 {
 		return code, body
 	}
@@ -451,10 +452,7 @@ func (s *Server) registry(r *http.Request) (int, any) {
 	if code, body, ok := bearer(r, s.opt.Secrets.Registry); !ok {
 		return code, body
 	}
-	if code, body, ok := contentType(r, "application/vnd.docker.distribution.events.v1+json", "application/json"); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r)
+	b, code, body := s.readBody(r, "application/vnd.docker.distribution.events.v1+json", "application/json")
 	if code != 0 {
 		return code, body
 	}
@@ -484,10 +482,7 @@ func (s *Server) github(r *http.Request) (int, any) {
 	if sig == "" {
 		return problem(http.StatusUnauthorized, "missing X-Hub-Signature-256")
 	}
-	if code, body, ok := contentType(r, "application/json"); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r)
+	b, code, body := s.readBody(r, "application/json")
 	if code != 0 {
 		return code, body
 	}
@@ -515,10 +510,7 @@ func (s *Server) manual(r *http.Request) (int, any) {
 	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
 		return code, body
 	}
-	if code, body, ok := contentType(r, "application/json"); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r)
+	b, code, body := s.readBody(r, "application/json")
 	if code != 0 {
 		return code, body
 	}
