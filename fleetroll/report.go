@@ -13,7 +13,6 @@ type Phase string
 const (
 	PhaseStop   Phase = "stop"
 	PhaseStart  Phase = "start"
-	PhaseGrace  Phase = "grace"
 	PhaseDrain  Phase = "drain"  // before the stop: taking the unit out of the proxy
 	PhaseHealth Phase = "health" // after the start: health gate, back in the proxy
 )
