@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -213,8 +214,17 @@ func (o *observer) Stop() {
 // stderr lines.
 func startFleetroll(t *testing.T, args ...string) (*exec.Cmd, <-chan string) {
 	t.Helper()
+	cmd, lines, _ := startFleetrollOut(t, args...)
+	return cmd, lines
+}
+
+// startFleetrollOut also returns its stdout, complete once it has exited.
+func startFleetrollOut(t *testing.T, args ...string) (*exec.Cmd, <-chan string, *bytes.Buffer) {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Env = cl.Env()
+	stdout := &bytes.Buffer{}
+	cmd.Stdout = stdout
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +240,7 @@ func startFleetroll(t *testing.T, args ...string) (*exec.Cmd, <-chan string) {
 			lines <- sc.Text()
 		}
 	}()
-	return cmd, lines
+	return cmd, lines, stdout
 }
 
 // waitLine reads lines until one starts with want.

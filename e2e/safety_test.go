@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	fr "github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	client "go.etcd.io/etcd/client/v2"
 )
@@ -162,8 +164,8 @@ func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
 func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
 	needCluster(t)
 	launchDemo(t, "e2e-lock", "18981", "18982")
-	args := []string{"restart", "e2e-lock", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL, "--grace", "6s"}
-	first, lines := startFleetroll(t, append(args, "--lock", "fail")...)
+	args := []string{"restart", "e2e-lock", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL, "--grace", "6s", "-o", "json"}
+	first, lines, firstOut := startFleetrollOut(t, append(args, "--lock", "fail")...)
 	var log strings.Builder
 	waitLine(t, lines, "e2e-lock@18981.service: running", &log)
 	go func() {
@@ -177,28 +179,29 @@ func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
 		t.Fatalf("second fleetroll: exit %d:\n%s", code, out)
 	}
 
-	waiter, wlines := startFleetroll(t, append(args, "--lock", "wait", "--grace", "0s")...)
-	firstDone := make(chan time.Time, 1)
-	go func() {
-		_ = first.Wait()
-		firstDone <- time.Now()
-	}()
+	waiter, wlines, waiterOut := startFleetrollOut(t, append(args, "--lock", "wait", "--grace", "0s")...)
 	var wlog strings.Builder
-	waitLine(t, wlines, "e2e-lock@18981.service: stopping", &wlog)
-	startedAt := time.Now()
-	var doneAt time.Time
-	select {
-	case doneAt = <-firstDone:
-	default:
-		t.Fatalf("the waiting fleetroll started before the first one finished:\n%s", log.String())
+	for l := range wlines {
+		wlog.WriteString(l + "\n")
 	}
-	if first.ProcessState.ExitCode() != 0 || doneAt.After(startedAt) {
-		t.Fatalf("first fleetroll: exit %d:\n%s", first.ProcessState.ExitCode(), log.String())
-	}
-	for range wlines {
+	if code := exitCode(t, first); code != 0 {
+		t.Fatalf("first fleetroll: exit %d:\n%s", code, log.String())
 	}
 	if code := exitCode(t, waiter); code != 0 {
 		t.Fatalf("waiting fleetroll exit %d:\n%s", code, wlog.String())
+	}
+	// The lock is released when the roll is over, just before the process
+	// exits: the reports say when each roll ran, on the same clock.
+	var a, b fr.Report
+	if err := json.Unmarshal(firstOut.Bytes(), &a); err != nil {
+		t.Fatalf("first report: %v\n%s", err, firstOut)
+	}
+	if err := json.Unmarshal(waiterOut.Bytes(), &b); err != nil {
+		t.Fatalf("waiter report: %v\n%s", err, waiterOut)
+	}
+	if a.Result != "succeeded" || b.Result != "succeeded" || b.Started.Before(a.Finished) {
+		t.Fatalf("the waiting roll started at %s, before the first one finished at %s (results %s, %s)",
+			b.Started.Format(time.RFC3339Nano), a.Finished.Format(time.RFC3339Nano), a.Result, b.Result)
 	}
 }
 
