@@ -10,10 +10,25 @@
 #   cluster.sh env                shell exports to talk to the cluster
 #   cluster.sh launch-demo PORTS  build the demo service and launch
 #                                 my-service@PORT for PORTS (8901,8902 or 8901-8903)
-#   cluster.sh systemctl ARGS...  systemctl --user against the cluster's systemd
+#   cluster.sh systemctl ARGS...  systemctl --user against a machine's systemd
+#                                 (FLEETROLL_MACHINE, default 1)
+#   cluster.sh lose-machine I     kill machine I at once: its fleetd, its systemd
+#                                 and every unit process (up brings it back)
+#   cluster.sh exec CMD...        run CMD in the hub's network namespace, where
+#                                 the machines' addresses are reachable
 #
 # Settings (environment): FLEETROLL_CLUSTER_DIR (default /tmp/fleetroll-cluster),
-# FLEETROLL_ETCD_PORT (2379; the peer port is the next one), FLEETROLL_FLEET_PORT (49153).
+# FLEETROLL_ETCD_PORT (2379; the peer port is the next one), FLEETROLL_FLEET_PORT
+# (49153), FLEETROLL_MACHINES (1).
+#
+# One machine runs on the host's loopback, with public IP 127.0.0.1. With N > 1
+# machines, machine I has a network namespace of its own, joined to a hub
+# namespace by a veth pair on a bridge (10.77.0.1 in the hub, 10.77.0.(10+I) on
+# machine I), its own /etc/machine-id (bind-mounted in its mount namespace), its
+# own systemd --user, cgroup subtree and fleetd, under $STATE/mI. etcd stays on
+# the host's loopback and is relayed through the unix socket $STATE/etcd.sock
+# to 127.0.0.1:ETCD_PORT inside every namespace; the fleet API of machine 1 is
+# relayed to 127.0.0.1:FLEET_PORT on the host and in the hub.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,14 +36,41 @@ repo=$(cd "$here/../.." && pwd)
 STATE=${FLEETROLL_CLUSTER_DIR:-/tmp/fleetroll-cluster}
 ETCD_PORT=${FLEETROLL_ETCD_PORT:-2379}
 FLEET_PORT=${FLEETROLL_FLEET_PORT:-49153}
+MACHINES=${FLEETROLL_MACHINES:-1}
 ETCD_URL=http://127.0.0.1:$ETCD_PORT
 FLEET_URL=http://127.0.0.1:$FLEET_PORT
-RUNDIR=$STATE/run
-export XDG_RUNTIME_DIR=$RUNDIR
-export DBUS_SESSION_BUS_ADDRESS=unix:path=$RUNDIR/bus
+NAME=$(basename "$STATE")
+NS=fr-$NAME # network namespace names: $NS-hub, $NS-m1, ...
+SUBNET=10.77.0
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
+
+[[ $MACHINES =~ ^[1-9]$ ]] || die "FLEETROLL_MACHINES=$MACHINES: want 1 to 9"
+# A multi-machine cluster remembers its size, so that down and status need
+# no setting.
+if [[ -f $STATE/machines ]]; then MACHINES=$(cat "$STATE/machines"); fi
+
+mdir() { if ((MACHINES == 1)); then echo "$STATE"; else echo "$STATE/m$1"; fi; }
+mip() { if ((MACHINES == 1)); then echo 127.0.0.1; else echo "$SUBNET.$((10 + $1))"; fi; }
+# machine_env I: the environment that talks to machine I's systemd.
+machine_env() {
+  export FLEETROLL_MACHINE=$1
+  export XDG_RUNTIME_DIR=$(mdir "$1")/run
+  export DBUS_SESSION_BUS_ADDRESS=unix:path=$XDG_RUNTIME_DIR/bus
+}
+machine_env "${FLEETROLL_MACHINE:-1}"
+
+# in_machine I CMD...: CMD as a process of machine I: in its network
+# namespace, seeing its machine ID. One machine is the host itself.
+in_machine() {
+  local i=$1; shift
+  if ((MACHINES == 1)); then exec "$@"; fi
+  # Not "ip netns exec": it remounts /sys, which hides the cgroup hierarchies
+  # systemd needs.
+  exec nsenter --net="/run/netns/$NS-m$i" unshare --mount --propagation private \
+    /bin/sh -c 'mount --bind "$0" /etc/machine-id && exec "$@"' "$(mdir "$i")/machine-id" "$@"
+}
 
 alive() { # NAME: the process of that pid file runs
   local f=$STATE/$1.pid
@@ -62,25 +104,92 @@ check_deps() {
   command -v busctl >/dev/null || missing+=(systemd)
   [[ -e /usr/lib/systemd/user/dbus.socket ]] || missing+=(dbus-user-session)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ip >/dev/null || missing+=(iproute2)
   command -v go >/dev/null || die "go is not on PATH"
   if ((${#missing[@]})); then
     die "missing packages: ${missing[*]} (run contrib/cluster/deps.sh)"
   fi
 }
 
-systemd_ready() {
-  local st
-  # Not is-system-running: it says "offline" once /run/systemd/system is gone.
-  st=$(systemctl --user show -p SystemState --value 2>/dev/null) || true
-  [[ $st == running || $st == degraded ]] && busctl --user status >/dev/null 2>&1
+# The namespaces of a multi-machine cluster: a hub with a bridge, and one
+# namespace per machine with a veth pair onto it.
+start_net() {
+  ((MACHINES > 1)) || return 0
+  local i
+  if [[ ! -e /run/netns/$NS-hub ]]; then
+    ip netns add "$NS-hub"
+    ip -n "$NS-hub" link set lo up
+    ip -n "$NS-hub" link add br0 type bridge
+    ip -n "$NS-hub" addr add "$SUBNET.1/24" dev br0
+    ip -n "$NS-hub" link set br0 up
+  fi
+  for i in $(seq "$MACHINES"); do
+    [[ -e /run/netns/$NS-m$i ]] && continue
+    ip netns add "$NS-m$i"
+    ip -n "$NS-m$i" link set lo up
+    ip -n "$NS-hub" link add "m$i" type veth peer name eth0 netns "$NS-m$i"
+    ip -n "$NS-hub" link set "m$i" master br0 up
+    ip -n "$NS-m$i" addr add "$(mip "$i")/24" dev eth0
+    ip -n "$NS-m$i" link set eth0 up
+  done
 }
 
-start_systemd() {
-  if alive systemd && systemd_ready; then return; fi
-  alive systemd && kill "$(cat "$STATE/systemd.pid")" 2>/dev/null || true
-  rm -rf "$RUNDIR"
-  mkdir -p "$RUNDIR"
-  chmod 0700 "$RUNDIR"
+# relay NAME LISTEN TO [NETNS]: keep a relay (contrib/cluster/relay) running.
+relay() {
+  local name=$1 from=$2 to=$3 netns=${4:-}
+  alive "$name" && return 0
+  if [[ -n $netns ]]; then
+    start_bg "$name" "$STATE/$name.log" ip netns exec "$netns" "$STATE/bin/relay" -listen "$from" -to "$to"
+  else
+    start_bg "$name" "$STATE/$name.log" "$STATE/bin/relay" -listen "$from" -to "$to"
+  fi
+}
+
+start_relays() {
+  ((MACHINES > 1)) || return 0
+  local i
+  relay etcd-relay "unix:$STATE/etcd.sock" "tcp:127.0.0.1:$ETCD_PORT"
+  wait_for 10 "the etcd relay" test -S "$STATE/etcd.sock" || die "the etcd relay did not start; see $STATE/etcd-relay.log"
+  relay hub-etcd-relay "tcp:127.0.0.1:$ETCD_PORT" "unix:$STATE/etcd.sock" "$NS-hub"
+  relay fleet-relay "tcp:127.0.0.1:$FLEET_PORT" "unix:$STATE/m1/fleet.sock"
+  relay hub-fleet-relay "tcp:127.0.0.1:$FLEET_PORT" "unix:$STATE/m1/fleet.sock" "$NS-hub"
+  for i in $(seq "$MACHINES"); do
+    mkdir -p "$(mdir "$i")"
+    relay "m$i/etcd-relay" "tcp:127.0.0.1:$ETCD_PORT" "unix:$STATE/etcd.sock" "$NS-m$i"
+  done
+}
+
+systemd_ready() { # I
+  local st
+  # Not is-system-running: it says "offline" once /run/systemd/system is gone.
+  st=$(machine_env "$1"; systemctl --user show -p SystemState --value 2>/dev/null) || true
+  [[ $st == running || $st == degraded ]] && (machine_env "$1"; busctl --user status >/dev/null 2>&1)
+}
+
+# The cgroup directories of machine I's systemd: two instances in one
+# subtree take each other's units (and D-Bus) for their own.
+cgroups_of() {
+  local h cg=fleetroll-$NAME
+  ((MACHINES > 1)) && cg+=-m$1
+  for h in systemd unified pids cpu; do
+    [[ -d /sys/fs/cgroup/$h ]] && echo "/sys/fs/cgroup/$h/$cg"
+  done
+  return 0
+}
+
+start_systemd() { # I
+  local i=$1 d m
+  m=$(mdir "$i")
+  local p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+  if alive "${p}systemd" && systemd_ready "$i"; then return; fi
+  alive "${p}systemd" && kill "$(cat "$STATE/${p}systemd.pid")" 2>/dev/null || true
+  rm -rf "$m/run"
+  mkdir -p "$m/run"
+  chmod 0700 "$m/run"
+  if ((MACHINES > 1)) && [[ ! -f $m/machine-id ]]; then
+    od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$m/machine-id"
+    echo >>"$m/machine-id"
+  fi
   # systemd --user exits at once unless the host looks booted with systemd;
   # the directory is only read at start.
   local created=
@@ -88,24 +197,18 @@ start_systemd() {
     mkdir -p /run/systemd/system
     created=1
   fi
-  # Each cluster's systemd gets a cgroup subtree of its own: two instances
-  # in one subtree take each other's units (and D-Bus) for their own.
-  local cg h dirs=()
-  cg=fleetroll-$(basename "$STATE")
-  for h in systemd unified pids cpu; do
-    [[ -d /sys/fs/cgroup/$h ]] || continue
-    mkdir -p "/sys/fs/cgroup/$h/$cg"
-    dirs+=("/sys/fs/cgroup/$h/$cg")
-  done
-  printf '%s\n' "${dirs[@]}" >"$STATE/cgroups"
-  start_bg systemd "$STATE/systemd.log" /bin/sh -c \
-    'for d in "$@"; do echo $$ >"$d/cgroup.procs" || exit 1; done; exec /lib/systemd/systemd --user' \
-    sh "${dirs[@]}"
+  cgroups_of "$i" >"$m/cgroups"
+  while read -r d; do mkdir -p "$d"; done <"$m/cgroups"
+  (machine_env "$i"; start_bg "${p}systemd" "$m/systemd.log" /bin/sh -c \
+    'while read -r d; do echo $$ >"$d/cgroup.procs" || exit 1; done <"$0"; exec "$@"' "$m/cgroups" \
+    "$here/cluster.sh" in-machine "$i" /lib/systemd/systemd --user)
   local ok=0
-  wait_for 30 "systemd --user" systemd_ready || ok=1
+  wait_for 30 "systemd --user of machine $i" systemd_ready "$i" || ok=1
   [[ -n $created ]] && rmdir /run/systemd/system 2>/dev/null || true
-  ((ok == 0)) || die "systemd --user did not start; see $STATE/systemd.log"
-  log "systemd --user running (pid $(cat "$STATE/systemd.pid"))"
+  ((ok == 0)) || die "systemd --user did not start; see $m/systemd.log"
+  # Units read the machine's address as CoreOS's /etc/environment gives it.
+  (machine_env "$i"; systemctl --user set-environment "COREOS_PUBLIC_IPV4=$(mip "$i")")
+  log "machine $i: systemd --user running (pid $(cat "$STATE/${p}systemd.pid"))"
 }
 
 start_etcd() {
@@ -125,45 +228,74 @@ build() {
   mkdir -p "$STATE/bin"
   (cd "$here/fleetd" && go build -o "$STATE/bin/fleetd" .) || die "building fleetd failed"
   (cd "$repo" && go build -o "$STATE/bin/my-service" ./contrib/demo) || die "building the demo service failed"
+  if ((MACHINES > 1)); then
+    (cd "$repo" && go build -o "$STATE/bin/relay" ./contrib/cluster/relay) || die "building the relay failed"
+  fi
 }
 
-fleet_ready() {
-  curl -fsS "$FLEET_URL/fleet/v1/machines" | grep -q '"id"'
+# machine_api I PATH: GET PATH from machine I's fleet API (its unix socket).
+machine_api() {
+  curl -fsS -m 5 --unix-socket "$(mdir "$1")/fleet.sock" "http://fleet$2"
 }
 
-start_fleet() {
-  if alive fleetd-supervisor && wait_for 30 "fleet API on $FLEET_URL" fleet_ready; then return; fi
-  alive fleetd-supervisor && kill "$(cat "$STATE/fleetd-supervisor.pid")" 2>/dev/null || true
-  alive fleetd && kill "$(cat "$STATE/fleetd.pid")" 2>/dev/null || true
-  mkdir -p "$STATE/units"
+fleet_ready() { # I: machine I's fleetd answers and fleet lists it
+  machine_api "$1" /fleet/v1/machines | grep -q "\"primaryIP\":\"$(mip "$1")\""
+}
+
+all_machines_listed() {
+  [[ $(machine_api 1 /fleet/v1/machines | grep -o '"primaryIP"' | wc -l) -ge $MACHINES ]]
+}
+
+start_fleet() { # I
+  local i=$1 m p
+  m=$(mdir "$i")
+  p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+  if alive "${p}fleetd-supervisor" && wait_for 30 "fleet on machine $i" fleet_ready "$i"; then return; fi
+  alive "${p}fleetd-supervisor" && kill "$(cat "$STATE/${p}fleetd-supervisor.pid")" 2>/dev/null || true
+  alive "${p}fleetd" && kill "$(cat "$STATE/${p}fleetd.pid")" 2>/dev/null || true
+  mkdir -p "$m/units"
+  local listen=()
+  ((MACHINES == 1)) && listen=(-listen "127.0.0.1:$FLEET_PORT")
+  ((MACHINES > 1)) && listen=(-listen "" -metadata "machine=m$i")
   # Supervised like fleet.service (Restart=always): fleetd v1.0.0 panics
   # when etcd stays away past its heartbeat monitor, and comes back on its
   # own. fleetd.pid is the fleetd of the moment; the supervisor's pid is in
   # fleetd-supervisor.pid.
-  start_bg fleetd-supervisor "$STATE/fleetd.log" /bin/bash -c '
-    state=$1; shift
-    trap "kill \$(cat \"$state/fleetd.pid\") 2>/dev/null; exit 0" TERM INT
+  (machine_env "$i"; start_bg "${p}fleetd-supervisor" "$m/fleetd.log" /bin/bash -c '
+    pidf=$1; shift
+    trap "kill \$(cat \"$pidf\") 2>/dev/null; exit 0" TERM INT
     while :; do
       "$@" &
-      echo $! >"$state/fleetd.pid"
+      echo $! >"$pidf"
       wait $!
       echo "fleetd exited ($?), restarting in 1s" >&2
       sleep 1
-    done' supervisor "$STATE" "$STATE/bin/fleetd" -etcd-servers "$ETCD_URL" \
-    -listen "127.0.0.1:$FLEET_PORT" -socket "$STATE/fleet.sock" -units-dir "$STATE/units" \
-    -public-ip 127.0.0.1
-  wait_for 60 "fleet API on $FLEET_URL" fleet_ready || die "fleet did not start; see $STATE/fleetd.log"
-  log "fleet running: API on $FLEET_URL and unix://$STATE/fleet.sock"
+    done' supervisor "$m/fleetd.pid" "$here/cluster.sh" in-machine "$i" "$STATE/bin/fleetd" \
+    -etcd-servers "$ETCD_URL" "${listen[@]}" -socket "$m/fleet.sock" -units-dir "$m/units" \
+    -public-ip "$(mip "$i")")
+  wait_for 60 "fleet on machine $i" fleet_ready "$i" || die "fleet did not start; see $m/fleetd.log"
+  log "machine $i: fleet running, API on unix://$m/fleet.sock"
 }
 
 up() {
   check_deps
   mkdir -p "$STATE"
+  ((MACHINES > 1)) && echo "$MACHINES" >"$STATE/machines"
   [[ -f $STATE/demo-version ]] || echo v1 >"$STATE/demo-version"
   build
-  start_systemd
+  start_net
   start_etcd
-  start_fleet
+  start_relays
+  local i
+  for i in $(seq "$MACHINES"); do
+    mkdir -p "$(mdir "$i")"
+    start_systemd "$i"
+    start_fleet "$i"
+  done
+  wait_for 60 "$MACHINES machines in fleet" all_machines_listed || die "fleet lists fewer than $MACHINES machines"
+  wait_for 30 "the fleet API on $FLEET_URL" curl -fsS "$FLEET_URL/fleet/v1/machines" ||
+    die "the fleet API does not answer on $FLEET_URL"
+  log "fleet API on $FLEET_URL ($MACHINES machine(s))"
 }
 
 stop_pid() { # NAME
@@ -179,32 +311,76 @@ stop_pid() { # NAME
   rm -f "$f"
 }
 
+# kill_cgroups I: SIGKILL every process left in machine I's cgroup subtree.
+kill_cgroups() {
+  local m d
+  m=$(mdir "$1")
+  [[ -f $m/cgroups ]] || return 0
+  while read -r d; do
+    [[ -d $d ]] || continue
+    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done <"$m/cgroups"
+}
+
+lose_machine() { # I
+  local i=$1 p
+  [[ $i =~ ^[0-9]+$ ]] && ((i >= 1 && i <= MACHINES)) || die "lose-machine: no machine $i"
+  p=$(mdir "$i"); p=${p#"$STATE"}; p=${p#/}; p=${p:+$p/}
+  local n
+  for n in fleetd-supervisor fleetd systemd; do
+    [[ -f $STATE/$p$n.pid ]] && kill -KILL "$(cat "$STATE/$p$n.pid")" 2>/dev/null || true
+  done
+  kill_cgroups "$i"
+  log "machine $i lost: fleetd, systemd and its units killed"
+}
+
 down() {
-  # Stop the units first, while their systemd still runs.
-  if alive systemd; then
-    systemctl --user stop 'my-service@*.service' >/dev/null 2>&1 || true
-  fi
-  stop_pid fleetd-supervisor
-  stop_pid fleetd
-  stop_pid systemd
+  local i p m d
+  for i in $(seq "$MACHINES"); do
+    m=$(mdir "$i")
+    p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+    # Stop the units first, while their systemd still runs.
+    if alive "${p}systemd"; then
+      (machine_env "$i"; systemctl --user stop 'my-service@*.service' >/dev/null 2>&1) || true
+    fi
+    stop_pid "${p}fleetd-supervisor"
+    stop_pid "${p}fleetd"
+    stop_pid "${p}systemd"
+    stop_pid "${p}etcd-relay"
+    kill_cgroups "$i"
+    if [[ -f $m/cgroups ]]; then
+      while read -r d; do
+        [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+      done <"$m/cgroups"
+    fi
+  done
+  for p in fleet-relay hub-fleet-relay hub-etcd-relay etcd-relay; do stop_pid "$p"; done
   stop_pid etcd
   # Anything left in the state directory's services (a unit's own children).
   pkill -f "^$STATE/bin/" 2>/dev/null || true
-  if [[ -f $STATE/cgroups ]]; then
-    local d
-    while read -r d; do rmdir "$d" 2>/dev/null || true; done <"$STATE/cgroups"
+  if ((MACHINES > 1)); then
+    for i in $(seq "$MACHINES"); do ip netns del "$NS-m$i" 2>/dev/null || true; done
+    ip netns del "$NS-hub" 2>/dev/null || true
   fi
   rm -rf "$STATE"
   log "stopped and removed $STATE"
 }
 
 status() {
-  local n
-  for n in systemd etcd fleetd-supervisor fleetd; do
-    if alive $n; then echo "$n: running (pid $(cat "$STATE/$n.pid"))"; else echo "$n: not running"; fi
+  local n i p m
+  for n in etcd etcd-relay fleet-relay; do
+    alive $n && echo "$n: running (pid $(cat "$STATE/$n.pid"))"
   done
-  if fleet_ready; then
+  for i in $(seq "$MACHINES"); do
+    m=$(mdir "$i")
+    p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+    for n in systemd fleetd-supervisor fleetd; do
+      if alive "$p$n"; then echo "machine $i $n: running (pid $(cat "$STATE/$p$n.pid"))"; else echo "machine $i $n: not running"; fi
+    done
+  done
+  if curl -fsS "$FLEET_URL/fleet/v1/machines" >/dev/null 2>&1; then
     echo "fleet API: $FLEET_URL"
+    curl -fsS "$FLEET_URL/fleet/v1/machines"; echo
     curl -fsS "$FLEET_URL/fleet/v1/state"; echo
   fi
 }
@@ -214,14 +390,14 @@ envs() {
 export FLEETROLL_CLUSTER_DIR=$STATE
 export FLEETCTL_ENDPOINT=$FLEET_URL
 export FLEETROLL_ETCD_ENDPOINTS=$ETCD_URL
-export XDG_RUNTIME_DIR=$RUNDIR
+export XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR
 export DBUS_SESSION_BUS_ADDRESS=$DBUS_SESSION_BUS_ADDRESS
 ENV
 }
 
 launch_demo() {
   [[ $# -eq 1 ]] || die "usage: cluster.sh launch-demo PORTS"
-  fleet_ready || die "the cluster is not up (cluster.sh up)"
+  curl -fsS "$FLEET_URL/fleet/v1/machines" >/dev/null 2>&1 || die "the cluster is not up (cluster.sh up)"
   (cd "$repo" && go run ./contrib/cluster/submit -endpoint "$FLEET_URL" \
     -env "STATE=$STATE" -ports "$1" "$repo/contrib/demo/my-service@.service")
 }
@@ -233,5 +409,11 @@ case ${1:-} in
   env) envs ;;
   launch-demo) shift; launch_demo "$@" ;;
   systemctl) shift; exec systemctl --user "$@" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  lose-machine) shift; [[ $# -eq 1 ]] || die "usage: cluster.sh lose-machine I"; lose_machine "$1" ;;
+  exec)
+    shift
+    ((MACHINES > 1)) || exec "$@"
+    exec ip netns exec "$NS-hub" "$@" ;;
+  in-machine) shift; i=$1; shift; in_machine "$i" "$@" ;;
+  *) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -31,6 +31,10 @@ type Cluster struct {
 	Dir      string // state directory
 	Endpoint string // fleet API, http://127.0.0.1:PORT
 	EtcdURL  string
+	// Machines is the number of fleet machines. With more than one, machine
+	// I runs in a network namespace of its own at MachineIP(I), reachable
+	// from the hub namespace (Hub), not from the host.
+	Machines int
 	env      []string
 }
 
@@ -41,6 +45,7 @@ type Config struct {
 	Dir       string
 	EtcdPort  int
 	FleetPort int
+	Machines  int // default 1
 }
 
 // Up starts the cluster (idempotent) and returns a handle to it.
@@ -54,19 +59,23 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.FleetPort == 0 {
 		cfg.FleetPort = 49153
 	}
+	if cfg.Machines == 0 {
+		cfg.Machines = 1
+	}
 	c := &Cluster{
 		Repo:     cfg.Repo,
 		Dir:      cfg.Dir,
 		Endpoint: fmt.Sprintf("http://127.0.0.1:%d", cfg.FleetPort),
 		EtcdURL:  fmt.Sprintf("http://127.0.0.1:%d", cfg.EtcdPort),
+		Machines: cfg.Machines,
 	}
 	c.env = append(os.Environ(),
 		"FLEETROLL_CLUSTER_DIR="+cfg.Dir,
 		"FLEETROLL_ETCD_PORT="+strconv.Itoa(cfg.EtcdPort),
 		"FLEETROLL_FLEET_PORT="+strconv.Itoa(cfg.FleetPort),
-		"XDG_RUNTIME_DIR="+filepath.Join(cfg.Dir, "run"),
-		"DBUS_SESSION_BUS_ADDRESS=unix:path="+filepath.Join(cfg.Dir, "run", "bus"),
+		"FLEETROLL_MACHINES="+strconv.Itoa(cfg.Machines),
 	)
+	c.env = append(c.env, c.machineEnv(1)...)
 	if _, err := c.script(ctx, "up"); err != nil {
 		return nil, err
 	}
@@ -89,6 +98,58 @@ func (c *Cluster) script(ctx context.Context, args ...string) (string, error) {
 		return out.String(), fmt.Errorf("cluster.sh %s: %w\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return out.String(), nil
+}
+
+// machineDir is machine i's state directory.
+func (c *Cluster) machineDir(i int) string {
+	if c.Machines <= 1 {
+		return c.Dir
+	}
+	return filepath.Join(c.Dir, fmt.Sprintf("m%d", i))
+}
+
+// machineEnv talks to machine i's systemd.
+func (c *Cluster) machineEnv(i int) []string {
+	run := filepath.Join(c.machineDir(i), "run")
+	return []string{
+		"FLEETROLL_MACHINE=" + strconv.Itoa(i),
+		"XDG_RUNTIME_DIR=" + run,
+		"DBUS_SESSION_BUS_ADDRESS=unix:path=" + filepath.Join(run, "bus"),
+	}
+}
+
+// MachineIP is machine i's public IP, as fleet reports it.
+func (c *Cluster) MachineIP(i int) string {
+	if c.Machines <= 1 {
+		return "127.0.0.1"
+	}
+	return fmt.Sprintf("10.77.0.%d", 10+i)
+}
+
+// MachineOf returns the machine (1..Machines) whose public IP is ip, or 0.
+func (c *Cluster) MachineOf(ip string) int {
+	for i := 1; i <= c.Machines; i++ {
+		if c.MachineIP(i) == ip {
+			return i
+		}
+	}
+	return 0
+}
+
+// Hub returns a command that runs in the namespace from which every
+// machine's address is reachable (the host itself for one machine), as the
+// proxy's and the operator's host would.
+func (c *Cluster) Hub(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Repo, "contrib", "cluster", "cluster.sh"), append([]string{"exec", name}, args...)...)
+	cmd.Env = c.Env()
+	return cmd
+}
+
+// LoseMachine kills machine i at once: its fleetd, its systemd and every
+// process of its units. Restore brings it back.
+func (c *Cluster) LoseMachine(ctx context.Context, i int) error {
+	_, err := c.script(ctx, "lose-machine", strconv.Itoa(i))
+	return err
 }
 
 // Env returns the environment that talks to the cluster's systemd and fleet.
@@ -206,27 +267,65 @@ type SystemdState struct {
 	Sub     string
 	// Started is ExecMainStartTimestampMonotonic, in microseconds.
 	Started int64
+	// Machine is the machine (1..Machines) whose systemd has the unit
+	// loaded; 0 when none has.
+	Machine int
 }
 
 // Up reports whether systemd has the unit active/running.
 func (s SystemdState) Up() bool { return s.Active == "active" && s.Sub == "running" }
 
-// Systemd asks the cluster's systemd for the units' states, in one call.
+// Systemd asks the cluster's systemd instances for the units' states, one
+// call per machine. A unit is reported from the machine that has it loaded;
+// a machine whose systemd does not answer (a lost machine) is passed over,
+// unless it is the only one.
 func (c *Cluster) Systemd(ctx context.Context, units ...string) ([]SystemdState, error) {
-	args := append([]string{"--user", "show", "-p", "MainPID,ActiveState,SubState,ExecMainStartTimestampMonotonic"}, units...)
+	if c.Machines <= 1 {
+		// One machine: what its systemd says, loaded or not.
+		st, _, err := c.machineSystemd(ctx, 1, units)
+		return st, err
+	}
+	states := make([]SystemdState, len(units))
+	for i := range states {
+		states[i] = SystemdState{Active: "inactive", Sub: "dead"}
+	}
+	var errs []error
+	for m := 1; m <= c.Machines; m++ {
+		st, loaded, err := c.machineSystemd(ctx, m, units)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for i := range units {
+			if loaded[i] && (states[i].Machine == 0 || st[i].Up()) {
+				states[i] = st[i]
+				states[i].Machine = m
+			}
+		}
+	}
+	if len(errs) == c.Machines {
+		return nil, errors.Join(errs...)
+	}
+	return states, nil
+}
+
+func (c *Cluster) machineSystemd(ctx context.Context, m int, units []string) ([]SystemdState, []bool, error) {
+	args := append([]string{"--user", "show", "-p", "MainPID,ActiveState,SubState,ExecMainStartTimestampMonotonic,LoadState"}, units...)
 	cmd := exec.CommandContext(ctx, "systemctl", args...)
-	cmd.Env = c.env
+	cmd.Env = append(append([]string{}, c.env...), c.machineEnv(m)...)
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("systemctl show: %w", err)
+		return nil, nil, fmt.Errorf("machine %d: systemctl show: %w", m, err)
 	}
 	// Blocks separated by blank lines, one per unit, in order.
 	blocks := strings.Split(strings.TrimSpace(string(out)), "\n\n")
 	if len(blocks) != len(units) {
-		return nil, fmt.Errorf("systemctl show: %d blocks for %d units", len(blocks), len(units))
+		return nil, nil, fmt.Errorf("machine %d: systemctl show: %d blocks for %d units", m, len(blocks), len(units))
 	}
 	states := make([]SystemdState, len(units))
+	loaded := make([]bool, len(units))
 	for i, b := range blocks {
+		states[i].Machine = m
 		for _, line := range strings.Split(b, "\n") {
 			k, v, _ := strings.Cut(line, "=")
 			switch k {
@@ -238,10 +337,12 @@ func (c *Cluster) Systemd(ctx context.Context, units ...string) ([]SystemdState,
 				states[i].Sub = v
 			case "ExecMainStartTimestampMonotonic":
 				states[i].Started, _ = strconv.ParseInt(v, 10, 64)
+			case "LoadState":
+				loaded[i] = v == "loaded"
 			}
 		}
 	}
-	return states, nil
+	return states, loaded, nil
 }
 
 // Kill kills one of the cluster's processes ("etcd", "fleetd", "systemd")
