@@ -54,11 +54,16 @@ type UnitReport struct {
 	LastState string `json:"last_state,omitempty"`
 	// LeftStopped is set when fleetroll stopped the unit and could not
 	// bring it back.
-	LeftStopped bool    `json:"left_stopped,omitempty"`
-	Stop        Seconds `json:"stop_seconds"`
-	Start       Seconds `json:"start_seconds"`
-	Total       Seconds `json:"total_seconds"`
-	Error       string  `json:"error,omitempty"`
+	LeftStopped bool `json:"left_stopped,omitempty"`
+	// Machine is the (short) ID of the machine the unit runs on after its
+	// restart; MovedFrom the one it ran on before, when fleet placed it on
+	// another machine meanwhile (its machine was lost, say).
+	Machine   string  `json:"machine,omitempty"`
+	MovedFrom string  `json:"moved_from,omitempty"`
+	Stop      Seconds `json:"stop_seconds"`
+	Start     Seconds `json:"start_seconds"`
+	Total     Seconds `json:"total_seconds"`
+	Error     string  `json:"error,omitempty"`
 }
 
 // Report is the outcome of a roll.

@@ -247,6 +247,12 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 	// Start, or bring back a unit whose stop failed or was interrupted. This
 	// runs to its own deadline even when ctx is cancelled: a signal must not
 	// leave the unit down.
+	// The machine it ran on: fleet may start it elsewhere, when that
+	// machine is lost meanwhile.
+	was := ""
+	if last != nil {
+		was = last.MachineID
+	}
 	t1 := clock.Now()
 	kind, why := EventStarting, stopErr
 	if why == nil {
@@ -265,6 +271,12 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 	}
 	ur.Start = Seconds(clock.Now().Sub(t1))
 	ur.Total = Seconds(clock.Now().Sub(t0))
+	if startErr == nil && last != nil {
+		ur.Machine = shortID(last.MachineID)
+		if was != "" && last.MachineID != was {
+			ur.MovedFrom = shortID(was)
+		}
+	}
 
 	switch {
 	case startErr != nil && stopErr != nil:
@@ -278,7 +290,11 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 		// Restarted, but the roll stops here.
 		return r.failed(&ur, PhaseStop, last, false, fmt.Errorf("%w; the stop had begun, so the unit was restarted", interrupted), t0)
 	}
-	r.emit(Event{Unit: name, Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: DescribeState(last)})
+	running := DescribeState(last)
+	if ur.MovedFrom != "" {
+		running += ", moved from " + ur.MovedFrom
+	}
+	r.emit(Event{Unit: name, Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
 	if h := r.opt.Hooks.AfterRunning; h != nil {
 		if err := h(ctx, name, last); err != nil {
 			return r.failed(&ur, PhaseHealth, last, false, err, t0)

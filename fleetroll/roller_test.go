@@ -470,3 +470,37 @@ func TestIsTransient(t *testing.T) {
 		}
 	}
 }
+
+func TestRollReportsAUnitThatMovedToAnotherMachine(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	f.hook = func(call string) {
+		if call == "set "+a+" launched" {
+			// Its machine was lost after the stop: fleet starts it elsewhere.
+			f.mu.Lock()
+			f.units[a].machine = "bbbbbbbb-2"
+			f.mu.Unlock()
+		}
+	}
+	r, _, events := newTestRoller(t, f, Options{})
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := rep.Units[0]
+	if u.Outcome != OutcomeRestarted || u.MovedFrom != "machine-" || u.Machine != "bbbbbbbb" {
+		t.Fatalf("moved unit: %+v, want restarted, moved from machine- to bbbbbbbb", u)
+	}
+	if u := rep.Units[1]; u.MovedFrom != "" || u.Machine != "machine-" {
+		t.Fatalf("unmoved unit: %+v", u)
+	}
+	var running []string
+	for _, e := range *events {
+		if e.Kind == EventRunning {
+			running = append(running, e.State)
+		}
+	}
+	if len(running) != 2 || !strings.Contains(running[0], "moved from") || strings.Contains(running[1], "moved from") {
+		t.Fatalf("running events: %q", running)
+	}
+}

@@ -258,6 +258,9 @@ func printSummary(w io.Writer, rep *fleetroll.Report) {
 		if u.Outcome != fleetroll.OutcomeUntouched {
 			line += fmt.Sprintf("\tstop %s\tstart %s", u.Stop, u.Start)
 		}
+		if u.MovedFrom != "" {
+			line += fmt.Sprintf("\tnow on %s, moved from %s", u.Machine, u.MovedFrom)
+		}
 		if u.LeftStopped {
 			line += "\tLEFT DOWN"
 		}
