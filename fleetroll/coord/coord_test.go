@@ -192,3 +192,73 @@ func TestHistory(t *testing.T) {
 		t.Fatalf("empty history: %v %v", none, err)
 	}
 }
+
+// A sidekick that checked the drain key just before it appeared announces
+// the instance once more: Out removes that announcement too and waits the
+// whole delay again from there.
+func TestDrainUndoesAnAnnouncementThatRacedIt(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := context.Background()
+	const delay = 600 * time.Millisecond
+	d := Drain{KAPI: kapi, Prefix: "/services/s", DrainPrefix: "/fleetroll/drain/s", Delay: delay}
+	key := "/services/s/8901"
+	set, err := kapi.Set(ctx, key, "10.0.0.1:8901", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Re-announce once, right after the first delete.
+	w := kapi.Watcher(key, &client.WatcherOptions{AfterIndex: set.Index})
+	reannounced := make(chan time.Time, 1)
+	go func() {
+		for {
+			resp, err := w.Next(ctx)
+			if err != nil {
+				return
+			}
+			if resp.Action == "delete" {
+				_, _ = kapi.Set(ctx, key, "10.0.0.1:8901", nil)
+				reannounced <- time.Now()
+				return
+			}
+		}
+	}()
+	if err := d.Out(ctx, "s@8901.service"); err != nil {
+		t.Fatal(err)
+	}
+	done := time.Now()
+	if _, err := kapi.Get(ctx, key, nil); !isCode(err, client.ErrorCodeKeyNotFound) {
+		t.Fatalf("the raced announcement is still there: %v", err)
+	}
+	at := <-reannounced
+	if quiet := done.Sub(at); quiet < delay {
+		t.Fatalf("Out returned %s after the last announcement, want at least the delay %s", quiet, delay)
+	}
+
+	// A sidekick that ignores the drain key is named.
+	stop := make(chan struct{})
+	defer close(stop)
+	set, err = kapi.Set(ctx, key, "10.0.0.1:8901", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		w := kapi.Watcher(key, &client.WatcherOptions{AfterIndex: set.Index})
+		for {
+			resp, err := w.Next(ctx)
+			if err != nil {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if resp.Action == "delete" {
+				_, _ = kapi.Set(ctx, key, "10.0.0.1:8901", nil)
+			}
+		}
+	}()
+	if err := d.Out(ctx, "s@8901.service"); err == nil || !strings.Contains(err.Error(), "announced again") {
+		t.Fatalf("err = %v, want the stubborn announcement named", err)
+	}
+}

@@ -28,22 +28,6 @@ type Drain struct {
 	BackTimeout time.Duration
 	// KeyTTL bounds a drain key's life, should fleetroll die meanwhile.
 	KeyTTL time.Duration
-	// Sleep waits d or until ctx ends (time-based by default).
-	Sleep func(ctx context.Context, d time.Duration) error
-}
-
-func (d Drain) sleep(ctx context.Context, dur time.Duration) error {
-	if d.Sleep != nil {
-		return d.Sleep(ctx, dur)
-	}
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func instanceOf(unit string) string {
@@ -52,7 +36,11 @@ func instanceOf(unit string) string {
 	return inst
 }
 
-// Out sets the drain key, removes the announcement and waits the delay.
+// Out sets the drain key, removes the announcement and waits until it has
+// stayed away for the delay. A sidekick that checked the drain key just
+// before it appeared can announce the instance once more; Out removes that
+// announcement too and starts the delay again, so the proxy has had the
+// whole delay without the instance before it is stopped.
 // etcd unreachable is an error: the caller must not stop the instance.
 func (d Drain) Out(ctx context.Context, unit string) error {
 	inst := instanceOf(unit)
@@ -63,10 +51,62 @@ func (d Drain) Out(ctx context.Context, unit string) error {
 	if _, err := d.KAPI.Set(ctx, d.DrainPrefix+"/"+inst, "draining", &client.SetOptions{TTL: ttl}); err != nil {
 		return fmt.Errorf("drain %s: set %s/%s: %w", unit, d.DrainPrefix, inst, err)
 	}
-	if _, err := d.KAPI.Delete(ctx, d.Prefix+"/"+inst, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
-		return fmt.Errorf("drain %s: delete %s/%s: %w", unit, d.Prefix, inst, err)
+	key := d.Prefix + "/" + inst
+	const maxAnnounced = 5
+	for again := 0; ; again++ {
+		idx, err := d.remove(ctx, key)
+		if err != nil {
+			return fmt.Errorf("drain %s: %w", unit, err)
+		}
+		announced, err := d.quiet(ctx, key, idx)
+		if err != nil || !announced {
+			if err != nil {
+				err = fmt.Errorf("drain %s: %w", unit, err)
+			}
+			return err
+		}
+		if again == maxAnnounced {
+			return fmt.Errorf("drain %s: %s announced again %d times while draining; is its sidekick honouring %s/%s?",
+				unit, key, maxAnnounced+1, d.DrainPrefix, inst)
+		}
 	}
-	return d.sleep(ctx, d.Delay)
+}
+
+// remove deletes the announcement and returns the etcd index after it.
+func (d Drain) remove(ctx context.Context, key string) (uint64, error) {
+	resp, err := d.KAPI.Delete(ctx, key, nil)
+	if err == nil {
+		return resp.Index, nil
+	}
+	var cerr client.Error
+	if errors.As(err, &cerr) && cerr.Code == client.ErrorCodeKeyNotFound {
+		return cerr.Index, nil
+	}
+	return 0, fmt.Errorf("delete %s: %w", key, err)
+}
+
+// quiet waits for the delay, watching key from index idx. It returns true
+// as soon as the key is set again (announced), false once the delay passed
+// without that.
+func (d Drain) quiet(ctx context.Context, key string, idx uint64) (bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, d.Delay)
+	defer cancel()
+	w := d.KAPI.Watcher(key, &client.WatcherOptions{AfterIndex: idx})
+	for {
+		resp, err := w.Next(wctx)
+		switch {
+		case ctx.Err() != nil:
+			return false, ctx.Err()
+		case wctx.Err() != nil:
+			return false, nil // the whole delay without an announcement
+		case err != nil:
+			// Whether the instance is announced again cannot be told.
+			return false, fmt.Errorf("watch %s: %w", key, err)
+		}
+		if resp.Action != "delete" && resp.Action != "expire" && resp.Action != "compareAndDelete" {
+			return true, nil
+		}
+	}
 }
 
 // In removes the drain key and waits until the instance is announced again.
