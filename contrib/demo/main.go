@@ -35,7 +35,8 @@ func run() error {
 	addr := flag.String("addr", "", "address to listen on (default: all)")
 	version := flag.String("version", "", "version to report (default: the one stamped at build)")
 	versionFile := flag.String("version-file", "", "read the version from this file at start (stands in for pulling the newest image)")
-	drain := flag.Duration("shutdown-timeout", 10*time.Second, "how long requests in flight may take after SIGTERM")
+	drain := flag.Duration("shutdown-timeout", 10*time.Second, "how long requests in flight may take after SIGTERM; 0: exit at once, cutting them (as many services do)")
+	warmup := flag.Duration("warmup", 0, "answer 503 for this long after the start, as a service that is up but not ready")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("-port: want 1-65535, got %d", *port)
@@ -56,7 +57,23 @@ func run() error {
 	info := map[string]any{"version": v, "pid": os.Getpid(), "host": host, "started": started.Format(time.RFC3339Nano), "port": *port}
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+	ready := func(w http.ResponseWriter) bool {
+		if time.Since(started) < *warmup {
+			http.Error(w, "warming up", http.StatusServiceUnavailable)
+			return false
+		}
+		return true
+	}
+	// GET or POST (a load test's requests that no proxy may replay).
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+			w.Header().Set("Allow", "GET, POST")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		if !ready(w) {
+			return
+		}
 		// /?sleep=500ms makes a slow request, for load tests.
 		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil && d > 0 && d <= time.Minute {
 			select {
@@ -69,6 +86,9 @@ func run() error {
 		_ = json.NewEncoder(w).Encode(info)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready(w) {
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 
@@ -87,6 +107,10 @@ func run() error {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	}
+	if *drain == 0 {
+		slog.Info("SIGTERM: exiting at once, cutting requests in flight", "port", *port)
+		return srv.Close()
 	}
 	slog.Info("SIGTERM: finishing requests in flight", "port", *port)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *drain)

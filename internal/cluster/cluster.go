@@ -184,14 +184,18 @@ func LoadTemplate(path string, env ...string) ([]*schema.UnitOption, error) {
 		if !ok {
 			return nil, fmt.Errorf("env %q: want KEY=VALUE", kv)
 		}
+		value := kv
+		if strings.ContainsAny(kv, " \t") {
+			value = strconv.Quote(kv) // one assignment, not several
+		}
 		replaced := false
 		for _, o := range opts {
-			if o.Section == "Service" && o.Name == "Environment" && strings.HasPrefix(o.Value, key+"=") {
-				o.Value, replaced = kv, true
+			if o.Section == "Service" && o.Name == "Environment" && strings.HasPrefix(strings.TrimPrefix(o.Value, `"`), key+"=") {
+				o.Value, replaced = value, true
 			}
 		}
 		if !replaced {
-			opts = append(opts, &schema.UnitOption{Section: "Service", Name: "Environment", Value: kv})
+			opts = append(opts, &schema.UnitOption{Section: "Service", Name: "Environment", Value: value})
 		}
 	}
 	return opts, nil
