@@ -57,6 +57,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: the local cluster did not start: %v\n", clusterErr)
 	}
 	code := m.Run()
+	down3()
 	if cl != nil && os.Getenv("FLEETROLL_KEEP_CLUSTER") == "" {
 		if err := cl.Down(context.Background()); err != nil {
 			fmt.Fprintln(os.Stderr, err)
