@@ -37,6 +37,8 @@ build:
 
 bench:
 	bench/roll.sh
+	bench/hook.sh
+	bench/load.sh
 
 cluster-down:
 	contrib/cluster/cluster.sh down

@@ -47,6 +47,10 @@ type UnitProgress struct {
 	Error string            `json:"error,omitempty"`
 	// LeftStopped: fleetroll stopped the unit and could not start it again.
 	LeftStopped bool `json:"left_stopped,omitempty"`
+	// Machine it runs on after the restart, and MovedFrom the machine it
+	// ran on before when fleet placed it elsewhere (short IDs).
+	Machine   string `json:"machine,omitempty"`
+	MovedFrom string `json:"moved_from,omitempty"`
 }
 
 // Rollout is the record of one trigger's rollout.

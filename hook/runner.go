@@ -114,7 +114,7 @@ func progressFromReport(rep *fleetroll.Report) []UnitProgress {
 	out := make([]UnitProgress, len(rep.Units))
 	for i, u := range rep.Units {
 		out[i] = UnitProgress{Unit: u.Unit, Phase: string(u.Outcome), Stop: u.Stop, Start: u.Start,
-			State: u.LastState, Error: u.Error, LeftStopped: u.LeftStopped}
+			State: u.LastState, Error: u.Error, LeftStopped: u.LeftStopped, Machine: u.Machine, MovedFrom: u.MovedFrom}
 	}
 	return out
 }

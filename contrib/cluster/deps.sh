@@ -7,6 +7,9 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 [[ -e /usr/lib/systemd/user/dbus.socket ]] || need+=(dbus-user-session)
 command -v busctl >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+# Network namespaces of a multi-machine cluster (nsenter and unshare are in
+# util-linux, which every Debian has).
+command -v ip >/dev/null || need+=(iproute2)
 # Containers without a Docker engine (the container proof): podman with runc,
 # a registry that sends notifications, nginx for the proxy, and a static
 # busybox for a builder image made without any registry.
