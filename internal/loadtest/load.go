@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -57,7 +58,10 @@ func StartLoad(ctx context.Context, socket string, opt LoadOptions) *Load {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "unix", socket)
 		},
-		MaxIdleConnsPerHost: 200,
+		// A connection per request: nginx closes idle client connections
+		// when confd reloads it, and a POST sent on one just then fails in
+		// the client (which may not resend it) whatever the rollout does.
+		DisableKeepAlives: true,
 	}
 	l := &Load{
 		opt:    opt,
@@ -131,8 +135,14 @@ func classify(err error) string {
 		return "timeout"
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return "connection closed"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EPIPE):
+		return "broken pipe"
 	default:
-		return "error"
+		return "error: " + err.Error()
 	}
 }
 
