@@ -51,7 +51,11 @@ func run() error {
 		return err
 	}
 	if !*keep {
-		defer func() { _ = cl.Down(context.WithoutCancel(ctx)) }()
+		defer func() {
+			if err := cl.Down(context.WithoutCancel(ctx)); err != nil {
+				fmt.Fprintln(os.Stderr, "bench:", err)
+			}
+		}()
 	}
 	bin := filepath.Join(*dir, "bin")
 	fr := filepath.Join(bin, "fleetroll")

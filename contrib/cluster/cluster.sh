@@ -137,7 +137,11 @@ start_net() {
 # relay NAME LISTEN TO [NETNS]: keep a relay (contrib/cluster/relay) running.
 relay() {
   local name=$1 from=$2 to=$3 netns=${4:-}
-  alive "$name" && return 0
+  # Alive, and a relay: a pid file left by a cluster that was not taken down
+  # can name a process that reused the pid.
+  if alive "$name" && grep -q "bin/relay" "/proc/$(cat "$STATE/$name.pid")/cmdline" 2>/dev/null; then
+    return 0
+  fi
   if [[ -n $netns ]]; then
     start_bg "$name" "$STATE/$name.log" ip netns exec "$netns" "$STATE/bin/relay" -listen "$from" -to "$to"
   else
@@ -149,7 +153,8 @@ start_relays() {
   ((MACHINES > 1)) || return 0
   local i
   relay etcd-relay "unix:$STATE/etcd.sock" "tcp:127.0.0.1:$ETCD_PORT"
-  wait_for 10 "the etcd relay" test -S "$STATE/etcd.sock" || die "the etcd relay did not start; see $STATE/etcd-relay.log"
+  wait_for 30 "the etcd relay" test -S "$STATE/etcd.sock" ||
+    die "the etcd relay did not start: $(cat "$STATE/etcd-relay.log" 2>/dev/null)"
   relay hub-etcd-relay "tcp:127.0.0.1:$ETCD_PORT" "unix:$STATE/etcd.sock" "$NS-hub"
   relay fleet-relay "tcp:127.0.0.1:$FLEET_PORT" "unix:$STATE/m1/fleet.sock"
   relay hub-fleet-relay "tcp:127.0.0.1:$FLEET_PORT" "unix:$STATE/m1/fleet.sock" "$NS-hub"
