@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/fleet/schema"
 	roll "github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/fleetroll/fleetroll/internal/loadtest"
@@ -149,58 +150,44 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 		took.Round(time.Second), naive.Requests, naive.Slow, naive.Failed, naive.FailureSummary(), naive.P50, naive.P99)
 }
 
-// A machine lost while its instance is being restarted: fleet starts the
-// instance on another machine once the machine's TTL has run out, fleetroll
-// waits for that and goes on, and the report says where the unit went. No
-// instance is left stopped.
-func TestMachineLostMidRoll(t *testing.T) {
-	c := need3(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+// launchSpread launches the demo as service@PORT for each port, never two
+// on one machine (Conflicts=), and returns the units with their states.
+func launchSpread(t *testing.T, c *cluster.Cluster, service string, ports ...string) ([]string, []cluster.SystemdState) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	opts, err := cluster.LoadTemplate(filepath.Join(repo, "contrib", "demo", "my-service@.service"), "STATE="+c.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := []string{"18971", "18972", "18973"}
+	opts = append(opts, &schema.UnitOption{Section: "X-Fleet", Name: "Conflicts", Value: service + "@*.service"})
 	var units []string
 	for _, p := range ports {
-		units = append(units, "lost-demo@"+p+".service")
+		units = append(units, service+"@"+p+".service")
 	}
 	t.Cleanup(func() { c.Destroy(units...) })
-	if _, err := c.Launch(ctx, "lost-demo", opts, ports...); err != nil {
+	if _, err := c.Launch(ctx, service, opts, ports...); err != nil {
 		t.Fatal(err)
 	}
-	before, err := c.Systemd(ctx, units...)
+	st, err := c.Systemd(ctx, units...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The victim: an instance not on machine 1 (whose fleet API the test
-	// talks to), alone on its machine.
-	victim, lost := -1, 0
-	for i, s := range before {
-		alone := true
-		for j, o := range before {
-			if j != i && o.Machine == s.Machine {
-				alone = false
-			}
-		}
-		if s.Machine > 1 && alone {
-			victim, lost = i, s.Machine
-			break
-		}
-	}
-	if victim < 0 {
-		t.Fatalf("no instance alone on a machine other than 1: %+v", before)
-	}
+	return units, st
+}
+
+// rollLosingMachine rolls the units with fleetroll (on the host, against
+// machine 1's API) and kills the victim's machine as soon as fleetroll has
+// seen the victim stop. It returns the exit code, the report and the
+// progress lines.
+func rollLosingMachine(t *testing.T, c *cluster.Cluster, victim string, machine int, args ...string) (int, roll.Report, string) {
+	t.Helper()
 	t.Cleanup(func() {
 		if err := c.Restore(context.Background()); err != nil {
-			t.Errorf("restore machine %d: %v", lost, err)
+			t.Errorf("restore machine %d: %v", machine, err)
 		}
 	})
-	lostID := machineID(t, c, lost)
-
-	cmd := exec3(c, "restart", "lost-demo", "--ports", strings.Join(ports, ","), "--grace", "0s",
-		"--start-timeout", "3m", "-o", "json")
+	cmd := exec3(c, args...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()
@@ -212,31 +199,61 @@ func TestMachineLostMidRoll(t *testing.T) {
 	}
 	lines := scanLines(stderr)
 	var log strings.Builder
-	waitLine(t, lines, units[victim]+": stopped", &log)
-	if err := c.LoseMachine(ctx, lost); err != nil {
+	waitLine(t, lines, victim+": stopped", &log)
+	if err := c.LoseMachine(context.Background(), machine); err != nil {
 		t.Fatal(err)
 	}
 	for l := range lines {
 		log.WriteString(l + "\n")
 	}
-	if code := exitCode(t, cmd); code != 0 {
-		t.Fatalf("fleetroll exited %d:\n%s%s", code, &log, &stdout)
-	}
+	code := exitCode(t, cmd)
 	var rep roll.Report
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("report: %v\n%s", err, &stdout)
+		t.Fatalf("report: %v\n%s%s", err, &log, &stdout)
 	}
-	if rep.Restarted() != 3 {
-		t.Fatalf("restarted %d of 3:\n%s", rep.Restarted(), &stdout)
+	return code, rep, log.String()
+}
+
+// notOnMachine1 picks a unit that is not on machine 1, whose fleet API the
+// tests talk to.
+func notOnMachine1(t *testing.T, units []string, st []cluster.SystemdState) (int, int) {
+	t.Helper()
+	for i, s := range st {
+		if s.Machine > 1 {
+			return i, s.Machine
+		}
+	}
+	t.Fatalf("every unit on machine 1: %+v", st)
+	return -1, 0
+}
+
+// A machine lost while its instance is being restarted, with a spare
+// machine: fleet starts the instance there once the lost machine's TTL has
+// run out, fleetroll waits for that and goes on, and the report says where
+// the unit went. No instance is left stopped.
+func TestMachineLostMidRoll(t *testing.T) {
+	c := need3(t)
+	// Two instances that may not share a machine, on three machines: the
+	// third machine is the spare.
+	units, before := launchSpread(t, c, "lost-demo", "18971", "18972")
+	victim, lost := notOnMachine1(t, units, before)
+	spare := 6 - before[0].Machine - before[1].Machine
+	lostID, spareID := machineID(t, c, lost), machineID(t, c, spare)
+
+	code, rep, log := rollLosingMachine(t, c, units[victim], lost,
+		"restart", "lost-demo", "--ports", "18971,18972", "--grace", "0s", "--start-timeout", "3m", "-o", "json")
+	if code != 0 || rep.Restarted() != 2 {
+		t.Fatalf("fleetroll exited %d, restarted %d of 2:\n%s", code, rep.Restarted(), log)
 	}
 	u := rep.Units[slicesIndex(rep, units[victim])]
-	if u.MovedFrom != lostID[:8] || u.Machine == "" || u.Machine == u.MovedFrom {
-		t.Fatalf("the report of %s says machine %q moved from %q; it ran on %s:\n%s", units[victim], u.Machine, u.MovedFrom, lostID, &stdout)
+	if u.MovedFrom != lostID[:8] || u.Machine != spareID[:8] {
+		t.Fatalf("the report of %s says it moved from %q to %q; want from %s (lost) to %s (the spare)\n%s",
+			units[victim], u.MovedFrom, u.Machine, lostID, spareID, log)
 	}
-	if !strings.Contains(log.String(), "moved from "+lostID[:8]) {
-		t.Fatalf("the progress does not say the unit moved:\n%s", &log)
+	if !strings.Contains(log, "moved from "+lostID[:8]) {
+		t.Fatalf("the progress does not say the unit moved:\n%s", log)
 	}
-	after, err := c.Systemd(ctx, units...)
+	after, err := c.Systemd(context.Background(), units...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +262,68 @@ func TestMachineLostMidRoll(t *testing.T) {
 			t.Fatalf("%s after the roll: %+v (before %+v, machine %d lost)", units[i], s, before[i], lost)
 		}
 	}
-	t.Logf("%s moved from machine %d: %s", units[victim], lost, log.String())
+	if after[victim].Machine != spare {
+		t.Fatalf("%s runs on machine %d, want the spare %d", units[victim], after[victim].Machine, spare)
+	}
+	t.Logf("%s moved from machine %d to %d:\n%s", units[victim], lost, spare, log)
+}
+
+// A machine lost while its instance is being restarted, and no machine may
+// take the instance: the roll halts at the start timeout and says why, the
+// units after it are untouched, and the instance stays launched, so that
+// fleet starts it again as soon as its machine is back.
+func TestMachineLostWithNowhereToGo(t *testing.T) {
+	c := need3(t)
+	ports := []string{"18981", "18982", "18983"}
+	units, before := launchSpread(t, c, "stuck-demo", ports...)
+	victim, lost := notOnMachine1(t, units, before)
+	lostID := machineID(t, c, lost)
+
+	code, rep, log := rollLosingMachine(t, c, units[victim], lost,
+		"restart", "stuck-demo", "--ports", strings.Join(ports, ","), "--grace", "0s", "--start-timeout", "50s", "-o", "json")
+	if code != 1 || rep.Result != "failed" {
+		t.Fatalf("fleetroll exited %d (%s), want 1 (failed):\n%s", code, rep.Result, log)
+	}
+	u := rep.Units[victim]
+	if u.Outcome != roll.OutcomeFailed || u.Phase != roll.PhaseStart ||
+		!strings.Contains(u.Error, "its machine "+lostID[:8]+" left the cluster") {
+		t.Fatalf("the report of %s: %+v\n%s", units[victim], u, log)
+	}
+	now, err := c.Systemd(context.Background(), units...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range units {
+		switch {
+		case i < victim:
+			if rep.Units[i].Outcome != roll.OutcomeRestarted || now[i].MainPID == before[i].MainPID || !now[i].Up() {
+				t.Fatalf("%s before the victim: %+v, now %+v", units[i], rep.Units[i], now[i])
+			}
+		case i > victim:
+			if rep.Units[i].Outcome != roll.OutcomeUntouched || now[i].MainPID != before[i].MainPID || !now[i].Up() {
+				t.Fatalf("%s after the victim: %+v, now %+v (before %+v)", units[i], rep.Units[i], now[i], before[i])
+			}
+		}
+	}
+	// The unit is still launched in fleet: its machine back, it runs again
+	// with nobody's help.
+	api, err := c.API()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fu, err := api.Unit(units[victim])
+	if err != nil || fu == nil || fu.DesiredState != "launched" {
+		t.Fatalf("%s in fleet: %+v, %v; want desired state launched", units[victim], fu, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := c.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitRunning(ctx, units[victim]); err != nil {
+		t.Fatalf("%s did not run again once its machine was back: %v", units[victim], err)
+	}
+	t.Logf("%s halted, then back on machine %d:\n%s", units[victim], lost, log)
 }
 
 // machineID is fleet's ID of machine i, found by its public IP.

@@ -3,6 +3,7 @@ package fleetroll
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -61,6 +62,8 @@ type fakeFleet struct {
 	errs []error
 	// hook runs after each call is recorded, outside the lock.
 	hook func(call string)
+	// machines, when set, is what MachineIPs lists.
+	machines map[string]string
 	// pageSize > 0 makes Units check pagination handling of callers that
 	// use it directly (the HTTP tests cover real pagination).
 }
@@ -135,6 +138,18 @@ func (f *fakeFleet) UnitState(ctx context.Context, name string) (*schema.UnitSta
 	u.step()
 	f.calls[len(f.calls)-1] += " -> " + u.active + "/" + u.sub
 	return &schema.UnitState{Name: name, MachineID: u.machine, SystemdActiveState: u.active, SystemdSubState: u.sub, SystemdLoadState: "loaded"}, nil
+}
+
+func (f *fakeFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
+	if err := f.record("machines"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.machines == nil {
+		return nil, fmt.Errorf("machines: %w", ErrNotFound)
+	}
+	return maps.Clone(f.machines), nil
 }
 
 func (f *fakeFleet) SetUnitTargetState(ctx context.Context, name, target string) error {

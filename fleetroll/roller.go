@@ -278,6 +278,9 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 		}
 	}
 
+	if startErr != nil && last == nil && was != "" && r.machineGone(startCtx, was) {
+		startErr = fmt.Errorf("%w; its machine %s left the cluster and no other machine has taken it (it stays launched: fleet starts it once a machine can)", startErr, shortID(was))
+	}
 	switch {
 	case startErr != nil && stopErr != nil:
 		return r.failed(&ur, PhaseStop, last, true, fmt.Errorf("%w; bringing it back up: %w", stopErr, startErr), t0)
@@ -302,6 +305,21 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 		ur.Total = Seconds(clock.Now().Sub(t0))
 	}
 	return ur, nil
+}
+
+// machineGone reports whether fleet no longer lists the machine, when the
+// fleet can list machines (and answers).
+func (r *Roller) machineGone(ctx context.Context, id string) bool {
+	ml, ok := r.fleet.(MachineLister)
+	if !ok {
+		return false
+	}
+	ips, err := ml.MachineIPs(ctx)
+	if err != nil {
+		return false
+	}
+	_, listed := ips[id]
+	return !listed
 }
 
 // failed fills in a unit's report for a halt and returns the *UnitError.

@@ -504,3 +504,51 @@ func TestRollReportsAUnitThatMovedToAnotherMachine(t *testing.T) {
 		t.Fatalf("running events: %q", running)
 	}
 }
+
+// Its machine lost after the stop and no other machine may take it: the
+// start times out, the report says why, the unit stays launched for fleet to
+// start once a machine can take it, and the next unit is untouched.
+func TestRollUnitWhoseMachineLeftAndNoneTakesIt(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	f.machines = map[string]string{"machine-1": "10.0.0.1", "machine-2": "10.0.0.2"}
+	f.hook = func(call string) {
+		if call == "set "+a+" launched" {
+			f.mu.Lock()
+			f.units[a].noState, f.units[a].moving = true, false
+			delete(f.machines, "machine-1")
+			f.mu.Unlock()
+		}
+	}
+	r, _, _ := newTestRoller(t, f, Options{StartTimeout: 30 * time.Second})
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	var uerr *UnitError
+	if !errors.As(err, &uerr) || uerr.Unit != a || uerr.Phase != PhaseStart {
+		t.Fatalf("err = %v", err)
+	}
+	if !strings.Contains(err.Error(), "its machine machine- left the cluster") {
+		t.Fatalf("the error does not say the machine left: %v", err)
+	}
+	if got := sets(f.Calls()); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
+		t.Fatalf("target states set: %q", got)
+	}
+	untouched(t, f.Calls(), b)
+	if rep.Units[0].Outcome != OutcomeFailed || !rep.Units[0].LeftStopped || rep.Units[1].Outcome != OutcomeUntouched {
+		t.Fatalf("report: %+v", rep.Units)
+	}
+
+	// The machine still listed: no such claim.
+	f2 := newFakeFleet(a)
+	f2.machines = map[string]string{"machine-1": "10.0.0.1"}
+	f2.hook = func(call string) {
+		if call == "set "+a+" launched" {
+			f2.mu.Lock()
+			f2.units[a].noState, f2.units[a].moving = true, false
+			f2.mu.Unlock()
+		}
+	}
+	r2, _, _ := newTestRoller(t, f2, Options{StartTimeout: 30 * time.Second})
+	if _, err := r2.Roll(context.Background(), planOf(a)); err == nil || strings.Contains(err.Error(), "left the cluster") {
+		t.Fatalf("err = %v", err)
+	}
+}
