@@ -420,5 +420,5 @@ case ${1:-} in
     ((MACHINES > 1)) || exec "$@"
     exec ip netns exec "$NS-hub" "$@" ;;
   in-machine) shift; i=$1; shift; in_machine "$i" "$@" ;;
-  *) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
 esac
