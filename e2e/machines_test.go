@@ -1,14 +1,10 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -187,17 +183,7 @@ func rollLosingMachine(t *testing.T, c *cluster.Cluster, victim string, machine 
 			t.Errorf("restore machine %d: %v", machine, err)
 		}
 	})
-	cmd := exec3(c, args...)
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := scanLines(stderr)
+	cmd, lines, stdout := startFleetrollOn(t, c, args...)
 	var log strings.Builder
 	waitLine(t, lines, victim+": stopped", &log)
 	if err := c.LoseMachine(context.Background(), machine); err != nil {
@@ -209,14 +195,14 @@ func rollLosingMachine(t *testing.T, c *cluster.Cluster, victim string, machine 
 	code := exitCode(t, cmd)
 	var rep roll.Report
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("report: %v\n%s%s", err, &log, &stdout)
+		t.Fatalf("report: %v\n%s%s", err, &log, stdout)
 	}
 	return code, rep, log.String()
 }
 
 // notOnMachine1 picks a unit that is not on machine 1, whose fleet API the
-// tests talk to.
-func notOnMachine1(t *testing.T, units []string, st []cluster.SystemdState) (int, int) {
+// tests talk to: its index and its machine.
+func notOnMachine1(t *testing.T, st []cluster.SystemdState) (int, int) {
 	t.Helper()
 	for i, s := range st {
 		if s.Machine > 1 {
@@ -236,7 +222,7 @@ func TestMachineLostMidRoll(t *testing.T) {
 	// Two instances that may not share a machine, on three machines: the
 	// third machine is the spare.
 	units, before := launchSpread(t, c, "lost-demo", "18971", "18972")
-	victim, lost := notOnMachine1(t, units, before)
+	victim, lost := notOnMachine1(t, before)
 	spare := 6 - before[0].Machine - before[1].Machine
 	lostID, spareID := machineID(t, c, lost), machineID(t, c, spare)
 
@@ -245,7 +231,7 @@ func TestMachineLostMidRoll(t *testing.T) {
 	if code != 0 || rep.Restarted() != 2 {
 		t.Fatalf("fleetroll exited %d, restarted %d of 2:\n%s", code, rep.Restarted(), log)
 	}
-	u := rep.Units[slicesIndex(rep, units[victim])]
+	u := rep.Units[victim] // the report lists the units in the order of the ports
 	if u.MovedFrom != lostID[:8] || u.Machine != spareID[:8] {
 		t.Fatalf("the report of %s says it moved from %q to %q; want from %s (lost) to %s (the spare)\n%s",
 			units[victim], u.MovedFrom, u.Machine, lostID, spareID, log)
@@ -276,7 +262,7 @@ func TestMachineLostWithNowhereToGo(t *testing.T) {
 	c := need3(t)
 	ports := []string{"18981", "18982", "18983"}
 	units, before := launchSpread(t, c, "stuck-demo", ports...)
-	victim, lost := notOnMachine1(t, units, before)
+	victim, lost := notOnMachine1(t, before)
 	lostID := machineID(t, c, lost)
 
 	code, rep, log := rollLosingMachine(t, c, units[victim], lost,
@@ -344,34 +330,4 @@ func machineID(t *testing.T, c *cluster.Cluster, i int) string {
 	}
 	t.Fatalf("fleet lists no machine %s", c.MachineIP(i))
 	return ""
-}
-
-func slicesIndex(rep roll.Report, unit string) int {
-	for i, u := range rep.Units {
-		if u.Unit == unit {
-			return i
-		}
-	}
-	return -1
-}
-
-// exec3 is the fleetroll binary set up for the three-machine cluster, run
-// on the host (no health gate: it needs no machine's address).
-func exec3(c *cluster.Cluster, args ...string) *exec.Cmd {
-	cmd := exec.Command(binary, args...)
-	cmd.Env = c.Env()
-	return cmd
-}
-
-// scanLines sends r's lines on the channel, closed at EOF.
-func scanLines(r io.Reader) <-chan string {
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	return lines
 }

@@ -222,8 +222,14 @@ func startFleetroll(t *testing.T, args ...string) (*exec.Cmd, <-chan string) {
 // startFleetrollOut also returns its stdout, complete once it has exited.
 func startFleetrollOut(t *testing.T, args ...string) (*exec.Cmd, <-chan string, *bytes.Buffer) {
 	t.Helper()
+	return startFleetrollOn(t, cl, args...)
+}
+
+// startFleetrollOn starts the binary with cluster c's environment.
+func startFleetrollOn(t *testing.T, c *cluster.Cluster, args ...string) (*exec.Cmd, <-chan string, *bytes.Buffer) {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = cl.Env()
+	cmd.Env = c.Env()
 	stdout := &bytes.Buffer{}
 	cmd.Stdout = stdout
 	stderr, err := cmd.StderrPipe()
@@ -233,15 +239,20 @@ func startFleetrollOut(t *testing.T, args ...string) (*exec.Cmd, <-chan string, 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	return cmd, scanLines(stderr), stdout
+}
+
+// scanLines sends r's lines on the channel, closed at EOF.
+func scanLines(r io.Reader) <-chan string {
 	lines := make(chan string, 100)
 	go func() {
 		defer close(lines)
-		sc := bufio.NewScanner(stderr)
+		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			lines <- sc.Text()
 		}
 	}()
-	return cmd, lines, stdout
+	return lines
 }
 
 // waitLine reads lines until one starts with want.

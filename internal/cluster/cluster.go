@@ -126,16 +126,6 @@ func (c *Cluster) MachineIP(i int) string {
 	return fmt.Sprintf("10.77.0.%d", 10+i)
 }
 
-// MachineOf returns the machine (1..Machines) whose public IP is ip, or 0.
-func (c *Cluster) MachineOf(ip string) int {
-	for i := 1; i <= c.Machines; i++ {
-		if c.MachineIP(i) == ip {
-			return i
-		}
-	}
-	return 0
-}
-
 // Hub returns a command that runs in the namespace from which every
 // machine's address is reachable (the host itself for one machine), as the
 // proxy's and the operator's host would.
