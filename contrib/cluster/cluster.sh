@@ -52,6 +52,8 @@ die() { log "$*"; exit 1; }
 if [[ -f $STATE/machines ]]; then MACHINES=$(cat "$STATE/machines"); fi
 
 mdir() { if ((MACHINES == 1)); then echo "$STATE"; else echo "$STATE/m$1"; fi; }
+# mpre I: machine I's prefix for pid file names under $STATE ("" or "mI/").
+mpre() { if ((MACHINES == 1)); then echo ""; else echo "m$1/"; fi; }
 mip() { if ((MACHINES == 1)); then echo 127.0.0.1; else echo "$SUBNET.$((10 + $1))"; fi; }
 # machine_env I: the environment that talks to machine I's systemd.
 machine_env() {
@@ -185,7 +187,8 @@ cgroups_of() {
 start_systemd() { # I
   local i=$1 d m
   m=$(mdir "$i")
-  local p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+  local p
+  p=$(mpre "$i")
   if alive "${p}systemd" && systemd_ready "$i"; then return; fi
   alive "${p}systemd" && kill "$(cat "$STATE/${p}systemd.pid")" 2>/dev/null || true
   rm -rf "$m/run"
@@ -254,7 +257,7 @@ all_machines_listed() {
 start_fleet() { # I
   local i=$1 m p
   m=$(mdir "$i")
-  p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+  p=$(mpre "$i")
   if alive "${p}fleetd-supervisor" && wait_for 30 "fleet on machine $i" fleet_ready "$i"; then return; fi
   alive "${p}fleetd-supervisor" && kill "$(cat "$STATE/${p}fleetd-supervisor.pid")" 2>/dev/null || true
   alive "${p}fleetd" && kill "$(cat "$STATE/${p}fleetd.pid")" 2>/dev/null || true
@@ -330,7 +333,7 @@ kill_cgroups() {
 lose_machine() { # I
   local i=$1 p
   [[ $i =~ ^[0-9]+$ ]] && ((i >= 1 && i <= MACHINES)) || die "lose-machine: no machine $i"
-  p=$(mdir "$i"); p=${p#"$STATE"}; p=${p#/}; p=${p:+$p/}
+  p=$(mpre "$i")
   local n
   for n in fleetd-supervisor fleetd systemd; do
     [[ -f $STATE/$p$n.pid ]] && kill -KILL "$(cat "$STATE/$p$n.pid")" 2>/dev/null || true
@@ -343,7 +346,7 @@ down() {
   local i p m d
   for i in $(seq "$MACHINES"); do
     m=$(mdir "$i")
-    p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+    p=$(mpre "$i")
     # Stop the units first, while their systemd still runs.
     if alive "${p}systemd"; then
       (machine_env "$i"; systemctl --user stop 'my-service@*.service' >/dev/null 2>&1) || true
@@ -372,13 +375,12 @@ down() {
 }
 
 status() {
-  local n i p m
+  local n i p
   for n in etcd etcd-relay fleet-relay; do
     alive $n && echo "$n: running (pid $(cat "$STATE/$n.pid"))"
   done
   for i in $(seq "$MACHINES"); do
-    m=$(mdir "$i")
-    p=${m#"$STATE"}; p=${p#/}; p=${p:+$p/}
+    p=$(mpre "$i")
     for n in systemd fleetd-supervisor fleetd; do
       if alive "$p$n"; then echo "machine $i $n: running (pid $(cat "$STATE/$p$n.pid"))"; else echo "machine $i $n: not running"; fi
     done
