@@ -57,36 +57,29 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 	c := need3(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	confd, err := loadtest.BuildConfd(ctx, repo, filepath.Join(c.Dir, "bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ports := []string{"8901", "8902", "8903"}
-	svc, err := loadtest.Launch(ctx, c, ports, loadtest.LaunchOptions{
-		DemoArgs: "-warmup 2s -shutdown-timeout 0", SidekickInterval: time.Second, SidekickTTL: 5 * time.Second})
-	t.Cleanup(func() { svc.Destroy(c) })
+	setup, err := loadtest.Start(ctx, c, ports, loadtest.LaunchOptions{
+		DemoArgs: "-warmup 2s -shutdown-timeout 0", SidekickInterval: time.Second, SidekickTTL: 5 * time.Second}, t.TempDir())
+	t.Cleanup(setup.Close)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, err := c.Systemd(ctx, svc.Units...)
+	units := setup.Service.Units
+	before, err := c.Systemd(ctx, units...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	machines := map[int]bool{}
 	for i, s := range before {
 		if !s.Up() || s.Machine == 0 {
-			t.Fatalf("%s: %+v", svc.Units[i], s)
+			t.Fatalf("%s: %+v", units[i], s)
 		}
 		machines[s.Machine] = true
 	}
 	if len(machines) != 3 {
 		t.Fatalf("instances on machines %v, want one on each of 3", machines)
 	}
-	proxy, err := loadtest.StartProxy(ctx, c, t.TempDir(), confd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
+	proxy := setup.Proxy
 	if err := proxy.WaitUpstreams(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
@@ -97,26 +90,21 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 	}
 
 	lo := loadtest.LoadOptions{Rate: 100, SlowEvery: 8, Slow: 600 * time.Millisecond}
-	var out string
-	res, took, err := loadtest.Measure(ctx, proxy.Socket, lo, 2000, loadtest.Fleetroll(c, binary, loadtest.FleetrollArgs(c, ports), &out))
+	res, took, rep, err := setup.Fleetroll(ctx, binary, lo, 2000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep roll.Report
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("report: %v\n%s", err, out)
-	}
-	after, err := c.Systemd(ctx, svc.Units...)
+	after, err := c.Systemd(ctx, units...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range after {
 		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
-			t.Fatalf("%s not restarted: before %+v, after %+v", svc.Units[i], before[i], after[i])
+			t.Fatalf("%s not restarted: before %+v, after %+v", units[i], before[i], after[i])
 		}
 	}
 	if rep.Restarted() != 3 {
-		t.Fatalf("fleetroll restarted %d of 3:\n%s", rep.Restarted(), out)
+		t.Fatalf("fleetroll restarted %d of 3: %+v", rep.Restarted(), rep)
 	}
 	t.Logf("fleetroll: rollout %s, %d requests (%d slow), %d failed (%s), p50 %s p99 %s",
 		took.Round(time.Second), res.Requests, res.Slow, res.Failed, res.FailureSummary(), res.P50, res.P99)
@@ -129,16 +117,7 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 
 	// The naive loop, same load, for comparison (logged, not judged: what
 	// it loses depends on timing).
-	if err := proxy.WaitUpstreams(ctx, 3); err != nil {
-		t.Fatal(err)
-	}
-	fleet, err := roll.Connect(c.Endpoint, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	naive, took, err := loadtest.Measure(ctx, proxy.Socket, lo, 2000, func(ctx context.Context) error {
-		return loadtest.Naive(ctx, fleet, svc.Units, time.Second)
-	})
+	naive, took, err := setup.Naive(ctx, lo, 2000)
 	if err != nil {
 		t.Fatal(err)
 	}

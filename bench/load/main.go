@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -20,7 +19,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/fleetroll/fleetroll/internal/loadtest"
 )
@@ -57,32 +55,18 @@ func run() error {
 			}
 		}()
 	}
-	bin := filepath.Join(*dir, "bin")
-	fr := filepath.Join(bin, "fleetroll")
+	fr := filepath.Join(*dir, "bin", "fleetroll")
 	build := exec.CommandContext(ctx, "go", "build", "-o", fr, "./cmd/fleetroll")
 	build.Dir = *repo
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("build fleetroll: %w\n%s", err, out)
 	}
-	confd, err := loadtest.BuildConfd(ctx, *repo, bin)
-	if err != nil {
-		return err
-	}
 	ports := []string{"8901", "8902", "8903"}
-	svc, err := loadtest.Launch(ctx, cl, ports, loadtest.LaunchOptions{
+	setup, err := loadtest.Start(ctx, cl, ports, loadtest.LaunchOptions{
 		DemoArgs:         fmt.Sprintf("-warmup %s -shutdown-timeout 0", *warmup),
 		SidekickInterval: time.Second, SidekickTTL: 5 * time.Second,
-	})
-	defer svc.Destroy(cl)
-	if err != nil {
-		return err
-	}
-	proxy, err := loadtest.StartProxy(ctx, cl, filepath.Join(*dir, "proxy"), confd)
-	if err != nil {
-		return err
-	}
-	defer proxy.Close()
-	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
+	}, filepath.Join(*dir, "proxy"))
+	defer setup.Close()
 	if err != nil {
 		return err
 	}
@@ -94,34 +78,18 @@ func run() error {
 		took time.Duration
 	}
 	var rows []row
-	steady := func() error {
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-		return proxy.WaitUpstreams(wctx, len(ports))
-	}
-
-	if err := steady(); err != nil {
-		return err
-	}
-	var out string
 	fmt.Fprintln(os.Stderr, "bench: fleetroll with drain and health gate, under load")
-	res, took, err := loadtest.Measure(ctx, proxy.Socket, lo, *min, loadtest.Fleetroll(cl, fr, loadtest.FleetrollArgs(cl, ports), &out))
+	res, took, rep, err := setup.Fleetroll(ctx, fr, lo, *min)
 	if err != nil {
 		return err
 	}
-	var rep fleetroll.Report
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Restarted() != len(ports) {
-		return fmt.Errorf("fleetroll did not restart every instance (%v):\n%s", err, out)
+	if rep.Restarted() != len(ports) {
+		return fmt.Errorf("fleetroll restarted %d of %d instances: %s", rep.Restarted(), len(ports), rep.Error)
 	}
 	rows = append(rows, row{"fleetroll (drain + health gate)", res, took})
 
-	if err := steady(); err != nil {
-		return err
-	}
 	fmt.Fprintln(os.Stderr, "bench: the naive loop, under load")
-	res, took, err = loadtest.Measure(ctx, proxy.Socket, lo, *min, func(ctx context.Context) error {
-		return loadtest.Naive(ctx, fleet, svc.Units, time.Second)
-	})
+	res, took, err = setup.Naive(ctx, lo, *min)
 	if err != nil {
 		return err
 	}

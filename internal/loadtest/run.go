@@ -3,19 +3,110 @@ package loadtest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 )
 
-// Measure starts the load, runs roll, and stops the load once roll has
+// Setup is what a measured rollout runs against: my-service launched on
+// the cluster and nginx in front of it.
+type Setup struct {
+	Cluster *cluster.Cluster
+	Service *Service
+	Proxy   *Proxy
+	fleet   fleetroll.Fleet
+}
+
+// Start builds confd (into the cluster's bin directory), launches
+// my-service@PORT for the ports with their sidekicks, and starts the proxy
+// in proxyDir. Close undoes it, also after an error.
+func Start(ctx context.Context, cl *cluster.Cluster, ports []string, o LaunchOptions, proxyDir string) (*Setup, error) {
+	s := &Setup{Cluster: cl}
+	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
+	if err != nil {
+		return s, err
+	}
+	s.fleet = fleet
+	confd, err := BuildConfd(ctx, cl.Repo, filepath.Join(cl.Dir, "bin"))
+	if err != nil {
+		return s, err
+	}
+	if s.Service, err = Launch(ctx, cl, ports, o); err != nil {
+		return s, err
+	}
+	if s.Proxy, err = StartProxy(ctx, cl, proxyDir, confd); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// Close stops the proxy and removes the units.
+func (s *Setup) Close() {
+	if s.Proxy != nil {
+		s.Proxy.Close()
+	}
+	if s.Service != nil {
+		s.Service.Destroy(s.Cluster)
+	}
+}
+
+// steady waits until every instance is in the proxy's upstreams.
+func (s *Setup) steady(ctx context.Context) error {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	return s.Proxy.WaitUpstreams(wctx, len(s.Service.Ports))
+}
+
+// Fleetroll measures a roll by the fleetroll binary, with drain and health
+// gate, once every instance is in the proxy; it returns fleetroll's report.
+// fleetroll runs in the hub namespace: its health gate reaches the
+// machines' addresses there, as an operator's host would.
+func (s *Setup) Fleetroll(ctx context.Context, binary string, lo LoadOptions, min int) (Result, time.Duration, *fleetroll.Report, error) {
+	if err := s.steady(ctx); err != nil {
+		return Result{}, 0, nil, err
+	}
+	var stdout, stderr bytes.Buffer
+	res, took, err := measure(ctx, s.Proxy.Socket, lo, min, func(ctx context.Context) error {
+		cmd := s.Cluster.Hub(ctx, binary, fleetrollArgs(s.Cluster, s.Service.Ports)...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("fleetroll exited %d:\n%s%s", ee.ExitCode(), &stderr, &stdout)
+		}
+		return err
+	})
+	if err != nil {
+		return res, took, nil, err
+	}
+	var rep fleetroll.Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		return res, took, nil, fmt.Errorf("fleetroll's report: %w\n%s", err, &stdout)
+	}
+	return res, took, &rep, nil
+}
+
+// Naive measures the naive loop, once every instance is in the proxy.
+func (s *Setup) Naive(ctx context.Context, lo LoadOptions, min int) (Result, time.Duration, error) {
+	if err := s.steady(ctx); err != nil {
+		return Result{}, 0, err
+	}
+	return measure(ctx, s.Proxy.Socket, lo, min, func(ctx context.Context) error {
+		return Naive(ctx, s.fleet, s.Service.Units, time.Second)
+	})
+}
+
+// measure starts the load, runs roll, and stops the load once roll has
 // ended and at least min requests were sent, so that the whole rollout
 // happens under load.
-func Measure(ctx context.Context, socket string, lo LoadOptions, min int, roll func(context.Context) error) (Result, time.Duration, error) {
+func measure(ctx context.Context, socket string, lo LoadOptions, min int, roll func(context.Context) error) (Result, time.Duration, error) {
 	load := StartLoad(ctx, socket, lo)
 	t0 := time.Now()
 	rollErr := roll(ctx)
@@ -28,34 +119,13 @@ func Measure(ctx context.Context, socket string, lo LoadOptions, min int, roll f
 	return res, took, waitErr
 }
 
-// FleetrollArgs are the arguments of the measured fleetroll: drain through
+// fleetrollArgs are the arguments of the measured fleetroll: drain through
 // the sidekicks' announcements and a health gate, with the cluster's fleet
 // and etcd.
-func FleetrollArgs(cl *cluster.Cluster, ports []string) []string {
+func fleetrollArgs(cl *cluster.Cluster, ports []string) []string {
 	return []string{"restart", "my-service", "--ports", strings.Join(ports, ","),
 		"--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL, "--lock", "fail",
 		"--drain", "--drain-delay", "2s", "--drain-timeout", "1m",
 		"--health-path", "/healthz", "--health-successes", "3", "--health-interval", "250ms",
 		"--grace", "1s", "-o", "json"}
-}
-
-// Fleetroll returns a roll that runs the fleetroll binary in the hub
-// namespace (its health gate reaches the machines' addresses there, as an
-// operator's host would). Its standard output is stored in *out.
-func Fleetroll(cl *cluster.Cluster, binary string, args []string, out *string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		cmd := cl.Hub(ctx, binary, args...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		*out = stdout.String()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				return fmt.Errorf("fleetroll exited %d:\n%s%s", ee.ExitCode(), &stderr, &stdout)
-			}
-			return fmt.Errorf("fleetroll: %w", err)
-		}
-		return nil
-	}
 }
