@@ -244,15 +244,15 @@ func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
 		r.emit(Event{Unit: name, Kind: EventStopped, Elapsed: time.Duration(ur.Stop), State: DescribeState(last)})
 	}
 
-	// Start, or bring back a unit whose stop failed or was interrupted. This
-	// runs to its own deadline even when ctx is cancelled: a signal must not
-	// leave the unit down.
 	// The machine it ran on: fleet may start it elsewhere, when that
 	// machine is lost meanwhile.
 	was := ""
 	if last != nil {
 		was = last.MachineID
 	}
+	// Start, or bring back a unit whose stop failed or was interrupted. This
+	// runs to its own deadline even when ctx is cancelled: a signal must not
+	// leave the unit down.
 	t1 := clock.Now()
 	kind, why := EventStarting, stopErr
 	if why == nil {

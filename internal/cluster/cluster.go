@@ -270,9 +270,9 @@ type SystemdState struct {
 func (s SystemdState) Up() bool { return s.Active == "active" && s.Sub == "running" }
 
 // Systemd asks the cluster's systemd instances for the units' states, one
-// call per machine. A unit is reported from the machine that has it loaded;
-// a machine whose systemd does not answer (a lost machine) is passed over,
-// unless it is the only one.
+// call per machine. A unit is reported from the machine that has it loaded
+// (running, if several have). A machine whose systemd does not answer (a
+// lost machine) is passed over; it is an error only when none answers.
 func (c *Cluster) Systemd(ctx context.Context, units ...string) ([]SystemdState, error) {
 	if c.Machines <= 1 {
 		// One machine: what its systemd says, loaded or not.
@@ -293,7 +293,6 @@ func (c *Cluster) Systemd(ctx context.Context, units ...string) ([]SystemdState,
 		for i := range units {
 			if loaded[i] && (states[i].Machine == 0 || st[i].Up()) {
 				states[i] = st[i]
-				states[i].Machine = m
 			}
 		}
 	}
