@@ -144,11 +144,9 @@ relay() {
   if alive "$name" && grep -q "bin/relay" "/proc/$(cat "$STATE/$name.pid")/cmdline" 2>/dev/null; then
     return 0
   fi
-  if [[ -n $netns ]]; then
-    start_bg "$name" "$STATE/$name.log" ip netns exec "$netns" "$STATE/bin/relay" -listen "$from" -to "$to"
-  else
-    start_bg "$name" "$STATE/$name.log" "$STATE/bin/relay" -listen "$from" -to "$to"
-  fi
+  local in=()
+  [[ -n $netns ]] && in=(ip netns exec "$netns")
+  start_bg "$name" "$STATE/$name.log" "${in[@]}" "$STATE/bin/relay" -listen "$from" -to "$to"
 }
 
 start_relays() {
