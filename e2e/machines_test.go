@@ -246,8 +246,8 @@ func TestMachineLostWithNowhereToGo(t *testing.T) {
 
 	code, rep, log := rollLosingMachine(t, c, units[victim], lost,
 		"restart", "stuck-demo", "--ports", strings.Join(ports, ","), "--grace", "0s", "--start-timeout", "50s", "-o", "json")
-	if code != 1 || rep.Result != "failed" {
-		t.Fatalf("fleetroll exited %d (%s), want 1 (failed):\n%s", code, rep.Result, log)
+	if code != 1 || rep.Status != roll.StatusFailed {
+		t.Fatalf("fleetroll exited %d (%s), want 1 (failed):\n%s", code, rep.Status, log)
 	}
 	u := rep.Units[victim]
 	if u.Outcome != roll.OutcomeFailed || u.Phase != roll.PhaseStart ||

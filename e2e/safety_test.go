@@ -199,9 +199,9 @@ func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
 	if err := json.Unmarshal(waiterOut.Bytes(), &b); err != nil {
 		t.Fatalf("waiter report: %v\n%s", err, waiterOut)
 	}
-	if a.Result != "succeeded" || b.Result != "succeeded" || b.Started.Before(a.Finished) {
+	if a.Status != fr.StatusSucceeded || b.Status != fr.StatusSucceeded || b.Started.Before(a.Finished) {
 		t.Fatalf("the waiting roll started at %s, before the first one finished at %s (results %s, %s)",
-			b.Started.Format(time.RFC3339Nano), a.Finished.Format(time.RFC3339Nano), a.Result, b.Result)
+			b.Started.Format(time.RFC3339Nano), a.Finished.Format(time.RFC3339Nano), a.Status, b.Status)
 	}
 }
 

@@ -35,6 +35,14 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
+// NewTimer fires at once, having advanced the clock by d.
+func (c *fakeClock) NewTimer(d time.Duration) Timer { return firedTimer{c.After(d)} }
+
+type firedTimer struct{ c <-chan time.Time }
+
+func (t firedTimer) C() <-chan time.Time { return t.c }
+func (t firedTimer) Stop() bool          { return false }
+
 // simUnit is a unit in the fake fleet. States move one step per poll.
 type simUnit struct {
 	desired string

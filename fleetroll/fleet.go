@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coreos/fleet/client"
+	"github.com/coreos/fleet/machine"
 	"github.com/coreos/fleet/schema"
 	"google.golang.org/api/googleapi"
 )
@@ -32,6 +33,9 @@ type Fleet interface {
 	// SetUnitTargetState sets a unit's desired state: "inactive", "loaded"
 	// or "launched".
 	SetUnitTargetState(ctx context.Context, name, target string) error
+	// MachineIPs maps the IDs of the machines fleet lists to their public
+	// IPs (GET /machines only: fleet's metadata calls panic in its client).
+	MachineIPs(ctx context.Context) (map[string]string, error)
 }
 
 // API is the subset of fleet's client.API that WrapAPI needs; client.API
@@ -40,6 +44,7 @@ type API interface {
 	Units() ([]*schema.Unit, error)
 	UnitStates() ([]*schema.UnitState, error)
 	SetUnitTargetState(name, target string) error
+	Machines() ([]machine.MachineState, error)
 }
 
 // WrapAPI adapts a context-free fleet client (such as client.API) to Fleet.
@@ -73,6 +78,25 @@ func (f apiFleet) SetUnitTargetState(ctx context.Context, name, target string) e
 		return err
 	}
 	return setTargetState(f.api, name, target)
+}
+
+func (f apiFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return machineIPs(f.api)
+}
+
+func machineIPs(api API) (map[string]string, error) {
+	ms, err := api.Machines()
+	if err != nil {
+		return nil, err
+	}
+	ips := make(map[string]string, len(ms))
+	for _, m := range ms {
+		ips[m.ID] = m.PublicIP
+	}
+	return ips, nil
 }
 
 func findState(states []*schema.UnitState, name string) (*schema.UnitState, error) {
@@ -160,23 +184,8 @@ func (h *httpFleet) UnitState(ctx context.Context, name string) (*schema.UnitSta
 	return findState(page.States, name)
 }
 
-// MachineIPs maps fleet machine IDs to their public IPs (GET /machines;
-// only the listing: fleet's metadata calls panic in its client).
 func (h *httpFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
-	ms, err := h.api(ctx).Machines()
-	if err != nil {
-		return nil, err
-	}
-	ips := make(map[string]string, len(ms))
-	for _, m := range ms {
-		ips[m.ID] = m.PublicIP
-	}
-	return ips, nil
-}
-
-// MachineLister is implemented by fleets that can list machines' IPs.
-type MachineLister interface {
-	MachineIPs(ctx context.Context) (map[string]string, error)
+	return machineIPs(h.api(ctx))
 }
 
 func (h *httpFleet) SetUnitTargetState(ctx context.Context, name, target string) error {

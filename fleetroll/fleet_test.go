@@ -2,6 +2,7 @@ package fleetroll
 
 import (
 	"github.com/coreos/fleet/client"
+	"github.com/coreos/fleet/machine"
 	"github.com/coreos/fleet/schema"
 	"google.golang.org/api/googleapi"
 
@@ -117,7 +118,7 @@ func TestConnectHTTP(t *testing.T) {
 		t.Fatalf("set on unknown unit = %v, want ErrNotFound", err)
 	}
 
-	ips, err := f.(MachineLister).MachineIPs(ctx)
+	ips, err := f.MachineIPs(ctx)
 	if err != nil || ips["abcdef0123"] != "10.0.0.7" || ips["feed"] != "10.0.0.8" {
 		t.Fatalf("machine IPs = %v, %v", ips, err)
 	}
@@ -223,6 +224,9 @@ type stubAPI struct {
 func (s stubAPI) Units() ([]*schema.Unit, error)               { return []*schema.Unit{{Name: "s@1.service"}}, nil }
 func (s stubAPI) UnitStates() ([]*schema.UnitState, error)     { return s.states, nil }
 func (s stubAPI) SetUnitTargetState(name, target string) error { return s.setErr }
+func (s stubAPI) Machines() ([]machine.MachineState, error) {
+	return []machine.MachineState{{ID: "m1", PublicIP: "10.0.0.1"}}, nil
+}
 
 func TestWrapAPI(t *testing.T) {
 	var _ API = client.API(nil) // fleet's client satisfies API

@@ -14,11 +14,11 @@ import (
 // HealthGate waits until an instance answers HTTP 2xx a number of times in a
 // row: GET http://<machine's public IP>:<port><path>.
 type HealthGate struct {
-	Path string
-	// Successes in a row required (default 3).
+	Path      string
 	Successes int
-	// Interval between checks (default 1s); Timeout for the whole gate
-	// (default 2m); RequestTimeout for each check (default 2s).
+	// Successes in a row required, Interval between checks, Timeout for
+	// the whole gate: zero takes the policy's defaults (policy.go).
+	// RequestTimeout bounds each check (default 2s).
 	Interval, Timeout, RequestTimeout time.Duration
 	Client                            *http.Client
 	Clock                             Clock
@@ -29,13 +29,13 @@ var ErrUnhealthy = errors.New("instance not healthy")
 
 func (g HealthGate) withDefaults() HealthGate {
 	if g.Successes <= 0 {
-		g.Successes = 3
+		g.Successes = DefaultHealthSuccesses
 	}
 	if g.Interval <= 0 {
-		g.Interval = time.Second
+		g.Interval = DefaultHealthInterval
 	}
 	if g.Timeout <= 0 {
-		g.Timeout = 2 * time.Minute
+		g.Timeout = DefaultHealthTimeout
 	}
 	if g.RequestTimeout <= 0 {
 		g.RequestTimeout = 2 * time.Second
@@ -44,7 +44,7 @@ func (g HealthGate) withDefaults() HealthGate {
 		g.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	if g.Clock == nil {
-		g.Clock = realClock{}
+		g.Clock = SystemClock{}
 	}
 	return g
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,13 +68,35 @@ func (t Target) Validate() error {
 	case strings.ContainsAny(t.Service, "@/ \t") || strings.HasSuffix(t.Service, ".service"):
 		return &PlanError{fmt.Sprintf("service %q: give the template name without @ or .service (my-service), or full unit names", t.Service)}
 	}
+	if err := ValidateServiceName(t.Service); t.Service != "" && err != nil {
+		return &PlanError{err.Error()}
+	}
 	for _, in := range t.Instances {
-		if in == "" || strings.ContainsAny(in, "@/. \t") {
-			return &PlanError{fmt.Sprintf("bad instance name %q", in)}
+		if !instanceRe.MatchString(in) {
+			return &PlanError{fmt.Sprintf("bad instance name %q: letters, digits, _, : and - only", in)}
 		}
 	}
 	return nil
 }
+
+var (
+	serviceRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`)
+	instanceRe = regexp.MustCompile(`^[A-Za-z0-9_:-]{1,64}$`)
+	idRe       = regexp.MustCompile(`^[0-9a-f]{12}$`)
+)
+
+// ValidateServiceName checks a service (template) name wherever one enters:
+// flags, config, a request, fleetroll status. Names become etcd keys
+// (/fleetroll/history/NAME), so "/", ".." and the like never pass.
+func ValidateServiceName(name string) error {
+	if !serviceRe.MatchString(name) || strings.Contains(name, "..") {
+		return fmt.Errorf("service name %q: want letters, digits, _, ., : and - (starting with a letter or digit, no \"..\")", name)
+	}
+	return nil
+}
+
+// ValidRolloutID reports whether id has the shape of NewID's IDs.
+func ValidRolloutID(id string) bool { return idRe.MatchString(id) }
 
 // UnitName returns "service@instance.service".
 func UnitName(service, instance string) string {

@@ -7,24 +7,49 @@ import (
 	"time"
 )
 
+// SchemaVersion is the version of the rollout record (docs/record.md). A
+// record without a version was written before the schema had one; it is
+// read and upgraded (see Report.UnmarshalJSON).
+const SchemaVersion = 1
+
+// Status is where a rollout is: one vocabulary for the roller, the queue,
+// the API, the history and the CLI.
+type Status string
+
+const (
+	StatusQueued      Status = "queued"      // waiting in serve's queue
+	StatusRunning     Status = "running"     // the roller is at work
+	StatusSucceeded   Status = "succeeded"   // every unit restarted
+	StatusFailed      Status = "failed"      // halted on a unit, or could not start
+	StatusInterrupted Status = "interrupted" // began, then stopped by a signal or a shutdown
+	StatusSuperseded  Status = "superseded"  // never ran: a newer trigger took its place
+	StatusCancelled   Status = "cancelled"   // never ran: fleetroll shut down first
+)
+
+// Final reports whether the status will not change any more.
+func (s Status) Final() bool { return s != StatusQueued && s != StatusRunning && s != "" }
+
 // Phase is a step of one unit's restart.
 type Phase string
 
 const (
-	PhaseStop   Phase = "stop"
-	PhaseStart  Phase = "start"
 	PhaseDrain  Phase = "drain"  // before the stop: taking the unit out of the proxy
+	PhaseStop   Phase = "stop"   // stop requested until fleet reports it stopped
+	PhaseStart  Phase = "start"  // start requested until fleet reports it running
 	PhaseHealth Phase = "health" // after the start: health gate, back in the proxy
+	PhaseGrace  Phase = "grace"  // the wait after the unit before the next one
 )
 
 // Outcome is what happened to one unit.
 type Outcome string
 
 const (
+	OutcomePending     Outcome = "pending"     // not reached yet (the rollout runs)
+	OutcomeInProgress  Outcome = "in_progress" // being restarted now; Phase says where
 	OutcomeRestarted   Outcome = "restarted"   // stop observed, running again
 	OutcomeFailed      Outcome = "failed"      // the roll halted on this unit
 	OutcomeInterrupted Outcome = "interrupted" // cancelled; the unit was brought back up
-	OutcomeUntouched   Outcome = "untouched"   // the roll halted before this unit
+	OutcomeUntouched   Outcome = "untouched"   // the roll ended before this unit
 )
 
 // Seconds is a duration that marshals to JSON as fractional seconds.
@@ -45,12 +70,21 @@ func (s *Seconds) UnmarshalJSON(b []byte) error {
 
 func (s Seconds) String() string { return time.Duration(s).Round(time.Millisecond).String() }
 
-// UnitReport is the outcome of one unit.
+// Span is when one phase of a unit began and ended (Finished is zero while
+// it runs). A timeline is drawn from these.
+type Span struct {
+	Phase    Phase     `json:"phase"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// UnitReport is one unit's part of a rollout.
 type UnitReport struct {
 	Unit    string  `json:"unit"`
 	Outcome Outcome `json:"outcome"`
-	// Phase and LastState say where a failed or interrupted unit was.
-	Phase     Phase  `json:"phase,omitempty"`
+	// Phase says where an in-progress, failed or interrupted unit is or was.
+	Phase Phase `json:"phase,omitempty"`
+	// LastState is the last state fleet reported for it.
 	LastState string `json:"last_state,omitempty"`
 	// LeftStopped is set when fleetroll stopped the unit and could not
 	// bring it back.
@@ -58,23 +92,125 @@ type UnitReport struct {
 	// Machine is the (short) ID of the machine the unit runs on after its
 	// restart; MovedFrom the one it ran on before, when fleet placed it on
 	// another machine meanwhile (its machine was lost, say).
-	Machine   string  `json:"machine,omitempty"`
-	MovedFrom string  `json:"moved_from,omitempty"`
-	Stop      Seconds `json:"stop_seconds"`
-	Start     Seconds `json:"start_seconds"`
-	Total     Seconds `json:"total_seconds"`
-	Error     string  `json:"error,omitempty"`
+	Machine   string `json:"machine,omitempty"`
+	MovedFrom string `json:"moved_from,omitempty"`
+	// ImageDigest is the image the unit was started with, when known.
+	ImageDigest string  `json:"image_digest,omitempty"`
+	Stop        Seconds `json:"stop_seconds"`
+	Start       Seconds `json:"start_seconds"`
+	Total       Seconds `json:"total_seconds"`
+	// Phases are the unit's steps in order, with their times.
+	Phases []Span `json:"phases,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
-// Report is the outcome of a roll.
+// Trigger is what asked for a rollout.
+type Trigger struct {
+	// Source: dockerhub, registry, github, manual (POST /rollouts) or cli.
+	Source     string `json:"source"`
+	Repository string `json:"repository,omitempty"`
+	Tag        string `json:"tag,omitempty"`
+	Digest     string `json:"digest,omitempty"`
+	Pusher     string `json:"pusher,omitempty"`
+	// PushedAt is the sender's push time (Docker Hub), as sent.
+	PushedAt  string    `json:"pushed_at,omitempty"`
+	RequestID string    `json:"request_id,omitempty"`
+	Received  time.Time `json:"received,omitzero"`
+}
+
+// String is "source repository:tag", or the source alone.
+func (t Trigger) String() string {
+	if t.Repository == "" {
+		return t.Source
+	}
+	s := t.Source + " " + t.Repository
+	if t.Tag != "" {
+		s += ":" + t.Tag
+	}
+	return s
+}
+
+// UnmarshalJSON also reads the records written before the schema had a
+// version, whose trigger was one string: "cli" or "dockerhub repo:tag".
+func (t *Trigger) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		source, image, _ := strings.Cut(s, " ")
+		repo, tag, _ := strings.Cut(image, ":")
+		*t = Trigger{Source: source, Repository: repo, Tag: tag}
+		return nil
+	}
+	type plain Trigger
+	return json.Unmarshal(b, (*plain)(t))
+}
+
+// QueueInfo is what serve's queue adds to a rollout it ran or dropped.
+type QueueInfo struct {
+	Queued time.Time `json:"queued"`
+	// SupersededBy is the rollout that took this queued one's place.
+	SupersededBy string `json:"superseded_by,omitempty"`
+	// Supersedes are the most recent rollouts this one took the place of
+	// (at most MaxSupersedes); SupersedesDropped counts the older ones.
+	Supersedes        []string `json:"supersedes,omitempty"`
+	SupersedesDropped int      `json:"supersedes_dropped,omitempty"`
+}
+
+// Report is the record of one rollout: what the roller did, and who asked
+// for it. restart -o json prints it, serve's API answers it, the etcd
+// history stores it and fleetroll status reads it back, all in this shape
+// (docs/record.md).
 type Report struct {
-	ID       string       `json:"id,omitempty"`
-	Service  string       `json:"service"`
-	Started  time.Time    `json:"started"`
-	Finished time.Time    `json:"finished"`
-	Result   string       `json:"result"` // succeeded, failed or interrupted
+	Version int     `json:"version"`
+	ID      string  `json:"id"`
+	Service string  `json:"service"`
+	Status  Status  `json:"status"`
+	Trigger Trigger `json:"trigger"`
+	// By names the fleetroll that ran it.
+	By    string     `json:"by,omitempty"`
+	Queue *QueueInfo `json:"queue,omitempty"`
+	// Started and Finished are the roller's; zero until it starts or ends.
+	Started  time.Time    `json:"started,omitzero"`
+	Finished time.Time    `json:"finished,omitzero"`
 	Units    []UnitReport `json:"units"`
 	Error    string       `json:"error,omitempty"`
+}
+
+// UnmarshalJSON reads a record and upgrades one written before the schema
+// had a version: serve then called a rollout stopped by its shutdown
+// "cancelled"; now "cancelled" is only for one that never started.
+func (r *Report) UnmarshalJSON(b []byte) error {
+	type plain Report
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	if p.Version == 0 {
+		if p.Status == StatusCancelled && !p.Started.IsZero() {
+			p.Status = StatusInterrupted
+		}
+		if p.Units == nil {
+			p.Units = []UnitReport{}
+		}
+		p.Version = SchemaVersion
+	}
+	*r = Report(p)
+	return nil
+}
+
+// Clone returns a deep copy.
+func (r *Report) Clone() Report {
+	c := *r
+	c.Units = make([]UnitReport, len(r.Units))
+	for i, u := range r.Units {
+		u.Phases = append([]Span(nil), u.Phases...)
+		c.Units[i] = u
+	}
+	if r.Queue != nil {
+		q := *r.Queue
+		q.Supersedes = append([]string(nil), r.Queue.Supersedes...)
+		c.Queue = &q
+	}
+	return c
 }
 
 // Restarted counts the units restarted.

@@ -31,7 +31,7 @@ const (
 )
 
 // Options tune a roll. Zero durations take the defaults above, except Grace,
-// where zero means no grace period; set UseDefaultGrace to get the default.
+// where zero means no grace period (DefaultGrace is the flags' default).
 type Options struct {
 	StopTimeout  time.Duration
 	StartTimeout time.Duration
@@ -104,7 +104,7 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Clock == nil {
-		o.Clock = realClock{}
+		o.Clock = SystemClock{}
 	}
 	return o
 }
@@ -125,18 +125,22 @@ const (
 	EventStarting   EventKind = "starting"
 	EventRecovering EventKind = "recovering" // starting a unit whose stop was cut short
 	EventRunning    EventKind = "running"
+	EventHealthy    EventKind = "healthy" // the health and drain hooks passed
 	EventFailed     EventKind = "failed"
 )
 
 // Event is one step of a roll. Elapsed is the time the step took: the stop
-// for "stopped", the start for "running", the whole unit for "failed".
+// for "stopped", the start for "running", the whole unit for "healthy" and
+// "failed". Progress is the unit's record as it stands after the step.
 type Event struct {
 	RolloutID string
 	Unit      string
 	Kind      EventKind
+	Phase     Phase
 	Elapsed   time.Duration
 	State     string
 	Err       error
+	Progress  UnitReport
 }
 
 // Roller restarts units through a Fleet.
@@ -156,24 +160,32 @@ func NewRoller(f Fleet, opt Options) (*Roller, error) {
 // RolloutID returns the ID this roller tags its work with.
 func (r *Roller) RolloutID() string { return r.opt.RolloutID }
 
-// Roll restarts the plan's units in order. It returns the report and, when
-// the roll did not complete, an error: a *UnitError naming the unit and phase
-// it halted on, or the context's error when cancelled between units. Units
-// after a failure are untouched. A unit whose stop is interrupted by ctx is
-// brought back up (bounded by the start timeout) before Roll returns.
+// Roll restarts the plan's units in order. It returns the rollout's record
+// and, when the roll did not complete, an error: a *UnitError naming the unit
+// and phase it halted on, or the context's error when cancelled between
+// units. Units after a failure are untouched. A unit whose stop is
+// interrupted by ctx is brought back up (bounded by the start timeout)
+// before Roll returns.
 func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 	clock := r.opt.Clock
-	rep := &Report{ID: r.opt.RolloutID, Service: plan.Service, Started: clock.Now(), Result: "succeeded"}
+	rep := &Report{Version: SchemaVersion, ID: r.opt.RolloutID, Service: plan.Service, Status: StatusRunning,
+		Started: clock.Now(), Units: []UnitReport{}}
 	for _, u := range plan.Units {
-		rep.Units = append(rep.Units, UnitReport{Unit: u.Name, Outcome: OutcomeUntouched})
+		rep.Units = append(rep.Units, UnitReport{Unit: u.Name, Outcome: OutcomePending})
 	}
 	finish := func(err error) (*Report, error) {
 		rep.Finished = clock.Now()
+		for i := range rep.Units {
+			if rep.Units[i].Outcome == OutcomePending {
+				rep.Units[i].Outcome = OutcomeUntouched
+			}
+		}
+		rep.Status = StatusSucceeded
 		if err != nil {
 			rep.Error = err.Error()
-			rep.Result = "failed"
+			rep.Status = StatusFailed
 			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				rep.Result = "interrupted"
+				rep.Status = StatusInterrupted
 			}
 		}
 		return rep, err
@@ -187,13 +199,15 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 				return finish(fmt.Errorf("roll of %s halted before %s: %w", plan.Service, u.Name, err))
 			}
 		}
-		ur, err := r.restart(ctx, u.Name)
-		rep.Units[i] = ur
-		if err != nil {
+		ur := &rep.Units[i]
+		if err := r.restart(ctx, ur); err != nil {
 			return finish(err)
 		}
 		if i < len(plan.Units)-1 && r.opt.Grace > 0 {
-			if err := r.sleep(ctx, r.opt.Grace); err != nil {
+			r.begin(ur, PhaseGrace)
+			err := r.sleep(ctx, r.opt.Grace)
+			r.end(ur)
+			if err != nil {
 				return finish(fmt.Errorf("roll of %s interrupted in the grace period after %s: %w", plan.Service, u.Name, err))
 			}
 		}
@@ -201,120 +215,181 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 	return finish(nil)
 }
 
-// restart stops one unit, waits for the stop, starts it and waits until it
-// runs. Whatever happens after the stop was requested, it tries to leave the
-// unit launched and running.
-func (r *Roller) restart(ctx context.Context, name string) (UnitReport, error) {
-	clock := r.opt.Clock
-	ur := UnitReport{Unit: name, Outcome: OutcomeRestarted}
-	var last *schema.UnitState
+// begin records that a unit entered a phase.
+func (r *Roller) begin(ur *UnitReport, p Phase) {
+	ur.Phase = p
+	ur.Phases = append(ur.Phases, Span{Phase: p, Started: r.opt.Clock.Now()})
+}
 
+// end records that the unit's current phase ended.
+func (r *Roller) end(ur *UnitReport) {
+	if n := len(ur.Phases); n > 0 && ur.Phases[n-1].Finished.IsZero() {
+		ur.Phases[n-1].Finished = r.opt.Clock.Now()
+	}
+}
+
+// stopResult is what the stop step saw.
+type stopResult struct {
+	// err: the stop failed (fleet refused it, or it timed out).
+	err error
+	// interrupted: ctx ended after fleet accepted the stop; the stop was
+	// still observed, so the unit can be started again safely.
+	interrupted error
+}
+
+// verdict judges a unit's restart from its stop and its start (nil when it
+// succeeded): the phase it failed in, whether fleetroll left it stopped, and
+// the error to report. A nil error means the unit was restarted.
+func verdict(stop stopResult, start error) (Phase, bool, error) {
+	switch {
+	case start != nil && stop.err != nil:
+		return PhaseStop, true, fmt.Errorf("%w; bringing it back up: %w", stop.err, start)
+	case start != nil:
+		return PhaseStart, true, start
+	case stop.err != nil:
+		// Back up and running, but the restart did not happen as asked.
+		return PhaseStop, false, fmt.Errorf("%w; the unit was brought back up", stop.err)
+	case stop.interrupted != nil:
+		// Restarted, but the roll stops here.
+		return PhaseStop, false, fmt.Errorf("%w; the stop had begun, so the unit was restarted", stop.interrupted)
+	}
+	return "", false, nil
+}
+
+// restart drains a unit (when a hook does), stops it, starts it and gates it
+// (when a hook does), filling in ur as it goes. Whatever happens after the
+// stop was requested, it tries to leave the unit launched and running.
+func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
+	clock := r.opt.Clock
+	name := ur.Unit
+	ur.Outcome = OutcomeInProgress
 	t0 := clock.Now()
 	if h := r.opt.Hooks.BeforeStop; h != nil {
 		if done := r.opt.Hooks.Done; done != nil {
 			defer done(context.WithoutCancel(ctx), name)
 		}
-		if err := h(ctx, name); err != nil {
-			return r.failed(&ur, PhaseDrain, nil, false, fmt.Errorf("%w; the unit was not touched", err), t0)
+		r.begin(ur, PhaseDrain)
+		err := h(ctx, name)
+		r.end(ur)
+		if err != nil {
+			return r.failed(ur, PhaseDrain, nil, false, fmt.Errorf("%w; the unit was not touched", err), t0)
 		}
-	}
-	stopDeadline := clock.Now().Add(r.opt.StopTimeout)
-	r.emit(Event{Unit: name, Kind: EventStopping})
-	stopErr := r.until(ctx, stopDeadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
-		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
-	})
-	// interrupted is set when ctx ends after fleet accepted the stop.
-	var interrupted error
-	if stopErr == nil {
-		stopErr = r.waitState(ctx, name, stopDeadline, r.opt.StopTimeout, StoppedStatus, &last)
-		if stopErr != nil && ctx.Err() != nil {
-			// The stop is under way. fleet's states lag systemd's, so a
-			// start requested now could be judged on the "running" state
-			// published before the stop. Observe the stop first.
-			interrupted = stopErr
-			stopErr = r.waitState(context.WithoutCancel(ctx), name, stopDeadline, r.opt.StopTimeout, StoppedStatus, &last)
-		}
-	}
-	ur.Stop = Seconds(clock.Now().Sub(t0))
-	if stopErr != nil && errors.Is(stopErr, ErrNotFound) {
-		// fleet no longer knows the unit: there is nothing to bring back.
-		return r.failed(&ur, PhaseStop, last, false, stopErr, t0)
-	}
-	if stopErr == nil {
-		r.emit(Event{Unit: name, Kind: EventStopped, Elapsed: time.Duration(ur.Stop), State: DescribeState(last)})
 	}
 
-	// The machine it ran on: fleet may start it elsewhere, when that
-	// machine is lost meanwhile.
+	stop, last := r.stop(ctx, ur)
+	if stop.err != nil && errors.Is(stop.err, ErrNotFound) {
+		// fleet no longer knows the unit: there is nothing to bring back.
+		return r.failed(ur, PhaseStop, last, false, stop.err, t0)
+	}
 	was := ""
 	if last != nil {
 		was = last.MachineID
 	}
-	// Start, or bring back a unit whose stop failed or was interrupted. This
-	// runs to its own deadline even when ctx is cancelled: a signal must not
-	// leave the unit down.
-	t1 := clock.Now()
-	kind, why := EventStarting, stopErr
-	if why == nil {
-		why = interrupted
-	}
-	if why != nil {
-		kind = EventRecovering
-	}
-	r.emit(Event{Unit: name, Kind: kind, State: DescribeState(last), Err: why})
-	startCtx := context.WithoutCancel(ctx)
-	startErr := r.until(startCtx, t1.Add(r.opt.StartTimeout), r.opt.StartTimeout, func(ctx context.Context) (bool, error) {
-		return true, r.fleet.SetUnitTargetState(ctx, name, "launched")
-	})
-	if startErr == nil {
-		startErr = r.waitState(startCtx, name, t1.Add(r.opt.StartTimeout), r.opt.StartTimeout, runningAfter(last), &last)
-	}
-	ur.Start = Seconds(clock.Now().Sub(t1))
+	last, startErr := r.start(ctx, ur, stop, last)
 	ur.Total = Seconds(clock.Now().Sub(t0))
-	if startErr == nil && last != nil {
-		ur.Machine = shortID(last.MachineID)
-		if was != "" && last.MachineID != was {
-			ur.MovedFrom = shortID(was)
-		}
+	if phase, leftStopped, err := verdict(stop, startErr); err != nil {
+		return r.failed(ur, phase, last, leftStopped, err, t0)
 	}
-
-	if startErr != nil && last == nil && was != "" && r.machineGone(startCtx, was) {
-		startErr = fmt.Errorf("%w; its machine %s left the cluster and no other machine has taken it (it stays launched: fleet starts it once a machine can)", startErr, shortID(was))
-	}
-	switch {
-	case startErr != nil && stopErr != nil:
-		return r.failed(&ur, PhaseStop, last, true, fmt.Errorf("%w; bringing it back up: %w", stopErr, startErr), t0)
-	case startErr != nil:
-		return r.failed(&ur, PhaseStart, last, true, startErr, t0)
-	case stopErr != nil:
-		// Back up and running, but the restart did not happen as asked.
-		return r.failed(&ur, PhaseStop, last, false, fmt.Errorf("%w; the unit was brought back up", stopErr), t0)
-	case interrupted != nil:
-		// Restarted, but the roll stops here.
-		return r.failed(&ur, PhaseStop, last, false, fmt.Errorf("%w; the stop had begun, so the unit was restarted", interrupted), t0)
+	ur.Machine = shortID(last.MachineID)
+	if was != "" && last.MachineID != was {
+		ur.MovedFrom = shortID(was)
 	}
 	running := DescribeState(last)
 	if ur.MovedFrom != "" {
 		running += ", moved from " + ur.MovedFrom
 	}
-	r.emit(Event{Unit: name, Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
 	if h := r.opt.Hooks.AfterRunning; h != nil {
-		if err := h(ctx, name, last); err != nil {
-			return r.failed(&ur, PhaseHealth, last, false, err, t0)
+		r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
+		r.begin(ur, PhaseHealth)
+		err := h(ctx, name, last)
+		r.end(ur)
+		if err != nil {
+			return r.failed(ur, PhaseHealth, last, false, err, t0)
 		}
 		ur.Total = Seconds(clock.Now().Sub(t0))
+		ur.Outcome = OutcomeRestarted
+		r.emit(ur, Event{Kind: EventHealthy, Elapsed: time.Duration(ur.Total), State: running})
+		return nil
 	}
-	return ur, nil
+	ur.Outcome = OutcomeRestarted
+	r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
+	return nil
 }
 
-// machineGone reports whether fleet no longer lists the machine, when the
-// fleet can list machines (and answers).
-func (r *Roller) machineGone(ctx context.Context, id string) bool {
-	ml, ok := r.fleet.(MachineLister)
-	if !ok {
-		return false
+// stop asks fleet to stop the unit and waits until it reports it stopped.
+// When ctx ends after fleet accepted the stop, it still observes the stop
+// (within the stop timeout): fleet's states lag systemd's, so a start
+// requested now could be judged on the "running" state published before
+// the stop.
+func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.UnitState) {
+	clock := r.opt.Clock
+	name := ur.Unit
+	var last *schema.UnitState
+	var res stopResult
+	t0 := clock.Now()
+	deadline := t0.Add(r.opt.StopTimeout)
+	r.begin(ur, PhaseStop)
+	r.emit(ur, Event{Kind: EventStopping})
+	res.err = r.until(ctx, deadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
+		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
+	})
+	if res.err == nil {
+		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, StoppedStatus, &last)
+		if res.err != nil && ctx.Err() != nil {
+			res.interrupted = res.err
+			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, StoppedStatus, &last)
+		}
 	}
-	ips, err := ml.MachineIPs(ctx)
+	r.end(ur)
+	ur.Stop = Seconds(clock.Now().Sub(t0))
+	ur.LastState = DescribeState(last)
+	if res.err == nil {
+		r.emit(ur, Event{Kind: EventStopped, Elapsed: time.Duration(ur.Stop), State: DescribeState(last)})
+	}
+	return res, last
+}
+
+// start asks fleet to launch the unit and waits until it runs. It runs to
+// its own deadline even when ctx is cancelled: a signal must not leave the
+// unit down. It also brings back a unit whose stop failed or was cut short.
+func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, last *schema.UnitState) (*schema.UnitState, error) {
+	clock := r.opt.Clock
+	name := ur.Unit
+	t0 := clock.Now()
+	kind, why := EventStarting, stop.err
+	if why == nil {
+		why = stop.interrupted
+	}
+	if why != nil {
+		kind = EventRecovering
+	}
+	r.begin(ur, PhaseStart)
+	r.emit(ur, Event{Kind: kind, State: DescribeState(last), Err: why})
+	was := ""
+	if last != nil {
+		was = last.MachineID
+	}
+	startCtx := context.WithoutCancel(ctx)
+	deadline := t0.Add(r.opt.StartTimeout)
+	err := r.until(startCtx, deadline, r.opt.StartTimeout, func(ctx context.Context) (bool, error) {
+		return true, r.fleet.SetUnitTargetState(ctx, name, "launched")
+	})
+	if err == nil {
+		err = r.waitState(startCtx, name, deadline, r.opt.StartTimeout, runningAfter(last), &last)
+	}
+	r.end(ur)
+	ur.Start = Seconds(clock.Now().Sub(t0))
+	ur.LastState = DescribeState(last)
+	if err != nil && last == nil && was != "" && r.machineGone(startCtx, was) {
+		err = fmt.Errorf("%w; its machine %s left the cluster and no other machine has taken it (it stays launched: fleet starts it once a machine can)", err, shortID(was))
+	}
+	return last, err
+}
+
+// machineGone reports whether fleet no longer lists the machine (false when
+// fleet cannot be asked).
+func (r *Roller) machineGone(ctx context.Context, id string) bool {
+	ips, err := r.fleet.MachineIPs(ctx)
 	if err != nil {
 		return false
 	}
@@ -322,8 +397,8 @@ func (r *Roller) machineGone(ctx context.Context, id string) bool {
 	return !listed
 }
 
-// failed fills in a unit's report for a halt and returns the *UnitError.
-func (r *Roller) failed(ur *UnitReport, phase Phase, last *schema.UnitState, leftStopped bool, err error, t0 time.Time) (UnitReport, error) {
+// failed fills in a unit's record for a halt and returns the *UnitError.
+func (r *Roller) failed(ur *UnitReport, phase Phase, last *schema.UnitState, leftStopped bool, err error, t0 time.Time) error {
 	ur.Outcome = OutcomeFailed
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		ur.Outcome = OutcomeInterrupted
@@ -334,8 +409,8 @@ func (r *Roller) failed(ur *UnitReport, phase Phase, last *schema.UnitState, lef
 	ur.Total = Seconds(r.opt.Clock.Now().Sub(t0))
 	uerr := &UnitError{Unit: ur.Unit, Phase: phase, LastState: ur.LastState, LeftStopped: leftStopped, Err: err}
 	ur.Error = uerr.Error()
-	r.emit(Event{Unit: ur.Unit, Kind: EventFailed, Elapsed: time.Duration(ur.Total), State: ur.LastState, Err: uerr})
-	return *ur, uerr
+	r.emit(ur, Event{Kind: EventFailed, Elapsed: time.Duration(ur.Total), State: ur.LastState, Err: uerr})
+	return uerr
 }
 
 // runningAfter judges the start phase. A "failed" state left over from the
@@ -421,8 +496,13 @@ func (r *Roller) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (r *Roller) emit(ev Event) {
+// emit reports an event of a unit, with a copy of its record as it stands.
+func (r *Roller) emit(ur *UnitReport, ev Event) {
 	ev.RolloutID = r.opt.RolloutID
+	ev.Unit = ur.Unit
+	ev.Phase = ur.Phase
+	ev.Progress = *ur
+	ev.Progress.Phases = append([]Span(nil), ur.Phases...)
 	attrs := []any{"rollout_id", ev.RolloutID, "unit", ev.Unit, "event", string(ev.Kind)}
 	if ev.Elapsed > 0 {
 		attrs = append(attrs, "elapsed", ev.Elapsed.Round(time.Millisecond).String())

@@ -95,7 +95,7 @@ func TestRollRestartsOneAtATimeInOrder(t *testing.T) {
 	if maxDown != 1 {
 		t.Fatalf("max units down at once = %d, want 1", maxDown)
 	}
-	if rep.Result != "succeeded" || rep.Restarted() != 3 {
+	if rep.Status != StatusSucceeded || rep.Restarted() != 3 {
 		t.Fatalf("report = %+v", rep)
 	}
 	var kinds []string
@@ -139,7 +139,7 @@ func TestRollHaltsWhenAUnitFailsToStart(t *testing.T) {
 	if want := []Outcome{OutcomeRestarted, OutcomeFailed, OutcomeUntouched}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("outcomes = %v, want %v", got, want)
 	}
-	if rep.Result != "failed" || rep.Units[1].LastState != "failed/failed on machine-" || !rep.Units[1].LeftStopped {
+	if rep.Status != StatusFailed || rep.Units[1].LastState != "failed/failed on machine-" || !rep.Units[1].LeftStopped {
 		t.Fatalf("report = %+v", rep.Units[1])
 	}
 }
@@ -348,8 +348,8 @@ func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
 			if u := rep.Units[0]; u.Outcome != OutcomeInterrupted || u.LeftStopped || u.Phase != PhaseStop {
 				t.Fatalf("unit report = %+v", u)
 			}
-			if rep.Result != "interrupted" {
-				t.Fatalf("result = %q", rep.Result)
+			if rep.Status != StatusInterrupted {
+				t.Fatalf("status = %q", rep.Status)
 			}
 			var recovering bool
 			for _, e := range *events {

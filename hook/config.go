@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
-	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"gopkg.in/yaml.v3"
 )
 
@@ -33,31 +32,15 @@ type Service struct {
 	StartTimeout time.Duration  `yaml:"start_timeout"`
 	PollInterval time.Duration  `yaml:"poll_interval"`
 
-	// Health, when set, gates each instance after its start.
-	Health *HealthConfig `yaml:"health"`
-	// Drain, when set, takes each instance out of the proxy first.
-	Drain *DrainConfig `yaml:"drain"`
+	// Health, when set, gates each instance after its start; Drain, when
+	// set, takes each instance out of the proxy first. Their settings,
+	// defaults and validation are the roll policy's, shared with the flags.
+	Health *fleetroll.HealthPolicy `yaml:"health"`
+	Drain  *fleetroll.DrainPolicy  `yaml:"drain"`
 
 	DockerHub []Trigger `yaml:"dockerhub"`
 	Registry  []Trigger `yaml:"registry"`
 	GitHub    []Trigger `yaml:"github"`
-}
-
-// HealthConfig is a service's health gate: GET http://IP:PORT/PATH.
-type HealthConfig struct {
-	Path      string        `yaml:"path"`
-	Successes int           `yaml:"successes"`
-	Interval  time.Duration `yaml:"interval"`
-	Timeout   time.Duration `yaml:"timeout"`
-}
-
-// DrainConfig is where a service's instances are announced and how long a
-// drain waits.
-type DrainConfig struct {
-	// Prefix of the announcements; default /services/NAME.
-	Prefix  string        `yaml:"prefix"`
-	Delay   time.Duration `yaml:"delay"`
-	Timeout time.Duration `yaml:"timeout"`
 }
 
 // Trigger matches an image event: a repository ("namespace/name", or a
@@ -145,15 +128,15 @@ func (c *Config) Validate() error {
 		if err := (fleetroll.Target{Service: s.Name}).Validate(); err != nil {
 			return fmt.Errorf("%s.name: %w", field, err)
 		}
+		if err := (fleetroll.Target{Service: s.Name, Instances: s.Ports}).Validate(); err != nil {
+			return fmt.Errorf("%s.ports: %w", field, err)
+		}
 		if seen[s.Name] {
 			return fmt.Errorf("%s.name: service %q is configured twice", field, s.Name)
 		}
 		seen[s.Name] = true
-		if s.Health != nil && !strings.HasPrefix(s.Health.Path, "/") {
-			return fmt.Errorf("%s.health.path: want a path such as /healthz", field)
-		}
-		if s.Drain != nil && s.Drain.Prefix != "" && !strings.HasPrefix(s.Drain.Prefix, "/") {
-			return fmt.Errorf("%s.drain.prefix: must start with /", field)
+		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain}).Validate(); err != nil {
+			return fmt.Errorf("%s.%w", field, err)
 		}
 		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval}
 		if s.Grace != nil {
@@ -317,19 +300,10 @@ func pathsAt(n *yaml.Node, line int, prefix string) []string {
 	return out
 }
 
-// Safety applies the service's health gate and drain settings over base.
-func (s Service) Safety(base coord.Safety) coord.Safety {
-	out := base
-	if h := s.Health; h != nil {
-		out.Gate = &fleetroll.HealthGate{Path: h.Path, Successes: h.Successes, Interval: h.Interval, Timeout: h.Timeout}
-	}
-	if d := s.Drain; d != nil {
-		out.Drain = true
-		out.DrainPrefix = d.Prefix
-		if out.DrainPrefix == "" {
-			out.DrainPrefix = "/services/" + s.Name
-		}
-		out.DrainDelay, out.DrainTimeout = d.Delay, d.Timeout
-	}
-	return out
+// Policy returns the service's roll policy: the lock from base (serve's
+// flags), drain and health from the service, defaults applied.
+func (s Service) Policy(base fleetroll.Policy) fleetroll.Policy {
+	p := base
+	p.Drain, p.Health = s.Drain, s.Health
+	return p.WithDefaults(s.Name)
 }

@@ -40,7 +40,7 @@ func FuzzParseRegistry(f *testing.F) {
 }
 
 func FuzzParseGitHub(f *testing.F) {
-	f.Add(githubPackage("latest"))
+	f.Add(githubPackageBody("latest"))
 	f.Add([]byte(`{"action":"published","package":{"name":"x","ecosystem":"container"}}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -56,7 +56,7 @@ func FuzzParseGitHub(f *testing.F) {
 
 func FuzzVerifyGitHubSignature(f *testing.F) {
 	f.Add([]byte(`{"zen":"x"}`), "sha256=00")
-	f.Add(githubPackage("latest"), "")
+	f.Add(githubPackageBody("latest"), "")
 	f.Fuzz(func(t *testing.T, body []byte, header string) {
 		const secret = "fuzz-secret-0123456789"
 		if !VerifyGitHubSignature(secret, SignGitHub(secret, body), body) {

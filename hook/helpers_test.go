@@ -21,20 +21,18 @@ import (
 
 const (
 	testToken    = "test-token-0123456789abcdef"
+	testHubToken = "dockerhub-token-0123456789"
 	testRegToken = "registry-token-0123456789"
 	testGHSecret = "github-secret-0123456789"
 )
 
-// fixture reads a sample payload from ../../shared/fixtures. It fails under
-// CI=true when the file is missing and skips elsewhere.
+// fixture reads a sample payload from testdata (captured from the real
+// senders).
 func fixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", name))
+	b, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("fixture %s: %v", name, err)
-		}
-		t.Skipf("fixture %s: %v", name, err)
+		t.Fatalf("fixture %s: %v", name, err)
 	}
 	return b
 }
@@ -108,7 +106,7 @@ func newTestEnv(t *testing.T, modify func(*Options)) *testEnv {
 		Callbacks: noCallbacks,
 		Fleet:     fleet,
 		Config:    cfg,
-		Secrets:   Secrets{API: testToken, Registry: testRegToken, GitHub: testGHSecret},
+		Secrets:   Secrets{API: testToken, DockerHub: testHubToken, Registry: testRegToken, GitHub: testGHSecret},
 		Roll:      fleetroll.Options{PollInterval: time.Millisecond, Grace: 0},
 		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -123,7 +121,7 @@ func newTestEnv(t *testing.T, modify func(*Options)) *testEnv {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Run(ctx)
+		srv.Run(ctx, time.Second)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -155,18 +153,25 @@ func (e *testEnv) do(t *testing.T, method, path string, body []byte, headers map
 }
 
 // waitRollout waits until the rollout reaches a final status.
-func (e *testEnv) waitRollout(t *testing.T, id string) Rollout {
+func (e *testEnv) waitRollout(t *testing.T, id string) fleetroll.Report {
+	t.Helper()
+	return waitStore(t, e.srv.Store(), id, func(r fleetroll.Report) bool { return r.Status.Final() })
+}
+
+// waitStore waits until the store's record of id satisfies cond.
+func waitStore(t *testing.T, s *Store, id string, cond func(fleetroll.Report) bool) fleetroll.Report {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
-		if ro, ok := e.srv.Store().Get(id); ok && ro.Status.Final() {
+		changed := s.Changed()
+		if ro, ok := s.Get(id); ok && cond(ro) {
 			return ro
 		}
 		select {
 		case <-deadline:
-			ro, _ := e.srv.Store().Get(id)
-			t.Fatalf("rollout %s not finished: %+v", id, ro)
-		case <-time.After(2 * time.Millisecond): // polling the store: it has no change notification
+			ro, _ := s.Get(id)
+			t.Fatalf("rollout %s: condition not met: %+v", id, ro)
+		case <-changed:
 		}
 	}
 }

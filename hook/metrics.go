@@ -10,6 +10,7 @@ type metrics struct {
 	webhooks    *prometheus.CounterVec
 	rollouts    *prometheus.CounterVec
 	unitRestart *prometheus.HistogramVec
+	replays     *prometheus.CounterVec
 }
 
 func newMetrics(q *Queue) *metrics {
@@ -21,11 +22,15 @@ func newMetrics(q *Queue) *metrics {
 		}, []string{"sender", "code"}),
 		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleetroll_rollouts_total",
-			Help: "Finished rollouts, by service and result (succeeded, failed, superseded, cancelled).",
+			Help: "Rollouts that ran, by service and final status (succeeded, failed, interrupted).",
 		}, []string{"service", "result"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetroll_replayed_deliveries_total",
+			Help: "Deliveries received again within the replay window and ignored, by sender.",
+		}, []string{"sender"}),
 		unitRestart: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "fleetroll_unit_restart_duration_seconds",
-			Help:    "Time from a unit's stop request until fleet reported it running again.",
+			Help:    "Time of each restarted unit: drain, stop, start and health gate (the grace period after it is not counted).",
 			Buckets: []float64{1, 2, 5, 10, 20, 30, 60, 120, 300},
 		}, []string{"service"}),
 	}
@@ -38,7 +43,7 @@ func newMetrics(q *Queue) *metrics {
 			return float64(qd)
 		}
 	}
-	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart,
+	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart, m.replays,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_queue_depth", Help: "Rollouts waiting to run."}, depth(false)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_rollouts_running", Help: "Rollouts running now."}, depth(true)),
 		collectors.NewGoCollector(),

@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
 )
 
 // Source is the kind of sender that triggered a rollout.
@@ -33,6 +36,14 @@ type Event struct {
 	PushedAt string `json:"pushed_at,omitempty"`
 	// CallbackURL is where Docker Hub wants the result; never shown.
 	CallbackURL string `json:"-"`
+	// EventID is the sender's ID of this event (a registry's event id).
+	EventID string `json:"-"`
+}
+
+// Trigger turns the event into the rollout record's trigger.
+func (e Event) Trigger(source Source, requestID string, received time.Time) fleetroll.Trigger {
+	return fleetroll.Trigger{Source: string(source), Repository: e.Repository, Tag: e.Tag, Digest: e.Digest,
+		Pusher: e.Pusher, PushedAt: e.PushedAt, RequestID: requestID, Received: received}
 }
 
 // PayloadError is a malformed or incomplete payload (400).
@@ -94,6 +105,7 @@ var ManifestMediaTypes = map[string]bool{
 func ParseRegistry(body []byte) ([]Event, error) {
 	var env struct {
 		Events *[]struct {
+			ID     string `json:"id"`
 			Action string `json:"action"`
 			Target struct {
 				MediaType  string `json:"mediaType"`
@@ -120,31 +132,40 @@ func ParseRegistry(body []byte) ([]Event, error) {
 		if e.Target.Repository == "" {
 			return nil, payloadErr("events[%d].target.repository: missing", i)
 		}
-		out = append(out, Event{Repository: e.Target.Repository, Tag: e.Target.Tag, Digest: e.Target.Digest, Pusher: e.Actor.Name})
+		out = append(out, Event{Repository: e.Target.Repository, Tag: e.Target.Tag, Digest: e.Target.Digest, Pusher: e.Actor.Name, EventID: e.ID})
 	}
 	return out, nil
 }
 
-// ParseGitHub parses a GitHub "package" (or older "registry_package") event.
-// ok is false for an authentic event that is not a container publish.
+// githubPackage is the package of a GitHub "package" event, and of the
+// older "registry_package" event, which carries it as "registry_package".
+type githubPackage struct {
+	Name           string `json:"name"`
+	Namespace      string `json:"namespace"`
+	Ecosystem      string `json:"ecosystem"`
+	PackageType    string `json:"package_type"`
+	PackageVersion *struct {
+		ContainerMetadata *struct {
+			Tag *struct {
+				Name   string `json:"name"`
+				Digest string `json:"digest"`
+			} `json:"tag"`
+		} `json:"container_metadata"`
+	} `json:"package_version"`
+	Owner *struct {
+		Login string `json:"login"`
+	} `json:"owner"`
+}
+
+// ParseGitHub parses a GitHub "package" event, or a "registry_package"
+// event (the package is under "registry_package" there). ok is false for an
+// authentic event that is not a container publish.
 func ParseGitHub(body []byte) (ev Event, ok bool, err error) {
 	var p struct {
-		Action  string `json:"action"`
-		Package *struct {
-			Name           string `json:"name"`
-			Namespace      string `json:"namespace"`
-			Ecosystem      string `json:"ecosystem"`
-			PackageType    string `json:"package_type"`
-			PackageVersion *struct {
-				ContainerMetadata *struct {
-					Tag *struct {
-						Name   string `json:"name"`
-						Digest string `json:"digest"`
-					} `json:"tag"`
-				} `json:"container_metadata"`
-			} `json:"package_version"`
-		} `json:"package"`
-		Repository *struct {
+		Action          string         `json:"action"`
+		Package         *githubPackage `json:"package"`
+		RegistryPackage *githubPackage `json:"registry_package"`
+		Repository      *struct {
 			FullName string `json:"full_name"`
 		} `json:"repository"`
 		Sender *struct {
@@ -154,27 +175,34 @@ func ParseGitHub(body []byte) (ev Event, ok bool, err error) {
 	if err := decodeJSON(body, &p); err != nil {
 		return Event{}, false, err
 	}
-	if p.Package == nil || p.Package.Name == "" {
-		return Event{}, false, payloadErr("missing package.name")
+	pkg := p.Package
+	if pkg == nil {
+		pkg = p.RegistryPackage
+	}
+	if pkg == nil || pkg.Name == "" {
+		return Event{}, false, payloadErr("missing package.name (or registry_package.name)")
 	}
 	if p.Action != "published" && p.Action != "updated" {
 		return Event{}, false, nil
 	}
-	if !strings.EqualFold(p.Package.Ecosystem, "container") && !strings.EqualFold(p.Package.PackageType, "container") {
+	if !strings.EqualFold(pkg.Ecosystem, "container") && !strings.EqualFold(pkg.PackageType, "container") {
 		return Event{}, false, nil
 	}
-	v := p.Package.PackageVersion
+	v := pkg.PackageVersion
 	if v == nil || v.ContainerMetadata == nil || v.ContainerMetadata.Tag == nil || v.ContainerMetadata.Tag.Name == "" {
 		return Event{}, false, nil // an untagged manifest of a multi-arch image
 	}
-	ns := p.Package.Namespace
+	ns := pkg.Namespace
+	if ns == "" && pkg.Owner != nil {
+		ns = pkg.Owner.Login
+	}
 	if ns == "" && p.Repository != nil {
 		ns, _, _ = strings.Cut(p.Repository.FullName, "/")
 	}
 	if ns == "" {
 		return Event{}, false, payloadErr("missing package.namespace")
 	}
-	ev = Event{Repository: ns + "/" + p.Package.Name, Tag: v.ContainerMetadata.Tag.Name, Digest: v.ContainerMetadata.Tag.Digest}
+	ev = Event{Repository: ns + "/" + pkg.Name, Tag: v.ContainerMetadata.Tag.Name, Digest: v.ContainerMetadata.Tag.Digest}
 	if p.Sender != nil {
 		ev.Pusher = p.Sender.Login
 	}

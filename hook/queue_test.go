@@ -2,22 +2,26 @@ package hook
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/clocktest"
 )
 
-func trig(n int) TriggerInfo {
-	return TriggerInfo{Source: SourceRegistry, Event: Event{Repository: "demo/my-service", Tag: "latest", Digest: fmt.Sprintf("sha256:%d", n)}}
+func trig(n int) fleetroll.Trigger {
+	return fleetroll.Trigger{Source: string(SourceRegistry), Repository: "demo/my-service", Tag: "latest", Digest: fmt.Sprintf("sha256:%d", n)}
 }
 
 // gatedExec runs rollouts that block until released, and records overlap.
 type gatedExec struct {
 	mu       sync.Mutex
-	ran      []Rollout
+	ran      []Job
 	active   map[string]int
 	overlap  bool
 	maxAll   int
@@ -31,26 +35,26 @@ func newGatedExec() *gatedExec {
 	return &gatedExec{active: map[string]int{}, started: make(chan string, 200), release: make(chan struct{}), finished: make(chan string, 200)}
 }
 
-func (g *gatedExec) exec(ctx context.Context, r Rollout) {
+func (g *gatedExec) exec(ctx context.Context, j Job) {
 	g.mu.Lock()
-	g.ran = append(g.ran, r)
-	g.active[r.Service]++
-	if g.active[r.Service] > 1 {
+	g.ran = append(g.ran, j)
+	g.active[j.Service]++
+	if g.active[j.Service] > 1 {
 		g.overlap = true
 	}
 	g.nowAll++
 	g.maxAll = max(g.maxAll, g.nowAll)
 	g.mu.Unlock()
-	g.started <- r.ID
+	g.started <- j.ID
 	select {
 	case <-g.release:
 	case <-ctx.Done():
 	}
 	g.mu.Lock()
-	g.active[r.Service]--
+	g.active[j.Service]--
 	g.nowAll--
 	g.mu.Unlock()
-	g.finished <- r.ID
+	g.finished <- j.ID
 }
 
 func runQueue(t *testing.T, q *Queue) context.CancelFunc {
@@ -71,19 +75,19 @@ func runQueue(t *testing.T, q *Queue) context.CancelFunc {
 func TestBurstCoalescesIntoOneFollowUp(t *testing.T) {
 	g := newGatedExec()
 	store := NewStore(1000)
-	q := NewQueue(store, g.exec, 4, 0)
+	q := NewQueue(store, g.exec, QueueOptions{MaxParallel: 4})
 	runQueue(t, q)
 
-	first, _, err := q.Submit("my-service", trig(0))
+	first, _, err := q.Submit("my-service", trig(0), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if id := <-g.started; id != first.ID {
 		t.Fatalf("started %s, want %s", id, first.ID)
 	}
-	var last Rollout
+	var last fleetroll.Report
 	for i := 1; i < 100; i++ {
-		if last, _, err = q.Submit("my-service", trig(i)); err != nil {
+		if last, _, err = q.Submit("my-service", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -99,47 +103,82 @@ func TestBurstCoalescesIntoOneFollowUp(t *testing.T) {
 	if len(g.ran) != 2 || g.overlap {
 		t.Fatalf("%d rollouts ran (overlap %v), want 2 without overlap", len(g.ran), g.overlap)
 	}
-	if g.ran[1].Trigger.Event.Digest != "sha256:99" {
-		t.Fatalf("the follow-up carries %s, want the newest trigger", g.ran[1].Trigger.Event.Digest)
+	if g.ran[1].Trigger.Digest != "sha256:99" {
+		t.Fatalf("the follow-up carries %s, want the newest trigger", g.ran[1].Trigger.Digest)
 	}
-	superseded := 0
+	superseded, pointing := 0, 0
 	for _, r := range store.List("my-service") {
-		if r.Status == StatusSuperseded {
+		if r.Status == fleetroll.StatusSuperseded {
 			superseded++
-			if r.SupersededBy != last.ID {
-				t.Fatalf("%s superseded by %s, want %s", r.ID, r.SupersededBy, last.ID)
+			if r.Queue.SupersededBy == last.ID {
+				pointing++
 			}
 		}
 	}
 	if superseded != 98 {
 		t.Fatalf("%d superseded, want 98", superseded)
 	}
-	if got, _ := store.Get(last.ID); len(got.Supersedes) != 98 {
-		t.Fatalf("the follow-up lists %d superseded rollouts", len(got.Supersedes))
+	// The newest MaxSupersedes point at the follow-up; the follow-up names
+	// them and counts the rest.
+	if pointing < MaxSupersedes {
+		t.Fatalf("%d superseded rollouts point at the follow-up, want at least %d", pointing, MaxSupersedes)
+	}
+	got, _ := store.Get(last.ID)
+	if len(got.Queue.Supersedes) != MaxSupersedes || got.Queue.SupersedesDropped != 98-MaxSupersedes {
+		t.Fatalf("the follow-up lists %d superseded rollouts and counts %d more", len(got.Queue.Supersedes), got.Queue.SupersedesDropped)
+	}
+}
+
+// 20 000 triggers while a rollout runs: the follow-up's record stays small
+// (its supersedes chain is bounded), and every Submit walks a bounded chain.
+func TestSupersedesChainIsBounded(t *testing.T) {
+	g := newGatedExec()
+	store := NewStore(10)
+	q := NewQueue(store, g.exec, QueueOptions{MaxParallel: 1})
+	runQueue(t, q)
+	t.Cleanup(func() { close(g.release) })
+	if _, _, err := q.Submit("a", trig(0), ""); err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+	var last fleetroll.Report
+	for i := 1; i <= 20000; i++ {
+		var err error
+		if last, _, err = q.Submit("a", trig(i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec, _ := store.Get(last.ID)
+	b, _ := json.Marshal(rec)
+	t.Logf("after 20000 triggers the follow-up's record is %d bytes (supersedes %d, dropped %d)",
+		len(b), len(rec.Queue.Supersedes), rec.Queue.SupersedesDropped)
+	if len(b) > 4096 || len(rec.Queue.Supersedes) != MaxSupersedes || rec.Queue.SupersedesDropped != 19999-MaxSupersedes {
+		t.Fatalf("record of %d bytes, %d supersedes, %d dropped", len(b), len(rec.Queue.Supersedes), rec.Queue.SupersedesDropped)
 	}
 }
 
 func TestDuplicatesMerge(t *testing.T) {
 	g := newGatedExec()
 	store := NewStore(100)
-	q := NewQueue(store, g.exec, 1, 0)
+	q := NewQueue(store, g.exec, QueueOptions{MaxParallel: 1})
 	runQueue(t, q)
-	running, _, _ := q.Submit("a", trig(1))
+	running, _, _ := q.Submit("a", trig(1), "")
 	<-g.started
 	// The same push again while it runs: merged into the running rollout.
-	if r, merged, _ := q.Submit("a", trig(1)); !merged || r.ID != running.ID {
+	if r, merged, _ := q.Submit("a", trig(1), ""); !merged || r.ID != running.ID {
 		t.Fatalf("duplicate of the running push: merged=%v id=%s", merged, r.ID)
 	}
-	queued, merged, _ := q.Submit("a", trig(2))
+	queued, merged, _ := q.Submit("a", trig(2), "")
 	if merged {
 		t.Fatal("a new push merged")
 	}
-	if r, merged, _ := q.Submit("a", trig(2)); !merged || r.ID != queued.ID {
+	if r, merged, _ := q.Submit("a", trig(2), ""); !merged || r.ID != queued.ID {
 		t.Fatalf("duplicate of the queued push: merged=%v id=%s", merged, r.ID)
 	}
 	// Manual triggers merge while queued, but never into a running one.
-	m1, _, _ := q.Submit("b", TriggerInfo{Source: SourceManual})
-	m2, merged, _ := q.Submit("b", TriggerInfo{Source: SourceManual})
+	manual := fleetroll.Trigger{Source: string(SourceManual)}
+	m1, _, _ := q.Submit("b", manual, "")
+	m2, merged, _ := q.Submit("b", manual, "")
 	if !merged || m1.ID != m2.ID {
 		t.Fatal("manual duplicates did not merge while queued")
 	}
@@ -150,10 +189,10 @@ func TestDuplicatesMerge(t *testing.T) {
 
 func TestDifferentServicesRunInParallelWithinTheBound(t *testing.T) {
 	g := newGatedExec()
-	q := NewQueue(NewStore(100), g.exec, 2, 0)
+	q := NewQueue(NewStore(100), g.exec, QueueOptions{MaxParallel: 2})
 	runQueue(t, q)
 	for _, s := range []string{"a", "b", "c"} {
-		if _, _, err := q.Submit(s, trig(1)); err != nil {
+		if _, _, err := q.Submit(s, trig(1), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -174,65 +213,147 @@ func TestDifferentServicesRunInParallelWithinTheBound(t *testing.T) {
 	}
 }
 
-func TestQuietPeriodMergesABurstBeforeItStarts(t *testing.T) {
-	var runs atomic.Int32
-	done := make(chan Rollout, 10)
-	q := NewQueue(NewStore(100), func(ctx context.Context, r Rollout) {
-		runs.Add(1)
-		done <- r
-	}, 1, 200*time.Millisecond)
+// clockQueue runs a queue on a manual clock; ran receives each job.
+func clockQueue(t *testing.T, quiet, maxWait time.Duration) (*Queue, *clocktest.Clock, chan Job) {
+	t.Helper()
+	clock := clocktest.New()
+	ran := make(chan Job, 10)
+	q := NewQueue(NewStore(1000), func(ctx context.Context, j Job) { ran <- j }, QueueOptions{MaxParallel: 1, Quiet: quiet, MaxWait: maxWait, Clock: clock})
 	runQueue(t, q)
+	return q, clock, ran
+}
+
+func TestQuietPeriodMergesABurstBeforeItStarts(t *testing.T) {
+	const quiet = 2 * time.Second
+	q, clock, ran := clockQueue(t, quiet, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	timers := 0
 	for i := range 5 {
-		q.Submit("a", trig(i))
+		if _, _, err := q.Submit("a", trig(i), ""); err != nil {
+			t.Fatal(err)
+		}
+		// The queue re-arms its timer for the quiet period after each
+		// trigger; a second passes between triggers.
+		timers++
+		if !clock.WaitMade(ctx, timers) {
+			t.Fatal("the queue armed no timer")
+		}
+		clock.Advance(time.Second)
 	}
-	r := <-done
-	if r.Trigger.Event.Digest != "sha256:4" {
-		t.Fatalf("ran %s, want the newest trigger", r.Trigger.Event.Digest)
+	select {
+	case j := <-ran:
+		t.Fatalf("%s started within the quiet period", j.ID)
+	default:
 	}
-	// Nothing else is queued, so no second rollout can start.
-	if qd, rn := q.Depth(); qd != 0 || runs.Load() != 1 || rn > 1 {
-		t.Fatalf("queued %d, runs %d", qd, runs.Load())
+	clock.Advance(quiet) // quiet since the last trigger
+	j := <-ran
+	if j.Trigger.Digest != "sha256:4" {
+		t.Fatalf("ran %s, want the newest trigger", j.Trigger.Digest)
+	}
+	if qd, _ := q.Depth(); qd != 0 {
+		t.Fatalf("%d still queued", qd)
 	}
 }
 
+// A trigger every 100ms never lets the quiet period end; the maximum wait
+// starts the rollout anyway.
+func TestMaxWaitEndsQuietPeriodStarvation(t *testing.T) {
+	const quiet, maxWait = 2 * time.Second, 30 * time.Second
+	q, clock, ran := clockQueue(t, quiet, maxWait)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var started *Job
+	var at time.Duration
+	for i := 0; started == nil && i < 1000; i++ {
+		if _, _, err := q.Submit("a", trig(i), ""); err != nil {
+			t.Fatal(err)
+		}
+		if !clock.WaitMade(ctx, i+1) {
+			t.Fatal("the queue armed no timer")
+		}
+		clock.Advance(100 * time.Millisecond)
+		at += 100 * time.Millisecond
+		// The queue starts the rollout (and arms no timer) when it is due.
+		select {
+		case j := <-ran:
+			started = &j
+		default:
+			if at >= maxWait {
+				select {
+				case j := <-ran:
+					started = &j
+				case <-ctx.Done():
+				}
+			}
+		}
+	}
+	if started == nil {
+		t.Fatalf("no rollout started within %s of steady triggers", at)
+	}
+	if at != maxWait {
+		t.Fatalf("started after %s of triggers, want at the maximum wait %s", at, maxWait)
+	}
+	t.Logf("a trigger every 100ms: the rollout started after %s (max wait %s)", at, maxWait)
+}
+
 func TestShutdownCancelsQueuedAndWaitsForRunning(t *testing.T) {
-	g := newGatedExec()
 	store := NewStore(100)
-	q := NewQueue(store, g.exec, 1, 0)
+	sawCancel, finish := make(chan struct{}), make(chan struct{})
+	var execDone atomic.Bool
+	started := make(chan struct{})
+	q := NewQueue(store, func(ctx context.Context, j Job) {
+		close(started)
+		<-ctx.Done()
+		close(sawCancel)
+		<-finish // bringing the unit back up takes a while
+		execDone.Store(true)
+	}, QueueOptions{MaxParallel: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	returned := make(chan struct{})
+	var returnedEarly atomic.Bool
 	go func() {
 		q.Run(ctx)
+		returnedEarly.Store(!execDone.Load())
 		close(returned)
 	}()
-	running, _, _ := q.Submit("a", trig(1))
-	<-g.started
-	queued, _, _ := q.Submit("b", trig(1))
+	running, _, _ := q.Submit("a", trig(1), "")
+	<-started
+	queued, _, _ := q.Submit("b", trig(1), "")
 	cancel()
-	<-g.finished // the running rollout saw ctx cancelled
-	<-returned
-	if r, _ := store.Get(queued.ID); r.Status != StatusCancelled {
-		t.Fatalf("queued rollout %s after shutdown", r.Status)
+	<-sawCancel
+	// Run must still be waiting for the running rollout. (A bounded look:
+	// a Run that does not wait returns within microseconds.)
+	select {
+	case <-returned:
+		t.Fatal("Run returned while a rollout was still running")
+	case <-time.After(100 * time.Millisecond):
 	}
-	if r, _ := store.Get(running.ID); r.Status != StatusRunning {
+	close(finish)
+	<-returned
+	if returnedEarly.Load() {
+		t.Fatal("Run returned before the running rollout's exec did")
+	}
+	if r, _ := store.Get(queued.ID); r.Status != fleetroll.StatusCancelled || !r.Started.IsZero() {
+		t.Fatalf("queued rollout %s (started %v) after shutdown", r.Status, r.Started)
+	}
+	if r, _ := store.Get(running.ID); r.Status != fleetroll.StatusRunning {
 		t.Fatalf("running rollout %s: only its exec finishes it", r.Status)
 	}
-	if _, _, err := q.Submit("a", trig(2)); !errors.Is(err, ErrShuttingDown) {
+	if _, _, err := q.Submit("a", trig(2), ""); !errors.Is(err, ErrShuttingDown) {
 		t.Fatalf("submit after shutdown: %v", err)
 	}
 }
 
 func TestStoreKeepsTheNewestFinished(t *testing.T) {
 	s := NewStore(3)
-	s.mu.Lock()
 	for i := range 5 {
-		st := StatusSucceeded
+		st := fleetroll.StatusSucceeded
 		if i == 0 {
-			st = StatusRunning // never dropped
+			st = fleetroll.StatusRunning // never dropped
 		}
-		s.addLocked(&Rollout{ID: fmt.Sprint(i), Status: st, Service: "a"})
+		s.Add(fleetroll.Report{ID: fmt.Sprint(i), Status: st, Service: "a"})
 	}
-	s.mu.Unlock()
 	var ids []string
 	for _, r := range s.List("") {
 		ids = append(ids, r.ID)
@@ -251,23 +372,23 @@ func TestSubmitWhileTheRunningRecordLeftTheHistory(t *testing.T) {
 	store := NewStore(1)
 	release := make(chan struct{})
 	started := make(chan struct{}, 10)
-	q := NewQueue(store, func(ctx context.Context, r Rollout) {
-		store.Update(r.ID, func(ro *Rollout) { ro.Status = StatusSucceeded })
+	q := NewQueue(store, func(ctx context.Context, j Job) {
+		store.Update(j.ID, func(r *fleetroll.Report) { r.Status = fleetroll.StatusSucceeded })
 		started <- struct{}{}
 		<-release
-	}, 2, 0)
+	}, QueueOptions{MaxParallel: 2})
 	runQueue(t, q)
 	t.Cleanup(func() { close(release) }) // runs before runQueue's cleanup
-	first, _, _ := q.Submit("a", trig(1))
+	first, _, _ := q.Submit("a", trig(1), "")
 	<-started
-	q.Submit("b", trig(1)) // starts too: pushes the finished record of "a" out
+	q.Submit("b", trig(1), "") // starts too: pushes the finished record of "a" out
 	<-started
-	q.Submit("c", trig(1))
-	q.Submit("c", trig(2)) // a superseded (final) record, dropped as well
+	q.Submit("c", trig(1), "")
+	q.Submit("c", trig(2), "") // a superseded (final) record, dropped as well
 	if _, ok := store.Get(first.ID); ok {
 		t.Fatal("test setup: the finished record is still in the history")
 	}
-	if _, merged, err := q.Submit("a", trig(1)); err != nil || !merged {
+	if _, merged, err := q.Submit("a", trig(1), ""); err != nil || !merged {
 		t.Fatalf("duplicate of the running push: merged=%v err=%v", merged, err)
 	}
 }

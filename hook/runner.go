@@ -4,44 +4,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 )
 
-// execute runs one rollout to its end: plan, roll, record, count, report
-// back. ctx is cancelled on shutdown; the roller then brings the unit it is
-// restarting back up before returning.
-func (s *Server) execute(ctx context.Context, r Rollout) {
-	log := s.log.With("rollout_id", r.ID, "service", r.Service, "request_id", r.Trigger.RequestID)
-	log.Info("rollout started", "source", string(r.Trigger.Source), "repository", r.Trigger.Event.Repository, "tag", r.Trigger.Event.Tag)
+// execute runs one rollout to its end: plan, roll, record, count. ctx is
+// cancelled on shutdown; the roller then brings the unit it is restarting
+// back up before returning. Callbacks go out later (report), once the
+// service's slot is free.
+func (s *Server) execute(ctx context.Context, j Job) {
+	log := s.log.With("rollout_id", j.ID, "service", j.Service, "request_id", j.Trigger.RequestID)
+	log.Info("rollout started", "source", j.Trigger.Source, "repository", j.Trigger.Repository, "tag", j.Trigger.Tag)
 
-	rep, err := s.roll(ctx, r)
-	now := time.Now().UTC()
-	final, _ := s.store.Update(r.ID, func(ro *Rollout) {
-		ro.Finished = &now
-		ro.Status = StatusSucceeded
-		if rep != nil {
-			ro.Units = progressFromReport(rep)
-		}
-		if err != nil {
-			ro.Error = err.Error()
-			ro.Status = StatusFailed
-			if errors.Is(err, context.Canceled) {
-				ro.Status = StatusCancelled
-			}
-		}
-	})
-	s.record(ctx, final, rep, log)
-	s.metrics.rollouts.WithLabelValues(r.Service, string(final.Status)).Inc()
+	t0 := s.opt.Clock.Now()
+	rep, err := s.roll(ctx, j)
+	final, _ := s.store.Get(j.ID)
+	final.By = s.opt.Owner
 	if rep != nil {
-		for _, u := range rep.Units {
-			if u.Outcome == fleetroll.OutcomeRestarted {
-				s.metrics.unitRestart.WithLabelValues(r.Service).Observe(time.Duration(u.Total).Seconds())
-			}
+		// The roller's record, with the queue's trigger and metadata.
+		final.Version, final.Status, final.Started, final.Finished, final.Units, final.Error = rep.Version, rep.Status, rep.Started, rep.Finished, rep.Units, rep.Error
+	} else {
+		// It failed (or was stopped) before the roller began.
+		final.Started, final.Finished = t0, s.opt.Clock.Now()
+		final.Status, final.Error = fleetroll.StatusFailed, err.Error()
+		if errors.Is(err, context.Canceled) {
+			final.Status = fleetroll.StatusInterrupted
+		}
+	}
+	// The history first: once the API shows the rollout finished, every
+	// receiver and fleetroll status see it too.
+	s.record(ctx, final)
+	s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
+	s.metrics.rollouts.WithLabelValues(j.Service, string(final.Status)).Inc()
+	for _, u := range final.Units {
+		if u.Outcome == fleetroll.OutcomeRestarted {
+			s.metrics.unitRestart.WithLabelValues(j.Service).Observe(time.Duration(u.Total).Seconds())
 		}
 	}
 	if err != nil {
@@ -49,36 +48,38 @@ func (s *Server) execute(ctx context.Context, r Rollout) {
 	} else {
 		log.Info("rollout succeeded", "units", len(final.Units))
 	}
-	s.report(ctx, final, log)
 }
 
-func (s *Server) roll(ctx context.Context, r Rollout) (*fleetroll.Report, error) {
-	svc, ok := s.Config().Service(r.Service)
+// roll plans and runs the rollout. The report is nil when the roll never
+// began (no plan, the lock refused, etcd unreachable).
+func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
+	svc, ok := s.Config().Service(j.Service)
 	if !ok {
-		return nil, fmt.Errorf("service %q is no longer configured", r.Service)
+		return nil, fmt.Errorf("service %q is no longer configured", j.Service)
 	}
 	plan, err := fleetroll.MakePlan(ctx, s.opt.Fleet, svc.Target())
 	if err != nil {
-		return nil, fmt.Errorf("plan %s: %w", r.Service, err)
+		return nil, fmt.Errorf("plan %s: %w", j.Service, err)
 	}
-	s.store.Update(r.ID, func(ro *Rollout) {
-		ro.Units = nil
-		for _, u := range plan.Units {
-			ro.Units = append(ro.Units, UnitProgress{Unit: u.Name, Phase: "pending", State: u.State})
-		}
-	})
-	safety := svc.Safety(s.opt.Safety)
-	safety.Owner = coord.Owner("fleetroll serve, rollout " + r.ID)
-	hooks, release, err := safety.Prepare(ctx, r.Service)
+	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: svc.Policy(s.opt.Policy), Fleet: s.opt.Fleet,
+		Owner: s.opt.Owner + ", rollout " + j.ID}
+	hooks, release, err := safety.Prepare(ctx, j.Service)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", r.Service, err)
+		return nil, fmt.Errorf("%s: %w", j.Service, err)
 	}
 	defer release()
+	s.store.Update(j.ID, func(r *fleetroll.Report) {
+		r.Started = s.opt.Clock.Now()
+		r.Units = make([]fleetroll.UnitReport, len(plan.Units))
+		for i, u := range plan.Units {
+			r.Units[i] = fleetroll.UnitReport{Unit: u.Name, Outcome: fleetroll.OutcomePending, LastState: u.State}
+		}
+	})
 	opts := svc.RollOptions(s.opt.Roll)
 	opts.Hooks = hooks
-	opts.RolloutID = r.ID
-	opts.Logger = s.log.With("service", r.Service, "request_id", r.Trigger.RequestID)
-	opts.OnEvent = func(e fleetroll.Event) { s.progress(r.ID, e) }
+	opts.RolloutID = j.ID
+	opts.Logger = s.log.With("service", j.Service, "request_id", j.Trigger.RequestID)
+	opts.OnEvent = func(e fleetroll.Event) { s.progress(j.ID, e) }
 	roller, err := fleetroll.NewRoller(s.opt.Fleet, opts)
 	if err != nil {
 		return nil, err
@@ -86,101 +87,81 @@ func (s *Server) roll(ctx context.Context, r Rollout) (*fleetroll.Report, error)
 	return roller.Roll(ctx, plan)
 }
 
-// progress records a roller event in the rollout's unit list.
+// progress puts the unit's record carried by a roller event into the
+// rollout's record.
 func (s *Server) progress(id string, e fleetroll.Event) {
-	s.store.Update(id, func(ro *Rollout) {
-		for i := range ro.Units {
-			u := &ro.Units[i]
-			if u.Unit != e.Unit {
-				continue
+	s.store.Update(id, func(r *fleetroll.Report) {
+		for i := range r.Units {
+			if r.Units[i].Unit == e.Unit {
+				r.Units[i] = e.Progress
 			}
-			u.State = e.State
-			switch e.Kind {
-			case fleetroll.EventStopped:
-				u.Stop = fleetroll.Seconds(e.Elapsed)
-			case fleetroll.EventRunning:
-				u.Start = fleetroll.Seconds(e.Elapsed)
-			case fleetroll.EventFailed:
-				if e.Err != nil {
-					u.Error = e.Err.Error()
-				}
-			}
-			u.Phase = string(e.Kind)
 		}
 	})
 }
 
-func progressFromReport(rep *fleetroll.Report) []UnitProgress {
-	out := make([]UnitProgress, len(rep.Units))
-	for i, u := range rep.Units {
-		out[i] = UnitProgress{Unit: u.Unit, Phase: string(u.Outcome), Stop: u.Stop, Start: u.Start,
-			State: u.LastState, Error: u.Error, LeftStopped: u.LeftStopped, Machine: u.Machine, MovedFrom: u.MovedFrom}
+// report hands the rollout's result to the outbox, for the Docker Hub
+// callbacks of its trigger and of the triggers it superseded. It runs once
+// the service's slot is free. The description is a short outcome: never
+// fleet's addresses or an error's text.
+func (s *Server) report(j Job) {
+	if len(j.Callbacks) == 0 {
+		return
 	}
-	return out
-}
-
-// report posts the result to the Docker Hub callback of the rollout's
-// trigger and of every trigger it superseded: their images are deployed (or
-// not) by this rollout.
-func (s *Server) report(ctx context.Context, final Rollout, log *slog.Logger) {
-	targets := []Rollout{final}
-	for _, id := range final.Supersedes {
-		if ro, ok := s.store.Get(id); ok {
-			targets = append(targets, ro)
+	final, ok := s.store.Get(j.ID)
+	if !ok {
+		return
+	}
+	var urls []string
+	for _, cb := range j.Callbacks {
+		if !s.opt.Callbacks.Allowed(cb) {
+			s.log.Warn("callback skipped: origin not on the allow-list", "rollout_id", j.ID, "callback_origin", originOf(cb))
+			continue
 		}
+		urls = append(urls, cb)
 	}
-	res := CallbackResult{State: "success", Context: "fleetroll"}
+	res := CallbackResult{State: "success", Context: "fleetroll", Description: Outcome(final)}
 	switch final.Status {
-	case StatusSucceeded:
-		res.Description = fmt.Sprintf("%s: %d unit(s) restarted", final.Service, len(final.Units))
-	case StatusCancelled:
-		res.State, res.Description = "error", fmt.Sprintf("%s: rollout cancelled: %s", final.Service, final.Error)
+	case fleetroll.StatusSucceeded:
+	case fleetroll.StatusFailed:
+		res.State = "failure"
 	default:
-		res.State, res.Description = "failure", fmt.Sprintf("%s: rollout failed: %s", final.Service, final.Error)
+		res.State = "error"
 	}
 	if s.opt.PublicURL != "" {
 		res.TargetURL = s.statusURL(final.ID)
 	}
-	// Callbacks go out even during shutdown, each bounded by its timeout.
-	cctx := context.WithoutCancel(ctx)
-	for _, t := range targets {
-		cb := t.Trigger.Event.CallbackURL
-		if t.Trigger.Source != SourceDockerHub || cb == "" {
-			continue
+	if s.outbox == nil || !s.outbox.Post(j.ID, urls, res) {
+		s.log.Warn("callbacks not sent: the outbox is closed or full", "rollout_id", j.ID, "callbacks", len(urls))
+	}
+}
+
+// Outcome is a short, outsider-safe sentence on how a rollout ended: the
+// service, the status and, for a halt, the unit and the phase.
+func Outcome(r fleetroll.Report) string {
+	switch r.Status {
+	case fleetroll.StatusSucceeded:
+		return fmt.Sprintf("%s: %d unit(s) restarted", r.Service, r.Restarted())
+	case fleetroll.StatusFailed, fleetroll.StatusInterrupted:
+		for _, u := range r.Units {
+			if u.Outcome == fleetroll.OutcomeFailed || u.Outcome == fleetroll.OutcomeInterrupted {
+				return fmt.Sprintf("%s: rollout %s at %s (%s); %d unit(s) restarted", r.Service, r.Status, u.Unit, u.Phase, r.Restarted())
+			}
 		}
-		if !s.opt.Callbacks.Allowed(cb) {
-			log.Warn("callback skipped: origin not on the allow-list", "rollout_id", t.ID, "callback_origin", originOf(cb))
-			continue
-		}
-		if err := s.opt.Callbacks.Send(cctx, cb, res); err != nil {
-			log.Warn("callback failed", "rollout_id", t.ID, "callback_origin", originOf(cb), "error", err.Error())
-			continue
-		}
-		log.Info("callback sent", "rollout_id", t.ID, "state", res.State, "callback_origin", originOf(cb))
+		return fmt.Sprintf("%s: rollout %s before any unit was touched", r.Service, r.Status)
+	default:
+		return fmt.Sprintf("%s: rollout %s", r.Service, r.Status)
 	}
 }
 
 // record saves the rollout in etcd's history, when fleetroll has etcd, so
 // that every receiver and fleetroll status can show it.
-func (s *Server) record(ctx context.Context, final Rollout, rep *fleetroll.Report, log *slog.Logger) {
-	if s.opt.Safety.KAPI == nil {
+func (s *Server) record(ctx context.Context, final fleetroll.Report) {
+	if s.opt.Etcd == nil {
 		return
-	}
-	rec := coord.Record{ID: final.ID, Service: final.Service, Status: string(final.Status), Error: final.Error,
-		Trigger: strings.TrimSpace(fmt.Sprintf("%s %s:%s", final.Trigger.Source, final.Trigger.Event.Repository, final.Trigger.Event.Tag)),
-		By:      s.opt.Safety.Owner}
-	if final.Started != nil {
-		rec.Started = *final.Started
-	}
-	if final.Finished != nil {
-		rec.Finished = *final.Finished
-	}
-	if rep != nil {
-		rec.Units = rep.Units
 	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := (coord.History{KAPI: s.opt.Safety.KAPI}).Save(hctx, rec); err != nil {
-		log.Warn("rollout record not saved", "error", err.Error())
+	if err := (coord.History{KAPI: s.opt.Etcd}).Save(hctx, final); err != nil {
+		s.log.Warn("rollout record not saved", "rollout_id", final.ID, "error", err.Error())
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -22,31 +23,47 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	client "go.etcd.io/etcd/client/v2"
 )
 
 // DefaultBodyLimit is the largest request body accepted.
 const DefaultBodyLimit = 1 << 20
 
-// Secrets authenticate the senders. API guards the manual trigger and the
-// status API, and stands in for any sender secret left empty.
+// Secrets authenticate the API and each sender. Each has one purpose: the
+// Docker Hub URL token (kept in Docker Hub's and every proxy's logs) is not
+// the API's bearer. A sender without its own secret is disabled.
 type Secrets struct {
-	API       string
+	API       string // Authorization: Bearer for POST/GET /rollouts
 	DockerHub string // the {token} of /webhooks/dockerhub/{token}
 	Registry  string // Authorization: Bearer for /webhooks/registry
 	GitHub    string // HMAC key of X-Hub-Signature-256
 }
 
-func (s Secrets) withDefaults() Secrets {
-	for _, p := range []*string{&s.DockerHub, &s.Registry, &s.GitHub} {
-		if *p == "" {
-			*p = s.API
-		}
-	}
-	return s
-}
-
 // MinSecretLength is the shortest secret accepted.
 const MinSecretLength = 16
+
+// Validate checks the secrets: the API token is required, each secret set
+// is at least MinSecretLength long, and no two are the same.
+func (s Secrets) Validate() error {
+	named := []struct{ name, v string }{{"API token", s.API}, {"Docker Hub token", s.DockerHub}, {"registry token", s.Registry}, {"GitHub secret", s.GitHub}}
+	if s.API == "" {
+		return errors.New("the API token is required")
+	}
+	for i, a := range named {
+		if a.v == "" {
+			continue
+		}
+		if len(a.v) < MinSecretLength {
+			return fmt.Errorf("the %s must be at least %d characters", a.name, MinSecretLength)
+		}
+		for _, b := range named[i+1:] {
+			if b.v != "" && tokenEqual(a.v, b.v) {
+				return fmt.Errorf("the %s and the %s are the same: give each its own secret", a.name, b.name)
+			}
+		}
+	}
+	return nil
+}
 
 // Options configure a Server.
 type Options struct {
@@ -60,18 +77,38 @@ type Options struct {
 	BodyLimit   int64
 	MaxParallel int
 	QuietPeriod time.Duration
-	History     int
+	// MaxWait bounds how long the quiet period may postpone a rollout
+	// (default DefaultMaxWait; negative: no bound).
+	MaxWait time.Duration
+	// ReplayWindow: a delivery seen again within it starts nothing
+	// (default DefaultReplayWindow; negative: off).
+	ReplayWindow time.Duration
+	History      int
 	// PublicURL ("https://hooks.example.com") makes status URLs absolute.
 	PublicURL string
 	Callbacks *Callbacker
+	// CallbackDeadline bounds all the callbacks of one rollout
+	// (default DefaultCallbackDeadline).
+	CallbackDeadline time.Duration
 	// AllowFrom, when set, limits the client addresses (all but /healthz).
 	AllowFrom []netip.Prefix
 	// TrustedProxies may set X-Forwarded-For.
 	TrustedProxies []netip.Prefix
-	// Safety holds etcd, the lock mode and owner; each service adds its
-	// health gate and drain settings.
-	Safety coord.Safety
+	// SeparateOps moves /metrics and /healthz from Handler to OpsHandler,
+	// to be served on another listener.
+	SeparateOps bool
+	// Etcd, when set, is where locks, drain keys and the history live.
+	Etcd client.KeysAPI
+	// Policy holds the lock settings of every roll; each service adds its
+	// drain and health gate.
+	Policy fleetroll.Policy
+	// Owner names this receiver in locks and history.
+	Owner string
+	Clock fleetroll.Clock
 }
+
+// DefaultMaxWait bounds the postponement of a rollout by the quiet period.
+const DefaultMaxWait = time.Minute
 
 // Server is the webhook receiver.
 type Server struct {
@@ -79,9 +116,12 @@ type Server struct {
 	cfg     atomic.Pointer[Config]
 	store   *Store
 	queue   *Queue
+	outbox  *Outbox
+	replays *replays
 	metrics *metrics
 	log     *slog.Logger
 	handler http.Handler
+	ops     http.Handler
 }
 
 // New validates the options and returns a server; call Run to start its
@@ -96,22 +136,13 @@ func New(opt Options) (*Server, error) {
 	if err := opt.Config.Validate(); err != nil {
 		return nil, err
 	}
-	if len(opt.Secrets.API) < MinSecretLength {
-		return nil, fmt.Errorf("hook: the token must be at least %d characters", MinSecretLength)
-	}
-	opt.Secrets = opt.Secrets.withDefaults()
-	for name, v := range map[string]string{"Docker Hub token": opt.Secrets.DockerHub, "registry token": opt.Secrets.Registry, "GitHub secret": opt.Secrets.GitHub} {
-		if len(v) < MinSecretLength {
-			return nil, fmt.Errorf("hook: the %s must be at least %d characters", name, MinSecretLength)
-		}
+	if err := opt.Secrets.Validate(); err != nil {
+		return nil, fmt.Errorf("hook: %w", err)
 	}
 	if err := opt.Roll.Validate(); err != nil {
 		return nil, err
 	}
-	if opt.Safety.Fleet == nil {
-		opt.Safety.Fleet = opt.Fleet
-	}
-	if err := checkSafety(opt.Config, opt.Safety); err != nil {
+	if err := checkPolicies(opt.Config, opt); err != nil {
 		return nil, err
 	}
 	if opt.BodyLimit <= 0 {
@@ -120,8 +151,23 @@ func New(opt Options) (*Server, error) {
 	if opt.History <= 0 {
 		opt.History = 200
 	}
+	if opt.MaxWait == 0 {
+		opt.MaxWait = DefaultMaxWait
+	}
+	if opt.ReplayWindow == 0 {
+		opt.ReplayWindow = DefaultReplayWindow
+	}
+	if opt.CallbackDeadline <= 0 {
+		opt.CallbackDeadline = DefaultCallbackDeadline
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Clock == nil {
+		opt.Clock = fleetroll.SystemClock{}
+	}
+	if opt.Owner == "" {
+		opt.Owner = "fleetroll serve"
 	}
 	if opt.Callbacks == nil {
 		cb, err := NewCallbacker([]string{DefaultCallbackAllow}, 10*time.Second)
@@ -131,28 +177,51 @@ func New(opt Options) (*Server, error) {
 		opt.Callbacks = cb
 	}
 	opt.PublicURL = strings.TrimSuffix(opt.PublicURL, "/")
-	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger}
+	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger,
+		replays: newReplays(opt.ReplayWindow, opt.Clock)}
 	s.cfg.Store(opt.Config)
-	s.queue = NewQueue(s.store, s.execute, opt.MaxParallel, opt.QuietPeriod)
+	s.queue = NewQueue(s.store, s.execute, QueueOptions{MaxParallel: opt.MaxParallel, Quiet: opt.QuietPeriod,
+		MaxWait: max(opt.MaxWait, 0), AfterRun: s.report, Clock: opt.Clock})
 	s.metrics = newMetrics(s.queue)
-	s.handler = s.routes()
+	s.handler, s.ops = s.routes()
+	for _, d := range []struct{ sender, secret, flag string }{
+		{"dockerhub", opt.Secrets.DockerHub, "--dockerhub-token-file"},
+		{"registry", opt.Secrets.Registry, "--registry-token-file"},
+		{"github", opt.Secrets.GitHub, "--github-secret-file"},
+	} {
+		if d.secret == "" {
+			s.log.Warn("sender disabled: it has no secret of its own; its endpoint answers 404", "sender", d.sender, "flag", d.flag)
+		}
+	}
 	return s, nil
 }
 
 // Handler returns the HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
+// OpsHandler serves /metrics and /healthz alone, for a listener of their
+// own (Options.SeparateOps).
+func (s *Server) OpsHandler() http.Handler { return s.ops }
+
 // Run runs the rollout queue until ctx is done, then cancels the queued
-// rollouts and returns once the running ones have stopped safely.
-func (s *Server) Run(ctx context.Context) { s.queue.Run(ctx) }
+// rollouts and returns once the running ones have stopped safely; then it
+// sends the callbacks still queued, for at most outboxLimit.
+func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
+	s.outbox = NewOutbox(s.opt.Callbacks, DefaultOutboxSize, DefaultOutboxWorkers, s.opt.CallbackDeadline, s.log)
+	s.queue.Run(ctx)
+	if !s.outbox.Close(outboxLimit) {
+		s.log.Warn("shutdown: callbacks still unsent were abandoned", "limit", outboxLimit.String())
+	}
+}
 
 // Config returns the configuration in force.
 func (s *Server) Config() *Config { return s.cfg.Load() }
 
-// checkSafety makes sure every service's drain and lock can work.
-func checkSafety(c *Config, base coord.Safety) error {
+// checkPolicies makes sure every service's policy can work.
+func checkPolicies(c *Config, opt Options) error {
 	for i, svc := range c.Services {
-		if err := svc.Safety(base).Validate(); err != nil {
+		safety := coord.Safety{KAPI: opt.Etcd, Policy: svc.Policy(opt.Policy), Fleet: opt.Fleet}
+		if err := safety.Validate(); err != nil {
 			return fmt.Errorf("services[%d] (%s): %w (--etcd-endpoints)", i, svc.Name, err)
 		}
 	}
@@ -164,7 +233,7 @@ func (s *Server) SetConfig(c *Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	if err := checkSafety(c, s.opt.Safety); err != nil {
+	if err := checkPolicies(c, s.opt); err != nil {
 		return err
 	}
 	s.cfg.Store(c)
@@ -174,22 +243,43 @@ func (s *Server) SetConfig(c *Config) error {
 // Store returns the rollout records.
 func (s *Server) Store() *Store { return s.store }
 
-func (s *Server) routes() http.Handler {
+func (s *Server) routes() (main, ops http.Handler) {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /webhooks/dockerhub/{token}", s.hook("dockerhub", s.dockerHub))
-	mux.HandleFunc("POST /webhooks/dockerhub", s.hook("dockerhub", func(*http.Request) (int, any) {
-		return problem(http.StatusUnauthorized, "missing token: register the URL /webhooks/dockerhub/TOKEN")
-	}))
-	mux.HandleFunc("POST /webhooks/registry", s.hook("registry", s.registry))
-	mux.HandleFunc("POST /webhooks/github", s.hook("github", s.github))
+	notFound := func(*http.Request) (int, any) { return problem(http.StatusNotFound, "not found") }
+	senders := []struct {
+		pattern, sender, secret string
+		fn                      func(*http.Request) (int, any)
+	}{
+		{"POST /webhooks/dockerhub/{token}", "dockerhub", s.opt.Secrets.DockerHub, s.dockerHub},
+		{"POST /webhooks/dockerhub", "dockerhub", s.opt.Secrets.DockerHub, func(*http.Request) (int, any) {
+			return problem(http.StatusUnauthorized, "missing token: register the URL /webhooks/dockerhub/TOKEN")
+		}},
+		{"POST /webhooks/registry", "registry", s.opt.Secrets.Registry, s.registry},
+		{"POST /webhooks/github", "github", s.opt.Secrets.GitHub, s.github},
+	}
+	for _, r := range senders {
+		fn := r.fn
+		if r.secret == "" {
+			fn = notFound // disabled: no secret of its own
+		}
+		mux.HandleFunc(r.pattern, s.hook(r.sender, fn))
+	}
 	mux.HandleFunc("POST /rollouts", s.hook("manual", s.manual))
 	mux.HandleFunc("GET /rollouts", s.hook("api", s.listRollouts))
 	mux.HandleFunc("GET /rollouts/{id}", s.hook("api", s.getRollout))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "services": len(s.Config().Services)})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-	return s.middleware(mux)
+	opsMux := http.NewServeMux()
+	if s.opt.SeparateOps {
+		opsMux.HandleFunc("GET /healthz", s.healthz)
+		opsMux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	} else {
+		mux.HandleFunc("GET /healthz", s.healthz)
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	}
+	return s.middleware(mux), opsMux
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "services": len(s.Config().Services)})
 }
 
 // reqInfo travels in a request's context.
@@ -234,7 +324,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := fleetroll.NewID()
-		client := s.clientIP(r)
+		client, known := s.clientIP(r)
 		log := s.log.With("request_id", id)
 		w.Header().Set("X-Request-ID", id)
 		sw := &statusWriter{ResponseWriter: w}
@@ -251,44 +341,55 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				}
 			}
 		}()
-		if len(s.opt.AllowFrom) > 0 && r.URL.Path != "/healthz" && !inAny(client, s.opt.AllowFrom) {
+		switch {
+		case len(s.opt.AllowFrom) > 0 && r.URL.Path != "/healthz" && !known:
+			code, body := problem(http.StatusForbidden, "client address unknown: a trusted proxy sent no valid X-Forwarded-For")
+			writeJSON(sw, code, withID(body, id))
+		case len(s.opt.AllowFrom) > 0 && r.URL.Path != "/healthz" && !inAny(client, s.opt.AllowFrom):
 			code, body := problem(http.StatusForbidden, "source address not allowed")
 			writeJSON(sw, code, withID(body, id))
-		} else {
+		default:
 			next.ServeHTTP(sw, r)
 		}
 		route := r.Pattern
 		if route == "" {
 			route = r.Method + " (no route)"
 		}
-		log.Info("request", "route", route, "status", sw.code, "client", client.String(),
+		log.Info("request", "route", route, "status", sw.code, "client", client.String(), "client_known", known,
 			"duration", time.Since(start).Round(time.Microsecond).String())
 	})
 }
 
 // clientIP is the connection's address or, when it comes from a trusted
 // proxy, the rightmost X-Forwarded-For address that is not a trusted proxy.
-func (s *Server) clientIP(r *http.Request) netip.Addr {
+// known is false when a trusted proxy sent no X-Forwarded-For, or one with
+// an entry that is not an IP address: the client cannot be told then, and
+// an allow-list denies it.
+func (s *Server) clientIP(r *http.Request) (addr netip.Addr, known bool) {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return netip.Addr{}
+		return netip.Addr{}, false
 	}
-	addr := ap.Addr().Unmap()
+	addr = ap.Addr().Unmap()
 	if !inAny(addr, s.opt.TrustedProxies) {
-		return addr
+		return addr, true
 	}
-	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	values := r.Header.Values("X-Forwarded-For")
+	if len(values) == 0 {
+		return addr, false
+	}
+	hops := strings.Split(strings.Join(values, ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
 		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
 		if err != nil {
-			break
+			return addr, false
 		}
 		addr = a.Unmap()
 		if !inAny(addr, s.opt.TrustedProxies) {
-			break
+			return addr, true
 		}
 	}
-	return addr
+	return addr, true // every hop is a trusted proxy: the leftmost made the request
 }
 
 func inAny(a netip.Addr, prefixes []netip.Prefix) bool {
@@ -312,7 +413,11 @@ func (s *Server) hook(sender string, fn func(*http.Request) (int, any)) http.Han
 			s.metrics.webhooks.WithLabelValues(sender, fmt.Sprint(code)).Inc()
 		}
 		if code == http.StatusUnauthorized {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="fleetroll"`)
+			v := `Bearer realm="fleetroll"`
+			if m, ok := body.(map[string]any); ok && m["error"] == msgInvalidToken {
+				v += `, error="invalid_token"`
+			}
+			w.Header().Set("WWW-Authenticate", v)
 		}
 		writeJSON(w, code, withID(body, info(r).id))
 	}
@@ -337,16 +442,20 @@ func writeJSON(w http.ResponseWriter, code int, body any) {
 	_ = enc.Encode(body)
 }
 
-// bearer checks "Authorization: Bearer TOKEN": 401 when absent, 403 when wrong.
+const msgInvalidToken = "wrong token"
+
+// bearer checks "Authorization: Bearer TOKEN" (the scheme in any case, RFC
+// 7235): 401 when absent or wrong, the latter with error="invalid_token"
+// (RFC 6750).
 func bearer(r *http.Request, secret string) (int, any, bool) {
 	h := r.Header.Get("Authorization")
-	if h == "" {
+	scheme, tok, _ := strings.Cut(strings.TrimSpace(h), " ")
+	if h == "" || !strings.EqualFold(scheme, "Bearer") {
 		code, body := problem(http.StatusUnauthorized, "missing Authorization: Bearer token")
 		return code, body, false
 	}
-	tok, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || !tokenEqual(secret, strings.TrimSpace(tok)) {
-		code, body := problem(http.StatusForbidden, "wrong token")
+	if !tokenEqual(secret, strings.TrimSpace(tok)) {
+		code, body := problem(http.StatusUnauthorized, msgInvalidToken)
 		return code, body, false
 	}
 	return 0, nil, true
@@ -383,7 +492,8 @@ func (s *Server) readBody(r *http.Request, accepted ...string) ([]byte, int, any
 		code, body := problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over the limit of %d bytes", s.opt.BodyLimit))
 		return nil, code, body
 	case err != nil:
-		code, body := problem(http.StatusBadRequest, "cannot read body: "+err.Error())
+		// Never the error itself: it names socket addresses.
+		code, body := problem(http.StatusBadRequest, "cannot read the request body")
 		return nil, code, body
 	}
 	return b, 0, nil
@@ -399,20 +509,32 @@ func badPayload(err error) (int, any) {
 
 func (s *Server) statusURL(id string) string { return s.opt.PublicURL + "/rollouts/" + id }
 
-// enqueue submits one trigger per matched service and builds the 202 answer.
-func (s *Server) enqueue(r *http.Request, source Source, matches map[string]Event, order []string) (int, any) {
+// enqueue submits one trigger per matched service and builds the 202
+// answer. A delivery key seen within the replay window answers 200
+// "duplicate" and starts nothing.
+func (s *Server) enqueue(r *http.Request, source Source, delivery string, matches map[string]Event, order []string) (int, any) {
 	ri := info(r)
+	if ids, dup := s.replays.claim(delivery); dup {
+		ri.log.Info("delivery replayed: ignored", "source", string(source), "rollouts", strings.Join(ids, ","))
+		s.metrics.replays.WithLabelValues(string(source)).Inc()
+		return http.StatusOK, map[string]any{"status": "duplicate", "reason": "this delivery was received before", "rollouts": ids}
+	}
 	var out []map[string]any
+	var ids []string
+	received := s.opt.Clock.Now().UTC()
 	for _, service := range order {
-		t := TriggerInfo{Source: source, Event: matches[service], RequestID: ri.id, Received: time.Now().UTC()}
-		ro, merged, err := s.queue.Submit(service, t)
+		ev := matches[service]
+		ro, merged, err := s.queue.Submit(service, ev.Trigger(source, ri.id, received), ev.CallbackURL)
 		if err != nil {
+			s.replays.forget(delivery)
 			return problem(http.StatusServiceUnavailable, err.Error())
 		}
 		ri.log.Info("rollout queued", "rollout_id", ro.ID, "service", service, "source", string(source),
-			"repository", t.Event.Repository, "tag", t.Event.Tag, "merged", merged)
+			"repository", ev.Repository, "tag", ev.Tag, "merged", merged)
+		ids = append(ids, ro.ID)
 		out = append(out, map[string]any{"service": service, "id": ro.ID, "status_url": s.statusURL(ro.ID), "merged": merged})
 	}
+	s.replays.started(delivery, ids)
 	return http.StatusAccepted, map[string]any{"id": out[0]["id"], "status_url": out[0]["status_url"], "rollouts": out}
 }
 
@@ -432,11 +554,17 @@ func (s *Server) dockerHub(r *http.Request) (int, any) {
 	if err != nil {
 		return badPayload(err)
 	}
-	return s.enqueueMatching(r, SourceDockerHub, "Docker Hub", ev)
+	// Docker Hub sends no delivery ID: one push is its repository, tag and
+	// push time.
+	delivery := ""
+	if ev.PushedAt != "" {
+		delivery = "dockerhub|" + ev.Repository + "|" + ev.Tag + "|" + ev.PushedAt
+	}
+	return s.enqueueMatching(r, SourceDockerHub, "Docker Hub", delivery, ev)
 }
 
 // enqueueMatching queues one event for every service whose triggers match.
-func (s *Server) enqueueMatching(r *http.Request, source Source, sender string, ev Event) (int, any) {
+func (s *Server) enqueueMatching(r *http.Request, source Source, sender, delivery string, ev Event) (int, any) {
 	services := s.Config().Match(source, ev.Repository, ev.Tag)
 	if len(services) == 0 {
 		return ignored(fmt.Sprintf("no service is configured for %s %s:%s", sender, ev.Repository, ev.Tag))
@@ -445,7 +573,7 @@ func (s *Server) enqueueMatching(r *http.Request, source Source, sender string, 
 	for _, svc := range services {
 		matches[svc] = ev
 	}
-	return s.enqueue(r, source, matches, services)
+	return s.enqueue(r, source, delivery, matches, services)
 }
 
 func (s *Server) registry(r *http.Request) (int, any) {
@@ -462,9 +590,13 @@ func (s *Server) registry(r *http.Request) (int, any) {
 	}
 	// One envelope gives at most one rollout per service: its last event.
 	matches := map[string]Event{}
-	var order []string
+	var order, eventIDs []string
 	for _, ev := range events {
-		for _, svc := range s.Config().Match(SourceRegistry, ev.Repository, ev.Tag) {
+		svcs := s.Config().Match(SourceRegistry, ev.Repository, ev.Tag)
+		if len(svcs) > 0 {
+			eventIDs = append(eventIDs, ev.EventID)
+		}
+		for _, svc := range svcs {
 			if _, seen := matches[svc]; !seen {
 				order = append(order, svc)
 			}
@@ -474,7 +606,13 @@ func (s *Server) registry(r *http.Request) (int, any) {
 	if len(order) == 0 {
 		return ignored(fmt.Sprintf("no tagged manifest push in %d event(s) matches a configured service", len(events)))
 	}
-	return s.enqueue(r, SourceRegistry, matches, order)
+	// The registry retries an envelope with the same event IDs.
+	delivery := ""
+	if !slices.Contains(eventIDs, "") {
+		slices.Sort(eventIDs)
+		delivery = "registry|" + strings.Join(eventIDs, ",")
+	}
+	return s.enqueue(r, SourceRegistry, delivery, matches, order)
 }
 
 func (s *Server) github(r *http.Request) (int, any) {
@@ -503,7 +641,11 @@ func (s *Server) github(r *http.Request) (int, any) {
 	if !ok {
 		return ignored("not a tagged container publish")
 	}
-	return s.enqueueMatching(r, SourceGitHub, "GitHub package", ev)
+	delivery := ""
+	if id := r.Header.Get("X-GitHub-Delivery"); id != "" {
+		delivery = "github|" + id
+	}
+	return s.enqueueMatching(r, SourceGitHub, "GitHub package", delivery, ev)
 }
 
 func (s *Server) manual(r *http.Request) (int, any) {
@@ -521,27 +663,46 @@ func (s *Server) manual(r *http.Request) (int, any) {
 	if _, ok := s.Config().Service(service); !ok {
 		return problem(http.StatusNotFound, fmt.Sprintf("no service %q is configured", service))
 	}
-	return s.enqueue(r, SourceManual, map[string]Event{service: {}}, []string{service})
+	return s.enqueue(r, SourceManual, "", map[string]Event{service: {}}, []string{service})
 }
 
+// configured checks a service named in a request against the configuration
+// before it can reach etcd.
+func (s *Server) configured(service string) (int, any, bool) {
+	if _, ok := s.Config().Service(service); !ok {
+		code, body := problem(http.StatusNotFound, "no such service is configured")
+		return code, body, false
+	}
+	return 0, nil, true
+}
+
+// listRollouts answers this receiver's rollouts ("rollouts") and, with
+// etcd, the others recorded there ("history"), in the one record shape.
 func (s *Server) listRollouts(r *http.Request) (int, any) {
 	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
 		return code, body
 	}
 	service := r.URL.Query().Get("service")
+	if service != "" {
+		if code, body, ok := s.configured(service); !ok {
+			return code, body
+		}
+	}
 	local := s.store.List(service)
 	ans := map[string]any{"rollouts": local}
-	if s.opt.Safety.KAPI != nil {
-		// Rollouts of other receivers (or of this one before a restart).
-		recs, err := coord.History{KAPI: s.opt.Safety.KAPI}.List(r.Context(), service)
+	if s.opt.Etcd != nil {
+		// Rollouts of other receivers and CLIs (or of this one before a
+		// restart).
+		recs, err := coord.History{KAPI: s.opt.Etcd}.List(r.Context(), service)
 		if err != nil {
-			ans["history_error"] = err.Error()
+			info(r).log.Warn("history unavailable", "error", err.Error())
+			ans["history_error"] = "the history in etcd could not be read"
 		}
 		seen := map[string]bool{}
 		for _, ro := range local {
 			seen[ro.ID] = true
 		}
-		history := []coord.Record{}
+		history := []fleetroll.Report{}
 		for _, rec := range recs {
 			if !seen[rec.ID] {
 				history = append(history, rec)
@@ -556,12 +717,20 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
 		return code, body
 	}
-	ro, ok := s.store.Get(r.PathValue("id"))
-	if ok {
+	id := r.PathValue("id")
+	if !fleetroll.ValidRolloutID(id) {
+		return problem(http.StatusNotFound, "no such rollout")
+	}
+	if ro, ok := s.store.Get(id); ok {
 		return http.StatusOK, ro
 	}
-	if s.opt.Safety.KAPI != nil {
-		if rec, found, err := (coord.History{KAPI: s.opt.Safety.KAPI}).Get(r.Context(), r.PathValue("id")); err == nil && found {
+	if s.opt.Etcd != nil {
+		rec, found, err := coord.History{KAPI: s.opt.Etcd}.Get(r.Context(), id)
+		if err != nil {
+			info(r).log.Warn("history unavailable", "error", err.Error())
+			return problem(http.StatusServiceUnavailable, "the history in etcd could not be read")
+		}
+		if found {
 			return http.StatusOK, rec
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
 )
@@ -21,7 +22,7 @@ func registryHeaders(token string) map[string]string {
 	return h
 }
 
-func githubPackage(tag string) []byte {
+func githubPackageBody(tag string) []byte {
 	return []byte(`{"action":"published","package":{"name":"my-service","namespace":"demo","ecosystem":"CONTAINER",
 "package_type":"CONTAINER","package_version":{"name":"sha256:abc","container_metadata":{"tag":{"name":"` + tag + `","digest":"sha256:abc"}}}},
 "repository":{"full_name":"demo/my-service"},"sender":{"login":"octo"}}`)
@@ -49,7 +50,8 @@ func TestAnswers(t *testing.T) {
 	hubNoRepo := bytes.Replace(hub, []byte(`"repo_name"`), []byte(`"repo_nom"`), 1)
 	layerOnly := []byte(`{"events":[{"action":"push","target":{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","repository":"demo/my-service","tag":""}}]}`)
 	pull := bytes.Replace(oci, []byte(`"action": "push"`), []byte(`"action": "pull"`), 1)
-	gh := githubPackage("latest")
+	gh := githubPackageBody("latest")
+	ghRegistryPackage := fixture(t, "github-registry-package.json")
 
 	for _, tc := range []struct {
 		name    string
@@ -60,21 +62,23 @@ func TestAnswers(t *testing.T) {
 		code    int
 		want    string // in the body
 	}{
-		{"dockerhub accepted", "POST", "/webhooks/dockerhub/" + testToken, hub, jsonHeaders(), 202, "status_url"},
+		{"dockerhub accepted", "POST", "/webhooks/dockerhub/" + testHubToken, hub, jsonHeaders(), 202, "status_url"},
 		{"dockerhub wrong token", "POST", "/webhooks/dockerhub/wrong-token-0123456789", hub, jsonHeaders(), 403, "wrong token"},
 		{"dockerhub missing token", "POST", "/webhooks/dockerhub", hub, jsonHeaders(), 401, "missing token"},
-		{"dockerhub no such tag", "POST", "/webhooks/dockerhub/" + testToken, hubDev, jsonHeaders(), 200, "no service is configured for Docker Hub demo/my-service:dev"},
-		{"dockerhub malformed JSON", "POST", "/webhooks/dockerhub/" + testToken, hub[:40], jsonHeaders(), 400, "malformed JSON"},
-		{"dockerhub not an object", "POST", "/webhooks/dockerhub/" + testToken, []byte(`[1,2]`), jsonHeaders(), 400, "want"},
-		{"dockerhub missing repo_name", "POST", "/webhooks/dockerhub/" + testToken, hubNoRepo, jsonHeaders(), 400, "repository.repo_name"},
-		{"dockerhub wrong content type", "POST", "/webhooks/dockerhub/" + testToken, hub, map[string]string{"Content-Type": "text/plain"}, 415, "application/json"},
-		{"dockerhub wrong method", "GET", "/webhooks/dockerhub/" + testToken, nil, nil, 405, ""},
+		{"dockerhub no such tag", "POST", "/webhooks/dockerhub/" + testHubToken, hubDev, jsonHeaders(), 200, "no service is configured for Docker Hub demo/my-service:dev"},
+		{"dockerhub malformed JSON", "POST", "/webhooks/dockerhub/" + testHubToken, hub[:40], jsonHeaders(), 400, "malformed JSON"},
+		{"dockerhub not an object", "POST", "/webhooks/dockerhub/" + testHubToken, []byte(`[1,2]`), jsonHeaders(), 400, "want"},
+		{"dockerhub missing repo_name", "POST", "/webhooks/dockerhub/" + testHubToken, hubNoRepo, jsonHeaders(), 400, "repository.repo_name"},
+		{"dockerhub wrong content type", "POST", "/webhooks/dockerhub/" + testHubToken, hub, map[string]string{"Content-Type": "text/plain"}, 415, "application/json"},
+		{"dockerhub wrong method", "GET", "/webhooks/dockerhub/" + testHubToken, nil, nil, 405, ""},
 		{"registry OCI accepted", "POST", "/webhooks/registry", oci, withHeaders(ociHeaders.Headers, "Authorization", "Bearer "+testRegToken), 202, "status_url"},
 		{"registry docker v2s2 accepted", "POST", "/webhooks/registry", v2s2, registryHeaders(testRegToken), 202, "status_url"},
 		{"registry plain JSON type", "POST", "/webhooks/registry", v2s2, withHeaders(jsonHeaders(), "Authorization", "Bearer "+testRegToken), 202, "status_url"},
 		{"registry missing token", "POST", "/webhooks/registry", oci, registryHeaders(""), 401, "missing Authorization"},
-		{"registry wrong token", "POST", "/webhooks/registry", oci, registryHeaders("registry-token-example"), 403, "wrong token"},
-		{"registry wrong scheme", "POST", "/webhooks/registry", oci, withHeaders(registryHeaders(""), "Authorization", "Basic "+testRegToken), 403, "wrong token"},
+		{"registry wrong token", "POST", "/webhooks/registry", oci, registryHeaders("registry-token-example"), 401, "wrong token"},
+		{"registry wrong scheme", "POST", "/webhooks/registry", oci, withHeaders(registryHeaders(""), "Authorization", "Basic "+testRegToken), 401, "missing Authorization"},
+		{"registry scheme in lower case", "POST", "/webhooks/registry", oci, withHeaders(registryHeaders(""), "Authorization", "bearer "+testRegToken), 202, "status_url"},
+		{"registry the API token", "POST", "/webhooks/registry", oci, registryHeaders(testToken), 401, "wrong token"},
 		{"registry wrong content type", "POST", "/webhooks/registry", oci, withHeaders(registryHeaders(testRegToken), "Content-Type", "text/plain"), 415, "Content-Type"},
 		{"registry malformed", "POST", "/webhooks/registry", []byte(`{"events":`), registryHeaders(testRegToken), 400, "malformed"},
 		{"registry no events", "POST", "/webhooks/registry", []byte(`{}`), registryHeaders(testRegToken), 400, "missing events"},
@@ -88,16 +92,24 @@ func TestAnswers(t *testing.T) {
 		{"github form encoded", "POST", "/webhooks/github", gh, withHeaders(githubHeaders(testGHSecret, gh, "package"), "Content-Type", "application/x-www-form-urlencoded"), 415, "application/json"},
 		{"github ping", "POST", "/webhooks/github", []byte(`{"zen":"x"}`), githubHeaders(testGHSecret, []byte(`{"zen":"x"}`), "ping"), 200, "pong"},
 		{"github push event", "POST", "/webhooks/github", []byte(`{}`), githubHeaders(testGHSecret, []byte(`{}`), "push"), 200, "not a package event"},
-		{"github other tag", "POST", "/webhooks/github", githubPackage("dev"), githubHeaders(testGHSecret, githubPackage("dev"), "package"), 200, "ignored"},
+		{"github other tag", "POST", "/webhooks/github", githubPackageBody("dev"), githubHeaders(testGHSecret, githubPackageBody("dev"), "package"), 200, "ignored"},
 		{"github malformed", "POST", "/webhooks/github", []byte(`{"package":`), githubHeaders(testGHSecret, []byte(`{"package":`), "package"), 400, "malformed"},
 		{"manual accepted", "POST", "/rollouts", []byte(`{"service":"other"}`), withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken), 202, "status_url"},
 		{"manual unknown service", "POST", "/rollouts", []byte(`{"service":"nope"}`), withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken), 404, "no service"},
 		{"manual missing service", "POST", "/rollouts", []byte(`{}`), withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken), 400, "missing service"},
 		{"manual missing token", "POST", "/rollouts", []byte(`{"service":"other"}`), jsonHeaders(), 401, "missing Authorization"},
-		{"manual wrong token", "POST", "/rollouts", []byte(`{"service":"other"}`), withHeaders(jsonHeaders(), "Authorization", "Bearer "+testRegToken), 403, "wrong token"},
+		{"manual wrong token", "POST", "/rollouts", []byte(`{"service":"other"}`), withHeaders(jsonHeaders(), "Authorization", "Bearer "+testRegToken), 401, "wrong token"},
+		{"manual scheme in capitals", "POST", "/rollouts", []byte(`{"service":"other"}`), withHeaders(jsonHeaders(), "Authorization", "BEARER "+testToken), 202, "status_url"},
 		{"manual wrong content type", "POST", "/rollouts", []byte(`{"service":"other"}`), map[string]string{"Authorization": "Bearer " + testToken, "Content-Type": "text/plain"}, 415, "application/json"},
 		{"list missing token", "GET", "/rollouts", nil, nil, 401, "missing Authorization"},
-		{"list wrong token", "GET", "/rollouts", nil, map[string]string{"Authorization": "Bearer nope"}, 403, "wrong token"},
+		{"list wrong token", "GET", "/rollouts", nil, map[string]string{"Authorization": "Bearer nope"}, 401, "wrong token"},
+		{"list the Docker Hub token", "GET", "/rollouts", nil, map[string]string{"Authorization": "Bearer " + testHubToken}, 401, "wrong token"},
+		{"list of a service", "GET", "/rollouts?service=other", nil, map[string]string{"Authorization": "Bearer " + testToken}, 200, "rollouts"},
+		{"list of an unknown service", "GET", "/rollouts?service=nope", nil, map[string]string{"Authorization": "Bearer " + testToken}, 404, "no such service"},
+		{"list of a path", "GET", "/rollouts?service=../..", nil, map[string]string{"Authorization": "Bearer " + testToken}, 404, "no such service"},
+		{"rollout ID of a path", "GET", "/rollouts/..%2F..%2Fx", nil, map[string]string{"Authorization": "Bearer " + testToken}, 404, "no such rollout"},
+		{"dockerhub the API token", "POST", "/webhooks/dockerhub/" + testToken, hub, jsonHeaders(), 403, "wrong token"},
+		{"github registry_package event", "POST", "/webhooks/github", ghRegistryPackage, githubHeaders(testGHSecret, ghRegistryPackage, "registry_package"), 202, "status_url"},
 		{"list", "GET", "/rollouts", nil, map[string]string{"Authorization": "Bearer " + testToken}, 200, "rollouts"},
 		{"unknown rollout", "GET", "/rollouts/0123abcd", nil, map[string]string{"Authorization": "Bearer " + testToken}, 404, "no such rollout"},
 		{"rollouts wrong method", "DELETE", "/rollouts", nil, nil, 405, ""},
@@ -122,7 +134,16 @@ func TestAnswers(t *testing.T) {
 			}
 			logs := env.logs.String()
 			mustContain(t, logs, "request_id="+id)
-			for _, secret := range []string{testToken, testRegToken, testGHSecret} {
+			if tc.code == 401 {
+				want := `Bearer realm="fleetroll"`
+				if tc.want == "wrong token" {
+					want += `, error="invalid_token"`
+				}
+				if got := resp.Header.Get("WWW-Authenticate"); got != want {
+					t.Fatalf("WWW-Authenticate: %q, want %q", got, want)
+				}
+			}
+			for _, secret := range []string{testToken, testHubToken, testRegToken, testGHSecret} {
 				if strings.Contains(logs, secret) {
 					t.Fatalf("a secret was logged:\n%s", logs)
 				}
@@ -145,7 +166,7 @@ func TestBodyLimit(t *testing.T) {
 	env := newTestEnv(t, func(o *Options) { o.BodyLimit = 512 })
 	big := append([]byte(`{"callback_url":"`), bytes.Repeat([]byte("x"), 1024)...)
 	big = append(big, `"}`...)
-	resp, body := env.do(t, "POST", "/webhooks/dockerhub/"+testToken, big, jsonHeaders())
+	resp, body := env.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, big, jsonHeaders())
 	if resp.StatusCode != 413 {
 		t.Fatalf("status %d: %v", resp.StatusCode, body)
 	}
@@ -180,7 +201,7 @@ func TestRegistryEnvelopeGivesOneRolloutPerService(t *testing.T) {
 		t.Fatalf("rollouts = %v", rs)
 	}
 	ro, _ := env.srv.Store().Get(ans["id"].(string))
-	if ro.Trigger.Event.Tag != "release-2" || ro.Trigger.Event.Digest != "sha256:2" {
+	if ro.Trigger.Tag != "release-2" || ro.Trigger.Digest != "sha256:2" {
 		t.Fatalf("the rollout must carry the envelope's last matching event: %+v", ro.Trigger)
 	}
 }
@@ -259,16 +280,16 @@ func TestDockerHubRollsAndCallsBack(t *testing.T) {
 		o.PublicURL = "https://hooks.example.com"
 	})
 	hub := bytes.Replace(fixture(t, "dockerhub-push.json"), []byte("https://registry.hub.docker.com"), []byte(cbs.URL), 1)
-	resp, ans := env.do(t, "POST", "/webhooks/dockerhub/"+testToken, hub, jsonHeaders())
+	resp, ans := env.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, hub, jsonHeaders())
 	if resp.StatusCode != 202 || ans["status_url"] != "https://hooks.example.com/rollouts/"+ans["id"].(string) {
 		t.Fatalf("%d %v", resp.StatusCode, ans)
 	}
 	ro := env.waitRollout(t, ans["id"].(string))
-	if ro.Status != StatusSucceeded || len(ro.Units) != 3 {
+	if ro.Status != fleetroll.StatusSucceeded || len(ro.Units) != 3 {
 		t.Fatalf("rollout = %+v", ro)
 	}
 	for _, u := range ro.Units {
-		if u.Phase != "restarted" {
+		if u.Outcome != fleetroll.OutcomeRestarted || len(u.Phases) < 2 {
 			t.Fatalf("unit %+v", u)
 		}
 	}
@@ -319,26 +340,34 @@ func TestHistoryInEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := coord.Record{ID: "0123456789ab", Service: "other", Status: "succeeded", By: "another receiver", Started: time.Now().Add(-time.Hour)}
+	other := fleetroll.Report{ID: "0123456789ab", Service: "other", Status: fleetroll.StatusSucceeded, By: "another receiver", Started: time.Now().Add(-time.Hour)}
 	if err := (coord.History{KAPI: kapi}).Save(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	env := newTestEnv(t, func(o *Options) { o.Safety = coord.Safety{KAPI: kapi, Owner: "this receiver"} })
+	env := newTestEnv(t, func(o *Options) { o.Etcd, o.Owner = kapi, "this receiver" })
 	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
 	resp, ans := env.do(t, "POST", "/rollouts", []byte(`{"service":"other"}`), auth)
 	if resp.StatusCode != 202 {
 		t.Fatalf("%d %v", resp.StatusCode, ans)
 	}
 	id := ans["id"].(string)
-	env.waitRollout(t, id)
-	var recs []coord.Record
-	deadline := time.Now().Add(10 * time.Second)
-	for len(recs) < 2 && time.Now().Before(deadline) {
-		recs, _ = coord.History{KAPI: kapi}.List(context.Background(), "other")
-		time.Sleep(10 * time.Millisecond) // the record is written just after the rollout ends
+	final := env.waitRollout(t, id)
+	// The history has the record once the API shows it finished, and it
+	// is the same document.
+	recs, err := coord.History{KAPI: kapi}.List(context.Background(), "other")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(recs) != 2 || recs[0].ID != id || recs[0].Status != "succeeded" || recs[0].By != "this receiver" || len(recs[0].Units) != 1 {
+	if len(recs) != 2 || recs[0].ID != id || recs[0].Status != fleetroll.StatusSucceeded || recs[0].By != "this receiver" || len(recs[0].Units) != 1 {
 		t.Fatalf("history = %+v", recs)
+	}
+	_, fromMemory := env.do(t, "GET", "/rollouts/"+id, nil, auth)
+	delete(fromMemory, "request_id")
+	if a, b := canonical(t, fromMemory), canonical(t, recs[0]); a != b {
+		t.Fatalf("memory and etcd differ:\n%s\n%s", a, b)
+	}
+	if final.Version != fleetroll.SchemaVersion {
+		t.Fatalf("version %d", final.Version)
 	}
 	_, list := env.do(t, "GET", "/rollouts", nil, auth)
 	hist, _ := list["history"].([]any)
@@ -348,4 +377,19 @@ func TestHistoryInEtcd(t *testing.T) {
 	if resp, got := env.do(t, "GET", "/rollouts/"+other.ID, nil, auth); resp.StatusCode != 200 || got["by"] != "another receiver" {
 		t.Fatalf("%d %v", resp.StatusCode, got)
 	}
+}
+
+// canonical renders a JSON document with sorted keys.
+func canonical(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := json.Marshal(m)
+	return string(out)
 }

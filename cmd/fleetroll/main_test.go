@@ -64,7 +64,7 @@ func TestRestartJSONReport(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("stdout is not a JSON report: %v\n%s", err, out)
 	}
-	if rep.Result != "succeeded" || rep.Restarted() != 3 || rep.Units[0].Unit != units3[0] {
+	if rep.Status != fleetroll.StatusSucceeded || rep.Restarted() != 3 || rep.Units[0].Unit != units3[0] {
 		t.Fatalf("report = %+v", rep)
 	}
 }

@@ -176,6 +176,9 @@ func restartAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	safety.OnLockWait = func(holder string) {
+		fmt.Fprintf(errw, "waiting for the lock of %s, held by %s\n", plan.Service, holder)
+	}
 	hooks, release, err := safety.Prepare(ctx, plan.Service)
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}
@@ -190,9 +193,11 @@ func restartAction(c *cli.Context) error {
 	}
 	fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s one at a time\n", roller.RolloutID(), len(plan.Units), plan.Service)
 	rep, rollErr := roller.Roll(ctx, plan)
+	rep.Trigger = fleetroll.Trigger{Source: "cli"}
+	rep.By = safety.Owner
 	if safety.KAPI != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		err := coord.History{KAPI: safety.KAPI}.Save(sctx, coord.RecordFromReport(rep, "cli", safety.Owner))
+		err := coord.History{KAPI: safety.KAPI}.Save(sctx, *rep)
 		cancel()
 		if err != nil {
 			logger.Warn("rollout record not saved", "rollout_id", rep.ID, "error", err.Error())
@@ -210,7 +215,7 @@ func restartAction(c *cli.Context) error {
 	switch {
 	case rollErr == nil:
 		return nil
-	case rep.Result == "interrupted":
+	case rep.Status == fleetroll.StatusInterrupted:
 		return &exitError{exitInterrupted, rollErr}
 	default:
 		return &exitError{exitFailed, rollErr}
@@ -244,13 +249,15 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 		fmt.Fprintf(w, "%s: bringing back up (%v)\n", e.Unit, e.Err)
 	case fleetroll.EventRunning:
 		fmt.Fprintf(w, "%s: running in %s (%s)\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.State)
+	case fleetroll.EventHealthy:
+		fmt.Fprintf(w, "%s: healthy and back in after %s\n", e.Unit, e.Elapsed.Round(time.Millisecond))
 	case fleetroll.EventFailed:
 		fmt.Fprintf(w, "%s: FAILED after %s: %v\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.Err)
 	}
 }
 
 func printSummary(w io.Writer, rep *fleetroll.Report) {
-	fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Result,
+	fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Status,
 		rep.Restarted(), len(rep.Units), rep.Finished.Sub(rep.Started).Round(time.Millisecond))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, u := range rep.Units {

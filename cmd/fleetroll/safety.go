@@ -10,7 +10,7 @@ import (
 )
 
 // safetyFlags: etcd (like fleetctl's), the cluster lock, drain and the
-// health gate.
+// health gate. Their defaults are the roll policy's (fleetroll/policy.go).
 func safetyFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "etcd-endpoints", Value: "http://127.0.0.1:2379", EnvVars: []string{"FLEETROLL_ETCD_ENDPOINTS"}, Usage: "etcd client URLs, comma-separated (lock and drain)"},
@@ -19,34 +19,42 @@ func safetyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "etcd-key-file", EnvVars: []string{"FLEETROLL_ETCD_KEY_FILE"}, Usage: "client key for etcd"},
 		&cli.DurationFlag{Name: "etcd-timeout", Value: 3 * time.Second, EnvVars: []string{"FLEETROLL_ETCD_TIMEOUT"}, Usage: "timeout of each etcd request"},
 		&cli.BoolFlag{Name: "record", EnvVars: []string{"FLEETROLL_RECORD"}, Usage: "save each rollout's record in etcd for fleetroll status (always on when the lock or drain uses etcd)"},
-		&cli.StringFlag{Name: "lock", Value: coord.LockOff, EnvVars: []string{"FLEETROLL_LOCK"}, Usage: "cluster-wide lock per service in etcd: off, fail (refuse when held) or wait"},
-		&cli.DurationFlag{Name: "lock-ttl", Value: 30 * time.Second, EnvVars: []string{"FLEETROLL_LOCK_TTL"}, Usage: "TTL of the lock key (kept alive while held)"},
+		&cli.StringFlag{Name: "lock", Value: string(fleetroll.LockOff), EnvVars: []string{"FLEETROLL_LOCK"}, Usage: "cluster-wide lock per service in etcd: off, fail (refuse when held) or wait"},
+		&cli.DurationFlag{Name: "lock-ttl", Value: fleetroll.DefaultLockTTL, EnvVars: []string{"FLEETROLL_LOCK_TTL"}, Usage: "TTL of the lock key (kept alive while held)"},
 		&cli.BoolFlag{Name: "drain", EnvVars: []string{"FLEETROLL_DRAIN"}, Usage: "take each instance out of the proxy (its etcd announcement) before stopping it"},
-		&cli.StringFlag{Name: "drain-prefix", Value: "/services/{service}", EnvVars: []string{"FLEETROLL_DRAIN_PREFIX"}, Usage: "where instances are announced: PREFIX/INSTANCE"},
-		&cli.DurationFlag{Name: "drain-delay", Value: 5 * time.Second, EnvVars: []string{"FLEETROLL_DRAIN_DELAY"}, Usage: "wait after the announcement is removed, for requests in flight"},
-		&cli.DurationFlag{Name: "drain-timeout", Value: time.Minute, EnvVars: []string{"FLEETROLL_DRAIN_TIMEOUT"}, Usage: "wait for the announcement to come back after the start"},
+		&cli.StringFlag{Name: "drain-prefix", Value: fleetroll.DefaultDrainPrefix, EnvVars: []string{"FLEETROLL_DRAIN_PREFIX"}, Usage: "where instances are announced: PREFIX/INSTANCE"},
+		&cli.DurationFlag{Name: "drain-delay", Value: fleetroll.DefaultDrainDelay, EnvVars: []string{"FLEETROLL_DRAIN_DELAY"}, Usage: "wait after the announcement is removed, for requests in flight"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: fleetroll.DefaultDrainTimeout, EnvVars: []string{"FLEETROLL_DRAIN_TIMEOUT"}, Usage: "wait for the announcement to come back after the start"},
 		&cli.StringFlag{Name: "health-path", EnvVars: []string{"FLEETROLL_HEALTH_PATH"}, Usage: "after the start, GET http://MACHINE_IP:PORT/PATH until healthy (empty: no gate)"},
-		&cli.IntFlag{Name: "health-successes", Value: 3, EnvVars: []string{"FLEETROLL_HEALTH_SUCCESSES"}, Usage: "2xx answers in a row that make an instance healthy"},
-		&cli.DurationFlag{Name: "health-interval", Value: time.Second, EnvVars: []string{"FLEETROLL_HEALTH_INTERVAL"}, Usage: "between health checks"},
-		&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Minute, EnvVars: []string{"FLEETROLL_HEALTH_TIMEOUT"}, Usage: "how long an instance may take to become healthy"},
+		&cli.IntFlag{Name: "health-successes", Value: fleetroll.DefaultHealthSuccesses, EnvVars: []string{"FLEETROLL_HEALTH_SUCCESSES"}, Usage: "2xx answers in a row that make an instance healthy"},
+		&cli.DurationFlag{Name: "health-interval", Value: fleetroll.DefaultHealthInterval, EnvVars: []string{"FLEETROLL_HEALTH_INTERVAL"}, Usage: "between health checks"},
+		&cli.DurationFlag{Name: "health-timeout", Value: fleetroll.DefaultHealthTimeout, EnvVars: []string{"FLEETROLL_HEALTH_TIMEOUT"}, Usage: "how long an instance may take to become healthy"},
 	}
 }
 
-// safetyFrom builds the safety settings; etcd is connected (not dialled)
-// when the lock or drain needs it, or needEtcd says so (a service of serve's
-// configuration drains).
-func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd bool) (coord.Safety, error) {
-	s := coord.Safety{
-		Lock: c.String("lock"), LockTTL: c.Duration("lock-ttl"), Owner: coord.Owner(what),
-		Drain: c.Bool("drain"), DrainPrefix: c.String("drain-prefix"),
-		DrainDelay: c.Duration("drain-delay"), DrainTimeout: c.Duration("drain-timeout"),
-		Fleet: fleet,
+// policyFrom builds the roll policy of the flags: the lock always, drain
+// with --drain, the health gate with --health-path.
+func policyFrom(c *cli.Context) fleetroll.Policy {
+	p := fleetroll.Policy{Lock: fleetroll.LockMode(c.String("lock")), LockTTL: c.Duration("lock-ttl")}
+	if c.Bool("drain") {
+		p.Drain = &fleetroll.DrainPolicy{Prefix: c.String("drain-prefix"), Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
 	}
-	if p := c.String("health-path"); p != "" {
-		s.Gate = &fleetroll.HealthGate{Path: p, Successes: c.Int("health-successes"),
+	if path := c.String("health-path"); path != "" {
+		p.Health = &fleetroll.HealthPolicy{Path: path, Successes: c.Int("health-successes"),
 			Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout")}
 	}
-	if needEtcd || c.Bool("record") || s.Drain || (s.Lock != coord.LockOff && s.Lock != "") {
+	return p
+}
+
+// safetyFrom builds the safety of the flags' policy; etcd is connected (not
+// dialled) when the policy needs it, --record asks for it, or needEtcd says
+// so (a service of serve's configuration drains).
+func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd bool) (coord.Safety, error) {
+	s := coord.Safety{Policy: policyFrom(c), Owner: coord.Owner(what), Fleet: fleet}
+	if err := s.Policy.Validate(); err != nil {
+		return s, usageErr("%w", err)
+	}
+	if needEtcd || c.Bool("record") || s.Policy.NeedsEtcd() {
 		h, err := etcdFrom(c)
 		if err != nil {
 			return s, err

@@ -30,18 +30,23 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"FLEETROLL_TLS_CERT"}, Usage: "TLS certificate file (with --tls-key)"},
 		&cli.StringFlag{Name: "tls-key", EnvVars: []string{"FLEETROLL_TLS_KEY"}, Usage: "TLS key file"},
 		&cli.StringFlag{Name: "token-file", EnvVars: []string{"FLEETROLL_TOKEN_FILE"},
-			Usage: "file holding the token of the API and, unless set apart, of every sender (or the token itself in $FLEETROLL_TOKEN)"},
-		&cli.StringFlag{Name: "dockerhub-token-file", EnvVars: []string{"FLEETROLL_DOCKERHUB_TOKEN_FILE"}, Usage: "file holding the token in the Docker Hub webhook URL (or $FLEETROLL_DOCKERHUB_TOKEN)"},
-		&cli.StringFlag{Name: "registry-token-file", EnvVars: []string{"FLEETROLL_REGISTRY_TOKEN_FILE"}, Usage: "file holding the registry's bearer token (or $FLEETROLL_REGISTRY_TOKEN)"},
-		&cli.StringFlag{Name: "github-secret-file", EnvVars: []string{"FLEETROLL_GITHUB_SECRET_FILE"}, Usage: "file holding the GitHub webhook secret (or $FLEETROLL_GITHUB_SECRET)"},
+			Usage: "file holding the API's bearer token, for /rollouts only (or the token itself in $FLEETROLL_TOKEN)"},
+		&cli.StringFlag{Name: "dockerhub-token-file", EnvVars: []string{"FLEETROLL_DOCKERHUB_TOKEN_FILE"}, Usage: "file holding the token in the Docker Hub webhook URL (or $FLEETROLL_DOCKERHUB_TOKEN); without it the Docker Hub endpoint is off"},
+		&cli.StringFlag{Name: "registry-token-file", EnvVars: []string{"FLEETROLL_REGISTRY_TOKEN_FILE"}, Usage: "file holding the registry's bearer token (or $FLEETROLL_REGISTRY_TOKEN); without it the registry endpoint is off"},
+		&cli.StringFlag{Name: "github-secret-file", EnvVars: []string{"FLEETROLL_GITHUB_SECRET_FILE"}, Usage: "file holding the GitHub webhook secret (or $FLEETROLL_GITHUB_SECRET); without it the GitHub endpoint is off"},
 		&cli.StringSliceFlag{Name: "callback-allow", Value: cli.NewStringSlice(hook.DefaultCallbackAllow), EnvVars: []string{"FLEETROLL_CALLBACK_ALLOW"},
 			Usage: "origins (scheme://host[:port]) Docker Hub callbacks may go to"},
 		&cli.DurationFlag{Name: "callback-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_TIMEOUT"}, Usage: "timeout of each callback request"},
+		&cli.DurationFlag{Name: "callback-deadline", Value: hook.DefaultCallbackDeadline, EnvVars: []string{"FLEETROLL_CALLBACK_DEADLINE"}, Usage: "all the callbacks of one rollout, retries included, within this"},
+		&cli.DurationFlag{Name: "callback-shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_SHUTDOWN_TIMEOUT"}, Usage: "at shutdown, wait this long for callbacks still queued"},
 		&cli.StringSliceFlag{Name: "allow-from", EnvVars: []string{"FLEETROLL_ALLOW_FROM"}, Usage: "CIDRs allowed to call (default: any)"},
 		&cli.StringSliceFlag{Name: "trusted-proxies", EnvVars: []string{"FLEETROLL_TRUSTED_PROXIES"}, Usage: "CIDRs of proxies whose X-Forwarded-For is believed"},
 		&cli.Int64Flag{Name: "max-body", Value: hook.DefaultBodyLimit, EnvVars: []string{"FLEETROLL_MAX_BODY"}, Usage: "largest request body, in bytes"},
 		&cli.IntFlag{Name: "max-parallel", Value: 2, EnvVars: []string{"FLEETROLL_MAX_PARALLEL"}, Usage: "rollouts of different services at once"},
 		&cli.DurationFlag{Name: "quiet-period", Value: 2 * time.Second, EnvVars: []string{"FLEETROLL_QUIET_PERIOD"}, Usage: "a queued rollout starts once no trigger touched it for this long"},
+		&cli.DurationFlag{Name: "max-wait", Value: hook.DefaultMaxWait, EnvVars: []string{"FLEETROLL_MAX_WAIT"}, Usage: "...or at the latest this long after its first trigger, however often triggers keep coming"},
+		&cli.DurationFlag{Name: "replay-window", Value: hook.DefaultReplayWindow, EnvVars: []string{"FLEETROLL_REPLAY_WINDOW"}, Usage: "a delivery received again within this answers \"duplicate\" and starts nothing"},
+		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FLEETROLL_METRICS_LISTEN"}, Usage: "serve /metrics and /healthz on this address instead of --listen (keeps them off a public listener)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 6 * time.Minute, EnvVars: []string{"FLEETROLL_SHUTDOWN_TIMEOUT"}, Usage: "how long SIGTERM waits for the running unit step"},
 		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com)"},
 		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
@@ -58,8 +63,9 @@ Examples:
    fleetroll serve --service my-service --ports 8901-8903 --repository demo/my-service --token-file /etc/fleetroll/token
    fleetroll serve --config /etc/fleetroll/config.yaml --token-file /etc/fleetroll/token --public-url https://hooks.example.com
 
-Endpoints: POST /webhooks/dockerhub/{token}, POST /webhooks/registry, POST /webhooks/github,
-POST /rollouts, GET /rollouts, GET /rollouts/{id}, GET /healthz, GET /metrics.
+Endpoints: POST /webhooks/dockerhub/{token}, POST /webhooks/registry, POST /webhooks/github
+(each only with its own secret), POST /rollouts, GET /rollouts, GET /rollouts/{id} (the API
+token), GET /healthz, GET /metrics (on --metrics-listen when set).
 SIGHUP reloads --config; SIGTERM stops taking work, lets the running unit step finish and exits 0.`,
 		Flags:        flags,
 		Action:       serveAction,
@@ -75,6 +81,8 @@ type serveOptions struct {
 	config          *hook.Config
 	hook            hook.Options
 	listen          string
+	metricsListen   string
+	callbackDrain   time.Duration
 	tlsCert, tlsKey string
 	shutdownTimeout time.Duration
 }
@@ -88,6 +96,8 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		requestTimeout:  c.Duration("request-timeout"),
 		configFile:      c.String("config"),
 		listen:          c.String("listen"),
+		metricsListen:   c.String("metrics-listen"),
+		callbackDrain:   c.Duration("callback-shutdown-timeout"),
 		tlsCert:         c.String("tls-cert"),
 		tlsKey:          c.String("tls-key"),
 		shutdownTimeout: c.Duration("shutdown-timeout"),
@@ -97,11 +107,15 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 			Grace: c.Duration("grace"), StopTimeout: c.Duration("stop-timeout"),
 			StartTimeout: c.Duration("start-timeout"), PollInterval: c.Duration("poll-interval"),
 		},
-		BodyLimit:   c.Int64("max-body"),
-		MaxParallel: c.Int("max-parallel"),
-		QuietPeriod: c.Duration("quiet-period"),
-		History:     c.Int("history"),
-		PublicURL:   strings.TrimSuffix(c.String("public-url"), "/"),
+		BodyLimit:        c.Int64("max-body"),
+		MaxParallel:      c.Int("max-parallel"),
+		QuietPeriod:      c.Duration("quiet-period"),
+		MaxWait:          c.Duration("max-wait"),
+		ReplayWindow:     c.Duration("replay-window"),
+		CallbackDeadline: c.Duration("callback-deadline"),
+		History:          c.Int("history"),
+		PublicURL:        strings.TrimSuffix(c.String("public-url"), "/"),
+		SeparateOps:      c.String("metrics-listen") != "",
 	}
 	var err error
 	switch {
@@ -140,6 +154,9 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 			return nil, usageErr("serve: a token is required: --token-file FILE or $%s", s.env)
 		}
 	}
+	if err := sec.Validate(); err != nil {
+		return nil, usageErr("serve: %w", err)
+	}
 	o.hook.Secrets = sec
 
 	if o.hook.Callbacks, err = hook.NewCallbacker(c.StringSlice("callback-allow"), c.Duration("callback-timeout")); err != nil {
@@ -170,14 +187,8 @@ func (o *serveOptions) validate() error {
 	if o.hook.BodyLimit <= 0 || o.hook.MaxParallel <= 0 || o.hook.History <= 0 {
 		return usageErr("serve: --max-body, --max-parallel and --history must be positive")
 	}
-	if o.hook.QuietPeriod < 0 {
-		return usageErr("serve: --quiet-period must not be negative")
-	}
-	for name, v := range map[string]string{"token": o.hook.Secrets.API, "Docker Hub token": o.hook.Secrets.DockerHub,
-		"registry token": o.hook.Secrets.Registry, "GitHub secret": o.hook.Secrets.GitHub} {
-		if v != "" && len(v) < hook.MinSecretLength {
-			return usageErr("serve: the %s must be at least %d characters", name, hook.MinSecretLength)
-		}
+	if o.hook.QuietPeriod < 0 || o.hook.MaxWait < 0 || o.hook.ReplayWindow < 0 || o.callbackDrain < 0 {
+		return usageErr("serve: --quiet-period, --max-wait, --replay-window and --callback-shutdown-timeout must not be negative")
 	}
 	return nil
 }
@@ -205,13 +216,8 @@ func flagConfig(c *cli.Context) (*hook.Config, error) {
 		t := hook.Trigger{Repository: repo, Tags: c.StringSlice("tag")}
 		svc.DockerHub, svc.Registry, svc.GitHub = []hook.Trigger{t}, []hook.Trigger{t}, []hook.Trigger{t}
 	}
-	if p := c.String("health-path"); p != "" {
-		svc.Health = &hook.HealthConfig{Path: p, Successes: c.Int("health-successes"), Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout")}
-	}
-	if c.Bool("drain") {
-		svc.Drain = &hook.DrainConfig{Prefix: strings.ReplaceAll(c.String("drain-prefix"), "{service}", svc.Name),
-			Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
-	}
+	p := policyFrom(c)
+	svc.Health, svc.Drain = p.Health, p.Drain
 	cfg := &hook.Config{Services: []hook.Service{svc}}
 	if err := cfg.Validate(); err != nil {
 		return nil, usageErr("serve --service/--repository/--tag: %w", err)
@@ -279,8 +285,8 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	safety.Drain, safety.Gate = false, nil
-	o.hook.Safety = safety
+	o.hook.Etcd, o.hook.Owner = safety.KAPI, safety.Owner
+	o.hook.Policy = fleetroll.Policy{Lock: safety.Policy.Lock, LockTTL: safety.Policy.LockTTL}
 	srv, err := hook.New(o.hook)
 	if err != nil {
 		return usageErr("serve: %w", err)
@@ -289,12 +295,19 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("listen: %w", err)}
 	}
-	return runServer(c.Context, o, srv, ln, logger)
+	var ops net.Listener
+	if o.metricsListen != "" {
+		if ops, err = net.Listen("tcp", o.metricsListen); err != nil {
+			ln.Close()
+			return &exitError{exitFailed, fmt.Errorf("listen on --metrics-listen: %w", err)}
+		}
+	}
+	return runServer(c.Context, o, srv, ln, ops, logger)
 }
 
 // runServer serves until ctx is done (SIGINT, SIGTERM) or the listener
 // fails, reloading the configuration on SIGHUP.
-func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln net.Listener, logger *slog.Logger) error {
+func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln, opsLn net.Listener, logger *slog.Logger) error {
 	httpSrv := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -309,8 +322,15 @@ func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln net.Li
 	queueDone := make(chan struct{})
 	go func() {
 		defer close(queueDone)
-		srv.Run(queueCtx)
+		srv.Run(queueCtx, o.callbackDrain)
 	}()
+	var opsSrv *http.Server
+	if opsLn != nil {
+		opsSrv = &http.Server{Handler: srv.OpsHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+		go func() { _ = opsSrv.Serve(opsLn) }()
+		logger.Info("metrics and health listening", "addr", opsLn.Addr().String())
+	}
 	served := make(chan error, 1)
 	go func() {
 		if o.tlsCert != "" {
@@ -342,6 +362,9 @@ loop:
 	defer cancel()
 	if err := httpSrv.Shutdown(sctx); err != nil {
 		logger.Warn("closing connections", "error", err.Error())
+	}
+	if opsSrv != nil {
+		_ = opsSrv.Shutdown(sctx)
 	}
 	stopQueue()
 	select {

@@ -160,15 +160,18 @@ func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
 	first := post("a")
 	second := post("b")
 	// Wait until the first unit is being stopped.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if u, _ := ff.Unit("a@1.service"); u.Desired == "loaded" {
-			break
+	timeout := time.After(10 * time.Second)
+	for stopping := false; !stopping; {
+		changed := srv.Store().Changed()
+		if r, _ := srv.Store().Get(first); len(r.Units) > 0 && r.Units[0].Phase == fleetroll.PhaseStop {
+			stopping = true
+			continue
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-changed:
+		case <-timeout:
 			t.Fatal("the rollout did not start")
 		}
-		time.Sleep(time.Millisecond) // polling the fake: it has no change notification
 	}
 	cancel()
 	select {
@@ -187,10 +190,11 @@ func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
 	if u, _ := ff.Unit("a@2.service"); u.Restarts != 0 {
 		t.Fatal("the next unit was restarted after SIGTERM")
 	}
-	if r, _ := srv.Store().Get(first); r.Status != hook.StatusCancelled {
-		t.Fatalf("running rollout ended %s", r.Status)
+	// It had begun: interrupted. The queued one never ran: cancelled.
+	if r, _ := srv.Store().Get(first); r.Status != fleetroll.StatusInterrupted || r.Units[0].Outcome != fleetroll.OutcomeInterrupted {
+		t.Fatalf("running rollout ended %s (%+v)", r.Status, r.Units)
 	}
-	if r, _ := srv.Store().Get(second); r.Status != hook.StatusCancelled {
+	if r, _ := srv.Store().Get(second); r.Status != fleetroll.StatusCancelled {
 		t.Fatalf("queued rollout ended %s", r.Status)
 	}
 	if _, err := http.Get(base + "/healthz"); err == nil {
@@ -208,6 +212,6 @@ func serveInBackground(t *testing.T, o *serveOptions, srv *hook.Server, logger *
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ret := make(chan error, 1)
-	go func() { ret <- runServer(ctx, o, srv, ln, logger) }()
+	go func() { ret <- runServer(ctx, o, srv, ln, nil, logger) }()
 	return ln.Addr().String(), cancel, ret
 }

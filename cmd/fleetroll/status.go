@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -47,7 +46,12 @@ func statusAction(c *cli.Context) error {
 		return err
 	}
 	arg := c.Args().First()
-	if arg != "" && !strings.ContainsAny(arg, "@-") && len(arg) == 12 {
+	if arg != "" && !fleetroll.ValidRolloutID(arg) {
+		if err := fleetroll.ValidateServiceName(arg); err != nil {
+			return usageErr("status: %q is neither a rollout ID (12 hex digits) nor a service: %w", arg, err)
+		}
+	}
+	if fleetroll.ValidRolloutID(arg) {
 		if r, ok, err := h.Get(c.Context, arg); err != nil {
 			return &exitError{exitFailed, fmt.Errorf("status: %w", err)}
 		} else if ok {
@@ -75,13 +79,7 @@ func statusAction(c *cli.Context) error {
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSERVICE\tSTATUS\tUNITS\tSTARTED\tTOOK\tTRIGGER\tERROR")
 	for _, r := range recs {
-		restarted := 0
-		for _, u := range r.Units {
-			if u.Outcome == fleetroll.OutcomeRestarted {
-				restarted++
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", r.ID, r.Service, r.Status, restarted, len(r.Units),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", r.ID, r.Service, r.Status, r.Restarted(), len(r.Units),
 			r.Started.Local().Format(time.DateTime), r.Finished.Sub(r.Started).Round(time.Second), r.Trigger, r.Error)
 	}
 	return tw.Flush()

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/clocktest"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
 	client "go.etcd.io/etcd/client/v2"
 )
@@ -25,8 +27,11 @@ func startEtcd(t *testing.T) (client.KeysAPI, string, func()) {
 
 func TestLock(t *testing.T) {
 	kapi, _, _ := startEtcd(t)
-	ctx := context.Background()
-	a := Lock{KAPI: kapi, Key: LockKey("my-service"), Owner: "fleetroll A (rollout 1)", TTL: 3 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clock := clocktest.New()
+	const ttl = 30 * time.Second
+	a := Lock{KAPI: kapi, Key: LockKey("my-service"), Owner: "fleetroll A (rollout 1)", TTL: ttl, Clock: clock}
 	b := a
 	b.Owner = "fleetroll B"
 
@@ -37,12 +42,40 @@ func TestLock(t *testing.T) {
 	if _, err := b.Acquire(ctx, false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "held by fleetroll A (rollout 1)") {
 		t.Fatalf("second acquire: %v", err)
 	}
-	// Kept alive past its TTL.
-	time.Sleep(4 * time.Second) // long enough for the TTL to run out were it not refreshed
-	if resp, err := kapi.Get(ctx, a.Key, nil); err != nil || resp.Node.Value != a.Owner || held.Err() != nil {
-		t.Fatalf("lock not kept alive: %v %v", err, held.Err())
+	// Kept alive: each TTL/3 on the lock's clock refreshes the key's TTL
+	// in etcd.
+	first, err := kapi.Get(ctx, a.Key, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// A waiter gets it once it is released.
+	for i := 1; i <= 3; i++ {
+		if !clock.WaitMade(ctx, i) {
+			t.Fatal("the keep-alive never waited")
+		}
+		clock.Advance(ttl / 3)
+		// Await the refresh: the key's expiry moves on.
+		for {
+			resp, err := kapi.Get(ctx, a.Key, nil)
+			if err != nil || resp.Node.Value != a.Owner {
+				t.Fatalf("lock gone: %v", err)
+			}
+			if resp.Node.ModifiedIndex > first.Node.ModifiedIndex {
+				first = resp
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("refresh %d never happened", i)
+			}
+			etcdWatchOnce(ctx, kapi, a.Key, resp.Index)
+		}
+	}
+	if held.Err() != nil {
+		t.Fatalf("lock lost: %v", held.Err())
+	}
+	// A waiter gets it once it is released, and only then: it reports that
+	// it waits for A, and A is released only after that.
+	waiting := make(chan string, 1)
+	b.OnWait = func(holder string) { waiting <- holder }
 	got := make(chan error, 1)
 	go func() {
 		h, err := b.Acquire(ctx, true)
@@ -52,21 +85,26 @@ func TestLock(t *testing.T) {
 		got <- err
 	}()
 	select {
+	case holder := <-waiting:
+		if holder != a.Owner {
+			t.Fatalf("the waiter waits for %q", holder)
+		}
 	case err := <-got:
 		t.Fatalf("the waiter did not wait: %v", err)
-	case <-time.After(300 * time.Millisecond): // the waiter must still be blocked
 	}
 	if err := held.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the waiter never got the lock")
+	if err := <-got; err != nil {
+		t.Fatalf("the waiter never got the lock: %v", err)
 	}
+}
+
+// etcdWatchOnce waits for the next change of key after index, or a second.
+func etcdWatchOnce(ctx context.Context, kapi client.KeysAPI, key string, index uint64) {
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, _ = kapi.Watcher(key, &client.WatcherOptions{AfterIndex: index}).Next(wctx)
 }
 
 func TestLockLostWhenTaken(t *testing.T) {
@@ -162,12 +200,12 @@ func TestHistory(t *testing.T) {
 	h := History{KAPI: kapi, Keep: 3}
 	t0 := time.Date(2026, 11, 28, 5, 0, 0, 0, time.UTC)
 	for i := range 5 {
-		r := Record{ID: fmt.Sprintf("id%d", i), Service: "a", Status: "succeeded", Started: t0.Add(time.Duration(i) * time.Minute)}
+		r := fleetroll.Report{ID: fmt.Sprintf("00000000000%d", i), Service: "a", Status: fleetroll.StatusSucceeded, Started: t0.Add(time.Duration(i) * time.Minute)}
 		if err := h.Save(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.Save(ctx, Record{ID: "b1", Service: "b", Status: "failed", Started: t0}); err != nil {
+	if err := h.Save(ctx, fleetroll.Report{ID: "0000000000b1", Service: "b", Status: fleetroll.StatusFailed, Started: t0}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := h.List(ctx, "a")
@@ -178,15 +216,27 @@ func TestHistory(t *testing.T) {
 	for _, r := range got {
 		ids = append(ids, r.ID)
 	}
-	if strings.Join(ids, ",") != "id4,id3,id2" {
+	if strings.Join(ids, ",") != "000000000004,000000000003,000000000002" {
 		t.Fatalf("history of a = %v, want the newest 3, newest first", ids)
 	}
 	all, _ := h.List(ctx, "")
 	if len(all) != 4 {
 		t.Fatalf("all services: %d records", len(all))
 	}
-	if r, ok, err := h.Get(ctx, "b1"); err != nil || !ok || r.Status != "failed" {
+	if r, ok, err := h.Get(ctx, "0000000000b1"); err != nil || !ok || r.Status != fleetroll.StatusFailed {
 		t.Fatalf("get b1: %+v %v %v", r, ok, err)
+	}
+	// Names that would leave the service's directory never reach etcd.
+	for _, bad := range []string{"../..", "..", "a/b", "/", ".hidden", "a\x00"} {
+		if recs, err := h.List(ctx, bad); err == nil {
+			t.Fatalf("List(%q) = %d records, want an error", bad, len(recs))
+		}
+	}
+	if _, ok, err := h.Get(ctx, "../../x"); ok || err != nil {
+		t.Fatalf("Get of a bad ID: %v %v", ok, err)
+	}
+	if err := h.Save(ctx, fleetroll.Report{ID: "000000000009", Service: "../a"}); err == nil {
+		t.Fatal("Save of a record with a bad service name succeeded")
 	}
 	if none, err := (History{KAPI: kapi}).List(ctx, "nothing"); err != nil || len(none) != 0 {
 		t.Fatalf("empty history: %v %v", none, err)
@@ -198,9 +248,11 @@ func TestHistory(t *testing.T) {
 // whole delay again from there.
 func TestDrainUndoesAnAnnouncementThatRacedIt(t *testing.T) {
 	kapi, _, _ := startEtcd(t)
-	ctx := context.Background()
-	const delay = 600 * time.Millisecond
-	d := Drain{KAPI: kapi, Prefix: "/services/s", DrainPrefix: "/fleetroll/drain/s", Delay: delay}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const delay = 5 * time.Second
+	clock := clocktest.New()
+	d := Drain{KAPI: kapi, Prefix: "/services/s", DrainPrefix: "/fleetroll/drain/s", Delay: delay, Clock: clock}
 	key := "/services/s/8901"
 	set, err := kapi.Set(ctx, key, "10.0.0.1:8901", nil)
 	if err != nil {
@@ -208,7 +260,7 @@ func TestDrainUndoesAnAnnouncementThatRacedIt(t *testing.T) {
 	}
 	// Re-announce once, right after the first delete.
 	w := kapi.Watcher(key, &client.WatcherOptions{AfterIndex: set.Index})
-	reannounced := make(chan time.Time, 1)
+	reannounced := make(chan struct{})
 	go func() {
 		for {
 			resp, err := w.Next(ctx)
@@ -217,22 +269,34 @@ func TestDrainUndoesAnAnnouncementThatRacedIt(t *testing.T) {
 			}
 			if resp.Action == "delete" {
 				_, _ = kapi.Set(ctx, key, "10.0.0.1:8901", nil)
-				reannounced <- time.Now()
+				close(reannounced)
 				return
 			}
 		}
 	}()
-	if err := d.Out(ctx, "s@8901.service"); err != nil {
+	out := make(chan error, 1)
+	go func() { out <- d.Out(ctx, "s@8901.service") }()
+	<-reannounced
+	// Out saw the announcement come back: it removed it and started the
+	// delay over (a second timer), and it waits for the whole delay.
+	if !clock.WaitMade(ctx, 2) {
+		t.Fatal("the delay did not start again after the raced announcement")
+	}
+	clock.Advance(delay - time.Millisecond)
+	select {
+	case err := <-out:
+		t.Fatalf("Out returned before the whole delay had passed since the last announcement: %v", err)
+	default:
+	}
+	clock.Advance(time.Millisecond)
+	if err := <-out; err != nil {
 		t.Fatal(err)
 	}
-	done := time.Now()
 	if _, err := kapi.Get(ctx, key, nil); !isCode(err, client.ErrorCodeKeyNotFound) {
 		t.Fatalf("the raced announcement is still there: %v", err)
 	}
-	at := <-reannounced
-	if quiet := done.Sub(at); quiet < delay {
-		t.Fatalf("Out returned %s after the last announcement, want at least the delay %s", quiet, delay)
-	}
+	d.Clock = nil
+	d.Delay = 600 * time.Millisecond
 
 	// A sidekick that ignores the drain key is named.
 	stop := make(chan struct{})

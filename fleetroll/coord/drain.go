@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -28,6 +29,8 @@ type Drain struct {
 	BackTimeout time.Duration
 	// KeyTTL bounds a drain key's life, should fleetroll die meanwhile.
 	KeyTTL time.Duration
+	// Clock times the delay; the real clock when nil.
+	Clock fleetroll.Clock
 }
 
 func instanceOf(unit string) string {
@@ -89,8 +92,21 @@ func (d Drain) remove(ctx context.Context, key string) (uint64, error) {
 // as soon as the key is set again (announced), false once the delay passed
 // without that.
 func (d Drain) quiet(ctx context.Context, key string, idx uint64) (bool, error) {
-	wctx, cancel := context.WithTimeout(ctx, d.Delay)
+	clock := d.Clock
+	if clock == nil {
+		clock = fleetroll.SystemClock{}
+	}
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	timer := clock.NewTimer(d.Delay)
+	defer timer.Stop()
+	go func() {
+		select {
+		case <-timer.C():
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
 	w := d.KAPI.Watcher(key, &client.WatcherOptions{AfterIndex: idx})
 	for {
 		resp, err := w.Next(wctx)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	client "go.etcd.io/etcd/client/v2"
@@ -15,42 +14,31 @@ import (
 // /fleetroll/history/SERVICE/<start time>-<id>.
 const HistoryPrefix = "/fleetroll/history"
 
-// Record is one rollout as any fleetroll (CLI or server) saw it.
-type Record struct {
-	ID       string                 `json:"id"`
-	Service  string                 `json:"service"`
-	Status   string                 `json:"status"` // succeeded, failed, cancelled, interrupted, ...
-	Trigger  string                 `json:"trigger"`
-	By       string                 `json:"by"` // which fleetroll
-	Started  time.Time              `json:"started"`
-	Finished time.Time              `json:"finished"`
-	Units    []fleetroll.UnitReport `json:"units,omitempty"`
-	Error    string                 `json:"error,omitempty"`
-}
-
-// RecordFromReport turns a roller report into a record.
-func RecordFromReport(rep *fleetroll.Report, trigger, by string) Record {
-	return Record{ID: rep.ID, Service: rep.Service, Status: rep.Result, Trigger: trigger, By: by,
-		Started: rep.Started, Finished: rep.Finished, Units: rep.Units, Error: rep.Error}
-}
-
-// History keeps the last Keep records per service in etcd.
+// History keeps the last Keep rollout records per service in etcd, in the
+// one record shape (fleetroll.Report).
 type History struct {
 	KAPI client.KeysAPI
 	Keep int // default 50
 }
 
 // Save stores a record and drops the oldest beyond Keep.
-func (h History) Save(ctx context.Context, r Record) error {
-	if r.Service == "" || r.ID == "" {
-		return fmt.Errorf("history: record without service or id")
+func (h History) Save(ctx context.Context, r fleetroll.Report) error {
+	if err := fleetroll.ValidateServiceName(r.Service); err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	if !fleetroll.ValidRolloutID(r.ID) {
+		return fmt.Errorf("history: rollout ID %q is not 12 hex digits", r.ID)
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
 	dir := HistoryPrefix + "/" + r.Service
-	key := fmt.Sprintf("%s/%020d-%s", dir, r.Started.UnixNano(), r.ID)
+	at := r.Started
+	if at.IsZero() && r.Queue != nil {
+		at = r.Queue.Queued
+	}
+	key := fmt.Sprintf("%s/%020d-%s", dir, at.UnixNano(), r.ID)
 	if _, err := h.KAPI.Set(ctx, key, string(b), nil); err != nil {
 		return fmt.Errorf("history: save %s: %w", r.ID, err)
 	}
@@ -70,10 +58,15 @@ func (h History) Save(ctx context.Context, r Record) error {
 	return nil
 }
 
-// List returns the records of one service (or of all, for ""), newest first.
-func (h History) List(ctx context.Context, service string) ([]Record, error) {
+// List returns the records of one service (or of all, for ""), newest
+// first. A service name that is not valid is an error: it never reaches a
+// key.
+func (h History) List(ctx context.Context, service string) ([]fleetroll.Report, error) {
 	dir := HistoryPrefix
 	if service != "" {
+		if err := fleetroll.ValidateServiceName(service); err != nil {
+			return nil, fmt.Errorf("history: %w", err)
+		}
 		dir += "/" + service
 	}
 	resp, err := h.KAPI.Get(ctx, dir, &client.GetOptions{Recursive: true, Sort: true})
@@ -83,7 +76,7 @@ func (h History) List(ctx context.Context, service string) ([]Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
-	var out []Record
+	var out []fleetroll.Report
 	var walk func(n *client.Node)
 	walk = func(n *client.Node) {
 		if n.Dir {
@@ -92,8 +85,8 @@ func (h History) List(ctx context.Context, service string) ([]Record, error) {
 			}
 			return
 		}
-		var r Record
-		if json.Unmarshal([]byte(n.Value), &r) == nil {
+		var r fleetroll.Report
+		if json.Unmarshal([]byte(n.Value), &r) == nil && r.ID != "" {
 			out = append(out, r)
 		}
 	}
@@ -102,16 +95,19 @@ func (h History) List(ctx context.Context, service string) ([]Record, error) {
 	return out, nil
 }
 
-// Get finds one record by ID.
-func (h History) Get(ctx context.Context, id string) (Record, bool, error) {
+// Get finds one record by ID; an ID of the wrong shape is not found.
+func (h History) Get(ctx context.Context, id string) (fleetroll.Report, bool, error) {
+	if !fleetroll.ValidRolloutID(id) {
+		return fleetroll.Report{}, false, nil
+	}
 	all, err := h.List(ctx, "")
 	if err != nil {
-		return Record{}, false, err
+		return fleetroll.Report{}, false, err
 	}
 	for _, r := range all {
 		if r.ID == id {
 			return r, true, nil
 		}
 	}
-	return Record{}, false, nil
+	return fleetroll.Report{}, false, nil
 }

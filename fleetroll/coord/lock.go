@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -24,6 +25,11 @@ type Lock struct {
 	Key   string
 	Owner string // who holds it: shown to the others
 	TTL   time.Duration
+	// OnWait, when set, is called with the holder each time Acquire starts
+	// waiting for the lock.
+	OnWait func(holder string)
+	// Clock paces the keep-alive; the real clock when nil.
+	Clock fleetroll.Clock
 }
 
 // Held is an acquired lock. Lost is closed when the lock could not be kept
@@ -43,7 +49,10 @@ type Held struct {
 // it is free (or ctx ends).
 func (l Lock) Acquire(ctx context.Context, wait bool) (*Held, error) {
 	if l.TTL <= 0 {
-		l.TTL = 30 * time.Second
+		l.TTL = fleetroll.DefaultLockTTL
+	}
+	if l.Clock == nil {
+		l.Clock = fleetroll.SystemClock{}
 	}
 	for {
 		_, err := l.KAPI.Set(ctx, l.Key, l.Owner, &client.SetOptions{PrevExist: client.PrevNoExist, TTL: l.TTL})
@@ -62,6 +71,9 @@ func (l Lock) Acquire(ctx context.Context, wait bool) (*Held, error) {
 		}
 		if !wait {
 			return nil, fmt.Errorf("%w: %s is held by %s", ErrLocked, l.Key, resp.Node.Value)
+		}
+		if l.OnWait != nil {
+			l.OnWait(resp.Node.Value)
 		}
 		// Wait for the key to go (deleted or expired), then try again.
 		w := l.KAPI.Watcher(l.Key, &client.WatcherOptions{AfterIndex: resp.Index})
@@ -87,27 +99,25 @@ func (l Lock) keep(ctx context.Context) *Held {
 	h := &Held{l: l, lost: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
-		tick := time.NewTicker(l.TTL / 3)
-		defer tick.Stop()
-		lastOK := time.Now()
+		lastOK := l.Clock.Now()
 		for {
 			select {
 			case <-kctx.Done():
 				return
-			case <-tick.C:
+			case <-l.Clock.After(l.TTL / 3):
 			}
 			rctx, rcancel := context.WithTimeout(kctx, l.TTL/3)
 			_, err := l.KAPI.Set(rctx, l.Key, "", &client.SetOptions{Refresh: true, TTL: l.TTL, PrevExist: client.PrevExist, PrevValue: l.Owner})
 			rcancel()
 			switch {
 			case err == nil:
-				lastOK = time.Now()
+				lastOK = l.Clock.Now()
 			case kctx.Err() != nil:
 				return
 			case isCode(err, client.ErrorCodeKeyNotFound) || isCode(err, client.ErrorCodeTestFailed):
 				h.markLost(fmt.Errorf("lock %s lost: %w", l.Key, err))
 				return
-			case time.Since(lastOK) >= l.TTL:
+			case l.Clock.Now().Sub(lastOK) >= l.TTL:
 				h.markLost(fmt.Errorf("lock %s lost: not refreshed for %s: %w", l.Key, l.TTL, err))
 				return
 			}

@@ -13,52 +13,32 @@ import (
 	client "go.etcd.io/etcd/client/v2"
 )
 
-// Lock modes.
-const (
-	LockOff  = "off"
-	LockFail = "fail" // refuse when another fleetroll holds the service's lock
-	LockWait = "wait" // wait until it is free
-)
-
-// Safety is what a roll does besides stopping and starting: the cluster
-// lock, drain through etcd, and the health gate.
+// Safety carries out a roll policy: the cluster lock and drain through etcd,
+// and the health gate through fleet's machine list.
 type Safety struct {
 	// KAPI is etcd; needed for the lock and drain.
-	KAPI    client.KeysAPI
-	Lock    string // off, fail or wait
-	LockTTL time.Duration
-	Owner   string // who holds the lock, for the others to see
-
-	Drain        bool
-	DrainPrefix  string // "/services/{service}"
-	DrainDelay   time.Duration
-	DrainTimeout time.Duration // for the announcement to come back
-
-	// Gate, when set, must pass after each start.
-	Gate  *fleetroll.HealthGate
-	Fleet fleetroll.Fleet
+	KAPI   client.KeysAPI
+	Policy fleetroll.Policy
+	Owner  string // who holds the lock, for the others to see
+	Fleet  fleetroll.Fleet
+	// OnLockWait, when set, is told who holds the lock each time the roll
+	// starts waiting for it (lock mode wait).
+	OnLockWait func(holder string)
 }
 
-// Validate checks the settings.
+// Validate checks the policy and that etcd is there when it is needed.
 func (s Safety) Validate() error {
-	switch s.Lock {
-	case "", LockOff, LockFail, LockWait:
-	default:
-		return fmt.Errorf("lock mode %q: want off, fail or wait", s.Lock)
+	if err := s.Policy.Validate(); err != nil {
+		return err
 	}
-	if (s.Drain || s.lockOn()) && s.KAPI == nil {
+	if s.Policy.NeedsEtcd() && s.KAPI == nil {
 		return errors.New("drain and the lock need etcd")
 	}
-	if s.Drain && !strings.HasPrefix(s.DrainPrefix, "/") {
-		return fmt.Errorf("drain prefix %q must start with /", s.DrainPrefix)
-	}
-	if s.Gate != nil && s.Gate.Path == "" {
-		return errors.New("health gate without a path")
+	if s.Policy.Health != nil && s.Fleet == nil {
+		return errors.New("the health gate needs fleet's machine list")
 	}
 	return nil
 }
-
-func (s Safety) lockOn() bool { return s.Lock == LockFail || s.Lock == LockWait }
 
 // Owner describes this process for the lock: host, PID and what it does.
 func Owner(what string) string {
@@ -72,13 +52,17 @@ func Owner(what string) string {
 func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, func(), error) {
 	var hooks fleetroll.Hooks
 	release := func() {}
-	if s.KAPI != nil && (s.Drain || s.lockOn()) {
+	p := s.Policy.WithDefaults(service)
+	if err := s.Validate(); err != nil {
+		return hooks, release, err
+	}
+	if p.NeedsEtcd() {
 		if err := Ping(ctx, s.KAPI); err != nil {
 			return hooks, release, fmt.Errorf("etcd unreachable, nothing was touched: %w", err)
 		}
 	}
-	if s.lockOn() {
-		held, err := Lock{KAPI: s.KAPI, Key: LockKey(service), Owner: s.Owner, TTL: s.LockTTL}.Acquire(ctx, s.Lock == LockWait)
+	if p.Lock == fleetroll.LockFail || p.Lock == fleetroll.LockWait {
+		held, err := Lock{KAPI: s.KAPI, Key: LockKey(service), Owner: s.Owner, TTL: p.LockTTL, OnWait: s.OnLockWait}.Acquire(ctx, p.Lock == fleetroll.LockWait)
 		if err != nil {
 			return hooks, release, err
 		}
@@ -89,9 +73,16 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 		}
 		hooks.Continue = held.Err
 	}
-	if s.Drain {
-		d := Drain{KAPI: s.KAPI, Prefix: strings.ReplaceAll(s.DrainPrefix, "{service}", service),
-			DrainPrefix: "/fleetroll/drain/" + service, Delay: s.DrainDelay, BackTimeout: s.DrainTimeout}
+	var gate func(context.Context, string, *schema.UnitState) error
+	if p.Health != nil {
+		g := p.Health.Gate()
+		gate = func(ctx context.Context, unit string, st *schema.UnitState) error {
+			return s.gate(ctx, g, unit, st)
+		}
+	}
+	if p.Drain != nil {
+		d := Drain{KAPI: s.KAPI, Prefix: p.Drain.Prefix, DrainPrefix: "/fleetroll/drain/" + service,
+			Delay: p.Drain.Delay, BackTimeout: p.Drain.Timeout}
 		hooks.BeforeStop = d.Out
 		hooks.Done = func(ctx context.Context, unit string) {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -99,27 +90,25 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 			_ = d.Clear(cctx, unit)
 		}
 		hooks.AfterRunning = func(ctx context.Context, unit string, st *schema.UnitState) error {
-			if err := s.gate(ctx, unit, st); err != nil {
-				return err
+			if gate != nil {
+				if err := gate(ctx, unit, st); err != nil {
+					return err
+				}
 			}
 			return d.In(ctx, unit)
 		}
-	} else if s.Gate != nil {
-		hooks.AfterRunning = s.gate
+	} else {
+		hooks.AfterRunning = gate
 	}
 	return hooks, release, nil
 }
 
 // gate runs the health gate against the unit's machine and port.
-func (s Safety) gate(ctx context.Context, unit string, st *schema.UnitState) error {
-	if s.Gate == nil {
-		return nil
-	}
-	ml, ok := s.Fleet.(fleetroll.MachineLister)
-	if !ok || st == nil {
+func (s Safety) gate(ctx context.Context, g *fleetroll.HealthGate, unit string, st *schema.UnitState) error {
+	if st == nil {
 		return fmt.Errorf("health gate of %s: cannot tell its machine", unit)
 	}
-	ips, err := ml.MachineIPs(ctx)
+	ips, err := s.Fleet.MachineIPs(ctx)
 	if err != nil {
 		return fmt.Errorf("health gate of %s: list machines: %w", unit, err)
 	}
@@ -128,5 +117,5 @@ func (s Safety) gate(ctx context.Context, unit string, st *schema.UnitState) err
 		return fmt.Errorf("health gate of %s: machine %s has no public IP", unit, st.MachineID)
 	}
 	_, port, _ := strings.Cut(strings.TrimSuffix(unit, ".service"), "@")
-	return s.Gate.Wait(ctx, s.Gate.URL(ip, port))
+	return g.Wait(ctx, g.URL(ip, port))
 }

@@ -1,0 +1,140 @@
+package fleetroll
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Defaults of the roll policy. The flags of restart and serve and serve's
+// configuration file all take them from here, through Policy.WithDefaults.
+const (
+	DefaultLockTTL         = 30 * time.Second
+	DefaultDrainPrefix     = "/services/{service}"
+	DefaultDrainDelay      = 5 * time.Second
+	DefaultDrainTimeout    = time.Minute
+	DefaultHealthSuccesses = 3
+	DefaultHealthInterval  = time.Second
+	DefaultHealthTimeout   = 2 * time.Minute
+)
+
+// LockMode says what a roll does about the service's cluster-wide lock.
+type LockMode string
+
+const (
+	LockOff  LockMode = "off"
+	LockFail LockMode = "fail" // refuse when another fleetroll holds it
+	LockWait LockMode = "wait" // wait until it is free
+)
+
+// Policy is what a roll does besides stopping and starting units: the
+// cluster lock, draining each instance from the proxy, and the health gate.
+// restart builds it from flags, serve from flags and each service's
+// configuration; both then call WithDefaults and Validate.
+type Policy struct {
+	Lock    LockMode      `yaml:"-"`
+	LockTTL time.Duration `yaml:"-"`
+	// Drain, when set, takes each instance out of the proxy first.
+	Drain *DrainPolicy `yaml:"drain"`
+	// Health, when set, gates each instance after its start.
+	Health *HealthPolicy `yaml:"health"`
+}
+
+// DrainPolicy says where instances are announced and how long a drain waits.
+// Zero values take the defaults.
+type DrainPolicy struct {
+	// Prefix of the announcements, PREFIX/INSTANCE; {service} stands for
+	// the service's name.
+	Prefix string `yaml:"prefix"`
+	// Delay after the announcement is gone, for requests in flight.
+	Delay time.Duration `yaml:"delay"`
+	// Timeout for the announcement to come back after the start.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// HealthPolicy is the health gate: GET http://MACHINE_IP:PORT/PATH until it
+// answers 2xx Successes times in a row. Zero values take the defaults.
+type HealthPolicy struct {
+	Path      string        `yaml:"path"`
+	Successes int           `yaml:"successes"`
+	Interval  time.Duration `yaml:"interval"`
+	Timeout   time.Duration `yaml:"timeout"`
+}
+
+// WithDefaults returns the policy with every zero setting at its default and
+// {service} in the drain prefix replaced.
+func (p Policy) WithDefaults(service string) Policy {
+	if p.Lock == "" {
+		p.Lock = LockOff
+	}
+	if p.LockTTL == 0 {
+		p.LockTTL = DefaultLockTTL
+	}
+	if p.Drain != nil {
+		d := *p.Drain
+		if d.Prefix == "" {
+			d.Prefix = DefaultDrainPrefix
+		}
+		d.Prefix = strings.ReplaceAll(d.Prefix, "{service}", service)
+		if d.Delay == 0 {
+			d.Delay = DefaultDrainDelay
+		}
+		if d.Timeout == 0 {
+			d.Timeout = DefaultDrainTimeout
+		}
+		p.Drain = &d
+	}
+	if p.Health != nil {
+		h := *p.Health
+		if h.Successes == 0 {
+			h.Successes = DefaultHealthSuccesses
+		}
+		if h.Interval == 0 {
+			h.Interval = DefaultHealthInterval
+		}
+		if h.Timeout == 0 {
+			h.Timeout = DefaultHealthTimeout
+		}
+		p.Health = &h
+	}
+	return p
+}
+
+// NeedsEtcd reports whether the policy uses etcd (the lock or drain).
+func (p Policy) NeedsEtcd() bool { return p.Drain != nil || (p.Lock != "" && p.Lock != LockOff) }
+
+// Validate checks the policy; errors name the setting as the config file
+// does (drain.delay), which the flags' names follow (--drain-delay).
+func (p Policy) Validate() error {
+	switch p.Lock {
+	case "", LockOff, LockFail, LockWait:
+	default:
+		return fmt.Errorf("lock %q: want off, fail or wait", p.Lock)
+	}
+	if p.LockTTL < 0 {
+		return errors.New("lock ttl must not be negative")
+	}
+	if d := p.Drain; d != nil {
+		if d.Prefix != "" && !strings.HasPrefix(d.Prefix, "/") {
+			return fmt.Errorf("drain.prefix %q: must start with /", d.Prefix)
+		}
+		if d.Delay < 0 || d.Timeout < 0 {
+			return errors.New("drain.delay and drain.timeout must not be negative")
+		}
+	}
+	if h := p.Health; h != nil {
+		if !strings.HasPrefix(h.Path, "/") {
+			return fmt.Errorf("health.path %q: want a path such as /healthz", h.Path)
+		}
+		if h.Successes < 0 || h.Interval < 0 || h.Timeout < 0 {
+			return errors.New("health.successes, health.interval and health.timeout must not be negative")
+		}
+	}
+	return nil
+}
+
+// Gate returns the health gate of the policy (defaults applied).
+func (h HealthPolicy) Gate() *HealthGate {
+	return &HealthGate{Path: h.Path, Successes: h.Successes, Interval: h.Interval, Timeout: h.Timeout}
+}
