@@ -158,6 +158,23 @@ func (e *testEnv) waitRollout(t *testing.T, id string) fleetroll.Report {
 	return waitStore(t, e.srv.Store(), id, func(r fleetroll.Report) bool { return r.Status.Final() })
 }
 
+// waitIdle waits until the queue has nothing queued or running.
+func (e *testEnv) waitIdle(t *testing.T) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		changed := e.srv.queue.Changed()
+		if qd, rn := e.srv.queue.Depth(); qd == 0 && rn == 0 {
+			return
+		}
+		select {
+		case <-deadline:
+			t.Fatal("the queue did not become idle")
+		case <-changed:
+		}
+	}
+}
+
 // waitStore waits until the store's record of id satisfies cond.
 func waitStore(t *testing.T, s *Store, id string, cond func(fleetroll.Report) bool) fleetroll.Report {
 	t.Helper()

@@ -61,6 +61,7 @@ type Queue struct {
 	running map[string]*item // service -> running rollout
 	fifo    []string         // services with a queued rollout, oldest first
 	closed  bool
+	changed chan struct{} // closed and replaced when queued or running change
 
 	wake chan struct{}
 }
@@ -82,7 +83,7 @@ func NewQueue(store *Store, exec func(ctx context.Context, j Job), opt QueueOpti
 		opt.Clock = fleetroll.SystemClock{}
 	}
 	return &Queue{store: store, exec: exec, opt: opt,
-		queued: map[string]*item{}, running: map[string]*item{}, wake: make(chan struct{}, 1)}
+		queued: map[string]*item{}, running: map[string]*item{}, wake: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
 // triggerKey identifies a push: the same key twice is the same push
@@ -137,6 +138,7 @@ func (q *Queue) Submit(service string, t fleetroll.Trigger, callback string) (fl
 		Trigger: t, Units: []fleetroll.UnitReport{},
 		Queue: &fleetroll.QueueInfo{Queued: now, Supersedes: it.supersedes, SupersedesDropped: it.dropped}}
 	q.store.Add(rec)
+	q.notifyLocked()
 	q.poke()
 	return rec, false, nil
 }
@@ -167,6 +169,19 @@ func (q *Queue) Depth() (queued, running int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.queued), len(q.running)
+}
+
+// Changed returns a channel closed at the next change of what is queued or
+// running.
+func (q *Queue) Changed() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.changed
+}
+
+func (q *Queue) notifyLocked() {
+	close(q.changed)
+	q.changed = make(chan struct{})
 }
 
 func (q *Queue) poke() {
@@ -244,6 +259,7 @@ func (q *Queue) startReady(ctx context.Context, wg *sync.WaitGroup) time.Duratio
 		q.fifo = append(q.fifo[:i], q.fifo[i+1:]...)
 		delete(q.queued, service)
 		q.running[service] = it
+		q.notifyLocked()
 		q.store.Update(it.job.ID, func(r *fleetroll.Report) { r.Status = fleetroll.StatusRunning })
 		wg.Add(1)
 		go func() {
@@ -251,6 +267,7 @@ func (q *Queue) startReady(ctx context.Context, wg *sync.WaitGroup) time.Duratio
 			q.exec(ctx, it.job)
 			q.mu.Lock()
 			delete(q.running, service)
+			q.notifyLocked()
 			q.mu.Unlock()
 			q.poke()
 			if q.opt.AfterRun != nil {
@@ -272,4 +289,5 @@ func (q *Queue) close() {
 		delete(q.queued, service)
 	}
 	q.fifo = nil
+	q.notifyLocked()
 }

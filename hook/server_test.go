@@ -240,6 +240,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("%d %v", resp.StatusCode, ans)
 	}
 	env.waitRollout(t, ans["id"].(string))
+	env.waitIdle(t)
 	r, err := http.Get(env.http.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)

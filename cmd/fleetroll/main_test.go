@@ -130,6 +130,9 @@ func TestBadInput(t *testing.T) {
 		{"ports with units", []string{"restart", units3[0], "--ports", "1", "--endpoint", url}, 2, "--ports goes with a service name"},
 		{"bad output", []string{"restart", "my-service", "-o", "yaml", "--endpoint", url}, 2, "--output"},
 		{"unknown command", []string{"restrat"}, 2, "unknown command"},
+		{"service name of a path", []string{"restart", "../x", "--endpoint", url}, 2, "service"},
+		{"status of a path", []string{"status", "../.."}, 2, "neither a rollout ID"},
+		{"status of a dot-dot", []string{"status", ".."}, 2, "neither a rollout ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errs := runCLI(t, tc.args...)

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,10 @@ func TestServeBadInput(t *testing.T) {
 		{"bad cidr", []string{"serve", "--service", "a", "--token-file", tok, "--allow-from", "10.0.0.0/99"}, "--allow-from"},
 		{"bad callback origin", []string{"serve", "--service", "a", "--token-file", tok, "--callback-allow", "https://x/path"}, "--callback-allow"},
 		{"argument", []string{"serve", "extra", "--service", "a", "--token-file", tok}, "no arguments"},
+		{"shared secret", []string{"serve", "--service", "a", "--token-file", tok, "--dockerhub-token-file", tok}, "the API token and the Docker Hub token are the same"},
+		{"short sender secret", []string{"serve", "--service", "a", "--token-file", tok, "--github-secret-file", short}, "the GitHub secret must be at least 16"},
+		{"service name of a path", []string{"serve", "--service", "../..", "--token-file", tok}, "services[0].name"},
+		{"bad drain prefix", []string{"serve", "--service", "a", "--token-file", tok, "--drain", "--drain-prefix", "services"}, "drain.prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errs := runCLI(t, tc.args...)
@@ -214,4 +219,45 @@ func serveInBackground(t *testing.T, o *serveOptions, srv *hook.Server, logger *
 	ret := make(chan error, 1)
 	go func() { ret <- runServer(ctx, o, srv, ln, nil, logger) }()
 	return ln.Addr().String(), cancel, ret
+}
+
+// One policy from the flags and from the config file: a config that only
+// turns drain and the health gate on gets the flags' defaults.
+func TestFlagsAndConfigGiveTheSamePolicy(t *testing.T) {
+	var fromFlags fleetroll.Policy
+	app := newApp(&bytes.Buffer{}, &bytes.Buffer{})
+	for _, cmd := range app.Commands {
+		if cmd.Name == "restart" {
+			cmd.Action = func(c *cli.Context) error { fromFlags = policyFrom(c).WithDefaults("my-service"); return nil }
+		}
+	}
+	if err := app.Run([]string{"fleetroll", "restart", "--drain", "--health-path", "/healthz", "--lock", "wait", "my-service"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := hook.ParseConfig([]byte("services:\n  - name: my-service\n    drain: {}\n    health: {path: /healthz}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, _ := cfg.Service("my-service")
+	fromConfig := svc.Policy(fleetroll.Policy{Lock: fleetroll.LockWait})
+	if !reflect.DeepEqual(fromFlags, fromConfig) {
+		t.Fatalf("flags: %+v %+v %+v\nconfig: %+v %+v %+v", fromFlags, fromFlags.Drain, fromFlags.Health, fromConfig, fromConfig.Drain, fromConfig.Health)
+	}
+	if fromConfig.Drain.Delay != fleetroll.DefaultDrainDelay || fromConfig.Drain.Prefix != "/services/my-service" {
+		t.Fatalf("drain: {} gives %+v", *fromConfig.Drain)
+	}
+	// serve --service builds its one service from the same flags.
+	var served *hook.Config
+	app = newApp(&bytes.Buffer{}, &bytes.Buffer{})
+	for _, cmd := range app.Commands {
+		if cmd.Name == "serve" {
+			cmd.Action = func(c *cli.Context) error { served, err = flagConfig(c); return err }
+		}
+	}
+	if err := app.Run([]string{"fleetroll", "serve", "--service", "my-service", "--drain", "--health-path", "/healthz"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := served.Services[0].Policy(fleetroll.Policy{Lock: fleetroll.LockWait}); !reflect.DeepEqual(got, fromConfig) {
+		t.Fatalf("serve --service: %+v", got)
+	}
 }
