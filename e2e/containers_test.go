@@ -30,6 +30,7 @@ const (
 	hookListen  = "127.0.0.1:18080"
 	proxyListen = "127.0.0.1:18088"
 	ctrToken    = "e2e-container-token-0123456789"
+	ctrRegToken = "e2e-container-registry-token-0123"
 )
 
 var ctrPorts = []string{"18951", "18952", "18953"}
@@ -265,7 +266,7 @@ notifications:
       timeout: 2s
       threshold: 3
       backoff: 1s
-`, regDir, regAddr, hookListen, ctrToken), 0o644)
+`, regDir, regAddr, hookListen, ctrRegToken), 0o644)
 	reg := exec.Command("docker-registry", "serve", filepath.Join(tmp, "registry.yml"))
 	reg.Stdout, reg.Stderr = io.Discard, io.Discard
 	if err := reg.Start(); err != nil {
@@ -314,9 +315,12 @@ notifications:
       - repository: demo/my-service
         tags: [latest]
 `, 0o644)
-	writeFile(t, filepath.Join(etc, "token"), ctrToken+"\n", 0o400)
-	if err := os.Chown(filepath.Join(etc, "token"), 65532, 65532); err != nil {
-		t.Fatal(err)
+	// One secret for the API, one for the registry's notifications.
+	for file, secret := range map[string]string{"token": ctrToken, "registry-token": ctrRegToken} {
+		writeFile(t, filepath.Join(etc, file), secret+"\n", 0o400)
+		if err := os.Chown(filepath.Join(etc, file), 65532, 65532); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// The proxy directory, as an operator installs it.
@@ -340,7 +344,8 @@ notifications:
 	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5"}))
 	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
 	dropIn(t, "fleetroll.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc,
-		"FLEET_SOCKET": filepath.Join(cl.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s"}))
+		"FLEET_SOCKET": filepath.Join(cl.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s",
+		"SECRET_ARGS": "--registry-token-file /etc/fleetroll/registry-token"}))
 	dropIn(t, "my-service-proxy.service", map[string]string{"PROXY_DIR": proxyDir})
 	dropIn(t, "my-service-confd.service", map[string]string{"PROXY_DIR": proxyDir, "CONFD": strings.TrimSpace(confd), "ETCD": cl.EtcdURL})
 

@@ -255,6 +255,26 @@ func scanLines(r io.Reader) <-chan string {
 	return lines
 }
 
+// waitContains reads lines until one contains want.
+func waitContains(t *testing.T, lines <-chan string, want string, log *strings.Builder) {
+	t.Helper()
+	timeout := time.After(2 * time.Minute)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("fleetroll ended before printing %q:\n%s", want, log)
+			}
+			log.WriteString(l + "\n")
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no line with %q within 2m:\n%s", want, log)
+		}
+	}
+}
+
 // waitLine reads lines until one starts with want.
 func waitLine(t *testing.T, lines <-chan string, want string, log *strings.Builder) {
 	t.Helper()

@@ -13,7 +13,29 @@ import (
 	"time"
 )
 
-const serveToken = "e2e-serve-token-0123456789abcdef"
+const (
+	serveToken    = "e2e-serve-token-0123456789abcdef"
+	serveHubToken = "e2e-dockerhub-token-0123456789"
+	serveRegToken = "e2e-registry-token-0123456789"
+)
+
+// secretArgs writes the API token and the Docker Hub and registry secrets
+// to files and returns serve's flags for them.
+func secretArgs(t *testing.T) []string {
+	t.Helper()
+	dir := t.TempDir()
+	var args []string
+	for _, s := range []struct{ flag, file, v string }{
+		{"--token-file", "token", serveToken}, {"--dockerhub-token-file", "dockerhub-token", serveHubToken},
+		{"--registry-token-file", "registry-token", serveRegToken}} {
+		f := filepath.Join(dir, s.file)
+		if err := os.WriteFile(f, []byte(s.v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, s.flag, f)
+	}
+	return args
+}
 
 // fixture reads a sample payload of the hook package's testdata.
 func fixture(t *testing.T, name string) []byte {
@@ -50,15 +72,19 @@ func startServe(t *testing.T, args ...string) string {
 			if !ok {
 				t.Fatal("fleetroll serve ended before listening")
 			}
-			if strings.Contains(l, serveToken) {
-				t.Errorf("the token was logged: %s", l)
+			for _, secret := range []string{serveToken, serveHubToken, serveRegToken} {
+				if strings.Contains(l, secret) {
+					t.Errorf("a secret was logged: %s", l)
+				}
 			}
 			if _, addr, found := strings.Cut(l, "msg=listening addr="); found {
 				addr, _, _ = strings.Cut(addr, " ")
 				go func() { // keep draining, checking for the token
 					for l := range lines {
-						if strings.Contains(l, serveToken) {
-							t.Errorf("the token was logged: %s", l)
+						for _, secret := range []string{serveToken, serveHubToken, serveRegToken} {
+							if strings.Contains(l, secret) {
+								t.Errorf("a secret was logged: %s", l)
+							}
 						}
 					}
 				}()
@@ -102,7 +128,7 @@ func waitStatus(t *testing.T, base, id string) map[string]any {
 		_ = json.NewDecoder(resp.Body).Decode(&ro)
 		resp.Body.Close()
 		switch ro["status"] {
-		case "succeeded", "failed", "cancelled", "superseded":
+		case "succeeded", "failed", "interrupted", "cancelled", "superseded":
 			return ro
 		}
 		if time.Now().After(deadline) {
@@ -116,10 +142,6 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 	needCluster(t)
 	ports := []string{"18941", "18942", "18943"}
 	units := launchDemo(t, "e2e-hook", ports...)
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(serveToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	callbacks := make(chan map[string]any, 4)
 	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var m map[string]any
@@ -128,8 +150,8 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 	}))
 	defer receiver.Close()
 
-	base := startServe(t, "--service", "e2e-hook", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--tag", "v1", "--token-file", tokenFile, "--grace", "0s", "--callback-allow", receiver.URL)
+	base := startServe(t, append(secretArgs(t), "--service", "e2e-hook", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
+		"--tag", "latest", "--tag", "v1", "--grace", "0s", "--callback-allow", receiver.URL)...)
 
 	// A wrong token changes nothing.
 	before := systemd(t, units...)
@@ -144,8 +166,8 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 		t.Fatalf("wrong token: %d %v", code, ans)
 	}
 	if code, _ := post(t, base+"/webhooks/registry", fixture(t, "registry-push-oci.json"),
-		map[string]string{"Content-Type": "application/vnd.docker.distribution.events.v1+json", "Authorization": "Bearer registry-token-example"}); code != 403 {
-		t.Fatalf("wrong registry token: %d", code)
+		map[string]string{"Content-Type": "application/vnd.docker.distribution.events.v1+json", "Authorization": "Bearer " + serveToken}); code != 401 {
+		t.Fatalf("the API token as the registry's: %d", code)
 	}
 
 	req, _ := http.NewRequest("GET", base+"/rollouts", nil)
@@ -169,7 +191,7 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 	}
 
 	// Docker Hub: 202, every instance restarted, the callback says success.
-	code, ans := post(t, base+"/webhooks/dockerhub/"+serveToken, hub, map[string]string{"Content-Type": "application/json"})
+	code, ans := post(t, base+"/webhooks/dockerhub/"+serveHubToken, hub, map[string]string{"Content-Type": "application/json"})
 	if code != 202 {
 		t.Fatalf("Docker Hub webhook: %d %v", code, ans)
 	}
@@ -196,7 +218,7 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 
 	// The registry notification (tag v1) rolls them again.
 	code, ans = post(t, base+"/webhooks/registry", fixture(t, "registry-push-oci.json"),
-		map[string]string{"Content-Type": "application/vnd.docker.distribution.events.v1+json", "Authorization": "Bearer " + serveToken})
+		map[string]string{"Content-Type": "application/vnd.docker.distribution.events.v1+json", "Authorization": "Bearer " + serveRegToken})
 	if code != 202 {
 		t.Fatalf("registry webhook: %d %v", code, ans)
 	}
@@ -211,7 +233,7 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 		}
 	}
 	for _, u := range ro["units"].([]any) {
-		if m := u.(map[string]any); m["phase"] != "restarted" || m["stop_seconds"].(float64) <= 0 {
+		if m := u.(map[string]any); m["outcome"] != "restarted" || m["stop_seconds"].(float64) <= 0 {
 			t.Errorf("unit progress %v", m)
 		}
 	}

@@ -207,6 +207,7 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 			r.begin(ur, PhaseGrace)
 			err := r.sleep(ctx, r.opt.Grace)
 			r.end(ur)
+			ur.Phase = ""
 			if err != nil {
 				return finish(fmt.Errorf("roll of %s interrupted in the grace period after %s: %w", plan.Service, u.Name, err))
 			}
@@ -307,11 +308,11 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 			return r.failed(ur, PhaseHealth, last, false, err, t0)
 		}
 		ur.Total = Seconds(clock.Now().Sub(t0))
-		ur.Outcome = OutcomeRestarted
+		ur.Outcome, ur.Phase = OutcomeRestarted, ""
 		r.emit(ur, Event{Kind: EventHealthy, Elapsed: time.Duration(ur.Total), State: running})
 		return nil
 	}
-	ur.Outcome = OutcomeRestarted
+	ur.Outcome, ur.Phase = OutcomeRestarted, ""
 	r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
 	return nil
 }

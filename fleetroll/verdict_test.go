@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coreos/fleet/schema"
+	"github.com/fleetroll/fleetroll/internal/golden"
 )
 
 func TestVerdict(t *testing.T) {
@@ -125,3 +128,29 @@ func TestRecordWrittenBeforeVersionsStillReads(t *testing.T) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// The roller's record of a roll that halts in the health gate: the golden
+// shape of a report.
+func TestReportGolden(t *testing.T) {
+	a, b, c := "s@1.service", "s@2.service", "s@3.service"
+	f := newFakeFleet(a, b, c)
+	gated := 0
+	r, _, _ := newTestRoller(t, f, Options{Grace: time.Second, RolloutID: "0123456789ab", Hooks: Hooks{
+		BeforeStop: func(ctx context.Context, u string) error { return nil },
+		AfterRunning: func(ctx context.Context, u string, st *schema.UnitState) error {
+			if gated++; gated == 2 {
+				return errors.New("instance not healthy")
+			}
+			return nil
+		},
+	}})
+	rep, err := r.Roll(context.Background(), planOf(a, b, c))
+	if err == nil {
+		t.Fatal("the roll did not halt")
+	}
+	doc, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "report-halted.golden.json", doc)
+}

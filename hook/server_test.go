@@ -12,6 +12,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
+	"github.com/fleetroll/fleetroll/internal/golden"
 )
 
 func registryHeaders(token string) map[string]string {
@@ -316,6 +317,9 @@ func TestDockerHubRollsAndCallsBack(t *testing.T) {
 	if strings.Contains(string(raw), "callback") {
 		t.Fatalf("the callback URL leaks through the status API: %s", raw)
 	}
+	delete(api, "request_id")
+	raw, _ = json.Marshal(api)
+	golden.Check(t, "rollout-dockerhub.golden.json", raw)
 }
 
 func TestHandlerPanicAnswers500(t *testing.T) {

@@ -11,7 +11,9 @@ import (
 	"testing"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/etcdtest"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
+	"github.com/fleetroll/fleetroll/internal/golden"
 )
 
 var units3 = []string{"my-service@8901.service", "my-service@8902.service", "my-service@8903.service"}
@@ -172,4 +174,38 @@ func TestMoveFlagsFirst(t *testing.T) {
 			t.Errorf("moveFlagsFirst(%v) = %v, want %v", tc.in, got, tc.want)
 		}
 	}
+}
+
+// restart -o json and status ID -o json print the one record, and the same
+// document for the same rollout.
+func TestRestartAndStatusPrintTheRecordGolden(t *testing.T) {
+	_, url := fakeCluster(t, units3...)
+	etcd, _ := etcdtest.Start(t)
+	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms",
+		"--etcd-endpoints", etcd, "--record", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	golden.Check(t, "restart.golden.json", []byte(out))
+	var rep fleetroll.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	code, status, errs := runCLI(t, "status", rep.ID, "-o", "json", "--etcd-endpoints", etcd)
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errs)
+	}
+	if canonicalJSON(t, status) != canonicalJSON(t, out) {
+		t.Fatalf("status -o json:\n%s\nrestart -o json:\n%s", status, out)
+	}
+}
+
+func canonicalJSON(t *testing.T, s string) string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, s)
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
 }

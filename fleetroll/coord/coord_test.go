@@ -2,6 +2,7 @@ package coord
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/clocktest"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
+	"github.com/fleetroll/fleetroll/internal/golden"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -238,6 +240,24 @@ func TestHistory(t *testing.T) {
 	if err := h.Save(ctx, fleetroll.Report{ID: "000000000009", Service: "../a"}); err == nil {
 		t.Fatal("Save of a record with a bad service name succeeded")
 	}
+	// A record read back from etcd is the document that was saved.
+	rec := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: "0123456789ab", Service: "c", Status: fleetroll.StatusSucceeded,
+		Trigger: fleetroll.Trigger{Source: "cli"}, By: "fleetroll restart c on h (pid 1)", Started: t0, Finished: t0.Add(5 * time.Second),
+		Units: []fleetroll.UnitReport{{Unit: "c@1.service", Outcome: fleetroll.OutcomeRestarted, Stop: fleetroll.Seconds(2 * time.Second),
+			Phases: []fleetroll.Span{{Phase: fleetroll.PhaseStop, Started: t0, Finished: t0.Add(2 * time.Second)}}}}}
+	if err := h.Save(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	back, ok, err := h.Get(ctx, rec.ID)
+	if err != nil || !ok {
+		t.Fatalf("get: %v %v", ok, err)
+	}
+	saved, _ := json.Marshal(rec)
+	read, _ := json.Marshal(back)
+	if string(saved) != string(read) {
+		t.Fatalf("read back:\n%s\nsaved:\n%s", read, saved)
+	}
+	golden.Check(t, "history.golden.json", read)
 	if none, err := (History{KAPI: kapi}).List(ctx, "nothing"); err != nil || len(none) != 0 {
 		t.Fatalf("empty history: %v %v", none, err)
 	}
