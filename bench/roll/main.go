@@ -1,13 +1,12 @@
 // Command roll measures, on the local real cluster and in one run, fleetroll's
 // wall time to roll three instances with grace 0 next to the naive loop's
-// (fleetctl-style: stop, start, then poll every 5 s until running), and
+// (internal/naive: stop, poll until stopped, start, poll until running), and
 // fleet's own median stop and start latency per unit. It also counts how many
 // instances each method really restarted (a new MainPID).
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
+	"github.com/fleetroll/fleetroll/internal/naive"
 )
 
 func main() {
@@ -29,7 +29,7 @@ func main() {
 func run() error {
 	repo := flag.String("repo", ".", "repository root")
 	rounds := flag.Int("rounds", 1, "fleetroll rolls to run (more samples for the medians)")
-	naivePoll := flag.Duration("naive-poll", 5*time.Second, "the naive loop's poll interval")
+	naivePoll := flag.Duration("naive-poll", time.Second, "the naive loop's poll interval")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -91,7 +91,7 @@ func run() error {
 		return err
 	}
 	t0 := time.Now()
-	if err := naive(ctx, fleet, units, *naivePoll); err != nil {
+	if err := naive.Roll(ctx, fleet, units, *naivePoll); err != nil {
 		return fmt.Errorf("naive loop: %w", err)
 	}
 	naiveWall := time.Since(t0)
@@ -106,38 +106,10 @@ func run() error {
 	for i, w := range rollWall {
 		fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("fleetroll (round %d)", i+1), w.Round(time.Millisecond), rollRestarted[i])
 	}
-	fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("naive loop (stop, start, poll %s)", *naivePoll), naiveWall.Round(time.Millisecond), naiveRestarted)
+	fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("naive loop (poll %s)", *naivePoll), naiveWall.Round(time.Millisecond), naiveRestarted)
 	fmt.Printf("fleet latency per unit, median of %d: stop %s, start %s (min %s / %s, max %s / %s)\n",
 		len(stops), median(stops), median(starts), slices.Min(stops).Round(time.Millisecond), slices.Min(starts).Round(time.Millisecond),
 		slices.Max(stops).Round(time.Millisecond), slices.Max(starts).Round(time.Millisecond))
-	return nil
-}
-
-// naive is the loop operators write around fleetctl: for each unit, stop,
-// start, then poll every interval until fleet reports it running.
-func naive(ctx context.Context, f fleetroll.Fleet, units []string, every time.Duration) error {
-	for _, u := range units {
-		if err := f.SetUnitTargetState(ctx, u, "loaded"); err != nil {
-			return err
-		}
-		if err := f.SetUnitTargetState(ctx, u, "launched"); err != nil {
-			return err
-		}
-		for {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(every):
-			}
-			st, err := f.UnitState(ctx, u)
-			if err != nil && !errors.Is(err, fleetroll.ErrNotFound) {
-				return err
-			}
-			if _, done, _ := fleetroll.RunningStatus(st); done {
-				break
-			}
-		}
-	}
 	return nil
 }
 

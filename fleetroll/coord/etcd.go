@@ -1,6 +1,8 @@
 // Package coord coordinates rollouts through etcd (v2 API, which fleet
-// itself uses): a cluster-wide lock per service, and drain keys that take an
-// instance out of the proxy before it is stopped.
+// itself uses): a cluster-wide lock per service, drain keys that take an
+// instance out of the proxy before it is stopped, the history of rollout
+// records, and Safety, which carries out a roll policy (lock, drain, health
+// gate) as the roller's hooks.
 package coord
 
 import (

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
+	"github.com/fleetroll/fleetroll/internal/naive"
 )
 
 // Setup is what a measured rollout runs against: my-service launched on
@@ -99,7 +100,7 @@ func (s *Setup) Naive(ctx context.Context, lo LoadOptions, min int) (Result, tim
 		return Result{}, 0, err
 	}
 	return measure(ctx, s.Proxy.Socket, lo, min, func(ctx context.Context) error {
-		return Naive(ctx, s.fleet, s.Service.Units, time.Second)
+		return naive.Roll(ctx, s.fleet, s.Service.Units, time.Second)
 	})
 }
 

@@ -2,7 +2,6 @@ package loadtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/coreos/fleet/schema"
-	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 )
 
@@ -227,43 +225,4 @@ func copyDir(src, dst string) error {
 		}
 		return os.WriteFile(to, b, 0o644)
 	})
-}
-
-// Naive restarts the units the well-known way, without drain or health
-// gate: stop, wait until fleet reports it stopped, start, wait until fleet
-// reports it running, next.
-func Naive(ctx context.Context, f fleetroll.Fleet, units []string, poll time.Duration) error {
-	wait := func(name string, judge func(*schema.UnitState) (string, bool, error)) error {
-		tick := time.NewTicker(poll)
-		defer tick.Stop()
-		for {
-			st, err := f.UnitState(ctx, name)
-			if err != nil && !errors.Is(err, fleetroll.ErrNotFound) {
-				return err
-			}
-			if _, done, jerr := judge(st); done || jerr != nil {
-				return jerr
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-tick.C:
-			}
-		}
-	}
-	for _, u := range units {
-		if err := f.SetUnitTargetState(ctx, u, "loaded"); err != nil {
-			return fmt.Errorf("stop %s: %w", u, err)
-		}
-		if err := wait(u, fleetroll.StoppedStatus); err != nil {
-			return fmt.Errorf("stop %s: %w", u, err)
-		}
-		if err := f.SetUnitTargetState(ctx, u, "launched"); err != nil {
-			return fmt.Errorf("start %s: %w", u, err)
-		}
-		if err := wait(u, fleetroll.RunningStatus); err != nil {
-			return fmt.Errorf("start %s: %w", u, err)
-		}
-	}
-	return nil
 }
