@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,16 +45,77 @@ type ctrEnv struct {
 
 func (c *ctrEnv) run(timeout time.Duration, name string, args ...string) string {
 	c.t.Helper()
+	out, err := runIn(c.env, c.repo, timeout, name, args...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// runIn runs a command in dir with env, bounded by timeout.
+func runIn(env []string, dir string, timeout time.Duration, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = c.env
-	cmd.Dir = c.repo
+	cmd.Env = env
+	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		c.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return string(out), nil
+}
+
+// ctrImages are the images the container tests use, built once per run of
+// the package: the fleetroll image and the demo service at v1 and v2.
+type ctrImages struct {
+	version   string // stamped into the fleetroll image
+	fleetroll string // REGISTRY/fleetroll/fleetroll:VERSION
+	demo      string // REGISTRY/demo/my-service (tags v1, v2)
+}
+
+var (
+	imagesOnce sync.Once
+	images     ctrImages
+	imagesErr  error
+)
+
+// buildImages builds the images with no registry but our own, the first
+// time a test asks; later tests get the same images.
+func buildImages(t *testing.T, env []string) ctrImages {
+	t.Helper()
+	imagesOnce.Do(func() {
+		im := ctrImages{version: fmt.Sprintf("e2e-%d", time.Now().Unix()), demo: regAddr + "/demo/my-service"}
+		im.fleetroll = regAddr + "/fleetroll/fleetroll:" + im.version
+		modcache, err := runIn(env, repo, time.Minute, "go", "env", "GOMODCACHE")
+		if err != nil {
+			imagesErr = err
+			return
+		}
+		steps := [][]string{
+			{"contrib/container/builder.sh", "localhost/fleetroll-builder"},
+			{"podman", "build", "-q", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
+				"--build-arg", "GOPROXY=off", "--build-arg", "GOFLAGS=-mod=mod", "--build-arg", "VERSION=" + im.version,
+				"--volume", strings.TrimSpace(modcache) + ":/go/pkg/mod:ro", "-t", im.fleetroll, "."},
+		}
+		for _, v := range []string{"v1", "v2"} {
+			steps = append(steps, []string{"podman", "build", "-q", "-f", "contrib/demo/Dockerfile", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
+				"--build-arg", "VERSION=" + v, "-t", im.demo + ":" + v, "contrib/demo"})
+		}
+		start := time.Now()
+		for _, st := range steps {
+			if _, err := runIn(env, repo, 15*time.Minute, st[0], st[1:]...); err != nil {
+				imagesErr = err
+				return
+			}
+		}
+		images = im
+		fmt.Fprintf(os.Stderr, "e2e: container images built once, in %s\n", time.Since(start).Round(time.Second))
+	})
+	if imagesErr != nil {
+		t.Fatalf("build images: %v", imagesErr)
+	}
+	return images
 }
 
 func needTools(t *testing.T, tools ...string) {
@@ -204,20 +266,8 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	containersConf := filepath.Join(repo, "contrib", "container", "containers.conf")
 	c := &ctrEnv{t: t, tmp: tmp, repo: repo,
 		env: append(os.Environ(), "CONTAINERS_CONF="+containersConf, "CONTAINERS_REGISTRIES_CONF="+regConf)}
-	version := fmt.Sprintf("e2e-%d", time.Now().Unix())
-	fleetrollImage := regAddr + "/fleetroll/fleetroll:" + version
-	demoImage := regAddr + "/demo/my-service"
-
-	// Images, with no registry but our own.
-	modcache := strings.TrimSpace(c.run(time.Minute, "go", "env", "GOMODCACHE"))
-	c.run(5*time.Minute, "contrib/container/builder.sh", "localhost/fleetroll-builder")
-	c.run(15*time.Minute, "podman", "build", "-q", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
-		"--build-arg", "GOPROXY=off", "--build-arg", "GOFLAGS=-mod=mod", "--build-arg", "VERSION="+version,
-		"--volume", modcache+":/go/pkg/mod:ro", "-t", fleetrollImage, ".")
-	for _, v := range []string{"v1", "v2"} {
-		c.run(10*time.Minute, "podman", "build", "-q", "-f", "contrib/demo/Dockerfile", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
-			"--build-arg", "VERSION="+v, "-t", demoImage+":"+v, "contrib/demo")
-	}
+	im := buildImages(t, c.env)
+	version, fleetrollImage, demoImage := im.version, im.fleetroll, im.demo
 
 	// The image: the stamped version, a non-root user, and only what it needs.
 	if out := c.run(time.Minute, "podman", "run", "--rm", fleetrollImage, "version"); strings.TrimSpace(out) != "fleetroll "+version {

@@ -1,95 +1,36 @@
 package fleetroll
 
 import (
-	"github.com/coreos/fleet/client"
-	"github.com/coreos/fleet/machine"
-	"github.com/coreos/fleet/schema"
-	"google.golang.org/api/googleapi"
-
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coreos/fleet/client"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
 )
 
-// fleetAPI serves the few fleet v1 endpoints the roller uses, with two units
-// per page so callers must follow nextPageToken.
-func fleetAPI(t *testing.T, units []string) http.Handler {
-	t.Helper()
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /fleet/v1/units", func(w http.ResponseWriter, r *http.Request) {
-		start := 0
-		if tok := r.URL.Query().Get("nextPageToken"); tok != "" {
-			if err := json.Unmarshal([]byte(tok), &start); err != nil {
-				http.Error(w, "bad token", 400)
-				return
-			}
-		}
-		end := min(start+2, len(units))
-		page := map[string]any{}
-		var us []map[string]string
-		for _, n := range units[start:end] {
-			us = append(us, map[string]string{"name": n, "desiredState": "launched", "currentState": "launched"})
-		}
-		page["units"] = us
-		if end < len(units) {
-			tok, _ := json.Marshal(end)
-			page["nextPageToken"] = string(tok)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(page)
-	})
-	// Like fleet v1.0.0, GET /state/NAME drops the connection (a server panic)
-	// for a unit without state; the filtered list answers empty.
-	mux.HandleFunc("GET /fleet/v1/state/{name}", func(w http.ResponseWriter, r *http.Request) {
-		panic(http.ErrAbortHandler)
-	})
-	mux.HandleFunc("GET /fleet/v1/state", func(w http.ResponseWriter, r *http.Request) {
-		var states []map[string]string
-		if name := r.URL.Query().Get("unitName"); name == units[0] {
-			states = append(states, map[string]string{"name": name, "machineID": "abcdef0123",
-				"systemdActiveState": "active", "systemdSubState": "running", "systemdLoadState": "loaded"})
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"states": states})
-	})
-	mux.HandleFunc("GET /fleet/v1/machines", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte(`{"machines":[{"id":"abcdef0123","primaryIP":"10.0.0.7"},{"id":"feed","primaryIP":"10.0.0.8"}]}`))
-	})
-	mux.HandleFunc("PUT /fleet/v1/units/{name}", func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			DesiredState string `json:"desiredState"`
-		}
-		if r.Header.Get("Content-Type") != "application/json" || json.NewDecoder(r.Body).Decode(&body) != nil {
-			http.Error(w, "bad request", 400)
-			return
-		}
-		for _, u := range units {
-			if u == r.PathValue("name") {
-				w.WriteHeader(204)
-				return
-			}
-		}
-		w.WriteHeader(409)
-		_, _ = w.Write([]byte(`{"error":{"code":409,"message":"unit does not exist and options field empty"}}`))
-	})
-	return mux
+// fiveUnits is a fake with five units (three pages of two), s@1 on machine
+// abcdef0123, s@2 with no state published, and two machines.
+func fiveUnits() (*fakefleet.Fleet, []string) {
+	units := []string{"s@1.service", "s@2.service", "s@3.service", "s@4.service", "s@5.service"}
+	f := fakefleet.New(units...)
+	f.Update(units[0], func(u *fakefleet.Unit) { u.Machine = "abcdef0123" })
+	f.Update(units[1], func(u *fakefleet.Unit) { u.NoState = true })
+	f.SetMachines(map[string]string{"abcdef0123": "10.0.0.7", "feed": "10.0.0.8"})
+	return f, units
 }
 
 func TestConnectHTTP(t *testing.T) {
-	units := []string{"s@1.service", "s@2.service", "s@3.service", "s@4.service", "s@5.service"}
-	srv := httptest.NewServer(fleetAPI(t, units))
-	defer srv.Close()
-	f, err := Connect(srv.URL, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ff, units := fiveUnits()
+	f := connectFake(t, ff)
 	ctx := context.Background()
 
 	got, err := f.Units(ctx)
@@ -124,6 +65,9 @@ func TestConnectHTTP(t *testing.T) {
 	}
 
 	// The plan follows pagination too.
+	if err := f.SetUnitTargetState(ctx, "s@1.service", "launched"); err != nil {
+		t.Fatal(err)
+	}
 	p, err := MakePlan(ctx, f, Target{Service: "s"})
 	if err != nil || len(p.Units) != 5 {
 		t.Fatalf("plan = %+v, %v", p, err)
@@ -136,7 +80,7 @@ func TestConnectUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(fleetAPI(t, []string{"s@1.service"}))
+	srv := httptest.NewUnstartedServer(fakefleet.New("s@1.service"))
 	srv.Listener = l
 	srv.Start()
 	defer srv.Close()
@@ -215,33 +159,28 @@ func TestConnectUnreachable(t *testing.T) {
 	}
 }
 
-// stubAPI is a context-free client.API subset.
-type stubAPI struct {
-	states []*schema.UnitState
-	setErr error
-}
-
-func (s stubAPI) Units() ([]*schema.Unit, error)               { return []*schema.Unit{{Name: "s@1.service"}}, nil }
-func (s stubAPI) UnitStates() ([]*schema.UnitState, error)     { return s.states, nil }
-func (s stubAPI) SetUnitTargetState(name, target string) error { return s.setErr }
-func (s stubAPI) Machines() ([]machine.MachineState, error) {
-	return []machine.MachineState{{ID: "m1", PublicIP: "10.0.0.1"}}, nil
-}
-
+// WrapAPI adapts fleet's own context-free client.
 func TestWrapAPI(t *testing.T) {
-	var _ API = client.API(nil) // fleet's client satisfies API
-	f := WrapAPI(stubAPI{
-		states: []*schema.UnitState{{Name: "s@2.service"}, {Name: "s@1.service", SystemdActiveState: "active"}},
-		setErr: &googleapi.Error{Code: 409, Message: "unit does not exist and options field empty"},
-	})
+	ff, _ := fiveUnits()
+	srv := httptest.NewServer(ff)
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	api, err := client.NewHTTPClient(&http.Client{Timeout: 5 * time.Second}, *u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := WrapAPI(api)
 	ctx := context.Background()
+	if ips, err := f.MachineIPs(ctx); err != nil || ips["feed"] != "10.0.0.8" {
+		t.Fatalf("machines = %v, %v", ips, err)
+	}
 	if st, err := f.UnitState(ctx, "s@1.service"); err != nil || st.SystemdActiveState != "active" {
 		t.Fatalf("state = %+v, %v", st, err)
 	}
-	if _, err := f.UnitState(ctx, "s@3.service"); !errors.Is(err, ErrNotFound) {
+	if _, err := f.UnitState(ctx, "s@2.service"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing state: %v", err)
 	}
-	if err := f.SetUnitTargetState(ctx, "s@3.service", "loaded"); !errors.Is(err, ErrNotFound) {
+	if err := f.SetUnitTargetState(ctx, "s@9.service", "loaded"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("set on missing unit: %v", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)

@@ -3,6 +3,7 @@ package fleetroll
 import (
 	"context"
 	"errors"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,8 +65,8 @@ func TestTargetValidate(t *testing.T) {
 
 func TestMakePlanDiscoversLaunchedInstancesInNumericOrder(t *testing.T) {
 	f := newFakeFleet("my-service@8910.service", "my-service@8902.service", "other@1.service", "my-service@900.service", "my-service.service")
-	f.add("my-service@8903.service", &simUnit{desired: "loaded", active: "inactive", sub: "dead"})
-	p, err := MakePlan(context.Background(), f, Target{Service: "my-service"})
+	f.Add("my-service@8903.service", fakefleet.Unit{Desired: "loaded", Active: "inactive", Sub: "dead"})
+	p, err := MakePlan(context.Background(), connectFake(t, f), Target{Service: "my-service"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +83,7 @@ func TestMakePlanDiscoversLaunchedInstancesInNumericOrder(t *testing.T) {
 
 func TestMakePlanNamesEveryMissingUnit(t *testing.T) {
 	f := newFakeFleet("my-service@8901.service")
-	_, err := MakePlan(context.Background(), f, Target{Service: "my-service", Instances: []string{"8901", "8902", "8903"}})
+	_, err := MakePlan(context.Background(), connectFake(t, f), Target{Service: "my-service", Instances: []string{"8901", "8902", "8903"}})
 	var pe *PlanError
 	if !errors.As(err, &pe) {
 		t.Fatalf("err = %v, want PlanError", err)
@@ -93,7 +94,7 @@ func TestMakePlanNamesEveryMissingUnit(t *testing.T) {
 }
 
 func TestMakePlanNoInstances(t *testing.T) {
-	_, err := MakePlan(context.Background(), newFakeFleet("other@1.service"), Target{Service: "my-service"})
+	_, err := MakePlan(context.Background(), connectFake(t, newFakeFleet("other@1.service")), Target{Service: "my-service"})
 	var pe *PlanError
 	if !errors.As(err, &pe) || !strings.Contains(err.Error(), "my-service@.service") {
 		t.Fatalf("err = %v, want PlanError naming the template", err)
@@ -102,9 +103,9 @@ func TestMakePlanNoInstances(t *testing.T) {
 
 func TestMakePlanPutsDownUnitsFirst(t *testing.T) {
 	f := newFakeFleet("s@1.service")
-	f.add("s@2.service", &simUnit{desired: "launched", active: "failed", sub: "failed", machine: "m"})
-	f.add("s@3.service", &simUnit{})
-	p, err := MakePlan(context.Background(), f, Target{Service: "s", Instances: []string{"1", "2", "3"}})
+	f.Add("s@2.service", fakefleet.Unit{Desired: "launched", Active: "failed", Sub: "failed", Machine: "m"})
+	f.Add("s@3.service", fakefleet.Unit{})
+	p, err := MakePlan(context.Background(), connectFake(t, f), Target{Service: "s", Instances: []string{"1", "2", "3"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +116,8 @@ func TestMakePlanPutsDownUnitsFirst(t *testing.T) {
 
 func TestMakePlanListError(t *testing.T) {
 	f := newFakeFleet("s@1.service")
-	f.errs = []error{errors.New("boom")}
-	if _, err := MakePlan(context.Background(), f, Target{Service: "s"}); err == nil || !strings.Contains(err.Error(), "list units: boom") {
+	f.FailNext(fakefleet.Fault{Status: 400, Message: "boom"})
+	if _, err := MakePlan(context.Background(), connectFake(t, f), Target{Service: "s"}); err == nil || !strings.Contains(err.Error(), "list units: ") || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("err = %v", err)
 	}
 }

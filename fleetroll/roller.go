@@ -334,6 +334,11 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 	res.err = r.until(ctx, deadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
 		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
 	})
+	if res.err != nil && ctx.Err() != nil && r.targetIs(context.WithoutCancel(ctx), name, "loaded") {
+		// Cancelled while the stop request was in flight, and it reached
+		// fleet: the stop is under way, so observe it like any other.
+		res.err = nil
+	}
 	if res.err == nil {
 		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, StoppedStatus, &last)
 		if res.err != nil && ctx.Err() != nil {
@@ -385,6 +390,21 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 		err = fmt.Errorf("%w; its machine %s left the cluster and no other machine has taken it (it stays launched: fleet starts it once a machine can)", err, shortID(was))
 	}
 	return last, err
+}
+
+// targetIs reports whether fleet holds target as the unit's desired state
+// (false when fleet cannot be asked within the request timeout).
+func (r *Roller) targetIs(ctx context.Context, name, target string) bool {
+	units, err := r.fleet.Units(ctx)
+	if err != nil {
+		return false
+	}
+	for _, u := range units {
+		if u != nil && u.Name == name {
+			return u.DesiredState == target
+		}
+	}
+	return false
 }
 
 // machineGone reports whether fleet no longer lists the machine (false when

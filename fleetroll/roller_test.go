@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
 	"google.golang.org/api/googleapi"
 )
 
@@ -22,8 +23,9 @@ func planOf(names ...string) *Plan {
 	return p
 }
 
-func newTestRoller(t *testing.T, f Fleet, opt Options) (*Roller, *fakeClock, *[]Event) {
+func newTestRoller(t *testing.T, ff *fakefleet.Fleet, opt Options) (*Roller, *fakeClock, *[]Event) {
 	t.Helper()
+	f := connectFake(t, ff)
 	clock := newFakeClock()
 	var events []Event
 	opt.Clock = clock
@@ -65,17 +67,15 @@ func TestRollRestartsOneAtATimeInOrder(t *testing.T) {
 	// Observe availability at every call: never more than one unit may be
 	// anything but active/running.
 	maxDown := 0
-	f.hook = func(string) {
-		f.mu.Lock()
+	f.SetHook(func(string) {
 		down := 0
-		for _, u := range f.units {
-			if u.active != "active" || u.sub != "running" {
+		for _, n := range []string{a, b, c} {
+			if u, _ := f.Unit(n); u.Active != "active" || u.Sub != "running" {
 				down++
 			}
 		}
-		f.mu.Unlock()
 		maxDown = max(maxDown, down)
-	}
+	})
 	r, _, events := newTestRoller(t, f, Options{Grace: 3 * time.Second})
 	rep, err := r.Roll(context.Background(), planOf(a, b, c))
 	if err != nil {
@@ -123,8 +123,8 @@ func TestRollRestartsOneAtATimeInOrder(t *testing.T) {
 func TestRollHaltsWhenAUnitFailsToStart(t *testing.T) {
 	a, b, c := "s@1.service", "s@2.service", "s@3.service"
 	f := newFakeFleet(a)
-	f.add(b, &simUnit{failStart: true})
-	f.add(c, &simUnit{})
+	f.Add(b, fakefleet.Unit{FailStart: true})
+	f.Add(c, fakefleet.Unit{})
 	r, _, _ := newTestRoller(t, f, Options{})
 	rep, err := r.Roll(context.Background(), planOf(a, b, c))
 	var ue *UnitError
@@ -147,8 +147,8 @@ func TestRollHaltsWhenAUnitFailsToStart(t *testing.T) {
 func TestRollStopTimeoutBringsUnitBack(t *testing.T) {
 	a, b := "s@1.service", "s@2.service"
 	f := newFakeFleet()
-	f.add(a, &simUnit{stuckStop: true})
-	f.add(b, &simUnit{})
+	f.Add(a, fakefleet.Unit{StuckStop: true})
+	f.Add(b, fakefleet.Unit{})
 	r, clock, _ := newTestRoller(t, f, Options{StopTimeout: 2 * time.Second})
 	start := clock.Now()
 	rep, err := r.Roll(context.Background(), planOf(a, b))
@@ -171,7 +171,7 @@ func TestRollStopTimeoutBringsUnitBack(t *testing.T) {
 func TestRollStartTimeout(t *testing.T) {
 	a := "s@1.service"
 	f := newFakeFleet()
-	f.add(a, &simUnit{startPolls: 1000})
+	f.Add(a, fakefleet.Unit{StartPolls: 1000})
 	r, _, _ := newTestRoller(t, f, Options{StartTimeout: 5 * time.Second})
 	_, err := r.Roll(context.Background(), planOf(a))
 	var ue *UnitError
@@ -184,8 +184,8 @@ func TestRollStartTimeout(t *testing.T) {
 func TestRollRetriesTransientErrorsWithBackoff(t *testing.T) {
 	a := "s@1.service"
 	f := newFakeFleet(a)
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
-	f.errs = []error{refused, &googleapi.Error{Code: 503}, refused}
+	// A dropped connection, a 503, a dropped connection.
+	f.FailNext(fakefleet.Fault{Drop: true}, fakefleet.Fault{Status: 503, Message: "unavailable"}, fakefleet.Fault{Drop: true})
 	r, clock, _ := newTestRoller(t, f, Options{PollInterval: 100 * time.Millisecond, MaxBackoff: 300 * time.Millisecond})
 	start := clock.Now()
 	rep, err := r.Roll(context.Background(), planOf(a))
@@ -208,13 +208,11 @@ func TestRollRetriesTransientErrorsWithBackoff(t *testing.T) {
 func TestRollPersistentTransientErrorTimesOut(t *testing.T) {
 	a, b := "s@1.service", "s@2.service"
 	f := newFakeFleet(a, b)
-	f.hook = func(call string) {
+	f.SetHook(func(call string) {
 		if call == "state "+a {
-			f.mu.Lock()
-			f.errs = append(f.errs, &googleapi.Error{Code: 500, Message: "etcd down"})
-			f.mu.Unlock()
+			f.FailNext(fakefleet.Fault{Status: 500, Message: "etcd down"})
 		}
-	}
+	})
 	r, _, _ := newTestRoller(t, f, Options{StopTimeout: 3 * time.Second, StartTimeout: 3 * time.Second})
 	_, err := r.Roll(context.Background(), planOf(a, b))
 	if err == nil || !strings.Contains(err.Error(), "timed out after 3s; last error") || !strings.Contains(err.Error(), "etcd down") {
@@ -226,7 +224,7 @@ func TestRollPersistentTransientErrorTimesOut(t *testing.T) {
 func TestRollDoesNotRetryPermanentErrors(t *testing.T) {
 	a := "s@1.service"
 	f := newFakeFleet(a)
-	f.errs = []error{&googleapi.Error{Code: 400, Message: "bad"}}
+	f.FailNext(fakefleet.Fault{Status: 400, Message: "bad"})
 	r, _, _ := newTestRoller(t, f, Options{})
 	_, err := r.Roll(context.Background(), planOf(a))
 	if err == nil || !strings.Contains(err.Error(), "bad") {
@@ -252,21 +250,20 @@ func TestRollMissingUnitIsNotRetried(t *testing.T) {
 func TestRollMissingStateIsNotAStop(t *testing.T) {
 	a := "s@1.service"
 	f := newFakeFleet(a)
-	f.units[a].stopPolls = 1
+	f.Update(a, func(u *fakefleet.Unit) { u.StopPolls = 1 })
 	gone := 0
-	f.hook = func(call string) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		u := f.units[a]
-		switch {
-		case call == "set "+a+" loaded":
-			u.noState, u.moving = true, false // fleet restarting: no state, nothing moves
-		case call == "state "+a && u.noState:
-			if gone++; gone == 3 {
-				u.noState, u.moving = false, true // back: now it stops
+	f.SetHook(func(call string) {
+		f.Update(a, func(u *fakefleet.Unit) {
+			switch {
+			case call == "set "+a+" loaded":
+				u.NoState = true // fleet restarting: no state, and nothing moves while it is gone
+			case call == "state "+a && u.NoState:
+				if gone++; gone == 3 {
+					u.NoState = false // back: now it stops
+				}
 			}
-		}
-	}
+		})
+	})
 	r, _, _ := newTestRoller(t, f, Options{})
 	if _, err := r.Roll(context.Background(), planOf(a)); err != nil {
 		t.Fatal(err)
@@ -280,7 +277,7 @@ func TestRollMissingStateIsNotAStop(t *testing.T) {
 func TestRollIgnoresFailedStateLeftFromTheStop(t *testing.T) {
 	a := "s@1.service"
 	f := newFakeFleet()
-	f.add(a, &simUnit{stopFailed: true, startPolls: 4})
+	f.Add(a, fakefleet.Unit{StopFailed: true, StartPolls: 4})
 	r, _, _ := newTestRoller(t, f, Options{})
 	rep, err := r.Roll(context.Background(), planOf(a))
 	if err != nil {
@@ -292,13 +289,13 @@ func TestRollIgnoresFailedStateLeftFromTheStop(t *testing.T) {
 }
 
 // cancelAt cancels the roll when the fake sees call.
-func cancelAt(f *fakeFleet, call string) context.Context {
+func cancelAt(f *fakefleet.Fleet, call string) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
-	f.hook = func(c string) {
+	f.SetHook(func(c string) {
 		if c == call {
 			cancel()
 		}
-	}
+	})
 	return ctx
 }
 
@@ -327,7 +324,7 @@ func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
 	for _, at := range []string{"set " + a + " loaded", "state " + a} {
 		t.Run(at, func(t *testing.T) {
 			f := newFakeFleet(a, b)
-			f.units[a].stopPolls = 3
+			f.Update(a, func(u *fakefleet.Unit) { u.StopPolls = 3 })
 			ctx := cancelAt(f, at)
 			r, _, events := newTestRoller(t, f, Options{})
 			rep, err := r.Roll(ctx, planOf(a, b))
@@ -338,10 +335,7 @@ func TestRollCancelledDuringStopBringsTheUnitBack(t *testing.T) {
 				t.Fatalf("sets = %v", got)
 			}
 			stopObservedBeforeStart(t, f.Calls(), a)
-			f.mu.Lock()
-			running := f.units[a].active == "active" && f.units[a].sub == "running"
-			f.mu.Unlock()
-			if !running {
+			if u, _ := f.Unit(a); u.Active != "active" || u.Sub != "running" {
 				t.Fatal("unit not running after cancellation")
 			}
 			untouched(t, f.Calls(), b)
@@ -368,12 +362,13 @@ func TestRollCancelledStopRequestSetsTheUnitBack(t *testing.T) {
 	a, b := "s@1.service", "s@2.service"
 	f := newFakeFleet(a, b)
 	ctx, cancel := context.WithCancel(context.Background())
-	f.errs = []error{context.Canceled}
-	f.hook = func(c string) {
+	// The stop request hangs, and the roll is cancelled meanwhile.
+	f.FailNext(fakefleet.Fault{Hang: true})
+	f.SetHook(func(c string) {
 		if c == "set "+a+" loaded" {
 			cancel()
 		}
-	}
+	})
 	r, _, _ := newTestRoller(t, f, Options{})
 	rep, err := r.Roll(ctx, planOf(a, b))
 	if !errors.Is(err, context.Canceled) {
@@ -400,12 +395,10 @@ func TestRollCancelledDuringStartFinishesTheStart(t *testing.T) {
 	if rep.Units[0].Outcome != OutcomeRestarted || rep.Units[1].Outcome != OutcomeUntouched {
 		t.Fatalf("report = %+v", rep.Units)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if u := f.units[a]; u.active != "active" {
-		t.Fatalf("unit left %s", u.active)
+	if u, _ := f.Unit(a); u.Active != "active" {
+		t.Fatalf("unit left %s", u.Active)
 	}
-	untouched(t, f.calls, b)
+	untouched(t, f.Calls(), b)
 }
 
 func TestRollCancelledDuringGrace(t *testing.T) {
@@ -442,7 +435,7 @@ func TestRollCancelledBeforeStartTouchesNothing(t *testing.T) {
 }
 
 func TestRollerRejectsNegativeDurations(t *testing.T) {
-	if _, err := NewRoller(newFakeFleet(), Options{Grace: -time.Second}); err == nil {
+	if _, err := NewRoller(connectFake(t, newFakeFleet()), Options{Grace: -time.Second}); err == nil {
 		t.Fatal("negative grace accepted")
 	}
 }
@@ -474,14 +467,12 @@ func TestIsTransient(t *testing.T) {
 func TestRollReportsAUnitThatMovedToAnotherMachine(t *testing.T) {
 	a, b := "s@1.service", "s@2.service"
 	f := newFakeFleet(a, b)
-	f.hook = func(call string) {
+	f.SetHook(func(call string) {
 		if call == "set "+a+" launched" {
 			// Its machine was lost after the stop: fleet starts it elsewhere.
-			f.mu.Lock()
-			f.units[a].machine = "bbbbbbbb-2"
-			f.mu.Unlock()
+			f.Update(a, func(u *fakefleet.Unit) { u.Machine = "bbbbbbbb-2" })
 		}
-	}
+	})
 	r, _, events := newTestRoller(t, f, Options{})
 	rep, err := r.Roll(context.Background(), planOf(a, b))
 	if err != nil {
@@ -511,15 +502,13 @@ func TestRollReportsAUnitThatMovedToAnotherMachine(t *testing.T) {
 func TestRollUnitWhoseMachineLeftAndNoneTakesIt(t *testing.T) {
 	a, b := "s@1.service", "s@2.service"
 	f := newFakeFleet(a, b)
-	f.machines = map[string]string{"machine-1": "10.0.0.1", "machine-2": "10.0.0.2"}
-	f.hook = func(call string) {
+	f.SetMachines(map[string]string{"machine-1": "10.0.0.1", "machine-2": "10.0.0.2"})
+	f.SetHook(func(call string) {
 		if call == "set "+a+" launched" {
-			f.mu.Lock()
-			f.units[a].noState, f.units[a].moving = true, false
-			delete(f.machines, "machine-1")
-			f.mu.Unlock()
+			f.Update(a, func(u *fakefleet.Unit) { u.NoState = true })
+			f.SetMachines(map[string]string{"machine-2": "10.0.0.2"})
 		}
-	}
+	})
 	r, _, _ := newTestRoller(t, f, Options{StartTimeout: 30 * time.Second})
 	rep, err := r.Roll(context.Background(), planOf(a, b))
 	var uerr *UnitError
@@ -539,14 +528,12 @@ func TestRollUnitWhoseMachineLeftAndNoneTakesIt(t *testing.T) {
 
 	// The machine still listed: no such claim.
 	f2 := newFakeFleet(a)
-	f2.machines = map[string]string{"machine-1": "10.0.0.1"}
-	f2.hook = func(call string) {
+	f2.SetMachines(map[string]string{"machine-1": "10.0.0.1"})
+	f2.SetHook(func(call string) {
 		if call == "set "+a+" launched" {
-			f2.mu.Lock()
-			f2.units[a].noState, f2.units[a].moving = true, false
-			f2.mu.Unlock()
+			f2.Update(a, func(u *fakefleet.Unit) { u.NoState = true })
 		}
-	}
+	})
 	r2, _, _ := newTestRoller(t, f2, Options{StartTimeout: 30 * time.Second})
 	if _, err := r2.Roll(context.Background(), planOf(a)); err == nil || strings.Contains(err.Error(), "left the cluster") {
 		t.Fatalf("err = %v", err)

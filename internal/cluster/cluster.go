@@ -242,7 +242,7 @@ func (c *Cluster) WaitRunning(ctx context.Context, name string) error {
 				return nil
 			}
 			if jerr != nil {
-				return fmt.Errorf("%s: %w", name, jerr)
+				return fmt.Errorf("%s: %w\n%s", name, jerr, c.unitReport(context.WithoutCancel(ctx), name))
 			}
 			last = msg
 		}
@@ -252,6 +252,25 @@ func (c *Cluster) WaitRunning(ctx context.Context, name string) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// unitReport says what every machine's systemd knows of a failed unit
+// (result, exit status, restarts, status), for a failure message.
+func (c *Cluster) unitReport(ctx context.Context, unit string) string {
+	var b strings.Builder
+	for i := 1; i <= max(c.Machines, 1); i++ {
+		env := append(append([]string{}, c.env...), c.machineEnv(i)...)
+		for _, args := range [][]string{
+			{"show", "-p", "Result", "-p", "ExecMainCode", "-p", "ExecMainStatus", "-p", "NRestarts", "-p", "LoadState", unit},
+			{"status", "--no-pager", "-l", "-n", "20", unit},
+		} {
+			cmd := exec.CommandContext(ctx, "systemctl", append([]string{"--user"}, args...)...)
+			cmd.Env = env
+			out, _ := cmd.CombinedOutput()
+			fmt.Fprintf(&b, "machine %d: systemctl --user %s:\n%s\n", i, strings.Join(args, " "), out)
+		}
+	}
+	return b.String()
 }
 
 // SystemdState is what systemd --user reports about a unit.

@@ -1,50 +1,93 @@
-// Package fakefleet serves the part of fleet's v1 HTTP API that fleetroll
-// uses, in memory, for tests of the CLI and the webhook receiver. Unit states
-// move one step per state poll after a target state is set.
+// Package fakefleet is the one fake fleet of the unit tests: an in-memory
+// cluster served over the part of fleet's v1 HTTP API that fleetroll uses
+// (list units, unit states, set a target state, list machines), so that
+// every test also goes through fleet's own client and fleetroll's HTTP
+// adapter. Unit states move one step per state poll after a target state is
+// set. Every call is logged; faults can be injected; a hook sees each call.
 package fakefleet
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"sort"
 	"strconv"
 	"sync"
 )
 
+// DefaultMachine is the machine units run on unless told otherwise.
+const DefaultMachine = "machine-1"
+
 // Unit is a unit in the fake cluster.
 type Unit struct {
 	Desired string // inactive, loaded or launched
 	Active  string // systemd ActiveState
 	Sub     string // systemd SubState
-	// FailStart makes the unit fail instead of running when launched.
-	FailStart bool
+	Machine string
+	// NoState: fleet publishes no state for it (fleet restarting, say).
+	NoState bool
+	// StopPolls and StartPolls are the polls a stop or a start takes
+	// (0: the fleet's Steps).
+	StopPolls, StartPolls int
+	StuckStop             bool // never leaves active
+	FailStart             bool // goes to failed instead of running
+	StopFailed            bool // the stop ends in "failed" (exit status on SIGTERM)
 	// Restarts counts completed starts (a stand-in for a new MainPID).
 	Restarts int
-	pending  int
-	moving   bool
+	// Moving: a target state was set and not yet reached; Pending polls
+	// are left in the transition.
+	Moving  bool
+	Pending int
 }
 
-// Fleet is the fake cluster; its zero value is not usable, use New.
+// Fault is what the next call answers instead of being carried out.
+type Fault struct {
+	Status  int    // an HTTP status with fleet's error body
+	Message string // its message
+	Drop    bool   // close the connection without an answer
+	Hang    bool   // answer nothing until the client gives up
+}
+
+// Fleet is the fake cluster; use New.
 type Fleet struct {
-	mu    sync.Mutex
-	units map[string]*Unit
-	log   []string
-	// Steps is the number of polls a transition takes (default 2).
+	mu       sync.Mutex
+	units    map[string]*Unit
+	calls    []string
+	faults   []Fault
+	hook     func(call string)
+	machines map[string]string
+	// Steps is the polls a transition takes when a unit does not say
+	// (default 2).
 	Steps int
-	// PageSize is the number of units per list page (default 2).
+	// PageSize is the number of units per list page (default 2), so that
+	// callers must follow nextPageToken.
 	PageSize int
 }
 
-// New returns a cluster in which every named unit is launched and running.
+// New returns a cluster in which every named unit is launched and running
+// on DefaultMachine, whose public IP is 127.0.0.1.
 func New(names ...string) *Fleet {
-	f := &Fleet{units: map[string]*Unit{}, Steps: 2, PageSize: 2}
+	f := &Fleet{units: map[string]*Unit{}, Steps: 2, PageSize: 2, machines: map[string]string{DefaultMachine: "127.0.0.1"}}
 	for _, n := range names {
-		f.units[n] = &Unit{Desired: "launched", Active: "active", Sub: "running"}
+		f.Add(n, Unit{})
 	}
 	return f
 }
 
-// Unit returns a copy of a unit's current record.
+// Add adds a unit; one without a desired state is launched and running.
+func (f *Fleet) Add(name string, u Unit) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if u.Desired == "" {
+		u.Desired, u.Active, u.Sub = "launched", "active", "running"
+	}
+	if u.Machine == "" {
+		u.Machine = DefaultMachine
+	}
+	f.units[name] = &u
+}
+
+// Unit returns a copy of a unit.
 func (f *Fleet) Unit(name string) (Unit, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -55,18 +98,53 @@ func (f *Fleet) Unit(name string) (Unit, bool) {
 	return *u, true
 }
 
-// Update changes a unit under the lock.
+// Update changes a unit under the fake's lock.
 func (f *Fleet) Update(name string, fn func(*Unit)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(f.units[name])
 }
 
-// Sets returns the target states set, as "NAME STATE", in order.
-func (f *Fleet) Sets() []string {
+// SetMachines replaces the machines GET /machines lists (ID to public IP);
+// nil makes it answer 500.
+func (f *Fleet) SetMachines(m map[string]string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]string(nil), f.log...)
+	f.machines = maps.Clone(m)
+}
+
+// SetHook sets a function called with each call as it is logged, before
+// it is carried out, outside the fake's lock.
+func (f *Fleet) SetHook(fn func(call string)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hook = fn
+}
+
+// FailNext makes the next calls answer these faults, one each, in order.
+func (f *Fleet) FailNext(faults ...Fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = append(f.faults, faults...)
+}
+
+// Calls returns every call in order: "units", "machines", "set NAME STATE",
+// and "state NAME -> ACTIVE/SUB" (or "state NAME" when none is published).
+func (f *Fleet) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+// Sets returns the target states set, as "NAME STATE", in order.
+func (f *Fleet) Sets() []string {
+	var out []string
+	for _, c := range f.Calls() {
+		if len(c) > 4 && c[:4] == "set " {
+			out = append(out, c[4:])
+		}
+	}
+	return out
 }
 
 // ServeHTTP implements the fleet v1 API subset.
@@ -74,11 +152,50 @@ func (f *Fleet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /fleet/v1/units", f.listUnits)
 	mux.HandleFunc("GET /fleet/v1/state", f.listStates)
+	// Like fleet v1.0.0, GET /state/NAME drops the connection (a server
+	// panic) for a unit without state; callers use the filtered list.
+	mux.HandleFunc("GET /fleet/v1/state/{name}", func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) })
+	mux.HandleFunc("GET /fleet/v1/machines", f.listMachines)
 	mux.HandleFunc("PUT /fleet/v1/units/{name}", f.setUnit)
 	mux.ServeHTTP(w, r)
 }
 
+// record logs a call, runs the hook and takes the next fault, if any.
+func (f *Fleet) record(call string) *Fault {
+	f.mu.Lock()
+	f.calls = append(f.calls, call)
+	var fault *Fault
+	if len(f.faults) > 0 {
+		fault = &f.faults[0]
+		f.faults = f.faults[1:]
+	}
+	hook := f.hook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(call)
+	}
+	return fault
+}
+
+// answerFault answers a fault; false when there is none.
+func answerFault(w http.ResponseWriter, r *http.Request, fault *Fault) bool {
+	switch {
+	case fault == nil:
+		return false
+	case fault.Drop:
+		panic(http.ErrAbortHandler)
+	case fault.Hang:
+		<-r.Context().Done()
+		panic(http.ErrAbortHandler)
+	}
+	writeError(w, fault.Status, fault.Message)
+	return true
+}
+
 func (f *Fleet) listUnits(w http.ResponseWriter, r *http.Request) {
+	if answerFault(w, r, f.record("units")) {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	names := make([]string, 0, len(f.units))
@@ -97,20 +214,66 @@ func (f *Fleet) listUnits(w http.ResponseWriter, r *http.Request) {
 	if end < len(names) {
 		page["nextPageToken"] = strconv.Itoa(end)
 	}
-	writeJSON(w, 200, page)
+	writeJSON(w, http.StatusOK, page)
 }
 
+// listStates answers the states of one unit (?unitName=) or of all, each
+// state poll moving the unit one step.
 func (f *Fleet) listStates(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("unitName")
+	call := "state " + name
+	if name == "" {
+		call = "states"
+	}
+	if answerFault(w, r, f.record(call)) {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	names := []string{name}
+	if name == "" {
+		names = names[:0]
+		for n := range f.units {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+	}
 	states := []map[string]string{}
-	name := r.URL.Query().Get("unitName")
-	if u, ok := f.units[name]; ok && u.Desired != "inactive" {
+	for _, n := range names {
+		u, ok := f.units[n]
+		if !ok || u.NoState || u.Desired == "inactive" {
+			continue
+		}
 		u.step(f.Steps)
-		states = append(states, map[string]string{"name": name, "machineID": "fake-machine-1", "hash": "h",
+		if name != "" {
+			f.calls[len(f.calls)-1] += " -> " + u.Active + "/" + u.Sub
+		}
+		states = append(states, map[string]string{"name": n, "machineID": u.Machine, "hash": "h",
 			"systemdLoadState": "loaded", "systemdActiveState": u.Active, "systemdSubState": u.Sub})
 	}
-	writeJSON(w, 200, map[string]any{"states": states})
+	writeJSON(w, http.StatusOK, map[string]any{"states": states})
+}
+
+func (f *Fleet) listMachines(w http.ResponseWriter, r *http.Request) {
+	if answerFault(w, r, f.record("machines")) {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.machines == nil {
+		writeError(w, http.StatusInternalServerError, "no machines")
+		return
+	}
+	ids := make([]string, 0, len(f.machines))
+	for id := range f.machines {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var ms []map[string]string
+	for _, id := range ids {
+		ms = append(ms, map[string]string{"id": id, "primaryIP": f.machines[id]})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"machines": ms})
 }
 
 func (f *Fleet) setUnit(w http.ResponseWriter, r *http.Request) {
@@ -118,47 +281,86 @@ func (f *Fleet) setUnit(w http.ResponseWriter, r *http.Request) {
 		DesiredState string `json:"desiredState"`
 	}
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.DesiredState == "" {
-		writeJSON(w, 400, map[string]any{"error": map[string]any{"code": 400, "message": "bad body"}})
+		writeError(w, http.StatusBadRequest, "bad body")
 		return
 	}
 	name := r.PathValue("name")
+	if answerFault(w, r, f.record("set "+name+" "+body.DesiredState)) {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	u, ok := f.units[name]
 	if !ok {
-		writeJSON(w, 409, map[string]any{"error": map[string]any{"code": 409, "message": "unit does not exist and options field empty"}})
+		writeError(w, http.StatusConflict, "unit does not exist and options field empty")
 		return
 	}
-	f.log = append(f.log, name+" "+body.DesiredState)
 	if u.Desired != body.DesiredState {
-		u.Desired, u.moving, u.pending = body.DesiredState, true, f.Steps
+		u.Desired, u.Moving = body.DesiredState, true
+		u.Pending = u.polls(body.DesiredState, f.Steps)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
+func (u *Unit) polls(target string, steps int) int {
+	n := u.StartPolls
+	if target != "launched" {
+		n = u.StopPolls
+	}
+	if n == 0 {
+		n = max(steps, 1)
+	}
+	return n
+}
+
+// step moves the unit one poll closer to its desired state.
 func (u *Unit) step(steps int) {
-	if !u.moving {
+	if !u.Moving {
 		return
 	}
-	if u.pending > 1 {
-		u.pending--
-		if u.Desired == "launched" {
-			u.Active, u.Sub = "activating", "start-pre"
-		} else {
-			u.Active, u.Sub = "deactivating", "stop-sigterm"
+	switch u.Desired {
+	case "launched":
+		if u.Active == "active" && u.Sub == "running" {
+			u.Moving = false
+			return
 		}
-		return
-	}
-	u.moving = false
-	switch {
-	case u.Desired != "launched":
-		u.Active, u.Sub = "inactive", "dead"
-	case u.FailStart:
-		u.Active, u.Sub = "failed", "failed"
-	default:
+		if u.Pending > 1 {
+			u.Pending--
+			if u.Active != "failed" {
+				u.Active, u.Sub = "activating", "start-pre"
+			}
+			return
+		}
+		u.Moving = false
+		if u.FailStart {
+			u.Active, u.Sub = "failed", "failed"
+			return
+		}
 		u.Active, u.Sub = "active", "running"
 		u.Restarts++
+	default:
+		if u.Active != "active" && u.Active != "deactivating" {
+			u.Moving = false
+			return
+		}
+		if u.StuckStop {
+			return
+		}
+		if u.Pending > 1 {
+			u.Pending--
+			u.Active, u.Sub = "deactivating", "stop-sigterm"
+			return
+		}
+		u.Moving = false
+		u.Active, u.Sub = "inactive", "dead"
+		if u.StopFailed {
+			u.Active, u.Sub = "failed", "failed"
+		}
 	}
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]any{"error": map[string]any{"code": code, "message": msg}})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
