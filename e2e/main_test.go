@@ -258,25 +258,17 @@ func scanLines(r io.Reader) <-chan string {
 // waitContains reads lines until one contains want.
 func waitContains(t *testing.T, lines <-chan string, want string, log *strings.Builder) {
 	t.Helper()
-	timeout := time.After(2 * time.Minute)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("fleetroll ended before printing %q:\n%s", want, log)
-			}
-			log.WriteString(l + "\n")
-			if strings.Contains(l, want) {
-				return
-			}
-		case <-timeout:
-			t.Fatalf("no line with %q within 2m:\n%s", want, log)
-		}
-	}
+	waitFor(t, lines, want, strings.Contains, log)
 }
 
 // waitLine reads lines until one starts with want.
 func waitLine(t *testing.T, lines <-chan string, want string, log *strings.Builder) {
+	t.Helper()
+	waitFor(t, lines, want, strings.HasPrefix, log)
+}
+
+// waitFor reads lines, into log, until match(line, want), for 2 minutes.
+func waitFor(t *testing.T, lines <-chan string, want string, match func(s, sub string) bool, log *strings.Builder) {
 	t.Helper()
 	timeout := time.After(2 * time.Minute)
 	for {
@@ -286,7 +278,7 @@ func waitLine(t *testing.T, lines <-chan string, want string, log *strings.Build
 				t.Fatalf("fleetroll ended before printing %q:\n%s", want, log)
 			}
 			log.WriteString(l + "\n")
-			if strings.HasPrefix(l, want) {
+			if match(l, want) {
 				return
 			}
 		case <-timeout:

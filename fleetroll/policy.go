@@ -65,40 +65,32 @@ type HealthPolicy struct {
 // WithDefaults returns the policy with every zero setting at its default and
 // {service} in the drain prefix replaced.
 func (p Policy) WithDefaults(service string) Policy {
-	if p.Lock == "" {
-		p.Lock = LockOff
-	}
-	if p.LockTTL == 0 {
-		p.LockTTL = DefaultLockTTL
-	}
+	orDefault(&p.Lock, LockOff)
+	orDefault(&p.LockTTL, DefaultLockTTL)
 	if p.Drain != nil {
 		d := *p.Drain
-		if d.Prefix == "" {
-			d.Prefix = DefaultDrainPrefix
-		}
+		orDefault(&d.Prefix, DefaultDrainPrefix)
 		d.Prefix = strings.ReplaceAll(d.Prefix, "{service}", service)
-		if d.Delay == 0 {
-			d.Delay = DefaultDrainDelay
-		}
-		if d.Timeout == 0 {
-			d.Timeout = DefaultDrainTimeout
-		}
+		orDefault(&d.Delay, DefaultDrainDelay)
+		orDefault(&d.Timeout, DefaultDrainTimeout)
 		p.Drain = &d
 	}
 	if p.Health != nil {
 		h := *p.Health
-		if h.Successes == 0 {
-			h.Successes = DefaultHealthSuccesses
-		}
-		if h.Interval == 0 {
-			h.Interval = DefaultHealthInterval
-		}
-		if h.Timeout == 0 {
-			h.Timeout = DefaultHealthTimeout
-		}
+		orDefault(&h.Successes, DefaultHealthSuccesses)
+		orDefault(&h.Interval, DefaultHealthInterval)
+		orDefault(&h.Timeout, DefaultHealthTimeout)
 		p.Health = &h
 	}
 	return p
+}
+
+// orDefault sets *v to def when it is the zero value.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // NeedsEtcd reports whether the policy uses etcd (the lock or drain).

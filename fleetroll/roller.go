@@ -82,24 +82,14 @@ func (o Options) Validate() error {
 }
 
 func (o Options) withDefaults() Options {
-	if o.StopTimeout == 0 {
-		o.StopTimeout = DefaultStopTimeout
-	}
-	if o.StartTimeout == 0 {
-		o.StartTimeout = DefaultStartTimeout
-	}
-	if o.PollInterval == 0 {
-		o.PollInterval = DefaultPollInterval
-	}
-	if o.MaxBackoff == 0 {
-		o.MaxBackoff = DefaultMaxBackoff
-	}
+	orDefault(&o.StopTimeout, DefaultStopTimeout)
+	orDefault(&o.StartTimeout, DefaultStartTimeout)
+	orDefault(&o.PollInterval, DefaultPollInterval)
+	orDefault(&o.MaxBackoff, DefaultMaxBackoff)
 	if o.MaxBackoff < o.PollInterval {
 		o.MaxBackoff = o.PollInterval
 	}
-	if o.RolloutID == "" {
-		o.RolloutID = NewID()
-	}
+	orDefault(&o.RolloutID, NewID())
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
