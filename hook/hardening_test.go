@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/clocktest"
 )
 
 // 1. Each sender has its own secret; one without is off, and no two may be
@@ -244,3 +246,56 @@ func TestOutboxCloseIsBounded(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// The issue's case: five callbacks to an endpoint that answers 503 (each
+// retried 3 times with backoff). The slot is free as soon as the rollout
+// ends; the callbacks go on in the outbox.
+func TestFiveFailingCallbacksLeaveTheSlotAtOnce(t *testing.T) {
+	clock := clocktest.New()
+	var attempts atomic.Int32
+	cbs := newHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		attempts.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	env := newTestEnv(t, func(o *Options) {
+		c, err := NewCallbacker([]string{cbs.URL}, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Callbacks = c
+		o.QuietPeriod = 2 * time.Second
+		o.Clock = clock // the queue's time moves only when the test says
+	})
+	// Five pushes, each with its own callback URL, coalesce into one
+	// rollout that reports to all five.
+	var id string
+	for i := range 5 {
+		body := bytes.Replace(fixture(t, "dockerhub-push.json"), []byte("https://registry.hub.docker.com/u/demo/my-service/hook/2141b5bi5i5b02bec211i4eeih0242eg11000a/"),
+			[]byte(cbs.URL+"/cb/"+strconv.Itoa(i)), 1)
+		body = bytes.Replace(body, []byte(`"pushed_at": 1795835368`), []byte(`"pushed_at": `+strconv.Itoa(1795835368+i)), 1)
+		resp, ans := env.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, body, jsonHeaders())
+		if resp.StatusCode != 202 {
+			t.Fatalf("%d %v", resp.StatusCode, ans)
+		}
+		id = ans["id"].(string)
+	}
+	// They all arrived at one instant of the queue's clock: once it has
+	// armed its timer, the quiet period ends for all of them at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if !clock.WaitMade(ctx, 1) {
+		t.Fatal("the queue armed no timer")
+	}
+	clock.Advance(2 * time.Second)
+	final := env.waitRollout(t, id)
+	env.waitIdle(t)
+	slot := time.Since(final.Finished)
+	got := attempts.Load()
+	t.Logf("5 callbacks to a 503 endpoint: the service's slot was free %s after the rollout ended, after %d of the callbacks' 15 attempts", slot.Round(time.Microsecond), got)
+	if got >= 15 {
+		t.Fatalf("the slot was held until every callback attempt was made (%d)", got)
+	}
+	if final.Queue == nil || len(final.Queue.Supersedes) != 4 {
+		t.Fatalf("the rollout carries %+v", final.Queue)
+	}
+}
