@@ -53,7 +53,7 @@ func run() error {
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %v\n%s", err, out)
 	}
-	fixture, err := os.ReadFile(filepath.Join(*repo, "..", "shared", "fixtures", "dockerhub-push.json"))
+	fixture, err := os.ReadFile(filepath.Join(*repo, "hook", "testdata", "dockerhub-push.json"))
 	if err != nil {
 		return err
 	}
@@ -66,14 +66,17 @@ func run() error {
 	ff := fakefleet.New("my-service@8901.service", "my-service@8902.service", "my-service@8903.service")
 	fleetSrv := httptest.NewServer(ff)
 	defer fleetSrv.Close()
-	const token = "bench-token-0123456789abcdef"
-	tokenFile := filepath.Join(tmp, "token")
-	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
-		return err
+	// The API token and the Docker Hub URL token: one secret each.
+	const token, hubToken = "bench-token-0123456789abcdef", "bench-dockerhub-token-0123456789"
+	tokenFile, hubFile := filepath.Join(tmp, "token"), filepath.Join(tmp, "dockerhub-token")
+	for f, v := range map[string]string{tokenFile: token, hubFile: hubToken} {
+		if err := os.WriteFile(f, []byte(v), 0o600); err != nil {
+			return err
+		}
 	}
 	cmd := exec.CommandContext(ctx, bin, "serve", "--listen", "127.0.0.1:0", "--endpoint", fleetSrv.URL,
 		"--service", "my-service", "--ports", "8901-8903", "--repository", "demo/my-service",
-		"--token-file", tokenFile, "--grace", "0s", "--poll-interval", "5ms", "--quiet-period", "0s",
+		"--token-file", tokenFile, "--dockerhub-token-file", hubFile, "--grace", "0s", "--poll-interval", "5ms", "--quiet-period", "0s",
 		"--callback-allow", "http://127.0.0.1:1", "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -108,7 +111,7 @@ func run() error {
 			}
 		}
 	}()
-	url := "http://" + addr + "/webhooks/dockerhub/" + token
+	url := "http://" + addr + "/webhooks/dockerhub/" + hubToken
 	idle, _ := vmKB(cmd.Process.Pid, "VmRSS")
 
 	bodies := make([][]byte, *n)
