@@ -154,10 +154,7 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 			return nil, usageErr("serve: a token is required: --token-file FILE or $%s", s.env)
 		}
 	}
-	if err := sec.Validate(); err != nil {
-		return nil, usageErr("serve: %w", err)
-	}
-	o.hook.Secrets = sec
+	o.hook.Secrets = sec // hook.New validates them (exit 2)
 
 	if o.hook.Callbacks, err = hook.NewCallbacker(c.StringSlice("callback-allow"), c.Duration("callback-timeout")); err != nil {
 		return nil, usageErr("--callback-allow: %w", err)
