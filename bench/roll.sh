@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prints fleetroll's wall time for a 3-instance roll (grace 0) next to the
-# naive fleetctl-style loop's, and fleet's median stop/start latency per unit,
-# measured in one run on the local real cluster (started if needed).
-#   bench/roll.sh [-rounds N] [-naive-poll 5s]
+# naive loop's (internal/naive), and fleet's stop/start latency per unit
+# (median, every phase, the share at or under 3 s), measured in one run on the
+# local real cluster (started if needed).
+#   bench/roll.sh [-rounds N] [-naive-poll 1s]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -110,6 +110,14 @@ func run() error {
 	fmt.Printf("fleet latency per unit, median of %d: stop %s, start %s (min %s / %s, max %s / %s)\n",
 		len(stops), median(stops), median(starts), slices.Min(stops).Round(time.Millisecond), slices.Min(starts).Round(time.Millisecond),
 		slices.Max(stops).Round(time.Millisecond), slices.Max(starts).Round(time.Millisecond))
+	fast := 0
+	for _, d := range append(append([]time.Duration{}, stops...), starts...) {
+		if d <= 3*time.Second {
+			fast++
+		}
+	}
+	fmt.Printf("every stop:  %v\nevery start: %v\nphases at or under 3s: %d of %d (%.0f%%)\n",
+		rounded(stops), rounded(starts), fast, len(stops)+len(starts), 100*float64(fast)/float64(len(stops)+len(starts)))
 	return nil
 }
 
@@ -121,6 +129,14 @@ func restarted(before, after []cluster.SystemdState) int {
 		}
 	}
 	return n
+}
+
+func rounded(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(100 * time.Millisecond)
+	}
+	return out
 }
 
 func median(ds []time.Duration) time.Duration {
