@@ -19,7 +19,8 @@
 #
 # Settings (environment): FLEETROLL_CLUSTER_DIR (default /tmp/fleetroll-cluster),
 # FLEETROLL_ETCD_PORT (2379; the peer port is the next one), FLEETROLL_FLEET_PORT
-# (49153), FLEETROLL_MACHINES (1).
+# (49153), FLEETROLL_MACHINES (1), FLEETROLL_FLEETD_DEBUG (set: fleet's debug
+# log in fleetd.log, every line stamped to the microsecond).
 #
 # One machine runs on the host's loopback, with public IP 127.0.0.1. With N > 1
 # machines, machine I has a network namespace of its own, joined to a hub
@@ -278,7 +279,7 @@ start_fleet() { # I
       sleep 1
     done' supervisor "$m/fleetd.pid" "$here/cluster.sh" in-machine "$i" "$STATE/bin/fleetd" \
     -etcd-servers "$ETCD_URL" "${listen[@]}" -socket "$m/fleet.sock" -units-dir "$m/units" \
-    -public-ip "$(mip "$i")")
+    -public-ip "$(mip "$i")" ${FLEETROLL_FLEETD_DEBUG:+-debug})
   wait_for 60 "fleet on machine $i" fleet_ready "$i" || die "fleet did not start; see $m/fleetd.log"
   log "machine $i: fleet running, API on unix://$m/fleet.sock"
 }

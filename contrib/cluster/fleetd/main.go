@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
 	"net"
@@ -12,8 +13,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/coreos/fleet/config"
+	"github.com/coreos/fleet/log"
 	"github.com/coreos/fleet/server"
 )
 
@@ -36,6 +39,7 @@ func run() error {
 		agentTTL  = flag.String("agent-ttl", "30s", "agent TTL")
 		reconcile = flag.Float64("engine-reconcile-interval", 2.0, "engine reconcile interval in seconds")
 		verbosity = flag.Int("v", 0, "log verbosity")
+		debug     = flag.Bool("debug", false, "fleet's debug log, every line stamped to the microsecond (to study fleet's latency)")
 	)
 	flag.Parse()
 	if *unitsDir == "" {
@@ -62,6 +66,12 @@ func run() error {
 		}
 		listeners = append(listeners, l)
 	}
+	if *debug {
+		if err := stampStderr(); err != nil {
+			return err
+		}
+		log.EnableDebug()
+	}
 	cfg := config.Config{
 		EtcdServers:             strings.Split(*etcd, ","),
 		EtcdKeyPrefix:           *prefix,
@@ -85,5 +95,30 @@ func run() error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	<-sig
 	srv.Kill()
+	return nil
+}
+
+// stampStderr sends fd 2 (where fleet's logger writes, second-resolution at
+// best) through a pipe that prefixes every line with the time to the
+// microsecond, then on to the original stderr.
+func stampStderr() error {
+	orig, err := syscall.Dup(2)
+	if err != nil {
+		return fmt.Errorf("dup stderr: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Dup2(int(w.Fd()), 2); err != nil {
+		return fmt.Errorf("redirect stderr: %w", err)
+	}
+	out := os.NewFile(uintptr(orig), "stderr")
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			fmt.Fprintf(out, "%s %s\n", time.Now().UTC().Format("15:04:05.000000"), sc.Text())
+		}
+	}()
 	return nil
 }
