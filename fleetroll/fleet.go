@@ -36,6 +36,10 @@ type Fleet interface {
 	// MachineIPs maps the IDs of the machines fleet lists to their public
 	// IPs (GET /machines only: fleet's metadata calls panic in its client).
 	MachineIPs(ctx context.Context) (map[string]string, error)
+	// TargetState returns the desired state fleet holds for a unit and the
+	// state fleet's agent has brought it to (GET /units/NAME: desiredState,
+	// currentState), or ErrNotFound.
+	TargetState(ctx context.Context, name string) (desired, current string, err error)
 }
 
 // API is the subset of fleet's client.API that WrapAPI needs; client.API
@@ -45,6 +49,7 @@ type API interface {
 	UnitStates() ([]*schema.UnitState, error)
 	SetUnitTargetState(name, target string) error
 	Machines() ([]machine.MachineState, error)
+	Unit(name string) (*schema.Unit, error)
 }
 
 // WrapAPI adapts a context-free fleet client (such as client.API) to Fleet.
@@ -85,6 +90,26 @@ func (f apiFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
 		return nil, err
 	}
 	return machineIPs(f.api)
+}
+
+func (f apiFleet) TargetState(ctx context.Context, name string) (string, string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", "", err
+	}
+	return targetState(f.api, name)
+}
+
+// targetState reads a unit's desired and current state; fleet's client
+// answers (nil, nil) for a unit it does not know.
+func targetState(api API, name string) (string, string, error) {
+	u, err := api.Unit(name)
+	if err != nil {
+		return "", "", err
+	}
+	if u == nil {
+		return "", "", fmt.Errorf("unit %s: %w", name, ErrNotFound)
+	}
+	return u.DesiredState, u.CurrentState, nil
 }
 
 func machineIPs(api API) (map[string]string, error) {
@@ -186,6 +211,10 @@ func (h *httpFleet) UnitState(ctx context.Context, name string) (*schema.UnitSta
 
 func (h *httpFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
 	return machineIPs(h.api(ctx))
+}
+
+func (h *httpFleet) TargetState(ctx context.Context, name string) (string, string, error) {
+	return targetState(h.api(ctx), name)
 }
 
 func (h *httpFleet) SetUnitTargetState(ctx context.Context, name, target string) error {

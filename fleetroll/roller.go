@@ -28,6 +28,9 @@ const (
 	DefaultGrace        = 20 * time.Second
 	DefaultPollInterval = 500 * time.Millisecond
 	DefaultMaxBackoff   = 5 * time.Second
+	// DefaultNudgeInterval is off until the benchmark of issue 10 has
+	// chosen a rate on one and three machines (docs/how-it-works.md).
+	DefaultNudgeInterval = 0
 )
 
 // Options tune a roll. Zero durations take the defaults above, except Grace,
@@ -39,6 +42,12 @@ type Options struct {
 	PollInterval time.Duration
 	// MaxBackoff caps the wait between retries of failing API calls.
 	MaxBackoff time.Duration
+	// NudgeInterval, when positive, re-asserts a unit's target state at
+	// this rate while fleet has not acted on it yet (docs/how-it-works.md:
+	// fleet's agent misses writes that land in a blind second). Each nudge
+	// re-reads the target first; one that someone else changed halts the
+	// roll. 0 turns nudging off.
+	NudgeInterval time.Duration
 	// RolloutID tags events, logs and the report; generated when empty.
 	RolloutID string
 	// OnEvent, when set, is called synchronously for every progress event.
@@ -73,7 +82,7 @@ func (o Options) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"stop timeout", o.StopTimeout}, {"start timeout", o.StartTimeout}, {"grace", o.Grace}, {"poll interval", o.PollInterval}, {"max backoff", o.MaxBackoff}} {
+	}{{"stop timeout", o.StopTimeout}, {"start timeout", o.StartTimeout}, {"grace", o.Grace}, {"poll interval", o.PollInterval}, {"max backoff", o.MaxBackoff}, {"nudge interval", o.NudgeInterval}} {
 		if d.v < 0 {
 			return fmt.Errorf("%s must not be negative, got %s", d.name, d.v)
 		}
@@ -233,6 +242,10 @@ type stopResult struct {
 // the error to report. A nil error means the unit was restarted.
 func verdict(stop stopResult, start error) (Phase, bool, error) {
 	switch {
+	case errors.Is(start, ErrTargetChanged):
+		// Someone else set another target during the start: not ours to
+		// bring back.
+		return PhaseStart, false, start
 	case start != nil && stop.err != nil:
 		return PhaseStop, true, fmt.Errorf("%w; bringing it back up: %w", stop.err, start)
 	case start != nil:
@@ -268,8 +281,12 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	}
 
 	stop, last := r.stop(ctx, ur)
-	if stop.err != nil && errors.Is(stop.err, ErrNotFound) {
+	switch {
+	case errors.Is(stop.err, ErrNotFound):
 		// fleet no longer knows the unit: there is nothing to bring back.
+		return r.failed(ur, PhaseStop, last, false, stop.err, t0)
+	case errors.Is(stop.err, ErrTargetChanged):
+		// Someone else decided what the unit should be: leave it so.
 		return r.failed(ur, PhaseStop, last, false, stop.err, t0)
 	}
 	was := ""
@@ -330,10 +347,10 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 		res.err = nil
 	}
 	if res.err == nil {
-		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, StoppedStatus, &last)
+		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, StoppedStatus, &last, stopNudge)
 		if res.err != nil && ctx.Err() != nil {
 			res.interrupted = res.err
-			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, StoppedStatus, &last)
+			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, StoppedStatus, &last, stopNudge)
 		}
 	}
 	r.end(ur)
@@ -371,7 +388,7 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 		return true, r.fleet.SetUnitTargetState(ctx, name, "launched")
 	})
 	if err == nil {
-		err = r.waitState(startCtx, name, deadline, r.opt.StartTimeout, runningAfter(last), &last)
+		err = r.waitState(startCtx, name, deadline, r.opt.StartTimeout, runningAfter(last), &last, startNudge)
 	}
 	r.end(ur)
 	ur.Start = Seconds(clock.Now().Sub(t0))
@@ -439,10 +456,33 @@ func runningAfter(stopped *schema.UnitState) func(*schema.UnitState) (string, bo
 	}
 }
 
+// nudge is what a wait re-asserts while its phase is pending: the target it
+// asked for, and whether fleet's reported state is still the one from before
+// the request (the agent has not acted).
+type nudge struct {
+	target  string
+	pending func(*schema.UnitState) bool
+}
+
+var (
+	stopNudge  = &nudge{target: "loaded", pending: func(st *schema.UnitState) bool { return st != nil && st.SystemdActiveState == "active" }}
+	startNudge = &nudge{target: "launched", pending: func(st *schema.UnitState) bool {
+		return st != nil && (st.SystemdActiveState == "inactive" || st.SystemdActiveState == "failed")
+	}}
+)
+
+// ErrTargetChanged is returned when a unit's target state was changed by
+// someone else while fleetroll waited for it: fleetroll halts and leaves it
+// as they set it.
+var ErrTargetChanged = errors.New("target state changed by someone else")
+
 // waitState polls a unit's state until judge says done or fails, or the
-// deadline passes. The last state seen is stored in *last.
+// deadline passes. The last state seen is stored in *last. With nudging on
+// and n given, it re-asserts n's target every NudgeInterval while the phase
+// is pending.
 func (r *Roller) waitState(ctx context.Context, name string, deadline time.Time, timeout time.Duration,
-	judge func(*schema.UnitState) (string, bool, error), last **schema.UnitState) error {
+	judge func(*schema.UnitState) (string, bool, error), last **schema.UnitState, n *nudge) error {
+	lastWrite := r.opt.Clock.Now() // the request itself
 	return r.until(ctx, deadline, timeout, func(ctx context.Context) (bool, error) {
 		st, err := r.fleet.UnitState(ctx, name)
 		if err != nil && !errors.Is(err, ErrNotFound) {
@@ -451,8 +491,41 @@ func (r *Roller) waitState(ctx context.Context, name string, deadline time.Time,
 		*last = st
 		msg, done, jerr := judge(st)
 		r.opt.Logger.Debug("poll", "rollout_id", r.opt.RolloutID, "unit", name, "state", msg)
-		return done, jerr
+		if done || jerr != nil || n == nil || r.opt.NudgeInterval <= 0 || !n.pending(st) {
+			return done, jerr
+		}
+		if now := r.opt.Clock.Now(); now.Sub(lastWrite) >= r.opt.NudgeInterval {
+			lastWrite = now
+			return false, r.nudge(ctx, name, n.target)
+		}
+		return false, nil
 	})
+}
+
+// nudge writes a unit's target state again, so that fleet's agent sees a
+// write while it listens. It reads the unit first: a target someone else
+// changed is ErrTargetChanged; a unit the agent has already brought to its
+// target (fleet's currentState, which flips as the agent acts, a second
+// before the published state does) needs no write. It is best effort: a
+// failed read or write only skips this nudge.
+func (r *Roller) nudge(ctx context.Context, name, target string) error {
+	got, current, err := r.fleet.TargetState(ctx, name)
+	if err != nil {
+		r.opt.Logger.Debug("nudge skipped", "rollout_id", r.opt.RolloutID, "unit", name, "error", err)
+		return nil
+	}
+	if got != target {
+		return fmt.Errorf("%w: %s is now %q, not %q; fleetroll leaves it so", ErrTargetChanged, name, got, target)
+	}
+	if current == target {
+		return nil // fleet's agent has acted; the published state follows
+	}
+	if err := r.fleet.SetUnitTargetState(ctx, name, target); err != nil {
+		r.opt.Logger.Debug("nudge failed", "rollout_id", r.opt.RolloutID, "unit", name, "error", err)
+		return nil
+	}
+	r.opt.Logger.Debug("nudged", "rollout_id", r.opt.RolloutID, "unit", name, "target", target)
+	return nil
 }
 
 // until calls fn until it reports done, returns an error that is not

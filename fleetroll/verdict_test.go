@@ -30,6 +30,7 @@ func TestVerdict(t *testing.T) {
 		{"stop failed and could not be brought back", stopResult{err: stopErr}, startErr, PhaseStop, true, "timed out after 2m; bringing it back up: unit failed"},
 		{"interrupted during the stop, restarted", stopResult{interrupted: context.Canceled}, nil, PhaseStop, false, "context canceled; the stop had begun, so the unit was restarted"},
 		{"interrupted, then the start failed", stopResult{interrupted: context.Canceled}, startErr, PhaseStart, true, "unit failed"},
+		{"someone else changed the target during the start", stopResult{}, ErrTargetChanged, PhaseStart, false, ErrTargetChanged.Error()},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -31,6 +31,9 @@ type Service struct {
 	StopTimeout  time.Duration  `yaml:"stop_timeout"`
 	StartTimeout time.Duration  `yaml:"start_timeout"`
 	PollInterval time.Duration  `yaml:"poll_interval"`
+	// NudgeInterval, when set, overrides --nudge-interval (0 in the file
+	// means "the flag's").
+	NudgeInterval time.Duration `yaml:"nudge_interval"`
 
 	// Health, when set, gates each instance after its start; Drain, when
 	// set, takes each instance out of the proxy first. Their settings,
@@ -138,7 +141,7 @@ func (c *Config) Validate() error {
 		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain}).Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
 		}
-		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval}
+		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval}
 		if s.Grace != nil {
 			opts.Grace = *s.Grace
 		}
@@ -238,6 +241,9 @@ func (s Service) RollOptions(def fleetroll.Options) fleetroll.Options {
 	}
 	if s.PollInterval > 0 {
 		o.PollInterval = s.PollInterval
+	}
+	if s.NudgeInterval > 0 {
+		o.NudgeInterval = s.NudgeInterval
 	}
 	return o
 }

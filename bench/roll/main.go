@@ -12,8 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/coreos/fleet/schema"
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/fleetroll/fleetroll/internal/naive"
@@ -30,11 +33,18 @@ func run() error {
 	repo := flag.String("repo", ".", "repository root")
 	rounds := flag.Int("rounds", 1, "fleetroll rolls to run (more samples for the medians)")
 	naivePoll := flag.Duration("naive-poll", time.Second, "the naive loop's poll interval")
+	nudges := flag.String("nudge", "", "also roll with these --nudge-interval values, comma-separated, interleaved with the rolls without")
+	machines := flag.Int("machines", 1, "fleet machines of the cluster (more than 1: a cluster of its own under -dir)")
+	dir := flag.String("dir", "", "the cluster's state directory (default: the demo's, or /tmp/fleetroll-bench-roll3 with -machines > 1)")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 
-	cl, err := cluster.Up(ctx, cluster.Config{Repo: *repo})
+	cfg := cluster.Config{Repo: *repo, Dir: *dir, Machines: *machines}
+	if *machines > 1 && cfg.Dir == "" {
+		cfg.Dir, cfg.EtcdPort, cfg.FleetPort = "/tmp/fleetroll-bench-roll3", 42379, 49183
+	}
+	cl, err := cluster.Up(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -57,34 +67,54 @@ func run() error {
 		return err
 	}
 
-	var stops, starts []time.Duration
-	var rollWall []time.Duration
-	var rollRestarted []int
-	for i := 0; i < *rounds; i++ {
-		before, err := cl.Systemd(ctx, units...)
-		if err != nil {
-			return err
+	modes := []*mode{{name: "fleetroll, no nudge"}}
+	for _, v := range strings.Split(*nudges, ",") {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
 		}
-		r, err := fleetroll.NewRoller(fleet, fleetroll.Options{Grace: 0})
-		if err != nil {
-			return err
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("-nudge %q: want positive durations", v)
 		}
-		t0 := time.Now()
-		rep, err := r.Roll(ctx, plan)
-		if err != nil {
-			return fmt.Errorf("fleetroll roll: %w", err)
-		}
-		rollWall = append(rollWall, time.Since(t0))
-		for _, u := range rep.Units {
-			stops = append(stops, time.Duration(u.Stop))
-			starts = append(starts, time.Duration(u.Start))
-		}
-		after, err := cl.Systemd(ctx, units...)
-		if err != nil {
-			return err
-		}
-		rollRestarted = append(rollRestarted, restarted(before, after))
+		modes = append(modes, &mode{name: "fleetroll, nudge " + d.String(), nudge: d})
 	}
+	counted := &countingFleet{Fleet: fleet}
+	for i := 0; i < *rounds; i++ {
+		for _, m := range modes { // interleaved: fleet's timing drifts, both see the same
+			before, err := cl.Systemd(ctx, units...)
+			if err != nil {
+				return err
+			}
+			r, err := fleetroll.NewRoller(counted, fleetroll.Options{Grace: 0, NudgeInterval: m.nudge})
+			if err != nil {
+				return err
+			}
+			counted.reset()
+			cpu0 := clusterCPU(cl)
+			t0 := time.Now()
+			rep, err := r.Roll(ctx, plan)
+			if err != nil {
+				return fmt.Errorf("%s roll: %w", m.name, err)
+			}
+			m.wall = append(m.wall, time.Since(t0))
+			cpu1 := clusterCPU(cl)
+			m.etcdCPU += cpu1.etcd - cpu0.etcd
+			m.fleetdCPU += cpu1.fleetd - cpu0.fleetd
+			for _, u := range rep.Units {
+				m.stops = append(m.stops, time.Duration(u.Stop))
+				m.starts = append(m.starts, time.Duration(u.Start))
+			}
+			reads, writes := counted.reset()
+			m.reads, m.writes = m.reads+reads, m.writes+writes
+			after, err := cl.Systemd(ctx, units...)
+			if err != nil {
+				return err
+			}
+			m.restarted = append(m.restarted, restarted(before, after))
+		}
+	}
+	stops, starts := modes[0].stops, modes[0].starts
+	rollWall, rollRestarted := modes[0].wall, modes[0].restarted
 
 	before, err := cl.Systemd(ctx, units...)
 	if err != nil {
@@ -118,7 +148,111 @@ func run() error {
 	}
 	fmt.Printf("every stop:  %v\nevery start: %v\nphases at or under 3s: %d of %d (%.0f%%)\n",
 		rounded(stops), rounded(starts), fast, len(stops)+len(starts), 100*float64(fast)/float64(len(stops)+len(starts)))
+	if len(modes) > 1 {
+		fmt.Printf("\ninterleaved rounds, %d each:\n", *rounds)
+		fmt.Printf("%-24s %-34s %8s %10s %16s %22s %10s\n", "method", "wall times (s)", "median", "phases<=3s", "API calls/unit", "CPU/roll etcd, fleetd", "restarted")
+		for _, m := range modes {
+			phases := append(append([]time.Duration{}, m.stops...), m.starts...)
+			fast := 0
+			for _, d := range phases {
+				if d <= 3*time.Second {
+					fast++
+				}
+			}
+			units := float64(len(m.stops))
+			total := 0
+			for _, n := range m.restarted {
+				total += n
+			}
+			var walls []string
+			for _, w := range m.wall {
+				walls = append(walls, fmt.Sprintf("%.1f", w.Seconds()))
+			}
+			rolls := time.Duration(len(m.wall))
+			fmt.Printf("%-24s %-34s %8s %9.0f%% %7.1f r %4.1f w %10s %10s %7d/%d\n", m.name, strings.Join(walls, " "), median(m.wall),
+				100*float64(fast)/float64(len(phases)), float64(m.reads)/units, float64(m.writes)/units,
+				(m.etcdCPU / rolls).Round(time.Millisecond), (m.fleetdCPU / rolls).Round(time.Millisecond), total, len(m.stops))
+			fmt.Printf("%-24s stops %v\n%-24s starts %v\n", "", rounded(m.stops), "", rounded(m.starts))
+		}
+	}
 	return nil
+}
+
+// mode is one way of rolling, measured over the rounds.
+type mode struct {
+	name                string
+	nudge               time.Duration
+	wall, stops, starts []time.Duration
+	restarted           []int
+	reads, writes       int
+	etcdCPU, fleetdCPU  time.Duration
+}
+
+// cpu is the CPU time (user and system) etcd and every fleetd have used.
+type cpu struct{ etcd, fleetd time.Duration }
+
+// clusterCPU reads the CPU time of the cluster's etcd and fleetds from
+// /proc (pid files under the cluster's directory).
+func clusterCPU(cl *cluster.Cluster) cpu {
+	var c cpu
+	c.etcd = procCPU(filepath.Join(cl.Dir, "etcd.pid"))
+	files, _ := filepath.Glob(filepath.Join(cl.Dir, "fleetd.pid"))
+	more, _ := filepath.Glob(filepath.Join(cl.Dir, "m*", "fleetd.pid"))
+	for _, f := range append(files, more...) {
+		c.fleetd += procCPU(f)
+	}
+	return c
+}
+
+// procCPU is utime+stime of the process in the pid file.
+func procCPU(pidFile string) time.Duration {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0
+	}
+	stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(b)) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which may hold spaces.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// countingFleet counts fleet API reads and writes.
+type countingFleet struct {
+	fleetroll.Fleet
+	reads, writes atomic.Int64
+}
+
+func (c *countingFleet) reset() (reads, writes int) {
+	return int(c.reads.Swap(0)), int(c.writes.Swap(0))
+}
+
+func (c *countingFleet) UnitState(ctx context.Context, name string) (*schema.UnitState, error) {
+	c.reads.Add(1)
+	return c.Fleet.UnitState(ctx, name)
+}
+
+func (c *countingFleet) TargetState(ctx context.Context, name string) (string, string, error) {
+	c.reads.Add(1)
+	return c.Fleet.TargetState(ctx, name)
+}
+
+func (c *countingFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
+	c.reads.Add(1)
+	return c.Fleet.MachineIPs(ctx)
+}
+
+func (c *countingFleet) SetUnitTargetState(ctx context.Context, name, target string) error {
+	c.writes.Add(1)
+	return c.Fleet.SetUnitTargetState(ctx, name, target)
 }
 
 func restarted(before, after []cluster.SystemdState) int {

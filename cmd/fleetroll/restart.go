@@ -45,6 +45,8 @@ func rollFlags() []cli.Flag {
 			Usage: "how long an instance may take to run again"},
 		&cli.DurationFlag{Name: "poll-interval", Value: fleetroll.DefaultPollInterval, EnvVars: []string{"FLEETROLL_POLL_INTERVAL"},
 			Usage: "how often to ask fleet for a unit's state"},
+		&cli.DurationFlag{Name: "nudge-interval", Value: fleetroll.DefaultNudgeInterval, EnvVars: []string{"FLEETROLL_NUDGE_INTERVAL"},
+			Usage: "re-assert a unit's target state this often while fleet has not acted on it (0: off; see docs/how-it-works.md)"},
 	}
 }
 
@@ -98,10 +100,11 @@ func restartOptionsFrom(c *cli.Context) (*restartOptions, error) {
 		dryRun:         c.Bool("dry-run"),
 		output:         c.String("output"),
 		roll: fleetroll.Options{
-			Grace:        c.Duration("grace"),
-			StopTimeout:  c.Duration("stop-timeout"),
-			StartTimeout: c.Duration("start-timeout"),
-			PollInterval: c.Duration("poll-interval"),
+			Grace:         c.Duration("grace"),
+			StopTimeout:   c.Duration("stop-timeout"),
+			StartTimeout:  c.Duration("start-timeout"),
+			PollInterval:  c.Duration("poll-interval"),
+			NudgeInterval: c.Duration("nudge-interval"),
 		},
 	}
 	args := c.Args().Slice()

@@ -106,6 +106,7 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		Roll: fleetroll.Options{
 			Grace: c.Duration("grace"), StopTimeout: c.Duration("stop-timeout"),
 			StartTimeout: c.Duration("start-timeout"), PollInterval: c.Duration("poll-interval"),
+			NudgeInterval: c.Duration("nudge-interval"),
 		},
 		BodyLimit:        c.Int64("max-body"),
 		MaxParallel:      c.Int("max-parallel"),

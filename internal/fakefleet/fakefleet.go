@@ -34,6 +34,18 @@ type Unit struct {
 	StopFailed            bool // the stop ends in "failed" (exit status on SIGTERM)
 	// Restarts counts completed starts (a stand-in for a new MainPID).
 	Restarts int
+	// MissWrites: the next writes of its target state are recorded but not
+	// acted on, as fleet's agent misses a write that lands in its blind
+	// second; a later write is acted on.
+	MissWrites int
+	// Current is the target the agent last acted on (fleet's
+	// currentState); empty means Desired.
+	Current string
+	// PublishLag: after the agent acts on a write, the published state
+	// stays as it was for this many polls (fleet publishes states once a
+	// second).
+	PublishLag int
+	lagLeft    int
 	// Moving: a target state was set and not yet reached; Pending polls
 	// are left in the transition.
 	Moving  bool
@@ -128,7 +140,8 @@ func (f *Fleet) FailNext(faults ...Fault) {
 	f.faults = append(f.faults, faults...)
 }
 
-// Calls returns every call in order: "units", "machines", "set NAME STATE",
+// Calls returns every call in order: "units", "unit NAME", "machines",
+// "set NAME STATE",
 // and "state NAME -> ACTIVE/SUB" (or "state NAME" when none is published).
 func (f *Fleet) Calls() []string {
 	f.mu.Lock()
@@ -156,6 +169,7 @@ func (f *Fleet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// panic) for a unit without state; callers use the filtered list.
 	mux.HandleFunc("GET /fleet/v1/state/{name}", func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) })
 	mux.HandleFunc("GET /fleet/v1/machines", f.listMachines)
+	mux.HandleFunc("GET /fleet/v1/units/{name}", f.getUnit)
 	mux.HandleFunc("PUT /fleet/v1/units/{name}", f.setUnit)
 	mux.ServeHTTP(w, r)
 }
@@ -219,6 +233,25 @@ func (f *Fleet) listUnits(w http.ResponseWriter, r *http.Request) {
 
 // listStates answers the states of one unit (?unitName=) or of all, each
 // state poll moving the unit one step.
+func (f *Fleet) getUnit(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if answerFault(w, r, f.record("unit "+name)) {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u, ok := f.units[name]
+	if !ok {
+		writeError(w, http.StatusNotFound, "unit does not exist")
+		return
+	}
+	current := u.Current
+	if current == "" {
+		current = u.Desired
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"name": name, "desiredState": u.Desired, "currentState": current})
+}
+
 func (f *Fleet) listStates(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("unitName")
 	call := "state " + name
@@ -295,11 +328,27 @@ func (f *Fleet) setUnit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "unit does not exist and options field empty")
 		return
 	}
-	if u.Desired != body.DesiredState {
-		u.Desired, u.Moving = body.DesiredState, true
+	switch {
+	case u.MissWrites > 0:
+		u.MissWrites--
+		if u.Current == "" {
+			u.Current = u.Desired
+		}
+		u.Desired, u.Moving = body.DesiredState, false
+	case u.Desired != body.DesiredState || (!u.Moving && !u.reached()):
+		u.Desired, u.Moving, u.Current = body.DesiredState, true, ""
 		u.Pending = u.polls(body.DesiredState, f.Steps)
+		u.lagLeft = u.PublishLag
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// reached reports whether the unit is where its target says.
+func (u *Unit) reached() bool {
+	if u.Desired == "launched" {
+		return u.Active == "active" && u.Sub == "running"
+	}
+	return u.Active != "active" && u.Active != "activating" && u.Active != "deactivating"
 }
 
 func (u *Unit) polls(target string, steps int) int {
@@ -316,6 +365,10 @@ func (u *Unit) polls(target string, steps int) int {
 // step moves the unit one poll closer to its desired state.
 func (u *Unit) step(steps int) {
 	if !u.Moving {
+		return
+	}
+	if u.lagLeft > 0 {
+		u.lagLeft--
 		return
 	}
 	switch u.Desired {

@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coreos/fleet/schema"
+	fr "github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// starts counts the start attempts of the demo instance on port (its unit
+// appends a line to STATE/starts-PORT on each).
+func starts(t *testing.T, port string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cl.Dir, "starts-"+port))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "\n")
+}
+
+// setTarget sets a unit's target state through the fleet API, as an
+// operator's fleetctl does.
+func setTarget(t *testing.T, f fr.Fleet, unit, target string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.SetUnitTargetState(ctx, unit, target); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitUnit waits until fleet reports the unit in a state judge accepts.
+func waitUnit(t *testing.T, f fr.Fleet, unit string, judge func(*schema.UnitState) (string, bool, error)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		st, err := f.UnitState(ctx, unit)
+		if err == nil || errors.Is(err, fr.ErrNotFound) {
+			if _, done, _ := judge(st); done {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: %v (last %s)", unit, ctx.Err(), fr.DescribeState(st))
+		case <-time.After(200 * time.Millisecond): // polling fleet, as fleetroll does
+		}
+	}
+}
+
+// Nudging, on the real cluster, with a fast rate: it restarts each instance
+// exactly once, never starts a stopped unit the roll does not own, never
+// overrides a target someone else set during the roll, and leaves a unit
+// that cannot start failed exactly as a roll without nudging does.
+func TestNudgingHasNoSideEffects(t *testing.T) {
+	needCluster(t)
+	ports := []string{"18931", "18932", "18933", "18934"}
+	units := launchDemo(t, "e2e-nudge", ports...)
+	f, err := fr.Connect(cl.Endpoint, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nudge := []string{"--endpoint", cl.Endpoint, "--grace", "0s", "--nudge-interval", "250ms"}
+
+	// Not owned: 18933, stopped by an operator before the roll.
+	setTarget(t, f, units[2], "loaded")
+	waitUnit(t, f, units[2], fr.StoppedStatus)
+	before := map[string]int{}
+	for _, p := range ports {
+		before[p] = starts(t, p)
+	}
+	if code, out := fleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18931,18932"}, nudge...)...); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	for i, p := range ports[:2] {
+		if got := starts(t, p) - before[p]; got != 1 {
+			t.Errorf("%s started %d times by one roll, want 1", units[i], got)
+		}
+	}
+	if got := starts(t, "18933") - before["18933"]; got != 0 {
+		t.Errorf("the stopped unit %s, not in the roll, was started %d times", units[2], got)
+	}
+	if st := systemd(t, units[2]); st[0].Up() {
+		t.Errorf("the stopped unit %s runs: %+v", units[2], st[0])
+	}
+
+	// Someone else stops 18932 while fleetroll starts it: after their
+	// write, fleetroll writes nothing more to it, and it stays stopped.
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "/_coreos.com/fleet/job/" + units[1] + "/target-state"
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cur, err := kapi.Get(ctx, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type write struct {
+		value string
+		index uint64
+	}
+	writes := make(chan write, 100)
+	go func() {
+		w := kapi.Watcher(key, &client.WatcherOptions{AfterIndex: cur.Index})
+		for {
+			resp, err := w.Next(ctx)
+			if err != nil {
+				return
+			}
+			writes <- write{resp.Node.Value, resp.Node.ModifiedIndex}
+		}
+	}()
+	cmd, lines := startFleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18931,18932"}, nudge...)...)
+	var log strings.Builder
+	waitLine(t, lines, units[1]+": starting", &log)
+	setTarget(t, f, units[1], "loaded")
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	code := exitCode(t, cmd)
+	if code != 0 && !strings.Contains(log.String(), "target state changed by someone else") {
+		t.Fatalf("exit %d, and not for the changed target:\n%s", code, log.String())
+	}
+	// Every write, up to the key's last one.
+	last, err := kapi.Get(ctx, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seq []string
+	for done := false; !done; {
+		select {
+		case w := <-writes:
+			seq = append(seq, w.value)
+			done = w.index >= last.Node.ModifiedIndex
+		case <-ctx.Done():
+			t.Fatalf("the watch did not deliver the last write; so far %v", seq)
+		}
+	}
+	// fleetroll: loaded, launched (and nudges: launched); the operator:
+	// loaded. Nothing after the operator's loaded.
+	op := -1
+	for i, v := range seq {
+		if v == "loaded" && i > 0 && seq[i-1] == "launched" {
+			op = i
+		}
+	}
+	if op < 0 || op != len(seq)-1 {
+		t.Fatalf("target-state writes of %s: %v; want the operator's loaded last", units[1], seq)
+	}
+	waitUnit(t, f, units[1], fr.StoppedStatus)
+	t.Logf("exit %d; writes of %s's target state: %v", code, units[1], seq)
+
+	// A unit that cannot start: the same outcome with and without nudging.
+	marker := filepath.Join(cl.Dir, "fail-start-18934")
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(marker)
+	type outcome struct {
+		code     int
+		active   string
+		attempts int
+	}
+	var got []outcome
+	for _, args := range [][]string{{"--nudge-interval", "0"}, {"--nudge-interval", "250ms"}} {
+		n0 := starts(t, "18934")
+		code, out := fleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18934", "--endpoint", cl.Endpoint, "--grace", "0s",
+			"--start-timeout", "30s"}, args...)...)
+		if !strings.Contains(out, "start "+units[3]) {
+			t.Fatalf("%v: exit %d:\n%s", args, code, out)
+		}
+		got = append(got, outcome{code, systemd(t, units[3])[0].Active, starts(t, "18934") - n0})
+		// Let it start again for the next round.
+		if err := os.Remove(marker); err != nil {
+			t.Fatal(err)
+		}
+		setTarget(t, f, units[3], "loaded")
+		waitUnit(t, f, units[3], fr.StoppedStatus)
+		setTarget(t, f, units[3], "launched")
+		waitUnit(t, f, units[3], fr.RunningStatus)
+		if err := os.WriteFile(marker, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got[0] != got[1] || got[0].code != 1 || got[0].active != "failed" || got[0].attempts != 1 {
+		t.Fatalf("a unit that cannot start: without nudging %+v, with %+v; want the same: exit 1, failed, one attempt", got[0], got[1])
+	}
+}
