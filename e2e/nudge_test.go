@@ -57,6 +57,24 @@ func waitUnit(t *testing.T, f fr.Fleet, unit string, judge func(*schema.UnitStat
 	}
 }
 
+// waitCurrent waits until fleet's agent has brought the unit to state
+// (fleet's currentState).
+func waitCurrent(t *testing.T, f fr.Fleet, unit, state string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		if _, cur, err := f.TargetState(ctx, unit); err == nil && cur == state {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: fleet's agent did not bring it to %s: %v", unit, state, ctx.Err())
+		case <-time.After(200 * time.Millisecond): // polling fleet, as fleetroll does
+		}
+	}
+}
+
 // Nudging, on the real cluster, with a fast rate: it restarts each instance
 // exactly once, never starts a stopped unit the roll does not own, never
 // overrides a target someone else set during the roll, and leaves a unit
@@ -181,12 +199,15 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 			t.Fatalf("%v: exit %d:\n%s", args, code, out)
 		}
 		got = append(got, outcome{code, systemd(t, units[3])[0].Active, starts(t, "18934") - n0})
-		// Let it start again for the next round.
+		// Let it start again for the next round. A failed unit counts as
+		// stopped at once, so wait for fleet's agent to have acted on
+		// "loaded" (its currentState) before "launched": two writes in a
+		// row coalesce in the agent and start nothing.
 		if err := os.Remove(marker); err != nil {
 			t.Fatal(err)
 		}
 		setTarget(t, f, units[3], "loaded")
-		waitUnit(t, f, units[3], fr.StoppedStatus)
+		waitCurrent(t, f, units[3], "loaded")
 		setTarget(t, f, units[3], "launched")
 		waitUnit(t, f, units[3], fr.RunningStatus)
 		if err := os.WriteFile(marker, nil, 0o644); err != nil {

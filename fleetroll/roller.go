@@ -28,9 +28,10 @@ const (
 	DefaultGrace        = 20 * time.Second
 	DefaultPollInterval = 500 * time.Millisecond
 	DefaultMaxBackoff   = 5 * time.Second
-	// DefaultNudgeInterval is off until the benchmark of issue 10 has
-	// chosen a rate on one and three machines (docs/how-it-works.md).
-	DefaultNudgeInterval = 0
+	// DefaultNudgeInterval is the slowest rate that kept every stop and
+	// start at or under 3 s on one and on three machines; 1 s left a
+	// quarter of them at about 3 s (docs/benchmarks.md#nudging).
+	DefaultNudgeInterval = 500 * time.Millisecond
 )
 
 // Options tune a roll. Zero durations take the defaults above, except Grace,

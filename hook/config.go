@@ -32,7 +32,7 @@ type Service struct {
 	StartTimeout time.Duration  `yaml:"start_timeout"`
 	PollInterval time.Duration  `yaml:"poll_interval"`
 	// NudgeInterval, when set, overrides --nudge-interval (0 in the file
-	// means "the flag's").
+	// means "the flag's"; turn nudging off with the flag).
 	NudgeInterval time.Duration `yaml:"nudge_interval"`
 
 	// Health, when set, gates each instance after its start; Drain, when
