@@ -231,8 +231,7 @@ func (f *Fleet) listUnits(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// listStates answers the states of one unit (?unitName=) or of all, each
-// state poll moving the unit one step.
+// getUnit answers one unit: its desired state and fleet's currentState.
 func (f *Fleet) getUnit(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if answerFault(w, r, f.record("unit "+name)) {
@@ -252,6 +251,8 @@ func (f *Fleet) getUnit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "desiredState": u.Desired, "currentState": current})
 }
 
+// listStates answers the states of one unit (?unitName=) or of all, each
+// state poll moving the unit one step.
 func (f *Fleet) listStates(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("unitName")
 	call := "state " + name
