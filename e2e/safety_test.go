@@ -265,6 +265,15 @@ func TestFleetAPIRestartedMidRoll(t *testing.T) {
 		"--poll-interval", "200ms", "--log-level", "warn")
 	var log strings.Builder
 	waitLine(t, lines, units[0]+": stopping", &log)
+	// The outage begins once fleet's agent has acted on the stop (a stop
+	// request that reaches a fleetd only as it restarts, while its old
+	// machine record expires, is not carried out by fleet v1.0.0: that
+	// would test fleet, not fleetroll).
+	direct, err := fr.Connect(cl.Endpoint, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCurrent(t, direct, units[0], "loaded")
 	proxy.Pause()
 	// A crash: the cluster's supervisor starts fleetd again, as systemd's
 	// Restart=always does for fleet.service.
