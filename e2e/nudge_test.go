@@ -40,19 +40,26 @@ func setTarget(t *testing.T, f fr.Fleet, unit, target string) {
 // waitUnit waits until fleet reports the unit in a state judge accepts.
 func waitUnit(t *testing.T, f fr.Fleet, unit string, judge func(*schema.UnitState) (string, bool, error)) {
 	t.Helper()
+	var last *schema.UnitState
+	pollFleet(t, unit+" to reach its state", func(ctx context.Context) bool {
+		st, err := f.UnitState(ctx, unit)
+		last = st
+		_, done, _ := judge(st)
+		return (err == nil || errors.Is(err, fr.ErrNotFound)) && done
+	}, func() string { return fr.DescribeState(last) })
+}
+
+// pollFleet asks cond every 200 ms (as fleetroll polls fleet) until it
+// holds, for a minute at most; last describes what was seen, for a failure.
+func pollFleet(t *testing.T, what string, cond func(context.Context) bool, last func() string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for {
-		st, err := f.UnitState(ctx, unit)
-		if err == nil || errors.Is(err, fr.ErrNotFound) {
-			if _, done, _ := judge(st); done {
-				return
-			}
-		}
+	for !cond(ctx) {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("%s: %v (last %s)", unit, ctx.Err(), fr.DescribeState(st))
-		case <-time.After(200 * time.Millisecond): // polling fleet, as fleetroll does
+			t.Fatalf("waiting for %s: %v (last: %s)", what, ctx.Err(), last())
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
@@ -61,18 +68,12 @@ func waitUnit(t *testing.T, f fr.Fleet, unit string, judge func(*schema.UnitStat
 // (fleet's currentState).
 func waitCurrent(t *testing.T, f fr.Fleet, unit, state string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for {
-		if _, cur, err := f.TargetState(ctx, unit); err == nil && cur == state {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: fleet's agent did not bring it to %s: %v", unit, state, ctx.Err())
-		case <-time.After(200 * time.Millisecond): // polling fleet, as fleetroll does
-		}
-	}
+	cur := ""
+	pollFleet(t, unit+"'s currentState "+state, func(ctx context.Context) bool {
+		_, got, err := f.TargetState(ctx, unit)
+		cur = got
+		return err == nil && got == state
+	}, func() string { return "currentState " + cur })
 }
 
 // Nudging, on the real cluster, with a fast rate: it restarts each instance
