@@ -40,6 +40,11 @@ type Fleet interface {
 	// state fleet's agent has brought it to (GET /units/NAME: desiredState,
 	// currentState), or ErrNotFound.
 	TargetState(ctx context.Context, name string) (desired, current string, err error)
+	// CreateUnit submits a unit with its options and desired state
+	// (fleetroll's own one-shot units: the pre-pull).
+	CreateUnit(ctx context.Context, u *schema.Unit) error
+	// DestroyUnit removes a unit from fleet; ErrNotFound when it is gone.
+	DestroyUnit(ctx context.Context, name string) error
 }
 
 // API is the subset of fleet's client.API that WrapAPI needs; client.API
@@ -50,6 +55,8 @@ type API interface {
 	SetUnitTargetState(name, target string) error
 	Machines() ([]machine.MachineState, error)
 	Unit(name string) (*schema.Unit, error)
+	CreateUnit(u *schema.Unit) error
+	DestroyUnit(name string) error
 }
 
 // WrapAPI adapts a context-free fleet client (such as client.API) to Fleet.
@@ -97,6 +104,30 @@ func (f apiFleet) TargetState(ctx context.Context, name string) (string, string,
 		return "", "", err
 	}
 	return targetState(f.api, name)
+}
+
+func (f apiFleet) CreateUnit(ctx context.Context, u *schema.Unit) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return f.api.CreateUnit(u)
+}
+
+func (f apiFleet) DestroyUnit(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return destroyUnit(f.api, name)
+}
+
+func destroyUnit(api API, name string) error {
+	if err := api.DestroyUnit(name); err != nil {
+		if isMissingUnit(err) {
+			return fmt.Errorf("%s: %w", name, ErrNotFound)
+		}
+		return fmt.Errorf("destroy %s: %w", name, err)
+	}
+	return nil
 }
 
 // targetState reads a unit's desired and current state; fleet's client
@@ -215,6 +246,17 @@ func (h *httpFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
 
 func (h *httpFleet) TargetState(ctx context.Context, name string) (string, string, error) {
 	return targetState(h.api(ctx), name)
+}
+
+func (h *httpFleet) CreateUnit(ctx context.Context, u *schema.Unit) error {
+	if err := h.api(ctx).CreateUnit(u); err != nil {
+		return fmt.Errorf("create %s: %w", u.Name, err)
+	}
+	return nil
+}
+
+func (h *httpFleet) DestroyUnit(ctx context.Context, name string) error {
+	return destroyUnit(h.api(ctx), name)
 }
 
 func (h *httpFleet) SetUnitTargetState(ctx context.Context, name, target string) error {

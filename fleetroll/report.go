@@ -24,6 +24,9 @@ const (
 	StatusInterrupted Status = "interrupted" // began, then stopped by a signal or a shutdown
 	StatusSuperseded  Status = "superseded"  // never ran: a newer trigger took its place
 	StatusCancelled   Status = "cancelled"   // never ran: fleetroll shut down first
+	// StatusRolledBack: an instance failed on the new release, and every
+	// instance moved was returned to the previous one (docs/releases.md).
+	StatusRolledBack Status = "rolled_back"
 )
 
 // Final reports whether the status will not change any more.
@@ -38,6 +41,8 @@ const (
 	PhaseStart  Phase = "start"  // start requested until fleet reports it running
 	PhaseHealth Phase = "health" // after the start: health gate, back in the proxy
 	PhaseGrace  Phase = "grace"  // the wait after the unit before the next one
+	// PhasePull is the rollout's pre-pull of a release, before any unit.
+	PhasePull Phase = "pull"
 )
 
 // Outcome is what happened to one unit.
@@ -50,6 +55,7 @@ const (
 	OutcomeFailed      Outcome = "failed"      // the roll halted on this unit
 	OutcomeInterrupted Outcome = "interrupted" // cancelled; the unit was brought back up
 	OutcomeUntouched   Outcome = "untouched"   // the roll ended before this unit
+	OutcomeRolledBack  Outcome = "rolled_back" // moved to the new release, then back to the previous one
 )
 
 // Seconds is a duration that marshals to JSON as fractional seconds.
@@ -171,8 +177,22 @@ type Report struct {
 	// Started and Finished are the roller's; zero until it starts or ends.
 	Started  time.Time    `json:"started,omitzero"`
 	Finished time.Time    `json:"finished,omitzero"`
-	Units    []UnitReport `json:"units"`
-	Error    string       `json:"error,omitempty"`
+	// Release is the move from one release to another, for a service with
+	// an image (nil otherwise); Pull is the pre-pull of the new release.
+	Release *ReleaseChange `json:"release,omitempty"`
+	Pull    *PullReport    `json:"pull,omitempty"`
+	Units   []UnitReport   `json:"units"`
+	// Phase is where a failed rollout halted: pull, or the phase of the
+	// unit it halted on.
+	Phase Phase  `json:"phase,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// ReleaseChange is the release a rollout moved a service from (nil for a
+// first deploy) and the one it moved it to.
+type ReleaseChange struct {
+	From *Release `json:"from,omitempty"`
+	To   Release  `json:"to"`
 }
 
 // UnmarshalJSON reads a record and upgrades one written before the schema
@@ -204,6 +224,19 @@ func (r *Report) Clone() Report {
 	for i, u := range r.Units {
 		u.Phases = append([]Span(nil), u.Phases...)
 		c.Units[i] = u
+	}
+	if r.Release != nil {
+		rc := *r.Release
+		if rc.From != nil {
+			f := *rc.From
+			rc.From = &f
+		}
+		c.Release = &rc
+	}
+	if r.Pull != nil {
+		p := *r.Pull
+		p.Machines = append([]MachinePull(nil), r.Pull.Machines...)
+		c.Pull = &p
 	}
 	if r.Queue != nil {
 		q := *r.Queue

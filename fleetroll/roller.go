@@ -147,6 +147,8 @@ type Event struct {
 type Roller struct {
 	fleet Fleet
 	opt   Options
+	// digest is the release the units start with (Deploy sets it).
+	digest string
 }
 
 // NewRoller validates opt and returns a roller.
@@ -184,6 +186,10 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 		if err != nil {
 			rep.Error = err.Error()
 			rep.Status = StatusFailed
+			var ue *UnitError
+			if errors.As(err, &ue) {
+				rep.Phase = ue.Phase
+			}
 			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				rep.Status = StatusInterrupted
 			}
@@ -378,6 +384,9 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 		kind = EventRecovering
 	}
 	r.begin(ur, PhaseStart)
+	if r.digest != "" {
+		ur.ImageDigest = r.digest
+	}
 	r.emit(ur, Event{Kind: kind, State: DescribeState(last), Err: why})
 	was := ""
 	if last != nil {

@@ -50,6 +50,25 @@ type Unit struct {
 	// are left in the transition.
 	Moving  bool
 	Pending int
+	// Options are those it was created with (PUT with options).
+	Options []Option
+}
+
+// Option is one line of a unit file, as fleet's API carries it.
+type Option struct {
+	Section string `json:"section"`
+	Name    string `json:"name"`
+	Value   string `json:"value"`
+}
+
+// Option returns the value of a unit's option, "" when it has none.
+func (u Unit) Option(section, name string) string {
+	for _, o := range u.Options {
+		if o.Section == section && o.Name == name {
+			return o.Value
+		}
+	}
+	return ""
 }
 
 // Fault is what the next call answers instead of being carried out.
@@ -67,6 +86,7 @@ type Fleet struct {
 	calls    []string
 	faults   []Fault
 	hook     func(call string)
+	created  func(name string, u *Unit)
 	machines map[string]string
 	// Steps is the polls a transition takes when a unit does not say
 	// (default 2).
@@ -133,6 +153,16 @@ func (f *Fleet) SetHook(fn func(call string)) {
 	f.hook = fn
 }
 
+// OnCreate sets a function that may change each unit created through the
+// API (PUT with options) before it is stored, under the fake's lock. A
+// created unit is placed on the machine its X-Fleet MachineID= names and
+// starts like any unit; a oneshot unit ends active/exited.
+func (f *Fleet) OnCreate(fn func(name string, u *Unit)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = fn
+}
+
 // FailNext makes the next calls answer these faults, one each, in order.
 func (f *Fleet) FailNext(faults ...Fault) {
 	f.mu.Lock()
@@ -171,6 +201,7 @@ func (f *Fleet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mux.HandleFunc("GET /fleet/v1/machines", f.listMachines)
 	mux.HandleFunc("GET /fleet/v1/units/{name}", f.getUnit)
 	mux.HandleFunc("PUT /fleet/v1/units/{name}", f.setUnit)
+	mux.HandleFunc("DELETE /fleet/v1/units/{name}", f.destroyUnit)
 	mux.ServeHTTP(w, r)
 }
 
@@ -312,20 +343,35 @@ func (f *Fleet) listMachines(w http.ResponseWriter, r *http.Request) {
 
 func (f *Fleet) setUnit(w http.ResponseWriter, r *http.Request) {
 	var body struct {
-		DesiredState string `json:"desiredState"`
+		DesiredState string   `json:"desiredState"`
+		Options      []Option `json:"options"`
 	}
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.DesiredState == "" {
 		writeError(w, http.StatusBadRequest, "bad body")
 		return
 	}
 	name := r.PathValue("name")
-	if answerFault(w, r, f.record("set "+name+" "+body.DesiredState)) {
+	call := "set " + name + " " + body.DesiredState
+	if len(body.Options) > 0 {
+		call = "create " + name
+	}
+	if answerFault(w, r, f.record(call)) {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	u, ok := f.units[name]
-	if !ok {
+	if !ok && len(body.Options) > 0 {
+		u = &Unit{Desired: "inactive", Active: "inactive", Sub: "dead", Machine: DefaultMachine, Options: body.Options}
+		if m := u.Option("X-Fleet", "MachineID"); m != "" {
+			u.Machine = m
+		}
+		if f.created != nil {
+			f.created(name, u)
+		}
+		f.units[name] = u
+	}
+	if !ok && len(body.Options) == 0 {
 		writeError(w, http.StatusConflict, "unit does not exist and options field empty")
 		return
 	}
@@ -341,6 +387,22 @@ func (f *Fleet) setUnit(w http.ResponseWriter, r *http.Request) {
 		u.Pending = u.polls(body.DesiredState, f.Steps)
 		u.lagLeft = u.PublishLag
 	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// destroyUnit removes a unit, as fleet's DELETE does.
+func (f *Fleet) destroyUnit(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if answerFault(w, r, f.record("destroy "+name)) {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.units[name]; !ok {
+		writeError(w, http.StatusNotFound, "unit does not exist")
+		return
+	}
+	delete(f.units, name)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -374,7 +436,7 @@ func (u *Unit) step(steps int) {
 	}
 	switch u.Desired {
 	case "launched":
-		if u.Active == "active" && u.Sub == "running" {
+		if u.Active == "active" && (u.Sub == "running" || u.Sub == "exited") {
 			u.Moving = false
 			return
 		}
@@ -391,6 +453,9 @@ func (u *Unit) step(steps int) {
 			return
 		}
 		u.Active, u.Sub = "active", "running"
+		if u.Option("Service", "Type") == "oneshot" {
+			u.Sub = "exited"
+		}
 		u.Restarts++
 	default:
 		if u.Active != "active" && u.Active != "deactivating" {

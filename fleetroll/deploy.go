@@ -1,0 +1,187 @@
+package fleetroll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// OnFailure is what a deploy does when an instance fails on the new release.
+type OnFailure string
+
+const (
+	OnFailureHalt     OnFailure = "halt"     // stop there, as a restart does
+	OnFailureRollback OnFailure = "rollback" // write the previous release back and restart the moved instances
+)
+
+// ParseOnFailure checks an --on-failure / on_failure value ("" is halt).
+func ParseOnFailure(s string) (OnFailure, error) {
+	switch OnFailure(s) {
+	case "", OnFailureHalt:
+		return OnFailureHalt, nil
+	case OnFailureRollback:
+		return OnFailureRollback, nil
+	}
+	return "", fmt.Errorf("on-failure %q: want halt or rollback", s)
+}
+
+// Deploy says which release a rollout moves a service to, and how.
+type Deploy struct {
+	To        Release
+	Releases  Releases
+	OnFailure OnFailure
+	Pull      PullOptions
+	// NoPull skips the pre-pull (each instance pulls as it starts).
+	NoPull bool
+	// Note, when set, is told of each step of the deploy that is not a
+	// unit's event: the pre-pull, the release written, a rollback.
+	Note func(msg string)
+}
+
+// ErrNoPrevious is why a rollback could not happen on a first deploy.
+var ErrNoPrevious = errors.New("no previous release to roll back to (a first deploy)")
+
+// Deploy moves the plan's service to d.To: it pre-pulls the release on every
+// machine that runs an instance (a failure halts before any unit is
+// touched), writes it as the service's current release (compare-and-swap
+// against the one it read), then restarts the units one at a time; each
+// starts with the new release. When a unit fails to start or fails its
+// health gate and d.OnFailure is rollback, the previous release is written
+// back and the units moved so far, and the failed one, are restarted on it
+// with the same safety; the report's status is then rolled_back.
+func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, error) {
+	note := func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		r.opt.Logger.Info(msg, "rollout_id", r.opt.RolloutID, "service", plan.Service)
+		if d.Note != nil {
+			d.Note(msg)
+		}
+	}
+	clock := r.opt.Clock
+	to := d.To
+	to.Rollout = r.opt.RolloutID
+	if to.Created.IsZero() {
+		to.Created = clock.Now()
+	}
+	rep := &Report{Version: SchemaVersion, ID: r.opt.RolloutID, Service: plan.Service, Status: StatusRunning,
+		Started: clock.Now(), Units: untouchedUnits(plan), Release: &ReleaseChange{To: to}}
+	fail := func(phase Phase, err error) (*Report, error) {
+		rep.Finished, rep.Phase, rep.Error = clock.Now(), phase, err.Error()
+		rep.Status = StatusFailed
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			rep.Status = StatusInterrupted
+		}
+		return rep, err
+	}
+	if err := to.Validate(); err != nil {
+		return fail("", err)
+	}
+	prev, err := d.Releases.Current(ctx, plan.Service)
+	if err != nil {
+		return fail("", fmt.Errorf("deploy %s: read the current release: %w", to.Image, err))
+	}
+	rep.Release.From = prev
+	if !d.NoPull {
+		note("pre-pulling %s", to.Image)
+		pull, err := r.Pull(ctx, plan, to.Image, d.Pull)
+		rep.Pull = pull
+		if err != nil {
+			return fail(PhasePull, err)
+		}
+	}
+	if err := d.Releases.Set(ctx, plan.Service, to, prev); err != nil {
+		return fail("", fmt.Errorf("deploy %s: no instance was touched: %w", to.Image, err))
+	}
+	note("release of %s is now %s", plan.Service, to.Image)
+
+	r.digest = to.Digest()
+	moved, rollErr := r.Roll(ctx, plan)
+	moved.Release, moved.Pull = rep.Release, rep.Pull
+	moved.Started = rep.Started
+	var ue *UnitError
+	if rollErr == nil || d.OnFailure != OnFailureRollback || !errors.As(rollErr, &ue) ||
+		(ue.Phase != PhaseStart && ue.Phase != PhaseHealth) || errors.Is(rollErr, ErrTargetChanged) || ctx.Err() != nil {
+		return moved, rollErr
+	}
+	if prev == nil {
+		note("%s failed on %s; %v", ue.Unit, to.Image, ErrNoPrevious)
+		moved.Error = fmt.Sprintf("%s; %v", moved.Error, ErrNoPrevious)
+		return moved, fmt.Errorf("%w; %w", rollErr, ErrNoPrevious)
+	}
+
+	// Roll back: the previous release again, then the units that run the
+	// new one (the failed one, then those restarted) restarted on it.
+	back := *prev
+	back.Rollout, back.Created = r.opt.RolloutID, clock.Now()
+	back.Trigger = Trigger{Source: "rollback"}
+	note("%s failed on %s: rolling back to %s", ue.Unit, to.Image, prev.Image)
+	if err := d.Releases.Set(ctx, plan.Service, back, &to); err != nil {
+		err = fmt.Errorf("%w; the rollback could not write back %s: %w", rollErr, prev.Image, err)
+		moved.Error = err.Error()
+		return moved, err
+	}
+	// The failed unit first: it is the one down (or out of the proxy), and
+	// no other goes down before it is back.
+	undo := &Plan{Service: plan.Service}
+	index := map[string]int{}
+	for i, u := range moved.Units {
+		if u.Unit == ue.Unit {
+			undo.Units = append(undo.Units, plan.Units[i])
+			index[u.Unit] = i
+		}
+	}
+	for i, u := range moved.Units {
+		if u.Outcome == OutcomeRestarted {
+			undo.Units = append(undo.Units, plan.Units[i])
+			index[u.Unit] = i
+		}
+	}
+	r.digest = prev.Digest()
+	backRep, backErr := r.Roll(ctx, undo)
+	for _, b := range backRep.Units {
+		i := index[b.Unit]
+		u := &moved.Units[i]
+		u.Phases = append(u.Phases, b.Phases...)
+		u.Stop, u.Start, u.Total = u.Stop+b.Stop, u.Start+b.Start, u.Total+b.Total
+		u.Machine, u.MovedFrom, u.LastState, u.LeftStopped = b.Machine, b.MovedFrom, b.LastState, b.LeftStopped
+		switch b.Outcome {
+		case OutcomeRestarted:
+			u.Outcome, u.Phase, u.ImageDigest = OutcomeRolledBack, "", b.ImageDigest
+		case OutcomeUntouched:
+			// the rollback halted before it: it still runs the new release
+		default:
+			u.Outcome, u.Phase, u.ImageDigest = b.Outcome, b.Phase, b.ImageDigest
+			u.Error = b.Error
+		}
+	}
+	moved.Finished = clock.Now()
+	if backErr != nil {
+		err := fmt.Errorf("%w; the rollback to %s failed too: %w", rollErr, prev.Image, backErr)
+		moved.Status, moved.Error = backRep.Status, err.Error()
+		return moved, err
+	}
+	moved.Status = StatusRolledBack
+	moved.Error = fmt.Sprintf("%v; rolled back to %s", rollErr, prev.Image)
+	return moved, &RolledBackError{Err: rollErr, To: *prev}
+}
+
+// RolledBackError is a deploy that failed and was rolled back: every unit
+// it moved runs the previous release again.
+type RolledBackError struct {
+	Err error
+	To  Release
+}
+
+func (e *RolledBackError) Error() string {
+	return fmt.Sprintf("%v; rolled back to %s", e.Err, e.To.Image)
+}
+
+func (e *RolledBackError) Unwrap() error { return e.Err }
+
+func untouchedUnits(plan *Plan) []UnitReport {
+	out := make([]UnitReport, 0, len(plan.Units))
+	for _, u := range plan.Units {
+		out = append(out, UnitReport{Unit: u.Name, Outcome: OutcomeUntouched})
+	}
+	return out
+}
