@@ -175,8 +175,8 @@ type Report struct {
 	By    string     `json:"by,omitempty"`
 	Queue *QueueInfo `json:"queue,omitempty"`
 	// Started and Finished are the roller's; zero until it starts or ends.
-	Started  time.Time    `json:"started,omitzero"`
-	Finished time.Time    `json:"finished,omitzero"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
 	// Release is the move from one release to another, for a service with
 	// an image (nil otherwise); Pull is the pre-pull of the new release.
 	Release *ReleaseChange `json:"release,omitempty"`
