@@ -22,7 +22,7 @@ func ParseOnFailure(s string) (OnFailure, error) {
 	case OnFailureRollback:
 		return OnFailureRollback, nil
 	}
-	return "", fmt.Errorf("on-failure %q: want halt or rollback", s)
+	return "", fmt.Errorf("on_failure %q: want halt or rollback", s)
 }
 
 // Deploy says which release a rollout moves a service to, and how.

@@ -39,6 +39,15 @@ type Policy struct {
 	Drain *DrainPolicy `yaml:"drain"`
 	// Health, when set, gates each instance after its start.
 	Health *HealthPolicy `yaml:"health"`
+	// Image, when set (REGISTRY/REPOSITORY), makes rollouts of the service
+	// deploy releases of it: pinned by digest, pre-pulled, recorded in etcd
+	// (docs/releases.md). A deploy always takes the service's lock.
+	Image string `yaml:"image"`
+	// OnFailure is what a deploy does when an instance fails on the new
+	// release: halt (the default) or rollback.
+	OnFailure OnFailure `yaml:"on_failure"`
+	// PullTimeout bounds the pre-pull of a release on every machine.
+	PullTimeout time.Duration `yaml:"pull_timeout"`
 }
 
 // DrainPolicy says where instances are announced and how long a drain waits.
@@ -66,6 +75,13 @@ type HealthPolicy struct {
 // {service} in the drain prefix replaced.
 func (p Policy) WithDefaults(service string) Policy {
 	orDefault(&p.Lock, LockOff)
+	if p.Image != "" && p.Lock == LockOff {
+		// A deploy writes the release: never two at once, from a CLI and
+		// serve or from two receivers.
+		p.Lock = LockWait
+	}
+	orDefault(&p.OnFailure, OnFailureHalt)
+	orDefault(&p.PullTimeout, DefaultPullTimeout)
 	orDefault(&p.LockTTL, DefaultLockTTL)
 	if p.Drain != nil {
 		d := *p.Drain
@@ -93,8 +109,11 @@ func orDefault[T comparable](v *T, def T) {
 	}
 }
 
-// NeedsEtcd reports whether the policy uses etcd (the lock or drain).
-func (p Policy) NeedsEtcd() bool { return p.Drain != nil || (p.Lock != "" && p.Lock != LockOff) }
+// NeedsEtcd reports whether the policy uses etcd (the lock, drain or
+// releases).
+func (p Policy) NeedsEtcd() bool {
+	return p.Drain != nil || p.Image != "" || (p.Lock != "" && p.Lock != LockOff)
+}
 
 // Validate checks the policy; errors name the setting as the config file
 // does (drain.delay), which the flags' names follow (--drain-delay).
@@ -114,6 +133,17 @@ func (p Policy) Validate() error {
 		if d.Delay < 0 || d.Timeout < 0 {
 			return errors.New("drain.delay and drain.timeout must not be negative")
 		}
+	}
+	if p.Image != "" {
+		if err := ValidateImage(p.Image); err != nil {
+			return err
+		}
+	}
+	if _, err := ParseOnFailure(string(p.OnFailure)); err != nil {
+		return err
+	}
+	if p.PullTimeout < 0 {
+		return errors.New("pull timeout must not be negative")
 	}
 	if h := p.Health; h != nil {
 		if !strings.HasPrefix(h.Path, "/") {

@@ -40,6 +40,12 @@ type Service struct {
 	// defaults and validation are the roll policy's, shared with the flags.
 	Health *fleetroll.HealthPolicy `yaml:"health"`
 	Drain  *fleetroll.DrainPolicy  `yaml:"drain"`
+	// Image, OnFailure and PullTimeout are the release settings of the
+	// roll policy (docs/releases.md); OnFailure and PullTimeout, when
+	// empty, are serve's flags'.
+	Image       string              `yaml:"image"`
+	OnFailure   fleetroll.OnFailure `yaml:"on_failure"`
+	PullTimeout time.Duration       `yaml:"pull_timeout"`
 
 	DockerHub []Trigger `yaml:"dockerhub"`
 	Registry  []Trigger `yaml:"registry"`
@@ -138,7 +144,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.name: service %q is configured twice", field, s.Name)
 		}
 		seen[s.Name] = true
-		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain}).Validate(); err != nil {
+		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain, Image: s.Image, OnFailure: s.OnFailure, PullTimeout: s.PullTimeout}).Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
 		}
 		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval}
@@ -307,9 +313,16 @@ func pathsAt(n *yaml.Node, line int, prefix string) []string {
 }
 
 // Policy returns the service's roll policy: the lock from base (serve's
-// flags), drain and health from the service, defaults applied.
+// flags), drain, health and image from the service, on_failure and
+// pull_timeout from the service over base, defaults applied.
 func (s Service) Policy(base fleetroll.Policy) fleetroll.Policy {
 	p := base
-	p.Drain, p.Health = s.Drain, s.Health
+	p.Drain, p.Health, p.Image = s.Drain, s.Health, s.Image
+	if s.OnFailure != "" {
+		p.OnFailure = s.OnFailure
+	}
+	if s.PullTimeout > 0 {
+		p.PullTimeout = s.PullTimeout
+	}
 	return p.WithDefaults(s.Name)
 }

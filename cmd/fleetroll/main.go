@@ -25,6 +25,7 @@ const (
 	exitOK          = 0
 	exitFailed      = 1 // the roll failed or halted, or fleet could not be reached
 	exitUsage       = 2 // bad flags, bad port list, unknown units
+	exitRolledBack  = 3 // a deploy failed and every instance it moved runs the previous release again
 	exitInterrupted = 130
 )
 
@@ -84,6 +85,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError:    onUsageError,
 		Commands: []*cli.Command{
 			restartCommand(),
+			deployCommand(),
+			rollbackCommand(),
 			serveCommand(),
 			statusCommand(),
 			{

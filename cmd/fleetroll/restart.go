@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -197,6 +198,13 @@ func restartAction(c *cli.Context) error {
 	fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s one at a time\n", roller.RolloutID(), len(plan.Units), plan.Service)
 	rep, rollErr := roller.Roll(ctx, plan)
 	rep.Trigger = fleetroll.Trigger{Source: "cli"}
+	return finish(c, o, safety, logger, rep, rollErr)
+}
+
+// finish records a rollout in etcd's history (when etcd is used), prints it
+// and turns its result into the exit code.
+func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog.Logger, rep *fleetroll.Report, rollErr error) error {
+	ctx, out := c.Context, c.App.Writer
 	rep.By = safety.Owner
 	if safety.KAPI != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -220,6 +228,8 @@ func restartAction(c *cli.Context) error {
 		return nil
 	case rep.Status == fleetroll.StatusInterrupted:
 		return &exitError{exitInterrupted, rollErr}
+	case rep.Status == fleetroll.StatusRolledBack:
+		return &exitError{exitRolledBack, rollErr}
 	default:
 		return &exitError{exitFailed, rollErr}
 	}
@@ -262,6 +272,21 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 func printSummary(w io.Writer, rep *fleetroll.Report) {
 	fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Status,
 		rep.Restarted(), len(rep.Units), rep.Finished.Sub(rep.Started).Round(time.Millisecond))
+	if rc := rep.Release; rc != nil {
+		from := "none (a first deploy)"
+		if rc.From != nil {
+			from = rc.From.Image
+		}
+		fmt.Fprintf(w, "  release: %s -> %s\n", from, rc.To.Image)
+	}
+	if p := rep.Pull; p != nil {
+		fmt.Fprintf(w, "  pre-pull: %d machine(s) in %s\n", len(p.Machines), p.Seconds)
+		for _, m := range p.Machines {
+			if m.Error != "" {
+				fmt.Fprintf(w, "    %s: %s\n", m.Machine, m.Error)
+			}
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, u := range rep.Units {
 		line := fmt.Sprintf("  %s\t%s", u.Unit, u.Outcome)
@@ -273,6 +298,9 @@ func printSummary(w io.Writer, rep *fleetroll.Report) {
 		}
 		if u.LeftStopped {
 			line += "\tLEFT DOWN"
+		}
+		if d := u.ImageDigest; len(d) > 19 {
+			line += "\t" + d[:19]
 		}
 		fmt.Fprintln(tw, line)
 	}

@@ -33,9 +33,11 @@ func safetyFlags() []cli.Flag {
 }
 
 // policyFrom builds the roll policy of the flags: the lock always, drain
-// with --drain, the health gate with --health-path.
+// with --drain, the health gate with --health-path, the release settings
+// where the command has them (deploy, rollback, serve).
 func policyFrom(c *cli.Context) fleetroll.Policy {
-	p := fleetroll.Policy{Lock: fleetroll.LockMode(c.String("lock")), LockTTL: c.Duration("lock-ttl")}
+	p := fleetroll.Policy{Lock: fleetroll.LockMode(c.String("lock")), LockTTL: c.Duration("lock-ttl"),
+		OnFailure: fleetroll.OnFailure(c.String("on-failure")), PullTimeout: c.Duration("pull-timeout")}
 	if c.Bool("drain") {
 		p.Drain = &fleetroll.DrainPolicy{Prefix: c.String("drain-prefix"), Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
 	}

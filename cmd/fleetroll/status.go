@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/urfave/cli/v2"
 )
 
@@ -67,10 +69,33 @@ func statusAction(c *cli.Context) error {
 	if n := c.Int("limit"); n > 0 && len(recs) > n {
 		recs = recs[:n]
 	}
+	var rels *releases
+	if arg != "" {
+		// A service: its current release and the one before.
+		store := coord.ReleaseStore{KAPI: h.KAPI}
+		cur, err := store.Current(c.Context, arg)
+		if err != nil {
+			return &exitError{exitFailed, fmt.Errorf("status: %w", err)}
+		}
+		if cur != nil {
+			rels = &releases{Current: cur}
+			rels.Previous, _ = previousRelease(c.Context, store, arg)
+		}
+	}
 	if out == "json" {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"rollouts": recs})
+		doc := map[string]any{"rollouts": recs}
+		if rels != nil {
+			doc["release"] = rels
+		}
+		return enc.Encode(doc)
+	}
+	if rels != nil {
+		fmt.Fprintf(c.App.Writer, "release:  %s\n", describeRelease(*rels.Current))
+		if rels.Previous != nil {
+			fmt.Fprintf(c.App.Writer, "previous: %s\n", describeRelease(*rels.Previous))
+		}
 	}
 	if len(recs) == 0 {
 		fmt.Fprintln(c.App.Writer, "no rollouts recorded")
@@ -83,4 +108,29 @@ func statusAction(c *cli.Context) error {
 			r.Started.Local().Format(time.DateTime), r.Finished.Sub(r.Started).Round(time.Second), r.Trigger, r.Error)
 	}
 	return tw.Flush()
+}
+
+// releases is a service's current release and the one before, as status
+// shows them.
+type releases struct {
+	Current  *fleetroll.Release `json:"current"`
+	Previous *fleetroll.Release `json:"previous,omitempty"`
+}
+
+func describeRelease(r fleetroll.Release) string {
+	s := r.Image
+	var more []string
+	if r.Tag != "" {
+		more = append(more, "tag "+r.Tag)
+	}
+	if r.Rollout != "" {
+		more = append(more, "rollout "+r.Rollout)
+	}
+	if !r.Created.IsZero() {
+		more = append(more, r.Created.Local().Format(time.DateTime))
+	}
+	if len(more) > 0 {
+		s += " (" + strings.Join(more, ", ") + ")"
+	}
+	return s
 }
