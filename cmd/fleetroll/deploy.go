@@ -266,4 +266,3 @@ func deployAction(c *cli.Context, verb, image string,
 	rep.Trigger = to.Trigger
 	return finish(c, o, safety, logger, rep, rollErr)
 }
-
