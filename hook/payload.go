@@ -210,17 +210,42 @@ func ParseGitHub(body []byte) (ev Event, ok bool, err error) {
 }
 
 // ParseManual parses the body of POST /rollouts: {"service": "my-service"}.
-func ParseManual(body []byte) (service string, err error) {
+func ParseManual(body []byte) (service, image string, err error) {
 	var p struct {
 		Service string `json:"service"`
+		// Image, for a service with releases: REGISTRY/REPOSITORY:TAG or
+		// REGISTRY/REPOSITORY@sha256:DIGEST of its configured image.
+		Image string `json:"image"`
 	}
 	if err := decodeJSON(body, &p); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if p.Service == "" {
-		return "", payloadErr("missing service")
+		return "", "", payloadErr("missing service")
 	}
-	return p.Service, nil
+	return p.Service, p.Image, nil
+}
+
+// SplitImageRef splits REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@DIGEST
+// into the image and its tag or digest, checking both; no tag is "latest".
+func SplitImageRef(ref string) (image, tagOrDigest string, err error) {
+	if ref == "" {
+		return "", "", errors.New("want REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST")
+	}
+	if i, d, ok := strings.Cut(ref, "@"); ok {
+		image, tagOrDigest = i, d
+	} else if slash, colon := strings.LastIndex(ref, "/"), strings.LastIndex(ref, ":"); slash >= 0 && colon > slash {
+		image, tagOrDigest = ref[:colon], ref[colon+1:]
+	} else {
+		image, tagOrDigest = ref, "latest"
+	}
+	if err := fleetroll.ValidateImage(image); err != nil {
+		return "", "", err
+	}
+	if !fleetroll.ValidDigest(tagOrDigest) && !fleetroll.ValidTag(tagOrDigest) {
+		return "", "", fmt.Errorf("%q: want a tag or sha256: and 64 hex digits", tagOrDigest)
+	}
+	return image, tagOrDigest, nil
 }
 
 // decodeJSON decodes one JSON object; anything else is a PayloadError.

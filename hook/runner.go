@@ -25,6 +25,7 @@ func (s *Server) execute(ctx context.Context, j Job) {
 	if rep != nil {
 		// The roller's record, with the queue's trigger and metadata.
 		final.Version, final.Status, final.Started, final.Finished, final.Units, final.Error = rep.Version, rep.Status, rep.Started, rep.Finished, rep.Units, rep.Error
+		final.Release, final.Pull, final.Phase = rep.Release, rep.Pull, rep.Phase
 	} else {
 		// It failed (or was stopped) before the roller began.
 		final.Started, final.Finished = t0, s.opt.Clock.Now()
@@ -84,7 +85,47 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	return roller.Roll(ctx, plan)
+	policy := safety.Policy.WithDefaults(j.Service)
+	to, deploy, err := s.releaseOf(ctx, policy, j.Trigger)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w; nothing was touched", j.Service, err)
+	}
+	if !deploy {
+		return roller.Roll(ctx, plan)
+	}
+	return roller.Deploy(ctx, plan, fleetroll.Deploy{
+		To: to, Releases: coord.ReleaseStore{KAPI: s.opt.Etcd}, OnFailure: policy.OnFailure,
+		Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(s.opt.Etcd)},
+	})
+}
+
+// releaseOf is the release a trigger deploys to a service with an image:
+// the digest the registry or GitHub sent, or the pushed tag resolved
+// through the registry's API (Docker Hub sends no digest). The image is
+// the configuration's; only a checked tag or digest comes from the
+// trigger. A manual trigger without an image, or a service without one,
+// restarts (false).
+func (s *Server) releaseOf(ctx context.Context, p fleetroll.Policy, t fleetroll.Trigger) (fleetroll.Release, bool, error) {
+	if p.Image == "" || (t.Source == string(SourceManual) && t.Tag == "" && t.Digest == "") {
+		return fleetroll.Release{}, false, nil
+	}
+	digest := t.Digest
+	if !fleetroll.ValidDigest(digest) {
+		tag := t.Tag
+		if tag == "" {
+			tag = "latest"
+		}
+		d, err := s.opt.Resolver.Resolve(ctx, p.Image, tag)
+		if err != nil {
+			return fleetroll.Release{}, false, err
+		}
+		digest = d
+	}
+	image, err := fleetroll.PinnedImage(p.Image, digest)
+	if err != nil {
+		return fleetroll.Release{}, false, err
+	}
+	return fleetroll.Release{Image: image, Tag: t.Tag, Trigger: t}, true, nil
 }
 
 // progress puts the unit's record carried by a roller event into the

@@ -22,6 +22,7 @@ import (
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/fleetroll/release"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	client "go.etcd.io/etcd/client/v2"
 )
@@ -104,6 +105,10 @@ type Options struct {
 	Policy fleetroll.Policy
 	// Owner names this receiver in locks and history.
 	Owner string
+	// Resolver turns a pushed tag into its digest for services with an
+	// image (Docker Hub sends no digest); default: the registry API,
+	// anonymous.
+	Resolver fleetroll.Resolver
 	Clock fleetroll.Clock
 }
 
@@ -168,6 +173,9 @@ func New(opt Options) (*Server, error) {
 	}
 	if opt.Owner == "" {
 		opt.Owner = "fleetroll serve"
+	}
+	if opt.Resolver == nil {
+		opt.Resolver = release.Registry{}
 	}
 	if opt.Callbacks == nil {
 		cb, err := NewCallbacker([]string{DefaultCallbackAllow}, 10*time.Second)
@@ -656,14 +664,36 @@ func (s *Server) manual(r *http.Request) (int, any) {
 	if code != 0 {
 		return code, body
 	}
-	service, err := ParseManual(b)
+	service, ref, err := ParseManual(b)
 	if err != nil {
 		return badPayload(err)
 	}
-	if _, ok := s.Config().Service(service); !ok {
+	svc, ok := s.Config().Service(service)
+	if !ok {
 		return problem(http.StatusNotFound, fmt.Sprintf("no service %q is configured", service))
 	}
-	return s.enqueue(r, SourceManual, "", map[string]Event{service: {}}, []string{service})
+	var ev Event
+	if ref != "" {
+		// Only the service's own image: what reaches etcd and the units is
+		// the configuration's repository with a checked tag or digest.
+		if svc.Image == "" {
+			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("service %q has no image configured: it restarts, it does not deploy", service))
+		}
+		image, tagOrDigest, err := SplitImageRef(ref)
+		if err != nil {
+			return badPayload(payloadErr("image: %v", err))
+		}
+		if image != svc.Image {
+			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("image %s is not service %q's image (%s)", image, service, svc.Image))
+		}
+		ev.Repository = image
+		if fleetroll.ValidDigest(tagOrDigest) {
+			ev.Digest = tagOrDigest
+		} else {
+			ev.Tag = tagOrDigest
+		}
+	}
+	return s.enqueue(r, SourceManual, "", map[string]Event{service: ev}, []string{service})
 }
 
 // configured checks a service named in a request against the configuration

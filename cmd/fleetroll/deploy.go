@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/fleetroll/release"
+	"github.com/fleetroll/fleetroll/hook"
 	"github.com/urfave/cli/v2"
 )
 
@@ -68,7 +68,7 @@ every instance it moved runs the previous release again; 130 interrupted.`,
 		Flags: releaseCommandFlags(&cli.StringFlag{Name: "image", EnvVars: []string{"FLEETROLL_IMAGE"},
 			Usage: "REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST"}),
 		Action: func(c *cli.Context) error {
-			image, ref, err := splitImageRef(c.String("image"))
+			image, ref, err := hook.SplitImageRef(c.String("image"))
 			if err != nil {
 				return usageErr("deploy: --image: %w", err)
 			}
@@ -157,28 +157,6 @@ func previousRelease(ctx context.Context, store coord.ReleaseStore, service stri
 		}
 	}
 	return nil, fmt.Errorf("%s has no release before %s in its history", service, cur.Image)
-}
-
-// splitImageRef splits REGISTRY/REPOSITORY:TAG or ...@sha256:DIGEST.
-func splitImageRef(ref string) (image, tagOrDigest string, err error) {
-	if ref == "" {
-		return "", "", errors.New("required: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST")
-	}
-	if i, d, ok := strings.Cut(ref, "@"); ok {
-		image, tagOrDigest = i, d
-	} else if slash := strings.LastIndex(ref, "/"); slash >= 0 && strings.LastIndex(ref, ":") > slash {
-		colon := strings.LastIndex(ref, ":")
-		image, tagOrDigest = ref[:colon], ref[colon+1:]
-	} else {
-		image, tagOrDigest = ref, "latest"
-	}
-	if err := fleetroll.ValidateImage(image); err != nil {
-		return "", "", err
-	}
-	if !fleetroll.ValidDigest(tagOrDigest) && !fleetroll.ValidTag(tagOrDigest) {
-		return "", "", fmt.Errorf("%q: want a tag or sha256: and 64 hex digits", tagOrDigest)
-	}
-	return image, tagOrDigest, nil
 }
 
 // registryFrom is the registry client of the flags.

@@ -51,6 +51,9 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com)"},
 		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
 	)
+	flags = append(flags, &cli.StringFlag{Name: "image", EnvVars: []string{"FLEETROLL_IMAGE"},
+		Usage: "with --service: its image, REGISTRY/REPOSITORY; each push deploys a release pinned by digest (docs/releases.md)"})
+	flags = append(flags, releaseFlags()...)
 	flags = append(flags, safetyFlags()...)
 	flags = append(flags, logFlags("info")...)
 	return &cli.Command{
@@ -123,8 +126,8 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 	case o.configFile != "" && c.String("service") != "":
 		return nil, usageErr("serve: give --config or --service, not both")
 	case o.configFile != "":
-		if c.IsSet("ports") || c.IsSet("repository") {
-			return nil, usageErr("serve: --ports and --repository go with --service; put them in the --config file")
+		if c.IsSet("ports") || c.IsSet("repository") || c.IsSet("image") {
+			return nil, usageErr("serve: --ports, --repository and --image go with --service; put them in the --config file")
 		}
 		if o.config, err = hook.LoadConfig(o.configFile); err != nil {
 			return nil, usageErr("%w", err)
@@ -193,7 +196,7 @@ func (o *serveOptions) validate() error {
 
 func needsEtcd(cfg *hook.Config) bool {
 	for _, s := range cfg.Services {
-		if s.Drain != nil {
+		if s.Drain != nil || s.Image != "" {
 			return true
 		}
 	}
@@ -215,7 +218,7 @@ func flagConfig(c *cli.Context) (*hook.Config, error) {
 		svc.DockerHub, svc.Registry, svc.GitHub = []hook.Trigger{t}, []hook.Trigger{t}, []hook.Trigger{t}
 	}
 	p := policyFrom(c)
-	svc.Health, svc.Drain = p.Health, p.Drain
+	svc.Health, svc.Drain, svc.Image = p.Health, p.Drain, c.String("image")
 	cfg := &hook.Config{Services: []hook.Service{svc}}
 	if err := cfg.Validate(); err != nil {
 		return nil, usageErr("serve --service/--repository/--tag: %w", err)
@@ -284,7 +287,11 @@ func serveAction(c *cli.Context) error {
 		return err
 	}
 	o.hook.Etcd, o.hook.Owner = safety.KAPI, safety.Owner
-	o.hook.Policy = fleetroll.Policy{Lock: safety.Policy.Lock, LockTTL: safety.Policy.LockTTL}
+	o.hook.Policy = fleetroll.Policy{Lock: safety.Policy.Lock, LockTTL: safety.Policy.LockTTL,
+		OnFailure: safety.Policy.OnFailure, PullTimeout: safety.Policy.PullTimeout}
+	if o.hook.Resolver, err = registryFrom(c); err != nil {
+		return err
+	}
 	srv, err := hook.New(o.hook)
 	if err != nil {
 		return usageErr("serve: %w", err)

@@ -32,7 +32,7 @@ func (s Safety) Validate() error {
 		return err
 	}
 	if s.Policy.NeedsEtcd() && s.KAPI == nil {
-		return errors.New("drain and the lock need etcd")
+		return errors.New("drain, the lock and releases (image) need etcd")
 	}
 	if s.Policy.Health != nil && s.Fleet == nil {
 		return errors.New("the health gate needs fleet's machine list")
