@@ -103,10 +103,10 @@ func TestTriggersDeployReleases(t *testing.T) {
 	// Manual: the service's own image only.
 	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
 	for body, code := range map[string]int{
-		`{"service":"my-service","image":"127.0.0.1:15000/demo/other:v1"}`:      422,
-		`{"service":"other","image":"` + releaseImage + `:v1"}`:                 422,
-		`{"service":"my-service","image":"` + releaseImage + `:v1;reboot"}`:     400,
-		`{"service":"my-service","image":"` + releaseImage + `@sha256:12"}`:     400,
+		`{"service":"my-service","image":"127.0.0.1:15000/demo/other:v1"}`:     422,
+		`{"service":"other","image":"` + releaseImage + `:v1"}`:                422,
+		`{"service":"my-service","image":"` + releaseImage + `:v1;reboot"}`:    400,
+		`{"service":"my-service","image":"` + releaseImage + `@sha256:12"}`:    400,
 		`{"service":"my-service","image":"docker.io/../../etc/passwd:latest"}`: 400,
 	} {
 		if resp, ans := env.do(t, "POST", "/rollouts", []byte(body), auth); resp.StatusCode != code {

@@ -109,7 +109,7 @@ type Options struct {
 	// image (Docker Hub sends no digest); default: the registry API,
 	// anonymous.
 	Resolver fleetroll.Resolver
-	Clock fleetroll.Clock
+	Clock    fleetroll.Clock
 }
 
 // DefaultMaxWait bounds the postponement of a rollout by the quiet period.
