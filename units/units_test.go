@@ -100,7 +100,7 @@ func TestEveryUnitParsesAndDefinesWhatItUses(t *testing.T) {
 func TestServiceUnit(t *testing.T) {
 	uf := load(t, "my-service@.service")
 	e := env(t, uf)
-	for _, k := range []string{"DOCKER", "IMAGE", "NAME", "ARGS"} {
+	for _, k := range []string{"DOCKER", "IMAGE", "NAME", "ARGS", "ETCD", "RELEASE_KEY", "RUNDIR"} {
 		if e[k] == "" {
 			t.Errorf("no Environment=%s", k)
 		}
@@ -109,8 +109,11 @@ func TestServiceUnit(t *testing.T) {
 		t.Errorf("ARGS = %q: the instance must listen on its port", e["ARGS"])
 	}
 	pre := strings.Join(values(uf, "Service", "ExecStartPre"), "\n")
-	contains(t, "ExecStartPre", pre, `pull "$$IMAGE"`, `rm -f "$$NAME-%i"`)
-	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), "run", "--net=host", `--name "$$NAME-%i"`, `"$$IMAGE" $$ARGS`)
+	contains(t, "ExecStartPre", pre, `pull "$$img"`, `rm -f "$$NAME-%i"`, `"$$ETCD/v2/keys$$RELEASE_KEY"`)
+	if e["RELEASE_KEY"] != "/fleetroll/releases/my-service/current" {
+		t.Errorf("RELEASE_KEY=%s: fleetroll writes /fleetroll/releases/SERVICE/current", e["RELEASE_KEY"])
+	}
+	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), "run", "--net=host", `--name "$$NAME-%i"`, `"$$(cat "$$RUNDIR/%i.image")" $$ARGS`)
 	contains(t, "ExecStop", one(t, uf, "Service", "ExecStop"), `stop -t`, `"$$NAME-%i"`)
 	if w := strings.Join(values(uf, "Unit", "Wants"), " "); !strings.Contains(w, "my-service-sidekick@%i.service") {
 		t.Errorf("Wants=%s: starting an instance must start its sidekick again", w)

@@ -37,6 +37,7 @@ func run() error {
 	versionFile := flag.String("version-file", "", "read the version from this file at start (stands in for pulling the newest image)")
 	drain := flag.Duration("shutdown-timeout", 10*time.Second, "how long requests in flight may take after SIGTERM; 0: exit at once, cutting them (as many services do)")
 	warmup := flag.Duration("warmup", 0, "answer 503 for this long after the start, as a service that is up but not ready")
+	failHealth := flag.Bool("fail-health", false, "answer 500 on /healthz: a release that runs but is broken (tests of the health gate and rollback)")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("-port: want 1-65535, got %d", *port)
@@ -87,6 +88,10 @@ func run() error {
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready(w) {
+			return
+		}
+		if *failHealth {
+			http.Error(w, "broken on purpose (-fail-health)", http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintln(w, "ok")
