@@ -67,11 +67,11 @@ func runIn(env []string, dir string, timeout time.Duration, name string, args ..
 }
 
 // ctrImages are the images the container tests use, built once per run of
-// the package: the fleetroll image and the demo service at v1 and v2.
+// the package: the fleetroll image and the demo service at v1, v2 and v3.
 type ctrImages struct {
 	version   string // stamped into the fleetroll image
 	fleetroll string // REGISTRY/fleetroll/fleetroll:VERSION
-	demo      string // REGISTRY/demo/my-service (tags v1, v2)
+	demo      string // REGISTRY/demo/my-service (tags v1, v2, v3)
 }
 
 var (
@@ -98,7 +98,7 @@ func buildImages(t *testing.T, env []string) ctrImages {
 				"--build-arg", "GOPROXY=off", "--build-arg", "GOFLAGS=-mod=mod", "--build-arg", "VERSION=" + im.version,
 				"--volume", strings.TrimSpace(modcache) + ":/go/pkg/mod:ro", "-t", im.fleetroll, "."},
 		}
-		for _, v := range []string{"v1", "v2"} {
+		for _, v := range []string{"v1", "v2", "v3"} {
 			steps = append(steps, []string{"podman", "build", "-q", "-f", "contrib/demo/Dockerfile", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
 				"--build-arg", "VERSION=" + v, "-t", im.demo + ":" + v, "contrib/demo"})
 		}
