@@ -2,6 +2,8 @@
 # The demo: start the local real fleet cluster, launch my-service@8901..8903,
 # "publish a new image" (bump the version the instances read at start), run
 # fleetroll restart my-service, and show each instance before and after.
+# Then releases (contrib/demo-release.sh): fleetroll deploy of an image pinned
+# by digest to web@8911..8913, run by podman from the shipped unit.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -40,10 +42,12 @@ echo "$after"
 echo
 changed=$(paste <(echo "$before" | awk 'NR>1{print $3}') <(echo "$after" | awk 'NR>1{print $3, $2}') |
   awk -v v="$new" '$1 != $2 && $3 == v' | wc -l)
-if [[ $changed -eq 3 ]]; then
-  echo "All 3 instances restarted one at a time: new PIDs, new start times, version $new."
-  echo "The cluster keeps running; stop it with: $cluster down"
-else
+if [[ $changed -ne 3 ]]; then
   echo "Only $changed of 3 instances run $new with a new PID." >&2
   exit 1
 fi
+echo "All 3 instances restarted one at a time: new PIDs, new start times, version $new."
+
+# Second act: deploy a release pinned by digest (docs/releases.md).
+contrib/demo-release.sh
+echo "The cluster keeps running; stop it with: $cluster down"

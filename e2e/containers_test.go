@@ -118,6 +118,17 @@ func buildImages(t *testing.T, env []string) ctrImages {
 	return images
 }
 
+// removeContainers removes the test's leftover containers (my-service-PORT,
+// or a name), never those of the demo cluster beside it.
+func removeContainers(names ...string) {
+	for _, n := range names {
+		if n != "fleetroll" {
+			n = "my-service-" + n
+		}
+		_ = exec.Command("podman", "rm", "-f", n).Run()
+	}
+}
+
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
@@ -415,7 +426,7 @@ notifications:
 		for _, n := range append(instances, "fleetroll.service") {
 			cl.Destroy(n)
 		}
-		_ = exec.Command("podman", "rm", "-f", "-a").Run()
+		removeContainers(append(append([]string{}, ctrPorts...), "fleetroll")...)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -206,7 +206,7 @@ notifications:
 	submit(t, filepath.Join(repo, "units", "my-service@.service"), instances...)
 	t.Cleanup(func() {
 		cl.Destroy(instances...)
-		_ = exec.Command("podman", "rm", "-f", "-a").Run()
+		removeContainers(relPorts...)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -243,8 +243,12 @@ notifications:
 			t.Fatalf("fleetroll %v: exit %d, want %d\n%s", args, code, want, out)
 		}
 		var rep fr.Report
+		// The report on stdout, between the progress lines and the error
+		// line on stderr.
 		if i := strings.Index(out, "{\n"); i >= 0 {
-			_ = json.Unmarshal([]byte(out[i:]), &rep)
+			if err := json.NewDecoder(strings.NewReader(out[i:])).Decode(&rep); err != nil {
+				t.Fatalf("no report in the output: %v\n%s", err, out)
+			}
 		}
 		return rep, out
 	}

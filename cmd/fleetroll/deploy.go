@@ -22,6 +22,8 @@ func releaseFlags() []cli.Flag {
 			Usage: "how long every machine may take to pre-pull the release"},
 		&cli.StringFlag{Name: "registry-credentials-file", EnvVars: []string{"FLEETROLL_REGISTRY_CREDENTIALS_FILE"},
 			Usage: "USER:PASSWORD for the registry, to resolve tags of private images (default: anonymous)"},
+		&cli.BoolFlag{Name: "no-pre-pull", EnvVars: []string{"FLEETROLL_NO_PRE_PULL"},
+			Usage: "skip the pre-pull: each instance pulls the release as it starts, while it is down (for comparison)"},
 		&cli.DurationFlag{Name: "resolve-timeout", Value: release.DefaultTimeout, EnvVars: []string{"FLEETROLL_RESOLVE_TIMEOUT"},
 			Usage: "how long resolving a tag to its digest may take"},
 	}
@@ -237,7 +239,7 @@ func deployAction(c *cli.Context, verb, image string,
 	}
 	fmt.Fprintf(errw, "rollout %s: deploying %s to %d unit(s) of %s one at a time\n", roller.RolloutID(), to.Image, len(plan.Units), plan.Service)
 	rep, rollErr := roller.Deploy(ctx, plan, fleetroll.Deploy{
-		To: to, Releases: store, OnFailure: policy.OnFailure,
+		To: to, Releases: store, OnFailure: policy.OnFailure, NoPull: c.Bool("no-pre-pull"),
 		Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(safety.KAPI)},
 		Note: func(msg string) { fmt.Fprintf(errw, "%s\n", msg) },
 	})

@@ -348,7 +348,7 @@ down() {
     p=$(mpre "$i")
     # Stop the units first, while their systemd still runs.
     if alive "${p}systemd"; then
-      (machine_env "$i"; systemctl --user stop 'my-service@*.service' >/dev/null 2>&1) || true
+      (machine_env "$i"; systemctl --user stop 'my-service@*.service' 'web@*.service' >/dev/null 2>&1) || true
     fi
     stop_pid "${p}fleetd-supervisor"
     stop_pid "${p}fleetd"
@@ -361,7 +361,7 @@ down() {
       done <"$m/cgroups"
     fi
   done
-  for p in fleet-relay hub-fleet-relay hub-etcd-relay etcd-relay; do stop_pid "$p"; done
+  for p in fleet-relay hub-fleet-relay hub-etcd-relay etcd-relay demo-registry; do stop_pid "$p"; done
   stop_pid etcd
   # Anything left in the state directory's services (a unit's own children).
   pkill -f "^$STATE/bin/" 2>/dev/null || true

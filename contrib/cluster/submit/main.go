@@ -38,6 +38,8 @@ func run() error {
 	endpoint := flag.String("endpoint", "http://127.0.0.1:49153", "fleet API endpoint (http)")
 	ports := flag.String("ports", "", "instances to launch: 8901,8902 or 8901-8903")
 	timeout := flag.Duration("timeout", 2*time.Minute, "how long to wait until every instance runs")
+	as := flag.String("service", "", "launch the instances under this service name (default: the template's)")
+	noConflicts := flag.Bool("no-conflicts", false, "drop X-Fleet Conflicts= (one machine runs instances of several services)")
 	var envs listFlag
 	flag.Var(&envs, "env", "KEY=VALUE: replace the unit's Environment=KEY=... (repeatable)")
 	flag.Parse()
@@ -48,9 +50,21 @@ func run() error {
 	if !ok {
 		return fmt.Errorf("%s is not a template unit (NAME@.service)", flag.Arg(0))
 	}
+	if *as != "" {
+		service = *as
+	}
 	opts, err := cluster.LoadTemplate(flag.Arg(0), envs...)
 	if err != nil {
 		return err
+	}
+	if *noConflicts {
+		kept := opts[:0]
+		for _, o := range opts {
+			if !(o.Section == "X-Fleet" && o.Name == "Conflicts") {
+				kept = append(kept, o)
+			}
+		}
+		opts = kept
 	}
 	instances, err := fleetroll.ParseInstances(*ports)
 	if err != nil {
