@@ -369,6 +369,8 @@ down() {
     for i in $(seq "$MACHINES"); do ip netns del "$NS-m$i" 2>/dev/null || true; done
     ip netns del "$NS-hub" 2>/dev/null || true
   fi
+  # Mounts left under the state directory (a container engine's storage).
+  awk -v d="$STATE/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$STATE"
   log "stopped and removed $STATE"
 }
