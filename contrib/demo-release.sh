@@ -52,13 +52,19 @@ go run ./contrib/cluster/submit -endpoint "$FLEETCTL_ENDPOINT" -service web -no-
 export CONTAINERS_CONF=$repo/contrib/container/containers.conf CONTAINERS_REGISTRIES_CONF=$STATE/registries.conf
 show() {
   local p v
-  printf '  %-6s %-8s %-8s %s\n' PORT VERSION PID IMAGE
+  printf '  %-6s %-8s %-15s %s\n' PORT VERSION STARTED IMAGE
   for p in "${PORTS[@]}"; do
-    v=$(curl -fsS "http://127.0.0.1:$p/" |
-      python3 -c 'import json,sys; d=json.load(sys.stdin); print("%-8s %-8s" % (d["version"], d["pid"]))') || v="DOWN     -       "
+    v=$(curl -fsS "http://127.0.0.1:$p/" 2>/dev/null |
+      python3 -c 'import json,sys; d=json.load(sys.stdin); print("%-8s %-15s" % (d["version"], d["started"][11:23]))' 2>/dev/null) ||
+      v="DOWN     -              "
     printf '  %-6s %s %s\n' "$p" "$v" "$(podman inspect --format '{{.ImageName}}' "web-$p" 2>/dev/null || echo -)"
   done
 }
+
+# systemd says running as soon as podman runs; wait until each answers.
+for p in "${PORTS[@]}"; do
+  for _ in $(seq 300); do curl -fsS -o /dev/null "http://127.0.0.1:$p/" 2>/dev/null && break; sleep 0.2; done
+done
 
 echo
 echo "Releases: web@8911..8913 run the shipped instance unit with podman. Before ($new is pushed as $pinned):"
