@@ -1,10 +1,10 @@
 # The two commands of the README:
-#   make demo   start the local real fleet cluster and roll the demo service
+#   make demo   start the local real fleet cluster, roll the demo service, deploy a release
 #   make test   every test: static checks, unit tests, real-cluster tests
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull cluster-down
 
 demo:
 	contrib/demo.sh
@@ -45,6 +45,12 @@ bench:
 	bench/roll.sh
 	bench/hook.sh
 	bench/load.sh
+	bench/prepull.sh
+
+# Pre-pull against each instance pulling, 50 MB and 300 MB images, three
+# machines (about 10 minutes).
+bench-prepull:
+	bench/prepull.sh
 
 cluster-down:
 	contrib/cluster/cluster.sh down

@@ -1,8 +1,8 @@
 // Package fakefleet is the one fake fleet of the unit tests: an in-memory
 // cluster served over the part of fleet's v1 HTTP API that fleetroll uses
-// (list units, unit states, set a target state, list machines), so that
-// every test also goes through fleet's own client and fleetroll's HTTP
-// adapter. Unit states move one step per state poll after a target state is
+// (list units, unit states, set a target state, create and destroy a unit,
+// list machines), so that every test also goes through fleet's own client
+// and fleetroll's HTTP adapter. Unit states move one step per state poll after a target state is
 // set. Every call is logged; faults can be injected; a hook sees each call.
 package fakefleet
 
