@@ -402,7 +402,8 @@ notifications:
 		}
 		return out
 	}
-	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5"}))
+	// No release in this cluster's etcd: the instances run IMAGE, the tag.
+	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5", "ETCD": cl.EtcdURL}))
 	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
 	dropIn(t, "fleetroll.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc,
 		"FLEET_SOCKET": filepath.Join(cl.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s",

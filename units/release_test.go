@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -45,17 +46,22 @@ func TestServiceUnitRunsTheRelease(t *testing.T) {
 	start = shellOf(t, one(t, uf, "Service", "ExecStart"), "8901")
 	pinned := "127.0.0.1:5000/demo/my-service@sha256:" + strings.Repeat("ab", 32)
 
-	answer := struct {
-		code int
-		body string
-	}{}
+	// What the fake etcd answers; set between runs of the script (the
+	// lock: the race detector cannot see through the sh process).
+	var mu sync.Mutex
+	var code int
+	var body string
+	answer := func(c int, b string) { mu.Lock(); code, body = c, b; mu.Unlock() }
 	etcd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v2/keys/fleetroll/releases/my-service/current" {
 			http.NotFound(w, r)
 			return
 		}
-		w.WriteHeader(answer.code)
-		fmt.Fprint(w, answer.body)
+		mu.Lock()
+		c, b := code, body
+		mu.Unlock()
+		w.WriteHeader(c)
+		fmt.Fprint(w, b)
 	}))
 	defer etcd.Close()
 	dir := t.TempDir()
@@ -94,7 +100,7 @@ esac
 	}
 
 	// No release yet: IMAGE, pulled as today.
-	answer.code, answer.body = 404, `{"errorCode":100,"message":"Key not found"}`
+	answer(404, `{"errorCode":100,"message":"Key not found"}`)
 	if out, err := run(resolve); err != nil || chosen() != "docker.io/demo/my-service:latest" {
 		t.Fatalf("no release: %v %s, chose %q", err, out, chosen())
 	}
@@ -102,7 +108,7 @@ esac
 		t.Fatalf("calls %q", got)
 	}
 	// A release: pulled once, then present: no pull.
-	answer.code, answer.body = 200, etcdValue(pinned)
+	answer(200, etcdValue(pinned))
 	for i, wantPull := range []bool{true, false} {
 		if out, err := run(resolve); err != nil || chosen() != pinned {
 			t.Fatalf("release (%d): %v %s, chose %q", i, err, out, chosen())
@@ -115,23 +121,23 @@ esac
 		t.Fatal("ExecStart does not run the chosen image")
 	}
 	// etcd cannot answer: the last release, not the tag.
-	answer.code, answer.body = 500, "oops"
+	answer(500, "oops")
 	if out, err := run(resolve); err != nil || chosen() != pinned || !strings.Contains(out, "running the last release") {
 		t.Fatalf("etcd down: %v %s, chose %q", err, out, chosen())
 	}
 	// A value that is not a pinned image, or etcd down on a new machine: the
 	// start fails rather than run something else.
-	answer.code, answer.body = 200, etcdValue("docker.io/demo/my-service:latest")
+	answer(200, etcdValue("docker.io/demo/my-service:latest"))
 	if out, err := run(resolve); err == nil || !strings.Contains(out, "holds no pinned image") {
 		t.Fatalf("unpinned value: %v %s", err, out)
 	}
 	_ = os.RemoveAll(filepath.Join(dir, "run"))
-	answer.code = 500
+	answer(500, "oops")
 	if out, err := run(resolve); err == nil || !strings.Contains(out, "ran no release before") {
 		t.Fatalf("etcd down, nothing before: %v %s", err, out)
 	}
 	// A pull that fails fails the start.
-	answer.code, answer.body = 200, etcdValue(strings.Replace(pinned, "ab", "cd", 1))
+	answer(200, etcdValue(strings.Replace(pinned, "ab", "cd", 1)))
 	env = append(env, "FAIL_PULL="+strings.Replace(pinned, "ab", "cd", 1))
 	if out, err := run(resolve); err == nil {
 		t.Fatalf("failed pull: %s", out)
