@@ -38,6 +38,10 @@ type Deploy struct {
 	Note func(msg string)
 }
 
+// TriggerRollback is the trigger source of a release written back by a
+// rollback.
+const TriggerRollback = "rollback"
+
 // ErrNoPrevious is why a rollback could not happen on a first deploy.
 var ErrNoPrevious = errors.New("no previous release to roll back to (a first deploy)")
 
@@ -113,7 +117,7 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	// new one (the failed one, then those restarted) restarted on it.
 	back := *prev
 	back.Rollout, back.Created = r.opt.RolloutID, clock.Now()
-	back.Trigger = Trigger{Source: "rollback"}
+	back.Trigger = Trigger{Source: TriggerRollback}
 	note("%s failed on %s: rolling back to %s", ue.Unit, to.Image, prev.Image)
 	if err := d.Releases.Set(ctx, plan.Service, back, &to); err != nil {
 		err = fmt.Errorf("%w; the rollback could not write back %s: %w", rollErr, prev.Image, err)

@@ -2,6 +2,7 @@ package fleetroll
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -76,6 +77,28 @@ func PinnedImage(image, digest string) (string, error) {
 		return "", fmt.Errorf("digest %q: want sha256: and 64 lowercase hex digits", digest)
 	}
 	return image + "@" + digest, nil
+}
+
+// SplitImageRef splits REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@DIGEST
+// into the image and its tag or digest, checking both; no tag is "latest".
+func SplitImageRef(ref string) (image, tagOrDigest string, err error) {
+	if ref == "" {
+		return "", "", errors.New("want REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST")
+	}
+	if i, d, ok := strings.Cut(ref, "@"); ok {
+		image, tagOrDigest = i, d
+	} else if slash, colon := strings.LastIndex(ref, "/"), strings.LastIndex(ref, ":"); slash >= 0 && colon > slash {
+		image, tagOrDigest = ref[:colon], ref[colon+1:]
+	} else {
+		image, tagOrDigest = ref, "latest"
+	}
+	if err := ValidateImage(image); err != nil {
+		return "", "", err
+	}
+	if !ValidDigest(tagOrDigest) && !ValidTag(tagOrDigest) {
+		return "", "", fmt.Errorf("%q: want a tag or sha256: and 64 hex digits", tagOrDigest)
+	}
+	return image, tagOrDigest, nil
 }
 
 // Validate checks that the release's image is IMAGE@DIGEST, well formed.

@@ -226,27 +226,6 @@ func ParseManual(body []byte) (service, image string, err error) {
 	return p.Service, p.Image, nil
 }
 
-// SplitImageRef splits REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@DIGEST
-// into the image and its tag or digest, checking both; no tag is "latest".
-func SplitImageRef(ref string) (image, tagOrDigest string, err error) {
-	if ref == "" {
-		return "", "", errors.New("want REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST")
-	}
-	if i, d, ok := strings.Cut(ref, "@"); ok {
-		image, tagOrDigest = i, d
-	} else if slash, colon := strings.LastIndex(ref, "/"), strings.LastIndex(ref, ":"); slash >= 0 && colon > slash {
-		image, tagOrDigest = ref[:colon], ref[colon+1:]
-	} else {
-		image, tagOrDigest = ref, "latest"
-	}
-	if err := fleetroll.ValidateImage(image); err != nil {
-		return "", "", err
-	}
-	if !fleetroll.ValidDigest(tagOrDigest) && !fleetroll.ValidTag(tagOrDigest) {
-		return "", "", fmt.Errorf("%q: want a tag or sha256: and 64 hex digits", tagOrDigest)
-	}
-	return image, tagOrDigest, nil
-}
 
 // decodeJSON decodes one JSON object; anything else is a PayloadError.
 func decodeJSON(body []byte, v any) error {

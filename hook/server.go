@@ -679,7 +679,7 @@ func (s *Server) manual(r *http.Request) (int, any) {
 		if svc.Image == "" {
 			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("service %q has no image configured: it restarts, it does not deploy", service))
 		}
-		image, tagOrDigest, err := SplitImageRef(ref)
+		image, tagOrDigest, err := fleetroll.SplitImageRef(ref)
 		if err != nil {
 			return badPayload(payloadErr("image: %v", err))
 		}

@@ -8,7 +8,6 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/fleetroll/release"
-	"github.com/fleetroll/fleetroll/hook"
 	"github.com/urfave/cli/v2"
 )
 
@@ -70,7 +69,7 @@ every instance it moved runs the previous release again; 130 interrupted.`,
 		Flags: releaseCommandFlags(&cli.StringFlag{Name: "image", EnvVars: []string{"FLEETROLL_IMAGE"},
 			Usage: "REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST"}),
 		Action: func(c *cli.Context) error {
-			image, ref, err := hook.SplitImageRef(c.String("image"))
+			image, ref, err := fleetroll.SplitImageRef(c.String("image"))
 			if err != nil {
 				return usageErr("deploy: --image: %w", err)
 			}
@@ -118,7 +117,7 @@ Exit codes: as deploy's.`,
 				if want := c.String("to"); want != "" {
 					to, err = store.Find(ctx, service, want)
 				} else {
-					to, err = previousRelease(ctx, store, service)
+					to, err = store.Previous(ctx, service)
 				}
 				if err != nil {
 					return fleetroll.Release{}, &exitError{exitFailed, fmt.Errorf("rollback %s: %w; nothing was touched", service, err)}
@@ -132,34 +131,6 @@ Exit codes: as deploy's.`,
 	}
 }
 
-// previousRelease is the newest release in the history that is not the
-// current one and that no deploy was rolled back from.
-func previousRelease(ctx context.Context, store coord.ReleaseStore, service string) (*fleetroll.Release, error) {
-	cur, err := store.Current(ctx, service)
-	if err != nil {
-		return nil, err
-	}
-	if cur == nil {
-		return nil, fmt.Errorf("%s has no release yet", service)
-	}
-	hist, err := store.History(ctx, service)
-	if err != nil {
-		return nil, err
-	}
-	failed := map[string]bool{}
-	for i, r := range hist {
-		// History is newest first: a rollback entry replaced the one after it.
-		if r.Trigger.Source == "rollback" && i+1 < len(hist) {
-			failed[hist[i+1].Image] = true
-		}
-	}
-	for _, r := range hist {
-		if r.Image != cur.Image && !failed[r.Image] {
-			return &r, nil
-		}
-	}
-	return nil, fmt.Errorf("%s has no release before %s in its history", service, cur.Image)
-}
 
 // registryFrom is the registry client of the flags.
 func registryFrom(c *cli.Context) (release.Registry, error) {

@@ -79,7 +79,7 @@ func statusAction(c *cli.Context) error {
 		}
 		if cur != nil {
 			rels = &releases{Current: cur}
-			rels.Previous, _ = previousRelease(c.Context, store, arg)
+			rels.Previous, _ = store.Previous(c.Context, arg)
 		}
 	}
 	if out == "json" {

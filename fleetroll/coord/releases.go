@@ -131,6 +131,36 @@ func (s ReleaseStore) Set(ctx context.Context, service string, rel fleetroll.Rel
 	return nil
 }
 
+// Previous returns the release to go back to: the newest in the history
+// that is not the current one and that no deploy was rolled back from.
+func (s ReleaseStore) Previous(ctx context.Context, service string) (*fleetroll.Release, error) {
+	cur, err := s.Current(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("%s has no release yet", service)
+	}
+	hist, err := s.History(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	failed := map[string]bool{}
+	for i, r := range hist {
+		// Newest first: a release written back by a rollback replaced the
+		// one after it, which failed.
+		if r.Trigger.Source == fleetroll.TriggerRollback && i+1 < len(hist) {
+			failed[hist[i+1].Image] = true
+		}
+	}
+	for _, r := range hist {
+		if r.Image != cur.Image && !failed[r.Image] {
+			return &r, nil
+		}
+	}
+	return nil, fmt.Errorf("%s has no release before %s in its history", service, cur.Image)
+}
+
 // Find returns the release of the service's history that a rollout
 // deployed, or whose digest is the one given (sha256:HEX, or its first 12 or
 // more hex digits).

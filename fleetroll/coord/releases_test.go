@@ -76,3 +76,34 @@ func TestReleaseStore(t *testing.T) {
 		t.Fatal("an unpinned image was stored")
 	}
 }
+
+func TestPreviousReleaseSkipsTheOnesRolledBackFrom(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := ReleaseStore{KAPI: kapi}
+	if _, err := s.Previous(ctx, "my-service"); err == nil {
+		t.Fatal("a previous release without any release")
+	}
+	v1, v2, v3 := release(1), release(2), release(3)
+	for _, step := range []struct {
+		rel, prev *fleetroll.Release
+	}{{&v1, nil}, {&v2, &v1}, {&v3, &v2}} {
+		if err := s.Set(ctx, "my-service", *step.rel, step.prev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, err := s.Previous(ctx, "my-service"); err != nil || p.Image != v2.Image {
+		t.Fatalf("previous of v3 = %+v, %v", p, err)
+	}
+	// v3 failed and was rolled back to v2: the release before v2 is v1,
+	// not v3.
+	back := v2
+	back.Trigger = fleetroll.Trigger{Source: fleetroll.TriggerRollback}
+	if err := s.Set(ctx, "my-service", back, &v3); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s.Previous(ctx, "my-service"); err != nil || p.Image != v1.Image {
+		t.Fatalf("previous after a rollback = %+v, %v", p, err)
+	}
+}
