@@ -226,7 +226,6 @@ func ParseManual(body []byte) (service, image string, err error) {
 	return p.Service, p.Image, nil
 }
 
-
 // decodeJSON decodes one JSON object; anything else is a PayloadError.
 func decodeJSON(body []byte, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {

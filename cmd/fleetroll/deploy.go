@@ -131,7 +131,6 @@ Exit codes: as deploy's.`,
 	}
 }
 
-
 // registryFrom is the registry client of the flags.
 func registryFrom(c *cli.Context) (release.Registry, error) {
 	reg := release.Registry{Timeout: c.Duration("resolve-timeout")}
