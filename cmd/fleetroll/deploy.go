@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
@@ -160,15 +159,9 @@ func deployAction(c *cli.Context, verb, image string,
 		return err
 	}
 	ctx, errw := c.Context, c.App.ErrWriter
-	plan, err := fleetroll.MakePlan(ctx, fleet, o.target)
-	var pe *fleetroll.PlanError
-	switch {
-	case errors.As(err, &pe):
-		return &exitError{exitUsage, err}
-	case err != nil && ctx.Err() != nil:
-		return &exitError{exitInterrupted, fmt.Errorf("interrupted while planning; nothing was touched: %w", err)}
-	case err != nil:
-		return &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", o.endpoint, err)}
+	plan, err := makePlan(ctx, fleet, o)
+	if err != nil {
+		return err
 	}
 	safety, err := safetyFrom(c, fleet, "fleetroll "+verb+" "+plan.Service, true)
 	if err != nil {

@@ -161,15 +161,9 @@ func restartAction(c *cli.Context) error {
 	ctx := c.Context
 	out, errw := c.App.Writer, c.App.ErrWriter
 
-	plan, err := fleetroll.MakePlan(ctx, fleet, o.target)
-	var pe *fleetroll.PlanError
-	switch {
-	case errors.As(err, &pe):
-		return &exitError{exitUsage, err}
-	case err != nil && ctx.Err() != nil:
-		return &exitError{exitInterrupted, fmt.Errorf("interrupted while planning; nothing was touched: %w", err)}
-	case err != nil:
-		return &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", o.endpoint, err)}
+	plan, err := makePlan(ctx, fleet, o)
+	if err != nil {
+		return err
 	}
 
 	if o.dryRun {
@@ -233,6 +227,21 @@ func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog
 	default:
 		return &exitError{exitFailed, rollErr}
 	}
+}
+
+// makePlan plans the options' target; its errors carry their exit codes.
+func makePlan(ctx context.Context, fleet fleetroll.Fleet, o *restartOptions) (*fleetroll.Plan, error) {
+	plan, err := fleetroll.MakePlan(ctx, fleet, o.target)
+	var pe *fleetroll.PlanError
+	switch {
+	case errors.As(err, &pe):
+		return nil, &exitError{exitUsage, err}
+	case err != nil && ctx.Err() != nil:
+		return nil, &exitError{exitInterrupted, fmt.Errorf("interrupted while planning; nothing was touched: %w", err)}
+	case err != nil:
+		return nil, &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", o.endpoint, err)}
+	}
+	return plan, nil
 }
 
 func printPlan(w io.Writer, o *restartOptions, plan *fleetroll.Plan) error {
