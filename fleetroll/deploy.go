@@ -80,6 +80,9 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	if err := to.Validate(); err != nil {
 		return fail("", err)
 	}
+	if d.Releases == nil {
+		return fail("", errors.New("deploy: no release store (releases need etcd)"))
+	}
 	prev, err := d.Releases.Current(ctx, plan.Service)
 	if err != nil {
 		return fail("", fmt.Errorf("deploy %s: read the current release: %w", to.Image, err))
