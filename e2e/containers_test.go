@@ -372,6 +372,7 @@ notifications:
   - name: my-service
     ports: `+strings.Join(ctrPorts, ",")+`
     grace: 1s
+    health: {path: /healthz, successes: 1, interval: 200ms}   # "running" is systemd's; answering is the gate's
     registry:
       - repository: demo/my-service
         tags: [latest]
