@@ -34,6 +34,11 @@ func (e *PlanError) Error() string { return e.Msg }
 type Plan struct {
 	Service string        `json:"service"`
 	Units   []PlannedUnit `json:"units"`
+	// NotLaunched, for a plan of every launched instance, names the
+	// service's instances fleet knows whose target is not launched (left
+	// stopped by someone, or by a fleetroll that died): they are not
+	// restarted, and the caller should say so.
+	NotLaunched []string `json:"not_launched,omitempty"`
 }
 
 // PlannedUnit is one unit of a plan with the state it had at planning time.
@@ -123,7 +128,7 @@ func MakePlan(ctx context.Context, f Fleet, t Target) (*Plan, error) {
 		}
 	}
 
-	var names []string
+	var names, notLaunched []string
 	switch {
 	case len(t.Units) > 0:
 		names = dedupe(t.Units)
@@ -133,6 +138,15 @@ func MakePlan(ctx context.Context, f Fleet, t Target) (*Plan, error) {
 		}
 	default:
 		names = discover(t.Service, units)
+		for _, u := range units {
+			if u == nil {
+				continue
+			}
+			if svc, _, ok := splitInstance(u.Name); ok && svc == t.Service && u.DesiredState != "launched" {
+				notLaunched = append(notLaunched, u.Name)
+			}
+		}
+		sort.Strings(notLaunched)
 		if len(names) == 0 {
 			return nil, &PlanError{fmt.Sprintf("no launched instances of %s found in fleet", UnitName(t.Service, ""))}
 		}
@@ -148,7 +162,7 @@ func MakePlan(ctx context.Context, f Fleet, t Target) (*Plan, error) {
 		return nil, &PlanError{fmt.Sprintf("unknown to fleet: %s", strings.Join(missing, ", "))}
 	}
 
-	plan := &Plan{Service: t.Service}
+	plan := &Plan{Service: t.Service, NotLaunched: notLaunched}
 	if plan.Service == "" {
 		plan.Service, _, _ = splitInstance(names[0])
 	}

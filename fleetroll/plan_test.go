@@ -74,6 +74,10 @@ func TestMakePlanDiscoversLaunchedInstancesInNumericOrder(t *testing.T) {
 	if got := p.Names(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("plan = %v, want %v", got, want)
 	}
+	// The loaded one is named, not silently skipped.
+	if !reflect.DeepEqual(p.NotLaunched, []string{"my-service@8903.service"}) {
+		t.Fatalf("not launched = %v", p.NotLaunched)
+	}
 	for _, c := range f.Calls() {
 		if strings.HasPrefix(c, "set ") {
 			t.Fatalf("planning touched a unit: %s", c)

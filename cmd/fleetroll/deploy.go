@@ -207,5 +207,5 @@ func deployAction(c *cli.Context, verb, image string,
 		Note: func(msg string) { fmt.Fprintf(errw, "%s\n", msg) },
 	})
 	rep.Trigger = to.Trigger
-	return finish(c, o, safety, logger, rep, rollErr)
+	return finish(c, o, safety, logger, rep, rollErr, plan.NotLaunched)
 }

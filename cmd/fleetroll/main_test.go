@@ -209,3 +209,22 @@ func canonicalJSON(t *testing.T, s string) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// An instance left stopped (not launched) is named, not passed over: the
+// summary of a roll of every launched instance warns about it.
+func TestRestartWarnsAboutInstancesNotLaunched(t *testing.T) {
+	f, url := fakeCluster(t, units3[0], units3[2])
+	f.Add(units3[1], fakefleet.Unit{Desired: "loaded", Active: "inactive", Sub: "dead"})
+	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(errs, "warning: "+units3[1]+" is not launched") || !strings.Contains(out, "WARNING: not launched, so not restarted: "+units3[1]) {
+		t.Fatalf("no warning:\nstdout: %s\nstderr: %s", out, errs)
+	}
+	for _, s := range f.Sets() {
+		if strings.HasPrefix(s, units3[1]) {
+			t.Fatalf("%s was touched: %s", units3[1], s)
+		}
+	}
+}

@@ -166,6 +166,9 @@ func restartAction(c *cli.Context) error {
 		return err
 	}
 
+	for _, n := range plan.NotLaunched {
+		fmt.Fprintf(errw, "warning: %s is not launched in fleet: it is not restarted (fleetroll recover %s brings back what a killed fleetroll left down)\n", n, plan.Service)
+	}
 	if o.dryRun {
 		return printPlan(out, o, plan)
 	}
@@ -192,12 +195,12 @@ func restartAction(c *cli.Context) error {
 	fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s one at a time\n", roller.RolloutID(), len(plan.Units), plan.Service)
 	rep, rollErr := roller.Roll(ctx, plan)
 	rep.Trigger = fleetroll.Trigger{Source: "cli"}
-	return finish(c, o, safety, logger, rep, rollErr)
+	return finish(c, o, safety, logger, rep, rollErr, plan.NotLaunched)
 }
 
 // finish records a rollout in etcd's history (when etcd is used), prints it
 // and turns its result into the exit code.
-func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog.Logger, rep *fleetroll.Report, rollErr error) error {
+func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog.Logger, rep *fleetroll.Report, rollErr error, notLaunched []string) error {
 	ctx, out := c.Context, c.App.Writer
 	rep.By = safety.Owner
 	if safety.KAPI != nil {
@@ -215,7 +218,7 @@ func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog
 			return &exitError{exitFailed, err}
 		}
 	} else {
-		printSummary(out, rep)
+		printSummary(out, rep, notLaunched)
 	}
 	switch {
 	case rollErr == nil:
@@ -278,9 +281,12 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 	}
 }
 
-func printSummary(w io.Writer, rep *fleetroll.Report) {
+func printSummary(w io.Writer, rep *fleetroll.Report, notLaunched []string) {
 	fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Status,
 		rep.Restarted(), len(rep.Units), rep.Finished.Sub(rep.Started).Round(time.Millisecond))
+	if len(notLaunched) > 0 {
+		fmt.Fprintf(w, "  WARNING: not launched, so not restarted: %s\n", strings.Join(notLaunched, ", "))
+	}
 	if rc := rep.Release; rc != nil {
 		from := "none (a first deploy)"
 		if rc.From != nil {
