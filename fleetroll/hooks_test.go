@@ -129,3 +129,29 @@ func TestHealthGate(t *testing.T) {
 		t.Fatalf("URL = %s", got)
 	}
 }
+
+// A roll that is fenced (its lock's lease could have expired) makes no
+// more writes to fleet: the unit it was about to stop is left as it is.
+func TestFencedRollMakesNoWrite(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	fenced := false
+	r, _, _ := newTestRoller(t, f, Options{Hooks: Hooks{Fence: func() error {
+		if fenced {
+			return errors.New("lease may expire")
+		}
+		return nil
+	}, AfterRunning: func(context.Context, string, *schema.UnitState) error {
+		fenced = true // the lease runs out while the first unit is gated
+		return nil
+	}}})
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Unit != b || !errors.Is(err, ErrFenced) || ue.LeftStopped {
+		t.Fatalf("err = %v", err)
+	}
+	untouched(t, f.Calls(), b)
+	if rep.Units[0].Outcome != OutcomeRestarted {
+		t.Fatalf("first unit %+v", rep.Units[0])
+	}
+}

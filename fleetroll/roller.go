@@ -76,6 +76,16 @@ type Hooks struct {
 	// Done runs after each unit that BeforeStop was called for, whatever
 	// happened (cleanup such as clearing a drain key).
 	Done func(ctx context.Context, unit string)
+	// Intent records, before the unit enters a phase, that it is in flight
+	// in that phase ("" once it is back and healthy), so that another
+	// fleetroll can restore it if this one dies. An error before the drain
+	// or the stop halts the roll with the unit untouched; later ones are
+	// logged (the unit is brought back regardless).
+	Intent func(ctx context.Context, unit string, phase Phase) error
+	// Fence is asked before every write to fleet (stop, start, nudge); an
+	// error (the lock's lease could have expired) means another fleetroll
+	// may act on the service: no write is made and the roll halts.
+	Fence func() error
 }
 
 // Validate rejects negative durations.
@@ -275,6 +285,15 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	name := ur.Unit
 	ur.Outcome = OutcomeInProgress
 	t0 := clock.Now()
+	first := PhaseStop
+	if r.opt.Hooks.BeforeStop != nil {
+		first = PhaseDrain
+	}
+	if in := r.opt.Hooks.Intent; in != nil {
+		if err := in(ctx, name, first); err != nil {
+			return r.failed(ur, first, nil, false, fmt.Errorf("record the intent: %w; the unit was not touched", err), t0)
+		}
+	}
 	if h := r.opt.Hooks.BeforeStop; h != nil {
 		if done := r.opt.Hooks.Done; done != nil {
 			defer done(context.WithoutCancel(ctx), name)
@@ -284,6 +303,11 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 		r.end(ur)
 		if err != nil {
 			return r.failed(ur, PhaseDrain, nil, false, fmt.Errorf("%w; the unit was not touched", err), t0)
+		}
+		if in := r.opt.Hooks.Intent; in != nil {
+			if err := in(ctx, name, PhaseStop); err != nil {
+				return r.failed(ur, PhaseStop, nil, false, fmt.Errorf("record the intent: %w; the unit was not stopped", err), t0)
+			}
 		}
 	}
 
@@ -295,6 +319,9 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	case errors.Is(stop.err, ErrTargetChanged):
 		// Someone else decided what the unit should be: leave it so.
 		return r.failed(ur, PhaseStop, last, false, stop.err, t0)
+	case errors.Is(stop.err, ErrFenced):
+		// The stop was never requested, and no more writes may be made.
+		return r.failed(ur, PhaseStop, last, false, fmt.Errorf("%w; the unit was not stopped", stop.err), t0)
 	}
 	was := ""
 	if last != nil {
@@ -315,6 +342,7 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	}
 	if h := r.opt.Hooks.AfterRunning; h != nil {
 		r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
+		r.intent(ctx, name, PhaseHealth)
 		r.begin(ur, PhaseHealth)
 		err := h(ctx, name, last)
 		r.end(ur)
@@ -323,13 +351,40 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 		}
 		ur.Total = Seconds(clock.Now().Sub(t0))
 		ur.Outcome, ur.Phase = OutcomeRestarted, ""
+		r.intent(ctx, name, "")
 		r.emit(ur, Event{Kind: EventHealthy, Elapsed: time.Duration(ur.Total), State: running})
 		return nil
 	}
 	ur.Outcome, ur.Phase = OutcomeRestarted, ""
+	r.intent(ctx, name, "")
 	r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
 	return nil
 }
+
+// intent records a phase the unit is in for the Intent hook, best effort:
+// the unit is brought back whether or not the record could be written.
+func (r *Roller) intent(ctx context.Context, unit string, p Phase) {
+	if in := r.opt.Hooks.Intent; in != nil {
+		if err := in(context.WithoutCancel(ctx), unit, p); err != nil {
+			r.opt.Logger.Warn("intent not recorded", "rollout_id", r.opt.RolloutID, "unit", unit, "phase", string(p), "error", err.Error())
+		}
+	}
+}
+
+// fenced reports why fleetroll must not write to fleet now (the Fence
+// hook), or nil.
+func (r *Roller) fenced() error {
+	if f := r.opt.Hooks.Fence; f != nil {
+		if err := f(); err != nil {
+			return fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+	}
+	return nil
+}
+
+// ErrFenced is why a roll stopped writing to fleet: its lock's lease could
+// have expired, so another fleetroll may act on the service.
+var ErrFenced = errors.New("not acting on fleet any more")
 
 // stop asks fleet to stop the unit and waits until it reports it stopped.
 // When ctx ends after fleet accepted the stop, it still observes the stop
@@ -346,6 +401,9 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 	r.begin(ur, PhaseStop)
 	r.emit(ur, Event{Kind: EventStopping})
 	res.err = r.until(ctx, deadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
+		if err := r.fenced(); err != nil {
+			return false, err
+		}
 		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
 	})
 	if res.err != nil && ctx.Err() != nil && r.targetIs(context.WithoutCancel(ctx), name, "loaded") {
@@ -383,6 +441,7 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 	if why != nil {
 		kind = EventRecovering
 	}
+	r.intent(ctx, name, PhaseStart)
 	r.begin(ur, PhaseStart)
 	if r.digest != "" {
 		ur.ImageDigest = r.digest
@@ -395,6 +454,9 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 	startCtx := context.WithoutCancel(ctx)
 	deadline := t0.Add(r.opt.StartTimeout)
 	err := r.until(startCtx, deadline, r.opt.StartTimeout, func(ctx context.Context) (bool, error) {
+		if err := r.fenced(); err != nil {
+			return false, err
+		}
 		return true, r.fleet.SetUnitTargetState(ctx, name, "launched")
 	})
 	if err == nil {
@@ -529,6 +591,10 @@ func (r *Roller) nudge(ctx context.Context, name, target string) error {
 	}
 	if current == target {
 		return nil // fleet's agent has acted; the published state follows
+	}
+	if err := r.fenced(); err != nil {
+		r.opt.Logger.Debug("nudge skipped", "rollout_id", r.opt.RolloutID, "unit", name, "error", err.Error())
+		return nil
 	}
 	if err := r.fleet.SetUnitTargetState(ctx, name, target); err != nil {
 		r.opt.Logger.Debug("nudge failed", "rollout_id", r.opt.RolloutID, "unit", name, "error", err)

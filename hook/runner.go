@@ -62,8 +62,12 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", j.Service, err)
 	}
+	opts := svc.RollOptions(s.opt.Roll)
+	opts.RolloutID = j.ID
+	opts.Logger = s.log.With("service", j.Service, "request_id", j.Trigger.RequestID)
 	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: svc.Policy(s.opt.Policy), Fleet: s.opt.Fleet,
-		Owner: s.opt.Owner + ", rollout " + j.ID}
+		Owner: s.opt.Owner + ", rollout " + j.ID, Rollout: j.ID, Trigger: j.Trigger, Roll: opts,
+		OnRecover: func(msg string) { s.log.Warn(msg, "rollout_id", j.ID, "service", j.Service) }}
 	hooks, release, err := safety.Prepare(ctx, j.Service)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", j.Service, err)
@@ -76,10 +80,7 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 			r.Units[i] = fleetroll.UnitReport{Unit: u.Name, Outcome: fleetroll.OutcomePending, LastState: u.State}
 		}
 	})
-	opts := svc.RollOptions(s.opt.Roll)
 	opts.Hooks = hooks
-	opts.RolloutID = j.ID
-	opts.Logger = s.log.With("service", j.Service, "request_id", j.Trigger.RequestID)
 	opts.OnEvent = func(e fleetroll.Event) { s.progress(j.ID, e) }
 	roller, err := fleetroll.NewRoller(s.opt.Fleet, opts)
 	if err != nil {

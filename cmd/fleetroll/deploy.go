@@ -181,9 +181,9 @@ func deployAction(c *cli.Context, verb, image string,
 	}
 	safety.Policy.Image = image
 	policy := safety.Policy.WithDefaults(plan.Service)
-	safety.OnLockWait = func(holder string) {
-		fmt.Fprintf(errw, "waiting for the lock of %s, held by %s\n", plan.Service, holder)
-	}
+	o.roll.RolloutID = fleetroll.NewID()
+	o.roll.Logger = logger
+	prepareSafety(&safety, o, plan.Service, fleetroll.Trigger{Source: "cli"}, errw)
 	hooks, unlock, err := safety.Prepare(ctx, plan.Service)
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("%s %s: %w", verb, plan.Service, err)}
@@ -194,7 +194,6 @@ func deployAction(c *cli.Context, verb, image string,
 		return err
 	}
 	o.roll.Hooks = hooks
-	o.roll.Logger = logger
 	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
 	roller, err := fleetroll.NewRoller(fleet, o.roll)
 	if err != nil {

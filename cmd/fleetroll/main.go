@@ -87,6 +87,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			restartCommand(),
 			deployCommand(),
 			rollbackCommand(),
+			recoverCommand(),
 			serveCommand(),
 			statusCommand(),
 			{

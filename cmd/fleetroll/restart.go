@@ -177,16 +177,15 @@ func restartAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	safety.OnLockWait = func(holder string) {
-		fmt.Fprintf(errw, "waiting for the lock of %s, held by %s\n", plan.Service, holder)
-	}
+	o.roll.RolloutID = fleetroll.NewID()
+	o.roll.Logger = logger
+	prepareSafety(&safety, o, plan.Service, fleetroll.Trigger{Source: "cli"}, errw)
 	hooks, release, err := safety.Prepare(ctx, plan.Service)
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}
 	}
 	defer release()
 	o.roll.Hooks = hooks
-	o.roll.Logger = logger
 	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
 	roller, err := fleetroll.NewRoller(fleet, o.roll)
 	if err != nil {
@@ -230,6 +229,17 @@ func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog
 	default:
 		return &exitError{exitFailed, rollErr}
 	}
+}
+
+// prepareSafety tells the safety which rollout it serves (its intent
+// record), how to recover a dead holder's units, and where to say what it
+// waits for and recovers.
+func prepareSafety(safety *coord.Safety, o *restartOptions, service string, trigger fleetroll.Trigger, errw io.Writer) {
+	safety.Rollout, safety.Trigger, safety.Roll = o.roll.RolloutID, trigger, o.roll
+	safety.OnLockWait = func(holder string) {
+		fmt.Fprintf(errw, "waiting for the lock of %s, held by %s\n", service, holder)
+	}
+	safety.OnRecover = func(msg string) { fmt.Fprintln(errw, msg) }
 }
 
 // makePlan plans the options' target; its errors carry their exit codes.

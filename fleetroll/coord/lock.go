@@ -30,13 +30,21 @@ type Lock struct {
 	OnWait func(holder string)
 	// Clock paces the keep-alive; the real clock when nil.
 	Clock fleetroll.Clock
+	// Margin: the holder stops acting this long before its lease could
+	// expire (default TTL/3; see Held.Valid).
+	Margin time.Duration
 }
 
 // Held is an acquired lock. Lost is closed when the lock could not be kept
 // alive (etcd unreachable past the TTL, or the key taken): the holder must
 // stop after its current step.
 type Held struct {
-	l      Lock
+	l Lock
+	// sent is when the last refresh that etcd confirmed was sent: etcd
+	// set the key's expiry at or after sent+TTL, so the lease is ours
+	// until then at least.
+	mu     sync.Mutex
+	sent   time.Time
 	lost   chan struct{}
 	why    error
 	once   sync.Once
@@ -54,10 +62,14 @@ func (l Lock) Acquire(ctx context.Context, wait bool) (*Held, error) {
 	if l.Clock == nil {
 		l.Clock = fleetroll.SystemClock{}
 	}
+	if l.Margin <= 0 {
+		l.Margin = l.TTL / 3
+	}
 	for {
+		sent := l.Clock.Now()
 		_, err := l.KAPI.Set(ctx, l.Key, l.Owner, &client.SetOptions{PrevExist: client.PrevNoExist, TTL: l.TTL})
 		if err == nil {
-			return l.keep(ctx), nil
+			return l.keep(ctx, sent), nil
 		}
 		if !isCode(err, client.ErrorCodeNodeExist) {
 			return nil, fmt.Errorf("lock %s: %w", l.Key, err)
@@ -94,9 +106,9 @@ func (l Lock) Acquire(ctx context.Context, wait bool) (*Held, error) {
 
 // keep refreshes the key every TTL/3; failing for longer than the TTL, or
 // finding the key gone or taken, marks the lock lost.
-func (l Lock) keep(ctx context.Context) *Held {
+func (l Lock) keep(ctx context.Context, sent time.Time) *Held {
 	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h := &Held{l: l, lost: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	h := &Held{l: l, sent: sent, lost: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
 		lastOK := l.Clock.Now()
@@ -107,11 +119,15 @@ func (l Lock) keep(ctx context.Context) *Held {
 			case <-l.Clock.After(l.TTL / 3):
 			}
 			rctx, rcancel := context.WithTimeout(kctx, l.TTL/3)
+			sent := l.Clock.Now()
 			_, err := l.KAPI.Set(rctx, l.Key, "", &client.SetOptions{Refresh: true, TTL: l.TTL, PrevExist: client.PrevExist, PrevValue: l.Owner})
 			rcancel()
 			switch {
 			case err == nil:
 				lastOK = l.Clock.Now()
+				h.mu.Lock()
+				h.sent = sent
+				h.mu.Unlock()
 			case kctx.Err() != nil:
 				return
 			case isCode(err, client.ErrorCodeKeyNotFound) || isCode(err, client.ErrorCodeTestFailed):
@@ -144,6 +160,26 @@ func (h *Held) Err() error {
 	default:
 		return nil
 	}
+}
+
+// Valid returns nil while the lease is surely ours: no refresh failed for
+// so long that the key could expire within the margin. Past that, another
+// fleetroll may take the lock once the key expires, so the holder must stop
+// writing to fleet at once (the margin covers one fleet request in flight:
+// keep it above --request-timeout). It also fails once the lock is lost.
+func (h *Held) Valid() error {
+	if err := h.Err(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	sent := h.sent
+	h.mu.Unlock()
+	expires := sent.Add(h.l.TTL)
+	if left := expires.Sub(h.l.Clock.Now()); left < h.l.Margin {
+		return fmt.Errorf("lock %s: not refreshed since %s; its lease may expire in %s (under the %s margin)",
+			h.l.Key, sent.UTC().Format(time.RFC3339), left.Round(time.Millisecond), h.l.Margin)
+	}
+	return nil
 }
 
 // Release stops the keep-alive and deletes the key if it is still ours.

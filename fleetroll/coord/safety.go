@@ -24,6 +24,16 @@ type Safety struct {
 	// OnLockWait, when set, is told who holds the lock each time the roll
 	// starts waiting for it (lock mode wait).
 	OnLockWait func(holder string)
+	// Rollout is the rollout the hooks serve: its intent record is written
+	// under this ID (a fresh one when empty), with its trigger.
+	Rollout string
+	Trigger fleetroll.Trigger
+	// Roll tunes the recovery of another rollout's units (timeouts, poll,
+	// logger, clock); the hooks and rollout ID are Safety's.
+	Roll fleetroll.Options
+	// OnRecover, when set, is told what the recovery of a dead holder's
+	// rollout did, one message at a time.
+	OnRecover func(msg string)
 }
 
 // Validate checks the policy and that etcd is there when it is needed.
@@ -66,12 +76,26 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 		if err != nil {
 			return hooks, release, err
 		}
+		if s.Rollout == "" {
+			s.Rollout = fleetroll.NewID()
+		}
+		intents := Intents{KAPI: s.KAPI}
+		rec := &recorder{store: intents, service: service, clock: clockOr(s.Roll.Clock),
+			intent: Intent{Rollout: s.Rollout, Trigger: s.Trigger, Owner: s.Owner, Started: clockOr(s.Roll.Clock).Now()}}
 		release = func() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
+			// This fleetroll saw its roll to the end (and brought back what
+			// it could): nothing of its own is left for another to restore.
+			// Another's intent that could not be restored stays.
+			if in, err := intents.Get(rctx, service); err == nil && in != nil && in.Rollout == s.Rollout && held.Valid() == nil {
+				_ = intents.Delete(rctx, service)
+			}
 			_ = held.Release(rctx)
 		}
-		hooks.Continue = held.Err
+		hooks.Continue = held.Valid
+		hooks.Fence = held.Valid
+		hooks.Intent = rec.phase
 	}
 	var gate func(context.Context, string, *schema.UnitState) error
 	if p.Health != nil {
@@ -100,7 +124,90 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 	} else {
 		hooks.AfterRunning = gate
 	}
+	if hooks.Intent != nil {
+		if err := s.recoverDead(ctx, service, hooks); err != nil {
+			release()
+			return fleetroll.Hooks{}, func() {}, err
+		}
+	}
 	return hooks, release, nil
+}
+
+// clockOr is c, or the real clock.
+func clockOr(c fleetroll.Clock) fleetroll.Clock {
+	if c == nil {
+		return fleetroll.SystemClock{}
+	}
+	return c
+}
+
+// ErrRecoveryFailed is returned when units a dead holder left in flight
+// could not all be restored: nothing else is touched.
+var ErrRecoveryFailed = errors.New("recovery failed")
+
+// recoverDead restores the units of an intent left by a holder that is gone
+// (this fleetroll holds the lock now), records that rollout in the history
+// as interrupted, and deletes the intent.
+func (s Safety) recoverDead(ctx context.Context, service string, hooks fleetroll.Hooks) error {
+	intents := Intents{KAPI: s.KAPI}
+	in, err := intents.Get(ctx, service)
+	if err != nil {
+		return fmt.Errorf("read the intent of %s: %w; nothing was touched", service, err)
+	}
+	if in == nil || in.Rollout == s.Rollout {
+		return nil
+	}
+	say := func(format string, a ...any) {
+		if s.OnRecover != nil {
+			s.OnRecover(fmt.Sprintf(format, a...))
+		}
+	}
+	var names []string
+	for _, u := range in.Units {
+		names = append(names, u.Unit)
+	}
+	say("recovering rollout %s of %s, left by %s: restoring %s", in.Rollout, service, in.Owner, strings.Join(names, ", "))
+	opt := s.Roll
+	opt.RolloutID, opt.OnEvent = s.Rollout, nil
+	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence}
+	roller, err := fleetroll.NewRoller(s.Fleet, opt)
+	if err != nil {
+		return err
+	}
+	restored, rerr := roller.Restore(ctx, names)
+	clock := clockOr(s.Roll.Clock)
+	rep := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: in.Rollout, Service: service, Status: fleetroll.StatusInterrupted,
+		Trigger: in.Trigger, By: in.Owner, Started: in.Started, Finished: clock.Now(), Units: []fleetroll.UnitReport{}}
+	var where []string
+	for i, u := range in.Units {
+		ur := fleetroll.UnitReport{Unit: u.Unit, Outcome: fleetroll.OutcomeInterrupted, Phase: u.Phase}
+		ur.Error = fmt.Sprintf("the fleetroll running it (%s) stopped in phase %s; restored by %s", in.Owner, u.Phase, s.Owner)
+		if i < len(restored) && restored[i].Outcome != fleetroll.OutcomeRestarted {
+			ur.Error = fmt.Sprintf("the fleetroll running it (%s) stopped in phase %s; %s could not restore it: %s", in.Owner, u.Phase, s.Owner, restored[i].Error)
+			ur.LeftStopped = restored[i].LeftStopped
+		}
+		rep.Units = append(rep.Units, ur)
+		where = append(where, fmt.Sprintf("%s in phase %s", u.Unit, u.Phase))
+	}
+	rep.Error = fmt.Sprintf("interrupted: the fleetroll running it stopped with %s in flight", strings.Join(where, ", "))
+	if fleetroll.ValidRolloutID(in.Rollout) {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if err := (History{KAPI: s.KAPI}).Save(hctx, rep); err != nil {
+			say("the interrupted rollout %s was not recorded: %v", in.Rollout, err)
+		}
+		cancel()
+	}
+	if rerr != nil {
+		say("recovery of %s failed: %v", service, rerr)
+		return fmt.Errorf("%s: %w: %w; nothing else was touched (fleetroll recover %s tries again)", service, ErrRecoveryFailed, rerr, service)
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := intents.Delete(dctx, service); err != nil {
+		return fmt.Errorf("%s: restored, but the intent could not be cleared: %w", service, err)
+	}
+	say("recovered rollout %s of %s: %s running again; recorded as interrupted", in.Rollout, service, strings.Join(names, ", "))
+	return nil
 }
 
 // gate runs the health gate against the unit's machine and port.
