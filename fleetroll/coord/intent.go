@@ -22,8 +22,8 @@ type Intent struct {
 	Rollout string            `json:"rollout"`
 	Trigger fleetroll.Trigger `json:"trigger"`
 	Owner   string            `json:"owner"`
-	Started time.Time    `json:"started"`
-	Units   []IntentUnit `json:"units"`
+	Started time.Time         `json:"started"`
+	Units   []IntentUnit      `json:"units"`
 }
 
 // IntentUnit is one unit in flight: the phase it entered last, and what it
