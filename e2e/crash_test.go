@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	fr "github.com/fleetroll/fleetroll/fleetroll"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// A fleetroll killed with SIGKILL at each step of the second unit leaves
+// an intent record; the next fleetroll (fleetroll recover, or a restart)
+// restores the unit within the lock's TTL plus 10 s: every instance
+// active, announced again, started the expected number of times, and the
+// killed rollout in the history as interrupted (issue 12).
+func TestKilledFleetrollIsRecovered(t *testing.T) {
+	needCluster(t)
+	ports := []string{"18971", "18972", "18973"}
+	dropIn(t, "my-service@.service", map[string]string{"ARGS": "-warmup 2s"})
+	units := launchDemo(t, "my-service", ports...)
+	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
+	var sidekicks []string
+	for _, p := range ports {
+		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
+	}
+	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+	kapi := etcdKAPI(t)
+	ctx := context.Background()
+	announced := func() int {
+		resp, err := kapi.Get(ctx, "/services/my-service", nil)
+		if err != nil {
+			return 0
+		}
+		n := 0
+		for _, node := range resp.Node.Nodes {
+			for _, p := range ports {
+				if strings.HasSuffix(node.Key, "/"+p) {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	api, err := cl.API()
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired := func(unit string) string {
+		u, err := api.Unit(unit)
+		if err != nil || u == nil {
+			return ""
+		}
+		return u.DesiredState
+	}
+	const ttl = 5 * time.Second
+	flags := []string{"--ports", strings.Join(ports, ","), "--etcd-endpoints", cl.EtcdURL, "--lock", "wait", "--lock-ttl", ttl.String(),
+		"--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms", "--grace", "0s"}
+	second := units[1]
+
+	type point struct {
+		name string
+		// reached watches the roll and reports when it is at this step.
+		reached func(line string) bool
+		// started: how many times the second unit starts, kill and
+		// recovery together.
+		started int
+	}
+	points := []point{
+		{"drained", func(string) bool {
+			_, err := kapi.Get(ctx, "/fleetroll/drain/my-service/"+ports[1], nil)
+			return err == nil
+		}, 0},
+		{"stop requested", func(string) bool { return desired(second) == "loaded" }, 1},
+		{"stopped", func(l string) bool { return strings.Contains(l, second+": stopped in") }, 1},
+		{"start requested", func(l string) bool {
+			return strings.Contains(l, second+": starting") && desired(second) == "launched"
+		}, 1},
+		{"running, not yet healthy", func(l string) bool { return strings.Contains(l, second+": running in") }, 1},
+	}
+	for _, by := range []string{"recover", "restart"} {
+		for _, p := range points {
+			t.Run(by+" after a kill at "+p.name, func(t *testing.T) {
+				eventually(t, time.Minute, "all announced", func() error {
+					if n := announced(); n != 3 {
+						return fmt.Errorf("%d announced", n)
+					}
+					return nil
+				})
+				before := make([]int, 3)
+				for i, port := range ports {
+					before[i] = starts(t, port)
+				}
+				cmd, lines, _ := startFleetrollOut(t, append([]string{"restart", "my-service"}, flags...)...)
+				var log strings.Builder
+				id := ""
+				deadline := time.After(2 * time.Minute)
+				tick := time.NewTicker(20 * time.Millisecond)
+			watch:
+				for {
+					select {
+					case l, ok := <-lines:
+						if !ok {
+							t.Fatalf("fleetroll ended before %s:\n%s", p.name, log.String())
+						}
+						log.WriteString(l + "\n")
+						if rest, ok := strings.CutPrefix(l, "rollout "); ok && id == "" {
+							id, _, _ = strings.Cut(rest, ":")
+						}
+						if strings.Contains(log.String(), units[0]+": healthy") && p.reached(l) {
+							break watch
+						}
+					case <-tick.C:
+						if strings.Contains(log.String(), units[0]+": healthy") && p.reached("") {
+							break watch
+						}
+					case <-deadline:
+						t.Fatalf("%s not reached:\n%s", p.name, log.String())
+					}
+				}
+				tick.Stop()
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				_ = cmd.Wait()
+				killed := time.Now()
+
+				args := []string{"recover", "my-service", "--etcd-endpoints", cl.EtcdURL, "--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms"}
+				extra := 0
+				if by == "restart" {
+					args = append([]string{"restart", "my-service"}, flags...)
+					extra = 1
+				}
+				code, out := fleetroll(t, args...)
+				if code != 0 || !strings.Contains(out, "recovering rollout "+id) {
+					t.Fatalf("fleetroll %s after the kill: exit %d\n%s\nkilled run:\n%s", by, code, out, log.String())
+				}
+				took := time.Since(killed)
+				for i, st := range systemd(t, units...) {
+					if !st.Up() {
+						t.Errorf("%s is %s/%s after %s", units[i], st.Active, st.Sub, by)
+					}
+				}
+				eventually(t, 15*time.Second, "all announced again", func() error {
+					if n := announced(); n != 3 {
+						return fmt.Errorf("%d announced", n)
+					}
+					return nil
+				})
+				want := []int{1 + extra, p.started + extra, extra}
+				for i, port := range ports {
+					if got := starts(t, port) - before[i]; got != want[i] {
+						t.Errorf("%s started %d times, want %d", units[i], got, want[i])
+					}
+				}
+				if by == "recover" && took > ttl+10*time.Second {
+					t.Errorf("restored %s after the kill, more than the lock TTL (%s) + 10 s", took.Round(time.Millisecond), ttl)
+				}
+				t.Logf("kill at %s: every instance running again %s after the kill (%s)", p.name, took.Round(time.Millisecond), by)
+				code, st := fleetroll(t, "status", id, "--etcd-endpoints", cl.EtcdURL)
+				var rec fr.Report
+				if code != 0 || json.Unmarshal([]byte(st), &rec) != nil || rec.Status != fr.StatusInterrupted || len(rec.Units) != 1 ||
+					rec.Units[0].Unit != second {
+					t.Fatalf("history of the killed rollout %s: %d\n%s", id, code, st)
+				}
+				if _, err := kapi.Get(ctx, "/fleetroll/intents/my-service", nil); !client.IsKeyNotFound(err) {
+					t.Fatalf("intent left: %v", err)
+				}
+			})
+		}
+	}
+}
