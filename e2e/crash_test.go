@@ -65,8 +65,9 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 
 	type point struct {
 		name string
-		// reached watches the roll and reports when it is at this step.
-		reached func(line string) bool
+		// reached watches the roll (its output so far) and reports when it
+		// is at this step.
+		reached func(out string) bool
 		// started: how many times the second unit starts, kill and
 		// recovery together.
 		started int
@@ -112,11 +113,11 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 						if rest, ok := strings.CutPrefix(l, "rollout "); ok && id == "" {
 							id, _, _ = strings.Cut(rest, ":")
 						}
-						if strings.Contains(log.String(), units[0]+": healthy") && p.reached(l) {
+						if strings.Contains(log.String(), units[0]+": healthy") && p.reached(log.String()) {
 							break watch
 						}
 					case <-tick.C:
-						if strings.Contains(log.String(), units[0]+": healthy") && p.reached("") {
+						if strings.Contains(log.String(), units[0]+": healthy") && p.reached(log.String()) {
 							break watch
 						}
 					case <-deadline:
@@ -159,7 +160,11 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 				if by == "recover" && took > ttl+10*time.Second {
 					t.Errorf("restored %s after the kill, more than the lock TTL (%s) + 10 s", took.Round(time.Millisecond), ttl)
 				}
-				t.Logf("kill at %s: every instance running again %s after the kill (%s)", p.name, took.Round(time.Millisecond), by)
+				if by == "recover" {
+					t.Logf("kill at %s: every instance running again %s after the kill", p.name, took.Round(time.Millisecond))
+				} else {
+					t.Logf("kill at %s: recovered, then every instance restarted, %s after the kill", p.name, took.Round(time.Millisecond))
+				}
 				code, st := fleetroll(t, "status", id, "--etcd-endpoints", cl.EtcdURL)
 				var rec fr.Report
 				if code != 0 || json.Unmarshal([]byte(st), &rec) != nil || rec.Status != fr.StatusInterrupted || len(rec.Units) != 1 ||
