@@ -129,6 +129,59 @@ func removeContainers(names ...string) {
 	}
 }
 
+// startRegistry runs a local registry (deletes allowed) on addr, storing
+// under dir/registry, whose notifications go to fleetroll serve at listen
+// with the bearer token; it stops when the test ends. It returns the
+// storage directory.
+func startRegistry(t *testing.T, dir, addr, listen, token string) string {
+	t.Helper()
+	regDir := filepath.Join(dir, "registry")
+	cfg := filepath.Join(dir, "registry.yml")
+	writeFile(t, cfg, fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+notifications:
+  endpoints:
+    - name: fleetroll
+      url: http://%s/webhooks/registry
+      headers:
+        Authorization: [Bearer %s]
+      timeout: 2s
+      threshold: 3
+      backoff: 1s
+`, regDir, addr, listen, token), 0o644)
+	reg := exec.Command("docker-registry", "serve", cfg)
+	reg.Stdout, reg.Stderr = io.Discard, io.Discard
+	if err := reg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
+	eventually(t, 30*time.Second, "registry up", func() error {
+		var v any
+		return getJSON("http://"+addr+"/v2/", nil, &v)
+	})
+	return regDir
+}
+
+// launchSidekicks writes the sidekicks' drop-in for this cluster (quick
+// announcements on 127.0.0.1) and launches one per port.
+func launchSidekicks(t *testing.T, ports ...string) {
+	t.Helper()
+	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
+	var sidekicks []string
+	for _, p := range ports {
+		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
+	}
+	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+}
+
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
@@ -307,37 +360,7 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	// A registry that notifies fleetroll. Until fleetroll listens, a sink
 	// takes the notifications of the first pushes (the registry retries
 	// until someone answers).
-	regDir := filepath.Join(tmp, "registry")
-	writeFile(t, filepath.Join(tmp, "registry.yml"), fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-notifications:
-  endpoints:
-    - name: fleetroll
-      url: http://%s/webhooks/registry
-      headers:
-        Authorization: [Bearer %s]
-      timeout: 2s
-      threshold: 3
-      backoff: 1s
-`, regDir, regAddr, hookListen, ctrRegToken), 0o644)
-	reg := exec.Command("docker-registry", "serve", filepath.Join(tmp, "registry.yml"))
-	reg.Stdout, reg.Stderr = io.Discard, io.Discard
-	if err := reg.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = reg.Process.Kill(); _ = reg.Wait() }()
-	eventually(t, 30*time.Second, "registry up", func() error {
-		var v any
-		return getJSON("http://"+regAddr+"/v2/", nil, &v)
-	})
+	startRegistry(t, tmp, regAddr, hookListen, ctrRegToken)
 	sinkLn, err := net.Listen("tcp", hookListen)
 	if err != nil {
 		t.Fatal(err)

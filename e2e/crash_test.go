@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,12 +23,7 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 	ports := []string{"18971", "18972", "18973"}
 	dropIn(t, "my-service@.service", map[string]string{"ARGS": "-warmup 2s"})
 	units := launchDemo(t, "my-service", ports...)
-	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
-	var sidekicks []string
-	for _, p := range ports {
-		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
-	}
-	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+	launchSidekicks(t, ports...)
 	kapi := etcdKAPI(t)
 	ctx := context.Background()
 	announced := func() int {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -144,37 +142,7 @@ func TestReleases(t *testing.T) {
 		var h map[string]any
 		return getJSON("http://"+relListen+"/healthz", nil, &h)
 	})
-	regDir := filepath.Join(tmp, "registry")
-	writeFile(t, filepath.Join(tmp, "registry.yml"), fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-notifications:
-  endpoints:
-    - name: fleetroll
-      url: http://%s/webhooks/registry
-      headers:
-        Authorization: [Bearer %s]
-      timeout: 2s
-      threshold: 3
-      backoff: 1s
-`, regDir, relRegAddr, relListen, relRegTok), 0o644)
-	reg := exec.Command("docker-registry", "serve", filepath.Join(tmp, "registry.yml"))
-	reg.Stdout, reg.Stderr = io.Discard, io.Discard
-	if err := reg.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
-	eventually(t, 30*time.Second, "registry up", func() error {
-		var v any
-		return getJSON("http://"+relRegAddr+"/v2/", nil, &v)
-	})
+	regDir := startRegistry(t, tmp, relRegAddr, relListen, relRegTok)
 	push := func(tag string) string {
 		t.Helper()
 		c.run(5*time.Minute, "podman", "push", "--tls-verify=false", im.demo+":"+tag, "docker://"+image+":"+tag)

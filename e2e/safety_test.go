@@ -43,12 +43,7 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 	needCluster(t)
 	ports := []string{"18961", "18962", "18963"}
 	units := launchDemo(t, "my-service", ports...)
-	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
-	var sidekicks []string
-	for _, p := range ports {
-		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
-	}
-	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+	launchSidekicks(t, ports...)
 	kapi := etcdKAPI(t)
 	ctx := context.Background()
 	announced := func() (map[string]bool, error) {
