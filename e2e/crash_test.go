@@ -20,7 +20,7 @@ import (
 // killed rollout in the history as interrupted (issue 12).
 func TestKilledFleetrollIsRecovered(t *testing.T) {
 	needCluster(t)
-	ports := []string{"18971", "18972", "18973"}
+	ports := []string{"19071", "19072", "19073"}
 	dropIn(t, "my-service@.service", map[string]string{"ARGS": "-warmup 2s"})
 	units := launchDemo(t, "my-service", ports...)
 	launchSidekicks(t, ports...)

@@ -29,7 +29,7 @@ const (
 	relRegTok  = "e2e-release-registry-token-01234"
 )
 
-var relPorts = []string{"18961", "18962", "18963"}
+var relPorts = []string{"19061", "19062", "19063"}
 
 // running returns the image each instance's container runs (podman
 // inspect): the reference it was started with, then the repository digests
