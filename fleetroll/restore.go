@@ -61,10 +61,7 @@ func (r *Roller) restore(ctx context.Context, ur *UnitReport) error {
 	}
 	ur.Machine = shortID(last.MachineID)
 	if h := r.opt.Hooks.AfterRunning; h != nil {
-		r.begin(ur, PhaseHealth)
-		err := h(ctx, name, last)
-		r.end(ur)
-		if err != nil {
+		if err := r.gate(ctx, ur, h, last); err != nil {
 			return r.failed(ur, PhaseHealth, last, false, err, t0)
 		}
 	}

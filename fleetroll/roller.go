@@ -343,10 +343,7 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	if h := r.opt.Hooks.AfterRunning; h != nil {
 		r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
 		r.intent(ctx, name, PhaseHealth)
-		r.begin(ur, PhaseHealth)
-		err := h(ctx, name, last)
-		r.end(ur)
-		if err != nil {
+		if err := r.gate(ctx, ur, h, last); err != nil {
 			return r.failed(ur, PhaseHealth, last, false, err, t0)
 		}
 		ur.Total = Seconds(clock.Now().Sub(t0))
@@ -359,6 +356,14 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	r.intent(ctx, name, "")
 	r.emit(ur, Event{Kind: EventRunning, Elapsed: time.Duration(ur.Start), State: running})
 	return nil
+}
+
+// gate runs the AfterRunning hook h as the unit's health phase.
+func (r *Roller) gate(ctx context.Context, ur *UnitReport, h func(context.Context, string, *schema.UnitState) error, last *schema.UnitState) error {
+	r.begin(ur, PhaseHealth)
+	err := h(ctx, ur.Unit, last)
+	r.end(ur)
+	return err
 }
 
 // intent records a phase the unit is in for the Intent hook, best effort:

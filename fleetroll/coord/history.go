@@ -42,17 +42,25 @@ func (h History) Save(ctx context.Context, r fleetroll.Report) error {
 	if _, err := h.KAPI.Set(ctx, key, string(b), nil); err != nil {
 		return fmt.Errorf("history: save %s: %w", r.ID, err)
 	}
-	keep := h.Keep
-	if keep <= 0 {
-		keep = 50
+	if err := prune(ctx, h.KAPI, dir, h.Keep, 50); err != nil {
+		return fmt.Errorf("history: %w", err)
 	}
-	resp, err := h.KAPI.Get(ctx, dir, &client.GetOptions{Sort: true})
+	return nil
+}
+
+// prune deletes the oldest keys of dir (sorted by name) beyond keep
+// (def when keep is not positive).
+func prune(ctx context.Context, kapi client.KeysAPI, dir string, keep, def int) error {
+	if keep <= 0 {
+		keep = def
+	}
+	resp, err := kapi.Get(ctx, dir, &client.GetOptions{Sort: true})
 	if err != nil {
-		return fmt.Errorf("history: list %s: %w", dir, err)
+		return fmt.Errorf("list %s: %w", dir, err)
 	}
 	for i := 0; i < len(resp.Node.Nodes)-keep; i++ {
-		if _, err := h.KAPI.Delete(ctx, resp.Node.Nodes[i].Key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
-			return fmt.Errorf("history: prune: %w", err)
+		if _, err := kapi.Delete(ctx, resp.Node.Nodes[i].Key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
+			return fmt.Errorf("prune %s: %w", dir, err)
 		}
 	}
 	return nil

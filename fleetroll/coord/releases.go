@@ -115,18 +115,8 @@ func (s ReleaseStore) Set(ctx context.Context, service string, rel fleetroll.Rel
 	if _, err := s.KAPI.CreateInOrder(ctx, dir+"/history", string(b), nil); err != nil {
 		return fmt.Errorf("releases: history of %s: %w", service, err)
 	}
-	keep := s.Keep
-	if keep <= 0 {
-		keep = 20
-	}
-	resp, err := s.KAPI.Get(ctx, dir+"/history", &client.GetOptions{Sort: true})
-	if err != nil {
-		return fmt.Errorf("releases: history of %s: %w", service, err)
-	}
-	for i := 0; i < len(resp.Node.Nodes)-keep; i++ {
-		if _, err := s.KAPI.Delete(ctx, resp.Node.Nodes[i].Key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
-			return fmt.Errorf("releases: prune: %w", err)
-		}
+	if err := prune(ctx, s.KAPI, dir+"/history", s.Keep, 20); err != nil {
+		return fmt.Errorf("releases: %w", err)
 	}
 	return nil
 }
