@@ -159,6 +159,18 @@ type QueueInfo struct {
 	// (at most MaxSupersedes); SupersedesDropped counts the older ones.
 	Supersedes        []string `json:"supersedes,omitempty"`
 	SupersedesDropped int      `json:"supersedes_dropped,omitempty"`
+	// Resumed lists the receivers that took this rollout over after the
+	// one running it stopped (serve with etcd), oldest first.
+	Resumed []Resumption `json:"resumed,omitempty"`
+}
+
+// Resumption is one takeover of a rollout by another receiver.
+type Resumption struct {
+	At time.Time `json:"at"`
+	By string    `json:"by"`
+	// Done are the units that were already restarted (by the rollout, or
+	// by the recovery of its units in flight) and were not restarted again.
+	Done []string `json:"done,omitempty"`
 }
 
 // Report is the record of one rollout: what the roller did, and who asked
@@ -241,6 +253,7 @@ func (r *Report) Clone() Report {
 	if r.Queue != nil {
 		q := *r.Queue
 		q.Supersedes = append([]string(nil), r.Queue.Supersedes...)
+		q.Resumed = append([]Resumption(nil), r.Queue.Resumed...)
 		c.Queue = &q
 	}
 	return c

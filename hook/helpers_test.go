@@ -78,6 +78,9 @@ type testEnv struct {
 	fleet *fakefleet.Fleet
 	http  *httptest.Server
 	logs  *syncBuffer
+	// stop stops the server's queue (and sends the callbacks left) before
+	// the test ends.
+	stop func()
 }
 
 // newTestEnv starts a server over an in-memory fleet; modify adjusts its
@@ -123,13 +126,17 @@ func newTestEnv(t *testing.T, modify func(*Options)) *testEnv {
 		defer close(done)
 		srv.Run(ctx, time.Second)
 	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
-	return &testEnv{srv: srv, fleet: ff, http: hs, logs: logs}
+	return &testEnv{srv: srv, fleet: ff, http: hs, logs: logs, stop: stop}
 }
 
 func (e *testEnv) do(t *testing.T, method, path string, body []byte, headers map[string]string) (*http.Response, map[string]any) {

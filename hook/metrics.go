@@ -13,7 +13,7 @@ type metrics struct {
 	replays     *prometheus.CounterVec
 }
 
-func newMetrics(q *Queue) *metrics {
+func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -26,6 +26,11 @@ type Job struct {
 	// Callbacks are the Docker Hub callback URLs of its trigger and of the
 	// newest triggers it superseded (at most MaxSupersedes+1).
 	Callbacks []string
+	// Resume is the record of this rollout as another receiver left it
+	// (serve with etcd): the units it restarted are not restarted again.
+	Resume *fleetroll.Report
+	// entry is the trigger's key in the durable queue ("" in memory).
+	entry string
 }
 
 // QueueOptions tune a Queue.
@@ -95,7 +100,7 @@ func triggerKey(t fleetroll.Trigger) string {
 // Submit records a trigger for a service (with the Docker Hub callback URL
 // to report to, if any) and returns the rollout that will carry it, and
 // whether the trigger merged into an existing rollout.
-func (q *Queue) Submit(service string, t fleetroll.Trigger, callback string) (fleetroll.Report, bool, error) {
+func (q *Queue) Submit(_ context.Context, service string, t fleetroll.Trigger, callback string) (fleetroll.Report, bool, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {

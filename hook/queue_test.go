@@ -78,7 +78,7 @@ func TestBurstCoalescesIntoOneFollowUp(t *testing.T) {
 	q := NewQueue(store, g.exec, QueueOptions{MaxParallel: 4})
 	runQueue(t, q)
 
-	first, _, err := q.Submit("my-service", trig(0), "")
+	first, _, err := q.Submit(t.Context(), "my-service", trig(0), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestBurstCoalescesIntoOneFollowUp(t *testing.T) {
 	}
 	var last fleetroll.Report
 	for i := 1; i < 100; i++ {
-		if last, _, err = q.Submit("my-service", trig(i), ""); err != nil {
+		if last, _, err = q.Submit(t.Context(), "my-service", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,14 +137,14 @@ func TestSupersedesChainIsBounded(t *testing.T) {
 	q := NewQueue(store, g.exec, QueueOptions{MaxParallel: 1})
 	runQueue(t, q)
 	t.Cleanup(func() { close(g.release) })
-	if _, _, err := q.Submit("a", trig(0), ""); err != nil {
+	if _, _, err := q.Submit(t.Context(), "a", trig(0), ""); err != nil {
 		t.Fatal(err)
 	}
 	<-g.started
 	var last fleetroll.Report
 	for i := 1; i <= 20000; i++ {
 		var err error
-		if last, _, err = q.Submit("a", trig(i), ""); err != nil {
+		if last, _, err = q.Submit(t.Context(), "a", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -162,23 +162,23 @@ func TestDuplicatesMerge(t *testing.T) {
 	store := NewStore(100)
 	q := NewQueue(store, g.exec, QueueOptions{MaxParallel: 1})
 	runQueue(t, q)
-	running, _, _ := q.Submit("a", trig(1), "")
+	running, _, _ := q.Submit(t.Context(), "a", trig(1), "")
 	<-g.started
 	// The same push again while it runs: merged into the running rollout.
-	if r, merged, _ := q.Submit("a", trig(1), ""); !merged || r.ID != running.ID {
+	if r, merged, _ := q.Submit(t.Context(), "a", trig(1), ""); !merged || r.ID != running.ID {
 		t.Fatalf("duplicate of the running push: merged=%v id=%s", merged, r.ID)
 	}
-	queued, merged, _ := q.Submit("a", trig(2), "")
+	queued, merged, _ := q.Submit(t.Context(), "a", trig(2), "")
 	if merged {
 		t.Fatal("a new push merged")
 	}
-	if r, merged, _ := q.Submit("a", trig(2), ""); !merged || r.ID != queued.ID {
+	if r, merged, _ := q.Submit(t.Context(), "a", trig(2), ""); !merged || r.ID != queued.ID {
 		t.Fatalf("duplicate of the queued push: merged=%v id=%s", merged, r.ID)
 	}
 	// Manual triggers merge while queued, but never into a running one.
 	manual := fleetroll.Trigger{Source: string(SourceManual)}
-	m1, _, _ := q.Submit("b", manual, "")
-	m2, merged, _ := q.Submit("b", manual, "")
+	m1, _, _ := q.Submit(t.Context(), "b", manual, "")
+	m2, merged, _ := q.Submit(t.Context(), "b", manual, "")
 	if !merged || m1.ID != m2.ID {
 		t.Fatal("manual duplicates did not merge while queued")
 	}
@@ -192,7 +192,7 @@ func TestDifferentServicesRunInParallelWithinTheBound(t *testing.T) {
 	q := NewQueue(NewStore(100), g.exec, QueueOptions{MaxParallel: 2})
 	runQueue(t, q)
 	for _, s := range []string{"a", "b", "c"} {
-		if _, _, err := q.Submit(s, trig(1), ""); err != nil {
+		if _, _, err := q.Submit(t.Context(), s, trig(1), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -230,7 +230,7 @@ func TestQuietPeriodMergesABurstBeforeItStarts(t *testing.T) {
 	defer cancel()
 	timers := 0
 	for i := range 5 {
-		if _, _, err := q.Submit("a", trig(i), ""); err != nil {
+		if _, _, err := q.Submit(t.Context(), "a", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
 		// The queue re-arms its timer for the quiet period after each
@@ -266,7 +266,7 @@ func TestMaxWaitEndsQuietPeriodStarvation(t *testing.T) {
 	var started *Job
 	var at time.Duration
 	for i := 0; started == nil && i < 1000; i++ {
-		if _, _, err := q.Submit("a", trig(i), ""); err != nil {
+		if _, _, err := q.Submit(t.Context(), "a", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
 		if !clock.WaitMade(ctx, i+1) {
@@ -317,9 +317,9 @@ func TestShutdownCancelsQueuedAndWaitsForRunning(t *testing.T) {
 		returnedEarly.Store(!execDone.Load())
 		close(returned)
 	}()
-	running, _, _ := q.Submit("a", trig(1), "")
+	running, _, _ := q.Submit(t.Context(), "a", trig(1), "")
 	<-started
-	queued, _, _ := q.Submit("b", trig(1), "")
+	queued, _, _ := q.Submit(t.Context(), "b", trig(1), "")
 	cancel()
 	<-sawCancel
 	// Run must still be waiting for the running rollout. (A bounded look:
@@ -340,7 +340,7 @@ func TestShutdownCancelsQueuedAndWaitsForRunning(t *testing.T) {
 	if r, _ := store.Get(running.ID); r.Status != fleetroll.StatusRunning {
 		t.Fatalf("running rollout %s: only its exec finishes it", r.Status)
 	}
-	if _, _, err := q.Submit("a", trig(2), ""); !errors.Is(err, ErrShuttingDown) {
+	if _, _, err := q.Submit(t.Context(), "a", trig(2), ""); !errors.Is(err, ErrShuttingDown) {
 		t.Fatalf("submit after shutdown: %v", err)
 	}
 }
@@ -379,16 +379,16 @@ func TestSubmitWhileTheRunningRecordLeftTheHistory(t *testing.T) {
 	}, QueueOptions{MaxParallel: 2})
 	runQueue(t, q)
 	t.Cleanup(func() { close(release) }) // runs before runQueue's cleanup
-	first, _, _ := q.Submit("a", trig(1), "")
+	first, _, _ := q.Submit(t.Context(), "a", trig(1), "")
 	<-started
-	q.Submit("b", trig(1), "") // starts too: pushes the finished record of "a" out
+	q.Submit(t.Context(), "b", trig(1), "") // starts too: pushes the finished record of "a" out
 	<-started
-	q.Submit("c", trig(1), "")
-	q.Submit("c", trig(2), "") // a superseded (final) record, dropped as well
+	q.Submit(t.Context(), "c", trig(1), "")
+	q.Submit(t.Context(), "c", trig(2), "") // a superseded (final) record, dropped as well
 	if _, ok := store.Get(first.ID); ok {
 		t.Fatal("test setup: the finished record is still in the history")
 	}
-	if _, merged, err := q.Submit("a", trig(1), ""); err != nil || !merged {
+	if _, merged, err := q.Submit(t.Context(), "a", trig(1), ""); err != nil || !merged {
 		t.Fatalf("duplicate of the running push: merged=%v err=%v", merged, err)
 	}
 }

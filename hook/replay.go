@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -35,9 +36,9 @@ func newReplays(window time.Duration, clock fleetroll.Clock) *replays {
 
 // claim records a delivery key and reports whether it was seen within the
 // window, with the rollouts it started then. An empty key is never a replay.
-func (r *replays) claim(key string) ([]string, bool) {
+func (r *replays) claim(_ context.Context, key string) ([]string, bool, error) {
 	if key == "" || r.window <= 0 {
-		return nil, false
+		return nil, false, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -47,15 +48,15 @@ func (r *replays) claim(key string) ([]string, bool) {
 		r.order = r.order[1:]
 	}
 	if d, ok := r.seen[key]; ok {
-		return d.rollouts, true
+		return d.rollouts, true, nil
 	}
 	r.seen[key] = delivery{at: now}
 	r.order = append(r.order, key)
-	return nil, false
+	return nil, false, nil
 }
 
 // started notes the rollouts a claimed delivery started.
-func (r *replays) started(key string, ids []string) {
+func (r *replays) started(_ context.Context, key string, ids []string) {
 	if key == "" {
 		return
 	}
@@ -69,7 +70,7 @@ func (r *replays) started(key string, ids []string) {
 
 // forget drops a claimed delivery that started nothing (it was refused), so
 // that the sender's retry is not taken for a replay.
-func (r *replays) forget(key string) {
+func (r *replays) forget(_ context.Context, key string) {
 	if key == "" {
 		return
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
@@ -13,8 +15,10 @@ import (
 // execute runs one rollout to its end: plan, roll, record, count. ctx is
 // cancelled on shutdown; the roller then brings the unit it is restarting
 // back up before returning. Callbacks go out later (report), once the
-// service's slot is free.
-func (s *Server) execute(ctx context.Context, j Job) {
+// service's slot is free. It returns false when a rollout of the durable
+// queue stopped before its end (shutdown, or its lease lost): it is not
+// recorded then, and its trigger stays queued with its progress.
+func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	log := s.log.With("rollout_id", j.ID, "service", j.Service, "request_id", j.Trigger.RequestID)
 	log.Info("rollout started", "source", j.Trigger.Source, "repository", j.Trigger.Repository, "tag", j.Trigger.Tag)
 
@@ -34,6 +38,11 @@ func (s *Server) execute(ctx context.Context, j Job) {
 			final.Status = fleetroll.StatusInterrupted
 		}
 	}
+	if j.entry != "" && ctx.Err() != nil {
+		s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
+		log.Warn("rollout stopped before its end; its trigger stays queued, to be resumed", "restarted", final.Restarted())
+		return false
+	}
 	// The history first: once the API shows the rollout finished, every
 	// receiver and fleetroll status see it too.
 	s.record(ctx, final)
@@ -49,6 +58,7 @@ func (s *Server) execute(ctx context.Context, j Job) {
 	} else {
 		log.Info("rollout succeeded", "units", len(final.Units))
 	}
+	return true
 }
 
 // roll plans and runs the rollout. The report is nil when the roll never
@@ -58,46 +68,152 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	if !ok {
 		return nil, fmt.Errorf("service %q is no longer configured", j.Service)
 	}
-	plan, err := fleetroll.MakePlan(ctx, s.opt.Fleet, svc.Target())
-	if err != nil {
-		return nil, fmt.Errorf("plan %s: %w", j.Service, err)
-	}
 	opts := svc.RollOptions(s.opt.Roll)
 	opts.RolloutID = j.ID
 	opts.Logger = s.log.With("service", j.Service, "request_id", j.Trigger.RequestID)
-	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: svc.Policy(s.opt.Policy), Fleet: s.opt.Fleet,
+	policy := svc.Policy(s.opt.Policy)
+	if j.entry != "" && policy.Lock == fleetroll.LockFail {
+		// A queued trigger is never dropped: it waits for the lock (held
+		// by a CLI, or by a receiver gone until its lease ends).
+		policy.Lock = fleetroll.LockWait
+	}
+	// Units already restarted by this rollout, before another receiver
+	// (or this one, before a restart) stopped running it.
+	done := map[string]fleetroll.UnitReport{}
+	if j.Resume != nil {
+		for _, u := range j.Resume.Units {
+			if u.Outcome == fleetroll.OutcomeRestarted {
+				done[u.Unit] = u
+			}
+		}
+	}
+	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: policy, Fleet: s.opt.Fleet,
 		Owner: s.opt.Owner + ", rollout " + j.ID, Rollout: j.ID, Trigger: j.Trigger, Roll: opts,
-		OnRecover: func(msg string) { s.log.Warn(msg, "rollout_id", j.ID, "service", j.Service) }}
+		OnRecover: func(msg string) { s.log.Warn(msg, "rollout_id", j.ID, "service", j.Service) },
+		OnRestored: func(in coord.Intent, restored []fleetroll.UnitReport) {
+			if in.Rollout != j.ID {
+				return
+			}
+			for i, u := range in.Units {
+				if i < len(restored) && restoredIsRestart(u.Phase, restored[i]) {
+					r := restored[i]
+					r.Error = "restarted by the recovery of its rollout, taken over from " + in.Owner
+					done[u.Unit] = r
+				}
+			}
+		}}
 	hooks, release, err := safety.Prepare(ctx, j.Service)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", j.Service, err)
 	}
 	defer release()
-	s.store.Update(j.ID, func(r *fleetroll.Report) {
-		r.Started = s.opt.Clock.Now()
-		r.Units = make([]fleetroll.UnitReport, len(plan.Units))
-		for i, u := range plan.Units {
-			r.Units[i] = fleetroll.UnitReport{Unit: u.Name, Outcome: fleetroll.OutcomePending, LastState: u.State}
+	// The plan is made under the lock, once what a dead fleetroll left in
+	// flight is back.
+	plan, err := fleetroll.MakePlan(ctx, s.opt.Fleet, svc.Target())
+	if err != nil {
+		return nil, fmt.Errorf("plan %s: %w", j.Service, err)
+	}
+	order := make([]string, len(plan.Units))
+	for i, u := range plan.Units {
+		order[i] = u.Name
+	}
+	if len(done) > 0 {
+		var names []string
+		plan.Units = slices.DeleteFunc(plan.Units, func(u fleetroll.PlannedUnit) bool {
+			if _, ok := done[u.Name]; ok {
+				names = append(names, u.Name)
+				return true
+			}
+			return false
+		})
+		s.log.Info("resuming rollout", "rollout_id", j.ID, "service", j.Service, "done", strings.Join(names, ","))
+		s.store.Update(j.ID, func(r *fleetroll.Report) {
+			if r.Queue == nil {
+				r.Queue = &fleetroll.QueueInfo{}
+			}
+			r.Queue.Resumed = append(r.Queue.Resumed, fleetroll.Resumption{At: s.opt.Clock.Now(), By: s.opt.Owner, Done: names})
+		})
+	}
+	rec, _ := s.store.Update(j.ID, func(r *fleetroll.Report) {
+		if j.Resume == nil || j.Resume.Started.IsZero() {
+			r.Started = s.opt.Clock.Now()
+		} else {
+			r.Started = j.Resume.Started
+		}
+		r.Units = r.Units[:0]
+		for _, name := range order {
+			if u, ok := done[name]; ok {
+				r.Units = append(r.Units, u)
+			}
+		}
+		for _, u := range plan.Units {
+			r.Units = append(r.Units, fleetroll.UnitReport{Unit: u.Name, Outcome: fleetroll.OutcomePending, LastState: u.State})
 		}
 	})
+	if s.durable != nil && j.entry != "" {
+		s.durable.progress(ctx, j, rec)
+	}
 	opts.Hooks = hooks
-	opts.OnEvent = func(e fleetroll.Event) { s.progress(j.ID, e) }
+	opts.OnEvent = func(e fleetroll.Event) { s.progress(ctx, j, e) }
 	roller, err := fleetroll.NewRoller(s.opt.Fleet, opts)
 	if err != nil {
 		return nil, err
 	}
-	policy := safety.Policy.WithDefaults(j.Service)
+	policy = safety.Policy.WithDefaults(j.Service)
 	to, deploy, err := s.releaseOf(ctx, policy, j.Trigger)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w; nothing was touched", j.Service, err)
 	}
-	if !deploy {
-		return roller.Roll(ctx, plan)
+	var rep *fleetroll.Report
+	switch {
+	case len(plan.Units) == 0 && len(done) > 0:
+		// Everything was restarted before the takeover.
+		now := s.opt.Clock.Now()
+		rep = &fleetroll.Report{Version: fleetroll.SchemaVersion, ID: j.ID, Service: j.Service, Status: fleetroll.StatusSucceeded, Started: now, Finished: now}
+	case !deploy:
+		rep, err = roller.Roll(ctx, plan)
+	default:
+		rep, err = roller.Deploy(ctx, plan, fleetroll.Deploy{
+			To: to, Releases: coord.ReleaseStore{KAPI: s.opt.Etcd}, OnFailure: policy.OnFailure,
+			Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(s.opt.Etcd)},
+		})
 	}
-	return roller.Deploy(ctx, plan, fleetroll.Deploy{
-		To: to, Releases: coord.ReleaseStore{KAPI: s.opt.Etcd}, OnFailure: policy.OnFailure,
-		Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(s.opt.Etcd)},
-	})
+	if rep != nil && len(done) > 0 {
+		// The record covers the whole rollout: the units done before the
+		// takeover, in the plan's order, then this roll's.
+		rolled := map[string]fleetroll.UnitReport{}
+		for _, u := range rep.Units {
+			rolled[u.Unit] = u
+		}
+		rep.Units = rep.Units[:0:0]
+		for _, name := range order {
+			if u, ok := done[name]; ok {
+				rep.Units = append(rep.Units, u)
+			} else if u, ok := rolled[name]; ok {
+				rep.Units = append(rep.Units, u)
+			}
+		}
+		if j.Resume != nil && !j.Resume.Started.IsZero() {
+			rep.Started = j.Resume.Started
+		}
+	}
+	return rep, err
+}
+
+// restoredIsRestart tells whether the recovery of a unit in flight
+// restarted it: it had been stopped (its stop requested, or further on),
+// and it runs again. A unit only drained was never stopped.
+func restoredIsRestart(p fleetroll.Phase, u fleetroll.UnitReport) bool {
+	if u.Outcome != fleetroll.OutcomeRestarted {
+		return false
+	}
+	switch p {
+	case fleetroll.PhaseStart, fleetroll.PhaseHealth:
+		return true
+	case fleetroll.PhaseStop:
+		return slices.ContainsFunc(u.Phases, func(s fleetroll.Span) bool { return s.Phase == fleetroll.PhaseStop })
+	}
+	return false
 }
 
 // releaseOf is the release a trigger deploys to a service with an image:
@@ -130,15 +246,65 @@ func (s *Server) releaseOf(ctx context.Context, p fleetroll.Policy, t fleetroll.
 }
 
 // progress puts the unit's record carried by a roller event into the
-// rollout's record.
-func (s *Server) progress(id string, e fleetroll.Event) {
-	s.store.Update(id, func(r *fleetroll.Report) {
+// rollout's record (and, with the durable queue, into its entry).
+func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
+	rec, _ := s.store.Update(j.ID, func(r *fleetroll.Report) {
 		for i := range r.Units {
 			if r.Units[i].Unit == e.Unit {
 				r.Units[i] = e.Progress
 			}
 		}
 	})
+	if s.durable != nil && j.entry != "" {
+		s.durable.progress(ctx, j, rec)
+	}
+}
+
+// recoverOnly restores what a fleetroll that is gone left in flight on a
+// service (its intent record), when there is one: at start-up, and when a
+// service's lock expired. It takes the lock like a rollout would.
+func (s *Server) recoverOnly(ctx context.Context, service string) {
+	svc, ok := s.Config().Service(service)
+	if !ok || s.opt.Etcd == nil {
+		return
+	}
+	policy := svc.Policy(s.opt.Policy)
+	if policy.Lock == fleetroll.LockOff {
+		return
+	}
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	in, err := coord.Intents{KAPI: s.opt.Etcd}.Get(gctx, service)
+	cancel()
+	if err != nil {
+		s.log.Warn("intent unreadable", "service", service, "error", err.Error())
+		return
+	}
+	if in == nil {
+		return
+	}
+	policy.Lock = fleetroll.LockWait
+	id := fleetroll.NewID()
+	opts := svc.RollOptions(s.opt.Roll)
+	opts.RolloutID = id
+	opts.Logger = s.log.With("service", service)
+	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: policy, Fleet: s.opt.Fleet, Owner: s.opt.Owner + ", recovery " + id,
+		Rollout: id, Trigger: fleetroll.Trigger{Source: "recover"}, Roll: opts,
+		OnRecover: func(msg string) { s.log.Warn(msg, "service", service) }}
+	_, release, err := safety.Prepare(ctx, service)
+	if err != nil {
+		s.log.Error("recovery failed", "service", service, "error", err.Error())
+		return
+	}
+	release()
+}
+
+// serviceNames are the configured services.
+func (s *Server) serviceNames() []string {
+	var out []string
+	for _, svc := range s.Config().Services {
+		out = append(out, svc.Name)
+	}
+	return out
 }
 
 // report hands the rollout's result to the outbox, for the Docker Hub

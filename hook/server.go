@@ -120,9 +120,10 @@ type Server struct {
 	opt     Options
 	cfg     atomic.Pointer[Config]
 	store   *Store
-	queue   *Queue
+	queue   scheduler
+	durable *durable // the queue, when it is in etcd
 	outbox  *Outbox
-	replays *replays
+	replays deliveryGuard
 	metrics *metrics
 	log     *slog.Logger
 	handler http.Handler
@@ -185,11 +186,20 @@ func New(opt Options) (*Server, error) {
 		opt.Callbacks = cb
 	}
 	opt.PublicURL = strings.TrimSuffix(opt.PublicURL, "/")
-	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger,
-		replays: newReplays(opt.ReplayWindow, opt.Clock)}
+	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger}
 	s.cfg.Store(opt.Config)
-	s.queue = NewQueue(s.store, s.execute, QueueOptions{MaxParallel: opt.MaxParallel, Quiet: opt.QuietPeriod,
-		MaxWait: max(opt.MaxWait, 0), AfterRun: s.report, Clock: opt.Clock})
+	qopt := QueueOptions{MaxParallel: opt.MaxParallel, Quiet: opt.QuietPeriod, MaxWait: max(opt.MaxWait, 0), AfterRun: s.report, Clock: opt.Clock}
+	if opt.Etcd != nil {
+		// Several receivers share one queue and one replay window in etcd.
+		ttl := opt.Policy.WithDefaults("").LockTTL
+		s.durable = newDurable(opt.Etcd, s.store, qopt, opt.Owner, ttl, opt.Logger)
+		s.durable.exec, s.durable.recover, s.durable.services = s.execute, s.recoverOnly, s.serviceNames
+		s.queue = s.durable
+		s.replays = etcdReplays{d: coord.Deliveries{KAPI: opt.Etcd, Window: max(opt.ReplayWindow, 0)}, log: opt.Logger}
+	} else {
+		s.queue = NewQueue(s.store, func(ctx context.Context, j Job) { s.execute(ctx, j) }, qopt)
+		s.replays = newReplays(opt.ReplayWindow, opt.Clock)
+	}
 	s.metrics = newMetrics(s.queue)
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{
@@ -522,27 +532,38 @@ func (s *Server) statusURL(id string) string { return s.opt.PublicURL + "/rollou
 // "duplicate" and starts nothing.
 func (s *Server) enqueue(r *http.Request, source Source, delivery string, matches map[string]Event, order []string) (int, any) {
 	ri := info(r)
-	if ids, dup := s.replays.claim(delivery); dup {
+	ids, dup, err := s.replays.claim(r.Context(), delivery)
+	if err != nil {
+		ri.log.Warn("delivery not recorded", "error", err.Error())
+		return problem(http.StatusServiceUnavailable, "the trigger could not be recorded; retry later")
+	}
+	if dup {
 		ri.log.Info("delivery replayed: ignored", "source", string(source), "rollouts", strings.Join(ids, ","))
 		s.metrics.replays.WithLabelValues(string(source)).Inc()
 		return http.StatusOK, map[string]any{"status": "duplicate", "reason": "this delivery was received before", "rollouts": ids}
 	}
 	var out []map[string]any
-	var ids []string
+	ids = nil
 	received := s.opt.Clock.Now().UTC()
 	for _, service := range order {
 		ev := matches[service]
-		ro, merged, err := s.queue.Submit(service, ev.Trigger(source, ri.id, received), ev.CallbackURL)
-		if err != nil {
-			s.replays.forget(delivery)
+		ro, merged, err := s.queue.Submit(r.Context(), service, ev.Trigger(source, ri.id, received), ev.CallbackURL)
+		if errors.Is(err, ErrShuttingDown) {
+			s.replays.forget(r.Context(), delivery)
 			return problem(http.StatusServiceUnavailable, err.Error())
+		}
+		if err != nil {
+			// Never answered 202 unless it is in etcd.
+			ri.log.Warn("trigger not recorded", "service", service, "error", err.Error())
+			s.replays.forget(r.Context(), delivery)
+			return problem(http.StatusServiceUnavailable, "the trigger could not be recorded; retry later")
 		}
 		ri.log.Info("rollout queued", "rollout_id", ro.ID, "service", service, "source", string(source),
 			"repository", ev.Repository, "tag", ev.Tag, "merged", merged)
 		ids = append(ids, ro.ID)
 		out = append(out, map[string]any{"service": service, "id": ro.ID, "status_url": s.statusURL(ro.ID), "merged": merged})
 	}
-	s.replays.started(delivery, ids)
+	s.replays.started(r.Context(), delivery, ids)
 	return http.StatusAccepted, map[string]any{"id": out[0]["id"], "status_url": out[0]["status_url"], "rollouts": out}
 }
 
@@ -728,6 +749,15 @@ func (s *Server) listRollouts(r *http.Request) (int, any) {
 			info(r).log.Warn("history unavailable", "error", err.Error())
 			ans["history_error"] = "the history in etcd could not be read"
 		}
+		if s.durable != nil {
+			live, err := s.durable.live(r.Context())
+			if err != nil {
+				info(r).log.Warn("queue unavailable", "error", err.Error())
+				ans["queue_error"] = "the queue in etcd could not be read"
+			}
+			local = s.merged(local, live, recs, service)
+			ans["rollouts"] = local
+		}
 		seen := map[string]bool{}
 		for _, ro := range local {
 			seen[ro.ID] = true
@@ -751,8 +781,22 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 	if !fleetroll.ValidRolloutID(id) {
 		return problem(http.StatusNotFound, "no such rollout")
 	}
-	if ro, ok := s.store.Get(id); ok {
+	ro, ok := s.store.Get(id)
+	if ok && (s.durable == nil || ro.Status.Final()) {
 		return http.StatusOK, ro
+	}
+	if s.durable != nil {
+		live, err := s.durable.live(r.Context())
+		if err != nil {
+			info(r).log.Warn("queue unavailable", "error", err.Error())
+			return problem(http.StatusServiceUnavailable, "the queue in etcd could not be read")
+		}
+		if l, found := live[id]; found {
+			if ok && ro.Status == fleetroll.StatusRunning && l.Status == fleetroll.StatusRunning {
+				return http.StatusOK, ro // this receiver runs it
+			}
+			return http.StatusOK, l
+		}
 	}
 	if s.opt.Etcd != nil {
 		rec, found, err := coord.History{KAPI: s.opt.Etcd}.Get(r.Context(), id)
@@ -764,5 +808,45 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 			return http.StatusOK, rec
 		}
 	}
+	if ok {
+		return http.StatusOK, ro
+	}
 	return problem(http.StatusNotFound, "no such rollout")
+}
+
+// merged is what the status API lists with the durable queue: this
+// receiver's records, brought up to date from the queue in etcd (queued and
+// running, at any receiver) and the history (ended, by any receiver), then
+// the queued and running rollouts of the others.
+func (s *Server) merged(local []fleetroll.Report, live map[string]fleetroll.Report, hist []fleetroll.Report, service string) []fleetroll.Report {
+	ended := map[string]fleetroll.Report{}
+	for _, h := range hist {
+		ended[h.ID] = h
+	}
+	seen := map[string]bool{}
+	out := make([]fleetroll.Report, 0, len(local)+len(live))
+	for _, r := range local {
+		if l, ok := live[r.ID]; ok {
+			if r.Status != fleetroll.StatusRunning {
+				r = l
+			}
+		} else if h, ok := ended[r.ID]; ok && !r.Status.Final() {
+			r = h
+		}
+		seen[r.ID] = true
+		out = append(out, r)
+	}
+	var others []fleetroll.Report
+	for id, l := range live {
+		if !seen[id] && (service == "" || l.Service == service) {
+			others = append(others, l)
+		}
+	}
+	slices.SortFunc(others, func(a, b fleetroll.Report) int {
+		if a.Queue != nil && b.Queue != nil {
+			return b.Queue.Queued.Compare(a.Queue.Queued)
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	return append(others, out...)
 }

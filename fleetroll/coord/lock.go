@@ -15,8 +15,11 @@ import (
 // does not wait.
 var ErrLocked = errors.New("locked")
 
+// LockPrefix is where the services' locks live.
+const LockPrefix = "/fleetroll/locks"
+
 // LockKey is where the lock of a service lives.
-func LockKey(service string) string { return "/fleetroll/locks/" + service }
+func LockKey(service string) string { return LockPrefix + "/" + service }
 
 // Lock is a service's cluster-wide rollout lock: an etcd key created
 // atomically with a TTL, kept alive while held, deleted when released.

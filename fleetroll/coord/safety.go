@@ -34,6 +34,11 @@ type Safety struct {
 	// OnRecover, when set, is told what the recovery of a dead holder's
 	// rollout did, one message at a time.
 	OnRecover func(msg string)
+	// OnRestored, when set, is given a dead holder's intent and what the
+	// restore of each of its units did. When the intent is of Rollout
+	// itself (a receiver resuming the rollout of one that stopped), the
+	// rollout is not recorded as interrupted: the resumed one records it.
+	OnRestored func(in Intent, restored []fleetroll.UnitReport)
 }
 
 // Validate checks the policy and that etcd is there when it is needed.
@@ -154,9 +159,10 @@ func (s Safety) recoverDead(ctx context.Context, service string, hooks fleetroll
 	if err != nil {
 		return fmt.Errorf("read the intent of %s: %w; nothing was touched", service, err)
 	}
-	if in == nil || in.Rollout == s.Rollout {
+	if in == nil {
 		return nil
 	}
+	resumed := in.Rollout == s.Rollout
 	say := func(format string, a ...any) {
 		if s.OnRecover != nil {
 			s.OnRecover(fmt.Sprintf(format, a...))
@@ -175,6 +181,9 @@ func (s Safety) recoverDead(ctx context.Context, service string, hooks fleetroll
 		return err
 	}
 	restored, rerr := roller.Restore(ctx, names)
+	if s.OnRestored != nil {
+		s.OnRestored(*in, restored)
+	}
 	clock := clockOr(s.Roll.Clock)
 	rep := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: in.Rollout, Service: service, Status: fleetroll.StatusInterrupted,
 		Trigger: in.Trigger, By: in.Owner, Started: in.Started, Finished: clock.Now(), Units: []fleetroll.UnitReport{}}
@@ -190,7 +199,7 @@ func (s Safety) recoverDead(ctx context.Context, service string, hooks fleetroll
 		where = append(where, fmt.Sprintf("%s in phase %s", u.Unit, u.Phase))
 	}
 	rep.Error = fmt.Sprintf("interrupted: the fleetroll running it stopped with %s in flight", strings.Join(where, ", "))
-	if fleetroll.ValidRolloutID(in.Rollout) {
+	if fleetroll.ValidRolloutID(in.Rollout) && !resumed {
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		if err := (History{KAPI: s.KAPI}).Save(hctx, rep); err != nil {
 			say("the interrupted rollout %s was not recorded: %v", in.Rollout, err)
@@ -206,7 +215,11 @@ func (s Safety) recoverDead(ctx context.Context, service string, hooks fleetroll
 	if err := intents.Delete(dctx, service); err != nil {
 		return fmt.Errorf("%s: restored, but the intent could not be cleared: %w", service, err)
 	}
-	say("recovered rollout %s of %s: %s running again; recorded as interrupted", in.Rollout, service, strings.Join(names, ", "))
+	if resumed {
+		say("recovered rollout %s of %s: %s running again; resuming it", in.Rollout, service, strings.Join(names, ", "))
+	} else {
+		say("recovered rollout %s of %s: %s running again; recorded as interrupted", in.Rollout, service, strings.Join(names, ", "))
+	}
 	return nil
 }
 

@@ -1,0 +1,301 @@
+package coord
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// QueuePrefix is where serve's receivers keep the triggers they accepted
+// (QueuePrefix/entries/SERVICE/KEY) and who runs each service's queue
+// (QueuePrefix/claims/SERVICE, a lease like the service's lock).
+const QueuePrefix = "/fleetroll/queue"
+
+// QueuedTrigger is one accepted trigger waiting for, or carried by, a
+// rollout: the rollout's record (status queued or running, with each
+// unit's progress) and what the queue needs besides.
+type QueuedTrigger struct {
+	Record fleetroll.Report `json:"record"`
+	// Callbacks are the Docker Hub callback URLs to report to.
+	Callbacks []string `json:"callbacks,omitempty"`
+	// Runner names the receiver running it; empty while it waits.
+	Runner string `json:"runner,omitempty"`
+
+	Key   string `json:"-"` // its etcd key
+	Index uint64 `json:"-"` // etcd's creation index: the order of arrival
+	mod   uint64
+}
+
+// Triggers is the durable trigger queue shared by several receivers.
+type Triggers struct {
+	KAPI client.KeysAPI
+}
+
+func entriesDir(service string) (string, error) {
+	if err := fleetroll.ValidateServiceName(service); err != nil {
+		return "", fmt.Errorf("queue: %w", err)
+	}
+	return QueuePrefix + "/entries/" + service, nil
+}
+
+// pushName is the key of a push in a service's queue: the same push
+// delivered to two receivers lands on one key.
+func pushName(push string) string {
+	sum := sha256.Sum256([]byte(push))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Add records a trigger for a service, identified by push, before its
+// sender is answered. When the same push is already queued or running
+// (from any receiver) it merges into that rollout: the callback is added
+// and merged is true. newRecord builds the record of a new rollout. A push
+// that repeats a running rollout's with again set (a manual "roll now")
+// gets a rollout of its own.
+func (q Triggers) Add(ctx context.Context, service, push string, again bool, newRecord func() fleetroll.Report, callback string) (QueuedTrigger, bool, error) {
+	dir, err := entriesDir(service)
+	if err != nil {
+		return QueuedTrigger{}, false, err
+	}
+	name := pushName(push)
+	for range 10 {
+		key := dir + "/" + name
+		resp, err := q.KAPI.Get(ctx, key, nil)
+		if isCode(err, client.ErrorCodeKeyNotFound) {
+			e := QueuedTrigger{Record: newRecord(), Callbacks: addOnce(nil, callback)}
+			b, err := json.Marshal(e)
+			if err != nil {
+				return QueuedTrigger{}, false, err
+			}
+			r, err := q.KAPI.Set(ctx, key, string(b), &client.SetOptions{PrevExist: client.PrevNoExist})
+			if isCode(err, client.ErrorCodeNodeExist) {
+				continue // another receiver got the same push first
+			}
+			if err != nil {
+				return QueuedTrigger{}, false, fmt.Errorf("queue %s: %w", service, err)
+			}
+			e.Key, e.Index, e.mod = key, r.Node.CreatedIndex, r.Node.ModifiedIndex
+			return e, false, nil
+		}
+		if err != nil {
+			return QueuedTrigger{}, false, fmt.Errorf("queue %s: %w", service, err)
+		}
+		e, err := decodeTrigger(resp.Node)
+		if err != nil {
+			return QueuedTrigger{}, false, err
+		}
+		if again && e.Runner != "" {
+			name = pushName(push + "|" + e.Record.ID)
+			continue
+		}
+		if callback == "" || slices.Contains(e.Callbacks, callback) {
+			return e, true, nil
+		}
+		e.Callbacks = addOnce(e.Callbacks, callback)
+		if err := q.put(ctx, &e); isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
+			continue
+		} else if err != nil {
+			return QueuedTrigger{}, false, fmt.Errorf("queue %s: %w", service, err)
+		}
+		return e, true, nil
+	}
+	return QueuedTrigger{}, false, fmt.Errorf("queue %s: too many concurrent changes", service)
+}
+
+// addOnce adds a callback URL once, keeping the newest few.
+func addOnce(cbs []string, cb string) []string {
+	if cb == "" || slices.Contains(cbs, cb) {
+		return cbs
+	}
+	cbs = append(cbs, cb)
+	if n := len(cbs) - 21; n > 0 {
+		cbs = cbs[n:]
+	}
+	return cbs
+}
+
+func decodeTrigger(n *client.Node) (QueuedTrigger, error) {
+	var e QueuedTrigger
+	if err := json.Unmarshal([]byte(n.Value), &e); err != nil {
+		return QueuedTrigger{}, fmt.Errorf("queue entry %s: %w", n.Key, err)
+	}
+	e.Key, e.Index, e.mod = n.Key, n.CreatedIndex, n.ModifiedIndex
+	return e, nil
+}
+
+// put writes an entry back, if nobody changed it since it was read.
+func (q Triggers) put(ctx context.Context, e *QueuedTrigger) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	r, err := q.KAPI.Set(ctx, e.Key, string(b), &client.SetOptions{PrevExist: client.PrevExist, PrevIndex: e.mod})
+	if err != nil {
+		return err
+	}
+	e.mod = r.Node.ModifiedIndex
+	return nil
+}
+
+// List returns the queued triggers of every service, oldest first.
+func (q Triggers) List(ctx context.Context) (map[string][]QueuedTrigger, error) {
+	resp, err := q.KAPI.Get(ctx, QueuePrefix+"/entries", &client.GetOptions{Recursive: true})
+	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return map[string][]QueuedTrigger{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	out := map[string][]QueuedTrigger{}
+	for _, dir := range resp.Node.Nodes {
+		service := path.Base(dir.Key)
+		for _, n := range dir.Nodes {
+			if e, err := decodeTrigger(n); err == nil {
+				out[service] = append(out[service], e)
+			}
+		}
+		slices.SortFunc(out[service], func(a, b QueuedTrigger) int { return cmp.Compare(a.Index, b.Index) })
+	}
+	return out, nil
+}
+
+// Update changes an entry with fn (read, change, compare-and-swap, again
+// on a conflict). It returns the entry as written.
+func (q Triggers) Update(ctx context.Context, key string, fn func(*QueuedTrigger)) (QueuedTrigger, error) {
+	for range 10 {
+		resp, err := q.KAPI.Get(ctx, key, nil)
+		if err != nil {
+			return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
+		}
+		e, err := decodeTrigger(resp.Node)
+		if err != nil {
+			return QueuedTrigger{}, err
+		}
+		fn(&e)
+		if err := q.put(ctx, &e); isCode(err, client.ErrorCodeTestFailed) {
+			continue
+		} else if err != nil {
+			return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
+		}
+		return e, nil
+	}
+	return QueuedTrigger{}, errors.New("queue entry: too many concurrent changes")
+}
+
+// Remove deletes an entry once its rollout has ended and returns it as it
+// was last (with the callbacks added until then).
+func (q Triggers) Remove(ctx context.Context, key string) (QueuedTrigger, error) {
+	for range 10 {
+		resp, err := q.KAPI.Get(ctx, key, nil)
+		if err != nil {
+			return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
+		}
+		e, err := decodeTrigger(resp.Node)
+		if err != nil {
+			return QueuedTrigger{}, err
+		}
+		_, err = q.KAPI.Delete(ctx, key, &client.DeleteOptions{PrevIndex: e.mod})
+		if isCode(err, client.ErrorCodeTestFailed) {
+			continue
+		}
+		if err != nil {
+			return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
+		}
+		return e, nil
+	}
+	return QueuedTrigger{}, errors.New("queue entry: too many concurrent changes")
+}
+
+// Claim is the lease a receiver holds while it runs a service's queue:
+// one receiver at a time, and the others take over when it lapses.
+func (q Triggers) Claim(service, owner string, ttl time.Duration) Lock {
+	return Lock{KAPI: q.KAPI, Key: QueuePrefix + "/claims/" + service, Owner: owner, TTL: ttl}
+}
+
+// DeliveryPrefix is where receivers remember the deliveries they saw, for
+// the replay window: DeliveryPrefix/SHA256 (of the delivery's key).
+const DeliveryPrefix = "/fleetroll/deliveries"
+
+// Deliveries remembers deliveries across receivers.
+type Deliveries struct {
+	KAPI   client.KeysAPI
+	Window time.Duration
+}
+
+func deliveryKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return DeliveryPrefix + "/" + hex.EncodeToString(sum[:16])
+}
+
+// Claim records a delivery and reports whether any receiver saw it within
+// the window, with the rollouts it started then.
+func (d Deliveries) Claim(ctx context.Context, key string) ([]string, bool, error) {
+	k := deliveryKey(key)
+	_, err := d.KAPI.Set(ctx, k, "", &client.SetOptions{PrevExist: client.PrevNoExist, TTL: d.Window})
+	if err == nil {
+		return nil, false, nil
+	}
+	if !isCode(err, client.ErrorCodeNodeExist) {
+		return nil, false, fmt.Errorf("deliveries: %w", err)
+	}
+	resp, err := d.KAPI.Get(ctx, k, nil)
+	if err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil, false, fmt.Errorf("deliveries: %w", err)
+	}
+	var ids []string
+	if err == nil && resp.Node.Value != "" {
+		ids = strings.Split(resp.Node.Value, ",")
+	}
+	return ids, true, nil
+}
+
+// Started notes the rollouts a claimed delivery started.
+func (d Deliveries) Started(ctx context.Context, key string, ids []string) error {
+	_, err := d.KAPI.Set(ctx, deliveryKey(key), strings.Join(ids, ","), &client.SetOptions{PrevExist: client.PrevExist, TTL: d.Window})
+	return err
+}
+
+// Forget drops a delivery that started nothing, so that its retry is not
+// taken for a replay.
+func (d Deliveries) Forget(ctx context.Context, key string) error {
+	_, err := d.KAPI.Delete(ctx, deliveryKey(key), nil)
+	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil
+	}
+	return err
+}
+
+// Watch calls wake with each change under prefix (action and key) until
+// ctx ends. A broken watch is set up again after a pause, with a wake-up
+// of action "resync" (changes may have been missed).
+func Watch(ctx context.Context, kapi client.KeysAPI, prefix string, wake func(action, key string)) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		w := kapi.Watcher(prefix, &client.WatcherOptions{Recursive: true})
+		for {
+			resp, err := w.Next(ctx)
+			if err != nil {
+				break
+			}
+			backoff = 100 * time.Millisecond
+			wake(resp.Action, resp.Node.Key)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		wake("resync", "")
+	}
+}

@@ -1,0 +1,437 @@
+package hook
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// scheduler is what the server needs of a queue: the in-memory Queue of a
+// lone receiver, or the durable queue in etcd that several receivers share.
+type scheduler interface {
+	Submit(ctx context.Context, service string, t fleetroll.Trigger, callback string) (fleetroll.Report, bool, error)
+	Run(ctx context.Context)
+	Depth() (queued, running int)
+	Changed() <-chan struct{}
+}
+
+// durable is the trigger queue of serve with etcd. Each accepted trigger is
+// written to etcd (coord.Triggers) before its sender is answered, and
+// deleted once its rollout has ended. Every receiver watches the queue; the
+// one that takes a service's claim (a lease) runs that service's rollouts,
+// the newest trigger superseding the older ones, and the others take over
+// when its lease lapses: they restore what it had in flight (the intent
+// record, through the service's lock) and resume its rollout, skipping the
+// units it had restarted. Without a receiver, nothing is lost: the next one
+// to start runs what is queued.
+type durable struct {
+	kapi     client.KeysAPI
+	triggers coord.Triggers
+	store    *Store
+	// exec runs a rollout; ended is false when it stopped before its end
+	// (shutdown, lease lost, the service's lock held by a CLI): the
+	// trigger then stays queued.
+	exec    func(ctx context.Context, j Job) (ended bool)
+	recover func(ctx context.Context, service string)
+	// services are the configured services (the others' entries wait).
+	services func() []string
+	opt      QueueOptions
+	owner    string
+	ttl      time.Duration
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]bool
+	queued  int
+	suspect map[string]bool // services whose lock expired: check for an intent
+	changed chan struct{}
+	wake    chan struct{}
+}
+
+func newDurable(kapi client.KeysAPI, store *Store, opt QueueOptions, owner string, ttl time.Duration, log *slog.Logger) *durable {
+	opt.MaxParallel = max(opt.MaxParallel, 1)
+	if opt.Clock == nil {
+		opt.Clock = fleetroll.SystemClock{}
+	}
+	return &durable{kapi: kapi, triggers: coord.Triggers{KAPI: kapi}, store: store, opt: opt, owner: owner, ttl: ttl, log: log,
+		running: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1)}
+}
+
+// Submit writes the trigger to etcd. The same push, from any receiver,
+// merges into the rollout that carries it while that one is queued or
+// running (a manual trigger during a run gets a rollout of its own).
+func (d *durable) Submit(ctx context.Context, service string, t fleetroll.Trigger, callback string) (fleetroll.Report, bool, error) {
+	now := d.opt.Clock.Now()
+	e, merged, err := d.triggers.Add(ctx, service, triggerKey(t), t.Source == string(SourceManual), func() fleetroll.Report {
+		return fleetroll.Report{Version: fleetroll.SchemaVersion, ID: fleetroll.NewID(), Service: service, Status: fleetroll.StatusQueued,
+			Trigger: t, Units: []fleetroll.UnitReport{}, Queue: &fleetroll.QueueInfo{Queued: now}}
+	}, callback)
+	if err != nil {
+		return fleetroll.Report{}, false, err
+	}
+	if !merged {
+		d.store.Add(e.Record)
+		d.poke()
+	}
+	return e.Record, merged, nil
+}
+
+func (d *durable) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *durable) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next change of what this
+// receiver runs.
+func (d *durable) Changed() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.changed
+}
+
+// Depth returns the triggers waiting in etcd (as last seen) and the
+// rollouts this receiver runs.
+func (d *durable) Depth() (queued, running int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queued, len(d.running)
+}
+
+// Run runs the queue until ctx ends, then returns once this receiver's
+// rollouts have stopped safely; their triggers, and the queued ones, stay
+// in etcd for the next receiver.
+func (d *durable) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wctx, stopWatch := context.WithCancel(ctx)
+	var watchers sync.WaitGroup
+	watchers.Add(2)
+	go func() {
+		defer watchers.Done()
+		coord.Watch(wctx, d.kapi, coord.QueuePrefix, func(string, string) { d.poke() })
+	}()
+	go func() {
+		defer watchers.Done()
+		coord.Watch(wctx, d.kapi, coord.LockPrefix, func(action, key string) {
+			if action == "expire" {
+				d.mu.Lock()
+				d.suspect[path.Base(key)] = true
+				d.mu.Unlock()
+				d.poke()
+			}
+		})
+	}()
+	// At start-up, any service may hold an intent of a fleetroll gone.
+	d.mu.Lock()
+	for _, s := range d.services() {
+		d.suspect[s] = true
+	}
+	d.mu.Unlock()
+	// The watches wake the loop; a resync every third of the lease catches
+	// what a broken watch missed.
+	resync := max(d.ttl/3, time.Second)
+	for {
+		next := d.scan(ctx, &wg)
+		if next <= 0 || next > resync {
+			next = resync
+		}
+		timer := d.opt.Clock.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			stopWatch()
+			watchers.Wait()
+			wg.Wait()
+			return
+		case <-d.wake:
+		case <-timer.C():
+		}
+		timer.Stop()
+	}
+}
+
+// scan starts what may run now: for each configured service with triggers
+// that are due and no runner, it takes the claim and runs them. It returns
+// how long until the next trigger is due (0: none waiting).
+func (d *durable) scan(ctx context.Context, wg *sync.WaitGroup) time.Duration {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	all, err := d.triggers.List(lctx)
+	cancel()
+	if err != nil {
+		d.log.Warn("queue in etcd unreadable; retrying", "error", err.Error())
+		return time.Second
+	}
+	configured := map[string]bool{}
+	for _, s := range d.services() {
+		configured[s] = true
+	}
+	now := d.opt.Clock.Now()
+	var next time.Duration
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.queued = 0
+	for service, es := range all {
+		for _, e := range es {
+			if e.Runner == "" {
+				d.queued++
+			}
+		}
+		if !configured[service] || d.running[service] || len(d.running) >= d.opt.MaxParallel || len(es) == 0 {
+			continue
+		}
+		if wait := d.due(es).Sub(now); wait > 0 {
+			if next == 0 || wait < next {
+				next = wait
+			}
+			continue
+		}
+		d.start(ctx, wg, service, true)
+	}
+	for service := range d.suspect {
+		delete(d.suspect, service)
+		if configured[service] && !d.running[service] && len(all[service]) == 0 && len(d.running) < d.opt.MaxParallel {
+			d.start(ctx, wg, service, false)
+		}
+	}
+	return next
+}
+
+// due is when a service's triggers may run: after the quiet period since
+// the newest, or MaxWait after the oldest; at once when one was running
+// (its receiver is gone).
+func (d *durable) due(es []coord.QueuedTrigger) time.Time {
+	oldest, newest := es[0].Record.Queue, es[len(es)-1].Record.Queue
+	for _, e := range es {
+		if e.Runner != "" || oldest == nil || newest == nil {
+			return time.Time{}
+		}
+	}
+	at := newest.Queued.Add(d.opt.Quiet)
+	if d.opt.MaxWait > 0 {
+		if limit := oldest.Queued.Add(d.opt.MaxWait); limit.Before(at) {
+			at = limit
+		}
+	}
+	return at
+}
+
+// start takes the service's claim (without waiting: a receiver that holds
+// it runs the service) and runs its queue, or only the recovery of a dead
+// fleetroll's intent. Called with d.mu held.
+func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string, triggers bool) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	held, err := d.triggers.Claim(service, d.owner, d.ttl).Acquire(cctx, false)
+	cancel()
+	if errors.Is(err, coord.ErrLocked) {
+		return // another receiver runs it; its lease's end wakes us
+	}
+	if err != nil {
+		d.log.Warn("queue claim failed", "service", service, "error", err.Error())
+		return
+	}
+	d.running[service] = true
+	d.notifyLocked()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// The claim is a lease: once it is lost, another receiver may
+		// take over, so this one stops (the roller brings its unit back).
+		rctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-held.Lost():
+				cancel()
+			case <-rctx.Done():
+			}
+		}()
+		if triggers {
+			d.runOne(rctx, service)
+		} else {
+			d.recover(rctx, service)
+		}
+		cancel()
+		relCtx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = held.Release(relCtx)
+		rcancel()
+		d.mu.Lock()
+		delete(d.running, service)
+		d.notifyLocked()
+		d.mu.Unlock()
+		d.poke()
+	}()
+}
+
+// runOne runs the newest trigger of a service; the older ones are
+// superseded by it (their callbacks report its result).
+func (d *durable) runOne(ctx context.Context, service string) {
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	all, err := d.triggers.List(wctx)
+	if err != nil || len(all[service]) == 0 {
+		return
+	}
+	es := all[service]
+	newest := es[len(es)-1]
+	id := newest.Record.ID
+	var supersedes []string
+	var callbacks []string
+	for _, e := range es[:len(es)-1] {
+		old, err := d.triggers.Remove(wctx, e.Key)
+		if err != nil {
+			d.log.Warn("queue: superseded trigger not removed", "rollout_id", e.Record.ID, "error", err.Error())
+			return
+		}
+		rec := old.Record.Clone()
+		if rec.Queue == nil {
+			rec.Queue = &fleetroll.QueueInfo{}
+		}
+		rec.Queue.SupersededBy = id
+		rec.Finished = d.opt.Clock.Now()
+		if rec.Status == fleetroll.StatusRunning {
+			rec.Status, rec.Error = fleetroll.StatusInterrupted, "the receiver running it stopped; a newer trigger ("+id+") took its place"
+		} else {
+			rec.Status = fleetroll.StatusSuperseded
+		}
+		d.store.Add(rec)
+		if err := (coord.History{KAPI: d.kapi}).Save(wctx, rec); err != nil {
+			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
+		}
+		supersedes = append(supersedes, rec.ID)
+		callbacks = append(callbacks, old.Callbacks...)
+	}
+	var resume *fleetroll.Report
+	e, err := d.triggers.Update(wctx, newest.Key, func(e *coord.QueuedTrigger) {
+		if e.Runner != "" || e.Record.Restarted() > 0 {
+			r := e.Record.Clone()
+			resume = &r
+		}
+		e.Runner = d.owner
+		e.Record.Status = fleetroll.StatusRunning
+		if e.Record.Queue == nil {
+			e.Record.Queue = &fleetroll.QueueInfo{}
+		}
+		e.Record.Queue.Supersedes = append(e.Record.Queue.Supersedes, supersedes...)
+		if n := len(e.Record.Queue.Supersedes) - MaxSupersedes; n > 0 {
+			e.Record.Queue.Supersedes = e.Record.Queue.Supersedes[n:]
+			e.Record.Queue.SupersedesDropped += n
+		}
+		for _, cb := range callbacks {
+			e.Callbacks = addCallback(e.Callbacks, cb)
+		}
+	})
+	if err != nil {
+		d.log.Warn("queue: trigger not taken", "rollout_id", id, "error", err.Error())
+		return
+	}
+	cancel()
+	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
+		d.store.Add(e.Record)
+	}
+	j := Job{ID: id, Service: service, Trigger: e.Record.Trigger, Callbacks: e.Callbacks, Resume: resume, entry: e.Key}
+	ended := d.exec(ctx, j)
+	final, _ := d.store.Get(id)
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer fcancel()
+	if !ended {
+		// Not over: back in the queue with the progress made, for this
+		// receiver or another to resume.
+		final.Status = fleetroll.StatusQueued
+		if _, err := d.triggers.Update(fctx, e.Key, func(e *coord.QueuedTrigger) { e.Record, e.Runner = final, "" }); err != nil {
+			d.log.Warn("queue: trigger not put back", "rollout_id", id, "error", err.Error())
+		}
+		d.store.Update(id, func(r *fleetroll.Report) { r.Status = fleetroll.StatusQueued })
+		return
+	}
+	last, err := d.triggers.Remove(fctx, e.Key)
+	if err != nil {
+		d.log.Warn("queue: finished trigger not removed", "rollout_id", id, "error", err.Error())
+		last = e
+	}
+	if d.opt.AfterRun != nil {
+		j.Callbacks = last.Callbacks
+		d.opt.AfterRun(j)
+	}
+}
+
+// progress mirrors a running rollout's record into its queue entry, for
+// the status API of every receiver and for the one that may resume it.
+func (d *durable) progress(ctx context.Context, j Job, rec fleetroll.Report) {
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec.Status = fleetroll.StatusRunning
+	if _, err := d.triggers.Update(wctx, j.entry, func(e *coord.QueuedTrigger) {
+		if e.Runner == d.owner {
+			e.Record = rec
+		}
+	}); err != nil && ctx.Err() == nil {
+		d.log.Warn("queue: progress not recorded", "rollout_id", j.ID, "error", err.Error())
+	}
+}
+
+// live returns the queued and running rollouts of every receiver.
+func (d *durable) live(ctx context.Context) (map[string]fleetroll.Report, error) {
+	all, err := d.triggers.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]fleetroll.Report{}
+	for _, es := range all {
+		for _, e := range es {
+			out[e.Record.ID] = e.Record
+		}
+	}
+	return out, nil
+}
+
+// deliveryGuard detects replayed deliveries: in memory for a lone
+// receiver, in etcd for several.
+type deliveryGuard interface {
+	claim(ctx context.Context, key string) ([]string, bool, error)
+	started(ctx context.Context, key string, ids []string)
+	forget(ctx context.Context, key string)
+}
+
+// etcdReplays is the replay window shared by receivers.
+type etcdReplays struct {
+	d   coord.Deliveries
+	log *slog.Logger
+}
+
+func (r etcdReplays) claim(ctx context.Context, key string) ([]string, bool, error) {
+	if key == "" || r.d.Window <= 0 {
+		return nil, false, nil
+	}
+	return r.d.Claim(ctx, key)
+}
+
+func (r etcdReplays) started(ctx context.Context, key string, ids []string) {
+	if key == "" || r.d.Window <= 0 {
+		return
+	}
+	if err := r.d.Started(ctx, key, ids); err != nil {
+		r.log.Warn("delivery not noted", "rollouts", strings.Join(ids, ","), "error", err.Error())
+	}
+}
+
+func (r etcdReplays) forget(ctx context.Context, key string) {
+	if key == "" || r.d.Window <= 0 {
+		return
+	}
+	if err := r.d.Forget(ctx, key); err != nil {
+		r.log.Warn("delivery not forgotten", "error", err.Error())
+	}
+}

@@ -1,0 +1,251 @@
+package hook
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/internal/etcdtest"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// receivers are several serve processes over one etcd and one fleet.
+type receivers struct {
+	kapi  client.KeysAPI
+	fleet *fakefleet.Fleet
+	api   fleetroll.Fleet
+	cbs   *httptest.Server
+	calls atomic.Int32 // callbacks received
+	got   chan CallbackResult
+}
+
+func newReceivers(t *testing.T) *receivers {
+	t.Helper()
+	url, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ff := fakefleet.New(testUnits...)
+	fsrv := httptest.NewServer(ff)
+	t.Cleanup(fsrv.Close)
+	api, err := fleetroll.Connect(fsrv.URL, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := &receivers{kapi: kapi, fleet: ff, api: api, got: make(chan CallbackResult, 10)}
+	cb := http.NewServeMux()
+	cb.HandleFunc("POST /u/demo/my-service/hook/{id}/", func(w http.ResponseWriter, r *http.Request) {
+		var res CallbackResult
+		_ = json.NewDecoder(r.Body).Decode(&res)
+		rs.calls.Add(1)
+		rs.got <- res
+	})
+	rs.cbs = newHTTPServer(t, cb)
+	return rs
+}
+
+// start starts a receiver named owner.
+func (rs *receivers) start(t *testing.T, owner string) *testEnv {
+	t.Helper()
+	return newTestEnv(t, func(o *Options) {
+		c, err := NewCallbacker([]string{rs.cbs.URL}, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Callbacks, o.Fleet, o.Etcd, o.Owner = c, rs.api, rs.kapi, owner
+		o.Policy = fleetroll.Policy{Lock: fleetroll.LockWait, LockTTL: 3 * time.Second}
+	})
+}
+
+func (rs *receivers) push(t *testing.T) []byte {
+	return bytes.Replace(fixture(t, "dockerhub-push.json"), []byte("https://registry.hub.docker.com"), []byte(rs.cbs.URL), 1)
+}
+
+// waitFinal polls a receiver's status API until the rollout has ended.
+func waitFinal(t *testing.T, env *testEnv, id string) fleetroll.Report {
+	t.Helper()
+	auth := map[string]string{"Authorization": "Bearer " + testToken}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.DefaultClient.Do(mustRequest(t, "GET", env.http.URL+"/rollouts/"+id, auth))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r fleetroll.Report
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if r.Status.Final() {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout %s has not ended: %+v", id, r)
+		}
+		select {
+		case <-env.srv.Store().Changed():
+		case <-time.After(50 * time.Millisecond): // the record may change at another receiver
+		}
+	}
+}
+
+func mustRequest(t *testing.T, method, url string, headers map[string]string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	return req
+}
+
+// The same delivery sent to two receivers (a retrying sender behind a load
+// balancer) starts one rollout; both receivers show it.
+func TestOnePushTwoReceivers(t *testing.T) {
+	rs := newReceivers(t)
+	a, b := rs.start(t, "receiver A"), rs.start(t, "receiver B")
+	hub := rs.push(t)
+	resp, first := a.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, hub, jsonHeaders())
+	if resp.StatusCode != 202 {
+		t.Fatalf("A: %d %v", resp.StatusCode, first)
+	}
+	resp, again := b.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, hub, jsonHeaders())
+	if resp.StatusCode != 200 || again["status"] != "duplicate" {
+		t.Fatalf("B: %d %v", resp.StatusCode, again)
+	}
+	id := first["id"].(string)
+	if ids, _ := again["rollouts"].([]any); len(ids) != 1 || ids[0] != id {
+		t.Fatalf("B names %v, want [%s]", again["rollouts"], id)
+	}
+	final := waitFinal(t, b, id)
+	if final.Status != fleetroll.StatusSucceeded || final.Restarted() != 3 {
+		t.Fatalf("rollout %+v", final)
+	}
+	if other := waitFinal(t, a, id); canonical(t, other) != canonical(t, final) {
+		t.Fatalf("the receivers differ:\n%s\n%s", canonical(t, other), canonical(t, final))
+	}
+	for _, u := range testUnits[:3] {
+		if unit, _ := rs.fleet.Unit(u); unit.Restarts != 1 {
+			t.Errorf("%s restarted %d times, want 1", u, unit.Restarts)
+		}
+	}
+	if res := <-rs.got; res.State != "success" {
+		t.Fatalf("callback %+v", res)
+	}
+	if all, err := (coord.Triggers{KAPI: rs.kapi}).List(t.Context()); err != nil || len(all["my-service"]) != 0 {
+		t.Fatalf("queue left %v %v", all, err)
+	}
+}
+
+// A trigger is in etcd before it is answered: with etcd gone, the sender
+// gets 503 (and retries), never a 202 for a trigger that could be lost.
+func TestNo202WithoutEtcd(t *testing.T) {
+	url, stop := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newTestEnv(t, func(o *Options) { o.Etcd, o.Owner = kapi, "receiver" })
+	stop()
+	resp, ans := env.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, fixture(t, "dockerhub-push.json"), jsonHeaders())
+	if resp.StatusCode != 503 || ans["error"] != "the trigger could not be recorded; retry later" {
+		t.Fatalf("%d %v", resp.StatusCode, ans)
+	}
+}
+
+// A receiver that died mid-rollout left its trigger (running, the first
+// unit restarted) and an intent (the second unit stopped). Another receiver
+// takes over once the dead one's lease is gone: it restores the second
+// unit, restarts only the third, sends one callback, and records one
+// rollout that says it was resumed.
+func TestReceiverTakesOverADeadOnesRollout(t *testing.T) {
+	rs := newReceivers(t)
+	ctx := t.Context()
+	units := testUnits[:3]
+	id := fleetroll.NewID()
+	now := time.Now().UTC()
+	trig := fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: "latest", PushedAt: "1795835368", Received: now}
+	rec := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: id, Service: "my-service", Status: fleetroll.StatusRunning, Trigger: trig,
+		Started: now, By: "receiver A", Queue: &fleetroll.QueueInfo{Queued: now}, Units: []fleetroll.UnitReport{
+			{Unit: units[0], Outcome: fleetroll.OutcomeRestarted},
+			{Unit: units[1], Outcome: fleetroll.OutcomeInProgress, Phase: fleetroll.PhaseStop},
+			{Unit: units[2], Outcome: fleetroll.OutcomePending},
+		}}
+	q := coord.Triggers{KAPI: rs.kapi}
+	e, _, err := q.Add(ctx, "my-service", triggerKey(trig), false, func() fleetroll.Report { return rec }, rs.cbs.URL+"/u/demo/my-service/hook/x/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Update(ctx, e.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
+		t.Fatal(err)
+	}
+	if err := (coord.Intents{KAPI: rs.kapi}).Put(ctx, "my-service", coord.Intent{Rollout: id, Trigger: trig, Owner: "receiver A, rollout " + id,
+		Started: now, Units: []coord.IntentUnit{{Unit: units[1], Phase: fleetroll.PhaseStop, Since: now}}}); err != nil {
+		t.Fatal(err)
+	}
+	rs.fleet.Update(units[1], func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+
+	b := rs.start(t, "receiver B")
+	final := waitFinal(t, b, id)
+	if final.Status != fleetroll.StatusSucceeded || len(final.Units) != 3 {
+		t.Fatalf("rollout %+v", final)
+	}
+	for i, u := range final.Units {
+		if u.Unit != units[i] || u.Outcome != fleetroll.OutcomeRestarted {
+			t.Errorf("unit %d: %+v", i, u)
+		}
+	}
+	if final.Queue == nil || len(final.Queue.Resumed) != 1 || final.Queue.Resumed[0].By != "receiver B" ||
+		!slices.Equal(final.Queue.Resumed[0].Done, units[:2]) {
+		t.Fatalf("queue info %+v", final.Queue)
+	}
+	for i, want := range []int{0, 1, 1} {
+		if u, _ := rs.fleet.Unit(units[i]); u.Restarts != want || u.Active != "active" {
+			t.Errorf("%s: %d restarts, %s; want %d, active", units[i], u.Restarts, u.Active, want)
+		}
+	}
+	if res := <-rs.got; res.State != "success" {
+		t.Fatalf("callback %+v", res)
+	}
+	hist, err := coord.History{KAPI: rs.kapi}.List(ctx, "my-service")
+	if err != nil || len(hist) != 1 || hist[0].ID != id || hist[0].Status != fleetroll.StatusSucceeded {
+		t.Fatalf("history %+v %v", hist, err)
+	}
+	if in, err := (coord.Intents{KAPI: rs.kapi}).Get(ctx, "my-service"); in != nil || err != nil {
+		t.Fatalf("intent left: %+v %v", in, err)
+	}
+	b.stop()
+	if n := rs.calls.Load(); n != 1 {
+		t.Fatalf("%d callbacks, want 1", n)
+	}
+}
+
+func TestRestoredIsRestart(t *testing.T) {
+	stopped := []fleetroll.Span{{Phase: fleetroll.PhaseStop}, {Phase: fleetroll.PhaseStart}}
+	for _, c := range []struct {
+		phase fleetroll.Phase
+		u     fleetroll.UnitReport
+		want  bool
+	}{
+		{fleetroll.PhaseDrain, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted, Phases: stopped}, false},
+		{fleetroll.PhaseStop, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted, Phases: stopped}, true},
+		// Killed before its stop request: it never stopped.
+		{fleetroll.PhaseStop, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted, Phases: stopped[1:]}, false},
+		{fleetroll.PhaseStart, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted}, true},
+		{fleetroll.PhaseHealth, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted}, true},
+		{fleetroll.PhaseStart, fleetroll.UnitReport{Outcome: fleetroll.OutcomeFailed}, false},
+	} {
+		if got := restoredIsRestart(c.phase, c.u); got != c.want {
+			t.Errorf("%s %+v: %v, want %v", c.phase, c.u, got, c.want)
+		}
+	}
+}
