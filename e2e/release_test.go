@@ -52,6 +52,24 @@ func running(c *ctrEnv, ports []string) map[string]string {
 	return out
 }
 
+// containers is running once every instance's container exists: systemd
+// reports a unit running as soon as podman run is forked, a moment before
+// the container is there.
+func containers(t *testing.T, c *ctrEnv, ports []string) map[string]string {
+	t.Helper()
+	var out map[string]string
+	eventually(t, time.Minute, "every instance's container", func() error {
+		out = running(c, ports)
+		for p, got := range out {
+			if strings.HasPrefix(got, "none: ") {
+				return fmt.Errorf("instance %s: %s", p, got)
+			}
+		}
+		return nil
+	})
+	return out
+}
+
 // versions samples the instances' answers and records every version seen.
 type versions struct {
 	mu   sync.Mutex
@@ -184,7 +202,7 @@ func TestReleases(t *testing.T) {
 		}
 	}
 	// No release yet: each runs IMAGE, the tag.
-	for p, got := range running(c, relPorts) {
+	for p, got := range containers(t, c, relPorts) {
 		if !strings.HasPrefix(got, image+":v1 ") {
 			t.Fatalf("instance %s runs %q before any release, want its IMAGE", p, got)
 		}
@@ -192,7 +210,7 @@ func TestReleases(t *testing.T) {
 	onRelease := func(tag string) {
 		t.Helper()
 		want := image + "@" + digest[tag]
-		for p, got := range running(c, relPorts) {
+		for p, got := range containers(t, c, relPorts) {
 			// Started with the pinned reference, and the image it runs
 			// carries that digest.
 			if !strings.HasPrefix(got, want+" ") || !strings.Contains(strings.TrimPrefix(got, want+" "), want) {

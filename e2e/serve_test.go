@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,8 +51,20 @@ func fixture(t *testing.T, name string) []byte {
 // startServe runs fleetroll serve and returns its base URL once it listens.
 func startServe(t *testing.T, args ...string) string {
 	t.Helper()
+	base, _ := startServeCmd(t, args...)
+	return base
+}
+
+// startServeCmd runs fleetroll serve and returns its base URL once it
+// listens, and its process. At the end of the test it is stopped with
+// SIGINT and must exit 0, unless the test ended it.
+func startServeCmd(t *testing.T, args ...string) (string, *exec.Cmd) {
+	t.Helper()
 	cmd, lines := startFleetroll(t, append([]string{"serve", "--listen", "127.0.0.1:0", "--endpoint", cl.Endpoint}, args...)...)
 	t.Cleanup(func() {
+		if cmd.ProcessState != nil {
+			return // the test ended it
+		}
 		_ = cmd.Process.Signal(os.Interrupt)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
@@ -88,7 +101,7 @@ func startServe(t *testing.T, args ...string) string {
 						}
 					}
 				}()
-				return "http://" + addr
+				return "http://" + addr, cmd
 			}
 		case <-timeout:
 			t.Fatal("fleetroll serve did not listen within 1m")

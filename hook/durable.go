@@ -319,7 +319,7 @@ func (d *durable) runOne(ctx context.Context, service string) {
 			r := e.Record.Clone()
 			resume = &r
 		}
-		e.Runner = d.owner
+		e.Runner, e.Record.By = d.owner, d.owner
 		e.Record.Status = fleetroll.StatusRunning
 		if e.Record.Queue == nil {
 			e.Record.Queue = &fleetroll.QueueInfo{}
