@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
+	client "go.etcd.io/etcd/client/v2"
 )
 
 // Two fleetroll serve processes share one etcd (issue 12):
@@ -194,4 +197,159 @@ func TestReceiverFailover(t *testing.T) {
 	if callbacks["/u/demo/my-service/hook/one/"] != 1 || callbacks["/u/demo/my-service/hook/two/"] != 1 || len(callbacks) != 2 {
 		t.Fatalf("callbacks: %v", callbacks)
 	}
+}
+
+// A receiver cut off from etcd mid-roll (a TCP proxy between them, paused)
+// stops acting on fleet before its lease could have expired; the other
+// receiver takes over only after that, and finishes the push. No two
+// instances are ever down together, as systemd sees them.
+func TestReceiverPartition(t *testing.T) {
+	needCluster(t)
+	ports := []string{"19091", "19092", "19093"}
+	units := launchDemo(t, "e2e-partition", ports...)
+	// Nothing left of an earlier run on a kept cluster.
+	kapi := etcdKAPI(t)
+	for _, k := range []string{"/fleetroll/queue/entries/e2e-partition", "/fleetroll/intents/e2e-partition"} {
+		_, _ = kapi.Delete(context.Background(), k, &client.DeleteOptions{Recursive: true})
+	}
+	const ttl = 6 * time.Second
+	etcdAddr := strings.TrimPrefix(cl.EtcdURL, "http://")
+	proxy := startProxy(t, etcdAddr)
+	args := append(secretArgs(t), "--service", "e2e-partition", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
+		"--tag", "latest", "--grace", "0s", "--lock", "wait", "--lock-ttl", ttl.String(), "--poll-interval", "200ms", "--etcd-timeout", "1s")
+	cmdA, linesA := startFleetroll(t, append([]string{"serve", "--listen", "127.0.0.1:18095", "--endpoint", cl.Endpoint,
+		"--etcd-endpoints", "http://" + proxy.Addr()}, args...)...)
+	var logA, logB syncLog
+	go logA.collect(linesA)
+	t.Cleanup(func() {
+		_ = cmdA.Process.Kill()
+		_ = cmdA.Wait()
+		if t.Failed() {
+			t.Logf("A's log:\n%s", logA.String())
+			t.Logf("B's log:\n%s", logB.String())
+		}
+	})
+	baseA := "http://127.0.0.1:18095"
+	eventually(t, time.Minute, "A answering", func() error {
+		var h map[string]any
+		return getJSON(baseA+"/healthz", nil, &h)
+	})
+	before := make([]int, len(ports))
+	for i, p := range ports {
+		before[i] = starts(t, p)
+	}
+	obs := observe(units, ports, 100*time.Millisecond)
+	hub := fixture(t, "dockerhub-push.json")
+	var p map[string]any
+	_ = json.Unmarshal(hub, &p)
+	delete(p, "callback_url")
+	p["push_data"].(map[string]any)["pushed_at"] = time.Now().Unix()
+	body, _ := json.Marshal(p)
+	code, ans := post(t, baseA+"/webhooks/dockerhub/"+serveHubToken, body, map[string]string{"Content-Type": "application/json"})
+	if code != 202 {
+		t.Fatalf("push to A: %d %v", code, ans)
+	}
+	id := ans["id"].(string)
+	api, err := cl.API()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "A stopping the second unit", func() error {
+		u, err := api.Unit(units[1])
+		if err != nil || u == nil || u.DesiredState != "loaded" {
+			return fmt.Errorf("%s not being stopped", units[1])
+		}
+		return nil
+	})
+	proxy.Pause()
+	cut := time.Now()
+	// B, with etcd, once A is cut off.
+	cmdB, linesB := startFleetroll(t, append([]string{"serve", "--listen", "127.0.0.1:18096", "--endpoint", cl.Endpoint,
+		"--etcd-endpoints", cl.EtcdURL}, args...)...)
+	go logB.collect(linesB)
+	t.Cleanup(func() {
+		_ = cmdB.Process.Signal(syscall.SIGINT)
+		_ = cmdB.Wait()
+	})
+	eventually(t, time.Minute, "B answering", func() error {
+		var h map[string]any
+		return getJSON("http://127.0.0.1:18096/healthz", nil, &h)
+	})
+	ro := waitStatus(t, "http://127.0.0.1:18096", id)
+	obs.Stop()
+	if ro["status"] != "succeeded" {
+		t.Fatalf("after the partition: %v", ro)
+	}
+	t.Logf("A cut off from etcd mid-roll; B finished the push %s later", time.Since(cut).Round(time.Millisecond))
+	stopped := logA.when(t, "rollout_id="+id, "msg=\"rollout stopped before its end", "msg=\"rollout failed")
+	took := logB.when(t, "recovering rollout "+id)
+	if !stopped.Before(took) {
+		t.Errorf("B took over at %s, before A stopped acting at %s", took.Format(time.StampMilli), stopped.Format(time.StampMilli))
+	}
+	if stopped.Sub(cut) >= ttl {
+		t.Errorf("A stopped acting %s after the cut, past its lease (%s)", stopped.Sub(cut), ttl)
+	}
+	obs.mu.Lock()
+	maxDown := obs.maxDown
+	obs.mu.Unlock()
+	if maxDown > 1 {
+		t.Errorf("%d instances were down at once", maxDown)
+	}
+	// The second unit may start twice: A may have started it again after
+	// the cut, which it could no longer record, and B restarts what it
+	// cannot tell was restarted.
+	for i, p := range ports {
+		n := starts(t, p) - before[i]
+		if n != 1 && (i != 1 || n != 2) {
+			t.Errorf("%s started %d times", units[i], n)
+		}
+		t.Logf("%s started %d time(s)", units[i], n)
+	}
+	for i, st := range systemd(t, units...) {
+		if !st.Up() {
+			t.Errorf("%s is %s/%s", units[i], st.Active, st.Sub)
+		}
+	}
+}
+
+// syncLog collects a process's log lines.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) collect(lines <-chan string) {
+	for s := range lines {
+		l.mu.Lock()
+		l.b.WriteString(s + "\n")
+		l.mu.Unlock()
+	}
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// when is the time of the first log line that contains s and one of
+// alternatives (when given).
+func (l *syncLog) when(t *testing.T, s string, alternatives ...string) time.Time {
+	t.Helper()
+	for _, line := range strings.Split(l.String(), "\n") {
+		if !strings.Contains(line, s) {
+			continue
+		}
+		if len(alternatives) > 0 && !slices.ContainsFunc(alternatives, func(a string) bool { return strings.Contains(line, a) }) {
+			continue
+		}
+		v, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			t.Fatalf("no time in %q", line)
+		}
+		return at
+	}
+	t.Fatalf("no log line with %q", s)
+	return time.Time{}
 }

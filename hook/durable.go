@@ -259,7 +259,7 @@ func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string,
 			}
 		}()
 		if triggers {
-			d.runOne(rctx, service)
+			d.runOne(rctx, service, held.Valid)
 		} else {
 			d.recover(rctx, service)
 		}
@@ -277,7 +277,7 @@ func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string,
 
 // runOne runs the newest trigger of a service; the older ones are
 // superseded by it (their callbacks report its result).
-func (d *durable) runOne(ctx context.Context, service string) {
+func (d *durable) runOne(ctx context.Context, service string, lease func() error) {
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	all, err := d.triggers.List(wctx)
@@ -341,7 +341,7 @@ func (d *durable) runOne(ctx context.Context, service string) {
 	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
 		d.store.Add(e.Record)
 	}
-	j := Job{ID: id, Service: service, Trigger: e.Record.Trigger, Callbacks: e.Callbacks, Resume: resume, entry: e.Key}
+	j := Job{ID: id, Service: service, Trigger: e.Record.Trigger, Callbacks: e.Callbacks, Resume: resume, entry: e.Key, lease: lease}
 	ended := d.exec(ctx, j)
 	final, _ := d.store.Get(id)
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -356,10 +356,13 @@ func (d *durable) runOne(ctx context.Context, service string) {
 		d.store.Update(id, func(r *fleetroll.Report) { r.Status = fleetroll.StatusQueued })
 		return
 	}
+	// The receiver that removes the trigger reports the end: one callback
+	// per push, even when this one lost etcd and another resumes it.
 	last, err := d.triggers.Remove(fctx, e.Key)
 	if err != nil {
-		d.log.Warn("queue: finished trigger not removed", "rollout_id", id, "error", err.Error())
-		last = e
+		d.log.Warn("queue: the end of the rollout could not be recorded in etcd; the receiver that resumes it reports it",
+			"rollout_id", id, "error", err.Error())
+		return
 	}
 	if d.opt.AfterRun != nil {
 		j.Callbacks = last.Callbacks

@@ -29,8 +29,10 @@ type Job struct {
 	// Resume is the record of this rollout as another receiver left it
 	// (serve with etcd): the units it restarted are not restarted again.
 	Resume *fleetroll.Report
-	// entry is the trigger's key in the durable queue ("" in memory).
+	// entry is the trigger's key in the durable queue ("" in memory), and
+	// lease tells whether this receiver's claim on it is still sure.
 	entry string
+	lease func() error
 }
 
 // QueueOptions tune a Queue.

@@ -38,9 +38,16 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 			final.Status = fleetroll.StatusInterrupted
 		}
 	}
-	if j.entry != "" && ctx.Err() != nil {
+	if j.entry != "" && (ctx.Err() != nil || errors.Is(err, fleetroll.ErrFenced) || (j.lease != nil && j.lease() != nil)) {
+		// Shut down, or its lease is in doubt (etcd out of reach): another
+		// receiver may take over, so this one neither records an end nor
+		// reports one.
 		s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
-		log.Warn("rollout stopped before its end; its trigger stays queued, to be resumed", "restarted", final.Restarted())
+		why := "shutdown"
+		if err != nil {
+			why = err.Error()
+		}
+		log.Warn("rollout stopped before its end; its trigger stays queued, to be resumed", "restarted", final.Restarted(), "error", why)
 		return false
 	}
 	// The history first: once the API shows the rollout finished, every

@@ -782,7 +782,7 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 		return problem(http.StatusNotFound, "no such rollout")
 	}
 	ro, ok := s.store.Get(id)
-	if ok && (s.durable == nil || ro.Status.Final()) {
+	if ok && s.durable == nil {
 		return http.StatusOK, ro
 	}
 	if s.durable != nil {
@@ -792,10 +792,13 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 			return problem(http.StatusServiceUnavailable, "the queue in etcd could not be read")
 		}
 		if l, found := live[id]; found {
-			if ok && ro.Status == fleetroll.StatusRunning && l.Status == fleetroll.StatusRunning {
-				return http.StatusOK, ro // this receiver runs it
+			if ok && l.By == s.opt.Owner {
+				return http.StatusOK, ro // this receiver runs it: its record is the newest
 			}
 			return http.StatusOK, l
+		}
+		if ok && ro.Status.Final() {
+			return http.StatusOK, ro
 		}
 	}
 	if s.opt.Etcd != nil {
@@ -827,8 +830,8 @@ func (s *Server) merged(local []fleetroll.Report, live map[string]fleetroll.Repo
 	out := make([]fleetroll.Report, 0, len(local)+len(live))
 	for _, r := range local {
 		if l, ok := live[r.ID]; ok {
-			if r.Status != fleetroll.StatusRunning {
-				r = l
+			if l.By != s.opt.Owner {
+				r = l // queued, or run by another receiver
 			}
 		} else if h, ok := ended[r.ID]; ok && !r.Status.Final() {
 			r = h
