@@ -202,8 +202,11 @@ func (d *durable) scan(ctx context.Context, wg *sync.WaitGroup) time.Duration {
 		d.start(ctx, wg, service, true)
 	}
 	for service := range d.suspect {
-		delete(d.suspect, service)
-		if configured[service] && !d.running[service] && len(all[service]) == 0 && len(d.running) < d.opt.MaxParallel {
+		switch {
+		case !configured[service] || d.running[service] || len(all[service]) > 0:
+			delete(d.suspect, service) // a rollout of it recovers first
+		case len(d.running) < d.opt.MaxParallel:
+			delete(d.suspect, service)
 			d.start(ctx, wg, service, false)
 		}
 	}

@@ -249,3 +249,106 @@ func TestRestoredIsRestart(t *testing.T) {
 		}
 	}
 }
+
+// serve restores what a fleetroll that died left in flight: at start-up,
+// and when the service's lock expires while serve runs. Each killed
+// rollout is recorded as interrupted.
+func TestServeRecoversAtStartAndOnLockExpiry(t *testing.T) {
+	rs := newReceivers(t)
+	ctx := t.Context()
+	intents := coord.Intents{KAPI: rs.kapi}
+	leave := func(unit string) string {
+		t.Helper()
+		id := fleetroll.NewID()
+		rs.fleet.Update(unit, func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+		if err := intents.Put(ctx, "my-service", coord.Intent{Rollout: id, Owner: "a fleetroll restart that died", Started: time.Now(),
+			Units: []coord.IntentUnit{{Unit: unit, Phase: fleetroll.PhaseStop, Since: time.Now()}}}); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	recovered := func(id, unit string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			rec, found, err := coord.History{KAPI: rs.kapi}.Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, _ := rs.fleet.Unit(unit)
+			in, err := intents.Get(ctx, "my-service")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if found && rec.Status == fleetroll.StatusInterrupted && u.Active == "active" && u.Restarts == 1 && in == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not recovered: %+v (found %v), %s %+v", id, rec, found, unit, u)
+			}
+			<-tick.C
+		}
+	}
+	// 1. At start-up.
+	first := leave(testUnits[0])
+	rs.start(t, "receiver")
+	recovered(first, testUnits[0])
+	// 2. A restart holds the lock (its lease: 1 s), stops a unit and dies.
+	if _, err := rs.kapi.Set(ctx, coord.LockKey("my-service"), "a fleetroll restart", &client.SetOptions{TTL: time.Second, PrevExist: client.PrevNoExist}); err != nil {
+		t.Fatal(err)
+	}
+	second := leave(testUnits[1])
+	recovered(second, testUnits[1])
+}
+
+// A receiver shut down mid-rollout brings its unit back and leaves the
+// trigger queued with its progress: the next receiver resumes the rollout
+// without restarting the units already restarted, and reports it once.
+func TestShutdownLeavesTheTriggerToTheNext(t *testing.T) {
+	rs := newReceivers(t)
+	a := rs.start(t, "receiver A")
+	stopping := make(chan struct{})
+	var once atomic.Bool
+	rs.fleet.SetHook(func(call string) {
+		if call == "set "+testUnits[1]+" loaded" && once.CompareAndSwap(false, true) {
+			close(stopping)
+		}
+	})
+	resp, ans := a.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, rs.push(t), jsonHeaders())
+	if resp.StatusCode != 202 {
+		t.Fatalf("%d %v", resp.StatusCode, ans)
+	}
+	id := ans["id"].(string)
+	<-stopping
+	a.stop()
+	all, err := (coord.Triggers{KAPI: rs.kapi}).List(t.Context())
+	if err != nil || len(all["my-service"]) != 1 {
+		t.Fatalf("queue %v %v", all, err)
+	}
+	left := all["my-service"][0]
+	if left.Runner != "" || left.Record.Status != fleetroll.StatusQueued || left.Record.ID != id || left.Record.Restarted() != 1 {
+		t.Fatalf("trigger left %+v", left)
+	}
+	if n := rs.calls.Load(); n != 0 {
+		t.Fatalf("%d callbacks before the end", n)
+	}
+	b := rs.start(t, "receiver B")
+	final := waitFinal(t, b, id)
+	if final.Status != fleetroll.StatusSucceeded || final.Restarted() != 3 || final.Queue == nil || len(final.Queue.Resumed) != 1 {
+		t.Fatalf("rollout %+v", final)
+	}
+	// The second unit was brought back at the shutdown, then restarted by
+	// B: its restart had not been seen through.
+	for i, want := range []int{1, 2, 1} {
+		if u, _ := rs.fleet.Unit(testUnits[i]); u.Restarts != want {
+			t.Errorf("%s restarted %d times, want %d", testUnits[i], u.Restarts, want)
+		}
+	}
+	<-rs.got
+	b.stop()
+	if n := rs.calls.Load(); n != 1 {
+		t.Fatalf("%d callbacks, want 1", n)
+	}
+}
