@@ -22,7 +22,7 @@ import (
 // The container proof (issue 4): the fleetroll image built from the
 // Dockerfile with podman, two versions of the demo image, a local registry
 // whose notifications reach fleetroll running in its container as the shipped
-// fleetroll.service, the shipped my-service units and the confd + nginx
+// fleetroll@.service, the shipped my-service units and the confd + nginx
 // proxy. Pushing version 2 rolls every instance to it, and the proxy answers
 // from all of them.
 
@@ -122,7 +122,7 @@ func buildImages(t *testing.T, env []string) ctrImages {
 // or a name), never those of the demo cluster beside it.
 func removeContainers(names ...string) {
 	for _, n := range names {
-		if n != "fleetroll" {
+		if !strings.HasPrefix(n, "fleetroll") {
 			n = "my-service-" + n
 		}
 		_ = exec.Command("podman", "rm", "-f", n).Run()
@@ -429,7 +429,7 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	// No release in this cluster's etcd: the instances run IMAGE, the tag.
 	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5", "ETCD": cl.EtcdURL}))
 	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
-	dropIn(t, "fleetroll.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc,
+	dropIn(t, "fleetroll@.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc, "ETCD_ENDPOINTS": cl.EtcdURL,
 		"FLEET_SOCKET": filepath.Join(cl.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s",
 		"SECRET_ARGS": "--registry-token-file /etc/fleetroll/registry-token"}))
 	dropIn(t, "my-service-proxy.service", map[string]string{"PROXY_DIR": proxyDir})
@@ -445,17 +445,17 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
 	submit(t, filepath.Join(repo, "contrib", "proxy", "units", "my-service-proxy.service"), "my-service-proxy.service")
 	submit(t, filepath.Join(repo, "contrib", "proxy", "units", "my-service-confd.service"), "my-service-confd.service")
-	submit(t, filepath.Join(repo, "units", "fleetroll.service"), "fleetroll.service")
+	submit(t, filepath.Join(repo, "units", "fleetroll@.service"), "fleetroll@1.service")
 	t.Cleanup(func() {
 		// Units first (their ExecStop stops the containers), then leftovers.
-		for _, n := range append(instances, "fleetroll.service") {
+		for _, n := range append(instances, "fleetroll@1.service") {
 			cl.Destroy(n)
 		}
-		removeContainers(append(append([]string{}, ctrPorts...), "fleetroll")...)
+		removeContainers(append(append([]string{}, ctrPorts...), "fleetroll-1")...)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	for _, n := range append(append(append([]string{}, instances...), sidekicks...), "my-service-proxy.service", "my-service-confd.service", "fleetroll.service") {
+	for _, n := range append(append(append([]string{}, instances...), sidekicks...), "my-service-proxy.service", "my-service-confd.service", "fleetroll@1.service") {
 		if err := cl.WaitRunning(ctx, n); err != nil {
 			t.Fatal(err)
 		}

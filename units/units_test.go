@@ -147,7 +147,7 @@ func TestSidekickUnit(t *testing.T) {
 }
 
 func TestHookUnit(t *testing.T) {
-	uf := load(t, "fleetroll.service")
+	uf := load(t, "fleetroll@.service")
 	e := env(t, uf)
 	for _, k := range []string{"DOCKER", "IMAGE", "ETC", "FLEET_SOCKET", "LISTEN"} {
 		if e[k] == "" {
@@ -159,6 +159,14 @@ func TestHookUnit(t *testing.T) {
 	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), "--net=host", `-v "$$FLEET_SOCKET:/var/run/fleet.sock"`,
 		`-v "$$ETC:/etc/fleetroll:ro"`, "serve", "--endpoint unix:///var/run/fleet.sock", "--token-file /etc/fleetroll/token")
 	contains(t, "ExecStop", one(t, uf, "Service", "ExecStop"), `stop -t "$$STOP_TIMEOUT"`)
+	// Two receivers or more share one queue through etcd, one per machine.
+	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), `--etcd-endpoints "$$ETCD_ENDPOINTS"`)
+	if e["NAME"] != "fleetroll-%i" {
+		t.Errorf("NAME=%s: each receiver's container needs a name of its own", e["NAME"])
+	}
+	if c := one(t, uf, "X-Fleet", "Conflicts"); c != "fleetroll@*.service" {
+		t.Errorf("Conflicts=%s: receivers go on machines of their own", c)
+	}
 	if strings.Contains(one(t, uf, "Service", "ExecStart"), "token=") || strings.Contains(one(t, uf, "Service", "ExecStart"), "FLEETROLL_TOKEN") {
 		t.Error("the secret must come from a file, not the command line")
 	}
