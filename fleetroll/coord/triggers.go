@@ -169,15 +169,20 @@ func (q Triggers) List(ctx context.Context) (map[string][]QueuedTrigger, error) 
 	return out, nil
 }
 
+// read reads one entry.
+func (q Triggers) read(ctx context.Context, key string) (QueuedTrigger, error) {
+	resp, err := q.KAPI.Get(ctx, key, nil)
+	if err != nil {
+		return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
+	}
+	return decodeTrigger(resp.Node)
+}
+
 // Update changes an entry with fn (read, change, compare-and-swap, again
 // on a conflict). It returns the entry as written.
 func (q Triggers) Update(ctx context.Context, key string, fn func(*QueuedTrigger)) (QueuedTrigger, error) {
 	for range 10 {
-		resp, err := q.KAPI.Get(ctx, key, nil)
-		if err != nil {
-			return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
-		}
-		e, err := decodeTrigger(resp.Node)
+		e, err := q.read(ctx, key)
 		if err != nil {
 			return QueuedTrigger{}, err
 		}
@@ -196,11 +201,7 @@ func (q Triggers) Update(ctx context.Context, key string, fn func(*QueuedTrigger
 // was last (with the callbacks added until then).
 func (q Triggers) Remove(ctx context.Context, key string) (QueuedTrigger, error) {
 	for range 10 {
-		resp, err := q.KAPI.Get(ctx, key, nil)
-		if err != nil {
-			return QueuedTrigger{}, fmt.Errorf("queue entry: %w", err)
-		}
-		e, err := decodeTrigger(resp.Node)
+		e, err := q.read(ctx, key)
 		if err != nil {
 			return QueuedTrigger{}, err
 		}
