@@ -181,8 +181,12 @@ func (d *durable) scan(ctx context.Context, wg *sync.WaitGroup) time.Duration {
 	}
 	now := d.opt.Clock.Now()
 	var next time.Duration
+	type candidate struct {
+		service  string
+		triggers bool
+	}
+	var start []candidate
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.queued = 0
 	for service, es := range all {
 		for _, e := range es {
@@ -199,7 +203,8 @@ func (d *durable) scan(ctx context.Context, wg *sync.WaitGroup) time.Duration {
 			}
 			continue
 		}
-		d.start(ctx, wg, service, true)
+		d.running[service] = true // reserved while its claim is asked for
+		start = append(start, candidate{service, true})
 	}
 	for service := range d.suspect {
 		switch {
@@ -207,8 +212,13 @@ func (d *durable) scan(ctx context.Context, wg *sync.WaitGroup) time.Duration {
 			delete(d.suspect, service) // a rollout of it recovers first
 		case len(d.running) < d.opt.MaxParallel:
 			delete(d.suspect, service)
-			d.start(ctx, wg, service, false)
+			d.running[service] = true
+			start = append(start, candidate{service, false})
 		}
+	}
+	d.mu.Unlock()
+	for _, c := range start {
+		d.start(ctx, wg, c.service, c.triggers)
 	}
 	return next
 }
@@ -234,20 +244,23 @@ func (d *durable) due(es []coord.QueuedTrigger) time.Time {
 
 // start takes the service's claim (without waiting: a receiver that holds
 // it runs the service) and runs its queue, or only the recovery of a dead
-// fleetroll's intent. Called with d.mu held.
+// fleetroll's intent. The service is reserved in d.running.
 func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string, triggers bool) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	held, err := d.triggers.Claim(service, d.owner, d.ttl).Acquire(cctx, false)
 	cancel()
-	if errors.Is(err, coord.ErrLocked) {
-		return // another receiver runs it; its lease's end wakes us
-	}
 	if err != nil {
-		d.log.Warn("queue claim failed", "service", service, "error", err.Error())
+		d.mu.Lock()
+		delete(d.running, service)
+		d.mu.Unlock()
+		if !errors.Is(err, coord.ErrLocked) { // locked: another receiver runs it; its lease's end wakes us
+			d.log.Warn("queue claim failed", "service", service, "error", err.Error())
+		}
 		return
 	}
-	d.running[service] = true
+	d.mu.Lock()
 	d.notifyLocked()
+	d.mu.Unlock()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
