@@ -160,7 +160,7 @@ func TestHookUnit(t *testing.T) {
 		`-v "$$ETC:/etc/fleetroll:ro"`, "serve", "--endpoint unix:///var/run/fleet.sock", "--token-file /etc/fleetroll/token")
 	contains(t, "ExecStop", one(t, uf, "Service", "ExecStop"), `stop -t "$$STOP_TIMEOUT"`)
 	// Two receivers or more share one queue through etcd, one per machine.
-	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), `--etcd-endpoints "$$ETCD_ENDPOINTS"`)
+	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), `--etcd-endpoints "$$ETCD_ENDPOINTS" --lock wait}`)
 	if e["NAME"] != "fleetroll-%i" {
 		t.Errorf("NAME=%s: each receiver's container needs a name of its own", e["NAME"])
 	}
