@@ -12,6 +12,7 @@ import (
 	"time"
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
+	client "go.etcd.io/etcd/client/v2"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -193,6 +194,9 @@ func TestReleases(t *testing.T) {
 	t.Cleanup(func() {
 		cl.Destroy(instances...)
 		removeContainers(relPorts...)
+		// The other tests' instances of my-service run their IMAGE, not
+		// this test's last release.
+		_, _ = etcdKAPI(t).Delete(context.Background(), "/fleetroll/releases/my-service", &client.DeleteOptions{Recursive: true})
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
