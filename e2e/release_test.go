@@ -12,12 +12,12 @@ import (
 	"time"
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
-	client "go.etcd.io/etcd/client/v2"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	client "go.etcd.io/etcd/client/v2"
 )
 
 // Releases on the real cluster (issue 11): the shipped instance unit with
