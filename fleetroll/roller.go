@@ -86,6 +86,20 @@ type Hooks struct {
 	// error (the lock's lease could have expired) means another fleetroll
 	// may act on the service: no write is made and the roll halts.
 	Fence func() error
+	// Wake, when set, wakes the waits for a unit's state the moment fleet
+	// publishes a new one (etcd watches), instead of at the next poll.
+	Wake Waker
+}
+
+// Waker tells the roller when fleet may have published a new state of a
+// unit. A wake-up only brings the next poll forward: the poll stays the
+// check, and polling at the poll interval stays the fallback when the
+// wake-ups stop (etcd lost).
+type Waker interface {
+	// Watch sends on the returned channel, without blocking and merging
+	// what the reader has not taken yet, after each change of the unit's
+	// published state, until ctx ends.
+	Watch(ctx context.Context, unit string) <-chan struct{}
 }
 
 // Validate rejects negative durations.
@@ -560,7 +574,13 @@ var ErrTargetChanged = errors.New("target state changed by someone else")
 func (r *Roller) waitState(ctx context.Context, name string, deadline time.Time, timeout time.Duration,
 	judge func(*schema.UnitState) (string, bool, error), last **schema.UnitState, n *nudge) error {
 	lastWrite := r.opt.Clock.Now() // the request itself
-	return r.until(ctx, deadline, timeout, func(ctx context.Context) (bool, error) {
+	var wake <-chan struct{}
+	if w := r.opt.Hooks.Wake; w != nil {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		wake = w.Watch(wctx, name)
+	}
+	return r.wakeUntil(ctx, deadline, timeout, wake, func(ctx context.Context) (bool, error) {
 		st, err := r.fleet.UnitState(ctx, name)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return false, err
@@ -614,6 +634,11 @@ func (r *Roller) nudge(ctx context.Context, name, target string) error {
 // exponential backoff capped at MaxBackoff; a call that succeeds resets the
 // wait to the poll interval. Waits end early when ctx is done.
 func (r *Roller) until(ctx context.Context, deadline time.Time, timeout time.Duration, fn func(context.Context) (bool, error)) error {
+	return r.wakeUntil(ctx, deadline, timeout, nil, fn)
+}
+
+// wakeUntil is until, with a wait between two calls cut short by wake.
+func (r *Roller) wakeUntil(ctx context.Context, deadline time.Time, timeout time.Duration, wake <-chan struct{}, fn func(context.Context) (bool, error)) error {
 	clock := r.opt.Clock
 	wait := r.opt.PollInterval
 	var lastErr error
@@ -639,8 +664,12 @@ func (r *Roller) until(ctx context.Context, deadline time.Time, timeout time.Dur
 			}
 			return fmt.Errorf("timed out after %s", timeout)
 		}
-		if err := r.sleep(ctx, min(wait, left)); err != nil {
+		woken, err := r.sleepOrWake(ctx, min(wait, left), wake)
+		if err != nil {
 			return err
+		}
+		if woken {
+			r.opt.Logger.Debug("woken by fleet's state", "rollout_id", r.opt.RolloutID)
 		}
 		if lastErr != nil {
 			wait = min(2*wait, r.opt.MaxBackoff)
@@ -650,14 +679,22 @@ func (r *Roller) until(ctx context.Context, deadline time.Time, timeout time.Dur
 
 // sleep waits d or until ctx is done.
 func (r *Roller) sleep(ctx context.Context, d time.Duration) error {
+	_, err := r.sleepOrWake(ctx, d, nil)
+	return err
+}
+
+// sleepOrWake waits d, or until a wake-up (true), or until ctx is done.
+func (r *Roller) sleepOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	case <-r.opt.Clock.After(d):
-		return nil
+		return false, nil
+	case <-wake:
+		return true, nil
 	}
 }
 

@@ -122,14 +122,14 @@ func (d *durable) Run(ctx context.Context) {
 	watchers.Add(2)
 	go func() {
 		defer watchers.Done()
-		coord.Watch(wctx, d.kapi, coord.QueuePrefix, func(string, string) { d.poke() })
+		coord.Watch(wctx, d.kapi, coord.QueuePrefix, func(*client.Response) { d.poke() })
 	}()
 	go func() {
 		defer watchers.Done()
-		coord.Watch(wctx, d.kapi, coord.LockPrefix, func(action, key string) {
-			if action == "expire" {
+		coord.Watch(wctx, d.kapi, coord.LockPrefix, func(resp *client.Response) {
+			if resp != nil && resp.Action == "expire" {
 				d.mu.Lock()
-				d.suspect[path.Base(key)] = true
+				d.suspect[path.Base(resp.Node.Key)] = true
 				d.mu.Unlock()
 				d.poke()
 			}

@@ -49,14 +49,15 @@ func policyFrom(c *cli.Context) fleetroll.Policy {
 }
 
 // safetyFrom builds the safety of the flags' policy; etcd is connected (not
-// dialled) when the policy needs it, --record asks for it, or needEtcd says
-// so (a service of serve's configuration drains).
+// dialled) when the policy needs it, --record asks for it, needEtcd says so
+// (a service of serve's configuration drains), or --etcd-endpoints is given
+// (waits then wake on fleet's state writes).
 func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd bool) (coord.Safety, error) {
 	s := coord.Safety{Policy: policyFrom(c), Owner: coord.Owner(what), Fleet: fleet}
 	if err := s.Policy.Validate(); err != nil {
 		return s, usageErr("%w", err)
 	}
-	if needEtcd || c.Bool("record") || s.Policy.NeedsEtcd() {
+	if needEtcd || c.Bool("record") || s.Policy.NeedsEtcd() || c.IsSet("etcd-endpoints") {
 		h, err := etcdFrom(c)
 		if err != nil {
 			return s, err

@@ -76,6 +76,11 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 			return hooks, release, fmt.Errorf("etcd unreachable, nothing was touched: %w", err)
 		}
 	}
+	if s.KAPI != nil {
+		// Waits wake on fleet's own state writes; polling stays the
+		// fallback when etcd is out of reach.
+		hooks.Wake = FleetStates{KAPI: s.KAPI}
+	}
 	if p.Lock == fleetroll.LockFail || p.Lock == fleetroll.LockWait {
 		held, err := Lock{KAPI: s.KAPI, Key: LockKey(service), Owner: s.Owner, TTL: p.LockTTL, OnWait: s.OnLockWait}.Acquire(ctx, p.Lock == fleetroll.LockWait)
 		if err != nil {
@@ -175,7 +180,7 @@ func (s Safety) recoverDead(ctx context.Context, service string, hooks fleetroll
 	say("recovering rollout %s of %s, left by %s: restoring %s", in.Rollout, service, in.Owner, strings.Join(names, ", "))
 	opt := s.Roll
 	opt.RolloutID, opt.OnEvent = s.Rollout, nil
-	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence}
+	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence, Wake: hooks.Wake}
 	roller, err := fleetroll.NewRoller(s.Fleet, opt)
 	if err != nil {
 		return err

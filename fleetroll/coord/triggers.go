@@ -276,10 +276,10 @@ func (d Deliveries) Forget(ctx context.Context, key string) error {
 	return err
 }
 
-// Watch calls wake with each change under prefix (action and key) until
-// ctx ends. A broken watch is set up again after a pause, with a wake-up
-// of action "resync" (changes may have been missed).
-func Watch(ctx context.Context, kapi client.KeysAPI, prefix string, wake func(action, key string)) {
+// Watch calls wake with each change under prefix until ctx ends. A broken
+// watch is set up again after a pause, with a wake-up of nil (changes may
+// have been missed).
+func Watch(ctx context.Context, kapi client.KeysAPI, prefix string, wake func(*client.Response)) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w := kapi.Watcher(prefix, &client.WatcherOptions{Recursive: true})
@@ -289,7 +289,7 @@ func Watch(ctx context.Context, kapi client.KeysAPI, prefix string, wake func(ac
 				break
 			}
 			backoff = 100 * time.Millisecond
-			wake(resp.Action, resp.Node.Key)
+			wake(resp)
 		}
 		select {
 		case <-ctx.Done():
@@ -297,6 +297,6 @@ func Watch(ctx context.Context, kapi client.KeysAPI, prefix string, wake func(ac
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
-		wake("resync", "")
+		wake(nil)
 	}
 }
