@@ -4,7 +4,7 @@
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch cluster-down
 
 demo:
 	contrib/demo.sh
@@ -46,11 +46,17 @@ bench:
 	bench/hook.sh
 	bench/load.sh
 	bench/prepull.sh
+	bench/watch.sh
 
 # Pre-pull against each instance pulling, 50 MB and 300 MB images, three
 # machines (about 10 minutes).
 bench-prepull:
 	bench/prepull.sh
+
+# Detection lag with etcd watches and by polling alone, 10 interleaved
+# rounds on the demo cluster (about 5 minutes).
+bench-watch:
+	bench/watch.sh
 
 cluster-down:
 	contrib/cluster/cluster.sh down

@@ -290,3 +290,40 @@ func TestFleetAPIRestartedMidRoll(t *testing.T) {
 		}
 	}
 }
+
+// With --etcd-endpoints, waits wake on fleet's state writes; with etcd cut
+// mid-roll (lock and drain off), the roll carries on by polling.
+func TestWatchFallsBackToPolling(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-watch", "19101", "19102", "19103")
+	before := systemd(t, units...)
+	proxy := startProxy(t, strings.TrimPrefix(cl.EtcdURL, "http://"))
+	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", cl.Endpoint, "--etcd-endpoints", "http://"+proxy.Addr(),
+		"--etcd-timeout", "1s", "--grace", "0s", "--log-level", "debug")
+	var log strings.Builder
+	// Woken by a state fleet wrote (the watches work), and the first unit
+	// done: then etcd goes.
+	woken, first := false, false
+	for !woken || !first {
+		l, ok := <-lines
+		if !ok {
+			t.Fatalf("fleetroll ended before etcd was cut:\n%s", log.String())
+		}
+		log.WriteString(l + "\n")
+		woken = woken || strings.Contains(l, "woken by fleet's state")
+		first = first || strings.Contains(l, units[0]+": running in")
+	}
+	proxy.Pause()
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	if code := exitCode(t, cmd); code != 0 {
+		t.Fatalf("exit %d with etcd cut mid-roll:\n%s", code, log.String())
+	}
+	after := systemd(t, units...)
+	for i, u := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
+			t.Errorf("%s not restarted: %+v -> %+v", u, before[i], after[i])
+		}
+	}
+}

@@ -13,12 +13,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/coreos/fleet/schema"
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
+	"github.com/fleetroll/fleetroll/internal/fleetcount"
 	"github.com/fleetroll/fleetroll/internal/naive"
 )
 
@@ -78,7 +77,7 @@ func run() error {
 		}
 		modes = append(modes, &mode{name: "fleetroll, nudge " + d.String(), nudge: d})
 	}
-	counted := &countingFleet{Fleet: fleet}
+	counted := &fleetcount.Fleet{Fleet: fleet}
 	for i := 0; i < *rounds; i++ {
 		for _, m := range modes { // interleaved: fleet's timing drifts, both see the same
 			before, err := cl.Systemd(ctx, units...)
@@ -89,7 +88,7 @@ func run() error {
 			if err != nil {
 				return err
 			}
-			counted.reset()
+			counted.Reset()
 			cpu0 := clusterCPU(cl)
 			t0 := time.Now()
 			rep, err := r.Roll(ctx, plan)
@@ -104,7 +103,7 @@ func run() error {
 				m.stops = append(m.stops, time.Duration(u.Stop))
 				m.starts = append(m.starts, time.Duration(u.Start))
 			}
-			reads, writes := counted.reset()
+			reads, writes := counted.Reset()
 			m.reads, m.writes = m.reads+reads, m.writes+writes
 			after, err := cl.Systemd(ctx, units...)
 			if err != nil {
@@ -223,36 +222,6 @@ func procCPU(pidFile string) time.Duration {
 	fmt.Sscan(f[11], &ut)
 	fmt.Sscan(f[12], &st)
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
-// countingFleet counts fleet API reads and writes.
-type countingFleet struct {
-	fleetroll.Fleet
-	reads, writes atomic.Int64
-}
-
-func (c *countingFleet) reset() (reads, writes int) {
-	return int(c.reads.Swap(0)), int(c.writes.Swap(0))
-}
-
-func (c *countingFleet) UnitState(ctx context.Context, name string) (*schema.UnitState, error) {
-	c.reads.Add(1)
-	return c.Fleet.UnitState(ctx, name)
-}
-
-func (c *countingFleet) TargetState(ctx context.Context, name string) (string, string, error) {
-	c.reads.Add(1)
-	return c.Fleet.TargetState(ctx, name)
-}
-
-func (c *countingFleet) MachineIPs(ctx context.Context) (map[string]string, error) {
-	c.reads.Add(1)
-	return c.Fleet.MachineIPs(ctx)
-}
-
-func (c *countingFleet) SetUnitTargetState(ctx context.Context, name, target string) error {
-	c.writes.Add(1)
-	return c.Fleet.SetUnitTargetState(ctx, name, target)
 }
 
 func restarted(before, after []cluster.SystemdState) int {
