@@ -128,11 +128,18 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 		return moved, err
 	}
 	// The failed unit first: it is the one down (or out of the proxy), and
-	// no other goes down before it is back.
+	// no other goes down before it is back; then the others of its batch
+	// that failed, then those restarted.
 	undo := &Plan{Service: plan.Service}
 	index := map[string]int{}
 	for i, u := range moved.Units {
 		if u.Unit == ue.Unit {
+			undo.Units = append(undo.Units, plan.Units[i])
+			index[u.Unit] = i
+		}
+	}
+	for i, u := range moved.Units {
+		if u.Outcome == OutcomeFailed && u.Unit != ue.Unit {
 			undo.Units = append(undo.Units, plan.Units[i])
 			index[u.Unit] = i
 		}

@@ -59,6 +59,11 @@ type Options struct {
 	Clock Clock
 	// Hooks add steps around each unit: drain, health gate, lock checks.
 	Hooks Hooks
+	// MaxUnavailable is how many units may be down at once (drained,
+	// stopped, starting, health-gated, in their grace period), counting
+	// those already down when the roll begins; the zero value: one at a
+	// time.
+	MaxUnavailable Unavailable
 }
 
 // Hooks add steps around each unit's restart. Nil hooks are skipped.
@@ -104,6 +109,9 @@ type Waker interface {
 
 // Validate rejects negative durations.
 func (o Options) Validate() error {
+	if err := o.MaxUnavailable.Validate(); err != nil {
+		return err
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -220,30 +228,59 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 		}
 		return rep, err
 	}
-	for i, u := range plan.Units {
-		if err := ctx.Err(); err != nil {
-			return finish(fmt.Errorf("roll of %s interrupted before %s: %w", plan.Service, u.Name, err))
-		}
-		if c := r.opt.Hooks.Continue; c != nil {
-			if err := c(); err != nil {
-				return finish(fmt.Errorf("roll of %s halted before %s: %w", plan.Service, u.Name, err))
+	// Up to MaxUnavailable units at once, in the plan's order (units
+	// already down come first, so they are the first in flight). After a
+	// failure no unit starts; those in flight finish, and the first error
+	// is the roll's.
+	slots := r.opt.MaxUnavailable.Of(len(plan.Units))
+	done := make(chan error)
+	inFlight, next := 0, 0
+	var first error
+	for {
+		for first == nil && next < len(plan.Units) && inFlight < slots {
+			u := plan.Units[next]
+			if err := ctx.Err(); err != nil {
+				first = fmt.Errorf("roll of %s interrupted before %s: %w", plan.Service, u.Name, err)
+				break
 			}
-		}
-		ur := &rep.Units[i]
-		if err := r.restart(ctx, ur); err != nil {
-			return finish(err)
-		}
-		if i < len(plan.Units)-1 && r.opt.Grace > 0 {
-			r.begin(ur, PhaseGrace)
-			err := r.sleep(ctx, r.opt.Grace)
-			r.end(ur)
-			ur.Phase = ""
-			if err != nil {
-				return finish(fmt.Errorf("roll of %s interrupted in the grace period after %s: %w", plan.Service, u.Name, err))
+			if c := r.opt.Hooks.Continue; c != nil {
+				if err := c(); err != nil {
+					first = fmt.Errorf("roll of %s halted before %s: %w", plan.Service, u.Name, err)
+					break
+				}
 			}
+			ur, last := &rep.Units[next], next == len(plan.Units)-1
+			next++
+			inFlight++
+			go func() { done <- r.rollOne(ctx, plan.Service, ur, last) }()
 		}
+		if inFlight == 0 {
+			return finish(first)
+		}
+		if err := <-done; err != nil && first == nil {
+			first = err
+		}
+		inFlight--
 	}
-	return finish(nil)
+}
+
+// rollOne restarts one unit, then holds its slot for the grace period
+// (but after the plan's last unit).
+func (r *Roller) rollOne(ctx context.Context, service string, ur *UnitReport, last bool) error {
+	if err := r.restart(ctx, ur); err != nil {
+		return err
+	}
+	if last || r.opt.Grace <= 0 {
+		return nil
+	}
+	r.begin(ur, PhaseGrace)
+	err := r.sleep(ctx, r.opt.Grace)
+	r.end(ur)
+	ur.Phase = ""
+	if err != nil {
+		return fmt.Errorf("roll of %s interrupted in the grace period after %s: %w", service, ur.Unit, err)
+	}
+	return nil
 }
 
 // begin records that a unit entered a phase.

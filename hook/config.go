@@ -34,6 +34,8 @@ type Service struct {
 	// NudgeInterval, when set, overrides --nudge-interval (0 in the file
 	// means "the flag's"; turn nudging off with the flag).
 	NudgeInterval time.Duration `yaml:"nudge_interval"`
+	// MaxUnavailable, when set, overrides --max-unavailable: N or P%.
+	MaxUnavailable fleetroll.Unavailable `yaml:"max_unavailable"`
 
 	// Health, when set, gates each instance after its start; Drain, when
 	// set, takes each instance out of the proxy first. Their settings,
@@ -250,6 +252,9 @@ func (s Service) RollOptions(def fleetroll.Options) fleetroll.Options {
 	}
 	if s.NudgeInterval > 0 {
 		o.NudgeInterval = s.NudgeInterval
+	}
+	if s.MaxUnavailable != (fleetroll.Unavailable{}) {
+		o.MaxUnavailable = s.MaxUnavailable
 	}
 	return o
 }

@@ -48,7 +48,25 @@ func rollFlags() []cli.Flag {
 			Usage: "how often to ask fleet for a unit's state"},
 		&cli.DurationFlag{Name: "nudge-interval", Value: fleetroll.DefaultNudgeInterval, EnvVars: []string{"FLEETROLL_NUDGE_INTERVAL"},
 			Usage: "re-assert a unit's target state this often while fleet has not acted on it (0: off; see docs/how-it-works.md)"},
+		&cli.StringFlag{Name: "max-unavailable", Value: "1", EnvVars: []string{"FLEETROLL_MAX_UNAVAILABLE"},
+			Usage: "instances down at once, counting those already down: N, or P% of the instances rolled"},
 	}
+}
+
+// rollOptionsFrom reads rollFlags' settings.
+func rollOptionsFrom(c *cli.Context) (fleetroll.Options, error) {
+	u, err := fleetroll.ParseUnavailable(c.String("max-unavailable"))
+	if err != nil {
+		return fleetroll.Options{}, usageErr("--max-unavailable: %w", err)
+	}
+	return fleetroll.Options{
+		Grace:          c.Duration("grace"),
+		StopTimeout:    c.Duration("stop-timeout"),
+		StartTimeout:   c.Duration("start-timeout"),
+		PollInterval:   c.Duration("poll-interval"),
+		NudgeInterval:  c.Duration("nudge-interval"),
+		MaxUnavailable: u,
+	}, nil
 }
 
 func restartCommand() *cli.Command {
@@ -100,13 +118,10 @@ func restartOptionsFrom(c *cli.Context) (*restartOptions, error) {
 		requestTimeout: c.Duration("request-timeout"),
 		dryRun:         c.Bool("dry-run"),
 		output:         c.String("output"),
-		roll: fleetroll.Options{
-			Grace:         c.Duration("grace"),
-			StopTimeout:   c.Duration("stop-timeout"),
-			StartTimeout:  c.Duration("start-timeout"),
-			PollInterval:  c.Duration("poll-interval"),
-			NudgeInterval: c.Duration("nudge-interval"),
-		},
+	}
+	var err error
+	if o.roll, err = rollOptionsFrom(c); err != nil {
+		return nil, err
 	}
 	args := c.Args().Slice()
 	switch {

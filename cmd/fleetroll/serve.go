@@ -105,12 +105,12 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		tlsKey:          c.String("tls-key"),
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 	}
+	roll, err := rollOptionsFrom(c)
+	if err != nil {
+		return nil, err
+	}
 	o.hook = hook.Options{
-		Roll: fleetroll.Options{
-			Grace: c.Duration("grace"), StopTimeout: c.Duration("stop-timeout"),
-			StartTimeout: c.Duration("start-timeout"), PollInterval: c.Duration("poll-interval"),
-			NudgeInterval: c.Duration("nudge-interval"),
-		},
+		Roll:             roll,
 		BodyLimit:        c.Int64("max-body"),
 		MaxParallel:      c.Int("max-parallel"),
 		QuietPeriod:      c.Duration("quiet-period"),
@@ -121,7 +121,6 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		PublicURL:        strings.TrimSuffix(c.String("public-url"), "/"),
 		SeparateOps:      c.String("metrics-listen") != "",
 	}
-	var err error
 	switch {
 	case o.configFile != "" && c.String("service") != "":
 		return nil, usageErr("serve: give --config or --service, not both")

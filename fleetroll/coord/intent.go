@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
@@ -99,6 +100,7 @@ func (i Intents) Delete(ctx context.Context, service string) error {
 
 // recorder keeps one rollout's intent in etcd as its units move.
 type recorder struct {
+	mu      sync.Mutex // units of one batch move at once
 	store   Intents
 	service string
 	intent  Intent
@@ -107,6 +109,8 @@ type recorder struct {
 
 // phase records that unit entered phase p ("" once it is back).
 func (r *recorder) phase(ctx context.Context, unit string, p fleetroll.Phase) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	units := slices.DeleteFunc(slices.Clone(r.intent.Units), func(u IntentUnit) bool { return u.Unit == unit })
 	if p != "" {
 		units = append(units, IntentUnit{Unit: unit, Phase: p, Since: r.clock.Now()})
