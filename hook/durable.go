@@ -387,13 +387,15 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 }
 
 // progress mirrors a running rollout's record into its queue entry, for
-// the status API of every receiver and for the one that may resume it.
-func (d *durable) progress(ctx context.Context, j Job, rec fleetroll.Report) {
+// the status API of every receiver and for the one that may resume it. The
+// record is read at each write, so that of the units of a batch moving at
+// once the last write carries the newest record.
+func (d *durable) progress(ctx context.Context, j Job) {
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	rec.Status = fleetroll.StatusRunning
 	if _, err := d.triggers.Update(wctx, j.entry, func(e *coord.QueuedTrigger) {
-		if e.Runner == d.owner {
+		if rec, ok := d.store.Get(j.ID); ok && e.Runner == d.owner {
+			rec.Status = fleetroll.StatusRunning
 			e.Record = rec
 		}
 	}); err != nil && ctx.Err() == nil {

@@ -141,7 +141,7 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 			r.Queue.Resumed = append(r.Queue.Resumed, fleetroll.Resumption{At: s.opt.Clock.Now(), By: s.opt.Owner, Done: names})
 		})
 	}
-	rec, _ := s.store.Update(j.ID, func(r *fleetroll.Report) {
+	s.store.Update(j.ID, func(r *fleetroll.Report) {
 		if j.Resume == nil || j.Resume.Started.IsZero() {
 			r.Started = s.opt.Clock.Now()
 		} else {
@@ -158,7 +158,7 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 		}
 	})
 	if s.durable != nil && j.entry != "" {
-		s.durable.progress(ctx, j, rec)
+		s.durable.progress(ctx, j)
 	}
 	opts.Hooks = hooks
 	opts.OnEvent = func(e fleetroll.Event) { s.progress(ctx, j, e) }
@@ -255,7 +255,7 @@ func (s *Server) releaseOf(ctx context.Context, p fleetroll.Policy, t fleetroll.
 // progress puts the unit's record carried by a roller event into the
 // rollout's record (and, with the durable queue, into its entry).
 func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
-	rec, _ := s.store.Update(j.ID, func(r *fleetroll.Report) {
+	s.store.Update(j.ID, func(r *fleetroll.Report) {
 		for i := range r.Units {
 			if r.Units[i].Unit == e.Unit {
 				r.Units[i] = e.Progress
@@ -263,7 +263,7 @@ func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
 		}
 	})
 	if s.durable != nil && j.entry != "" {
-		s.durable.progress(ctx, j, rec)
+		s.durable.progress(ctx, j)
 	}
 }
 
