@@ -143,3 +143,30 @@ func TestRestartUnknownUnitTouchesNothing(t *testing.T) {
 		t.Fatalf("unit touched: %+v -> %+v", before[0], after[0])
 	}
 }
+
+// --max-unavailable 2: two instances restart at once, never three, as
+// systemd sees them; each restarts once.
+func TestBatchesOfTwoInstances(t *testing.T) {
+	needCluster(t)
+	ports := []string{"19111", "19112", "19113", "19114"}
+	units := launchDemo(t, "e2e-batch", ports...)
+	before := systemd(t, units...)
+	obs := observe(units, ports, 100*time.Millisecond)
+	code, out := fleetroll(t, "restart", "e2e-batch", "--endpoint", cl.Endpoint, "--max-unavailable", "2", "--grace", "0s")
+	obs.Stop()
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	after := systemd(t, units...)
+	for i, u := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
+			t.Errorf("%s not restarted: %+v -> %+v", u, before[i], after[i])
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.maxDown != 2 {
+		t.Fatalf("at most %d instances down at once (%d samples), want 2", obs.maxDown, obs.samples)
+	}
+	t.Logf("4 instances, 2 at a time: at most %d down at once in %d samples", obs.maxDown, obs.samples)
+}
