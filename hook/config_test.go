@@ -100,3 +100,22 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatal("missing file accepted")
 	}
 }
+
+// max_unavailable is read and checked by the same parser as
+// --max-unavailable, and overrides it per service.
+func TestConfigMaxUnavailable(t *testing.T) {
+	c, err := ParseConfig([]byte("services:\n  - name: a\n    max_unavailable: 25%\n  - name: b\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := fleetroll.Options{MaxUnavailable: fleetroll.Unavailable{N: 2}}
+	if got := c.Services[0].RollOptions(def).MaxUnavailable; got != (fleetroll.Unavailable{Percent: 25}) {
+		t.Fatalf("a: %v", got)
+	}
+	if got := c.Services[1].RollOptions(def).MaxUnavailable; got != def.MaxUnavailable {
+		t.Fatalf("b: %v", got)
+	}
+	if _, err := ParseConfig([]byte("services:\n  - name: a\n    max_unavailable: 0\n")); err == nil || !strings.Contains(err.Error(), "max unavailable") {
+		t.Fatalf("0 accepted: %v", err)
+	}
+}
