@@ -83,10 +83,6 @@ func needCluster(t *testing.T) {
 // destroys the units when the test ends.
 func launchDemo(t *testing.T, service string, ports ...string) []string {
 	t.Helper()
-	opts, err := cluster.LoadTemplate(filepath.Join(repo, "contrib", "demo", "my-service@.service"), "STATE="+cl.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var names []string
@@ -94,7 +90,7 @@ func launchDemo(t *testing.T, service string, ports ...string) []string {
 		names = append(names, fmt.Sprintf("%s@%s.service", service, p))
 	}
 	t.Cleanup(func() { cl.Destroy(names...) })
-	if _, err := cl.Launch(ctx, service, opts, ports...); err != nil {
+	if _, err := cl.LaunchDemo(ctx, service, ports...); err != nil {
 		t.Fatal(err)
 	}
 	return names

@@ -47,12 +47,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	opts, err := cluster.LoadTemplate(filepath.Join(*repo, "contrib", "demo", "my-service@.service"), "STATE="+cl.Dir)
-	if err != nil {
-		return err
-	}
 	ports := []string{"19901", "19902", "19903"}
-	units, err := cl.Launch(ctx, "bench-roll", opts, ports...)
+	units, err := cl.LaunchDemo(ctx, "bench-roll", ports...)
 	if err != nil {
 		return err
 	}

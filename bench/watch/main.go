@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -86,12 +85,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	opts, err := cluster.LoadTemplate(filepath.Join(*repo, "contrib", "demo", "my-service@.service"), "STATE="+cl.Dir)
-	if err != nil {
-		return err
-	}
 	ports := []string{"19911", "19912", "19913"}
-	units, err := cl.Launch(ctx, "bench-watch", opts, ports...)
+	units, err := cl.LaunchDemo(ctx, "bench-watch", ports...)
 	if err != nil {
 		return err
 	}

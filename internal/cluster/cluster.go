@@ -191,6 +191,16 @@ func LoadTemplate(path string, env ...string) ([]*schema.UnitOption, error) {
 	return opts, nil
 }
 
+// LaunchDemo launches the demo service (contrib/demo/my-service@.service)
+// as SERVICE@PORT.service for each port and returns the units' names.
+func (c *Cluster) LaunchDemo(ctx context.Context, service string, ports ...string) ([]string, error) {
+	opts, err := LoadTemplate(filepath.Join(c.Repo, "contrib", "demo", "my-service@.service"), "STATE="+c.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return c.Launch(ctx, service, opts, ports...)
+}
+
 // Launch submits service@INSTANCE.service for each instance with the given
 // options, launches them and waits until fleet reports every one running.
 func (c *Cluster) Launch(ctx context.Context, service string, opts []*schema.UnitOption, instances ...string) ([]string, error) {
