@@ -4,7 +4,7 @@
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch cluster-down
 
 demo:
 	contrib/demo.sh
@@ -47,6 +47,7 @@ bench:
 	bench/load.sh
 	bench/prepull.sh
 	bench/watch.sh
+	bench/batch.sh
 
 # Pre-pull against each instance pulling, 50 MB and 300 MB images, three
 # machines (about 10 minutes).
@@ -57,6 +58,11 @@ bench-prepull:
 # rounds on the demo cluster (about 5 minutes).
 bench-watch:
 	bench/watch.sh
+
+# Rolls in batches: N = 3, 10, 30 instances, --max-unavailable 1 and 10
+# (about 10 minutes on one machine).
+bench-batch:
+	bench/batch.sh
 
 cluster-down:
 	contrib/cluster/cluster.sh down

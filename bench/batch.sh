@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Prints the wall time of rolls in batches (--max-unavailable) for several
+# numbers of instances, the most instances down at once from systemd's own
+# timestamps, and the fleet API calls per unit, on the local real cluster
+# (started if needed).
+#   bench/batch.sh [-sizes 3,10,30] [-batches 1,10] [-machines 1] [-watch=true]
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+contrib/cluster/deps.sh
+exec go run ./bench/batch -repo "$repo" "$@"

@@ -1,0 +1,135 @@
+// Command batch measures rolls in batches on the local real cluster: for
+// each number of instances N and each --max-unavailable b, the wall time,
+// the most instances down at once (from systemd's own timestamps of leaving
+// and entering active, not from the report), the fleet API calls per unit
+// and the result, next to ceil(N/b) times the one-unit time of the same run.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/internal/cluster"
+	"github.com/fleetroll/fleetroll/internal/fleetcount"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("%q: want positive numbers, comma-separated", s)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func run() error {
+	repo := flag.String("repo", ".", "repository root")
+	sizesFlag := flag.String("sizes", "3,10,30", "numbers of instances")
+	batchesFlag := flag.String("batches", "1,10", "--max-unavailable values")
+	machines := flag.Int("machines", 1, "fleet machines (more than 1: a cluster of its own under /tmp/fleetroll-bench-batch3)")
+	watch := flag.Bool("watch", true, "wake waits on fleet's state writes (etcd watches)")
+	flag.Parse()
+	sizes, err := ints(*sizesFlag)
+	if err != nil {
+		return err
+	}
+	batches, err := ints(*batchesFlag)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	cfg := cluster.Config{Repo: *repo, Machines: *machines}
+	if *machines > 1 {
+		cfg.Dir, cfg.EtcdPort, cfg.FleetPort = "/tmp/fleetroll-bench-batch3", 42389, 49193
+	}
+	cl, err := cluster.Up(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}})
+	if err != nil {
+		return err
+	}
+	counted := &fleetcount.Fleet{Fleet: fleet}
+	maxN := 0
+	for _, n := range sizes {
+		maxN = max(maxN, n)
+	}
+	var ports []string
+	for i := range maxN {
+		ports = append(ports, strconv.Itoa(19921+i))
+	}
+	units, err := cl.LaunchDemo(ctx, "bench-batch", ports...)
+	if err != nil {
+		return err
+	}
+	defer cl.Destroy(units...)
+
+	fmt.Printf("rolls in batches on %d machine(s), grace 0, watches %v\n", *machines, *watch)
+	fmt.Printf("%6s %4s %10s %14s %12s %16s %10s\n", "N", "b", "wall", "ceil(N/b)*t1", "most down", "API calls/unit", "result")
+	for _, n := range sizes {
+		var one time.Duration
+		for _, b := range batches {
+			plan, err := fleetroll.MakePlan(ctx, counted, fleetroll.Target{Service: "bench-batch", Instances: ports[:n]})
+			if err != nil {
+				return err
+			}
+			o := fleetroll.Options{Grace: 0, MaxUnavailable: fleetroll.Unavailable{N: b}}
+			if *watch {
+				o.Hooks.Wake = coord.FleetStates{KAPI: kapi}
+			}
+			r, err := fleetroll.NewRoller(counted, o)
+			if err != nil {
+				return err
+			}
+			counted.Reset()
+			since := cluster.Now()
+			t0 := time.Now()
+			rep, rollErr := r.Roll(ctx, plan)
+			wall := time.Since(t0)
+			reads, writes := counted.Reset()
+			states, err := cl.Systemd(ctx, units[:n]...)
+			if err != nil {
+				return err
+			}
+			result := "ok"
+			if rollErr != nil {
+				result = "failed: " + rollErr.Error()
+			} else if rep.Restarted() != n {
+				result = fmt.Sprintf("%d/%d restarted", rep.Restarted(), n)
+			}
+			if b == 1 {
+				one = wall / time.Duration(n)
+			}
+			ideal := "-"
+			if one > 0 {
+				ideal = (time.Duration((n+b-1)/b) * one).Round(100 * time.Millisecond).String()
+			}
+			fmt.Printf("%6d %4d %10s %14s %12d %16.1f %10s\n", n, b, wall.Round(100*time.Millisecond), ideal,
+				cluster.MostDown(states, since), float64(reads+writes)/float64(n), result)
+		}
+	}
+	return nil
+}
