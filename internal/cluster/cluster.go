@@ -6,7 +6,6 @@ package cluster
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +23,6 @@ import (
 	"github.com/coreos/fleet/schema"
 	"github.com/coreos/fleet/unit"
 	"github.com/fleetroll/fleetroll/fleetroll"
-	"golang.org/x/sys/unix"
 )
 
 // Cluster is a local cluster started by contrib/cluster/cluster.sh.
@@ -293,11 +290,6 @@ type SystemdState struct {
 	Sub     string
 	// Started is ExecMainStartTimestampMonotonic, in microseconds.
 	Started int64
-	// LeftActive and EnteredActive are when systemd last saw the unit
-	// leave active and enter it (ActiveExit/ActiveEnterTimestampMonotonic,
-	// microseconds; one clock for every machine of a cluster: they share
-	// the kernel).
-	LeftActive, EnteredActive int64
 	// Machine is the machine (1..Machines) whose systemd has the unit
 	// loaded; 0 when none has.
 	Machine int
@@ -305,48 +297,6 @@ type SystemdState struct {
 
 // Up reports whether systemd has the unit active/running.
 func (s SystemdState) Up() bool { return s.Active == "active" && s.Sub == "running" }
-
-// MostDown is the most units that were down at once, from systemd's own
-// timestamps: each unit that left active after since (a monotonic time in
-// microseconds) was down from then until it entered active again (or is
-// still down). Each unit counts its last restart only.
-func MostDown(states []SystemdState, since int64) int {
-	type edge struct {
-		at    int64
-		delta int
-	}
-	var edges []edge
-	for _, s := range states {
-		if s.LeftActive <= since {
-			continue
-		}
-		edges = append(edges, edge{s.LeftActive, +1})
-		if s.EnteredActive > s.LeftActive {
-			edges = append(edges, edge{s.EnteredActive, -1})
-		}
-	}
-	// At the same instant, a unit back counts before one going down.
-	slices.SortFunc(edges, func(a, b edge) int {
-		if a.at != b.at {
-			return cmp.Compare(a.at, b.at)
-		}
-		return cmp.Compare(a.delta, b.delta)
-	})
-	down, most := 0, 0
-	for _, e := range edges {
-		down += e.delta
-		most = max(most, down)
-	}
-	return most
-}
-
-// Now is the cluster's monotonic clock in microseconds (the clock of
-// LeftActive and EnteredActive).
-func Now() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano() / 1000
-}
 
 // Systemd asks the cluster's systemd instances for the units' states, one
 // call per machine. A unit is reported from the machine that has it loaded
@@ -382,7 +332,7 @@ func (c *Cluster) Systemd(ctx context.Context, units ...string) ([]SystemdState,
 }
 
 func (c *Cluster) machineSystemd(ctx context.Context, m int, units []string) ([]SystemdState, []bool, error) {
-	args := append([]string{"--user", "show", "-p", "MainPID,ActiveState,SubState,ExecMainStartTimestampMonotonic,LoadState,ActiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic"}, units...)
+	args := append([]string{"--user", "show", "-p", "MainPID,ActiveState,SubState,ExecMainStartTimestampMonotonic,LoadState"}, units...)
 	cmd := exec.CommandContext(ctx, "systemctl", args...)
 	cmd.Env = append(append([]string{}, c.env...), c.machineEnv(m)...)
 	out, err := cmd.Output()
@@ -411,10 +361,6 @@ func (c *Cluster) machineSystemd(ctx context.Context, m int, units []string) ([]
 				states[i].Started, _ = strconv.ParseInt(v, 10, 64)
 			case "LoadState":
 				loaded[i] = v == "loaded"
-			case "ActiveExitTimestampMonotonic":
-				states[i].LeftActive, _ = strconv.ParseInt(v, 10, 64)
-			case "ActiveEnterTimestampMonotonic":
-				states[i].EnteredActive, _ = strconv.ParseInt(v, 10, 64)
 			}
 		}
 	}
