@@ -299,14 +299,14 @@ func rolled(t *testing.T, cmd *exec.Cmd, lines <-chan string, log *strings.Build
 	}
 }
 
-// With --etcd-endpoints, waits wake on fleet's state writes; with etcd cut
-// mid-roll (lock and drain off), the roll carries on by polling.
+// With --watch, waits wake on fleet's state writes; with etcd cut mid-roll
+// (lock and drain off), the roll carries on by polling.
 func TestWatchFallsBackToPolling(t *testing.T) {
 	needCluster(t)
 	units := launchDemo(t, "e2e-watch", "19101", "19102", "19103")
 	before := systemd(t, units...)
 	proxy := startProxy(t, strings.TrimPrefix(cl.EtcdURL, "http://"))
-	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", cl.Endpoint, "--etcd-endpoints", "http://"+proxy.Addr(),
+	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", cl.Endpoint, "--watch", "--etcd-endpoints", "http://"+proxy.Addr(),
 		"--etcd-timeout", "1s", "--grace", "0s", "--log-level", "debug")
 	var log strings.Builder
 	// Woken by a state fleet wrote (the watches work), and the first unit

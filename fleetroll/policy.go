@@ -48,6 +48,10 @@ type Policy struct {
 	OnFailure OnFailure `yaml:"on_failure"`
 	// PullTimeout bounds the pre-pull of a release on every machine.
 	PullTimeout time.Duration `yaml:"pull_timeout"`
+	// Watch wakes the waits on fleet's state writes in etcd (watches)
+	// instead of at the next poll. Off by default: it finds a new state
+	// sooner, yet made rolls slower on fleet v1.0.0 (docs/benchmarks.md).
+	Watch bool `yaml:"-"`
 }
 
 // DrainPolicy says where instances are announced and how long a drain waits.
@@ -112,7 +116,7 @@ func orDefault[T comparable](v *T, def T) {
 // NeedsEtcd reports whether the policy uses etcd (the lock, drain or
 // releases).
 func (p Policy) NeedsEtcd() bool {
-	return p.Drain != nil || p.Image != "" || (p.Lock != "" && p.Lock != LockOff)
+	return p.Drain != nil || p.Image != "" || p.Watch || (p.Lock != "" && p.Lock != LockOff)
 }
 
 // Validate checks the policy; errors name the setting as the config file

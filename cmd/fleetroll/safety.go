@@ -18,6 +18,7 @@ func safetyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "etcd-cert-file", EnvVars: []string{"FLEETROLL_ETCD_CERT_FILE"}, Usage: "client certificate for etcd"},
 		&cli.StringFlag{Name: "etcd-key-file", EnvVars: []string{"FLEETROLL_ETCD_KEY_FILE"}, Usage: "client key for etcd"},
 		&cli.DurationFlag{Name: "etcd-timeout", Value: 3 * time.Second, EnvVars: []string{"FLEETROLL_ETCD_TIMEOUT"}, Usage: "timeout of each etcd request"},
+		&cli.BoolFlag{Name: "watch", EnvVars: []string{"FLEETROLL_WATCH"}, Usage: "wake the waits on fleet's state writes in etcd (watches) instead of at the next poll (docs/how-it-works.md)"},
 		&cli.BoolFlag{Name: "record", EnvVars: []string{"FLEETROLL_RECORD"}, Usage: "save each rollout's record in etcd for fleetroll status (always on when the lock or drain uses etcd)"},
 		&cli.StringFlag{Name: "lock", Value: string(fleetroll.LockOff), EnvVars: []string{"FLEETROLL_LOCK"}, Usage: "cluster-wide lock per service in etcd: off, fail (refuse when held) or wait"},
 		&cli.DurationFlag{Name: "lock-ttl", Value: fleetroll.DefaultLockTTL, EnvVars: []string{"FLEETROLL_LOCK_TTL"}, Usage: "TTL of the lock key (kept alive while held)"},
@@ -37,7 +38,7 @@ func safetyFlags() []cli.Flag {
 // where the command has them (deploy, rollback, serve).
 func policyFrom(c *cli.Context) fleetroll.Policy {
 	p := fleetroll.Policy{Lock: fleetroll.LockMode(c.String("lock")), LockTTL: c.Duration("lock-ttl"),
-		OnFailure: fleetroll.OnFailure(c.String("on-failure")), PullTimeout: c.Duration("pull-timeout")}
+		OnFailure: fleetroll.OnFailure(c.String("on-failure")), PullTimeout: c.Duration("pull-timeout"), Watch: c.Bool("watch")}
 	if c.Bool("drain") {
 		p.Drain = &fleetroll.DrainPolicy{Prefix: c.String("drain-prefix"), Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
 	}
@@ -50,14 +51,13 @@ func policyFrom(c *cli.Context) fleetroll.Policy {
 
 // safetyFrom builds the safety of the flags' policy; etcd is connected (not
 // dialled) when the policy needs it, --record asks for it, needEtcd says so
-// (a service of serve's configuration drains), or --etcd-endpoints is given
-// (waits then wake on fleet's state writes).
+// (a service of serve's configuration drains).
 func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd bool) (coord.Safety, error) {
 	s := coord.Safety{Policy: policyFrom(c), Owner: coord.Owner(what), Fleet: fleet}
 	if err := s.Policy.Validate(); err != nil {
 		return s, usageErr("%w", err)
 	}
-	if needEtcd || c.Bool("record") || s.Policy.NeedsEtcd() || c.IsSet("etcd-endpoints") {
+	if needEtcd || c.Bool("record") || s.Policy.NeedsEtcd() {
 		h, err := etcdFrom(c)
 		if err != nil {
 			return s, err

@@ -47,7 +47,7 @@ func (s Safety) Validate() error {
 		return err
 	}
 	if s.Policy.NeedsEtcd() && s.KAPI == nil {
-		return errors.New("drain, the lock and releases (image) need etcd")
+		return errors.New("drain, the lock, releases (image) and --watch need etcd")
 	}
 	if s.Policy.Health != nil && s.Fleet == nil {
 		return errors.New("the health gate needs fleet's machine list")
@@ -76,7 +76,7 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 			return hooks, release, fmt.Errorf("etcd unreachable, nothing was touched: %w", err)
 		}
 	}
-	if s.KAPI != nil {
+	if p.Watch && s.KAPI != nil {
 		// Waits wake on fleet's own state writes; polling stays the
 		// fallback when etcd is out of reach.
 		hooks.Wake = FleetStates{KAPI: s.KAPI}
