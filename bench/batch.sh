@@ -3,7 +3,7 @@
 # numbers of instances, the most instances down at once from systemd's own
 # timestamps, and the fleet API calls per unit, on the local real cluster
 # (started if needed).
-#   bench/batch.sh [-sizes 3,10,30] [-batches 1,10] [-machines 1] [-watch=true]
+#   bench/batch.sh [-sizes 3,10,30] [-batches 1,10] [-machines 1] [-watch]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

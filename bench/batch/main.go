@@ -78,7 +78,7 @@ func run() error {
 	sizesFlag := flag.String("sizes", "3,10,30", "numbers of instances")
 	batchesFlag := flag.String("batches", "1,10", "--max-unavailable values")
 	machines := flag.Int("machines", 1, "fleet machines (more than 1: a cluster of its own under /tmp/fleetroll-bench-batch3)")
-	watch := flag.Bool("watch", true, "wake waits on fleet's state writes (etcd watches)")
+	watch := flag.Bool("watch", false, "wake waits on fleet's state writes (etcd watches, --watch)")
 	flag.Parse()
 	sizes, err := ints(*sizesFlag)
 	if err != nil {
