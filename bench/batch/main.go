@@ -98,11 +98,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}})
+	fleet, kapi, err := cl.Clients()
 	if err != nil {
 		return err
 	}

@@ -91,11 +91,7 @@ func run() error {
 		return err
 	}
 	defer cl.Destroy(units...)
-	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}})
+	fleet, kapi, err := cl.Clients()
 	if err != nil {
 		return err
 	}

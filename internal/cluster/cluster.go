@@ -23,6 +23,8 @@ import (
 	"github.com/coreos/fleet/schema"
 	"github.com/coreos/fleet/unit"
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	etcd "go.etcd.io/etcd/client/v2"
 )
 
 // Cluster is a local cluster started by contrib/cluster/cluster.sh.
@@ -189,6 +191,20 @@ func LoadTemplate(path string, env ...string) ([]*schema.UnitOption, error) {
 		}
 	}
 	return opts, nil
+}
+
+// Clients connects to the cluster's fleet API, the way fleetroll does,
+// and to its etcd.
+func (c *Cluster) Clients() (fleetroll.Fleet, etcd.KeysAPI, error) {
+	fleet, err := fleetroll.Connect(c.Endpoint, 10*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{c.EtcdURL}})
+	if err != nil {
+		return nil, nil, err
+	}
+	return fleet, kapi, nil
 }
 
 // LaunchDemo launches the demo service (contrib/demo/my-service@.service)
