@@ -460,7 +460,10 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 		if err := r.fenced(); err != nil {
 			return false, err
 		}
-		return true, r.fleet.SetUnitTargetState(ctx, name, "loaded")
+		// Not abandoned half-way when ctx ends: a request fleet may still
+		// act on after fleetroll gave up would leave the unit stopped with
+		// nobody to start it. It is bounded by the request timeout.
+		return true, r.fleet.SetUnitTargetState(context.WithoutCancel(ctx), name, "loaded")
 	})
 	if res.err != nil && ctx.Err() != nil && r.targetIs(context.WithoutCancel(ctx), name, "loaded") {
 		// Cancelled while the stop request was in flight, and it reached
