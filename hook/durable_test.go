@@ -2,10 +2,12 @@ package hook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -296,8 +298,30 @@ func TestServeRecoversAtStartAndOnLockExpiry(t *testing.T) {
 	rs.start(t, "receiver")
 	recovered(first, testUnits[0])
 	// 2. A restart holds the lock (its lease: 1 s), stops a unit and dies.
-	if _, err := rs.kapi.Set(ctx, coord.LockKey("my-service"), "a fleetroll restart", &client.SetOptions{TTL: time.Second, PrevExist: client.PrevNoExist}); err != nil {
-		t.Fatal(err)
+	// It takes the lock once the receiver's recovery has let it go.
+	for {
+		resp, err := rs.kapi.Set(ctx, coord.LockKey("my-service"), "a fleetroll restart", &client.SetOptions{TTL: time.Second, PrevExist: client.PrevNoExist})
+		if err == nil {
+			break
+		}
+		if !client.IsKeyNotFound(err) && !strings.Contains(err.Error(), "already exists") {
+			t.Fatal(err)
+		}
+		_ = resp
+		g, err := rs.kapi.Get(ctx, coord.LockKey("my-service"), nil)
+		if client.IsKeyNotFound(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := rs.kapi.Watcher(coord.LockKey("my-service"), &client.WatcherOptions{AfterIndex: g.Index})
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = w.Next(wctx) // its next change: released
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	second := leave(testUnits[1])
 	recovered(second, testUnits[1])
