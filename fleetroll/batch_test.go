@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,6 +70,20 @@ func TestBatchesOfTwo(t *testing.T) {
 	}
 	if d.max != 2 {
 		t.Fatalf("at most %d down at once, want 2", d.max)
+	}
+	// The units in flight are polled through listings of all states, not
+	// one request each.
+	listings := 0
+	for _, c := range f.Calls() {
+		if strings.HasPrefix(c, "state ") {
+			t.Fatalf("a batch polled one unit: %q", c)
+		}
+		if c == "states" {
+			listings++
+		}
+	}
+	if listings == 0 {
+		t.Fatal("no listing of states")
 	}
 	// The third unit's stop comes after one of the first two ran again.
 	sets := f.Sets()

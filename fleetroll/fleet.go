@@ -30,6 +30,9 @@ type Fleet interface {
 	// UnitState returns the state fleet publishes for a unit, or ErrNotFound
 	// when it publishes none (the unit is not loaded on any machine).
 	UnitState(ctx context.Context, name string) (*schema.UnitState, error)
+	// UnitStates lists the states fleet publishes for all units, following
+	// pagination (one request serves the polls of a batch).
+	UnitStates(ctx context.Context) ([]*schema.UnitState, error)
 	// SetUnitTargetState sets a unit's desired state: "inactive", "loaded"
 	// or "launched".
 	SetUnitTargetState(ctx context.Context, name, target string) error
@@ -83,6 +86,13 @@ func (f apiFleet) UnitState(ctx context.Context, name string) (*schema.UnitState
 		return nil, err
 	}
 	return findState(states, name)
+}
+
+func (f apiFleet) UnitStates(ctx context.Context) ([]*schema.UnitState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return f.api.UnitStates()
 }
 
 func (f apiFleet) SetUnitTargetState(ctx context.Context, name, target string) error {
@@ -238,6 +248,10 @@ func (h *httpFleet) UnitState(ctx context.Context, name string) (*schema.UnitSta
 		return nil, err
 	}
 	return findState(page.States, name)
+}
+
+func (h *httpFleet) UnitStates(ctx context.Context) ([]*schema.UnitState, error) {
+	return h.api(ctx).UnitStates()
 }
 
 func (h *httpFleet) MachineIPs(ctx context.Context) (map[string]string, error) {

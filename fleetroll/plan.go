@@ -2,7 +2,6 @@ package fleetroll
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -166,11 +165,12 @@ func MakePlan(ctx context.Context, f Fleet, t Target) (*Plan, error) {
 	if plan.Service == "" {
 		plan.Service, _, _ = splitInstance(names[0])
 	}
+	states, err := f.UnitStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("states of %s's units: %w", plan.Service, err)
+	}
 	for _, n := range names {
-		st, err := f.UnitState(ctx, n)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("state of %s: %w", n, err)
-		}
+		st, _ := findState(states, n) // none published: not running
 		_, running, _ := RunningStatus(st)
 		plan.Units = append(plan.Units, PlannedUnit{Name: n, State: DescribeState(st), Running: running})
 	}

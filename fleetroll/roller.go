@@ -181,6 +181,9 @@ type Roller struct {
 	opt   Options
 	// digest is the release the units start with (Deploy sets it).
 	digest string
+	// states serves the polls of a batch from one listing (nil: one
+	// request per unit).
+	states *stateReader
 }
 
 // NewRoller validates opt and returns a roller.
@@ -233,6 +236,10 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 	// failure no unit starts; those in flight finish, and the first error
 	// is the roll's.
 	slots := r.opt.MaxUnavailable.Of(len(plan.Units))
+	r.states = nil
+	if slots > 1 {
+		r.states = &stateReader{fleet: r.fleet}
+	}
 	done := make(chan error)
 	inFlight, next := 0, 0
 	var first error
@@ -620,8 +627,20 @@ func (r *Roller) waitState(ctx context.Context, name string, deadline time.Time,
 		defer cancel()
 		wake = w.Watch(wctx, name)
 	}
+	poll := func(ctx context.Context) (*schema.UnitState, error) { return r.fleet.UnitState(ctx, name) }
+	if s := r.states; s != nil && wake == nil {
+		// A batch: one listing per poll interval for all units in
+		// flight, each poll on a listing requested after the previous
+		// one (and the first after the write). A wake-up asks for a
+		// fresh state of its own unit instead.
+		seen := s.newest()
+		poll = func(ctx context.Context) (st *schema.UnitState, err error) {
+			st, seen, err = s.get(ctx, name, seen)
+			return st, err
+		}
+	}
 	return r.wakeUntil(ctx, deadline, timeout, wake, func(ctx context.Context) (bool, error) {
-		st, err := r.fleet.UnitState(ctx, name)
+		st, err := poll(ctx)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return false, err
 		}

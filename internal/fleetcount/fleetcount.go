@@ -31,6 +31,11 @@ func (c *Fleet) UnitState(ctx context.Context, name string) (*schema.UnitState, 
 	return c.Fleet.UnitState(ctx, name)
 }
 
+func (c *Fleet) UnitStates(ctx context.Context) ([]*schema.UnitState, error) {
+	c.reads.Add(1)
+	return c.Fleet.UnitStates(ctx)
+}
+
 func (c *Fleet) TargetState(ctx context.Context, name string) (string, string, error) {
 	c.reads.Add(1)
 	return c.Fleet.TargetState(ctx, name)
