@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // OnFailure is what a deploy does when an instance fails on the new release.
@@ -105,13 +106,25 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	moved, rollErr := r.Roll(ctx, plan)
 	moved.Release, moved.Pull = rep.Release, rep.Pull
 	moved.Started = rep.Started
+	// Rolled back: a unit that failed to start or failed its gate, with
+	// --on-failure rollback, or canaries aborted (whatever on_failure says:
+	// an abort asks for it).
 	var ue *UnitError
-	if rollErr == nil || d.OnFailure != OnFailureRollback || !errors.As(rollErr, &ue) ||
-		(ue.Phase != PhaseStart && ue.Phase != PhaseHealth) || errors.Is(rollErr, ErrTargetChanged) || ctx.Err() != nil {
+	var ce *CanaryError
+	failedUnit := d.OnFailure == OnFailureRollback && errors.As(rollErr, &ue) &&
+		(ue.Phase == PhaseStart || ue.Phase == PhaseHealth) && !errors.Is(rollErr, ErrTargetChanged)
+	aborted := errors.As(rollErr, &ce) && ce.Err == nil && ce.Decision.Kind == DecisionAbort
+	if rollErr == nil || ctx.Err() != nil || !(failedUnit || aborted) {
 		return moved, rollErr
 	}
+	failed, why := "", ""
+	if failedUnit {
+		failed, why = ue.Unit, ue.Unit+" failed"
+	} else {
+		why = "canaries " + strings.Join(ce.Units, ", ") + " aborted"
+	}
 	if prev == nil {
-		note("%s failed on %s; %v", ue.Unit, to.Image, ErrNoPrevious)
+		note("%s on %s; %v", why, to.Image, ErrNoPrevious)
 		moved.Error = fmt.Sprintf("%s; %v", moved.Error, ErrNoPrevious)
 		return moved, fmt.Errorf("%w; %w", rollErr, ErrNoPrevious)
 	}
@@ -121,7 +134,7 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	back := *prev
 	back.Rollout, back.Created = r.opt.RolloutID, clock.Now()
 	back.Trigger = Trigger{Source: TriggerRollback}
-	note("%s failed on %s: rolling back to %s", ue.Unit, to.Image, prev.Image)
+	note("%s on %s: rolling back to %s", why, to.Image, prev.Image)
 	if err := d.Releases.Set(ctx, plan.Service, back, &to); err != nil {
 		err = fmt.Errorf("%w; the rollback could not write back %s: %w", rollErr, prev.Image, err)
 		moved.Error = err.Error()
@@ -133,13 +146,13 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	undo := &Plan{Service: plan.Service}
 	index := map[string]int{}
 	for i, u := range moved.Units {
-		if u.Unit == ue.Unit {
+		if u.Unit == failed {
 			undo.Units = append(undo.Units, plan.Units[i])
 			index[u.Unit] = i
 		}
 	}
 	for i, u := range moved.Units {
-		if u.Outcome == OutcomeFailed && u.Unit != ue.Unit {
+		if u.Outcome == OutcomeFailed && u.Unit != failed {
 			undo.Units = append(undo.Units, plan.Units[i])
 			index[u.Unit] = i
 		}
@@ -151,6 +164,7 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 		}
 	}
 	r.digest = prev.Digest()
+	r.opt.Hooks.Canary = nil // the way back does not pause
 	backRep, backErr := r.Roll(ctx, undo)
 	for _, b := range backRep.Units {
 		i := index[b.Unit]

@@ -52,6 +52,13 @@ type Policy struct {
 	// instead of at the next poll. Off by default: it finds a new state
 	// sooner, yet made rolls slower on fleet v1.0.0 (docs/benchmarks.md).
 	Watch bool `yaml:"-"`
+	// Canary, when positive, pauses each rollout once its first Canary
+	// units are back, until fleetroll promote (or the API) or abort;
+	// CanaryWait, when positive, promotes it on its own after that long
+	// if the canaries are still running and healthy, and aborts it if not
+	// (it needs the health gate). Decisions go through etcd.
+	Canary     int           `yaml:"canary"`
+	CanaryWait time.Duration `yaml:"canary_wait"`
 }
 
 // DrainPolicy says where instances are announced and how long a drain waits.
@@ -116,7 +123,7 @@ func orDefault[T comparable](v *T, def T) {
 // NeedsEtcd reports whether the policy uses etcd (the lock, drain or
 // releases).
 func (p Policy) NeedsEtcd() bool {
-	return p.Drain != nil || p.Image != "" || p.Watch || (p.Lock != "" && p.Lock != LockOff)
+	return p.Drain != nil || p.Image != "" || p.Watch || p.Canary > 0 || (p.Lock != "" && p.Lock != LockOff)
 }
 
 // Validate checks the policy; errors name the setting as the config file
@@ -148,6 +155,16 @@ func (p Policy) Validate() error {
 	}
 	if p.PullTimeout < 0 {
 		return errors.New("pull timeout must not be negative")
+	}
+	switch {
+	case p.Canary < 0:
+		return fmt.Errorf("canary must not be negative, got %d", p.Canary)
+	case p.CanaryWait < 0:
+		return fmt.Errorf("canary_wait must not be negative, got %s", p.CanaryWait)
+	case p.CanaryWait > 0 && p.Canary == 0:
+		return errors.New("canary_wait needs canary (how many units roll before the pause)")
+	case p.CanaryWait > 0 && p.Health == nil:
+		return errors.New("canary_wait needs the health gate (health.path): the canaries are checked when the wait ends")
 	}
 	if h := p.Health; h != nil {
 		if !strings.HasPrefix(h.Path, "/") {

@@ -27,10 +27,18 @@ const (
 	// StatusRolledBack: an instance failed on the new release, and every
 	// instance moved was returned to the previous one (docs/releases.md).
 	StatusRolledBack Status = "rolled_back"
+	// StatusPaused: the canaries are back; the rollout waits for a
+	// decision (promote or abort).
+	StatusPaused Status = "paused"
+	// StatusAborted: the canary pause ended in an abort; the other units
+	// were not touched (a deploy rolls the canaries back: rolled_back).
+	StatusAborted Status = "aborted"
 )
 
 // Final reports whether the status will not change any more.
-func (s Status) Final() bool { return s != StatusQueued && s != StatusRunning && s != "" }
+func (s Status) Final() bool {
+	return s != StatusQueued && s != StatusRunning && s != StatusPaused && s != ""
+}
 
 // Phase is a step of one unit's restart.
 type Phase string
@@ -193,7 +201,9 @@ type Report struct {
 	// an image (nil otherwise); Pull is the pre-pull of the new release.
 	Release *ReleaseChange `json:"release,omitempty"`
 	Pull    *PullReport    `json:"pull,omitempty"`
-	Units   []UnitReport   `json:"units"`
+	// Canary is the pause after the first units, when there was one.
+	Canary *CanaryReport `json:"canary,omitempty"`
+	Units  []UnitReport  `json:"units"`
 	// Phase is where a failed rollout halted: pull, or the phase of the
 	// unit it halted on.
 	Phase Phase  `json:"phase,omitempty"`
@@ -249,6 +259,11 @@ func (r *Report) Clone() Report {
 		p := *r.Pull
 		p.Machines = append([]MachinePull(nil), r.Pull.Machines...)
 		c.Pull = &p
+	}
+	if r.Canary != nil {
+		cr := *r.Canary
+		cr.Units = append([]string(nil), r.Canary.Units...)
+		c.Canary = &cr
 	}
 	if r.Queue != nil {
 		q := *r.Queue

@@ -94,6 +94,9 @@ type Hooks struct {
 	// Wake, when set, wakes the waits for a unit's state the moment fleet
 	// publishes a new one (etcd watches), instead of at the next poll.
 	Wake Waker
+	// Canary, when set, pauses the roll once its first N units have been
+	// restarted, until a decision (docs/strategies.md).
+	Canary *Canary
 }
 
 // Waker tells the roller when fleet may have published a new state of a
@@ -159,6 +162,10 @@ const (
 	EventRunning    EventKind = "running"
 	EventHealthy    EventKind = "healthy" // the health and drain hooks passed
 	EventFailed     EventKind = "failed"
+	// Events of the whole rollout (Unit is empty): the canary pause began,
+	// and it ended (Canary says how).
+	EventPaused  EventKind = "paused"
+	EventDecided EventKind = "decided"
 )
 
 // Event is one step of a roll. Elapsed is the time the step took: the stop
@@ -173,6 +180,9 @@ type Event struct {
 	State     string
 	Err       error
 	Progress  UnitReport
+	// Canary and Status are set on the rollout's own events.
+	Canary *CanaryReport
+	Status Status
 }
 
 // Roller restarts units through a Fleet.
@@ -220,13 +230,10 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 		rep.Status = StatusSucceeded
 		if err != nil {
 			rep.Error = err.Error()
-			rep.Status = StatusFailed
+			rep.Status = statusOf(err)
 			var ue *UnitError
 			if errors.As(err, &ue) {
 				rep.Phase = ue.Phase
-			}
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				rep.Status = StatusInterrupted
 			}
 		}
 		return rep, err
@@ -242,9 +249,16 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 	}
 	done := make(chan error)
 	inFlight, next := 0, 0
+	// The canaries first; the pause once they are all back.
+	limit := r.canaries(len(plan.Units))
 	var first error
 	for {
-		for first == nil && next < len(plan.Units) && inFlight < slots {
+		if first == nil && inFlight == 0 && next == limit && limit < len(plan.Units) {
+			if first = r.pause(ctx, rep, limit); first == nil {
+				limit = len(plan.Units)
+			}
+		}
+		for first == nil && next < limit && inFlight < slots {
 			u := plan.Units[next]
 			if err := ctx.Err(); err != nil {
 				first = fmt.Errorf("roll of %s interrupted before %s: %w", plan.Service, u.Name, err)

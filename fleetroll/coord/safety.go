@@ -134,6 +134,11 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 	} else {
 		hooks.AfterRunning = gate
 	}
+	if p.Canary > 0 {
+		hooks.Canary = &fleetroll.Canary{N: p.Canary, Decide: func(ctx context.Context, rollout string, canaries []string) (fleetroll.Decision, error) {
+			return s.decide(ctx, service, p, gate, rollout, canaries)
+		}}
+	}
 	if hooks.Intent != nil {
 		if err := s.recoverDead(ctx, service, hooks); err != nil {
 			release()
@@ -243,4 +248,84 @@ func (s Safety) gate(ctx context.Context, g *fleetroll.HealthGate, unit string, 
 	}
 	_, port, _ := strings.Cut(strings.TrimSuffix(unit, ".service"), "@")
 	return g.Wait(ctx, g.URL(ip, port))
+}
+
+// decide holds a rollout paused after its canaries: the pause is recorded
+// in etcd, where fleetroll promote, fleetroll abort and serve's API decide
+// it. With a canary wait, once the wait is over the canaries are checked
+// (running, and through the health gate): all well promotes, anything else
+// aborts, unless a decision came first.
+func (s Safety) decide(ctx context.Context, service string, p fleetroll.Policy, gate func(context.Context, string, *schema.UnitState) error,
+	rollout string, canaries []string) (fleetroll.Decision, error) {
+	pauses := Pauses{KAPI: s.KAPI}
+	clock := clockOr(s.Roll.Clock)
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := pauses.Open(octx, Pause{Rollout: rollout, Service: service, Canaries: canaries, Since: clock.Now()})
+	cancel()
+	if err != nil {
+		return fleetroll.Decision{}, err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = pauses.Close(cctx, rollout)
+	}()
+	type result struct {
+		d   fleetroll.Decision
+		err error
+	}
+	wctx, stop := context.WithCancel(ctx)
+	got := make(chan result, 1)
+	go func() {
+		d, err := pauses.Await(wctx, rollout, pauseResync)
+		got <- result{d, err}
+	}()
+	defer func() { stop(); <-got }()
+	var waited <-chan time.Time
+	if p.CanaryWait > 0 {
+		waited = clock.After(p.CanaryWait)
+	}
+	select {
+	case r := <-got:
+		got <- r // for the deferred drain
+		return r.d, r.err
+	case <-ctx.Done():
+		return fleetroll.Decision{}, ctx.Err()
+	case <-waited:
+	}
+	d := fleetroll.Decision{Kind: fleetroll.DecisionPromote, By: "canary wait",
+		Reason: fmt.Sprintf("every canary running and healthy after %s", p.CanaryWait)}
+	if why := s.checkCanaries(ctx, canaries, gate); why != "" {
+		d = fleetroll.Decision{Kind: fleetroll.DecisionAbort, By: "canary wait", Reason: why}
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if ps, err := pauses.Decide(dctx, rollout, d); errors.Is(err, ErrDecided) && ps != nil {
+		return *ps.Decision, nil // someone decided as the wait ended
+	}
+	return d, nil
+}
+
+// pauseResync bounds how late a decision is seen when the watch on the
+// pause broke.
+const pauseResync = 5 * time.Second
+
+// checkCanaries says what is wrong with the canaries ("" when nothing):
+// one that fleet does not report running, or that fails the health gate.
+func (s Safety) checkCanaries(ctx context.Context, canaries []string, gate func(context.Context, string, *schema.UnitState) error) string {
+	for _, unit := range canaries {
+		st, err := s.Fleet.UnitState(ctx, unit)
+		if err != nil && !errors.Is(err, fleetroll.ErrNotFound) {
+			return fmt.Sprintf("state of %s: %v", unit, err)
+		}
+		if msg, running, _ := fleetroll.RunningStatus(st); !running {
+			return fmt.Sprintf("%s is not running (%s)", unit, msg)
+		}
+		if gate != nil {
+			if err := gate(ctx, unit, st); err != nil {
+				return fmt.Sprintf("%s is not healthy: %v", unit, err)
+			}
+		}
+	}
+	return ""
 }

@@ -1,0 +1,152 @@
+package coord
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// PausePrefix is where a rollout paused after its canaries waits for a
+// decision: PausePrefix/ROLLOUT, there only while it waits.
+const PausePrefix = "/fleetroll/paused"
+
+// Pause is a rollout waiting after its canaries, and the decision taken on
+// it once there is one.
+type Pause struct {
+	Rollout  string              `json:"rollout"`
+	Service  string              `json:"service"`
+	Canaries []string            `json:"canaries"`
+	Since    time.Time           `json:"since"`
+	Decision *fleetroll.Decision `json:"decision,omitempty"`
+}
+
+// ErrNotPaused is why a decision was refused: no rollout of that ID waits
+// for one (it never paused, or its pause is over).
+var ErrNotPaused = errors.New("no such rollout is paused")
+
+// ErrDecided is why a second decision on the same pause was refused.
+var ErrDecided = errors.New("the pause is already decided")
+
+// Pauses reads and writes the canary pauses in etcd.
+type Pauses struct {
+	KAPI client.KeysAPI
+}
+
+func pauseKey(rollout string) (string, error) {
+	if !fleetroll.ValidRolloutID(rollout) {
+		return "", fmt.Errorf("rollout ID %q: want letters, digits and dashes", rollout)
+	}
+	return PausePrefix + "/" + rollout, nil
+}
+
+// Open records that the rollout waits for a decision.
+func (p Pauses) Open(ctx context.Context, ps Pause) error {
+	key, err := pauseKey(ps.Rollout)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(ps)
+	if err != nil {
+		return err
+	}
+	if _, err := p.KAPI.Set(ctx, key, string(b), nil); err != nil {
+		return fmt.Errorf("pause of rollout %s: %w", ps.Rollout, err)
+	}
+	return nil
+}
+
+// Close removes the pause (its rollout goes on or ends).
+func (p Pauses) Close(ctx context.Context, rollout string) error {
+	key, err := pauseKey(rollout)
+	if err != nil {
+		return err
+	}
+	if _, err := p.KAPI.Delete(ctx, key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
+		return fmt.Errorf("pause of rollout %s: %w", rollout, err)
+	}
+	return nil
+}
+
+// get reads a pause and its etcd index; ErrNotPaused when there is none.
+func (p Pauses) get(ctx context.Context, rollout string) (*Pause, uint64, error) {
+	key, err := pauseKey(rollout)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := p.KAPI.Get(ctx, key, nil)
+	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil, 0, fmt.Errorf("rollout %s: %w", rollout, ErrNotPaused)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("pause of rollout %s: %w", rollout, err)
+	}
+	var ps Pause
+	if err := json.Unmarshal([]byte(resp.Node.Value), &ps); err != nil {
+		return nil, 0, fmt.Errorf("pause of rollout %s: %w", rollout, err)
+	}
+	return &ps, resp.Node.ModifiedIndex, nil
+}
+
+// Decide takes a decision on a paused rollout (compare-and-swap: one
+// decision per pause) and returns the pause it decided.
+func (p Pauses) Decide(ctx context.Context, rollout string, d fleetroll.Decision) (*Pause, error) {
+	ps, index, err := p.get(ctx, rollout)
+	if err != nil {
+		return nil, err
+	}
+	if ps.Decision != nil {
+		return ps, fmt.Errorf("rollout %s: %w (%s by %s)", rollout, ErrDecided, ps.Decision.Kind, ps.Decision.By)
+	}
+	ps.Decision = &d
+	b, err := json.Marshal(ps)
+	if err != nil {
+		return nil, err
+	}
+	key, _ := pauseKey(rollout)
+	if _, err := p.KAPI.Set(ctx, key, string(b), &client.SetOptions{PrevIndex: index}); err != nil {
+		if isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
+			return nil, fmt.Errorf("rollout %s: the pause changed meanwhile, try again: %w", rollout, err)
+		}
+		return nil, fmt.Errorf("decide rollout %s: %w", rollout, err)
+	}
+	return ps, nil
+}
+
+// Await returns the decision taken on the rollout's pause: it watches the
+// key and reads it again after each change, and every resync (a watch that
+// broke), until ctx ends.
+func (p Pauses) Await(ctx context.Context, rollout string, resync time.Duration) (fleetroll.Decision, error) {
+	key, err := pauseKey(rollout)
+	if err != nil {
+		return fleetroll.Decision{}, err
+	}
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ps, index, err := p.get(gctx, rollout)
+		cancel()
+		switch {
+		case errors.Is(err, ErrNotPaused):
+			return fleetroll.Decision{}, fmt.Errorf("the pause record of rollout %s was removed", rollout)
+		case err == nil && ps.Decision != nil:
+			return *ps.Decision, nil
+		case ctx.Err() != nil:
+			return fleetroll.Decision{}, ctx.Err()
+		}
+		after := index
+		if err != nil {
+			after = 0 // etcd unreachable: read again at the resync
+		}
+		wctx, cancel := context.WithTimeout(ctx, resync)
+		if after > 0 {
+			_, _ = p.KAPI.Watcher(key, &client.WatcherOptions{AfterIndex: after}).Next(wctx)
+		} else {
+			<-wctx.Done()
+		}
+		cancel()
+	}
+}
