@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -41,8 +42,10 @@ type Canary struct {
 	N int
 	// Decide blocks until the pause ends: promoted, aborted or
 	// superseded; an error (ctx ended, etcd lost) halts the roll like an
-	// abort with nothing to roll back.
-	Decide func(ctx context.Context, rollout string, canaries []string) (Decision, error)
+	// abort with nothing to roll back. It calls ready once a decision can
+	// be taken (the pause is recorded where deciders look): the rollout is
+	// reported paused from then on.
+	Decide func(ctx context.Context, rollout string, canaries []string, ready func()) (Decision, error)
 }
 
 // CanaryReport is the record of a rollout's canary pause.
@@ -96,10 +99,15 @@ func (r *Roller) pause(ctx context.Context, rep *Report, n int) error {
 	for _, u := range rep.Units[:n] {
 		names = append(names, u.Unit)
 	}
-	rep.Status = StatusPaused
 	rep.Canary = &CanaryReport{Units: names, Paused: clock.Now()}
-	r.rolloutEvent(rep, EventPaused, nil)
-	d, err := r.opt.Hooks.Canary.Decide(ctx, r.opt.RolloutID, names)
+	var once sync.Once
+	ready := func() {
+		once.Do(func() {
+			rep.Status = StatusPaused
+			r.rolloutEvent(rep, EventPaused, nil)
+		})
+	}
+	d, err := r.opt.Hooks.Canary.Decide(ctx, r.opt.RolloutID, names, ready)
 	rep.Status = StatusRunning
 	rep.Canary.Decided = clock.Now()
 	if err != nil {

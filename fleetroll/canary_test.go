@@ -18,7 +18,8 @@ type decider struct {
 }
 
 func (c *decider) hook(n int) *Canary {
-	return &Canary{N: n, Decide: func(_ context.Context, _ string, canaries []string) (Decision, error) {
+	return &Canary{N: n, Decide: func(_ context.Context, _ string, canaries []string, ready func()) (Decision, error) {
+		ready()
 		c.asked = canaries
 		c.setsThen = c.f.Sets()
 		return c.d, c.err

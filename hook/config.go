@@ -48,6 +48,10 @@ type Service struct {
 	Image       string              `yaml:"image"`
 	OnFailure   fleetroll.OnFailure `yaml:"on_failure"`
 	PullTimeout time.Duration       `yaml:"pull_timeout"`
+	// Canary and CanaryWait, when set, override --canary and
+	// --canary-wait (docs/strategies.md).
+	Canary     int           `yaml:"canary"`
+	CanaryWait time.Duration `yaml:"canary_wait"`
 
 	DockerHub []Trigger `yaml:"dockerhub"`
 	Registry  []Trigger `yaml:"registry"`
@@ -146,7 +150,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.name: service %q is configured twice", field, s.Name)
 		}
 		seen[s.Name] = true
-		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain, Image: s.Image, OnFailure: s.OnFailure, PullTimeout: s.PullTimeout}).Validate(); err != nil {
+		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain, Image: s.Image, OnFailure: s.OnFailure, PullTimeout: s.PullTimeout,
+			Canary: s.Canary, CanaryWait: s.CanaryWait}).Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
 		}
 		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval}
@@ -328,6 +333,12 @@ func (s Service) Policy(base fleetroll.Policy) fleetroll.Policy {
 	}
 	if s.PullTimeout > 0 {
 		p.PullTimeout = s.PullTimeout
+	}
+	if s.Canary > 0 {
+		p.Canary = s.Canary
+	}
+	if s.CanaryWait > 0 {
+		p.CanaryWait = s.CanaryWait
 	}
 	return p.WithDefaults(s.Name)
 }

@@ -21,6 +21,9 @@ type scheduler interface {
 	Run(ctx context.Context)
 	Depth() (queued, running int)
 	Changed() <-chan struct{}
+	// Newer reports whether a trigger of j's service newer than j waits
+	// (it would supersede j).
+	Newer(ctx context.Context, j Job) bool
 }
 
 // durable is the trigger queue of serve with etcd. Each accepted trigger is
@@ -455,4 +458,21 @@ func (r etcdReplays) forget(ctx context.Context, key string) {
 	if err := r.d.Forget(ctx, key); err != nil {
 		r.log.Warn("delivery not forgotten", "error", err.Error())
 	}
+}
+
+// Newer reports whether the service's queue in etcd holds a trigger other
+// than the one j carries (false when etcd cannot tell).
+func (d *durable) Newer(ctx context.Context, j Job) bool {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	all, err := d.triggers.List(lctx)
+	if err != nil {
+		return false
+	}
+	for _, e := range all[j.Service] {
+		if e.Key != j.entry {
+			return true
+		}
+	}
+	return false
 }

@@ -178,6 +178,13 @@ func (q *Queue) Depth() (queued, running int) {
 	return len(q.queued), len(q.running)
 }
 
+// Newer reports whether a trigger of j's service waits behind it.
+func (q *Queue) Newer(_ context.Context, j Job) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.queued[j.Service] != nil
+}
+
 // Changed returns a channel closed at the next change of what is queued or
 // running.
 func (q *Queue) Changed() <-chan struct{} {

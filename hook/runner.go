@@ -160,6 +160,12 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	if s.durable != nil && j.entry != "" {
 		s.durable.progress(ctx, j)
 	}
+	if c := hooks.Canary; c != nil {
+		decide := c.Decide
+		hooks.Canary = &fleetroll.Canary{N: c.N, Decide: func(ctx context.Context, id string, canaries []string, ready func()) (fleetroll.Decision, error) {
+			return s.pauseUntilNewer(ctx, j, decide, id, canaries, ready)
+		}}
+	}
 	opts.Hooks = hooks
 	opts.OnEvent = func(e fleetroll.Event) { s.progress(ctx, j, e) }
 	roller, err := fleetroll.NewRoller(s.opt.Fleet, opts)
@@ -256,6 +262,11 @@ func (s *Server) releaseOf(ctx context.Context, p fleetroll.Policy, t fleetroll.
 // rollout's record (and, with the durable queue, into its entry).
 func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
 	s.store.Update(j.ID, func(r *fleetroll.Report) {
+		if e.Unit == "" && e.Canary != nil {
+			// The rollout's own step: its canary pause began or ended.
+			r.Status, r.Canary = e.Status, e.Canary
+			return
+		}
 		for i := range r.Units {
 			if r.Units[i].Unit == e.Unit {
 				r.Units[i] = e.Progress
@@ -378,5 +389,51 @@ func (s *Server) record(ctx context.Context, final fleetroll.Report) {
 	defer cancel()
 	if err := (coord.History{KAPI: s.opt.Etcd}).Save(hctx, final); err != nil {
 		s.log.Warn("rollout record not saved", "rollout_id", final.ID, "error", err.Error())
+	}
+}
+
+// pauseUntilNewer is a canary pause that a newer trigger of the service
+// ends: the newer rollout restarts every instance, the canaries too. The
+// supersession is written as the pause's decision, so a promote or abort
+// that came first wins.
+func (s *Server) pauseUntilNewer(ctx context.Context, j Job, decide func(context.Context, string, []string, func()) (fleetroll.Decision, error),
+	id string, canaries []string, ready func()) (fleetroll.Decision, error) {
+	type result struct {
+		d   fleetroll.Decision
+		err error
+	}
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	got := make(chan result, 1)
+	go func() {
+		d, err := decide(dctx, id, canaries, ready)
+		got <- result{d, err}
+	}()
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		select {
+		case r := <-got:
+			return r.d, r.err
+		case <-ctx.Done():
+			r := <-got
+			return r.d, r.err
+		case <-s.queue.Changed():
+		case <-check.C:
+		}
+		if !s.queue.Newer(ctx, j) {
+			continue
+		}
+		d := fleetroll.Decision{Kind: fleetroll.DecisionSupersede, By: s.opt.Owner, Reason: "a newer trigger of " + j.Service + " is queued"}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := coord.Pauses{KAPI: s.opt.Etcd}.Decide(wctx, id, d)
+		cancel()
+		if err != nil && !errors.Is(err, coord.ErrDecided) {
+			s.log.Warn("supersession not recorded", "rollout_id", id, "service", j.Service, "error", err.Error())
+			continue
+		}
+		// The pause sees its decision (this one, or one that came first).
+		r := <-got
+		return r.d, r.err
 	}
 }

@@ -285,6 +285,8 @@ func (s *Server) routes() (main, ops http.Handler) {
 	mux.HandleFunc("POST /rollouts", s.hook("manual", s.manual))
 	mux.HandleFunc("GET /rollouts", s.hook("api", s.listRollouts))
 	mux.HandleFunc("GET /rollouts/{id}", s.hook("api", s.getRollout))
+	mux.HandleFunc("POST /rollouts/{id}/promote", s.hook("api", s.decide(fleetroll.DecisionPromote)))
+	mux.HandleFunc("POST /rollouts/{id}/abort", s.hook("api", s.decide(fleetroll.DecisionAbort)))
 	opsMux := http.NewServeMux()
 	if s.opt.SeparateOps {
 		opsMux.HandleFunc("GET /healthz", s.healthz)
@@ -715,6 +717,39 @@ func (s *Server) manual(r *http.Request) (int, any) {
 		}
 	}
 	return s.enqueue(r, SourceManual, "", map[string]Event{service: ev}, []string{service})
+}
+
+// decide answers POST /rollouts/{id}/promote and /abort: the operator's
+// decision on a rollout paused after its canaries, written where the
+// paused fleetroll watches (etcd), whichever receiver or CLI runs it.
+func (s *Server) decide(kind fleetroll.DecisionKind) func(*http.Request) (int, any) {
+	return func(r *http.Request) (int, any) {
+		if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+			return code, body
+		}
+		id := r.PathValue("id")
+		if !fleetroll.ValidRolloutID(id) {
+			return problem(http.StatusBadRequest, "rollout ID: want letters, digits and dashes")
+		}
+		if s.opt.Etcd == nil {
+			return problem(http.StatusNotFound, "no rollout is paused: canary pauses need etcd (--etcd-endpoints)")
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		d := fleetroll.Decision{Kind: kind, By: "api, request " + info(r).id}
+		ps, err := coord.Pauses{KAPI: s.opt.Etcd}.Decide(ctx, id, d)
+		switch {
+		case errors.Is(err, coord.ErrNotPaused):
+			return problem(http.StatusNotFound, fmt.Sprintf("rollout %s is not paused", id))
+		case errors.Is(err, coord.ErrDecided):
+			return problem(http.StatusConflict, err.Error())
+		case err != nil:
+			info(r).log.Warn("decision not recorded", "rollout_id", id, "error", err.Error())
+			return problem(http.StatusServiceUnavailable, "the decision could not be recorded; retry later")
+		}
+		info(r).log.Info("canary decision", "rollout_id", id, "service", ps.Service, "decision", string(kind))
+		return http.StatusOK, map[string]any{"id": id, "service": ps.Service, "decision": string(kind), "canaries": ps.Canaries}
+	}
 }
 
 // configured checks a service named in a request against the configuration

@@ -26,6 +26,7 @@ const (
 	exitFailed      = 1 // the roll failed or halted, or fleet could not be reached
 	exitUsage       = 2 // bad flags, bad port list, unknown units
 	exitRolledBack  = 3 // a deploy failed and every instance it moved runs the previous release again
+	exitAborted     = 4 // the canaries were not promoted (abort, or a failed canary wait); the other instances were not touched
 	exitInterrupted = 130
 )
 
@@ -90,6 +91,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			recoverCommand(),
 			serveCommand(),
 			statusCommand(),
+			decideCommand(fleetroll.DecisionPromote),
+			decideCommand(fleetroll.DecisionAbort),
 			{
 				Name:  "version",
 				Usage: "print the version",

@@ -11,8 +11,9 @@ func recoverCommand() *cli.Command {
 	flags := append(fleetFlags(), &cli.DurationFlag{Name: "start-timeout", Value: fleetroll.DefaultStartTimeout, EnvVars: []string{"FLEETROLL_START_TIMEOUT"},
 		Usage: "how long a unit may take to run again"})
 	for _, f := range safetyFlags() {
-		if f.Names()[0] == "lock" {
-			continue // recovery always takes the lock, waiting for it
+		switch f.Names()[0] {
+		case "lock", "canary", "canary-wait":
+			continue // recovery always takes the lock, waiting for it, and rolls nothing
 		}
 		flags = append(flags, f)
 	}

@@ -142,6 +142,10 @@ func restartOptionsFrom(c *cli.Context) (*restartOptions, error) {
 		}
 		o.target.Instances = inst
 	}
+	if err := policyFrom(c).Validate(); err != nil {
+		// Before fleet is asked anything.
+		return nil, usageErr("%w", err)
+	}
 	return o, o.validate()
 }
 
@@ -241,6 +245,8 @@ func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog
 		return &exitError{exitInterrupted, rollErr}
 	case rep.Status == fleetroll.StatusRolledBack:
 		return &exitError{exitRolledBack, rollErr}
+	case rep.Status == fleetroll.StatusAborted:
+		return &exitError{exitAborted, rollErr}
 	default:
 		return &exitError{exitFailed, rollErr}
 	}
@@ -303,6 +309,15 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 		fmt.Fprintf(w, "%s: healthy and back in after %s\n", e.Unit, e.Elapsed.Round(time.Millisecond))
 	case fleetroll.EventFailed:
 		fmt.Fprintf(w, "%s: FAILED after %s: %v\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.Err)
+	case fleetroll.EventPaused:
+		fmt.Fprintf(w, "rollout %s paused after its canaries %s: fleetroll promote %s, or fleetroll abort %s\n",
+			e.RolloutID, strings.Join(e.Canary.Units, ", "), e.RolloutID, e.RolloutID)
+	case fleetroll.EventDecided:
+		if e.Err != nil {
+			fmt.Fprintf(w, "rollout %s: %v\n", e.RolloutID, e.Err)
+		} else {
+			fmt.Fprintf(w, "rollout %s promoted by %s\n", e.RolloutID, e.Canary.By)
+		}
 	}
 }
 

@@ -29,6 +29,8 @@ func safetyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "health-path", EnvVars: []string{"FLEETROLL_HEALTH_PATH"}, Usage: "after the start, GET http://MACHINE_IP:PORT/PATH until healthy (empty: no gate)"},
 		&cli.IntFlag{Name: "health-successes", Value: fleetroll.DefaultHealthSuccesses, EnvVars: []string{"FLEETROLL_HEALTH_SUCCESSES"}, Usage: "2xx answers in a row that make an instance healthy"},
 		&cli.DurationFlag{Name: "health-interval", Value: fleetroll.DefaultHealthInterval, EnvVars: []string{"FLEETROLL_HEALTH_INTERVAL"}, Usage: "between health checks"},
+		&cli.IntFlag{Name: "canary", EnvVars: []string{"FLEETROLL_CANARY"}, Usage: "pause after this many instances, until fleetroll promote ID or abort ID (0: no pause)"},
+		&cli.DurationFlag{Name: "canary-wait", EnvVars: []string{"FLEETROLL_CANARY_WAIT"}, Usage: "with --canary: promote on its own after this long if the canaries are still running and healthy (needs --health-path); abort if not"},
 		&cli.DurationFlag{Name: "health-timeout", Value: fleetroll.DefaultHealthTimeout, EnvVars: []string{"FLEETROLL_HEALTH_TIMEOUT"}, Usage: "how long an instance may take to become healthy"},
 	}
 }
@@ -38,7 +40,8 @@ func safetyFlags() []cli.Flag {
 // where the command has them (deploy, rollback, serve).
 func policyFrom(c *cli.Context) fleetroll.Policy {
 	p := fleetroll.Policy{Lock: fleetroll.LockMode(c.String("lock")), LockTTL: c.Duration("lock-ttl"),
-		OnFailure: fleetroll.OnFailure(c.String("on-failure")), PullTimeout: c.Duration("pull-timeout"), Watch: c.Bool("watch")}
+		OnFailure: fleetroll.OnFailure(c.String("on-failure")), PullTimeout: c.Duration("pull-timeout"), Watch: c.Bool("watch"),
+		Canary: c.Int("canary"), CanaryWait: c.Duration("canary-wait")}
 	if c.Bool("drain") {
 		p.Drain = &fleetroll.DrainPolicy{Prefix: c.String("drain-prefix"), Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
 	}

@@ -135,8 +135,8 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 		hooks.AfterRunning = gate
 	}
 	if p.Canary > 0 {
-		hooks.Canary = &fleetroll.Canary{N: p.Canary, Decide: func(ctx context.Context, rollout string, canaries []string) (fleetroll.Decision, error) {
-			return s.decide(ctx, service, p, gate, rollout, canaries)
+		hooks.Canary = &fleetroll.Canary{N: p.Canary, Decide: func(ctx context.Context, rollout string, canaries []string, ready func()) (fleetroll.Decision, error) {
+			return s.decide(ctx, service, p, gate, rollout, canaries, ready)
 		}}
 	}
 	if hooks.Intent != nil {
@@ -256,7 +256,7 @@ func (s Safety) gate(ctx context.Context, g *fleetroll.HealthGate, unit string, 
 // (running, and through the health gate): all well promotes, anything else
 // aborts, unless a decision came first.
 func (s Safety) decide(ctx context.Context, service string, p fleetroll.Policy, gate func(context.Context, string, *schema.UnitState) error,
-	rollout string, canaries []string) (fleetroll.Decision, error) {
+	rollout string, canaries []string, ready func()) (fleetroll.Decision, error) {
 	pauses := Pauses{KAPI: s.KAPI}
 	clock := clockOr(s.Roll.Clock)
 	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -270,6 +270,7 @@ func (s Safety) decide(ctx context.Context, service string, p fleetroll.Policy, 
 		defer cancel()
 		_ = pauses.Close(cctx, rollout)
 	}()
+	ready()
 	type result struct {
 		d   fleetroll.Decision
 		err error
