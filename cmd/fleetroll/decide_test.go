@@ -43,7 +43,7 @@ func TestCanaryRestartDecidedByTheCLI(t *testing.T) {
 	}{{"promote", 0, 3}, {"abort", exitAborted, 1}} {
 		f, url := fakeCluster(t, units3...)
 		type result struct {
-			code       int
+			code      int
 			out, errs string
 		}
 		done := make(chan result, 1)
