@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// pausedID reads fleetroll's lines until it says it paused, and returns the
+// rollout's ID.
+func pausedID(t *testing.T, lines <-chan string, log *strings.Builder) string {
+	t.Helper()
+	waitContains(t, lines, "paused after its canaries", log)
+	all := strings.Split(strings.TrimSpace(log.String()), "\n")
+	id, _, _ := strings.Cut(strings.TrimPrefix(all[len(all)-1], "rollout "), " ")
+	return id
+}
+
+// A restart with --canary 1 pauses after the first instance, with the
+// others untouched, until fleetroll promote; then it rolls the others.
+func TestCanaryPausesUntilPromoted(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-canary", "19121", "19122", "19123")
+	before := systemd(t, units...)
+	cmd, lines := startFleetroll(t, "restart", "e2e-canary", "--endpoint", cl.Endpoint, "--grace", "0s", "--canary", "1",
+		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--etcd-endpoints", cl.EtcdURL)
+	var log strings.Builder
+	id := pausedID(t, lines, &log)
+	during := systemd(t, units...)
+	if !during[0].Up() || during[0].MainPID == before[0].MainPID {
+		t.Fatalf("the canary is not restarted at the pause: %+v -> %+v", before[0], during[0])
+	}
+	for i := 1; i < 3; i++ {
+		if during[i].MainPID != before[i].MainPID {
+			t.Fatalf("%s touched before the promotion", units[i])
+		}
+	}
+	if code, out := fleetroll(t, "promote", id, "--etcd-endpoints", cl.EtcdURL); code != 0 {
+		t.Fatalf("promote: exit %d\n%s", code, out)
+	}
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	if code := exitCode(t, cmd); code != 0 {
+		t.Fatalf("restart: exit %d\n%s", code, log.String())
+	}
+	after := systemd(t, units...)
+	for i, u := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
+			t.Errorf("%s not restarted: %+v -> %+v", u, before[i], after[i])
+		}
+	}
+	if after[0].MainPID != during[0].MainPID {
+		t.Errorf("the canary was restarted twice")
+	}
+}
+
+// With --canary-wait, a canary that falls ill during the wait aborts the
+// rollout when the wait ends: exit code 4, the other instances untouched.
+func TestCanaryWaitAbortsOnAnIllCanary(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-canwait", "19131", "19132", "19133")
+	ill := filepath.Join(cl.Dir, "fail-health-19131")
+	t.Cleanup(func() { os.Remove(ill) })
+	before := systemd(t, units...)
+	cmd, lines := startFleetroll(t, "restart", "e2e-canwait", "--endpoint", cl.Endpoint, "--grace", "0s", "--canary", "1", "--canary-wait", "3s",
+		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--health-timeout", "2s", "--etcd-endpoints", cl.EtcdURL)
+	var log strings.Builder
+	pausedID(t, lines, &log)
+	if err := os.WriteFile(ill, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	out := log.String()
+	if code := exitCode(t, cmd); code != 4 || !strings.Contains(out, "abort by canary wait") || !strings.Contains(out, "e2e-canwait@19131.service is not healthy") {
+		t.Fatalf("restart: exit %d\n%s", code, out)
+	}
+	after := systemd(t, units...)
+	for i := 1; i < 3; i++ {
+		if after[i].MainPID != before[i].MainPID {
+			t.Errorf("%s touched after the abort", units[i])
+		}
+	}
+}
