@@ -64,6 +64,11 @@ const (
 	OutcomeInterrupted Outcome = "interrupted" // cancelled; the unit was brought back up
 	OutcomeUntouched   Outcome = "untouched"   // the roll ended before this unit
 	OutcomeRolledBack  Outcome = "rolled_back" // moved to the new release, then back to the previous one
+	// Blue-green: a new unit that serves, an old one stopped and
+	// destroyed, a new one destroyed again because the switch failed.
+	OutcomeLaunched  Outcome = "launched"
+	OutcomeRetired   Outcome = "retired"
+	OutcomeDestroyed Outcome = "destroyed"
 )
 
 // Seconds is a duration that marshals to JSON as fractional seconds.
@@ -191,6 +196,9 @@ type Report struct {
 	Service string  `json:"service"`
 	Status  Status  `json:"status"`
 	Trigger Trigger `json:"trigger"`
+	// Strategy is how the units were replaced: empty for restarts in
+	// place (one at a time or in batches), blue-green.
+	Strategy string `json:"strategy,omitempty"`
 	// By names the fleetroll that ran it.
 	By    string     `json:"by,omitempty"`
 	Queue *QueueInfo `json:"queue,omitempty"`

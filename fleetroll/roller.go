@@ -97,6 +97,9 @@ type Hooks struct {
 	// Canary, when set, pauses the roll once its first N units have been
 	// restarted, until a decision (docs/strategies.md).
 	Canary *Canary
+	// BlueGreen, when set, replaces the units with new ones on spare
+	// instances instead of restarting them (docs/strategies.md).
+	BlueGreen *BlueGreen
 }
 
 // Waker tells the roller when fleet may have published a new state of a
@@ -214,6 +217,9 @@ func (r *Roller) RolloutID() string { return r.opt.RolloutID }
 // interrupted by ctx is brought back up (bounded by the start timeout)
 // before Roll returns.
 func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
+	if b := r.opt.Hooks.BlueGreen; b != nil {
+		return r.blueGreen(ctx, plan, b)
+	}
 	clock := r.opt.Clock
 	rep := &Report{Version: SchemaVersion, ID: r.opt.RolloutID, Service: plan.Service, Status: StatusRunning,
 		Started: clock.Now(), Units: []UnitReport{}}

@@ -251,9 +251,13 @@ func (f *Fleet) listUnits(w http.ResponseWriter, r *http.Request) {
 	start, _ := strconv.Atoi(r.URL.Query().Get("nextPageToken"))
 	start = min(max(start, 0), len(names))
 	end := min(start+max(f.PageSize, 1), len(names))
-	var units []map[string]string
+	var units []map[string]any
 	for _, n := range names[start:end] {
-		units = append(units, map[string]string{"name": n, "desiredState": f.units[n].Desired, "currentState": f.units[n].Desired})
+		u := map[string]any{"name": n, "desiredState": f.units[n].Desired, "currentState": f.units[n].Desired}
+		if len(f.units[n].Options) > 0 {
+			u["options"] = f.units[n].Options // fleet lists each unit's options
+		}
+		units = append(units, u)
 	}
 	page := map[string]any{"units": units}
 	if end < len(names) {
