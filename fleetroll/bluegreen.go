@@ -22,6 +22,9 @@ const DefaultPlacementTimeout = time.Minute
 // stopped and destroyed. If any new one cannot be placed or fails, the new
 // ones are destroyed and the old ones never stopped serving.
 type BlueGreen struct {
+	// Live are the instances that serve now, as recorded (empty: the
+	// target's); the plan is made of them.
+	Live []string
 	// Spare are the instances the new units take (as many as the plan's).
 	Spare []string
 	// Sidekick, when set, is the template of each instance's sidekick
@@ -293,4 +296,14 @@ func instancesOf(units []string) []string {
 		out = append(out, in)
 	}
 	return out
+}
+
+// Target is the target a rollout plans with these hooks: with blue-green,
+// the instances that serve now as recorded (the port sets swap at each
+// rollout); otherwise t.
+func (h Hooks) Target(t Target) Target {
+	if b := h.BlueGreen; b != nil && len(b.Live) > 0 && len(t.Units) == 0 {
+		t.Instances = b.Live
+	}
+	return t
 }

@@ -59,7 +59,22 @@ type Policy struct {
 	// (it needs the health gate). Decisions go through etcd.
 	Canary     int           `yaml:"canary"`
 	CanaryWait time.Duration `yaml:"canary_wait"`
+	// Strategy is how units are replaced: rolling (restarts in place, the
+	// default) or blue-green (new units on SparePorts, then the old ones
+	// go; docs/strategies.md). Blue-green swaps the two port sets at each
+	// rollout and records the live one in etcd; Sidekick is the template
+	// of each instance's sidekick, launched and destroyed with it, and
+	// PlacementTimeout bounds the wait for fleet to schedule a new unit.
+	Strategy         string        `yaml:"strategy"`
+	SparePorts       []string      `yaml:"-"`
+	Sidekick         string        `yaml:"sidekick"`
+	PlacementTimeout time.Duration `yaml:"placement_timeout"`
 }
+
+// Strategies of Policy.Strategy.
+const (
+	StrategyRolling = "rolling"
+)
 
 // DrainPolicy says where instances are announced and how long a drain waits.
 // Zero values take the defaults.
@@ -92,6 +107,14 @@ func (p Policy) WithDefaults(service string) Policy {
 		p.Lock = LockWait
 	}
 	orDefault(&p.OnFailure, OnFailureHalt)
+	orDefault(&p.Strategy, StrategyRolling)
+	orDefault(&p.PlacementTimeout, DefaultPlacementTimeout)
+	if p.Strategy == StrategyBlueGreen {
+		if p.Lock == LockOff {
+			// Blue-green writes which ports are live: one at a time.
+			p.Lock = LockWait
+		}
+	}
 	orDefault(&p.PullTimeout, DefaultPullTimeout)
 	orDefault(&p.LockTTL, DefaultLockTTL)
 	if p.Drain != nil {
@@ -123,7 +146,7 @@ func orDefault[T comparable](v *T, def T) {
 // NeedsEtcd reports whether the policy uses etcd (the lock, drain or
 // releases).
 func (p Policy) NeedsEtcd() bool {
-	return p.Drain != nil || p.Image != "" || p.Watch || p.Canary > 0 || (p.Lock != "" && p.Lock != LockOff)
+	return p.Drain != nil || p.Image != "" || p.Watch || p.Canary > 0 || p.Strategy == StrategyBlueGreen || (p.Lock != "" && p.Lock != LockOff)
 }
 
 // Validate checks the policy; errors name the setting as the config file
@@ -165,6 +188,34 @@ func (p Policy) Validate() error {
 		return errors.New("canary_wait needs canary (how many units roll before the pause)")
 	case p.CanaryWait > 0 && p.Health == nil:
 		return errors.New("canary_wait needs the health gate (health.path): the canaries are checked when the wait ends")
+	}
+	switch p.Strategy {
+	case "", StrategyRolling:
+		if len(p.SparePorts) > 0 {
+			return errors.New("spare_ports are for strategy blue-green")
+		}
+	case StrategyBlueGreen:
+		if len(p.SparePorts) == 0 {
+			return errors.New("strategy blue-green needs spare_ports (--spare-ports 8911-8913): the ports the new instances take")
+		}
+		if p.Canary > 0 {
+			return errors.New("canary is for strategy rolling: blue-green checks every new instance before the old ones go")
+		}
+		for _, in := range p.SparePorts {
+			if !instanceRe.MatchString(in) {
+				return fmt.Errorf("spare_ports: bad instance %q", in)
+			}
+		}
+		if p.Sidekick != "" {
+			if err := ValidateServiceName(p.Sidekick); err != nil {
+				return fmt.Errorf("sidekick: %w", err)
+			}
+		}
+		if p.PlacementTimeout < 0 {
+			return errors.New("placement_timeout must not be negative")
+		}
+	default:
+		return fmt.Errorf("strategy %q: want rolling or blue-green", p.Strategy)
 	}
 	if h := p.Health; h != nil {
 		if !strings.HasPrefix(h.Path, "/") {

@@ -52,6 +52,12 @@ type Service struct {
 	// --canary-wait (docs/strategies.md).
 	Canary     int           `yaml:"canary"`
 	CanaryWait time.Duration `yaml:"canary_wait"`
+	// Strategy (rolling or blue-green), SparePorts, Sidekick and
+	// PlacementTimeout are the service's own (docs/strategies.md).
+	Strategy         string        `yaml:"strategy"`
+	SparePorts       PortList      `yaml:"spare_ports"`
+	Sidekick         string        `yaml:"sidekick"`
+	PlacementTimeout time.Duration `yaml:"placement_timeout"`
 
 	DockerHub []Trigger `yaml:"dockerhub"`
 	Registry  []Trigger `yaml:"registry"`
@@ -151,7 +157,8 @@ func (c *Config) Validate() error {
 		}
 		seen[s.Name] = true
 		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain, Image: s.Image, OnFailure: s.OnFailure, PullTimeout: s.PullTimeout,
-			Canary: s.Canary, CanaryWait: s.CanaryWait}).Validate(); err != nil {
+			Canary: s.Canary, CanaryWait: s.CanaryWait, Strategy: s.Strategy, SparePorts: s.SparePorts, Sidekick: s.Sidekick,
+			PlacementTimeout: s.PlacementTimeout}).Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
 		}
 		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval}
@@ -339,6 +346,10 @@ func (s Service) Policy(base fleetroll.Policy) fleetroll.Policy {
 	}
 	if s.CanaryWait > 0 {
 		p.CanaryWait = s.CanaryWait
+	}
+	p.Strategy, p.SparePorts, p.Sidekick, p.PlacementTimeout = s.Strategy, s.SparePorts, s.Sidekick, s.PlacementTimeout
+	if s.Strategy == fleetroll.StrategyBlueGreen {
+		p.Canary, p.CanaryWait = 0, 0 // serve's --canary is for the rolling services
 	}
 	return p.WithDefaults(s.Name)
 }

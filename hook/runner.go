@@ -94,7 +94,7 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 			}
 		}
 	}
-	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: policy, Fleet: s.opt.Fleet,
+	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: policy, Fleet: s.opt.Fleet, Instances: svc.Ports,
 		Owner: s.opt.Owner + ", rollout " + j.ID, Rollout: j.ID, Trigger: j.Trigger, Roll: opts,
 		OnRecover: func(msg string) { s.log.Warn(msg, "rollout_id", j.ID, "service", j.Service) },
 		OnRestored: func(in coord.Intent, restored []fleetroll.UnitReport) {
@@ -116,7 +116,7 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	defer release()
 	// The plan is made under the lock, once what a dead fleetroll left in
 	// flight is back.
-	plan, err := fleetroll.MakePlan(ctx, s.opt.Fleet, svc.Target())
+	plan, err := fleetroll.MakePlan(ctx, s.opt.Fleet, hooks.Target(svc.Target()))
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", j.Service, err)
 	}

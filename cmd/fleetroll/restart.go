@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -142,9 +143,8 @@ func restartOptionsFrom(c *cli.Context) (*restartOptions, error) {
 		}
 		o.target.Instances = inst
 	}
-	if err := policyFrom(c).Validate(); err != nil {
-		// Before fleet is asked anything.
-		return nil, usageErr("%w", err)
+	if _, err := policyFrom(c); err != nil {
+		return nil, err // before fleet is asked anything
 	}
 	return o, o.validate()
 }
@@ -180,6 +180,19 @@ func restartAction(c *cli.Context) error {
 	ctx := c.Context
 	out, errw := c.App.Writer, c.App.ErrWriter
 
+	safety, err := safetyFrom(c, fleet, "fleetroll restart "+o.target.Service, false)
+	if err != nil {
+		return err
+	}
+	if p := safety.Policy; p.Strategy == fleetroll.StrategyBlueGreen {
+		// The instances that serve now: the port sets swap at each
+		// blue-green rollout.
+		live, _, err := coord.Lives{KAPI: safety.KAPI}.Resolve(ctx, o.target.Service, o.target.Instances, p.SparePorts)
+		if err != nil {
+			return &exitError{exitFailed, fmt.Errorf("restart %s: %w", o.target.Service, err)}
+		}
+		o.target.Instances = live
+	}
 	plan, err := makePlan(ctx, fleet, o)
 	if err != nil {
 		return err
@@ -192,25 +205,33 @@ func restartAction(c *cli.Context) error {
 		return printPlan(out, o, plan)
 	}
 
-	safety, err := safetyFrom(c, fleet, "fleetroll restart "+plan.Service, false)
-	if err != nil {
-		return err
-	}
 	o.roll.RolloutID = fleetroll.NewID()
 	o.roll.Logger = logger
 	prepareSafety(&safety, o, plan.Service, fleetroll.Trigger{Source: "cli"}, errw)
+	safety.Instances = o.target.Instances
 	hooks, release, err := safety.Prepare(ctx, plan.Service)
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}
 	}
 	defer release()
+	if t := hooks.Target(o.target); !slices.Equal(t.Instances, o.target.Instances) {
+		// Another blue-green rollout swapped the sets meanwhile.
+		o.target = t
+		if plan, err = makePlan(ctx, fleet, o); err != nil {
+			return err
+		}
+	}
 	o.roll.Hooks = hooks
 	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
 	roller, err := fleetroll.NewRoller(fleet, o.roll)
 	if err != nil {
 		return usageErr("restart: %w", err)
 	}
-	fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s one at a time\n", roller.RolloutID(), len(plan.Units), plan.Service)
+	if b := hooks.BlueGreen; b != nil {
+		fmt.Fprintf(errw, "rollout %s: replacing %d unit(s) of %s with new ones on %s (blue-green)\n", roller.RolloutID(), len(plan.Units), plan.Service, strings.Join(b.Spare, ","))
+	} else {
+		fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s, %s at a time\n", roller.RolloutID(), len(plan.Units), plan.Service, o.roll.MaxUnavailable)
+	}
 	rep, rollErr := roller.Roll(ctx, plan)
 	rep.Trigger = fleetroll.Trigger{Source: "cli"}
 	return finish(c, o, safety, logger, rep, rollErr, plan.NotLaunched)
@@ -322,8 +343,22 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 }
 
 func printSummary(w io.Writer, rep *fleetroll.Report, notLaunched []string) {
-	fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Status,
-		rep.Restarted(), len(rep.Units), rep.Finished.Sub(rep.Started).Round(time.Millisecond))
+	took := rep.Finished.Sub(rep.Started).Round(time.Millisecond)
+	if rep.Strategy == fleetroll.StrategyBlueGreen {
+		var launched, retired []string
+		for _, u := range rep.Units {
+			switch u.Outcome {
+			case fleetroll.OutcomeLaunched:
+				launched = append(launched, u.Unit)
+			case fleetroll.OutcomeRetired:
+				retired = append(retired, u.Unit)
+			}
+		}
+		fmt.Fprintf(w, "rollout %s of %s %s (blue-green) in %s: launched %s; retired %s\n", rep.ID, rep.Service, rep.Status, took,
+			orNone(launched), orNone(retired))
+	} else {
+		fmt.Fprintf(w, "rollout %s of %s %s: %d/%d restarted in %s\n", rep.ID, rep.Service, rep.Status, rep.Restarted(), len(rep.Units), took)
+	}
 	if len(notLaunched) > 0 {
 		fmt.Fprintf(w, "  WARNING: not launched, so not restarted: %s\n", strings.Join(notLaunched, ", "))
 	}
@@ -360,4 +395,11 @@ func printSummary(w io.Writer, rep *fleetroll.Report, notLaunched []string) {
 		fmt.Fprintln(tw, line)
 	}
 	_ = tw.Flush()
+}
+
+func orNone(units []string) string {
+	if len(units) == 0 {
+		return "none"
+	}
+	return strings.Join(units, ", ")
 }

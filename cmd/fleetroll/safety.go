@@ -29,6 +29,10 @@ func safetyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "health-path", EnvVars: []string{"FLEETROLL_HEALTH_PATH"}, Usage: "after the start, GET http://MACHINE_IP:PORT/PATH until healthy (empty: no gate)"},
 		&cli.IntFlag{Name: "health-successes", Value: fleetroll.DefaultHealthSuccesses, EnvVars: []string{"FLEETROLL_HEALTH_SUCCESSES"}, Usage: "2xx answers in a row that make an instance healthy"},
 		&cli.DurationFlag{Name: "health-interval", Value: fleetroll.DefaultHealthInterval, EnvVars: []string{"FLEETROLL_HEALTH_INTERVAL"}, Usage: "between health checks"},
+		&cli.StringFlag{Name: "strategy", Value: fleetroll.StrategyRolling, EnvVars: []string{"FLEETROLL_STRATEGY"}, Usage: "rolling (restart in place) or blue-green (new units on --spare-ports, then the old ones go)"},
+		&cli.StringFlag{Name: "spare-ports", EnvVars: []string{"FLEETROLL_SPARE_PORTS"}, Usage: "blue-green: the ports the new units take (8911-8913), as many as the live ones; the sets swap at each rollout"},
+		&cli.StringFlag{Name: "sidekick", EnvVars: []string{"FLEETROLL_SIDEKICK"}, Usage: "blue-green: the template of each instance's sidekick (my-service-sidekick), launched and destroyed with it"},
+		&cli.DurationFlag{Name: "placement-timeout", Value: fleetroll.DefaultPlacementTimeout, EnvVars: []string{"FLEETROLL_PLACEMENT_TIMEOUT"}, Usage: "blue-green: how long fleet may take to place a new unit on a machine"},
 		&cli.IntFlag{Name: "canary", EnvVars: []string{"FLEETROLL_CANARY"}, Usage: "pause after this many instances, until fleetroll promote ID or abort ID (0: no pause)"},
 		&cli.DurationFlag{Name: "canary-wait", EnvVars: []string{"FLEETROLL_CANARY_WAIT"}, Usage: "with --canary: promote on its own after this long if the canaries are still running and healthy (needs --health-path); abort if not"},
 		&cli.DurationFlag{Name: "health-timeout", Value: fleetroll.DefaultHealthTimeout, EnvVars: []string{"FLEETROLL_HEALTH_TIMEOUT"}, Usage: "how long an instance may take to become healthy"},
@@ -38,10 +42,18 @@ func safetyFlags() []cli.Flag {
 // policyFrom builds the roll policy of the flags: the lock always, drain
 // with --drain, the health gate with --health-path, the release settings
 // where the command has them (deploy, rollback, serve).
-func policyFrom(c *cli.Context) fleetroll.Policy {
+func policyFrom(c *cli.Context) (fleetroll.Policy, error) {
 	p := fleetroll.Policy{Lock: fleetroll.LockMode(c.String("lock")), LockTTL: c.Duration("lock-ttl"),
 		OnFailure: fleetroll.OnFailure(c.String("on-failure")), PullTimeout: c.Duration("pull-timeout"), Watch: c.Bool("watch"),
-		Canary: c.Int("canary"), CanaryWait: c.Duration("canary-wait")}
+		Canary: c.Int("canary"), CanaryWait: c.Duration("canary-wait"),
+		Strategy: c.String("strategy"), Sidekick: c.String("sidekick"), PlacementTimeout: c.Duration("placement-timeout")}
+	if spare := c.String("spare-ports"); spare != "" {
+		in, err := fleetroll.ParseInstances(spare)
+		if err != nil {
+			return p, usageErr("--spare-ports: %w", err)
+		}
+		p.SparePorts = in
+	}
 	if c.Bool("drain") {
 		p.Drain = &fleetroll.DrainPolicy{Prefix: c.String("drain-prefix"), Delay: c.Duration("drain-delay"), Timeout: c.Duration("drain-timeout")}
 	}
@@ -49,17 +61,21 @@ func policyFrom(c *cli.Context) fleetroll.Policy {
 		p.Health = &fleetroll.HealthPolicy{Path: path, Successes: c.Int("health-successes"),
 			Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout")}
 	}
-	return p
+	if err := p.Validate(); err != nil {
+		return p, usageErr("%w", err)
+	}
+	return p, nil
 }
 
 // safetyFrom builds the safety of the flags' policy; etcd is connected (not
 // dialled) when the policy needs it, --record asks for it, needEtcd says so
 // (a service of serve's configuration drains).
 func safetyFrom(c *cli.Context, fleet fleetroll.Fleet, what string, needEtcd bool) (coord.Safety, error) {
-	s := coord.Safety{Policy: policyFrom(c), Owner: coord.Owner(what), Fleet: fleet}
-	if err := s.Policy.Validate(); err != nil {
-		return s, usageErr("%w", err)
+	p, err := policyFrom(c)
+	if err != nil {
+		return coord.Safety{}, err
 	}
+	s := coord.Safety{Policy: p, Owner: coord.Owner(what), Fleet: fleet}
 	if needEtcd || c.Bool("record") || s.Policy.NeedsEtcd() {
 		h, err := etcdFrom(c)
 		if err != nil {

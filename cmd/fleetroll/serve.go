@@ -195,7 +195,7 @@ func (o *serveOptions) validate() error {
 
 func needsEtcd(cfg *hook.Config) bool {
 	for _, s := range cfg.Services {
-		if s.Drain != nil || s.Image != "" {
+		if s.Policy(fleetroll.Policy{}).NeedsEtcd() {
 			return true
 		}
 	}
@@ -216,8 +216,12 @@ func flagConfig(c *cli.Context) (*hook.Config, error) {
 		t := hook.Trigger{Repository: repo, Tags: c.StringSlice("tag")}
 		svc.DockerHub, svc.Registry, svc.GitHub = []hook.Trigger{t}, []hook.Trigger{t}, []hook.Trigger{t}
 	}
-	p := policyFrom(c)
+	p, err := policyFrom(c)
+	if err != nil {
+		return nil, err
+	}
 	svc.Health, svc.Drain, svc.Image = p.Health, p.Drain, c.String("image")
+	svc.Strategy, svc.SparePorts, svc.Sidekick, svc.PlacementTimeout = p.Strategy, p.SparePorts, p.Sidekick, p.PlacementTimeout
 	cfg := &hook.Config{Services: []hook.Service{svc}}
 	if err := cfg.Validate(); err != nil {
 		return nil, usageErr("serve --service/--repository/--tag: %w", err)
@@ -287,7 +291,8 @@ func serveAction(c *cli.Context) error {
 	}
 	o.hook.Etcd, o.hook.Owner = safety.KAPI, safety.Owner
 	o.hook.Policy = fleetroll.Policy{Lock: safety.Policy.Lock, LockTTL: safety.Policy.LockTTL,
-		OnFailure: safety.Policy.OnFailure, PullTimeout: safety.Policy.PullTimeout}
+		OnFailure: safety.Policy.OnFailure, PullTimeout: safety.Policy.PullTimeout,
+		Canary: safety.Policy.Canary, CanaryWait: safety.Policy.CanaryWait}
 	if o.hook.Resolver, err = registryFrom(c); err != nil {
 		return err
 	}

@@ -39,6 +39,9 @@ type Safety struct {
 	// itself (a receiver resuming the rollout of one that stopped), the
 	// rollout is not recorded as interrupted: the resumed one records it.
 	OnRestored func(in Intent, restored []fleetroll.UnitReport)
+	// Instances are the rollout's target instances (empty: every launched
+	// one); blue-green resolves the live and spare sets against them.
+	Instances []string
 }
 
 // Validate checks the policy and that etcd is there when it is needed.
@@ -133,6 +136,20 @@ func (s Safety) Prepare(ctx context.Context, service string) (fleetroll.Hooks, f
 		}
 	} else {
 		hooks.AfterRunning = gate
+	}
+	if p.Strategy == fleetroll.StrategyBlueGreen {
+		lives := Lives{KAPI: s.KAPI}
+		live, next, err := lives.Resolve(ctx, service, s.Instances, p.SparePorts)
+		if err != nil {
+			release()
+			return fleetroll.Hooks{}, func() {}, fmt.Errorf("%w; nothing was touched", err)
+		}
+		hooks.BlueGreen = &fleetroll.BlueGreen{Live: live, Spare: next, Sidekick: p.Sidekick, PlacementTimeout: p.PlacementTimeout,
+			Swapped: func(ctx context.Context, live, spare []string) error {
+				wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				return lives.Put(wctx, service, LiveSets{Live: live, Spare: spare, Rollout: s.Rollout, At: clockOr(s.Roll.Clock).Now()})
+			}}
 	}
 	if p.Canary > 0 {
 		hooks.Canary = &fleetroll.Canary{N: p.Canary, Decide: func(ctx context.Context, rollout string, canaries []string, ready func()) (fleetroll.Decision, error) {
