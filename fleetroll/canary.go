@@ -153,6 +153,8 @@ func (r *Roller) rolloutEvent(rep *Report, kind EventKind, err error) {
 	}
 	r.opt.Logger.Info("rollout "+string(kind), attrs...)
 	if r.opt.OnEvent != nil {
+		r.emitMu.Lock()
+		defer r.emitMu.Unlock()
 		r.opt.OnEvent(Event{RolloutID: r.opt.RolloutID, Kind: kind, Err: err, Canary: &c, Status: rep.Status})
 	}
 }

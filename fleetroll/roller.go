@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"syscall"
 	"time"
 
@@ -197,6 +198,9 @@ type Roller struct {
 	// states serves the polls of a batch from one listing (nil: one
 	// request per unit).
 	states *stateReader
+	// emitMu makes OnEvent see one event at a time when units move at
+	// once (batches, blue-green).
+	emitMu sync.Mutex
 }
 
 // NewRoller validates opt and returns a roller.
@@ -801,6 +805,8 @@ func (r *Roller) emit(ur *UnitReport, ev Event) {
 	}
 	r.opt.Logger.Log(context.Background(), level, "unit "+string(ev.Kind), attrs...)
 	if r.opt.OnEvent != nil {
+		r.emitMu.Lock()
+		defer r.emitMu.Unlock()
 		r.opt.OnEvent(ev)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
 )
 
 // waitStatus waits until the rollout's record has the status.
@@ -107,5 +108,54 @@ func TestCanaryPauseThroughTheAPI(t *testing.T) {
 	}
 	if resp, _ := env.do(t, "POST", "/rollouts/"+newer+"/promote", nil, auth); resp.StatusCode != 404 {
 		t.Fatalf("a decision after the end: %d", resp.StatusCode)
+	}
+}
+
+// A blue-green service of serve: the first rollout launches the spare
+// ports and retires the configured ones, the next goes back.
+func TestBlueGreenServiceSwapsItsPorts(t *testing.T) {
+	url, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ParseConfig([]byte(`
+services:
+  - name: my-service
+    ports: 8901-8903
+    strategy: blue-green
+    spare_ports: 8911-8913
+    placement_timeout: 10s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newTestEnv(t, func(o *Options) { o.Etcd, o.Owner, o.Config = kapi, "receiver", cfg })
+	for _, u := range testUnits[:3] {
+		env.fleet.Update(u, func(u *fakefleet.Unit) { u.Options = []fakefleet.Option{{Section: "Service", Name: "ExecStart", Value: "/bin/demo %i"}} })
+	}
+	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
+	for _, want := range [][]string{{"8911", "8912", "8913"}, {"8901", "8902", "8903"}} {
+		resp, ans := env.do(t, "POST", "/rollouts", []byte(`{"service":"my-service"}`), auth)
+		if resp.StatusCode != 202 {
+			t.Fatalf("trigger: %d %v", resp.StatusCode, ans)
+		}
+		rep := waitFinal(t, env, ans["id"].(string))
+		if rep.Status != fleetroll.StatusSucceeded || rep.Strategy != fleetroll.StrategyBlueGreen {
+			t.Fatalf("rollout: %+v", rep)
+		}
+		var launched []string
+		for _, u := range rep.Units {
+			if u.Outcome == fleetroll.OutcomeLaunched {
+				launched = append(launched, u.Unit)
+			}
+		}
+		if len(launched) != 3 || !strings.Contains(launched[0], want[0]) || !strings.Contains(launched[2], want[2]) {
+			t.Fatalf("launched %v, want %v", launched, want)
+		}
+		live, err := coord.Lives{KAPI: kapi}.Get(t.Context(), "my-service")
+		if err != nil || live == nil || !slices.Equal(live.Live, want) {
+			t.Fatalf("live record %+v %v", live, err)
+		}
 	}
 }

@@ -29,7 +29,7 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	if rep != nil {
 		// The roller's record, with the queue's trigger and metadata.
 		final.Version, final.Status, final.Started, final.Finished, final.Units, final.Error = rep.Version, rep.Status, rep.Started, rep.Finished, rep.Units, rep.Error
-		final.Release, final.Pull, final.Phase = rep.Release, rep.Pull, rep.Phase
+		final.Release, final.Pull, final.Phase, final.Canary, final.Strategy = rep.Release, rep.Pull, rep.Phase, rep.Canary, rep.Strategy
 	} else {
 		// It failed (or was stopped) before the roller began.
 		final.Started, final.Finished = t0, s.opt.Clock.Now()

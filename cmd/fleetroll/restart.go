@@ -184,6 +184,7 @@ func restartAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	configured := o.target.Instances
 	if p := safety.Policy; p.Strategy == fleetroll.StrategyBlueGreen {
 		// The instances that serve now: the port sets swap at each
 		// blue-green rollout.
@@ -208,7 +209,7 @@ func restartAction(c *cli.Context) error {
 	o.roll.RolloutID = fleetroll.NewID()
 	o.roll.Logger = logger
 	prepareSafety(&safety, o, plan.Service, fleetroll.Trigger{Source: "cli"}, errw)
-	safety.Instances = o.target.Instances
+	safety.Instances = configured
 	hooks, release, err := safety.Prepare(ctx, plan.Service)
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}

@@ -187,6 +187,9 @@ type Result struct {
 	Failures map[string]int // by kind: "HTTP 502", "connection closed", ...
 	// Latency percentiles of all requests, failed ones included.
 	P50, P90, P99, Max time.Duration
+	// MinUpstreams is the fewest instances the proxy routed to during the
+	// rollout (its rendered upstreams, sampled every 50 ms).
+	MinUpstreams int
 }
 
 func summarize(rs []result) Result {

@@ -23,6 +23,7 @@ type Setup struct {
 	Service *Service
 	Proxy   *Proxy
 	fleet   fleetroll.Fleet
+	also    []string
 }
 
 // Start builds confd (into the cluster's bin directory), launches
@@ -48,6 +49,9 @@ func Start(ctx context.Context, cl *cluster.Cluster, ports []string, o LaunchOpt
 	return s, nil
 }
 
+// Also adds units for Close to remove (those a rollout launched).
+func (s *Setup) Also(units ...string) { s.also = append(s.also, units...) }
+
 // Close stops the proxy and removes the units.
 func (s *Setup) Close() {
 	if s.Proxy != nil {
@@ -56,6 +60,7 @@ func (s *Setup) Close() {
 	if s.Service != nil {
 		s.Service.Destroy(s.Cluster)
 	}
+	s.Cluster.Destroy(s.also...)
 }
 
 // steady waits until every instance is in the proxy's upstreams.
@@ -69,13 +74,13 @@ func (s *Setup) steady(ctx context.Context) error {
 // gate, once every instance is in the proxy; it returns fleetroll's report.
 // fleetroll runs in the hub namespace: its health gate reaches the
 // machines' addresses there, as an operator's host would.
-func (s *Setup) Fleetroll(ctx context.Context, binary string, lo LoadOptions, min int) (Result, time.Duration, *fleetroll.Report, error) {
+func (s *Setup) Fleetroll(ctx context.Context, binary string, lo LoadOptions, min int, extra ...string) (Result, time.Duration, *fleetroll.Report, error) {
 	if err := s.steady(ctx); err != nil {
 		return Result{}, 0, nil, err
 	}
 	var stdout, stderr bytes.Buffer
-	res, took, err := measure(ctx, s.Proxy.Socket, lo, min, func(ctx context.Context) error {
-		cmd := s.Cluster.Hub(ctx, binary, fleetrollArgs(s.Cluster, s.Service.Ports)...)
+	res, took, err := measure(ctx, s.Proxy, lo, min, func(ctx context.Context) error {
+		cmd := s.Cluster.Hub(ctx, binary, append(fleetrollArgs(s.Cluster, s.Service.Ports), extra...)...)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
 		var ee *exec.ExitError
@@ -99,7 +104,7 @@ func (s *Setup) Naive(ctx context.Context, lo LoadOptions, min int) (Result, tim
 	if err := s.steady(ctx); err != nil {
 		return Result{}, 0, err
 	}
-	return measure(ctx, s.Proxy.Socket, lo, min, func(ctx context.Context) error {
+	return measure(ctx, s.Proxy, lo, min, func(ctx context.Context) error {
 		return naive.Roll(ctx, s.fleet, s.Service.Units, time.Second)
 	})
 }
@@ -107,13 +112,31 @@ func (s *Setup) Naive(ctx context.Context, lo LoadOptions, min int) (Result, tim
 // measure starts the load, runs roll, and stops the load once roll has
 // ended and at least min requests were sent, so that the whole rollout
 // happens under load.
-func measure(ctx context.Context, socket string, lo LoadOptions, min int, roll func(context.Context) error) (Result, time.Duration, error) {
-	load := StartLoad(ctx, socket, lo)
+func measure(ctx context.Context, proxy *Proxy, lo LoadOptions, atLeast int, roll func(context.Context) error) (Result, time.Duration, error) {
+	load := StartLoad(ctx, proxy.Socket, lo)
+	sctx, stopSampling := context.WithCancel(ctx)
+	fewest := make(chan int, 1)
+	go func() {
+		n := proxy.Count()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				fewest <- n
+				return
+			case <-tick.C:
+				n = min(n, proxy.Count())
+			}
+		}
+	}()
 	t0 := time.Now()
 	rollErr := roll(ctx)
 	took := time.Since(t0)
-	waitErr := load.WaitSent(ctx, min)
+	stopSampling()
+	waitErr := load.WaitSent(ctx, atLeast)
 	res := load.Stop()
+	res.MinUpstreams = <-fewest
 	if rollErr != nil {
 		return res, took, rollErr
 	}

@@ -31,6 +31,9 @@ type LaunchOptions struct {
 	// SidekickInterval and SidekickTTL: how often the sidekick announces,
 	// and the announcement's TTL.
 	SidekickInterval, SidekickTTL time.Duration
+	// Shared lets several instances share a machine (no Conflicts=): more
+	// instances than machines, or blue-green's new ones beside the old.
+	Shared bool
 }
 
 // Launch submits my-service@PORT (the demo unit, never two on one machine)
@@ -41,7 +44,9 @@ func Launch(ctx context.Context, cl *cluster.Cluster, ports []string, o LaunchOp
 	if err != nil {
 		return nil, err
 	}
-	demo = append(demo, &schema.UnitOption{Section: "X-Fleet", Name: "Conflicts", Value: "my-service@*.service"})
+	if !o.Shared {
+		demo = append(demo, &schema.UnitOption{Section: "X-Fleet", Name: "Conflicts", Value: "my-service@*.service"})
+	}
 	side, err := cluster.LoadTemplate(filepath.Join(cl.Repo, "units", "my-service-sidekick@.service"),
 		"ETCD="+cl.EtcdURL, "CHECK_URL=http://127.0.0.1:%i/healthz",
 		fmt.Sprintf("INTERVAL=%g", o.SidekickInterval.Seconds()), fmt.Sprintf("TTL=%g", o.SidekickTTL.Seconds()))
@@ -146,12 +151,15 @@ func (p *Proxy) Upstreams() string {
 	return string(b)
 }
 
+// Count is the number of instances in the upstreams.
+func (p *Proxy) Count() int { return strings.Count(p.Upstreams(), "max_fails") }
+
 // WaitUpstreams waits until n instances are in the rendered upstreams.
 func (p *Proxy) WaitUpstreams(ctx context.Context, n int) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if strings.Count(p.Upstreams(), "max_fails") == n {
+		if p.Count() == n {
 			return nil
 		}
 		select {
