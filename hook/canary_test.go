@@ -132,7 +132,9 @@ services:
 	}
 	env := newTestEnv(t, func(o *Options) { o.Etcd, o.Owner, o.Config = kapi, "receiver", cfg })
 	for _, u := range testUnits[:3] {
-		env.fleet.Update(u, func(u *fakefleet.Unit) { u.Options = []fakefleet.Option{{Section: "Service", Name: "ExecStart", Value: "/bin/demo %i"}} })
+		env.fleet.Update(u, func(u *fakefleet.Unit) {
+			u.Options = []fakefleet.Option{{Section: "Service", Name: "ExecStart", Value: "/bin/demo %i"}}
+		})
 	}
 	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
 	for _, want := range [][]string{{"8911", "8912", "8913"}, {"8901", "8902", "8903"}} {

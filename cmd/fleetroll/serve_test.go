@@ -228,9 +228,11 @@ func TestFlagsAndConfigGiveTheSamePolicy(t *testing.T) {
 	app := newApp(&bytes.Buffer{}, &bytes.Buffer{})
 	for _, cmd := range app.Commands {
 		if cmd.Name == "restart" {
-			cmd.Action = func(c *cli.Context) error { p, err := policyFrom(c)
+			cmd.Action = func(c *cli.Context) error {
+				p, err := policyFrom(c)
 				fromFlags = p.WithDefaults("my-service")
-				return err }
+				return err
+			}
 		}
 	}
 	if err := app.Run([]string{"fleetroll", "restart", "--drain", "--health-path", "/healthz", "--lock", "wait", "my-service"}); err != nil {
