@@ -145,3 +145,25 @@ func TestBlueGreenRefusesBeforeTouchingAnything(t *testing.T) {
 func bgPlan() *Plan {
 	return &Plan{Service: "s", Units: []PlannedUnit{{Name: "s@1.service"}, {Name: "s@2.service"}}}
 }
+
+// A blue-green deploy that fails before the switch writes the previous
+// release back (the old instances run it); one that succeeds keeps the new.
+func TestBlueGreenDeploy(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		v1, v2 := rel(1), rel(2)
+		rels := &memReleases{current: &v1}
+		f := bgFleet()
+		f.OnCreate(func(name string, u *fakefleet.Unit) { u.FailStart = fail && name == "s@4.service" })
+		r, _, _ := newTestRoller(t, f, Options{Hooks: Hooks{BlueGreen: &BlueGreen{Spare: []string{"3", "4"}}}})
+		rep, err := r.Deploy(t.Context(), bgPlan(), Deploy{To: v2, Releases: rels, NoPull: true})
+		if fail {
+			if err == nil || rels.image() != v1.Image || !strings.Contains(rep.Error, "kept serving") {
+				t.Fatalf("failed blue-green deploy: %v, release %s, %+v", err, rels.image(), rep)
+			}
+			continue
+		}
+		if err != nil || rels.image() != v2.Image || rep.Units[2].ImageDigest != v2.Digest() {
+			t.Fatalf("blue-green deploy: %v, release %s, %+v", err, rels.image(), rep)
+		}
+	}
+}

@@ -106,6 +106,9 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	moved, rollErr := r.Roll(ctx, plan)
 	moved.Release, moved.Pull = rep.Release, rep.Pull
 	moved.Started = rep.Started
+	if r.opt.Hooks.BlueGreen != nil {
+		return r.blueGreenFailed(ctx, moved, rollErr, prev, to, d, note)
+	}
 	// Rolled back: a unit that failed to start or failed its gate, with
 	// --on-failure rollback, or canaries aborted (whatever on_failure says:
 	// an abort asks for it).
@@ -212,4 +215,30 @@ func untouchedUnits(plan *Plan) []UnitReport {
 		out = append(out, UnitReport{Unit: u.Name, Outcome: OutcomeUntouched})
 	}
 	return out
+}
+
+// blueGreenFailed ends a blue-green deploy. When it failed before the new
+// instances took over, the old ones still serve the previous release: it is
+// written back as the service's release, so that they start on it again.
+func (r *Roller) blueGreenFailed(ctx context.Context, moved *Report, rollErr error, prev *Release, to Release, d Deploy,
+	note func(string, ...any)) (*Report, error) {
+	if rollErr == nil || prev == nil {
+		return moved, rollErr
+	}
+	for _, u := range moved.Units {
+		if u.Outcome == OutcomeLaunched {
+			return moved, rollErr // the new instances serve the new release
+		}
+	}
+	back := *prev
+	back.Rollout, back.Created = r.opt.RolloutID, r.opt.Clock.Now()
+	back.Trigger = Trigger{Source: TriggerRollback}
+	if err := d.Releases.Set(context.WithoutCancel(ctx), moved.Service, back, &to); err != nil {
+		err = fmt.Errorf("%w; %s could not be written back as the release: %w", rollErr, prev.Image, err)
+		moved.Error = err.Error()
+		return moved, err
+	}
+	note("blue-green of %s failed: the old instances kept serving %s, the release again", to.Image, prev.Image)
+	moved.Error = fmt.Sprintf("%s; the old instances kept serving %s, the release again", moved.Error, prev.Image)
+	return moved, rollErr
 }
