@@ -3,7 +3,9 @@
 // the most instances down at once (systemd asked every 50 ms, not the
 // report: systemd forgets a stopped unit's timestamps when it unloads it),
 // the fleet API calls per unit and the result, next to ceil(N/b) times the
-// one-unit time of the same run.
+// one-unit time of the same run. With -blue-green, the largest N is then
+// replaced blue-green (new units on spare ports, then the old ones go);
+// "down" there is how many of N fewer than N instances ran at once.
 package main
 
 import (
@@ -41,8 +43,9 @@ func ints(s string) ([]int, error) {
 }
 
 // sample asks systemd for the units' states every 50 ms until the returned
-// function is called, which returns the most units seen down at once.
-func sample(ctx context.Context, cl *cluster.Cluster, units []string) func() int {
+// function is called, which returns the most instances seen down at once:
+// how many fewer than want of the units ran.
+func sample(ctx context.Context, cl *cluster.Cluster, units []string, want int) func() int {
 	sctx, cancel := context.WithCancel(ctx)
 	most := make(chan int, 1)
 	go func() {
@@ -51,13 +54,13 @@ func sample(ctx context.Context, cl *cluster.Cluster, units []string) func() int
 		defer tick.Stop()
 		for {
 			if st, err := cl.Systemd(sctx, units...); err == nil {
-				down := 0
+				up := 0
 				for _, s := range st {
-					if !s.Up() {
-						down++
+					if s.Up() {
+						up++
 					}
 				}
-				m = max(m, down)
+				m = max(m, want-up)
 			}
 			select {
 			case <-sctx.Done():
@@ -79,6 +82,7 @@ func run() error {
 	batchesFlag := flag.String("batches", "1,10", "--max-unavailable values")
 	machines := flag.Int("machines", 1, "fleet machines (more than 1: a cluster of its own under /tmp/fleetroll-bench-batch3)")
 	watch := flag.Bool("watch", false, "wake waits on fleet's state writes (etcd watches, --watch)")
+	blueGreen := flag.Bool("blue-green", false, "then replace the largest N blue-green")
 	flag.Parse()
 	sizes, err := ints(*sizesFlag)
 	if err != nil {
@@ -111,11 +115,17 @@ func run() error {
 	for i := range maxN {
 		ports = append(ports, strconv.Itoa(19921+i))
 	}
+	var spare, spareUnits []string
+	for i := range maxN {
+		spare = append(spare, strconv.Itoa(19921+maxN+i))
+		spareUnits = append(spareUnits, fleetroll.UnitName("bench-batch", spare[i]))
+	}
+	defer cl.Destroy(spareUnits...)
 	units, err := cl.LaunchDemo(ctx, "bench-batch", ports...)
+	defer cl.Destroy(units...)
 	if err != nil {
 		return err
 	}
-	defer cl.Destroy(units...)
 
 	fmt.Printf("rolls in batches on %d machine(s), grace 0, watches %v\n", *machines, *watch)
 	fmt.Printf("%6s %4s %10s %14s %12s %16s %10s\n", "N", "b", "wall", "ceil(N/b)*t1", "most down", "API calls/unit", "result")
@@ -135,7 +145,7 @@ func run() error {
 				return err
 			}
 			counted.Reset()
-			most := sample(ctx, cl, units[:n])
+			most := sample(ctx, cl, units[:n], n)
 			t0 := time.Now()
 			rep, rollErr := r.Roll(ctx, plan)
 			wall := time.Since(t0)
@@ -157,6 +167,31 @@ func run() error {
 			fmt.Printf("%6d %4d %10s %14s %12d %16.1f %10s\n", n, b, wall.Round(100*time.Millisecond), ideal,
 				mostDown, float64(reads+writes)/float64(n), result)
 		}
+	}
+	if *blueGreen {
+		plan, err := fleetroll.MakePlan(ctx, counted, fleetroll.Target{Service: "bench-batch", Instances: ports})
+		if err != nil {
+			return err
+		}
+		r, err := fleetroll.NewRoller(counted, fleetroll.Options{Hooks: fleetroll.Hooks{BlueGreen: &fleetroll.BlueGreen{Spare: spare}}})
+		if err != nil {
+			return err
+		}
+		counted.Reset()
+		most := sample(ctx, cl, append(append([]string(nil), units...), spareUnits...), maxN)
+		t0 := time.Now()
+		rep, rollErr := r.Roll(ctx, plan)
+		wall := time.Since(t0)
+		reads, writes := counted.Reset()
+		mostDown := most()
+		result := "ok"
+		if rollErr != nil {
+			result = "failed: " + rollErr.Error()
+		} else if rep.Status != fleetroll.StatusSucceeded {
+			result = string(rep.Status)
+		}
+		fmt.Printf("%6d %4s %10s %14s %12d %16.1f %10s\n", maxN, "b-g", wall.Round(100*time.Millisecond), "-",
+			mostDown, float64(reads+writes)/float64(maxN), result)
 	}
 	return nil
 }
