@@ -53,7 +53,7 @@ func sample(ctx context.Context, cl *cluster.Cluster, units []string, want int) 
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if st, err := cl.Systemd(sctx, units...); err == nil {
+			if st, err := cl.SystemdAll(sctx, units...); err == nil {
 				up := 0
 				for _, s := range st {
 					if s.Up() {
@@ -132,66 +132,73 @@ func run() error {
 	for _, n := range sizes {
 		var one time.Duration
 		for _, b := range batches {
-			plan, err := fleetroll.MakePlan(ctx, counted, fleetroll.Target{Service: "bench-batch", Instances: ports[:n]})
-			if err != nil {
-				return err
-			}
 			o := fleetroll.Options{Grace: 0, MaxUnavailable: fleetroll.Unavailable{N: b}}
 			if *watch {
 				o.Hooks.Wake = coord.FleetStates{KAPI: kapi}
 			}
-			r, err := fleetroll.NewRoller(counted, o)
+			m, err := measure(ctx, cl, counted, ports[:n], o, units[:n])
 			if err != nil {
 				return err
 			}
-			counted.Reset()
-			most := sample(ctx, cl, units[:n], n)
-			t0 := time.Now()
-			rep, rollErr := r.Roll(ctx, plan)
-			wall := time.Since(t0)
-			reads, writes := counted.Reset()
-			mostDown := most()
-			result := "ok"
-			if rollErr != nil {
-				result = "failed: " + rollErr.Error()
-			} else if rep.Restarted() != n {
-				result = fmt.Sprintf("%d/%d restarted", rep.Restarted(), n)
-			}
 			if b == 1 {
-				one = wall / time.Duration(n)
+				one = m.wall / time.Duration(n)
 			}
 			ideal := "-"
 			if one > 0 {
 				ideal = (time.Duration((n+b-1)/b) * one).Round(100 * time.Millisecond).String()
 			}
-			fmt.Printf("%6d %4d %10s %14s %12d %16.1f %10s\n", n, b, wall.Round(100*time.Millisecond), ideal,
-				mostDown, float64(reads+writes)/float64(n), result)
+			m.print(strconv.Itoa(b), ideal)
 		}
 	}
 	if *blueGreen {
-		plan, err := fleetroll.MakePlan(ctx, counted, fleetroll.Target{Service: "bench-batch", Instances: ports})
+		o := fleetroll.Options{Hooks: fleetroll.Hooks{BlueGreen: &fleetroll.BlueGreen{Spare: spare}}}
+		m, err := measure(ctx, cl, counted, ports, o, append(append([]string(nil), units...), spareUnits...))
 		if err != nil {
 			return err
 		}
-		r, err := fleetroll.NewRoller(counted, fleetroll.Options{Hooks: fleetroll.Hooks{BlueGreen: &fleetroll.BlueGreen{Spare: spare}}})
-		if err != nil {
-			return err
-		}
-		counted.Reset()
-		most := sample(ctx, cl, append(append([]string(nil), units...), spareUnits...), maxN)
-		t0 := time.Now()
-		rep, rollErr := r.Roll(ctx, plan)
-		wall := time.Since(t0)
-		reads, writes := counted.Reset()
-		mostDown := most()
-		result := "ok"
-		if rollErr != nil {
-			result = "failed: " + rollErr.Error()
-		} else if rep.Status != fleetroll.StatusSucceeded {
-			result = string(rep.Status)
-		}
-		fmt.Printf("%6d %4s %10s %14s %12d %16.1f %10s\n", maxN, "b-g", wall.Round(100*time.Millisecond), "-",
-			mostDown, float64(reads+writes)/float64(maxN), result)
+		m.print("b-g", "-")
 	}
 	return nil
+}
+
+// row is one measured roll.
+type row struct {
+	n        int
+	wall     time.Duration
+	mostDown int
+	calls    int
+	result   string
+}
+
+func (m row) print(b, ideal string) {
+	fmt.Printf("%6d %4s %10s %14s %12d %16.1f %10s\n", m.n, b, m.wall.Round(100*time.Millisecond), ideal,
+		m.mostDown, float64(m.calls)/float64(m.n), m.result)
+}
+
+// measure rolls the instances with o, counting fleet API calls and
+// sampling systemd over watched (the instances, and blue-green's new ones).
+func measure(ctx context.Context, cl *cluster.Cluster, counted *fleetcount.Fleet, instances []string, o fleetroll.Options, watched []string) (row, error) {
+	n := len(instances)
+	plan, err := fleetroll.MakePlan(ctx, counted, fleetroll.Target{Service: "bench-batch", Instances: instances})
+	if err != nil {
+		return row{}, err
+	}
+	r, err := fleetroll.NewRoller(counted, o)
+	if err != nil {
+		return row{}, err
+	}
+	counted.Reset()
+	most := sample(ctx, cl, watched, n)
+	t0 := time.Now()
+	rep, rollErr := r.Roll(ctx, plan)
+	m := row{n: n, wall: time.Since(t0), result: "ok"}
+	reads, writes := counted.Reset()
+	m.calls, m.mostDown = reads+writes, most()
+	switch {
+	case rollErr != nil:
+		m.result = "failed: " + rollErr.Error()
+	case rep.Status != fleetroll.StatusSucceeded:
+		m.result = string(rep.Status)
+	}
+	return m, nil
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -78,4 +79,42 @@ func Ping(ctx context.Context, kapi client.KeysAPI) error {
 func isCode(err error, code int) bool {
 	var e client.Error
 	return errors.As(err, &e) && e.Code == code
+}
+
+// getJSON reads a JSON document from a key, with its etcd modified index;
+// nil when the key does not exist. Errors name what (the intent of
+// my-service).
+func getJSON[T any](ctx context.Context, kapi client.KeysAPI, key, what string) (*T, uint64, error) {
+	resp, err := kapi.Get(ctx, key, nil)
+	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	var v T
+	if err := json.Unmarshal([]byte(resp.Node.Value), &v); err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	return &v, resp.Node.ModifiedIndex, nil
+}
+
+// putJSON writes v to a key as JSON (opts: a compare-and-swap, say).
+func putJSON(ctx context.Context, kapi client.KeysAPI, key, what string, v any, opts *client.SetOptions) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := kapi.Set(ctx, key, string(b), opts); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// deleteKey removes a key; one that is gone already is not an error.
+func deleteKey(ctx context.Context, kapi client.KeysAPI, key, what string) error {
+	if _, err := kapi.Delete(ctx, key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package coord
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
@@ -53,18 +52,8 @@ func (i Intents) Get(ctx context.Context, service string) (*Intent, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := i.KAPI.Get(ctx, key, nil)
-	if isCode(err, client.ErrorCodeKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("intent of %s: %w", service, err)
-	}
-	var in Intent
-	if err := json.Unmarshal([]byte(resp.Node.Value), &in); err != nil {
-		return nil, fmt.Errorf("intent of %s: %w", service, err)
-	}
-	return &in, nil
+	in, _, err := getJSON[Intent](ctx, i.KAPI, key, "intent of "+service)
+	return in, err
 }
 
 // Put writes the service's intent; with no unit in flight it deletes it.
@@ -76,14 +65,7 @@ func (i Intents) Put(ctx context.Context, service string, in Intent) error {
 	if len(in.Units) == 0 {
 		return i.Delete(ctx, service)
 	}
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	if _, err := i.KAPI.Set(ctx, key, string(b), nil); err != nil {
-		return fmt.Errorf("intent of %s: %w", service, err)
-	}
-	return nil
+	return putJSON(ctx, i.KAPI, key, "intent of "+service, in, nil)
 }
 
 // Delete removes the service's intent.
@@ -92,10 +74,7 @@ func (i Intents) Delete(ctx context.Context, service string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := i.KAPI.Delete(ctx, key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
-		return fmt.Errorf("intent of %s: %w", service, err)
-	}
-	return nil
+	return deleteKey(ctx, i.KAPI, key, "intent of "+service)
 }
 
 // recorder keeps one rollout's intent in etcd as its units move.

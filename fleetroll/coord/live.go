@@ -2,7 +2,6 @@ package coord
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -43,18 +42,8 @@ func (l Lives) Get(ctx context.Context, service string) (*LiveSets, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := l.KAPI.Get(ctx, key, nil)
-	if isCode(err, client.ErrorCodeKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("live ports of %s: %w", service, err)
-	}
-	var s LiveSets
-	if err := json.Unmarshal([]byte(resp.Node.Value), &s); err != nil {
-		return nil, fmt.Errorf("live ports of %s: %w", service, err)
-	}
-	return &s, nil
+	s, _, err := getJSON[LiveSets](ctx, l.KAPI, key, "live ports of "+service)
+	return s, err
 }
 
 // Put records the service's live sets.
@@ -63,14 +52,7 @@ func (l Lives) Put(ctx context.Context, service string, s LiveSets) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	if _, err := l.KAPI.Set(ctx, key, string(b), nil); err != nil {
-		return fmt.Errorf("live ports of %s: %w", service, err)
-	}
-	return nil
+	return putJSON(ctx, l.KAPI, key, "live ports of "+service, s, nil)
 }
 
 // Resolve says which instances serve now and which the next blue-green

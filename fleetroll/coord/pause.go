@@ -2,7 +2,6 @@ package coord
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -50,14 +49,7 @@ func (p Pauses) Open(ctx context.Context, ps Pause) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(ps)
-	if err != nil {
-		return err
-	}
-	if _, err := p.KAPI.Set(ctx, key, string(b), nil); err != nil {
-		return fmt.Errorf("pause of rollout %s: %w", ps.Rollout, err)
-	}
-	return nil
+	return putJSON(ctx, p.KAPI, key, "pause of rollout "+ps.Rollout, ps, nil)
 }
 
 // Close removes the pause (its rollout goes on or ends).
@@ -66,10 +58,7 @@ func (p Pauses) Close(ctx context.Context, rollout string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := p.KAPI.Delete(ctx, key, nil); err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
-		return fmt.Errorf("pause of rollout %s: %w", rollout, err)
-	}
-	return nil
+	return deleteKey(ctx, p.KAPI, key, "pause of rollout "+rollout)
 }
 
 // get reads a pause and its etcd index; ErrNotPaused when there is none.
@@ -78,18 +67,11 @@ func (p Pauses) get(ctx context.Context, rollout string) (*Pause, uint64, error)
 	if err != nil {
 		return nil, 0, err
 	}
-	resp, err := p.KAPI.Get(ctx, key, nil)
-	if isCode(err, client.ErrorCodeKeyNotFound) {
+	ps, index, err := getJSON[Pause](ctx, p.KAPI, key, "pause of rollout "+rollout)
+	if err == nil && ps == nil {
 		return nil, 0, fmt.Errorf("rollout %s: %w", rollout, ErrNotPaused)
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("pause of rollout %s: %w", rollout, err)
-	}
-	var ps Pause
-	if err := json.Unmarshal([]byte(resp.Node.Value), &ps); err != nil {
-		return nil, 0, fmt.Errorf("pause of rollout %s: %w", rollout, err)
-	}
-	return &ps, resp.Node.ModifiedIndex, nil
+	return ps, index, err
 }
 
 // Decide takes a decision on a paused rollout (compare-and-swap: one
@@ -103,16 +85,12 @@ func (p Pauses) Decide(ctx context.Context, rollout string, d fleetroll.Decision
 		return ps, fmt.Errorf("rollout %s: %w (%s by %s)", rollout, ErrDecided, ps.Decision.Kind, ps.Decision.By)
 	}
 	ps.Decision = &d
-	b, err := json.Marshal(ps)
-	if err != nil {
-		return nil, err
-	}
 	key, _ := pauseKey(rollout)
-	if _, err := p.KAPI.Set(ctx, key, string(b), &client.SetOptions{PrevIndex: index}); err != nil {
+	if err := putJSON(ctx, p.KAPI, key, "decide rollout "+rollout, ps, &client.SetOptions{PrevIndex: index}); err != nil {
 		if isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
 			return nil, fmt.Errorf("rollout %s: the pause changed meanwhile, try again: %w", rollout, err)
 		}
-		return nil, fmt.Errorf("decide rollout %s: %w", rollout, err)
+		return nil, err
 	}
 	return ps, nil
 }
