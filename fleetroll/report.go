@@ -283,6 +283,21 @@ func (r *Report) Clone() Report {
 }
 
 // Restarted counts the units restarted.
+// Done says how many of the rollout's instances are done and how many it
+// has: restarted of the units, or for blue-green, new units launched of
+// the instances (the record lists the old units, then the new).
+func (r *Report) Done() (done, of int) {
+	if r.Strategy != StrategyBlueGreen {
+		return r.Restarted(), len(r.Units)
+	}
+	for _, u := range r.Units {
+		if u.Outcome == OutcomeLaunched {
+			done++
+		}
+	}
+	return done, len(r.Units) / 2
+}
+
 func (r *Report) Restarted() int {
 	n := 0
 	for _, u := range r.Units {

@@ -366,6 +366,9 @@ func (s *Server) report(j Job) {
 func Outcome(r fleetroll.Report) string {
 	switch r.Status {
 	case fleetroll.StatusSucceeded:
+		if done, _ := r.Done(); r.Strategy == fleetroll.StrategyBlueGreen {
+			return fmt.Sprintf("%s: %d new unit(s) serve, blue-green", r.Service, done)
+		}
 		return fmt.Sprintf("%s: %d unit(s) restarted", r.Service, r.Restarted())
 	case fleetroll.StatusFailed, fleetroll.StatusInterrupted:
 		for _, u := range r.Units {

@@ -104,7 +104,8 @@ func statusAction(c *cli.Context) error {
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSERVICE\tSTATUS\tUNITS\tSTARTED\tTOOK\tTRIGGER\tERROR")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", r.ID, r.Service, r.Status, r.Restarted(), len(r.Units),
+		done, of := r.Done()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", r.ID, r.Service, r.Status, done, of,
 			r.Started.Local().Format(time.DateTime), r.Finished.Sub(r.Started).Round(time.Second), r.Trigger, r.Error)
 	}
 	return tw.Flush()
