@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // pausedID reads fleetroll's lines until it says it paused, and returns the
@@ -82,6 +84,54 @@ func TestCanaryWaitAbortsOnAnIllCanary(t *testing.T) {
 	for i := 1; i < 3; i++ {
 		if after[i].MainPID != before[i].MainPID {
 			t.Errorf("%s touched after the abort", units[i])
+		}
+	}
+}
+
+// serve with --canary 1: a manual trigger pauses after the first instance,
+// POST /rollouts/{id}/promote rolls the others.
+func TestCanaryPromotedThroughServesAPI(t *testing.T) {
+	needCluster(t)
+	ports := []string{"19141", "19142", "19143"}
+	units := launchDemo(t, "e2e-canapi", ports...)
+	before := systemd(t, units...)
+	base := startServe(t, append(secretArgs(t), "--service", "e2e-canapi", "--ports", strings.Join(ports, ","), "--grace", "0s",
+		"--canary", "1", "--etcd-endpoints", cl.EtcdURL)...)
+	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}
+	code, ans := post(t, base+"/rollouts", []byte(`{"service":"e2e-canapi"}`), auth)
+	if code != 202 {
+		t.Fatalf("trigger: %d %v", code, ans)
+	}
+	id := ans["id"].(string)
+	eventually(t, 2*time.Minute, "the rollout paused", func() error {
+		var ro map[string]any
+		if err := getJSON(base+"/rollouts/"+id, map[string]string{"Authorization": "Bearer " + serveToken}, &ro); err != nil {
+			return err
+		}
+		if ro["status"] != "paused" {
+			return fmt.Errorf("status %v", ro["status"])
+		}
+		return nil
+	})
+	during := systemd(t, units...)
+	if during[0].MainPID == before[0].MainPID || during[1].MainPID != before[1].MainPID || during[2].MainPID != before[2].MainPID {
+		t.Fatalf("at the pause: %+v -> %+v", before, during)
+	}
+	if code, ans := post(t, base+"/rollouts/"+id+"/promote", nil, map[string]string{"Authorization": "Bearer " + serveHubToken}); code != 401 {
+		t.Fatalf("promote with the Docker Hub token: %d %v", code, ans)
+	}
+	if code, ans := post(t, base+"/rollouts/"+id+"/promote", nil, auth); code != 200 || ans["decision"] != "promote" {
+		t.Fatalf("promote: %d %v", code, ans)
+	}
+	ro := waitStatus(t, base, id)
+	canary, _ := ro["canary"].(map[string]any)
+	if ro["status"] != "succeeded" || canary == nil || !strings.HasPrefix(canary["by"].(string), "api, request ") {
+		t.Fatalf("rollout: %v", ro)
+	}
+	after := systemd(t, units...)
+	for i, u := range units {
+		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
+			t.Errorf("%s not restarted: %+v -> %+v", u, before[i], after[i])
 		}
 	}
 }

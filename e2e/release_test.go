@@ -328,6 +328,29 @@ func TestReleases(t *testing.T) {
 		t.Fatalf("%d instances down at once (systemd), %d (HTTP)", obs.maxDown, obs.maxHTTPDown)
 	}
 
+	// 3b. A canary that falls ill during its wait: the deploy pauses after
+	// the first instance, checks it when the wait ends, finds it failing
+	// its health check, and rolls it back to the release before.
+	illRef := derive(t, image, "v3", "ill", func(img v1Image) (v1Image, error) {
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, err
+		}
+		cfg := cf.Config
+		cfg.Entrypoint = append(append([]string{}, cfg.Entrypoint...), "-fail-health-after", "6s")
+		return mutate.Config(img, cfg)
+	})
+	rep, out = cli(3, "deploy", "my-service", "--image", illRef, "--canary", "1", "--canary-wait", "10s", "--health-path", "/healthz",
+		"--health-timeout", "4s", "--health-interval", "200ms", "--health-successes", "1")
+	if rep.Status != fr.StatusRolledBack || rep.Canary == nil || rep.Canary.Kind != fr.DecisionAbort || rep.Canary.By != "canary wait" ||
+		!strings.Contains(rep.Canary.Reason, "is not healthy") {
+		t.Fatalf("ill canary: %s", out)
+	}
+	if rep.Units[0].Outcome != fr.OutcomeRolledBack || rep.Units[0].ImageDigest != digest["v3"] || rep.Units[1].Outcome != fr.OutcomeUntouched {
+		t.Fatalf("units after the ill canary: %+v", rep.Units)
+	}
+	onRelease("v3")
+
 	// 4. A broken push: a layer the registry has lost. The pull fails on
 	// the machine; no instance is touched and the pull units are gone.
 	var lost string

@@ -141,7 +141,7 @@ func waitStatus(t *testing.T, base, id string) map[string]any {
 		_ = json.NewDecoder(resp.Body).Decode(&ro)
 		resp.Body.Close()
 		switch ro["status"] {
-		case "succeeded", "failed", "interrupted", "cancelled", "superseded":
+		case "succeeded", "failed", "interrupted", "cancelled", "superseded", "aborted", "rolled_back":
 			return ro
 		}
 		if time.Now().After(deadline) {

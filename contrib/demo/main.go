@@ -38,6 +38,7 @@ func run() error {
 	drain := flag.Duration("shutdown-timeout", 10*time.Second, "how long requests in flight may take after SIGTERM; 0: exit at once, cutting them (as many services do)")
 	warmup := flag.Duration("warmup", 0, "answer 503 for this long after the start, as a service that is up but not ready")
 	failHealth := flag.Bool("fail-health", false, "answer 500 on /healthz: a release that runs but is broken (tests of the health gate and rollback)")
+	failHealthAfter := flag.Duration("fail-health-after", 0, "answer 500 on /healthz from this long after the start: a release that falls ill once running (tests of the canary wait)")
 	failHealthFile := flag.String("fail-health-file", "", "answer 500 on /healthz while this file exists: an instance that falls ill after its start (tests of the canary wait)")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
@@ -93,6 +94,10 @@ func run() error {
 		}
 		if *failHealth {
 			http.Error(w, "broken on purpose (-fail-health)", http.StatusInternalServerError)
+			return
+		}
+		if *failHealthAfter > 0 && time.Since(started) >= *failHealthAfter {
+			http.Error(w, "ill on purpose (-fail-health-after)", http.StatusInternalServerError)
 			return
 		}
 		if *failHealthFile != "" {
