@@ -128,7 +128,7 @@ func run() error {
 	}
 
 	fmt.Printf("rolls in batches on %d machine(s), grace 0, watches %v\n", *machines, *watch)
-	fmt.Printf("%6s %4s %10s %14s %12s %16s %10s\n", "N", "b", "wall", "ceil(N/b)*t1", "most down", "API calls/unit", "result")
+	fmt.Printf("%6s %4s %10s %14s %12s %16s %12s %10s\n", "N", "b", "wall", "ceil(N/b)*t1", "most down", "API calls/unit", "API calls/s", "result")
 	for _, n := range sizes {
 		var one time.Duration
 		for _, b := range batches {
@@ -171,8 +171,8 @@ type row struct {
 }
 
 func (m row) print(b, ideal string) {
-	fmt.Printf("%6d %4s %10s %14s %12d %16.1f %10s\n", m.n, b, m.wall.Round(100*time.Millisecond), ideal,
-		m.mostDown, float64(m.calls)/float64(m.n), m.result)
+	fmt.Printf("%6d %4s %10s %14s %12d %16.1f %12.1f %10s\n", m.n, b, m.wall.Round(100*time.Millisecond), ideal,
+		m.mostDown, float64(m.calls)/float64(m.n), float64(m.calls)/m.wall.Seconds(), m.result)
 }
 
 // measure rolls the instances with o, counting fleet API calls and
