@@ -159,11 +159,7 @@ func deployAction(c *cli.Context, verb, image string,
 		return err
 	}
 	ctx, errw := c.Context, c.App.ErrWriter
-	plan, err := makePlan(ctx, fleet, o)
-	if err != nil {
-		return err
-	}
-	safety, err := safetyFrom(c, fleet, "fleetroll "+verb+" "+plan.Service, true)
+	plan, safety, err := planFor(c, fleet, o, verb, true)
 	if err != nil {
 		return err
 	}
@@ -189,6 +185,9 @@ func deployAction(c *cli.Context, verb, image string,
 		return &exitError{exitFailed, fmt.Errorf("%s %s: %w", verb, plan.Service, err)}
 	}
 	defer unlock()
+	if plan, err = replan(ctx, fleet, o, hooks, plan); err != nil {
+		return err
+	}
 	to, err := choose(ctx, store, plan.Service)
 	if err != nil {
 		return err
@@ -199,7 +198,7 @@ func deployAction(c *cli.Context, verb, image string,
 	if err != nil {
 		return usageErr("%s: %w", verb, err)
 	}
-	fmt.Fprintf(errw, "rollout %s: deploying %s to %d unit(s) of %s one at a time\n", roller.RolloutID(), to.Image, len(plan.Units), plan.Service)
+	fmt.Fprintf(errw, "rollout %s: deploying %s to %d unit(s) of %s\n", roller.RolloutID(), to.Image, len(plan.Units), plan.Service)
 	rep, rollErr := roller.Deploy(ctx, plan, fleetroll.Deploy{
 		To: to, Releases: store, OnFailure: policy.OnFailure, NoPull: c.Bool("no-pre-pull"),
 		Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(safety.KAPI)},

@@ -180,21 +180,7 @@ func restartAction(c *cli.Context) error {
 	ctx := c.Context
 	out, errw := c.App.Writer, c.App.ErrWriter
 
-	safety, err := safetyFrom(c, fleet, "fleetroll restart "+o.target.Service, false)
-	if err != nil {
-		return err
-	}
-	configured := o.target.Instances
-	if p := safety.Policy; p.Strategy == fleetroll.StrategyBlueGreen {
-		// The instances that serve now: the port sets swap at each
-		// blue-green rollout.
-		live, _, err := coord.Lives{KAPI: safety.KAPI}.Resolve(ctx, o.target.Service, o.target.Instances, p.SparePorts)
-		if err != nil {
-			return &exitError{exitFailed, fmt.Errorf("restart %s: %w", o.target.Service, err)}
-		}
-		o.target.Instances = live
-	}
-	plan, err := makePlan(ctx, fleet, o)
+	plan, safety, err := planFor(c, fleet, o, "restart", false)
 	if err != nil {
 		return err
 	}
@@ -209,18 +195,13 @@ func restartAction(c *cli.Context) error {
 	o.roll.RolloutID = fleetroll.NewID()
 	o.roll.Logger = logger
 	prepareSafety(&safety, o, plan.Service, fleetroll.Trigger{Source: "cli"}, errw)
-	safety.Instances = configured
 	hooks, release, err := safety.Prepare(ctx, plan.Service)
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}
 	}
 	defer release()
-	if t := hooks.Target(o.target); !slices.Equal(t.Instances, o.target.Instances) {
-		// Another blue-green rollout swapped the sets meanwhile.
-		o.target = t
-		if plan, err = makePlan(ctx, fleet, o); err != nil {
-			return err
-		}
+	if plan, err = replan(ctx, fleet, o, hooks, plan); err != nil {
+		return err
 	}
 	o.roll.Hooks = hooks
 	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
@@ -272,6 +253,38 @@ func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog
 	default:
 		return &exitError{exitFailed, rollErr}
 	}
+}
+
+// planFor builds the safety of the flags and the plan of the options: with
+// blue-green, of the instances that serve now (the port sets swap at each
+// rollout), while the safety keeps the configured ones to check the record
+// against.
+func planFor(c *cli.Context, fleet fleetroll.Fleet, o *restartOptions, verb string, needEtcd bool) (*fleetroll.Plan, coord.Safety, error) {
+	safety, err := safetyFrom(c, fleet, "fleetroll "+verb+" "+o.target.Service, needEtcd)
+	if err != nil {
+		return nil, safety, err
+	}
+	safety.Instances = o.target.Instances
+	if p := safety.Policy; p.Strategy == fleetroll.StrategyBlueGreen {
+		live, _, err := coord.Lives{KAPI: safety.KAPI}.Resolve(c.Context, o.target.Service, o.target.Instances, p.SparePorts)
+		if err != nil {
+			return nil, safety, &exitError{exitFailed, fmt.Errorf("%s %s: %w", verb, o.target.Service, err)}
+		}
+		o.target.Instances = live
+	}
+	plan, err := makePlan(c.Context, fleet, o)
+	return plan, safety, err
+}
+
+// replan makes the plan again when the hooks, made under the lock, target
+// other instances: another blue-green rollout swapped the sets meanwhile.
+func replan(ctx context.Context, fleet fleetroll.Fleet, o *restartOptions, hooks fleetroll.Hooks, plan *fleetroll.Plan) (*fleetroll.Plan, error) {
+	t := hooks.Target(o.target)
+	if slices.Equal(t.Instances, o.target.Instances) {
+		return plan, nil
+	}
+	o.target = t
+	return makePlan(ctx, fleet, o)
 }
 
 // prepareSafety tells the safety which rollout it serves (its intent
