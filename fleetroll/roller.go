@@ -170,6 +170,9 @@ const (
 	// and it ended (Canary says how).
 	EventPaused  EventKind = "paused"
 	EventDecided EventKind = "decided"
+	// EventPhase: a unit entered the drain, health or grace phase (the
+	// stop and the start have events of their own).
+	EventPhase EventKind = "phase"
 )
 
 // Event is one step of a roll. Elapsed is the time the step took: the stop
@@ -318,6 +321,9 @@ func (r *Roller) rollOne(ctx context.Context, service string, ur *UnitReport, la
 func (r *Roller) begin(ur *UnitReport, p Phase) {
 	ur.Phase = p
 	ur.Phases = append(ur.Phases, Span{Phase: p, Started: r.opt.Clock.Now()})
+	if p == PhaseDrain || p == PhaseHealth || p == PhaseGrace {
+		r.emit(ur, Event{Kind: EventPhase})
+	}
 }
 
 // end records that the unit's current phase ended.
@@ -789,6 +795,9 @@ func (r *Roller) emit(ur *UnitReport, ev Event) {
 	ev.Progress = *ur
 	ev.Progress.Phases = append([]Span(nil), ur.Phases...)
 	attrs := []any{"rollout_id", ev.RolloutID, "unit", ev.Unit, "event", string(ev.Kind)}
+	if ev.Kind == EventPhase {
+		attrs = append(attrs, "phase", string(ev.Phase))
+	}
 	if ev.Elapsed > 0 {
 		attrs = append(attrs, "elapsed", ev.Elapsed.Round(time.Millisecond).String())
 	}

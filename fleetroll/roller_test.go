@@ -107,7 +107,8 @@ func TestRollRestartsOneAtATimeInOrder(t *testing.T) {
 			t.Fatalf("event without rollout ID: %+v", e)
 		}
 	}
-	if want := []string{"stopping", "stopped", "starting", "running"}; !reflect.DeepEqual(kinds, want) {
+	// The grace period after it has an event of its own.
+	if want := []string{"stopping", "stopped", "starting", "running", "phase"}; !reflect.DeepEqual(kinds, want) {
 		t.Fatalf("events for %s = %v, want %v", a, kinds, want)
 	}
 	// Poll interval 100ms, one extra poll per phase: 100ms stop, 100ms start.

@@ -15,6 +15,12 @@ type Store struct {
 	order   []string // oldest first
 	limit   int
 	changed chan struct{} // closed and replaced on every change
+
+	// The feed of changes (GET /events).
+	seq        uint64
+	feed       []StreamEvent
+	subs       map[*Subscription]bool
+	feedClosed bool
 }
 
 // NewStore keeps at most limit finished rollouts (queued and running ones
@@ -31,6 +37,7 @@ func (s *Store) Add(r fleetroll.Report) {
 	c := r.Clone()
 	s.byID[r.ID] = &c
 	s.order = append(s.order, r.ID)
+	s.emitLocked(change{kind: "queued"}, "", &c)
 	for len(s.order) > s.limit {
 		i := 0
 		for i < len(s.order) && !s.byID[s.order[i]].Status.Final() {
@@ -85,13 +92,20 @@ func (s *Store) List(service string) []fleetroll.Report {
 
 // Update changes a rollout under the lock and returns a copy of it.
 func (s *Store) Update(id string, fn func(*fleetroll.Report)) (fleetroll.Report, bool) {
+	return s.update(id, change{}, fn)
+}
+
+// update is Update, telling the feed what the change is.
+func (s *Store) update(id string, ch change, fn func(*fleetroll.Report)) (fleetroll.Report, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.byID[id]
 	if !ok {
 		return fleetroll.Report{}, false
 	}
+	before := r.Status
 	fn(r)
 	s.notifyLocked()
+	s.emitLocked(ch, before, r)
 	return r.Clone(), true
 }

@@ -261,7 +261,7 @@ func (s *Server) releaseOf(ctx context.Context, p fleetroll.Policy, t fleetroll.
 // progress puts the unit's record carried by a roller event into the
 // rollout's record (and, with the durable queue, into its entry).
 func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
-	s.store.Update(j.ID, func(r *fleetroll.Report) {
+	s.store.update(j.ID, change{kind: string(e.Kind), unit: e.Unit, phase: e.Phase}, func(r *fleetroll.Report) {
 		if e.Unit == "" && e.Canary != nil {
 			// The rollout's own step: its canary pause began or ended.
 			r.Status, r.Canary = e.Status, e.Canary

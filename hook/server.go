@@ -285,6 +285,7 @@ func (s *Server) routes() (main, ops http.Handler) {
 	mux.HandleFunc("POST /rollouts", s.hook("manual", s.manual))
 	mux.HandleFunc("GET /rollouts", s.hook("api", s.listRollouts))
 	mux.HandleFunc("GET /rollouts/{id}", s.hook("api", s.getRollout))
+	mux.HandleFunc("GET /events", s.events)
 	mux.HandleFunc("POST /rollouts/{id}/promote", s.hook("api", s.decide(fleetroll.DecisionPromote)))
 	mux.HandleFunc("POST /rollouts/{id}/abort", s.hook("api", s.decide(fleetroll.DecisionAbort)))
 	opsMux := http.NewServeMux()
@@ -328,6 +329,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (flushes and
+// write deadlines of the event streams).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.code == 0 {

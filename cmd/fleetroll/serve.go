@@ -325,6 +325,9 @@ func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln, opsLn
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Event streams end when the server shuts down: they must not hold up
+	// its graceful shutdown.
+	httpSrv.RegisterOnShutdown(srv.CloseStreams)
 	// The queue outlives ctx: it is stopped on purpose, after the listener.
 	queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopQueue()

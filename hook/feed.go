@@ -1,0 +1,134 @@
+package hook
+
+import (
+	"github.com/fleetroll/fleetroll/fleetroll"
+)
+
+// StreamEvent is one message of GET /events: a change of one rollout's
+// record, what changed (kind), and the record as it stands after it.
+//
+// Kinds: queued (a new rollout); the roller's events of a unit (stopping,
+// stopped, starting, recovering, running, healthy, failed) and its phases
+// (phase: drain, stop, start, health, grace); the rollout's own (paused,
+// decided); and a status the record entered (running, succeeded, failed,
+// interrupted, superseded, cancelled, rolled_back, aborted). Other changes
+// of the record are "progress".
+type StreamEvent struct {
+	ID      uint64           `json:"id"`
+	Kind    string           `json:"kind"`
+	Rollout string           `json:"rollout_id"`
+	Service string           `json:"service"`
+	Unit    string           `json:"unit,omitempty"`
+	Phase   fleetroll.Phase  `json:"phase,omitempty"`
+	Status  fleetroll.Status `json:"status"`
+	Record  fleetroll.Report `json:"record"`
+}
+
+// feedSize is how many events the store keeps for clients that reconnect
+// (Last-Event-ID).
+const feedSize = 2048
+
+// subBuffer is how many events a subscriber may lag behind before it is
+// cut off (it reconnects and catches up from the feed).
+const subBuffer = 256
+
+// Subscription receives the events of the store's feed, of one rollout or
+// of all, until it is closed: by Unsubscribe, when it falls behind, or
+// when the feed closes (shutdown).
+type Subscription struct {
+	C       <-chan StreamEvent
+	c       chan StreamEvent
+	rollout string
+}
+
+// change says what an update is, for the feed.
+type change struct {
+	kind  string
+	unit  string
+	phase fleetroll.Phase
+}
+
+// emitLocked appends an event of r to the feed and hands it to the
+// subscribers; a subscriber whose buffer is full is cut off.
+func (s *Store) emitLocked(ch change, before fleetroll.Status, r *fleetroll.Report) {
+	kind := ch.kind
+	if kind == "" {
+		kind = "progress"
+		if r.Status != before {
+			kind = string(r.Status)
+		}
+	}
+	s.seq++
+	ev := StreamEvent{ID: s.seq, Kind: kind, Rollout: r.ID, Service: r.Service, Unit: ch.unit, Phase: ch.phase, Status: r.Status, Record: r.Clone()}
+	if len(s.feed) == feedSize {
+		copy(s.feed, s.feed[1:])
+		s.feed = s.feed[:feedSize-1]
+	}
+	s.feed = append(s.feed, ev)
+	for sub := range s.subs {
+		if sub.rollout != "" && sub.rollout != ev.Rollout {
+			continue
+		}
+		select {
+		case sub.c <- ev:
+		default:
+			delete(s.subs, sub)
+			close(sub.c)
+		}
+	}
+}
+
+// Subscribe returns a subscription to the events after the one with ID
+// after (0: only new ones), of one rollout or of all (""), and the events
+// after it that the feed still holds. complete is false when some were
+// dropped from the feed meanwhile: the client should read the records
+// again.
+func (s *Store) Subscribe(after uint64, rollout string) (sub *Subscription, backlog []StreamEvent, complete bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := make(chan StreamEvent, subBuffer)
+	sub = &Subscription{C: c, c: c, rollout: rollout}
+	if s.feedClosed {
+		close(c)
+		return sub, nil, true
+	}
+	if s.subs == nil {
+		s.subs = map[*Subscription]bool{}
+	}
+	s.subs[sub] = true
+	switch {
+	case after == 0:
+		return sub, nil, true
+	case after > s.seq:
+		return sub, nil, false // another run's IDs (serve restarted): read the records again
+	}
+	complete = after == s.seq || (len(s.feed) > 0 && s.feed[0].ID <= after+1)
+	for _, ev := range s.feed {
+		if ev.ID > after && (rollout == "" || ev.Rollout == rollout) {
+			backlog = append(backlog, ev)
+		}
+	}
+	return sub, backlog, complete
+}
+
+// Unsubscribe ends a subscription.
+func (s *Store) Unsubscribe(sub *Subscription) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subs[sub] {
+		delete(s.subs, sub)
+		close(sub.c)
+	}
+}
+
+// CloseFeed ends every subscription (the server shuts down: streams must
+// not hold up its graceful shutdown) and every later one at once.
+func (s *Store) CloseFeed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.feedClosed = true
+	for sub := range s.subs {
+		close(sub.c)
+	}
+	s.subs = nil
+}
