@@ -16,6 +16,10 @@ func statusCommand() *cli.Command {
 	flags := append(etcdFlags(),
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
 		&cli.IntFlag{Name: "limit", Value: 20, Usage: "rollouts to show"},
+		&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "print a rollout's progress from serve (--server) until it ends; exit with restart's exit codes"},
+		&cli.StringFlag{Name: "server", EnvVars: []string{"FLEETROLL_SERVER"}, Usage: "with --follow: fleetroll serve's URL, http(s)://HOST:PORT"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"FLEETROLL_TOKEN_FILE"}, Usage: "with --follow: file with serve's API token (or $FLEETROLL_TOKEN)"},
+		&cli.DurationFlag{Name: "request-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_REQUEST_TIMEOUT"}, Usage: "with --follow: bound on each request to serve (the stream itself lasts the rollout)"},
 	)
 	return &cli.Command{
 		Name:      "status",
@@ -28,7 +32,8 @@ fleetroll serve records every rollout when it has etcd.
 Examples:
    fleetroll status
    fleetroll status my-service --etcd-endpoints http://10.0.0.1:2379
-   fleetroll status 5f0c2a9b1e77 -o json`,
+   fleetroll status 5f0c2a9b1e77 -o json
+   FLEETROLL_TOKEN=… fleetroll status --follow 5f0c2a9b1e77 --server https://fleetroll.example.com:8080`,
 		Flags:        flags,
 		Action:       statusAction,
 		OnUsageError: onUsageError,
@@ -36,6 +41,13 @@ Examples:
 }
 
 func statusAction(c *cli.Context) error {
+	if c.Bool("follow") {
+		o, err := followFrom(c)
+		if err != nil {
+			return err
+		}
+		return follow(c, o)
+	}
 	if c.NArg() > 1 {
 		return usageErr("status: at most one service or rollout ID")
 	}
