@@ -95,7 +95,8 @@ func TestCanaryPromotedThroughServesAPI(t *testing.T) {
 	ports := []string{"19141", "19142", "19143"}
 	units := launchDemo(t, "e2e-canapi", ports...)
 	before := systemd(t, units...)
-	base := startServe(t, append(secretArgs(t), "--service", "e2e-canapi", "--ports", strings.Join(ports, ","), "--grace", "0s",
+	secrets := secretArgs(t)
+	base := startServe(t, append(secrets, "--service", "e2e-canapi", "--ports", strings.Join(ports, ","), "--grace", "0s",
 		"--canary", "1", "--etcd-endpoints", cl.EtcdURL)...)
 	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}
 	code, ans := post(t, base+"/rollouts", []byte(`{"service":"e2e-canapi"}`), auth)
@@ -117,11 +118,23 @@ func TestCanaryPromotedThroughServesAPI(t *testing.T) {
 	if during[0].MainPID == before[0].MainPID || during[1].MainPID != before[1].MainPID || during[2].MainPID != before[2].MainPID {
 		t.Fatalf("at the pause: %+v -> %+v", before, during)
 	}
+	// fleetroll status --follow, attached during the pause, prints the
+	// other units' steps as they happen and ends with the rollout.
+	follow, followLines, followOut := startFleetrollOut(t, "status", "--follow", id, "--server", base, "--token-file", secrets[1])
+	var followLog strings.Builder
+	waitContains(t, followLines, "following rollout "+id+" of e2e-canapi: paused, 1/3 done", &followLog)
 	if code, ans := post(t, base+"/rollouts/"+id+"/promote", nil, map[string]string{"Authorization": "Bearer " + serveHubToken}); code != 401 {
 		t.Fatalf("promote with the Docker Hub token: %d %v", code, ans)
 	}
 	if code, ans := post(t, base+"/rollouts/"+id+"/promote", nil, auth); code != 200 || ans["decision"] != "promote" {
 		t.Fatalf("promote: %d %v", code, ans)
+	}
+	for l := range followLines {
+		followLog.WriteString(l + "\n")
+	}
+	if code := exitCode(t, follow); code != 0 || !strings.Contains(followLog.String(), "e2e-canapi@19142.service: stopping") ||
+		!strings.Contains(followLog.String(), "e2e-canapi@19143.service: running in") || !strings.Contains(followOut.String(), "succeeded: 3/3 restarted") {
+		t.Fatalf("status --follow: exit %d\n%s%s", code, followLog.String(), followOut.String())
 	}
 	ro := waitStatus(t, base, id)
 	canary, _ := ro["canary"].(map[string]any)

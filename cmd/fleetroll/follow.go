@@ -70,6 +70,8 @@ func follow(c *cli.Context, o *followOptions) error {
 			}
 			if err == nil {
 				backoff = 500 * time.Millisecond
+				done, of := rec.Done()
+				fmt.Fprintf(errw, "following rollout %s of %s: %s, %d/%d done\n", rec.ID, rec.Service, rec.Status, done, of)
 				err = hook.ReadEvents(resp.Body, func(id uint64, kind string, data []byte) error {
 					if kind == "reset" {
 						r, err := o.record(ctx, base)
