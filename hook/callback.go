@@ -81,19 +81,30 @@ type CallbackResult struct {
 // Send posts the result, retrying failures (network errors, 5xx) a few times
 // with backoff. It refuses URLs off the allow-list.
 func (c *Callbacker) Send(ctx context.Context, callbackURL string, res CallbackResult) error {
-	if !c.Allowed(callbackURL) {
-		return ErrCallbackNotAllowed
-	}
-	res.Context = truncate(res.Context, 100)
-	res.Description = truncate(res.Description, 255)
-	body, err := json.Marshal(res)
+	body, err := callbackBody(res)
 	if err != nil {
 		return err
+	}
+	return c.deliver(ctx, callbackURL, body, map[string]string{"Content-Type": "application/json"})
+}
+
+// callbackBody is the JSON of a result, within Docker Hub's limits.
+func callbackBody(res CallbackResult) ([]byte, error) {
+	res.Context = truncate(res.Context, 100)
+	res.Description = truncate(res.Description, 255)
+	return json.Marshal(res)
+}
+
+// deliver posts a body to a URL on the allow-list, retrying failures
+// (network errors, 5xx) a few times with backoff.
+func (c *Callbacker) deliver(ctx context.Context, to string, body []byte, headers map[string]string) error {
+	if !c.Allowed(to) {
+		return ErrCallbackNotAllowed
 	}
 	wait := c.backoff
 	var last error
 	for attempt := 1; attempt <= c.retries; attempt++ {
-		last = c.post(ctx, callbackURL, body)
+		last = c.post(ctx, to, body, headers)
 		var perm *permanentError
 		if last == nil || errors.As(last, &perm) {
 			return last
@@ -103,24 +114,26 @@ func (c *Callbacker) Send(ctx context.Context, callbackURL string, res CallbackR
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("callback: %w (last error: %v)", ctx.Err(), last)
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
 		case <-time.After(wait):
 		}
 		wait *= 2
 	}
-	return fmt.Errorf("callback failed after %d attempts: %w", c.retries, last)
+	return fmt.Errorf("failed after %d attempts: %w", c.retries, last)
 }
 
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
 
-func (c *Callbacker) post(ctx context.Context, u string, body []byte) error {
+func (c *Callbacker) post(ctx context.Context, u string, body []byte, headers map[string]string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
 		return &permanentError{err}
 	}
-	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	resp, err := c.client.Do(req)
 	if err != nil {
 		if errors.Is(err, errRedirectRefused) {
@@ -134,9 +147,9 @@ func (c *Callbacker) post(ctx context.Context, u string, body []byte) error {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		return nil
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
-		return fmt.Errorf("callback answered %s", resp.Status)
+		return fmt.Errorf("answered %s", resp.Status)
 	default:
-		return &permanentError{fmt.Errorf("callback answered %s", resp.Status)}
+		return &permanentError{fmt.Errorf("answered %s", resp.Status)}
 	}
 }
 

@@ -18,6 +18,10 @@ import (
 // live here: they come from files or the environment (see Secrets).
 type Config struct {
 	Services []Service `yaml:"services"`
+	// Notifications are where services announce their rollouts (a
+	// service's notify: names them); their URLs and keys are secrets,
+	// read at start (Options.NotifySecret).
+	Notifications []Notification `yaml:"notifications"`
 }
 
 // Service is one fleet service and the triggers that roll it.
@@ -58,6 +62,10 @@ type Service struct {
 	SparePorts       PortList      `yaml:"spare_ports"`
 	Sidekick         string        `yaml:"sidekick"`
 	PlacementTimeout time.Duration `yaml:"placement_timeout"`
+
+	// Notify names the notifications: targets its rollouts are announced
+	// to.
+	Notify []string `yaml:"notify"`
 
 	DockerHub []Trigger `yaml:"dockerhub"`
 	Registry  []Trigger `yaml:"registry"`
@@ -139,10 +147,25 @@ func (c *Config) Validate() error {
 	if len(c.Services) == 0 {
 		return errors.New("services: at least one service is required")
 	}
+	notifications := map[string]bool{}
+	for i, n := range c.Notifications {
+		if err := n.validate(); err != nil {
+			return fmt.Errorf("notifications[%d].%w", i, err)
+		}
+		if notifications[n.Name] {
+			return fmt.Errorf("notifications[%d].name: %q is configured twice", i, n.Name)
+		}
+		notifications[n.Name] = true
+	}
 	seen := map[string]bool{}
 	for i := range c.Services {
 		s := &c.Services[i]
 		field := fmt.Sprintf("services[%d]", i)
+		for _, n := range s.Notify {
+			if !notifications[n] {
+				return fmt.Errorf("%s.notify: %q is not among notifications", field, n)
+			}
+		}
 		if s.Name == "" {
 			return fmt.Errorf("%s.name: required", field)
 		}

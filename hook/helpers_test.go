@@ -87,6 +87,16 @@ type testEnv struct {
 // options first. The queue stops when the test ends.
 func newTestEnv(t *testing.T, modify func(*Options)) *testEnv {
 	t.Helper()
+	env, err := newTestEnvErr(t, modify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// newTestEnvErr is newTestEnv, returning New's error.
+func newTestEnvErr(t *testing.T, modify func(*Options)) (*testEnv, error) {
+	t.Helper()
 	ff := fakefleet.New(testUnits...)
 	fsrv := httptest.NewServer(ff)
 	t.Cleanup(fsrv.Close)
@@ -118,7 +128,7 @@ func newTestEnv(t *testing.T, modify func(*Options)) *testEnv {
 	}
 	srv, err := New(opt)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -136,7 +146,7 @@ func newTestEnv(t *testing.T, modify func(*Options)) *testEnv {
 	t.Cleanup(stop)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
-	return &testEnv{srv: srv, fleet: ff, http: hs, logs: logs, stop: stop}
+	return &testEnv{srv: srv, fleet: ff, http: hs, logs: logs, stop: stop}, nil
 }
 
 func (e *testEnv) do(t *testing.T, method, path string, body []byte, headers map[string]string) (*http.Response, map[string]any) {

@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// Outbox sends rollout results to Docker Hub callbacks in the background,
-// after the rollout's service slot is free: a bounded queue, a few workers,
-// every callback of one rollout in parallel and all of them within one
-// deadline. A full outbox drops the result (and logs it) rather than hold
-// up a rollout.
+// Outbox sends what rollouts tell the outside in the background: Docker
+// Hub callbacks, after the rollout's service slot is free, and
+// notifications. A bounded queue, a few workers, every message of one post
+// in parallel and all of them within one deadline, each through the
+// Callbacker's allow-list and retries. A full outbox drops the post (and
+// logs it) rather than hold up a rollout.
 type Outbox struct {
 	cb       *Callbacker
 	deadline time.Duration
@@ -27,8 +28,16 @@ type Outbox struct {
 
 type outboxJob struct {
 	rolloutID string
-	urls      []string
-	res       CallbackResult
+	out       []outgoing
+}
+
+// outgoing is one message: what it is (for logs), where it goes (never
+// logged but for its origin), its body and headers.
+type outgoing struct {
+	what    string
+	url     string
+	body    []byte
+	headers map[string]string
 }
 
 // Defaults of an Outbox.
@@ -53,7 +62,21 @@ func NewOutbox(cb *Callbacker, size, workers int, deadline time.Duration, log *s
 // Post queues a rollout's result for its callback URLs; false when the
 // outbox is full or closed.
 func (o *Outbox) Post(rolloutID string, urls []string, res CallbackResult) bool {
-	if len(urls) == 0 {
+	body, err := callbackBody(res)
+	if err != nil {
+		return false
+	}
+	var out []outgoing
+	for _, u := range urls {
+		out = append(out, outgoing{what: "callback", url: u, body: body, headers: map[string]string{"Content-Type": "application/json"}})
+	}
+	return o.post(rolloutID, out)
+}
+
+// post queues messages of a rollout; false when the outbox is full or
+// closed.
+func (o *Outbox) post(rolloutID string, out []outgoing) bool {
+	if len(out) == 0 {
 		return true
 	}
 	o.mu.Lock()
@@ -62,10 +85,10 @@ func (o *Outbox) Post(rolloutID string, urls []string, res CallbackResult) bool 
 		return false
 	}
 	select {
-	case o.jobs <- outboxJob{rolloutID: rolloutID, urls: urls, res: res}:
+	case o.jobs <- outboxJob{rolloutID: rolloutID, out: out}:
 		return true
 	default:
-		o.log.Warn("callback outbox full: result not sent", "rollout_id", rolloutID, "callbacks", len(urls))
+		o.log.Warn("outbox full: messages not sent", "rollout_id", rolloutID, "messages", len(out))
 		return false
 	}
 }
@@ -81,15 +104,15 @@ func (o *Outbox) send(j outboxJob) {
 	ctx, cancel := context.WithTimeout(o.ctx, o.deadline)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, u := range j.urls {
+	for _, m := range j.out {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := o.cb.Send(ctx, u, j.res); err != nil {
-				o.log.Warn("callback failed", "rollout_id", j.rolloutID, "callback_origin", originOf(u), "error", err.Error())
+			if err := o.cb.deliver(ctx, m.url, m.body, m.headers); err != nil {
+				o.log.Warn(m.what+" failed", "rollout_id", j.rolloutID, "origin", originOf(m.url), "error", err.Error())
 				return
 			}
-			o.log.Info("callback sent", "rollout_id", j.rolloutID, "state", j.res.State, "callback_origin", originOf(u))
+			o.log.Info(m.what+" sent", "rollout_id", j.rolloutID, "origin", originOf(m.url))
 		}()
 	}
 	wg.Wait()

@@ -21,6 +21,10 @@ import (
 func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	log := s.log.With("rollout_id", j.ID, "service", j.Service, "request_id", j.Trigger.RequestID)
 	log.Info("rollout started", "source", j.Trigger.Source, "repository", j.Trigger.Repository, "tag", j.Trigger.Tag)
+	if rec, ok := s.store.Get(j.ID); ok {
+		rec.Status = fleetroll.StatusRunning
+		s.notify("started", rec)
+	}
 
 	t0 := s.opt.Clock.Now()
 	rep, err := s.roll(ctx, j)
@@ -330,11 +334,14 @@ func (s *Server) serviceNames() []string {
 // the service's slot is free. The description is a short outcome: never
 // fleet's addresses or an error's text.
 func (s *Server) report(j Job) {
-	if len(j.Callbacks) == 0 {
-		return
-	}
 	final, ok := s.store.Get(j.ID)
 	if !ok {
+		return
+	}
+	if final.Status.Final() {
+		s.notify(string(final.Status), final)
+	}
+	if len(j.Callbacks) == 0 {
 		return
 	}
 	var urls []string

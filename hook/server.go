@@ -88,6 +88,9 @@ type Options struct {
 	// PublicURL ("https://hooks.example.com") makes status URLs absolute.
 	PublicURL string
 	Callbacks *Callbacker
+	// NotifySecret reads a notification target's URL and key (files or
+	// the environment); needed when the configuration has notifications.
+	NotifySecret func(name string) (NotifySecret, error)
 	// CallbackDeadline bounds all the callbacks of one rollout
 	// (default DefaultCallbackDeadline).
 	CallbackDeadline time.Duration
@@ -119,6 +122,7 @@ const DefaultMaxWait = time.Minute
 type Server struct {
 	opt     Options
 	cfg     atomic.Pointer[Config]
+	targets atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	store   *Store
 	queue   scheduler
 	durable *durable // the queue, when it is in etcd
@@ -149,6 +153,10 @@ func New(opt Options) (*Server, error) {
 		return nil, err
 	}
 	if err := checkPolicies(opt.Config, opt); err != nil {
+		return nil, err
+	}
+	targets, err := resolveTargets(opt.Config, opt)
+	if err != nil {
 		return nil, err
 	}
 	if opt.BodyLimit <= 0 {
@@ -187,6 +195,7 @@ func New(opt Options) (*Server, error) {
 	}
 	opt.PublicURL = strings.TrimSuffix(opt.PublicURL, "/")
 	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger}
+	s.targets.Store(&targets)
 	s.cfg.Store(opt.Config)
 	qopt := QueueOptions{MaxParallel: opt.MaxParallel, Quiet: opt.QuietPeriod, MaxWait: max(opt.MaxWait, 0), AfterRun: s.report, Clock: opt.Clock}
 	if opt.Etcd != nil {
@@ -254,6 +263,11 @@ func (s *Server) SetConfig(c *Config) error {
 	if err := checkPolicies(c, s.opt); err != nil {
 		return err
 	}
+	targets, err := resolveTargets(c, s.opt)
+	if err != nil {
+		return err
+	}
+	s.targets.Store(&targets)
 	s.cfg.Store(c)
 	return nil
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +38,8 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "github-secret-file", EnvVars: []string{"FLEETROLL_GITHUB_SECRET_FILE"}, Usage: "file holding the GitHub webhook secret (or $FLEETROLL_GITHUB_SECRET); without it the GitHub endpoint is off"},
 		&cli.StringSliceFlag{Name: "callback-allow", Value: cli.NewStringSlice(hook.DefaultCallbackAllow), EnvVars: []string{"FLEETROLL_CALLBACK_ALLOW"},
 			Usage: "origins (scheme://host[:port]) Docker Hub callbacks may go to"},
+		&cli.StringFlag{Name: "notify-secrets-dir", EnvVars: []string{"FLEETROLL_NOTIFY_SECRETS_DIR"},
+			Usage: "directory of the notifications' secrets: NAME.url and, for a webhook, NAME.key (or $FLEETROLL_NOTIFY_NAME_URL and _KEY); their origins must be on --callback-allow"},
 		&cli.DurationFlag{Name: "callback-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_TIMEOUT"}, Usage: "timeout of each callback request"},
 		&cli.DurationFlag{Name: "callback-deadline", Value: hook.DefaultCallbackDeadline, EnvVars: []string{"FLEETROLL_CALLBACK_DEADLINE"}, Usage: "all the callbacks of one rollout, retries included, within this"},
 		&cli.DurationFlag{Name: "callback-shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_SHUTDOWN_TIMEOUT"}, Usage: "at shutdown, wait this long for callbacks still queued"},
@@ -159,6 +163,7 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 	}
 	o.hook.Secrets = sec // hook.New validates them (exit 2)
 
+	o.hook.NotifySecret = notifySecrets(c.String("notify-secrets-dir"))
 	if o.hook.Callbacks, err = hook.NewCallbacker(c.StringSlice("callback-allow"), c.Duration("callback-timeout")); err != nil {
 		return nil, usageErr("--callback-allow: %w", err)
 	}
@@ -405,4 +410,33 @@ func reload(o *serveOptions, srv *hook.Server, logger *slog.Logger) {
 		return
 	}
 	logger.Info("config reloaded", "file", o.configFile, "services", len(cfg.Services))
+}
+
+// notifySecrets reads a notification's URL and key: from dir/NAME.url and
+// dir/NAME.key, or without a directory from $FLEETROLL_NOTIFY_NAME_URL and
+// $FLEETROLL_NOTIFY_NAME_KEY (NAME upper-cased, - as _).
+func notifySecrets(dir string) func(name string) (hook.NotifySecret, error) {
+	return func(name string) (hook.NotifySecret, error) {
+		var sec hook.NotifySecret
+		env := "FLEETROLL_NOTIFY_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		for _, f := range []struct {
+			dst  *string
+			ext  string
+			must bool
+		}{{&sec.URL, "url", true}, {&sec.Key, "key", false}} {
+			if dir == "" {
+				*f.dst = strings.TrimSpace(os.Getenv(env + "_" + strings.ToUpper(f.ext)))
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(dir, name+"."+f.ext))
+			switch {
+			case err == nil:
+				*f.dst = strings.TrimSpace(string(b))
+			case errors.Is(err, fs.ErrNotExist) && !f.must:
+			default:
+				return sec, fmt.Errorf("notification secret: %w", err)
+			}
+		}
+		return sec, nil
+	}
 }

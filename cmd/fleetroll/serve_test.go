@@ -265,3 +265,21 @@ func TestFlagsAndConfigGiveTheSamePolicy(t *testing.T) {
 		t.Fatalf("serve --service: %+v", got)
 	}
 }
+
+// A notification's secrets come from files in --notify-secrets-dir, or
+// without it from the environment; a missing URL file is an error.
+func TestNotifySecrets(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "team-a.url"), []byte("https://hooks.example.com/x\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "team-a.key"), []byte("k0123456789abcdefg\n"), 0o600)
+	if s, err := notifySecrets(dir)("team-a"); err != nil || s.URL != "https://hooks.example.com/x" || s.Key != "k0123456789abcdefg" {
+		t.Fatalf("from files: %+v %v", s, err)
+	}
+	if _, err := notifySecrets(dir)("nope"); err == nil {
+		t.Fatal("a missing URL file was not an error")
+	}
+	t.Setenv("FLEETROLL_NOTIFY_TEAM_A_URL", "https://hooks.example.com/y")
+	if s, err := notifySecrets("")("team-a"); err != nil || s.URL != "https://hooks.example.com/y" || s.Key != "" {
+		t.Fatalf("from the environment: %+v %v", s, err)
+	}
+}
