@@ -203,7 +203,6 @@ func checkNotification(t *testing.T, r received) string {
 	return n.Rollout.ID
 }
 
-
 // A target off the allow-list, without its URL or (a webhook) its key, or
 // a configuration naming what does not exist: serve refuses to start, and
 // nothing is called.
@@ -230,7 +229,7 @@ func TestNotificationsRefused(t *testing.T) {
 		"notifications:\n  - {name: a, kind: email}\nservices:\n  - name: s\n":                 "kind",
 		"notifications:\n  - {name: a, kind: slack, events: [done]}\nservices:\n  - name: s\n": "events",
 		"notifications:\n  - {name: A_B, kind: slack}\nservices:\n  - name: s\n":               "name",
-		"services:\n  - name: s\n    notify: [nope]\n":                                        "not among notifications",
+		"services:\n  - name: s\n    notify: [nope]\n":                                         "not among notifications",
 	} {
 		if _, err := ParseConfig([]byte(cfg)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", cfg, err, want)
