@@ -36,7 +36,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		info(r).log.Warn("request refused", "sender", "api", "status", code, "reason", msg)
 		writeJSON(w, code, withID(body, info(r).id))
 	}
-	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if !s.canRead(r) {
+		// The API token, or the status page's session (or a network
+		// opened to viewing).
+		code, body, ok := bearer(r, s.opt.Secrets.API)
+		if ok {
+			code, body = problem(http.StatusUnauthorized, "log in first")
+		}
 		fail(code, body.(map[string]any)["error"].(string))
 		return
 	}

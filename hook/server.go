@@ -5,6 +5,7 @@
 package hook
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -113,6 +114,12 @@ type Options struct {
 	// anonymous.
 	Resolver fleetroll.Resolver
 	Clock    fleetroll.Clock
+	// ViewFrom opens the status page, read-only, without a login to these
+	// networks (none by default).
+	ViewFrom []netip.Prefix
+	// SessionIdle and SessionAbsolute end the status page's logins
+	// (defaults DefaultSessionIdle, DefaultSessionAbsolute).
+	SessionIdle, SessionAbsolute time.Duration
 }
 
 // DefaultMaxWait bounds the postponement of a rollout by the quiet period.
@@ -123,6 +130,7 @@ type Server struct {
 	opt     Options
 	cfg     atomic.Pointer[Config]
 	targets atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
+	sessions *sessions
 	store   *Store
 	queue   scheduler
 	durable *durable // the queue, when it is in etcd
@@ -209,6 +217,7 @@ func New(opt Options) (*Server, error) {
 		s.queue = NewQueue(s.store, func(ctx context.Context, j Job) { s.execute(ctx, j) }, qopt)
 		s.replays = newReplays(opt.ReplayWindow, opt.Clock)
 	}
+	s.sessions = newSessions(cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute), s.opt.Clock)
 	s.metrics = newMetrics(s.queue)
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{
@@ -300,6 +309,7 @@ func (s *Server) routes() (main, ops http.Handler) {
 	mux.HandleFunc("GET /rollouts", s.hook("api", s.listRollouts))
 	mux.HandleFunc("GET /rollouts/{id}", s.hook("api", s.getRollout))
 	mux.HandleFunc("GET /events", s.events)
+	s.uiRoutes(mux)
 	mux.HandleFunc("POST /rollouts/{id}/promote", s.hook("api", s.decide(fleetroll.DecisionPromote)))
 	mux.HandleFunc("POST /rollouts/{id}/abort", s.hook("api", s.decide(fleetroll.DecisionAbort)))
 	opsMux := http.NewServeMux()

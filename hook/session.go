@@ -1,0 +1,92 @@
+package hook
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+)
+
+// Limits of a status page session.
+const (
+	DefaultSessionIdle     = 30 * time.Minute
+	DefaultSessionAbsolute = 12 * time.Hour
+	sessionCookie          = "fleetroll_session"
+)
+
+// sessions are the status page's logins: a random ID in an HttpOnly,
+// SameSite=Strict cookie, each with its own CSRF token, ending after an
+// idle and an absolute limit, or at logout. The API token never reaches
+// the page: it is only compared, in constant time, at the login.
+type sessions struct {
+	mu             sync.Mutex
+	byID           map[string]*session
+	idle, absolute time.Duration
+	clock          fleetroll.Clock
+}
+
+type session struct {
+	id, csrf      string
+	created, seen time.Time
+}
+
+func newSessions(idle, absolute time.Duration, clock fleetroll.Clock) *sessions {
+	return &sessions{byID: map[string]*session{}, idle: idle, absolute: absolute, clock: clock}
+}
+
+func randomToken() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// create starts a session.
+func (ss *sessions) create() *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	now := ss.clock.Now()
+	s := &session{id: randomToken(), csrf: randomToken(), created: now, seen: now}
+	ss.byID[s.id] = s
+	// Drop the expired ones while here.
+	for id, o := range ss.byID {
+		if ss.expired(o, now) {
+			delete(ss.byID, id)
+		}
+	}
+	return s
+}
+
+func (ss *sessions) expired(s *session, now time.Time) bool {
+	return now.Sub(s.seen) > ss.idle || now.Sub(s.created) > ss.absolute
+}
+
+// of returns the request's live session, and marks it used.
+func (ss *sessions) of(r *http.Request) (session, bool) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" {
+		return session{}, false
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s, ok := ss.byID[c.Value]
+	if !ok {
+		return session{}, false
+	}
+	now := ss.clock.Now()
+	if ss.expired(s, now) {
+		delete(ss.byID, s.id)
+		return session{}, false
+	}
+	s.seen = now
+	return *s, true
+}
+
+// end ends a session (logout).
+func (ss *sessions) end(id string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.byID, id)
+}

@@ -1,0 +1,255 @@
+package hook
+
+import (
+	"context"
+	"crypto/subtle"
+	"embed"
+	"errors"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+//go:embed ui
+var uiFiles embed.FS
+
+var uiTemplates = template.Must(template.ParseFS(uiFiles, "ui/*.html"))
+
+// uiCSP is the status page's Content-Security-Policy: its own scripts,
+// styles, data and event stream only; no inline script, no framing.
+const uiCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// uiRoutes adds the status page: the page (or its login), its assets, its
+// data, the login and logout, and its actions.
+func (s *Server) uiRoutes(mux *http.ServeMux) {
+	assets, _ := fs.Sub(uiFiles, "ui")
+	static := http.StripPrefix("/ui/assets/", http.FileServerFS(assets))
+	mux.Handle("GET /ui/assets/", uiHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if path.Ext(r.URL.Path) == ".html" {
+			http.NotFound(w, r)
+			return
+		}
+		static.ServeHTTP(w, r)
+	})))
+	mux.Handle("GET /{$}", uiHeaders(http.HandlerFunc(s.page)))
+	mux.Handle("POST /login", uiHeaders(http.HandlerFunc(s.login)))
+	mux.Handle("POST /logout", uiHeaders(http.HandlerFunc(s.logout)))
+	mux.HandleFunc("GET /ui/state", s.hook("ui", s.uiState))
+	mux.HandleFunc("POST /ui/roll", s.hook("ui", s.uiRoll))
+}
+
+// uiHeaders sets the page's security headers.
+func uiHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", uiCSP)
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// viewing says how a request may see the page: with a session (and act),
+// read-only from a network opened to viewing, or not at all.
+func (s *Server) viewing(r *http.Request) (sess session, loggedIn, ok bool) {
+	if sess, ok := s.sessions.of(r); ok {
+		return sess, true, true
+	}
+	if len(s.opt.ViewFrom) > 0 {
+		if ip, known := s.clientIP(r); known && inAny(ip, s.opt.ViewFrom) {
+			return session{}, false, true
+		}
+	}
+	return session{}, false, false
+}
+
+// canRead says whether a request may read rollouts: the API token, a
+// session, or a network opened to viewing.
+func (s *Server) canRead(r *http.Request) bool {
+	if _, _, ok := bearer(r, s.opt.Secrets.API); ok {
+		return true
+	}
+	_, _, ok := s.viewing(r)
+	return ok
+}
+
+func (s *Server) page(w http.ResponseWriter, r *http.Request) {
+	sess, loggedIn, ok := s.viewing(r)
+	if !ok {
+		w.WriteHeader(http.StatusOK)
+		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{})
+		return
+	}
+	data := map[string]any{"LoggedIn": loggedIn}
+	if loggedIn {
+		data["CSRF"] = sess.csrf
+	}
+	_ = uiTemplates.ExecuteTemplate(w, "index.html", data)
+}
+
+// login checks the API token (constant time) from the form and starts a
+// session: the token goes no further.
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	if !tokenEqual(s.opt.Secrets.API, r.PostForm.Get("token")) {
+		info(r).log.Warn("login refused", "reason", "wrong token")
+		w.WriteHeader(http.StatusUnauthorized)
+		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": "Wrong token."})
+		return
+	}
+	sess := s.sessions.create()
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess.id, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessions.absolute / time.Second)})
+	info(r).log.Info("login")
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// logout ends the session (CSRF-checked, from the page's form).
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	sess, ok := s.sessions.of(r)
+	if !ok || r.ParseForm() != nil || !csrfEqual(sess.csrf, r.PostForm.Get("csrf")) {
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
+	s.sessions.end(sess.id)
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+		SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func csrfEqual(want, got string) bool {
+	return want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(got)) == 1
+}
+
+// uiRoll is the page's "roll now": a manual trigger, for a session whose
+// CSRF token the request carries.
+func (s *Server) uiRoll(r *http.Request) (int, any) {
+	sess, ok := s.sessions.of(r)
+	if !ok {
+		return problem(http.StatusUnauthorized, "log in first")
+	}
+	if !csrfEqual(sess.csrf, r.Header.Get("X-CSRF-Token")) {
+		return problem(http.StatusForbidden, "missing or wrong CSRF token")
+	}
+	service := r.URL.Query().Get("service")
+	if code, body, ok := s.configured(service); !ok {
+		return code, body
+	}
+	return s.enqueue(r, SourceManual, "", map[string]Event{service: {}}, []string{service})
+}
+
+// uiService is one service as the page shows it.
+type uiService struct {
+	Name      string             `json:"name"`
+	Image     string             `json:"image,omitempty"`
+	Release   string             `json:"release,omitempty"`
+	Drain     bool               `json:"drain"`
+	Instances []uiInstance       `json:"instances"`
+	Rollouts  []fleetroll.Report `json:"rollouts"`
+	Error     string             `json:"error,omitempty"`
+}
+
+type uiInstance struct {
+	Unit      string `json:"unit"`
+	Machine   string `json:"machine,omitempty"`
+	Fleet     string `json:"fleet"`
+	Systemd   string `json:"systemd"`
+	Announced *bool  `json:"announced,omitempty"`
+}
+
+// uiState answers the page's data: every configured service with its
+// release, instances and last 50 rollouts.
+func (s *Server) uiState(r *http.Request) (int, any) {
+	if _, _, ok := s.viewing(r); !ok {
+		return problem(http.StatusUnauthorized, "log in first")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	units, uerr := s.opt.Fleet.Units(ctx)
+	states, serr := s.opt.Fleet.UnitStates(ctx)
+	byState := map[string]string{}
+	machine := map[string]string{}
+	for _, st := range states {
+		if st != nil {
+			byState[st.Name] = st.SystemdActiveState + "/" + st.SystemdSubState
+			machine[st.Name] = st.MachineID
+		}
+	}
+	out := []uiService{}
+	for _, svc := range s.Config().Services {
+		u := uiService{Name: svc.Name, Image: svc.Image, Drain: svc.Drain != nil, Instances: []uiInstance{}}
+		if err := errors.Join(uerr, serr); err != nil {
+			u.Error = "fleet could not be read"
+		}
+		policy := svc.Policy(s.opt.Policy)
+		if s.opt.Etcd != nil && svc.Image != "" {
+			if cur, err := (coord.ReleaseStore{KAPI: s.opt.Etcd}).Current(ctx, svc.Name); err == nil && cur != nil {
+				u.Release = cur.Image
+			}
+		}
+		for _, unit := range units {
+			name, in, ok := strings.Cut(strings.TrimSuffix(unit.Name, ".service"), "@")
+			if !ok || name != svc.Name || in == "" {
+				continue
+			}
+			i := uiInstance{Unit: unit.Name, Machine: shortMachine(machine[unit.Name]), Fleet: unit.DesiredState, Systemd: byState[unit.Name]}
+			if i.Systemd == "" {
+				i.Systemd = "no state"
+			}
+			if policy.Drain != nil && s.opt.Etcd != nil {
+				_, err := s.opt.Etcd.Get(ctx, policy.Drain.Prefix+"/"+in, nil)
+				announced := err == nil
+				if err == nil || isKeyNotFound(err) {
+					i.Announced = &announced
+				}
+			}
+			u.Instances = append(u.Instances, i)
+		}
+		u.Rollouts = s.store.List(svc.Name)
+		if s.opt.Etcd != nil {
+			if recs, err := (coord.History{KAPI: s.opt.Etcd}).List(ctx, svc.Name); err == nil {
+				seen := map[string]bool{}
+				for _, ro := range u.Rollouts {
+					seen[ro.ID] = true
+				}
+				for _, rec := range recs {
+					if !seen[rec.ID] {
+						u.Rollouts = append(u.Rollouts, rec)
+					}
+				}
+			}
+		}
+		if len(u.Rollouts) > 50 {
+			u.Rollouts = u.Rollouts[:50]
+		}
+		out = append(out, u)
+	}
+	return http.StatusOK, map[string]any{"services": out}
+}
+
+func shortMachine(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func isKeyNotFound(err error) bool {
+	var e client.Error
+	return errors.As(err, &e) && e.Code == client.ErrorCodeKeyNotFound
+}

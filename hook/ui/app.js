@@ -1,0 +1,222 @@
+// fleetroll's status page: the services, their instances, the rollout in
+// progress (live, from /events) and the recent ones, with a timeline.
+// Everything shown is set as text, never as markup.
+"use strict";
+
+const state = { services: new Map(), rollouts: new Map(), seen: new Map() };
+const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+const SVG = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+function seconds(ms) {
+  if (!(ms > 0)) return "";
+  return ms < 60000 ? (ms / 1000).toFixed(1) + " s" : Math.floor(ms / 60000) + " m " + Math.round((ms % 60000) / 1000) + " s";
+}
+
+function t(s) { return s ? Date.parse(s) : 0; }
+
+function duration(r) {
+  const a = t(r.started), b = t(r.finished);
+  return a && b ? b - a : 0;
+}
+
+async function load() {
+  const resp = await fetch("/ui/state", { credentials: "same-origin" });
+  if (!resp.ok) { document.getElementById("live").textContent = "cannot read the state (" + resp.status + ")"; return; }
+  const doc = await resp.json();
+  for (const svc of doc.services) {
+    state.services.set(svc.name, svc);
+    for (const r of svc.rollouts) state.rollouts.set(r.id, r);
+  }
+  renderAll();
+}
+
+function renderAll() {
+  const main = document.getElementById("services");
+  main.replaceChildren(...[...state.services.values()].map(renderService));
+}
+
+function rolloutsOf(name) {
+  return [...state.rollouts.values()].filter(r => r.service === name)
+    .sort((a, b) => (t(b.started) || Infinity) - (t(a.started) || Infinity) || (b.id < a.id ? -1 : 1));
+}
+
+function renderService(svc) {
+  const sec = el("section", { class: "service", id: "svc-" + svc.name });
+  const title = el("h2", {}, svc.name);
+  title.append(el("span", { class: "release" }, svc.release || svc.image || "no image configured (each start pulls the newest)"));
+  if (csrf) {
+    const roll = el("button", { type: "button", class: "roll" }, "Roll now");
+    roll.addEventListener("click", () => rollNow(svc.name, roll));
+    title.append(roll);
+  }
+  sec.append(title);
+  if (svc.error) sec.append(el("p", { class: "error" }, svc.error));
+
+  const inst = el("table", { class: "instances" }, el("tr", {}, el("th", {}, "instance"), el("th", {}, "machine"),
+    el("th", {}, "fleet"), el("th", {}, "systemd"), el("th", {}, "in the proxy")));
+  for (const i of svc.instances) {
+    inst.append(el("tr", { "data-unit": i.unit }, el("td", {}, i.unit), el("td", {}, i.machine || "—"), el("td", {}, i.fleet),
+      el("td", {}, i.systemd), el("td", {}, i.announced === undefined ? "—" : (i.announced ? "yes" : "no"))));
+  }
+  sec.append(inst);
+
+  const all = rolloutsOf(svc.name);
+  const current = all.find(r => r.status === "running" || r.status === "paused");
+  const cur = el("div", { class: "current" });
+  if (current) {
+    cur.append(el("h3", {}, "Rollout " + current.id + " ", el("span", { class: "status-" + current.status }, current.status)));
+    const tbl = el("table", { class: "units" }, el("tr", {}, el("th", {}, "unit"), el("th", {}, "phase"), el("th", {}, "outcome"), el("th", { class: "w" }, "time")));
+    for (const u of current.units) {
+      const seen = state.seen.get(current.id + " " + u.unit) || [];
+      const row = el("tr", { "data-unit": u.unit, "data-phase": u.phase || "", "data-seen": seen.join(" "), class: "phase-" + (u.phase || "none") },
+        el("td", {}, u.unit), el("td", {}, u.phase || ""), el("td", {}, u.outcome), el("td", {}, el("div", { class: "bar" })));
+      const open = (u.phases || []).at(-1);
+      if (open && !open.finished) row.dataset.since = String(t(open.started));
+      tbl.append(row);
+    }
+    cur.append(tbl);
+  }
+  sec.append(cur);
+
+  const hist = el("table", { class: "history" }, el("tr", {}, el("th", {}, "rollout"), el("th", {}, "trigger"),
+    el("th", {}, "result"), el("th", {}, "took"), el("th", {}, "started")));
+  for (const r of all.filter(r => r.status !== "running" && r.status !== "paused")) {
+    const trig = [r.trigger?.source, r.trigger?.repository && (r.trigger.repository + (r.trigger.tag ? ":" + r.trigger.tag : ""))].filter(Boolean).join(" ");
+    const row = el("tr", { "data-id": r.id, "data-status": r.status }, el("td", {}, r.id), el("td", {}, trig),
+      el("td", { class: "status-" + r.status }, r.status), el("td", {}, seconds(duration(r))), el("td", {}, r.started ? new Date(r.started).toLocaleString() : ""));
+    row.addEventListener("click", () => showDetail(r.id));
+    hist.append(row);
+  }
+  sec.append(el("h3", {}, "Recent rollouts"), chart(all), hist);
+  return sec;
+}
+
+// chart draws the durations of the last 50 rollouts, oldest left.
+function chart(all) {
+  const done = all.filter(r => duration(r) > 0).slice(0, 50).reverse();
+  const w = 500, h = 60, max = Math.max(1, ...done.map(duration));
+  const s = svg("svg", { class: "chart", width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "rollout durations" });
+  done.forEach((r, i) => {
+    const bh = Math.max(1, Math.round(duration(r) / max * (h - 4)));
+    const rect = svg("rect", { x: i * (w / 50), y: h - bh, width: Math.max(1, w / 50 - 2), height: bh, class: r.status === "succeeded" ? "" : "failed" });
+    const title = svg("title", {}); title.textContent = r.id + ": " + seconds(duration(r)) + ", " + r.status;
+    rect.append(title);
+    s.append(rect);
+  });
+  return s;
+}
+
+// timeline draws one lane per unit from the record's phase timings; each
+// lane carries when its unit went down (the stop began) and was running
+// again (the start ended).
+function timeline(r) {
+  const spans = r.units.flatMap(u => u.phases || []);
+  const t0 = Math.min(...spans.map(p => t(p.started)));
+  const t1 = Math.max(...spans.map(p => t(p.finished) || Date.now()));
+  const w = 700, lane = 22, left = 190, total = Math.max(1, t1 - t0);
+  const s = svg("svg", { width: w, height: lane * r.units.length + 24, role: "img", "aria-label": "timeline of rollout " + r.id });
+  r.units.forEach((u, i) => {
+    const g = svg("g", { class: "lane", "data-unit": u.unit, transform: `translate(0 ${i * lane})` });
+    const label = svg("text", { x: 0, y: 15 }); label.textContent = u.unit; g.append(label);
+    let down = 0, up = 0;
+    for (const p of u.phases || []) {
+      const a = t(p.started), b = t(p.finished) || Date.now();
+      if (p.phase === "stop" && !down) down = a;
+      if (p.phase === "start") up = b;
+      const rect = svg("rect", { x: left + (a - t0) / total * (w - left), y: 3, height: 14,
+        width: Math.max(1, (b - a) / total * (w - left)), class: "lane-" + p.phase, "data-phase": p.phase });
+      const title = svg("title", {}); title.textContent = p.phase + ": " + seconds(b - a);
+      rect.append(title);
+      g.append(rect);
+    }
+    if (down) g.setAttribute("data-down-start", String(down));
+    if (up) g.setAttribute("data-down-end", String(up));
+    s.append(g);
+  });
+  const axis = svg("text", { x: left, y: lane * r.units.length + 18 }); axis.textContent = "0 — " + seconds(total);
+  s.append(axis);
+  return s;
+}
+
+function showDetail(id) {
+  const r = state.rollouts.get(id);
+  if (!r) return;
+  document.getElementById("detail-title").textContent = "Rollout " + r.id + " of " + r.service;
+  document.getElementById("detail-summary").textContent = r.status + (r.error ? ": " + r.error : "") + " — " + seconds(duration(r));
+  document.getElementById("timeline").replaceChildren(timeline(r));
+  const d = document.getElementById("detail");
+  d.hidden = false;
+  d.dataset.rollout = r.id;
+}
+
+async function rollNow(service, button) {
+  button.disabled = true;
+  try {
+    const resp = await fetch("/ui/roll?service=" + encodeURIComponent(service), { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
+    const ans = await resp.json();
+    button.title = resp.ok ? "rollout " + ans.id + " queued" : (ans.error || resp.status);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function listen() {
+  const live = document.getElementById("live");
+  const es = new EventSource("/events");
+  es.onopen = () => { live.textContent = "live"; };
+  es.onerror = () => { live.textContent = "reconnecting…"; };
+  const onEvent = (msg) => {
+    const ev = JSON.parse(msg.data);
+    state.rollouts.set(ev.rollout_id, ev.record);
+    const act = document.getElementById("activity");
+    const what = ev.unit ? ev.unit + ": " + (ev.kind === "phase" ? ev.phase : ev.kind) : "rollout " + ev.rollout_id + " of " + ev.service + ": " + ev.kind;
+    act.prepend(el("li", { "data-rollout": ev.rollout_id, "data-unit": ev.unit || "", "data-kind": ev.kind },
+      new Date().toLocaleTimeString() + " " + what));
+    while (act.children.length > 200) act.lastChild.remove();
+    if (ev.unit) {
+      const key = ev.rollout_id + " " + ev.unit;
+      const seen = state.seen.get(key) || [];
+      seen.push(ev.kind === "phase" ? ev.phase : ev.kind);
+      state.seen.set(key, seen);
+    }
+    const svc = state.services.get(ev.service);
+    if (svc) {
+      const old = document.getElementById("svc-" + ev.service);
+      if (old) old.replaceWith(renderService(svc));
+    }
+    if (document.getElementById("detail").dataset.rollout === ev.rollout_id) showDetail(ev.rollout_id);
+  };
+  for (const kind of ["queued", "stopping", "stopped", "starting", "recovering", "running", "healthy", "failed", "phase", "paused", "decided",
+    "succeeded", "interrupted", "superseded", "cancelled", "rolled_back", "aborted", "progress"]) {
+    es.addEventListener(kind, onEvent);
+  }
+  es.addEventListener("reset", () => { load(); });
+}
+
+// The bars of the units in flight grow with time.
+setInterval(() => {
+  for (const row of document.querySelectorAll("tr[data-since]")) {
+    const bar = row.querySelector(".bar");
+    if (bar) bar.style.width = Math.min(100, (Date.now() - Number(row.dataset.since)) / 600) + "%";
+  }
+}, 250);
+
+document.getElementById("detail-close").addEventListener("click", () => {
+  const d = document.getElementById("detail"); d.hidden = true; delete d.dataset.rollout;
+});
+load().then(listen);

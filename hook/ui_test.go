@@ -1,0 +1,145 @@
+package hook
+
+import (
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetroll/fleetroll/internal/clocktest"
+)
+
+// browser is an HTTP client with cookies that does not follow redirects.
+func browser(t *testing.T) *http.Client {
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func send(t *testing.T, c *http.Client, method, u string, body io.Reader, headers map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+var csrfMeta = regexp.MustCompile(`<meta name="csrf-token" content="([^"]+)">`)
+
+func login(t *testing.T, c *http.Client, base, token string) (*http.Response, string) {
+	t.Helper()
+	return send(t, c, "POST", base+"/login", strings.NewReader(url.Values{"token": {token}}.Encode()),
+		map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
+}
+
+func TestStatusPageLoginSessionsAndCSRF(t *testing.T) {
+	clock := clocktest.New()
+	env := newTestEnv(t, func(o *Options) { o.Clock = clock })
+	base := env.http.URL
+	c := browser(t)
+
+	// Not logged in: the login page, and 401s from the data, the stream
+	// and the actions.
+	resp, page := send(t, c, "GET", base+"/", nil, nil)
+	if resp.StatusCode != 200 || !strings.Contains(page, `action="/login"`) || resp.Header.Get("Content-Security-Policy") != uiCSP {
+		t.Fatalf("unauthenticated page: %d %s\n%s", resp.StatusCode, resp.Header, page)
+	}
+	for _, p := range []struct{ method, path string }{{"GET", "/ui/state"}, {"GET", "/events"}, {"POST", "/ui/roll?service=my-service"}} {
+		if resp, _ := send(t, c, p.method, base+p.path, nil, nil); resp.StatusCode != 401 {
+			t.Errorf("%s %s without a session: %d", p.method, p.path, resp.StatusCode)
+		}
+	}
+	if resp, page := login(t, c, base, testHubToken); resp.StatusCode != 401 || !strings.Contains(page, "Wrong token") {
+		t.Fatalf("login with another secret: %d", resp.StatusCode)
+	}
+
+	resp, _ = login(t, c, base, testToken)
+	if resp.StatusCode != 303 {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	cookie := resp.Header.Get("Set-Cookie")
+	if !strings.Contains(cookie, "HttpOnly") || !strings.Contains(cookie, "SameSite=Strict") || strings.Contains(cookie, testToken) {
+		t.Fatalf("session cookie: %s", cookie)
+	}
+	_, page = send(t, c, "GET", base+"/", nil, nil)
+	m := csrfMeta.FindStringSubmatch(page)
+	if m == nil || strings.Contains(page, testToken) {
+		t.Fatalf("page: no CSRF token, or the API token in it:\n%s", page)
+	}
+	csrf := m[1]
+	if resp, body := send(t, c, "GET", base+"/ui/state", nil, nil); resp.StatusCode != 200 || !strings.Contains(body, `"name": "my-service"`) {
+		t.Fatalf("state: %d %s", resp.StatusCode, body)
+	}
+	// An action without the CSRF token, or with another, is refused: a
+	// cross-site form cannot set the header.
+	for _, h := range []map[string]string{nil, {"X-CSRF-Token": "forged"}} {
+		if resp, _ := send(t, c, "POST", base+"/ui/roll?service=my-service", nil, h); resp.StatusCode != 403 {
+			t.Fatalf("roll with CSRF %v: %d", h, resp.StatusCode)
+		}
+	}
+	if resp, body := send(t, c, "POST", base+"/ui/roll?service=nope", nil, map[string]string{"X-CSRF-Token": csrf}); resp.StatusCode != 404 {
+		t.Fatalf("roll of an unknown service: %d %s", resp.StatusCode, body)
+	}
+	resp, body := send(t, c, "POST", base+"/ui/roll?service=my-service", nil, map[string]string{"X-CSRF-Token": csrf})
+	if resp.StatusCode != 202 || !strings.Contains(body, `"service": "my-service"`) {
+		t.Fatalf("roll now: %d %s", resp.StatusCode, body)
+	}
+	// Logout needs the CSRF token too, and ends the session.
+	if resp, _ := send(t, c, "POST", base+"/logout", strings.NewReader("csrf=forged"), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); resp.StatusCode != 403 {
+		t.Fatalf("logout without the CSRF token: %d", resp.StatusCode)
+	}
+	if resp, _ := send(t, c, "POST", base+"/logout", strings.NewReader("csrf="+csrf), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); resp.StatusCode != 303 {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	if resp, _ := send(t, c, "GET", base+"/ui/state", nil, nil); resp.StatusCode != 401 {
+		t.Fatalf("state after logout: %d", resp.StatusCode)
+	}
+
+	// Sessions end after their idle limit.
+	login(t, c, base, testToken)
+	if resp, _ := send(t, c, "GET", base+"/ui/state", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("state after a new login: %d", resp.StatusCode)
+	}
+	clock.Advance(DefaultSessionIdle + time.Second)
+	if resp, _ := send(t, c, "GET", base+"/ui/state", nil, nil); resp.StatusCode != 401 {
+		t.Fatalf("state after the idle limit: %d", resp.StatusCode)
+	}
+}
+
+// A network opened to viewing sees the page and its data without a login,
+// and cannot act.
+func TestStatusPageReadOnlyNetworks(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.ViewFrom = mustPrefixes(t, "127.0.0.0/8") })
+	c := browser(t)
+	resp, page := send(t, c, "GET", env.http.URL+"/", nil, nil)
+	if resp.StatusCode != 200 || !strings.Contains(page, "read-only") || csrfMeta.MatchString(page) {
+		t.Fatalf("read-only page: %d\n%s", resp.StatusCode, page)
+	}
+	if resp, _ := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("read-only state: %d", resp.StatusCode)
+	}
+	if resp, _ := send(t, c, "POST", env.http.URL+"/ui/roll?service=my-service", nil, map[string]string{"X-CSRF-Token": "x"}); resp.StatusCode != 401 {
+		t.Fatalf("read-only roll: %d", resp.StatusCode)
+	}
+	// Off by default.
+	other := newTestEnv(t, nil)
+	if _, page := send(t, c, "GET", other.http.URL+"/", nil, nil); !strings.Contains(page, `action="/login"`) {
+		t.Fatal("viewing without a login is on by default")
+	}
+}
