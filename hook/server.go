@@ -127,19 +127,19 @@ const DefaultMaxWait = time.Minute
 
 // Server is the webhook receiver.
 type Server struct {
-	opt     Options
-	cfg     atomic.Pointer[Config]
-	targets atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
+	opt      Options
+	cfg      atomic.Pointer[Config]
+	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	sessions *sessions
-	store   *Store
-	queue   scheduler
-	durable *durable // the queue, when it is in etcd
-	outbox  *Outbox
-	replays deliveryGuard
-	metrics *metrics
-	log     *slog.Logger
-	handler http.Handler
-	ops     http.Handler
+	store    *Store
+	queue    scheduler
+	durable  *durable // the queue, when it is in etcd
+	outbox   *Outbox
+	replays  deliveryGuard
+	metrics  *metrics
+	log      *slog.Logger
+	handler  http.Handler
+	ops      http.Handler
 }
 
 // New validates the options and returns a server; call Run to start its

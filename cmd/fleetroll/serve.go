@@ -43,6 +43,7 @@ func serveCommand() *cli.Command {
 		&cli.DurationFlag{Name: "callback-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_TIMEOUT"}, Usage: "timeout of each callback request"},
 		&cli.DurationFlag{Name: "callback-deadline", Value: hook.DefaultCallbackDeadline, EnvVars: []string{"FLEETROLL_CALLBACK_DEADLINE"}, Usage: "all the callbacks of one rollout, retries included, within this"},
 		&cli.DurationFlag{Name: "callback-shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_SHUTDOWN_TIMEOUT"}, Usage: "at shutdown, wait this long for callbacks still queued"},
+		&cli.StringSliceFlag{Name: "view-from", EnvVars: []string{"FLEETROLL_VIEW_FROM"}, Usage: "CIDRs that see the status page read-only without logging in (default: none)"},
 		&cli.StringSliceFlag{Name: "allow-from", EnvVars: []string{"FLEETROLL_ALLOW_FROM"}, Usage: "CIDRs allowed to call (default: any)"},
 		&cli.StringSliceFlag{Name: "trusted-proxies", EnvVars: []string{"FLEETROLL_TRUSTED_PROXIES"}, Usage: "CIDRs of proxies whose X-Forwarded-For is believed"},
 		&cli.Int64Flag{Name: "max-body", Value: hook.DefaultBodyLimit, EnvVars: []string{"FLEETROLL_MAX_BODY"}, Usage: "largest request body, in bytes"},
@@ -169,6 +170,9 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 	}
 	if o.hook.AllowFrom, err = parsePrefixes(c.StringSlice("allow-from")); err != nil {
 		return nil, usageErr("--allow-from: %w", err)
+	}
+	if o.hook.ViewFrom, err = parsePrefixes(c.StringSlice("view-from")); err != nil {
+		return nil, usageErr("--view-from: %w", err)
 	}
 	if o.hook.TrustedProxies, err = parsePrefixes(c.StringSlice("trusted-proxies")); err != nil {
 		return nil, usageErr("--trusted-proxies: %w", err)
