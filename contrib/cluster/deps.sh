@@ -20,6 +20,9 @@ if [[ ${FLEETROLL_DEPS:-all} == all ]]; then
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v nginx >/dev/null || need+=(nginx-light)
   [[ -x /bin/busybox ]] && /bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
+  # The status page's browser test: headless Chromium, and a font for its
+  # screenshot.
+  command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
 fi
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]}" >&2
