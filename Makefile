@@ -4,7 +4,7 @@
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch screenshot cluster-down
 
 demo:
 	contrib/demo.sh
@@ -63,6 +63,10 @@ bench-watch:
 # (about 10 minutes on one machine).
 bench-batch:
 	bench/batch.sh
+
+# The status page's picture in docs/, taken by its browser test.
+screenshot:
+	FLEETROLL_SCREENSHOT=$(CURDIR)/docs/status-page.png $(GO) test -count=1 -run TestStatusPageInABrowser -v ./e2e/
 
 cluster-down:
 	contrib/cluster/cluster.sh down
