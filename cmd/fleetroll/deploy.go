@@ -193,17 +193,20 @@ func deployAction(c *cli.Context, verb, image string,
 		return err
 	}
 	o.roll.Hooks = hooks
-	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
+	fmt.Fprintf(errw, "rollout %s: deploying %s to %d unit(s) of %s\n", o.roll.RolloutID, to.Image, len(plan.Units), plan.Service)
+	onEvent, say, stopView := progress(ctx, errw, plan)
+	defer stopView()
+	o.roll.OnEvent = onEvent
 	roller, err := fleetroll.NewRoller(fleet, o.roll)
 	if err != nil {
 		return usageErr("%s: %w", verb, err)
 	}
-	fmt.Fprintf(errw, "rollout %s: deploying %s to %d unit(s) of %s\n", roller.RolloutID(), to.Image, len(plan.Units), plan.Service)
 	rep, rollErr := roller.Deploy(ctx, plan, fleetroll.Deploy{
 		To: to, Releases: store, OnFailure: policy.OnFailure, NoPull: c.Bool("no-pre-pull"),
 		Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(safety.KAPI)},
-		Note: func(msg string) { fmt.Fprintf(errw, "%s\n", msg) },
+		Note: say,
 	})
+	stopView()
 	rep.Trigger = to.Trigger
 	return finish(c, o, safety, logger, rep, rollErr, plan.NotLaunched)
 }

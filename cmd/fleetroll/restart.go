@@ -204,17 +204,20 @@ func restartAction(c *cli.Context) error {
 		return err
 	}
 	o.roll.Hooks = hooks
-	o.roll.OnEvent = func(e fleetroll.Event) { printEvent(errw, e) }
+	if b := hooks.BlueGreen; b != nil {
+		fmt.Fprintf(errw, "rollout %s: replacing %d unit(s) of %s with new ones on %s (blue-green)\n", o.roll.RolloutID, len(plan.Units), plan.Service, strings.Join(b.Spare, ","))
+	} else {
+		fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s, %s at a time\n", o.roll.RolloutID, len(plan.Units), plan.Service, o.roll.MaxUnavailable)
+	}
+	onEvent, _, stopView := progress(ctx, errw, plan)
+	defer stopView()
+	o.roll.OnEvent = onEvent
 	roller, err := fleetroll.NewRoller(fleet, o.roll)
 	if err != nil {
 		return usageErr("restart: %w", err)
 	}
-	if b := hooks.BlueGreen; b != nil {
-		fmt.Fprintf(errw, "rollout %s: replacing %d unit(s) of %s with new ones on %s (blue-green)\n", roller.RolloutID(), len(plan.Units), plan.Service, strings.Join(b.Spare, ","))
-	} else {
-		fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s, %s at a time\n", roller.RolloutID(), len(plan.Units), plan.Service, o.roll.MaxUnavailable)
-	}
 	rep, rollErr := roller.Roll(ctx, plan)
+	stopView()
 	rep.Trigger = fleetroll.Trigger{Source: "cli"}
 	return finish(c, o, safety, logger, rep, rollErr, plan.NotLaunched)
 }
