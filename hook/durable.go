@@ -3,6 +3,7 @@ package hook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path"
 	"strings"
@@ -24,7 +25,15 @@ type scheduler interface {
 	// Newer reports whether a trigger of j's service newer than j waits
 	// (it would supersede j).
 	Newer(ctx context.Context, j Job) bool
+	// Cancel takes a queued rollout out of the queue before it runs: its
+	// record is cancelled. ErrNotQueued when it is not waiting (unknown,
+	// running or over).
+	Cancel(ctx context.Context, id, by string) (fleetroll.Report, error)
 }
+
+// ErrNotQueued is why a rollout could not be cancelled: it is not waiting
+// in the queue (it runs, it is over, or there is no such rollout).
+var ErrNotQueued = errors.New("no such rollout is queued")
 
 // durable is the trigger queue of serve with etcd. Each accepted trigger is
 // written to etcd (coord.Triggers) before its sender is answered, and
@@ -475,4 +484,39 @@ func (d *durable) Newer(ctx context.Context, j Job) bool {
 		}
 	}
 	return false
+}
+
+// Cancel removes a queued trigger from etcd, unless a receiver has begun
+// running it (compare-and-swap), and records its rollout as cancelled.
+func (d *durable) Cancel(ctx context.Context, id, by string) (fleetroll.Report, error) {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	all, err := d.triggers.List(lctx)
+	if err != nil {
+		return fleetroll.Report{}, err
+	}
+	for _, es := range all {
+		for _, e := range es {
+			if e.Record.ID != id {
+				continue
+			}
+			old, err := d.triggers.RemoveIf(lctx, e.Key, func(cur coord.QueuedTrigger) error {
+				if cur.Runner != "" || cur.Record.Status != fleetroll.StatusQueued {
+					return fmt.Errorf("rollout %s: %w (it is %s)", id, ErrNotQueued, cur.Record.Status)
+				}
+				return nil
+			})
+			if err != nil {
+				return fleetroll.Report{}, err
+			}
+			rec := old.Record.Clone()
+			rec.Status, rec.Finished, rec.Error = fleetroll.StatusCancelled, d.opt.Clock.Now(), "cancelled by "+by+" before it ran"
+			d.store.Add(rec)
+			if err := (coord.History{KAPI: d.kapi}).Save(lctx, rec); err != nil {
+				d.log.Warn("cancelled rollout not recorded", "rollout_id", id, "error", err.Error())
+			}
+			return rec, nil
+		}
+	}
+	return fleetroll.Report{}, fmt.Errorf("rollout %s: %w", id, ErrNotQueued)
 }

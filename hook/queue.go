@@ -3,6 +3,7 @@ package hook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -176,6 +177,25 @@ func (q *Queue) Depth() (queued, running int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.queued), len(q.running)
+}
+
+// Cancel takes a queued rollout out of the queue before it runs.
+func (q *Queue) Cancel(_ context.Context, id, by string) (fleetroll.Report, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for service, it := range q.queued {
+		if it.job.ID != id {
+			continue
+		}
+		delete(q.queued, service)
+		q.fifo = slices.DeleteFunc(q.fifo, func(s string) bool { return s == service })
+		rec, _ := q.store.Update(id, func(r *fleetroll.Report) {
+			r.Status, r.Finished, r.Error = fleetroll.StatusCancelled, q.opt.Clock.Now(), "cancelled by "+by+" before it ran"
+		})
+		q.notifyLocked()
+		return rec, nil
+	}
+	return fleetroll.Report{}, fmt.Errorf("rollout %s: %w", id, ErrNotQueued)
 }
 
 // Newer reports whether a trigger of j's service waits behind it.

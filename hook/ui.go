@@ -43,7 +43,10 @@ func (s *Server) uiRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /login", uiHeaders(http.HandlerFunc(s.login)))
 	mux.Handle("POST /logout", uiHeaders(http.HandlerFunc(s.logout)))
 	mux.HandleFunc("GET /ui/state", s.hook("ui", s.uiState))
-	mux.HandleFunc("POST /ui/roll", s.hook("ui", s.uiRoll))
+	mux.HandleFunc("POST /ui/roll", s.hook("ui", s.uiAction(s.rollNow)))
+	mux.HandleFunc("POST /ui/cancel", s.hook("ui", s.uiAction(s.cancelQueued)))
+	mux.HandleFunc("POST /ui/rollback", s.hook("ui", s.uiAction(s.rollBack)))
+	mux.HandleFunc("POST /rollouts/{id}/cancel", s.hook("api", s.apiCancel))
 }
 
 // uiHeaders sets the page's security headers.
@@ -136,16 +139,24 @@ func csrfEqual(want, got string) bool {
 	return want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(got)) == 1
 }
 
-// uiRoll is the page's "roll now": a manual trigger, for a session whose
-// CSRF token the request carries.
-func (s *Server) uiRoll(r *http.Request) (int, any) {
-	sess, ok := s.sessions.of(r)
-	if !ok {
-		return problem(http.StatusUnauthorized, "log in first")
+// uiAction runs one of the page's actions for a session whose CSRF token
+// the request carries (a cross-site form can send neither the header nor,
+// SameSite=Strict, the cookie).
+func (s *Server) uiAction(do func(r *http.Request, by string) (int, any)) func(*http.Request) (int, any) {
+	return func(r *http.Request) (int, any) {
+		sess, ok := s.sessions.of(r)
+		if !ok {
+			return problem(http.StatusUnauthorized, "log in first")
+		}
+		if !csrfEqual(sess.csrf, r.Header.Get("X-CSRF-Token")) {
+			return problem(http.StatusForbidden, "missing or wrong CSRF token")
+		}
+		return do(r, "the status page (request "+info(r).id+")")
 	}
-	if !csrfEqual(sess.csrf, r.Header.Get("X-CSRF-Token")) {
-		return problem(http.StatusForbidden, "missing or wrong CSRF token")
-	}
+}
+
+// rollNow is a manual trigger of ?service=.
+func (s *Server) rollNow(r *http.Request, _ string) (int, any) {
 	service := r.URL.Query().Get("service")
 	if code, body, ok := s.configured(service); !ok {
 		return code, body
@@ -153,11 +164,64 @@ func (s *Server) uiRoll(r *http.Request) (int, any) {
 	return s.enqueue(r, SourceManual, "", map[string]Event{service: {}}, []string{service})
 }
 
+// rollBack deploys ?service='s release before the current one again.
+func (s *Server) rollBack(r *http.Request, _ string) (int, any) {
+	service := r.URL.Query().Get("service")
+	svc, ok := s.Config().Service(service)
+	if !ok {
+		return problem(http.StatusNotFound, "no such service is configured")
+	}
+	if svc.Image == "" || s.opt.Etcd == nil {
+		return problem(http.StatusUnprocessableEntity, "only a service with an image (releases, with etcd) can be rolled back")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	prev, err := coord.ReleaseStore{KAPI: s.opt.Etcd}.Previous(ctx, service)
+	switch {
+	case err != nil:
+		info(r).log.Warn("releases unreadable", "service", service, "error", err.Error())
+		return problem(http.StatusServiceUnavailable, "the releases could not be read; retry later")
+	case prev == nil:
+		return problem(http.StatusConflict, "there is no release before the current one")
+	}
+	return s.enqueue(r, SourceManual, "", map[string]Event{service: {Repository: svc.Image, Digest: prev.Digest()}}, []string{service})
+}
+
+// cancelQueued takes rollout ?id= out of the queue before it runs.
+func (s *Server) cancelQueued(r *http.Request, by string) (int, any) {
+	return s.cancel(r, r.URL.Query().Get("id"), by)
+}
+
+// apiCancel answers POST /rollouts/{id}/cancel.
+func (s *Server) apiCancel(r *http.Request) (int, any) {
+	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+		return code, body
+	}
+	return s.cancel(r, r.PathValue("id"), "the API (request "+info(r).id+")")
+}
+
+func (s *Server) cancel(r *http.Request, id, by string) (int, any) {
+	if !fleetroll.ValidRolloutID(id) {
+		return problem(http.StatusBadRequest, "rollout ID: want 12 hex digits")
+	}
+	rec, err := s.queue.Cancel(r.Context(), id, by)
+	switch {
+	case errors.Is(err, ErrNotQueued):
+		return problem(http.StatusConflict, "rollout "+id+" is not queued: only a rollout that has not begun can be cancelled")
+	case err != nil:
+		info(r).log.Warn("cancel failed", "rollout_id", id, "error", err.Error())
+		return problem(http.StatusServiceUnavailable, "the queue could not be changed; retry later")
+	}
+	info(r).log.Info("rollout cancelled", "rollout_id", id, "service", rec.Service)
+	return http.StatusOK, rec
+}
+
 // uiService is one service as the page shows it.
 type uiService struct {
 	Name      string             `json:"name"`
 	Image     string             `json:"image,omitempty"`
 	Release   string             `json:"release,omitempty"`
+	Previous  string             `json:"previous,omitempty"`
 	Drain     bool               `json:"drain"`
 	Instances []uiInstance       `json:"instances"`
 	Rollouts  []fleetroll.Report `json:"rollouts"`
@@ -198,8 +262,12 @@ func (s *Server) uiState(r *http.Request) (int, any) {
 		}
 		policy := svc.Policy(s.opt.Policy)
 		if s.opt.Etcd != nil && svc.Image != "" {
-			if cur, err := (coord.ReleaseStore{KAPI: s.opt.Etcd}).Current(ctx, svc.Name); err == nil && cur != nil {
+			store := coord.ReleaseStore{KAPI: s.opt.Etcd}
+			if cur, err := store.Current(ctx, svc.Name); err == nil && cur != nil {
 				u.Release = cur.Image
+			}
+			if prev, err := store.Previous(ctx, svc.Name); err == nil && prev != nil {
+				u.Previous = prev.Image
 			}
 		}
 		for _, unit := range units {

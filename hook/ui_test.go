@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/clocktest"
 )
 
@@ -141,5 +142,65 @@ func TestStatusPageReadOnlyNetworks(t *testing.T) {
 	other := newTestEnv(t, nil)
 	if _, page := send(t, c, "GET", other.http.URL+"/", nil, nil); !strings.Contains(page, `action="/login"`) {
 		t.Fatal("viewing without a login is on by default")
+	}
+}
+
+// A queued rollout can be cancelled from the page (and the API) before it
+// runs; one that is not queued cannot.
+func TestCancelAQueuedRollout(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.QuietPeriod = time.Hour })
+	c := browser(t)
+	login(t, c, env.http.URL, testToken)
+	_, page := send(t, c, "GET", env.http.URL+"/", nil, nil)
+	csrf := csrfMeta.FindStringSubmatch(page)[1]
+	resp, body := send(t, c, "POST", env.http.URL+"/ui/roll?service=my-service", nil, map[string]string{"X-CSRF-Token": csrf})
+	if resp.StatusCode != 202 {
+		t.Fatalf("roll: %d %s", resp.StatusCode, body)
+	}
+	id := regexp.MustCompile(`"id": "([0-9a-f]{12})"`).FindStringSubmatch(body)[1]
+	if resp, _ := send(t, c, "POST", env.http.URL+"/ui/cancel?id="+id, nil, nil); resp.StatusCode != 403 {
+		t.Fatalf("cancel without CSRF: %d", resp.StatusCode)
+	}
+	resp, body = send(t, c, "POST", env.http.URL+"/ui/cancel?id="+id, nil, map[string]string{"X-CSRF-Token": csrf})
+	if resp.StatusCode != 200 || !strings.Contains(body, `"status": "cancelled"`) {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, body)
+	}
+	if got, _ := env.srv.Store().Get(id); got.Status != "cancelled" || !strings.Contains(got.Error, "the status page") {
+		t.Fatalf("record after cancel: %+v", got)
+	}
+	// Twice: it is not queued any more. Through the API, with its token.
+	api := map[string]string{"Authorization": "Bearer " + testToken}
+	if resp, _ := send(t, http.DefaultClient, "POST", env.http.URL+"/rollouts/"+id+"/cancel", nil, api); resp.StatusCode != 409 {
+		t.Fatalf("second cancel: %d", resp.StatusCode)
+	}
+	if resp, _ := send(t, http.DefaultClient, "POST", env.http.URL+"/rollouts/"+id+"/cancel", nil, nil); resp.StatusCode != 401 {
+		t.Fatalf("cancel without a token: %d", resp.StatusCode)
+	}
+	if n, _ := env.srv.queue.Depth(); n != 0 {
+		t.Fatalf("%d rollouts still queued", n)
+	}
+}
+
+// With the durable queue, a cancel removes the trigger from etcd (unless a
+// receiver has begun it) and records the rollout as cancelled.
+func TestCancelAQueuedRolloutInEtcd(t *testing.T) {
+	rs := newReceivers(t)
+	env := newTestEnv(t, func(o *Options) { o.Etcd, o.Owner, o.QuietPeriod = rs.kapi, "receiver", time.Hour })
+	api := map[string]string{"Authorization": "Bearer " + testToken, "Content-Type": "application/json"}
+	resp, body := send(t, http.DefaultClient, "POST", env.http.URL+"/rollouts", strings.NewReader(`{"service":"my-service"}`), api)
+	if resp.StatusCode != 202 {
+		t.Fatalf("trigger: %d %s", resp.StatusCode, body)
+	}
+	id := regexp.MustCompile(`"id": "([0-9a-f]{12})"`).FindStringSubmatch(body)[1]
+	resp, body = send(t, http.DefaultClient, "POST", env.http.URL+"/rollouts/"+id+"/cancel", nil, api)
+	if resp.StatusCode != 200 || !strings.Contains(body, `"status": "cancelled"`) {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, body)
+	}
+	all, err := coord.Triggers{KAPI: rs.kapi}.List(t.Context())
+	if err != nil || len(all["my-service"]) != 0 {
+		t.Fatalf("queue after the cancel: %v %v", all, err)
+	}
+	if rec, ok, err := (coord.History{KAPI: rs.kapi}).Get(t.Context(), id); err != nil || !ok || rec.Status != "cancelled" {
+		t.Fatalf("history: %+v %v %v", rec, ok, err)
 	}
 }

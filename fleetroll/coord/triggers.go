@@ -200,10 +200,21 @@ func (q Triggers) Update(ctx context.Context, key string, fn func(*QueuedTrigger
 // Remove deletes an entry once its rollout has ended and returns it as it
 // was last (with the callbacks added until then).
 func (q Triggers) Remove(ctx context.Context, key string) (QueuedTrigger, error) {
+	return q.RemoveIf(ctx, key, nil)
+}
+
+// RemoveIf is Remove when ok, asked of the entry as it is at the delete
+// (compare-and-swap), accepts it; its error is returned otherwise.
+func (q Triggers) RemoveIf(ctx context.Context, key string, ok func(QueuedTrigger) error) (QueuedTrigger, error) {
 	for range 10 {
 		e, err := q.read(ctx, key)
 		if err != nil {
 			return QueuedTrigger{}, err
+		}
+		if ok != nil {
+			if err := ok(e); err != nil {
+				return e, err
+			}
 		}
 		_, err = q.KAPI.Delete(ctx, key, &client.DeleteOptions{PrevIndex: e.mod})
 		if isCode(err, client.ErrorCodeTestFailed) {

@@ -61,8 +61,13 @@ function renderService(svc) {
   title.append(el("span", { class: "release" }, svc.release || svc.image || "no image configured (each start pulls the newest)"));
   if (csrf) {
     const roll = el("button", { type: "button", class: "roll" }, "Roll now");
-    roll.addEventListener("click", () => rollNow(svc.name, roll));
+    roll.addEventListener("click", () => act("/ui/roll?service=" + encodeURIComponent(svc.name), roll));
     title.append(roll);
+    if (svc.previous) {
+      const back = el("button", { type: "button", class: "rollback", title: "deploy " + svc.previous + " again" }, "Roll back");
+      back.addEventListener("click", () => act("/ui/rollback?service=" + encodeURIComponent(svc.name), back));
+      title.append(back);
+    }
   }
   sec.append(title);
   if (svc.error) sec.append(el("p", { class: "error" }, svc.error));
@@ -100,6 +105,11 @@ function renderService(svc) {
     const row = el("tr", { "data-id": r.id, "data-status": r.status }, el("td", {}, r.id), el("td", {}, trig),
       el("td", { class: "status-" + r.status }, r.status), el("td", {}, seconds(duration(r))), el("td", {}, r.started ? new Date(r.started).toLocaleString() : ""));
     row.addEventListener("click", () => showDetail(r.id));
+    if (csrf && r.status === "queued") {
+      const cancel = el("button", { type: "button", class: "cancel" }, "Cancel");
+      cancel.addEventListener("click", (e) => { e.stopPropagation(); act("/ui/cancel?id=" + encodeURIComponent(r.id), cancel); });
+      row.append(el("td", {}, cancel));
+    }
     hist.append(row);
   }
   sec.append(el("h3", {}, "Recent rollouts"), chart(all), hist);
@@ -164,12 +174,13 @@ function showDetail(id) {
   d.dataset.rollout = r.id;
 }
 
-async function rollNow(service, button) {
+// act posts one of the page's actions with the session's CSRF token.
+async function act(path, button) {
   button.disabled = true;
   try {
-    const resp = await fetch("/ui/roll?service=" + encodeURIComponent(service), { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
+    const resp = await fetch(path, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
     const ans = await resp.json();
-    button.title = resp.ok ? "rollout " + ans.id + " queued" : (ans.error || resp.status);
+    button.title = resp.ok ? (ans.id ? "rollout " + ans.id + ": " + (ans.status || "queued") : "done") : (ans.error || String(resp.status));
   } finally {
     button.disabled = false;
   }
