@@ -88,6 +88,11 @@ func (g HealthGate) Wait(ctx context.Context, url string) error {
 	}
 }
 
+// Check asks url once: nil when it answers 2xx.
+func (g HealthGate) Check(ctx context.Context, url string) error {
+	return g.withDefaults().check(ctx, url)
+}
+
 func (g HealthGate) check(ctx context.Context, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, g.RequestTimeout)
 	defer cancel()

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
@@ -234,6 +235,7 @@ type uiInstance struct {
 	Fleet     string `json:"fleet"`
 	Systemd   string `json:"systemd"`
 	Announced *bool  `json:"announced,omitempty"`
+	Healthy   *bool  `json:"healthy,omitempty"`
 }
 
 // uiState answers the page's data: every configured service with its
@@ -288,6 +290,9 @@ func (s *Server) uiState(r *http.Request) (int, any) {
 			}
 			u.Instances = append(u.Instances, i)
 		}
+		if policy.Health != nil {
+			s.checkHealth(ctx, policy.Health.Gate(), u.Instances, machine)
+		}
 		u.Rollouts = s.store.List(svc.Name)
 		if s.opt.Etcd != nil {
 			if recs, err := (coord.History{KAPI: s.opt.Etcd}).List(ctx, svc.Name); err == nil {
@@ -320,4 +325,26 @@ func shortMachine(id string) string {
 func isKeyNotFound(err error) bool {
 	var e client.Error
 	return errors.As(err, &e) && e.Code == client.ErrorCodeKeyNotFound
+}
+
+// checkHealth asks each instance's health check once, at once (1 s each).
+func (s *Server) checkHealth(ctx context.Context, g *fleetroll.HealthGate, instances []uiInstance, machine map[string]string) {
+	ips, err := s.opt.Fleet.MachineIPs(ctx)
+	if err != nil {
+		return
+	}
+	g.RequestTimeout = time.Second
+	var wg sync.WaitGroup
+	for i := range instances {
+		ip := ips[machine[instances[i].Unit]]
+		_, port, _ := strings.Cut(strings.TrimSuffix(instances[i].Unit, ".service"), "@")
+		if ip == "" {
+			continue
+		}
+		wg.Go(func() {
+			healthy := g.Check(ctx, g.URL(ip, port)) == nil
+			instances[i].Healthy = &healthy
+		})
+	}
+	wg.Wait()
 }

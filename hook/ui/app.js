@@ -22,6 +22,8 @@ function svg(tag, attrs) {
   return e;
 }
 
+function yesNo(v) { return v === undefined ? "—" : (v ? "yes" : "no"); }
+
 function seconds(ms) {
   if (!(ms > 0)) return "";
   return ms < 60000 ? (ms / 1000).toFixed(1) + " s" : Math.floor(ms / 60000) + " m " + Math.round((ms % 60000) / 1000) + " s";
@@ -73,10 +75,10 @@ function renderService(svc) {
   if (svc.error) sec.append(el("p", { class: "error" }, svc.error));
 
   const inst = el("table", { class: "instances" }, el("tr", {}, el("th", {}, "instance"), el("th", {}, "machine"),
-    el("th", {}, "fleet"), el("th", {}, "systemd"), el("th", {}, "in the proxy")));
+    el("th", {}, "fleet"), el("th", {}, "systemd"), el("th", {}, "in the proxy"), el("th", {}, "healthy")));
   for (const i of svc.instances) {
     inst.append(el("tr", { "data-unit": i.unit }, el("td", {}, i.unit), el("td", {}, i.machine || "—"), el("td", {}, i.fleet),
-      el("td", {}, i.systemd), el("td", {}, i.announced === undefined ? "—" : (i.announced ? "yes" : "no"))));
+      el("td", {}, i.systemd), el("td", {}, yesNo(i.announced)), el("td", {}, yesNo(i.healthy))));
   }
   sec.append(inst);
 
@@ -174,6 +176,29 @@ function showDetail(id) {
   d.dataset.rollout = r.id;
 }
 
+// refreshSoon reads the services' state again, at most twice a second.
+let refreshTimer = 0;
+function refreshSoon() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(async () => {
+    refreshTimer = 0;
+    let doc;
+    try {
+      const resp = await fetch("/ui/state", { credentials: "same-origin" });
+      if (!resp.ok) return;
+      doc = await resp.json();
+    } catch (e) {
+      document.getElementById("live").textContent = "cannot read the state";
+      return;
+    }
+    for (const svc of doc.services) {
+      state.services.set(svc.name, svc);
+      const old = document.getElementById("svc-" + svc.name);
+      if (old) old.replaceWith(renderService(svc));
+    }
+  }, 500);
+}
+
 // act posts one of the page's actions with the session's CSRF token.
 async function act(path, button) {
   button.disabled = true;
@@ -211,6 +236,8 @@ function listen() {
       if (old) old.replaceWith(renderService(svc));
     }
     if (document.getElementById("detail").dataset.rollout === ev.rollout_id) showDetail(ev.rollout_id);
+    // A unit back, or a rollout over: the instances' states changed.
+    if (ev.kind === "running" || ev.kind === "healthy" || !["queued", "progress", "phase", "stopping", "stopped", "starting"].includes(ev.kind)) refreshSoon();
   };
   for (const kind of ["queued", "stopping", "stopped", "starting", "recovering", "running", "healthy", "failed", "phase", "paused", "decided",
     "succeeded", "interrupted", "superseded", "cancelled", "rolled_back", "aborted", "progress"]) {
