@@ -211,7 +211,7 @@ func TestStatusPageInABrowser(t *testing.T) {
 		}
 	}
 	if shot := os.Getenv("FLEETROLL_SCREENSHOT"); shot != "" {
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatal(err)
 		}
