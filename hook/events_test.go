@@ -170,3 +170,27 @@ func TestEventsOutliveTheWriteTimeoutAndEndOnShutdown(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 }
+
+// The feed keeps at least feedSize events: a client that missed more is
+// told to read the records again; one that missed fewer gets them all.
+func TestFeedKeepsTheNewestEvents(t *testing.T) {
+	s := NewStore(10)
+	for i := range 2*feedSize + 10 {
+		s.Add(fleetroll.Report{ID: strconv.Itoa(i), Service: "a", Status: fleetroll.StatusQueued})
+	}
+	sub, backlog, complete := s.Subscribe(1, "")
+	s.Unsubscribe(sub)
+	if complete || len(backlog) < feedSize {
+		t.Fatalf("after 1: complete %v, %d events", complete, len(backlog))
+	}
+	last := uint64(2*feedSize + 10)
+	sub, backlog, complete = s.Subscribe(last-5, "")
+	defer s.Unsubscribe(sub)
+	if !complete || len(backlog) != 5 || backlog[0].ID != last-4 {
+		t.Fatalf("after %d: complete %v, %d events", last-5, complete, len(backlog))
+	}
+	s.CloseFeed()
+	if _, open := <-sub.C; open {
+		t.Fatal("the subscription outlived the feed")
+	}
+}

@@ -24,8 +24,8 @@ type StreamEvent struct {
 	Record  fleetroll.Report `json:"record"`
 }
 
-// feedSize is how many events the store keeps for clients that reconnect
-// (Last-Event-ID).
+// feedSize is how many events the store keeps at least for clients that
+// reconnect (Last-Event-ID); up to twice as many between two trims.
 const feedSize = 2048
 
 // subBuffer is how many events a subscriber may lag behind before it is
@@ -60,9 +60,10 @@ func (s *Store) emitLocked(ch change, before fleetroll.Status, r *fleetroll.Repo
 	}
 	s.seq++
 	ev := StreamEvent{ID: s.seq, Kind: kind, Rollout: r.ID, Service: r.Service, Unit: ch.unit, Phase: ch.phase, Status: r.Status, Record: r.Clone()}
-	if len(s.feed) == feedSize {
-		copy(s.feed, s.feed[1:])
-		s.feed = s.feed[:feedSize-1]
+	if len(s.feed) >= 2*feedSize {
+		// Keep the newest feedSize (a copy every feedSize events, not one
+		// per event).
+		s.feed = append(make([]StreamEvent, 0, 2*feedSize), s.feed[len(s.feed)-feedSize:]...)
 	}
 	s.feed = append(s.feed, ev)
 	for sub := range s.subs {
