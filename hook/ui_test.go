@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/clocktest"
+	"github.com/fleetroll/fleetroll/internal/etcdtest"
 )
 
 // browser is an HTTP client with cookies that does not follow redirects.
@@ -202,5 +204,69 @@ func TestCancelAQueuedRolloutInEtcd(t *testing.T) {
 	}
 	if rec, ok, err := (coord.History{KAPI: rs.kapi}).Get(t.Context(), id); err != nil || !ok || rec.Status != "cancelled" {
 		t.Fatalf("history: %+v %v %v", rec, ok, err)
+	}
+}
+
+// Roll back from the page: the release before the current one is deployed
+// again, for a service with an image; a service without one cannot.
+func TestRollBackFromThePage(t *testing.T) {
+	url, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newTestEnv(t, func(o *Options) {
+		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n", 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Config, o.Etcd, o.Resolver = cfg, kapi, &fakeResolver{}
+	})
+	store := coord.ReleaseStore{KAPI: kapi}
+	v1 := fleetroll.Release{Image: releaseImage + "@sha256:" + strings.Repeat("1", 64), Tag: "v1"}
+	v2 := fleetroll.Release{Image: releaseImage + "@sha256:" + strings.Repeat("2", 64), Tag: "v2"}
+	if err := store.Set(t.Context(), "my-service", v1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Set(t.Context(), "my-service", v2, &v1); err != nil {
+		t.Fatal(err)
+	}
+	c := browser(t)
+	login(t, c, env.http.URL, testToken)
+	_, page := send(t, c, "GET", env.http.URL+"/", nil, nil)
+	csrf := csrfMeta.FindStringSubmatch(page)[1]
+	if _, body := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil); !strings.Contains(body, `"previous": "`+v1.Image+`"`) {
+		t.Fatalf("state does not name the release to roll back to: %s", body)
+	}
+	if resp, _ := send(t, c, "POST", env.http.URL+"/ui/rollback?service=other", nil, map[string]string{"X-CSRF-Token": csrf}); resp.StatusCode != 422 {
+		t.Fatalf("roll back a service without an image: %d", resp.StatusCode)
+	}
+	resp, body := send(t, c, "POST", env.http.URL+"/ui/rollback?service=my-service", nil, map[string]string{"X-CSRF-Token": csrf})
+	if resp.StatusCode != 202 {
+		t.Fatalf("roll back: %d %s", resp.StatusCode, body)
+	}
+	id := regexp.MustCompile(`"id": "([0-9a-f]{12})"`).FindStringSubmatch(body)[1]
+	rep := env.waitRollout(t, id)
+	cur, _ := store.Current(t.Context(), "my-service")
+	if rep.Status != fleetroll.StatusSucceeded || rep.Trigger.Digest != v1.Digest() || cur == nil || cur.Image != v1.Image {
+		t.Fatalf("rollback: %+v, current %+v", rep, cur)
+	}
+}
+
+// A session ends at its absolute limit, however busy.
+func TestSessionAbsoluteLimit(t *testing.T) {
+	clock := clocktest.New()
+	env := newTestEnv(t, func(o *Options) { o.Clock = clock; o.SessionAbsolute = time.Hour })
+	c := browser(t)
+	login(t, c, env.http.URL, testToken)
+	for range 3 {
+		clock.Advance(20 * time.Minute) // within the idle limit each time
+		if resp, _ := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("state within the limits: %d", resp.StatusCode)
+		}
+	}
+	clock.Advance(time.Minute)
+	if resp, _ := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil); resp.StatusCode != 401 {
+		t.Fatalf("state past the absolute limit: %d", resp.StatusCode)
 	}
 }
