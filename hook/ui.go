@@ -34,7 +34,8 @@ func (s *Server) uiRoutes(mux *http.ServeMux) {
 	assets, _ := fs.Sub(uiFiles, "ui")
 	static := http.StripPrefix("/ui/assets/", http.FileServerFS(assets))
 	mux.Handle("GET /ui/assets/", uiHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if path.Ext(r.URL.Path) == ".html" {
+		if ext := path.Ext(r.URL.Path); ext != ".js" && ext != ".css" {
+			// The script and the style only: no listing, no templates.
 			http.NotFound(w, r)
 			return
 		}

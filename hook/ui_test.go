@@ -68,6 +68,11 @@ func TestStatusPageLoginSessionsAndCSRF(t *testing.T) {
 			t.Errorf("%s %s without a session: %d", p.method, p.path, resp.StatusCode)
 		}
 	}
+	for p, code := range map[string]int{"/ui/assets/app.js": 200, "/ui/assets/": 404, "/ui/assets/index.html": 404} {
+		if resp, _ := send(t, c, "GET", base+p, nil, nil); resp.StatusCode != code {
+			t.Errorf("%s: %d, want %d", p, resp.StatusCode, code)
+		}
+	}
 	if resp, page := login(t, c, base, testHubToken); resp.StatusCode != 401 || !strings.Contains(page, "Wrong token") {
 		t.Fatalf("login with another secret: %d", resp.StatusCode)
 	}
