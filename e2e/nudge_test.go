@@ -143,6 +143,19 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 	cmd, lines := startFleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18931,18932"}, nudge...)...)
 	var log strings.Builder
 	waitLine(t, lines, units[1]+": starting", &log)
+	// fleetroll prints "starting" just before it writes launched: the
+	// operator's stop comes once that write is in etcd, while fleetroll
+	// waits for the start (else theirs could come first, and be the one
+	// overwritten).
+	var seq []string
+	for len(seq) == 0 || seq[len(seq)-1] != "launched" {
+		select {
+		case w := <-writes:
+			seq = append(seq, w.value)
+		case <-ctx.Done():
+			t.Fatalf("fleetroll's start was never written; so far %v", seq)
+		}
+	}
 	setTarget(t, f, units[1], "loaded")
 	for l := range lines {
 		log.WriteString(l + "\n")
@@ -156,7 +169,6 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var seq []string
 	for done := false; !done; {
 		select {
 		case w := <-writes:
