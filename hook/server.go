@@ -822,17 +822,7 @@ func (s *Server) listRollouts(r *http.Request) (int, any) {
 			local = s.merged(local, live, recs, service)
 			ans["rollouts"] = local
 		}
-		seen := map[string]bool{}
-		for _, ro := range local {
-			seen[ro.ID] = true
-		}
-		history := []fleetroll.Report{}
-		for _, rec := range recs {
-			if !seen[rec.ID] {
-				history = append(history, rec)
-			}
-		}
-		ans["history"] = history
+		ans["history"] = notIn(recs, local)
 	}
 	return http.StatusOK, ans
 }
@@ -916,4 +906,20 @@ func (s *Server) merged(local []fleetroll.Report, live map[string]fleetroll.Repo
 		return strings.Compare(b.ID, a.ID)
 	})
 	return append(others, out...)
+}
+
+// notIn returns the records of recs that are not among have (by ID): the
+// history's rollouts this receiver does not hold.
+func notIn(recs, have []fleetroll.Report) []fleetroll.Report {
+	seen := map[string]bool{}
+	for _, ro := range have {
+		seen[ro.ID] = true
+	}
+	out := []fleetroll.Report{}
+	for _, rec := range recs {
+		if !seen[rec.ID] {
+			out = append(out, rec)
+		}
+	}
+	return out
 }

@@ -297,15 +297,7 @@ func (s *Server) uiState(r *http.Request) (int, any) {
 		u.Rollouts = s.store.List(svc.Name)
 		if s.opt.Etcd != nil {
 			if recs, err := (coord.History{KAPI: s.opt.Etcd}).List(ctx, svc.Name); err == nil {
-				seen := map[string]bool{}
-				for _, ro := range u.Rollouts {
-					seen[ro.ID] = true
-				}
-				for _, rec := range recs {
-					if !seen[rec.ID] {
-						u.Rollouts = append(u.Rollouts, rec)
-					}
-				}
+				u.Rollouts = append(u.Rollouts, notIn(recs, u.Rollouts)...)
 			}
 		}
 		if len(u.Rollouts) > 50 {
