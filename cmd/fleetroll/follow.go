@@ -175,7 +175,7 @@ func answerError(resp *http.Response, what string) error {
 	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
 	err := fmt.Errorf("%s: %s: %s", what, resp.Status, body.Error)
 	switch {
-	case resp.StatusCode == http.StatusNotFound || resp.StatusCode/100 == 4:
+	case resp.StatusCode/100 == 4:
 		return &exitError{exitUsage, err}
 	case resp.StatusCode >= 500:
 		return err // retried
