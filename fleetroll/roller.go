@@ -494,13 +494,11 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 	r.begin(ur, PhaseStop)
 	r.emit(ur, Event{Kind: EventStopping})
 	res.err = r.until(ctx, deadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
-		if err := r.fenced(); err != nil {
-			return false, err
-		}
 		// Not abandoned half-way when ctx ends: a request fleet may still
 		// act on after fleetroll gave up would leave the unit stopped with
 		// nobody to start it. It is bounded by the request timeout.
-		return true, r.fleet.SetUnitTargetState(context.WithoutCancel(ctx), name, "loaded")
+		err := r.setTarget(context.WithoutCancel(ctx), name, "loaded")
+		return err == nil, err
 	})
 	if res.err != nil && ctx.Err() != nil && r.targetIs(context.WithoutCancel(ctx), name, "loaded") {
 		// Cancelled while the stop request was in flight, and it reached
@@ -550,10 +548,8 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 	startCtx := context.WithoutCancel(ctx)
 	deadline := t0.Add(r.opt.StartTimeout)
 	err := r.until(startCtx, deadline, r.opt.StartTimeout, func(ctx context.Context) (bool, error) {
-		if err := r.fenced(); err != nil {
-			return false, err
-		}
-		return true, r.fleet.SetUnitTargetState(ctx, name, "launched")
+		err := r.setTarget(ctx, name, "launched")
+		return err == nil, err
 	})
 	if err == nil {
 		err = r.waitState(startCtx, name, deadline, r.opt.StartTimeout, runningAfter(last), &last, startNudge)
@@ -706,16 +702,22 @@ func (r *Roller) nudge(ctx context.Context, name, target string) error {
 	if current == target {
 		return nil // fleet's agent has acted; the published state follows
 	}
-	if err := r.fenced(); err != nil {
-		r.opt.Logger.Debug("nudge skipped", "rollout_id", r.opt.RolloutID, "unit", name, "error", err.Error())
-		return nil
-	}
-	if err := r.fleet.SetUnitTargetState(ctx, name, target); err != nil {
-		r.opt.Logger.Debug("nudge failed", "rollout_id", r.opt.RolloutID, "unit", name, "error", err)
+	if err := r.setTarget(ctx, name, target); err != nil {
+		r.opt.Logger.Debug("nudge not made", "rollout_id", r.opt.RolloutID, "unit", name, "error", err.Error())
 		return nil
 	}
 	r.opt.Logger.Debug("nudged", "rollout_id", r.opt.RolloutID, "unit", name, "target", target)
 	return nil
+}
+
+// setTarget writes a unit's target state to fleet, unless fenced. Each
+// write is logged (at debug level) as it is sent.
+func (r *Roller) setTarget(ctx context.Context, name, target string) error {
+	if err := r.fenced(); err != nil {
+		return err
+	}
+	r.opt.Logger.Debug("setting target state", "rollout_id", r.opt.RolloutID, "unit", name, "target", target)
+	return r.fleet.SetUnitTargetState(ctx, name, target)
 }
 
 // until calls fn until it reports done, returns an error that is not
