@@ -36,7 +36,7 @@ fuzz-long:
 	$(MAKE) fuzz FUZZTIME=1000000x
 
 e2e:
-	$(GO) test -count=1 -timeout 30m -v ./e2e/
+	$(GO) test -count=1 -timeout 50m -v ./e2e/
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/fleetroll ./cmd/fleetroll
