@@ -225,17 +225,8 @@ func followEnd(out io.Writer, output string, rec fleetroll.Report) error {
 	} else {
 		printSummary(out, &rec, nil)
 	}
-	err := fmt.Errorf("rollout %s %s: %s", rec.ID, rec.Status, rec.Error)
-	switch rec.Status {
-	case fleetroll.StatusSucceeded:
+	if rec.Status == fleetroll.StatusSucceeded {
 		return nil
-	case fleetroll.StatusRolledBack:
-		return &exitError{exitRolledBack, err}
-	case fleetroll.StatusAborted:
-		return &exitError{exitAborted, err}
-	case fleetroll.StatusInterrupted:
-		return &exitError{exitInterrupted, err}
-	default:
-		return &exitError{exitFailed, err}
 	}
+	return exitFor(rec.Status, fmt.Errorf("rollout %s %s: %s", rec.ID, rec.Status, rec.Error))
 }

@@ -244,17 +244,24 @@ func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog
 	} else {
 		printSummary(out, rep, notLaunched)
 	}
-	switch {
-	case rollErr == nil:
+	if rollErr == nil {
 		return nil
-	case rep.Status == fleetroll.StatusInterrupted:
-		return &exitError{exitInterrupted, rollErr}
-	case rep.Status == fleetroll.StatusRolledBack:
-		return &exitError{exitRolledBack, rollErr}
-	case rep.Status == fleetroll.StatusAborted:
-		return &exitError{exitAborted, rollErr}
+	}
+	return exitFor(rep.Status, rollErr)
+}
+
+// exitFor carries err with the exit code of a rollout that ended in status
+// s without succeeding.
+func exitFor(s fleetroll.Status, err error) error {
+	switch s {
+	case fleetroll.StatusInterrupted:
+		return &exitError{exitInterrupted, err}
+	case fleetroll.StatusRolledBack:
+		return &exitError{exitRolledBack, err}
+	case fleetroll.StatusAborted:
+		return &exitError{exitAborted, err}
 	default:
-		return &exitError{exitFailed, rollErr}
+		return &exitError{exitFailed, err}
 	}
 }
 
