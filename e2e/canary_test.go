@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,71 @@ func TestCanaryPromotedThroughServesAPI(t *testing.T) {
 	for i, u := range units {
 		if !after[i].Up() || after[i].MainPID == before[i].MainPID {
 			t.Errorf("%s not restarted: %+v -> %+v", u, before[i], after[i])
+		}
+	}
+}
+
+// A receiver killed while its rollout waits after the canary: the receiver
+// that takes the rollout over pauses it again at once, for the same canary
+// and touching nothing else, and a promotion through its API finishes it.
+// Each instance starts once.
+func TestCanaryPauseSurvivesATakeover(t *testing.T) {
+	needCluster(t)
+	ports := []string{"19191", "19192", "19193"}
+	units := launchDemo(t, "e2e-cantake", ports...)
+	args := append(secretArgs(t), "--service", "e2e-cantake", "--ports", strings.Join(ports, ","), "--grace", "0s",
+		"--canary", "1", "--etcd-endpoints", cl.EtcdURL, "--lock", "wait", "--lock-ttl", "6s")
+	baseA, cmdA := startServeCmd(t, args...)
+	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}
+	before := make([]int, len(ports))
+	for i, p := range ports {
+		before[i] = starts(t, p)
+	}
+	pids := systemd(t, units...)
+	code, ans := post(t, baseA+"/rollouts", []byte(`{"service":"e2e-cantake"}`), auth)
+	if code != 202 {
+		t.Fatalf("trigger: %d %v", code, ans)
+	}
+	id := ans["id"].(string)
+	pausedBy := func(base string, pid int) func() error {
+		return func() error {
+			var ro map[string]any
+			if err := getJSON(base+"/rollouts/"+id, map[string]string{"Authorization": "Bearer " + serveToken}, &ro); err != nil {
+				return err
+			}
+			by, _ := ro["by"].(string)
+			if ro["status"] != "paused" || !strings.Contains(by, "(pid "+strconv.Itoa(pid)+")") {
+				return fmt.Errorf("status %v by %v", ro["status"], ro["by"])
+			}
+			return nil
+		}
+	}
+	eventually(t, 2*time.Minute, "the rollout paused by A", pausedBy(baseA, cmdA.Process.Pid))
+	_ = cmdA.Process.Kill()
+	_ = cmdA.Wait()
+
+	baseB, cmdB := startServeCmd(t, args...)
+	eventually(t, 2*time.Minute, "the rollout paused again by B", pausedBy(baseB, cmdB.Process.Pid))
+	during := systemd(t, units...)
+	if during[0].MainPID == pids[0].MainPID || during[1].MainPID != pids[1].MainPID || during[2].MainPID != pids[2].MainPID {
+		t.Fatalf("at the second pause: %+v -> %+v", pids, during)
+	}
+	if code, ans := post(t, baseB+"/rollouts/"+id+"/promote", nil, auth); code != 200 || ans["decision"] != "promote" {
+		t.Fatalf("promote: %d %v", code, ans)
+	}
+	ro := waitStatus(t, baseB, id)
+	canary, _ := ro["canary"].(map[string]any)
+	if ro["status"] != "succeeded" || canary == nil || fmt.Sprint(canary["units"]) != "["+units[0]+"]" {
+		t.Fatalf("rollout: %v", ro)
+	}
+	for i, p := range ports {
+		if n := starts(t, p) - before[i]; n != 1 {
+			t.Errorf("%s started %d times, want once", units[i], n)
+		}
+	}
+	for i, st := range systemd(t, units...) {
+		if !st.Up() {
+			t.Errorf("%s is %s/%s", units[i], st.Active, st.Sub)
 		}
 	}
 }

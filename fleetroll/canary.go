@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,10 @@ func ParseDecision(s string) (DecisionKind, error) {
 // restarted and passed their gate, until Decide returns.
 type Canary struct {
 	N int
+	// Done are canaries restarted before this roll, by a rollout taken
+	// over: the roll pauses after N-len(Done) units of its own (at once,
+	// when none is left), and the pause names them all.
+	Done []string
 	// Decide blocks until the pause ends: promoted, aborted or
 	// superseded; an error (ctx ended, etcd lost) halts the roll like an
 	// abort with nothing to roll back. It calls ready once a decision can
@@ -81,21 +86,25 @@ func (e *CanaryError) Error() string {
 
 func (e *CanaryError) Unwrap() error { return e.Err }
 
-// canaries returns how many units roll before the pause: none (the whole
-// plan) when there is no canary or it would cover every unit.
+// canaries returns how many of the plan's n units roll before the pause:
+// all of them (no pause) when there is no canary or it would cover every
+// unit.
 func (r *Roller) canaries(n int) int {
 	c := r.opt.Hooks.Canary
-	if c == nil || c.N <= 0 || c.N >= n || c.Decide == nil {
+	if c == nil || c.N <= 0 || c.Decide == nil {
 		return n
 	}
-	return c.N
+	if left := max(c.N-len(c.Done), 0); left < n {
+		return left
+	}
+	return n
 }
 
-// pause holds the roll after its canaries until a decision; nil means
-// promoted.
+// pause holds the roll after its canaries (those done before it, then its
+// first n units) until a decision; nil means promoted.
 func (r *Roller) pause(ctx context.Context, rep *Report, n int) error {
 	clock := r.opt.Clock
-	names := make([]string, 0, n)
+	names := slices.Clone(r.opt.Hooks.Canary.Done)
 	for _, u := range rep.Units[:n] {
 		names = append(names, u.Unit)
 	}

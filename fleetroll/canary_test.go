@@ -130,3 +130,30 @@ func TestDeployCanaryAbortRollsTheCanariesBack(t *testing.T) {
 		t.Fatalf("the way back paused too: asked %v", c.asked)
 	}
 }
+
+// A roll taken over with canaries already restarted pauses after the
+// canaries left (at once when none is), and its pause names them all.
+func TestCanaryTakenOverCountsTheCanariesDone(t *testing.T) {
+	units := []string{"s@1.service", "s@2.service", "s@3.service", "s@4.service"}
+	for _, c := range []struct {
+		done      int
+		wantSets  int
+		wantAsked []string
+	}{
+		{done: 1, wantSets: 4, wantAsked: units[:3]},
+		{done: 3, wantSets: 0, wantAsked: units[:3]},
+	} {
+		f := newFakeFleet(units...)
+		d := &decider{d: Decision{Kind: DecisionPromote}, f: f}
+		hook := d.hook(3)
+		hook.Done = units[:c.done]
+		r, _, _ := newTestRoller(t, f, Options{Hooks: Hooks{Canary: hook}})
+		rep, err := r.Roll(t.Context(), planOf(units[c.done:]...))
+		if err != nil || rep.Status != StatusSucceeded || rep.Restarted() != len(units)-c.done {
+			t.Fatalf("%d done: %v %+v", c.done, err, rep)
+		}
+		if !slices.Equal(d.asked, c.wantAsked) || len(d.setsThen) != c.wantSets {
+			t.Fatalf("%d done: paused for %v with sets %v", c.done, d.asked, d.setsThen)
+		}
+	}
+}

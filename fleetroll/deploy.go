@@ -37,6 +37,17 @@ type Deploy struct {
 	// Note, when set, is told of each step of the deploy that is not a
 	// unit's event: the pre-pull, the release written, a rollback.
 	Note func(msg string)
+	// TakenOver is set for a rollout resumed from another fleetroll.
+	TakenOver *TakenOver
+}
+
+// TakenOver is what a deploy taken over from another fleetroll had done:
+// the release it replaced (when it had written its own) and the units it
+// had moved to the new one (the plan leaves them out; a rollback restarts
+// them too).
+type TakenOver struct {
+	From *Release
+	Done []UnitReport
 }
 
 // TriggerRollback is the trigger source of a release written back by a
@@ -88,6 +99,13 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	if err != nil {
 		return fail("", fmt.Errorf("deploy %s: read the current release: %w", to.Image, err))
 	}
+	// Taken over after its release was written: the release before it is
+	// the one it replaced, and the units it moved go back too on a
+	// rollback.
+	written := prev != nil && prev.Rollout == r.opt.RolloutID && prev.Image == to.Image && d.TakenOver != nil
+	if written {
+		prev = d.TakenOver.From
+	}
 	rep.Release.From = prev
 	if !d.NoPull {
 		note("pre-pulling %s", to.Image)
@@ -97,10 +115,12 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 			return fail(PhasePull, err)
 		}
 	}
-	if err := d.Releases.Set(ctx, plan.Service, to, prev); err != nil {
-		return fail("", fmt.Errorf("deploy %s: no instance was touched: %w", to.Image, err))
+	if !written {
+		if err := d.Releases.Set(ctx, plan.Service, to, prev); err != nil {
+			return fail("", fmt.Errorf("deploy %s: no instance was touched: %w", to.Image, err))
+		}
+		note("release of %s is now %s", plan.Service, to.Image)
 	}
-	note("release of %s is now %s", plan.Service, to.Image)
 
 	r.digest = to.Digest()
 	moved, rollErr := r.Roll(ctx, plan)
@@ -164,6 +184,14 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 		if u.Outcome == OutcomeRestarted {
 			undo.Units = append(undo.Units, plan.Units[i])
 			index[u.Unit] = i
+		}
+	}
+	if written {
+		// Those moved before the takeover, last: they join the record.
+		for _, u := range d.TakenOver.Done {
+			index[u.Unit] = len(moved.Units)
+			moved.Units = append(moved.Units, u)
+			undo.Units = append(undo.Units, PlannedUnit{Name: u.Unit})
 		}
 	}
 	r.digest = prev.Digest()

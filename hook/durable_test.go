@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -374,5 +375,85 @@ func TestShutdownLeavesTheTriggerToTheNext(t *testing.T) {
 	b.stop()
 	if n := rs.calls.Load(); n != 1 {
 		t.Fatalf("%d callbacks, want 1", n)
+	}
+}
+
+// A receiver died with a deploy paused after its canary. The receiver that
+// takes over pauses again at once, for the same canary (nothing else is
+// touched); an abort then rolls the canary back to the release the deploy
+// replaced, read from the release history, not to the deploy's own.
+func TestTakenOverCanaryDeployPausesAndRollsBack(t *testing.T) {
+	rs := newReceivers(t)
+	ctx := t.Context()
+	units := testUnits[:3]
+	id := fleetroll.NewID()
+	now := time.Now().UTC()
+	v1 := fleetroll.Release{Image: fmt.Sprintf("%s@sha256:%064x", releaseImage, 1), Rollout: "000000000001"}
+	v2 := fleetroll.Release{Image: fmt.Sprintf("%s@sha256:%064x", releaseImage, 2), Rollout: id}
+	store := coord.ReleaseStore{KAPI: rs.kapi}
+	if err := store.Set(ctx, "my-service", v1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Set(ctx, "my-service", v2, &v1); err != nil {
+		t.Fatal(err)
+	}
+	trig := fleetroll.Trigger{Source: string(SourceManual), Digest: v2.Digest(), Received: now}
+	rec := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: id, Service: "my-service", Status: fleetroll.StatusPaused, Trigger: trig,
+		Started: now, By: "receiver A", Queue: &fleetroll.QueueInfo{Queued: now},
+		Canary: &fleetroll.CanaryReport{Units: units[:1], Paused: now},
+		Units: []fleetroll.UnitReport{
+			{Unit: units[0], Outcome: fleetroll.OutcomeRestarted, ImageDigest: v2.Digest()},
+			{Unit: units[1], Outcome: fleetroll.OutcomePending},
+			{Unit: units[2], Outcome: fleetroll.OutcomePending},
+		}}
+	q := coord.Triggers{KAPI: rs.kapi}
+	e, _, err := q.Add(ctx, "my-service", triggerKey(trig), false, func() fleetroll.Report { return rec }, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Update(ctx, e.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
+		t.Fatal(err)
+	}
+	if err := (coord.Pauses{KAPI: rs.kapi}).Open(ctx, coord.Pause{Rollout: id, Service: "my-service", Canaries: units[:1], Since: now}); err != nil {
+		t.Fatal(err)
+	}
+
+	b := newTestEnv(t, func(o *Options) {
+		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n    canary: 1\n", 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Config, o.Fleet, o.Etcd, o.Owner, o.Resolver = cfg, rs.api, rs.kapi, "receiver B", &fakeResolver{}
+		o.Policy = fleetroll.Policy{Lock: fleetroll.LockWait, LockTTL: 3 * time.Second}
+	})
+	paused := waitStatus(t, b, id, fleetroll.StatusPaused)
+	if paused.Canary == nil || !slices.Equal(paused.Canary.Units, units[:1]) {
+		t.Fatalf("paused record: %+v", paused.Canary)
+	}
+	if sets := rs.fleet.Sets(); len(sets) != 0 {
+		t.Fatalf("touched before the decision: %v", sets)
+	}
+	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
+	if resp, ans := b.do(t, "POST", "/rollouts/"+id+"/abort", nil, auth); resp.StatusCode != 200 {
+		t.Fatalf("abort: %d %v", resp.StatusCode, ans)
+	}
+	final := waitFinal(t, b, id)
+	if final.Status != fleetroll.StatusRolledBack || len(final.Units) != 3 {
+		t.Fatalf("rollout %+v", final)
+	}
+	want := []fleetroll.Outcome{fleetroll.OutcomeRolledBack, fleetroll.OutcomeUntouched, fleetroll.OutcomeUntouched}
+	for i, u := range final.Units {
+		if u.Unit != units[i] || u.Outcome != want[i] {
+			t.Errorf("unit %d: %+v, want %s", i, u, want[i])
+		}
+	}
+	if final.Units[0].ImageDigest != v1.Digest() || final.Release == nil || final.Release.From == nil || final.Release.From.Image != v1.Image {
+		t.Fatalf("release %+v, canary's digest %s", final.Release, final.Units[0].ImageDigest)
+	}
+	if cur, err := store.Current(ctx, "my-service"); err != nil || cur == nil || cur.Image != v1.Image {
+		t.Fatalf("current release %+v %v", cur, err)
+	}
+	if got := rs.fleet.Sets(); !slices.Equal(got, []string{units[0] + " loaded", units[0] + " launched"}) {
+		t.Fatalf("sets %v", got)
 	}
 }

@@ -128,8 +128,8 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	for i, u := range plan.Units {
 		order[i] = u.Name
 	}
+	var names []string // the units done, in the plan's order
 	if len(done) > 0 {
-		var names []string
 		plan.Units = slices.DeleteFunc(plan.Units, func(u fleetroll.PlannedUnit) bool {
 			if _, ok := done[u.Name]; ok {
 				names = append(names, u.Name)
@@ -164,11 +164,18 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	if s.durable != nil && j.entry != "" {
 		s.durable.progress(ctx, j)
 	}
+	var before *fleetroll.CanaryReport // the canary pause before a takeover
+	if j.Resume != nil {
+		before = j.Resume.Canary
+	}
 	if c := hooks.Canary; c != nil {
 		decide := c.Decide
-		hooks.Canary = &fleetroll.Canary{N: c.N, Decide: func(ctx context.Context, id string, canaries []string, ready func()) (fleetroll.Decision, error) {
+		hooks.Canary = &fleetroll.Canary{N: c.N, Done: names, Decide: func(ctx context.Context, id string, canaries []string, ready func()) (fleetroll.Decision, error) {
 			return s.pauseUntilNewer(ctx, j, decide, id, canaries, ready)
 		}}
+		if (before != nil && before.Kind == fleetroll.DecisionPromote) || len(names) > c.N {
+			hooks.Canary = nil // promoted before the takeover
+		}
 	}
 	opts.Hooks = hooks
 	opts.OnEvent = func(e fleetroll.Event) { s.progress(ctx, j, e) }
@@ -181,6 +188,12 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w; nothing was touched", j.Service, err)
 	}
+	var takenOver *fleetroll.TakenOver
+	if deploy && j.Resume != nil {
+		if takenOver, err = s.takenOver(ctx, j, names, done); err != nil {
+			return nil, fmt.Errorf("%s: %w; nothing was touched", j.Service, err)
+		}
+	}
 	var rep *fleetroll.Report
 	switch {
 	case len(plan.Units) == 0 && len(done) > 0:
@@ -192,21 +205,23 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 	default:
 		rep, err = roller.Deploy(ctx, plan, fleetroll.Deploy{
 			To: to, Releases: coord.ReleaseStore{KAPI: s.opt.Etcd}, OnFailure: policy.OnFailure,
-			Pull: fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(s.opt.Etcd)},
+			Pull:      fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(s.opt.Etcd)},
+			TakenOver: takenOver,
 		})
 	}
 	if rep != nil && len(done) > 0 {
 		// The record covers the whole rollout: the units done before the
 		// takeover, in the plan's order, then this roll's.
+		// A deploy's rollback lists the units done before too.
 		rolled := map[string]fleetroll.UnitReport{}
 		for _, u := range rep.Units {
 			rolled[u.Unit] = u
 		}
 		rep.Units = rep.Units[:0:0]
 		for _, name := range order {
-			if u, ok := done[name]; ok {
+			if u, ok := rolled[name]; ok {
 				rep.Units = append(rep.Units, u)
-			} else if u, ok := rolled[name]; ok {
+			} else if u, ok := done[name]; ok {
 				rep.Units = append(rep.Units, u)
 			}
 		}
@@ -214,7 +229,35 @@ func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
 			rep.Started = j.Resume.Started
 		}
 	}
+	if rep != nil && rep.Canary == nil && before != nil {
+		rep.Canary = before
+	}
 	return rep, err
+}
+
+// takenOver is what a deploy resumed from another fleetroll had done: the
+// release it replaced (the one before its own in the history, when it had
+// written its own), and the units done (names, in the plan's order).
+func (s *Server) takenOver(ctx context.Context, j Job, names []string, done map[string]fleetroll.UnitReport) (*fleetroll.TakenOver, error) {
+	t := &fleetroll.TakenOver{}
+	for _, n := range names {
+		t.Done = append(t.Done, done[n])
+	}
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	hist, err := coord.ReleaseStore{KAPI: s.opt.Etcd}.History(hctx, j.Service)
+	if err != nil {
+		return nil, err
+	}
+	for i, r := range hist { // newest first
+		if r.Rollout == j.ID {
+			if i+1 < len(hist) {
+				t.From = &hist[i+1]
+			}
+			break
+		}
+	}
+	return t, nil
 }
 
 // restoredIsRestart tells whether the recovery of a unit in flight

@@ -43,13 +43,19 @@ func pauseKey(rollout string) (string, error) {
 	return PausePrefix + "/" + rollout, nil
 }
 
-// Open records that the rollout waits for a decision.
+// Open records that the rollout waits for a decision. A pause of the
+// rollout already there (left by the fleetroll it was taken over from)
+// stays as it is: a decision taken on it meanwhile stands.
 func (p Pauses) Open(ctx context.Context, ps Pause) error {
 	key, err := pauseKey(ps.Rollout)
 	if err != nil {
 		return err
 	}
-	return putJSON(ctx, p.KAPI, key, "pause of rollout "+ps.Rollout, ps, nil)
+	err = putJSON(ctx, p.KAPI, key, "pause of rollout "+ps.Rollout, ps, &client.SetOptions{PrevExist: client.PrevNoExist})
+	if isCode(err, client.ErrorCodeNodeExist) {
+		return nil
+	}
+	return err
 }
 
 // Close removes the pause (its rollout goes on or ends).

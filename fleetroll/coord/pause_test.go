@@ -105,6 +105,21 @@ func TestCanaryPausePromotedThroughEtcd(t *testing.T) {
 	if _, err := pauses.Decide(ctx, "0000000000c1", fleetroll.Decision{Kind: fleetroll.DecisionAbort}); !errors.Is(err, ErrNotPaused) {
 		t.Fatalf("a decision after the pause: %v", err)
 	}
+	// A pause opened again (by the fleetroll that took the rollout over)
+	// keeps the decision taken meanwhile.
+	ps = &Pause{Rollout: "0000000000c2", Service: "my-service", Canaries: units[:1]}
+	if err := pauses.Open(ctx, *ps); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pauses.Decide(ctx, ps.Rollout, fleetroll.Decision{Kind: fleetroll.DecisionAbort, By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pauses.Open(ctx, *ps); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := pauses.Await(ctx, ps.Rollout, time.Second); err != nil || d.Kind != fleetroll.DecisionAbort {
+		t.Fatalf("decision after a second open: %+v %v", d, err)
+	}
 }
 
 // With a canary wait: a canary that is unhealthy when it ends aborts the
