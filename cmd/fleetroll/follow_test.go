@@ -54,23 +54,7 @@ func followServer(t *testing.T, ff *fakefleet.Fleet) (string, func() string) {
 			<-streaming
 		}
 	})
-	trigger := func() string {
-		req, _ := http.NewRequest("POST", hs.URL+"/rollouts", strings.NewReader(`{"service":"a"}`))
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var ans map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&ans)
-		if resp.StatusCode != 202 {
-			t.Fatalf("trigger: %d %v", resp.StatusCode, ans)
-		}
-		return ans["id"].(string)
-	}
-	return hs.URL, trigger
+	return hs.URL, func() string { return postRollout(t, hs.URL, token, "a") }
 }
 
 // status --follow prints a rollout's steps as they happen and exits with

@@ -146,24 +146,8 @@ func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
 	var logs bytes.Buffer
 	addr, cancel, returned := serveInBackground(t, &serveOptions{shutdownTimeout: time.Minute}, srv, slog.New(slog.NewTextHandler(&logs, nil)))
 	base := "http://" + addr
-	post := func(service string) string {
-		req, _ := http.NewRequest("POST", base+"/rollouts", strings.NewReader(`{"service":"`+service+`"}`))
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var ans map[string]any
-		json.NewDecoder(resp.Body).Decode(&ans)
-		if resp.StatusCode != 202 {
-			t.Fatalf("%d %v", resp.StatusCode, ans)
-		}
-		return ans["id"].(string)
-	}
-	first := post("a")
-	second := post("b")
+	first := postRollout(t, base, token, "a")
+	second := postRollout(t, base, token, "b")
 	// Wait until the first unit is being stopped.
 	timeout := time.After(10 * time.Second)
 	for stopping := false; !stopping; {
@@ -282,4 +266,24 @@ func TestNotifySecrets(t *testing.T) {
 	if s, err := notifySecrets("")("team-a"); err != nil || s.URL != "https://hooks.example.com/y" || s.Key != "" {
 		t.Fatalf("from the environment: %+v %v", s, err)
 	}
+}
+
+// postRollout triggers a rollout of service through serve's API and
+// returns its ID (the answer must be 202).
+func postRollout(t *testing.T, base, token, service string) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", base+"/rollouts", strings.NewReader(`{"service":"`+service+`"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ans map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&ans)
+	if resp.StatusCode != 202 {
+		t.Fatalf("trigger %s: %d %v", service, resp.StatusCode, ans)
+	}
+	return ans["id"].(string)
 }
