@@ -69,6 +69,20 @@ func (rs *receivers) start(t *testing.T, owner string) *testEnv {
 	})
 }
 
+// leftByA queues rec's trigger (with the callback, when not "") as
+// running at "receiver A", a receiver gone.
+func (rs *receivers) leftByA(t *testing.T, rec fleetroll.Report, callback string) {
+	t.Helper()
+	q := coord.Triggers{KAPI: rs.kapi}
+	e, _, err := q.Add(t.Context(), rec.Service, triggerKey(rec.Trigger), false, func() fleetroll.Report { return rec }, callback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Update(t.Context(), e.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (rs *receivers) push(t *testing.T) []byte {
 	return bytes.Replace(fixture(t, "dockerhub-push.json"), []byte("https://registry.hub.docker.com"), []byte(rs.cbs.URL), 1)
 }
@@ -183,14 +197,7 @@ func TestReceiverTakesOverADeadOnesRollout(t *testing.T) {
 			{Unit: units[1], Outcome: fleetroll.OutcomeInProgress, Phase: fleetroll.PhaseStop},
 			{Unit: units[2], Outcome: fleetroll.OutcomePending},
 		}}
-	q := coord.Triggers{KAPI: rs.kapi}
-	e, _, err := q.Add(ctx, "my-service", triggerKey(trig), false, func() fleetroll.Report { return rec }, rs.cbs.URL+"/u/demo/my-service/hook/x/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.Update(ctx, e.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
-		t.Fatal(err)
-	}
+	rs.leftByA(t, rec, rs.cbs.URL+"/u/demo/my-service/hook/x/")
 	if err := (coord.Intents{KAPI: rs.kapi}).Put(ctx, "my-service", coord.Intent{Rollout: id, Trigger: trig, Owner: "receiver A, rollout " + id,
 		Started: now, Units: []coord.IntentUnit{{Unit: units[1], Phase: fleetroll.PhaseStop, Since: now}}}); err != nil {
 		t.Fatal(err)
@@ -406,14 +413,7 @@ func TestTakenOverCanaryDeployPausesAndRollsBack(t *testing.T) {
 			{Unit: units[1], Outcome: fleetroll.OutcomePending},
 			{Unit: units[2], Outcome: fleetroll.OutcomePending},
 		}}
-	q := coord.Triggers{KAPI: rs.kapi}
-	e, _, err := q.Add(ctx, "my-service", triggerKey(trig), false, func() fleetroll.Report { return rec }, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.Update(ctx, e.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
-		t.Fatal(err)
-	}
+	rs.leftByA(t, rec, "")
 	if err := (coord.Pauses{KAPI: rs.kapi}).Open(ctx, coord.Pause{Rollout: id, Service: "my-service", Canaries: units[:1], Since: now}); err != nil {
 		t.Fatal(err)
 	}
