@@ -8,6 +8,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coreos/fleet/schema"
+	fr "github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/cluster"
 )
 
 // A roll of three instances: every MainPID and start time changes, exit 0,
@@ -169,4 +173,53 @@ func TestBatchesOfTwoInstances(t *testing.T) {
 		t.Fatalf("at most %d instances down at once (%d samples), want 2", obs.maxDown, obs.samples)
 	}
 	t.Logf("4 instances, 2 at a time: at most %d down at once in %d samples", obs.maxDown, obs.samples)
+}
+
+// An instance that failed outside any roll (its process killed) is brought
+// back by a restart, though fleet's agent still holds it launched: the roll
+// waits for the agent to act on the stop before it writes the start. The
+// cluster's own launcher (the demo's, after a cluster came back up) gets a
+// failed unit it is asked to launch running the same way.
+func TestRestartBringsBackAFailedInstance(t *testing.T) {
+	needCluster(t)
+	units := launchDemo(t, "e2e-failed", "19201", "19202")
+	f, err := fr.Connect(cl.Endpoint, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := func() cluster.SystemdState {
+		t.Helper()
+		st := systemd(t, units[0])[0]
+		if err := syscall.Kill(st.MainPID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitUnit(t, f, units[0], func(st *schema.UnitState) (string, bool, error) {
+			return "", st != nil && st.SystemdActiveState == "failed", nil
+		})
+		return st
+	}
+
+	killed := fail()
+	other := systemd(t, units[1])[0]
+	code, out := fleetroll(t, "restart", "e2e-failed", "--endpoint", cl.Endpoint, "--grace", "0s", "--start-timeout", "1m")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, out)
+	}
+	after := systemd(t, units...)
+	if !after[0].Up() || after[0].MainPID == killed.MainPID {
+		t.Fatalf("%s not brought back: %+v\n%s", units[0], after[0], out)
+	}
+	if !after[1].Up() || after[1].MainPID == other.MainPID {
+		t.Fatalf("%s not restarted: %+v -> %+v", units[1], other, after[1])
+	}
+
+	killed = fail()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := cl.LaunchDemo(ctx, "e2e-failed", "19201"); err != nil {
+		t.Fatalf("launch of a failed unit: %v", err)
+	}
+	if st := systemd(t, units[0])[0]; !st.Up() || st.MainPID == killed.MainPID {
+		t.Fatalf("%s not running again after a launch: %+v", units[0], st)
+	}
 }

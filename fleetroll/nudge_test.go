@@ -154,3 +154,60 @@ func TestNudgeWritesNothingOnceTheAgentActed(t *testing.T) {
 		t.Fatalf("no nudge read the unit while its published state lagged: %v", calls)
 	}
 }
+
+// A unit that failed before its roll shows no change when fleet's agent
+// acts on its stop: the roller waits for fleet's currentState to leave
+// "launched" (nudging the stop meanwhile) before it writes the start, which
+// an agent still holding the unit launched would ignore for good.
+func TestRestartOfAFailedUnitWaitsForTheAgentToActOnTheStop(t *testing.T) {
+	a := "s@1.service"
+	for _, c := range []struct {
+		name        string
+		missed      int
+		noHeartbeat bool
+		sets        int // writes of "loaded"
+		held        time.Duration
+	}{
+		// The agent holds it launched (heartbeat), misses the stop, acts
+		// on the first nudge: the heartbeat goes, the start follows.
+		{"stop missed, then nudged", 1, false, 2, 0},
+		// No heartbeat to watch (the fake acts on a write before the first
+		// look; or there was none): the stop is held for a reconciliation
+		// of the agent, nudged every 300 ms.
+		{"acted on before the first look", 0, false, 1 + int(agentReconcile/(300*time.Millisecond)), agentReconcile},
+		{"no heartbeat, stop missed", 1, true, 1 + int(agentReconcile/(300*time.Millisecond)), agentReconcile},
+	} {
+		f := newFakeFleet()
+		f.Add(a, fakefleet.Unit{Desired: "launched", Active: "failed", Sub: "failed", MissWrites: c.missed, NoHeartbeat: c.noHeartbeat})
+		r, _, _ := newTestRoller(t, f, Options{NudgeInterval: 300 * time.Millisecond, PollInterval: 100 * time.Millisecond,
+			StopTimeout: 10 * time.Second, StartTimeout: 10 * time.Second})
+		rep, err := r.Roll(context.Background(), planOf(a))
+		if err != nil || rep.Units[0].Outcome != OutcomeRestarted {
+			t.Fatalf("%s: err = %v, report %+v", c.name, err, rep.Units)
+		}
+		if u, _ := f.Unit(a); u.Restarts != 1 || u.Active != "active" {
+			t.Fatalf("%s: unit %+v, want it started once", c.name, u)
+		}
+		sets := f.Sets()
+		if len(sets) != c.sets+1 || countCalls(sets, a+" loaded") != c.sets || sets[c.sets] != a+" launched" {
+			t.Fatalf("%s: sets = %v, want %d of loaded, then launched", c.name, sets, c.sets)
+		}
+		if held := time.Duration(rep.Units[0].Stop); held < c.held || held > c.held+time.Second {
+			t.Fatalf("%s: the stop took %s, want %s", c.name, held, c.held)
+		}
+	}
+}
+
+// A unit running at its stop's first poll needs no read of fleet's
+// currentState: the stop is seen happen.
+func TestStopOfARunningUnitReadsNoCurrentState(t *testing.T) {
+	a := "s@1.service"
+	f := newFakeFleet(a)
+	r, _, _ := newTestRoller(t, f, Options{NudgeInterval: 300 * time.Millisecond})
+	if _, err := r.Roll(context.Background(), planOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	if n := countCalls(f.Calls(), "unit "+a); n != 0 {
+		t.Fatalf("%d reads of the unit's target, want 0: %v", n, f.Calls())
+	}
+}

@@ -505,12 +505,22 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 		// fleet: the stop is under way, so observe it like any other.
 		res.err = nil
 	}
+	// polls counts the stop's polls: a unit stopped at the first poll may
+	// have been down before the stop (see agentStopped).
+	polls := 0
+	stopped := func(st *schema.UnitState) (string, bool, error) {
+		polls++
+		return StoppedStatus(st)
+	}
 	if res.err == nil {
-		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, StoppedStatus, &last, stopNudge)
+		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, stopped, &last, stopNudge)
 		if res.err != nil && ctx.Err() != nil {
 			res.interrupted = res.err
-			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, StoppedStatus, &last, stopNudge)
+			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, stopped, &last, stopNudge)
 		}
+	}
+	if res.err == nil && polls == 1 {
+		res.err = r.agentStopped(context.WithoutCancel(ctx), name, deadline)
 	}
 	r.end(ur)
 	ur.Stop = Seconds(clock.Now().Sub(t0))
@@ -520,6 +530,57 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 	}
 	return res, last
 }
+
+// agentStopped waits until fleet's agent has acted on the stop of a unit
+// whose state showed it stopped at once, as one that was down before (failed,
+// or stopped outside fleet) does. fleet's agent compares a target with what
+// it last did, not with what systemd reports: a start written before it acted
+// on the stop finds it still holding the unit launched, and fleet never
+// starts the unit again. The unit's published state does not change when the
+// agent stops it, so the sign is fleet's currentState: "launched" while the
+// agent heartbeats the unit, and not once it has stopped it (it clears the
+// heartbeat). A unit with no heartbeat from the first look (the agent renews
+// it only every few seconds, and a unit created again has none until then)
+// keeps its stop target for agentReconcile: fleet's agent reconciles its
+// units at least that often, whatever else happens. The stop is written
+// again every NudgeInterval meanwhile. It runs to the stop's deadline even
+// when ctx is cancelled, as the start after it does.
+func (r *Roller) agentStopped(ctx context.Context, name string, deadline time.Time) error {
+	clock := r.opt.Clock
+	t0 := clock.Now()
+	lastWrite, heartbeat := t0, false
+	err := r.until(ctx, deadline, r.opt.StopTimeout, func(ctx context.Context) (bool, error) {
+		target, current, err := r.fleet.TargetState(ctx, name)
+		switch {
+		case err != nil:
+			return false, err
+		case target != "loaded":
+			return false, fmt.Errorf("%w: %s is now %q, not %q; fleetroll leaves it so", ErrTargetChanged, name, target, "loaded")
+		case current == "launched":
+			heartbeat = true
+		case heartbeat || clock.Now().Sub(t0) >= agentReconcile:
+			return true, nil
+		}
+		if now := clock.Now(); r.opt.NudgeInterval > 0 && now.Sub(lastWrite) >= r.opt.NudgeInterval {
+			lastWrite = now
+			if err := r.setTarget(ctx, name, "loaded"); err != nil {
+				r.opt.Logger.Debug("nudge not made", "rollout_id", r.opt.RolloutID, "unit", name, "error", err.Error())
+			} else {
+				r.opt.Logger.Debug("nudged", "rollout_id", r.opt.RolloutID, "unit", name, "target", "loaded")
+			}
+		}
+		return false, nil
+	})
+	if err != nil && !errors.Is(err, ErrTargetChanged) && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("the unit was down before its stop, and fleet's agent has not acted on the stop: %w", err)
+	}
+	return err
+}
+
+// agentReconcile bounds how long fleet's agent takes to act on a target
+// state without any event: it reconciles every 5 s (fleet's agent
+// reconcileInterval), plus a reconciliation's own time.
+const agentReconcile = 7 * time.Second
 
 // start asks fleet to launch the unit and waits until it runs. It runs to
 // its own deadline even when ctx is cancelled: a signal must not leave the

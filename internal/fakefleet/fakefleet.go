@@ -41,6 +41,10 @@ type Unit struct {
 	// Current is the target the agent last acted on (fleet's
 	// currentState); empty means Desired.
 	Current string
+	// NoHeartbeat: fleet reports currentState "loaded" for a unit its
+	// agent holds launched, as until the agent's next heartbeat of a unit
+	// created again.
+	NoHeartbeat bool
 	// PublishLag: after the agent acts on a write, the published state
 	// stays as it was for this many polls (fleet publishes states once a
 	// second).
@@ -283,6 +287,9 @@ func (f *Fleet) getUnit(w http.ResponseWriter, r *http.Request) {
 	if current == "" {
 		current = u.Desired
 	}
+	if current == "launched" && u.NoHeartbeat {
+		current = "loaded"
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "desiredState": u.Desired, "currentState": current})
 }
 
@@ -379,14 +386,21 @@ func (f *Fleet) setUnit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "unit does not exist and options field empty")
 		return
 	}
+	// fleet's agent compares a target with what it last acted on (its
+	// currentState), not with what systemd reports: the same target again
+	// does nothing, even to a unit that has failed.
+	acted := u.Current
+	if acted == "" {
+		acted = u.Desired
+	}
 	switch {
 	case u.MissWrites > 0:
 		u.MissWrites--
-		if u.Current == "" {
-			u.Current = u.Desired
-		}
+		u.Current = acted
 		u.Desired, u.Moving = body.DesiredState, false
-	case u.Desired != body.DesiredState || (!u.Moving && !u.reached()):
+	case body.DesiredState == acted:
+		u.Desired = body.DesiredState
+	default:
 		u.Desired, u.Moving, u.Current = body.DesiredState, true, ""
 		u.Pending = u.polls(body.DesiredState, f.Steps)
 		u.lagLeft = u.PublishLag
