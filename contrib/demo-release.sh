@@ -34,6 +34,9 @@ mkdir -p "$XDG_RUNTIME_DIR/systemd/user/web@.service.d" "$XDG_RUNTIME_DIR/system
 printf '[Service]\n%s\nEnvironment=IMAGE=%s:v1\nEnvironment=NAME=web\nEnvironment=RELEASE_KEY=/fleetroll/releases/web/current\nEnvironment=RUNDIR=%s\n' \
   "$engine" "$IMAGE" "$STATE/run/web" >"$XDG_RUNTIME_DIR/systemd/user/web@.service.d/10-demo.conf"
 printf '[Service]\n%s\n' "$engine" >"$XDG_RUNTIME_DIR/systemd/user/fleetroll-pull@.service.d/10-demo.conf"
+# systemd reads drop-ins at a reload; units it loaded before them (a cluster
+# brought back up) see them only after one.
+$cluster systemctl daemon-reload
 
 # The next version: v1 on the first run, one more on each run after.
 old=$(cat "$STATE/web-version" 2>/dev/null || echo v0)

@@ -219,25 +219,76 @@ func (c *Cluster) LaunchDemo(ctx context.Context, service string, ports ...strin
 
 // Launch submits service@INSTANCE.service for each instance with the given
 // options, launches them and waits until fleet reports every one running.
+// A unit fleet already had and that has failed (a cluster brought back up
+// after its runtime directory was wiped, as at a reboot, starts its units
+// before their drop-ins are written again) is restarted once through fleet,
+// as fleetroll restart would, instead of being reported failed.
 func (c *Cluster) Launch(ctx context.Context, service string, opts []*schema.UnitOption, instances ...string) ([]string, error) {
 	api, err := c.API()
 	if err != nil {
 		return nil, err
 	}
 	var names []string
+	existed := map[string]bool{}
 	for _, in := range instances {
 		name := fleetroll.UnitName(service, in)
 		names = append(names, name)
+		u, err := api.Unit(name)
+		if err != nil {
+			return nil, fmt.Errorf("get %s: %w", name, err)
+		}
+		existed[name] = u != nil
 		if err := api.CreateUnit(&schema.Unit{Name: name, Options: opts, DesiredState: "launched"}); err != nil {
 			return nil, fmt.Errorf("create %s: %w", name, err)
 		}
 	}
 	for _, n := range names {
-		if err := c.WaitRunning(ctx, n); err != nil {
+		err := c.WaitRunning(ctx, n)
+		if errors.Is(err, fleetroll.ErrUnitFailed) && existed[n] {
+			err = c.restart(ctx, n)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	return names, nil
+}
+
+// restart restarts one unit through fleet with fleetroll's roller.
+func (c *Cluster) restart(ctx context.Context, name string) error {
+	f, err := fleetroll.Connect(c.Endpoint, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	plan, err := fleetroll.MakePlan(ctx, f, fleetroll.Target{Units: []string{name}})
+	if err != nil {
+		return err
+	}
+	r, err := fleetroll.NewRoller(f, fleetroll.Options{NudgeInterval: fleetroll.DefaultNudgeInterval})
+	if err != nil {
+		return err
+	}
+	if _, err := r.Roll(ctx, plan); err != nil {
+		return fmt.Errorf("restart %s, failed from before: %w\n%s", name, err, c.unitReport(context.WithoutCancel(ctx), name))
+	}
+	return nil
+}
+
+// Attach returns a handle to a cluster already up, as "cluster.sh env"
+// describes it: FLEETROLL_CLUSTER_DIR (default /tmp/fleetroll-cluster), the
+// fleet API at endpoint, and the number of machines cluster.sh recorded.
+func Attach(endpoint string) *Cluster {
+	dir := os.Getenv("FLEETROLL_CLUSTER_DIR")
+	if dir == "" {
+		dir = "/tmp/fleetroll-cluster"
+	}
+	machines := 1
+	if b, err := os.ReadFile(filepath.Join(dir, "machines")); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			machines = n
+		}
+	}
+	return &Cluster{Dir: dir, Endpoint: endpoint, Machines: machines}
 }
 
 // Destroy stops and removes units; errors are ignored (cleanup).

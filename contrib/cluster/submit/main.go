@@ -1,6 +1,7 @@
 // Command submit launches instances of a template unit file on the local
 // fleet cluster through its HTTP API and waits until they run, as
-// "fleetctl start my-service@{8901..8903}.service" would. -env KEY=VALUE
+// "fleetctl start my-service@{8901..8903}.service" would. An instance fleet
+// already has and that has failed is restarted once. -env KEY=VALUE
 // replaces the unit's Environment=KEY=... line, so one unit file serves
 // clusters with different state directories.
 //
@@ -72,7 +73,7 @@ func run() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	c := &cluster.Cluster{Endpoint: *endpoint}
+	c := cluster.Attach(*endpoint)
 	names, err := c.Launch(ctx, service, opts, instances...)
 	if err != nil {
 		return err
