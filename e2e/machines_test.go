@@ -30,7 +30,7 @@ func need3(t *testing.T) *cluster.Cluster {
 	cl3Once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		cl3, cl3Err = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e3", EtcdPort: 23379, FleetPort: 49173, Machines: 3})
+		cl3, cl3Err = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e3", EtcdPort: 23379, FleetPort: 49173, Machines: 3, Fresh: !keepCluster()})
 	})
 	if cl3Err != nil {
 		if os.Getenv("CI") == "true" {
@@ -42,7 +42,7 @@ func need3(t *testing.T) *cluster.Cluster {
 }
 
 func down3() {
-	if cl3 != nil && os.Getenv("FLEETROLL_KEEP_CLUSTER") == "" {
+	if cl3 != nil && !keepCluster() {
 		if err := cl3.Down(context.Background()); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 		}

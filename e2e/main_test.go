@@ -52,19 +52,24 @@ func runMain(m *testing.M) int {
 	}
 
 	// A cluster of its own, beside the demo's, on other ports.
-	cl, clusterErr = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e", EtcdPort: 22379, FleetPort: 49163})
+	cl, clusterErr = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e", EtcdPort: 22379, FleetPort: 49163, Fresh: !keepCluster()})
 	if clusterErr != nil {
 		fmt.Fprintf(os.Stderr, "e2e: the local cluster did not start: %v\n", clusterErr)
 	}
 	code := m.Run()
 	down3()
-	if cl != nil && os.Getenv("FLEETROLL_KEEP_CLUSTER") == "" {
+	if cl != nil && !keepCluster() {
 		if err := cl.Down(context.Background()); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 		}
 	}
 	return code
 }
+
+// keepCluster: FLEETROLL_KEEP_CLUSTER set, the clusters of the suite are
+// kept between runs (for a look, or a faster next run). Otherwise each run
+// starts them afresh and removes them at the end.
+func keepCluster() bool { return os.Getenv("FLEETROLL_KEEP_CLUSTER") != "" }
 
 // needCluster fails the test under CI=true when the cluster is not up, and
 // skips it elsewhere.

@@ -48,6 +48,10 @@ type Config struct {
 	EtcdPort  int
 	FleetPort int
 	Machines  int // default 1
+	// Fresh removes what a cluster in Dir left behind (a run that was
+	// killed, a machine that was rebooted) before it starts: its units and
+	// etcd data come back otherwise.
+	Fresh bool
 }
 
 // Up starts the cluster (idempotent) and returns a handle to it.
@@ -78,6 +82,11 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		"FLEETROLL_MACHINES="+strconv.Itoa(cfg.Machines),
 	)
 	c.env = append(c.env, c.machineEnv(1)...)
+	if cfg.Fresh {
+		if err := c.Down(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := c.script(ctx, "up"); err != nil {
 		return nil, err
 	}
