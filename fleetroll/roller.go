@@ -563,11 +563,7 @@ func (r *Roller) agentStopped(ctx context.Context, name string, deadline time.Ti
 		}
 		if now := clock.Now(); r.opt.NudgeInterval > 0 && now.Sub(lastWrite) >= r.opt.NudgeInterval {
 			lastWrite = now
-			if err := r.setTarget(ctx, name, "loaded"); err != nil {
-				r.opt.Logger.Debug("nudge not made", "rollout_id", r.opt.RolloutID, "unit", name, "error", err.Error())
-			} else {
-				r.opt.Logger.Debug("nudged", "rollout_id", r.opt.RolloutID, "unit", name, "target", "loaded")
-			}
+			r.writeAgain(ctx, name, "loaded")
 		}
 		return false, nil
 	})
@@ -763,12 +759,17 @@ func (r *Roller) nudge(ctx context.Context, name, target string) error {
 	if current == target {
 		return nil // fleet's agent has acted; the published state follows
 	}
+	r.writeAgain(ctx, name, target)
+	return nil
+}
+
+// writeAgain is a nudge's write: best effort, logged either way.
+func (r *Roller) writeAgain(ctx context.Context, name, target string) {
 	if err := r.setTarget(ctx, name, target); err != nil {
 		r.opt.Logger.Debug("nudge not made", "rollout_id", r.opt.RolloutID, "unit", name, "error", err.Error())
-		return nil
+		return
 	}
 	r.opt.Logger.Debug("nudged", "rollout_id", r.opt.RolloutID, "unit", name, "target", target)
-	return nil
 }
 
 // setTarget writes a unit's target state to fleet, unless fenced. Each
