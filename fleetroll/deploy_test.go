@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/coreos/fleet/schema"
@@ -250,12 +251,10 @@ func TestDeployInterruptedDuringThePullDestroysThePullUnits(t *testing.T) {
 	f.OnCreate(func(_ string, u *fakefleet.Unit) { u.StartPolls = 1000 }) // a slow pull
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	n := 0
+	var n atomic.Int32 // the pulls poll at once
 	f.SetHook(func(call string) {
-		if strings.HasPrefix(call, "state "+PullPrefix) {
-			if n++; n == 3 {
-				cancel() // Ctrl-C
-			}
+		if strings.HasPrefix(call, "state "+PullPrefix) && n.Add(1) == 3 {
+			cancel() // Ctrl-C
 		}
 	})
 	r, _, _ := newTestRoller(t, f, Options{})

@@ -231,7 +231,10 @@ func (r *Roller) Pull(ctx context.Context, plan *Plan, image string, opt PullOpt
 // pullOne creates one pull unit and waits until it is done.
 func (r *Roller) pullOne(ctx context.Context, u *schema.Unit, deadline time.Time, timeout time.Duration) error {
 	err := r.until(ctx, deadline, timeout, func(ctx context.Context) (bool, error) {
-		return true, r.fleet.CreateUnit(ctx, u)
+		// Not abandoned half-way when ctx ends: a create fleet carries out
+		// after Pull's destroy would leave the unit behind. It is bounded by
+		// the request timeout.
+		return true, r.fleet.CreateUnit(context.WithoutCancel(ctx), u)
 	})
 	if err != nil {
 		return err
