@@ -555,7 +555,7 @@ func (r *Roller) agentStopped(ctx context.Context, name string, deadline time.Ti
 		case err != nil:
 			return false, err
 		case target != "loaded":
-			return false, fmt.Errorf("%w: %s is now %q, not %q; fleetroll leaves it so", ErrTargetChanged, name, target, "loaded")
+			return false, targetChanged(name, target, "loaded")
 		case current == "launched":
 			heartbeat = true
 		case heartbeat || clock.Now().Sub(t0) >= agentReconcile:
@@ -697,6 +697,12 @@ var (
 // as they set it.
 var ErrTargetChanged = errors.New("target state changed by someone else")
 
+// targetChanged is ErrTargetChanged for a unit whose target fleet now holds
+// as got, where fleetroll had written want.
+func targetChanged(name, got, want string) error {
+	return fmt.Errorf("%w: %s is now %q, not %q; fleetroll leaves it so", ErrTargetChanged, name, got, want)
+}
+
 // waitState polls a unit's state until judge says done or fails, or the
 // deadline passes. The last state seen is stored in *last. With nudging on
 // and n given, it re-asserts n's target every NudgeInterval while the phase
@@ -754,7 +760,7 @@ func (r *Roller) nudge(ctx context.Context, name, target string) error {
 		return nil
 	}
 	if got != target {
-		return fmt.Errorf("%w: %s is now %q, not %q; fleetroll leaves it so", ErrTargetChanged, name, got, target)
+		return targetChanged(name, got, target)
 	}
 	if current == target {
 		return nil // fleet's agent has acted; the published state follows
