@@ -30,6 +30,7 @@ type received struct {
 type notifyReceivers struct {
 	got  chan received
 	hold chan struct{} // the flaky one's retry of the first rollout waits for it
+	held chan struct{} // closed when that retry has arrived and waits
 	url  string
 
 	mu         sync.Mutex
@@ -38,7 +39,7 @@ type notifyReceivers struct {
 }
 
 func newNotifyReceivers(t *testing.T) *notifyReceivers {
-	nr := &notifyReceivers{got: make(chan received, 20), hold: make(chan struct{})}
+	nr := &notifyReceivers{got: make(chan received, 20), hold: make(chan struct{}), held: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /slack/", func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -69,6 +70,9 @@ func newNotifyReceivers(t *testing.T) *notifyReceivers {
 			return
 		case first:
 			// The retry of the first rollout's message waits.
+			if hits == 2 {
+				close(nr.held)
+			}
 			select {
 			case <-nr.hold:
 			case <-r.Context().Done():
@@ -144,8 +148,18 @@ func TestNotifications(t *testing.T) {
 	if rep := waitFinal(t, env, first); rep.Status != fleetroll.StatusSucceeded {
 		t.Fatalf("first rollout: %+v", rep)
 	}
-	// The flaky target answered 503 once and is being retried, held: the
-	// next rollout runs meanwhile, and its notifications go out.
+	// The flaky target answers 503 once; the outbox retries after its
+	// backoff, and the retry is held. Nothing orders that retry against the
+	// next rollout, so the test waits for it: then the next rollout runs
+	// while it is held, and its notifications must still go out.
+	select {
+	case <-nr.held:
+	case <-time.After(10 * time.Second):
+		nr.mu.Lock()
+		hits := nr.flakyHits
+		nr.mu.Unlock()
+		t.Fatalf("the flaky target got the first rollout's message %d times, want 2 (a 503, then the held retry)", hits)
+	}
 	second := trigger()
 	if rep := waitFinal(t, env, second); rep.Status != fleetroll.StatusSucceeded {
 		t.Fatalf("second rollout: %+v", rep)
@@ -167,7 +181,7 @@ func TestNotifications(t *testing.T) {
 	hits := nr.flakyHits
 	nr.mu.Unlock()
 	if hits != 2 {
-		t.Fatalf("the flaky target got the first rollout's message %d times, want 2 (a 503, then the held retry)", hits)
+		t.Fatalf("the flaky target got the first rollout's message %d times while held, want 2 (a 503, then the held retry)", hits)
 	}
 	close(nr.hold)
 	select {
