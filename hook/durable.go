@@ -90,7 +90,7 @@ func (d *durable) Submit(ctx context.Context, service string, t fleetroll.Trigge
 		return fleetroll.Report{}, false, err
 	}
 	if !merged {
-		d.store.Add(e.Record)
+		d.store.Put(e.Record)
 		d.poke()
 	}
 	return e.Record, merged, nil
@@ -334,7 +334,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		} else {
 			rec.Status = fleetroll.StatusSuperseded
 		}
-		d.store.Add(rec)
+		d.store.Put(rec)
 		if err := (coord.History{KAPI: d.kapi}).Save(wctx, rec); err != nil {
 			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
 		}
@@ -367,7 +367,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	}
 	cancel()
 	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
-		d.store.Add(e.Record)
+		d.store.Put(e.Record)
 	}
 	j := Job{ID: id, Service: service, Trigger: e.Record.Trigger, Callbacks: e.Callbacks, Resume: resume, entry: e.Key, lease: lease}
 	ended := d.exec(ctx, j)
@@ -511,7 +511,7 @@ func (d *durable) Cancel(ctx context.Context, id, by string) (fleetroll.Report, 
 			}
 			rec := old.Record.Clone()
 			rec.Status, rec.Finished, rec.Error = fleetroll.StatusCancelled, d.opt.Clock.Now(), "cancelled by "+by+" before it ran"
-			d.store.Add(rec)
+			d.store.Put(rec)
 			if err := (coord.History{KAPI: d.kapi}).Save(lctx, rec); err != nil {
 				d.log.Warn("cancelled rollout not recorded", "rollout_id", id, "error", err.Error())
 			}

@@ -176,7 +176,7 @@ func TestEventsOutliveTheWriteTimeoutAndEndOnShutdown(t *testing.T) {
 func TestFeedKeepsTheNewestEvents(t *testing.T) {
 	s := NewStore(10)
 	for i := range 2*feedSize + 10 {
-		s.Add(fleetroll.Report{ID: strconv.Itoa(i), Service: "a", Status: fleetroll.StatusQueued})
+		s.Put(fleetroll.Report{ID: strconv.Itoa(i), Service: "a", Status: fleetroll.StatusQueued})
 	}
 	sub, backlog, complete := s.Subscribe(1, "")
 	s.Unsubscribe(sub)

@@ -145,7 +145,7 @@ func (q *Queue) Submit(_ context.Context, service string, t fleetroll.Trigger, c
 	rec := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: id, Service: service, Status: fleetroll.StatusQueued,
 		Trigger: t, Units: []fleetroll.UnitReport{},
 		Queue: &fleetroll.QueueInfo{Queued: now, Supersedes: it.supersedes, SupersedesDropped: it.dropped}}
-	q.store.Add(rec)
+	q.store.Put(rec)
 	q.notifyLocked()
 	q.poke()
 	return rec, false, nil

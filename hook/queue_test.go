@@ -352,7 +352,7 @@ func TestStoreKeepsTheNewestFinished(t *testing.T) {
 		if i == 0 {
 			st = fleetroll.StatusRunning // never dropped
 		}
-		s.Add(fleetroll.Report{ID: fmt.Sprint(i), Status: st, Service: "a"})
+		s.Put(fleetroll.Report{ID: fmt.Sprint(i), Status: st, Service: "a"})
 	}
 	var ids []string
 	for _, r := range s.List("") {
@@ -363,6 +363,33 @@ func TestStoreKeepsTheNewestFinished(t *testing.T) {
 	}
 	if len(s.List("other")) != 0 {
 		t.Fatal("service filter")
+	}
+}
+
+// A rollout put again (the durable queue puts a record at submit, again
+// when it runs, supersedes or cancels it) is held once, in its place: a
+// history pruned past its limit afterwards never meets a stale ID (it
+// dereferenced nil, and killed serve, when the second put appended the ID
+// twice).
+func TestStoreHoldsARolloutPutAgainOnce(t *testing.T) {
+	s := NewStore(3)
+	s.Put(fleetroll.Report{ID: "a", Status: fleetroll.StatusQueued, Service: "s"})
+	s.Put(fleetroll.Report{ID: "b", Status: fleetroll.StatusQueued, Service: "s"})
+	s.Put(fleetroll.Report{ID: "a", Status: fleetroll.StatusRunning, Service: "s"})
+	s.Put(fleetroll.Report{ID: "a", Status: fleetroll.StatusSuperseded, Service: "s"})
+	if r, _ := s.Get("a"); r.Status != fleetroll.StatusSuperseded {
+		t.Fatalf("a is %s, want the last put (superseded)", r.Status)
+	}
+	for i := range 10 {
+		s.Put(fleetroll.Report{ID: fmt.Sprint(i), Status: fleetroll.StatusSucceeded, Service: "s"})
+	}
+	var ids []string
+	for _, r := range s.List("") {
+		ids = append(ids, r.ID)
+	}
+	// Three in all: b is queued, never dropped; then the newest finished.
+	if fmt.Sprint(ids) != "[9 8 b]" {
+		t.Fatalf("kept %v, want [9 8 b]", ids)
 	}
 }
 

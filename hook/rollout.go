@@ -29,12 +29,20 @@ func NewStore(limit int) *Store {
 	return &Store{byID: map[string]*fleetroll.Report{}, limit: max(limit, 1), changed: make(chan struct{})}
 }
 
-// Add records a new rollout and drops the oldest finished ones over the
-// limit.
-func (s *Store) Add(r fleetroll.Report) {
+// Put records a rollout. A new one goes last and drops the oldest finished
+// ones over the limit; one the store already holds is replaced where it is.
+// byID and order always hold the same IDs, each once.
+func (s *Store) Put(r fleetroll.Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := r.Clone()
+	if held, ok := s.byID[r.ID]; ok {
+		before := held.Status
+		*held = c
+		s.notifyLocked()
+		s.emitLocked(change{}, before, held)
+		return
+	}
 	s.byID[r.ID] = &c
 	s.order = append(s.order, r.ID)
 	s.emitLocked(change{kind: "queued"}, "", &c)
