@@ -43,8 +43,10 @@ func TestBlueGreenUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ports, spare := []string{"8931", "8932", "8933"}, []string{"8941", "8942", "8943"}
+	setupDone := waiting(t, waitCluster, "load setup: units, sidekicks, proxy")
 	setup, err := loadtest.Start(ctx, c, ports, loadtest.LaunchOptions{Shared: true,
 		DemoArgs: "-warmup 2s -shutdown-timeout 0", SidekickInterval: time.Second, SidekickTTL: 5 * time.Second}, t.TempDir())
+	setupDone()
 	t.Cleanup(setup.Close)
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +64,9 @@ func TestBlueGreenUnderLoad(t *testing.T) {
 
 	bg := []string{"--strategy", "blue-green", "--spare-ports", strings.Join(spare, ","), "--sidekick", "my-service-sidekick", "--placement-timeout", "1m"}
 	lo := loadtest.LoadOptions{Rate: 100, SlowEvery: 8, Slow: 600 * time.Millisecond}
+	rolled := waiting(t, waitFleetroll, "fleetroll restart under load")
 	res, took, rep, err := setup.Fleetroll(ctx, binary, lo, 2000, bg...)
+	rolled()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,13 +106,15 @@ func TestBlueGreenUnderLoad(t *testing.T) {
 		"--etcd-endpoints", c.EtcdURL, "--health-path", "/healthz", "--health-interval", "250ms", "--drain", "--drain-delay", "1s", "-o", "json"}, bg...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	back := waiting(t, waitFleetroll, "fleetroll restart to its end")
 	out, err := cmd.Output()
-	var back fr.Report
-	if err != nil || json.Unmarshal(out, &back) != nil || back.Status != fr.StatusSucceeded {
+	back()
+	var rep2 fr.Report
+	if err != nil || json.Unmarshal(out, &rep2) != nil || rep2.Status != fr.StatusSucceeded {
 		t.Fatalf("second blue-green: %v\n%s%s", err, out, stderr.String())
 	}
 	var launched []string
-	for _, u := range back.Units {
+	for _, u := range rep2.Units {
 		if u.Outcome == fr.OutcomeLaunched {
 			launched = append(launched, u.Unit)
 		}
@@ -122,26 +128,29 @@ func TestBlueGreenUnderLoad(t *testing.T) {
 // cluster), the new ones are destroyed, the old one never stops, and the
 // exit code says the rollout failed.
 func TestBlueGreenUnplacedKeepsTheOldOnes(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
+	claimPorts(t, "19161", "19171")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	opts, err := cluster.LoadTemplate(filepath.Join(repo, "contrib", "demo", "my-service@.service"), "STATE="+cl.Dir)
+	opts, err := cluster.LoadTemplate(filepath.Join(repo, "contrib", "demo", "my-service@.service"), "STATE="+c.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts = append(opts, &schema.UnitOption{Section: "X-Fleet", Name: "Conflicts", Value: "e2e-bgx@*.service"})
-	t.Cleanup(func() { cl.Destroy("e2e-bgx@19161.service", "e2e-bgx@19171.service") })
-	units, err := cl.Launch(ctx, "e2e-bgx", opts, "19161")
+	t.Cleanup(func() { c.Destroy("e2e-bgx@19161.service", "e2e-bgx@19171.service") })
+	launched := waiting(t, waitFleet, "demo units launched and running")
+	units, err := c.Launch(ctx, "e2e-bgx", opts, "19161")
+	launched()
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := systemd(t, units...)
-	code, out := fleetroll(t, "restart", "e2e-bgx", "--ports", "19161", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL,
+	code, out := fleetroll(t, "restart", "e2e-bgx", "--ports", "19161", "--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL,
 		"--strategy", "blue-green", "--spare-ports", "19171", "--placement-timeout", "5s")
 	if code != 1 || !strings.Contains(out, "not placed on any machine within 5s") || !strings.Contains(out, "the new instances were destroyed, the old ones kept serving") {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	if slices.Contains(fleetUnits(t, cl), "e2e-bgx@19171.service") {
+	if slices.Contains(fleetUnits(t, c), "e2e-bgx@19171.service") {
 		t.Fatal("the new unit was left in fleet")
 	}
 	if after := systemd(t, units...); !after[0].Up() || after[0].MainPID != before[0].MainPID {

@@ -101,11 +101,11 @@ func (c *consoleErrors) all() []string {
 // start live, the result and the history row, a timeline with one lane per
 // unit and no two down at once, "roll now", and no console error.
 func TestStatusPageInABrowser(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"19181", "19182", "19183"}
 	units := launchDemo(t, "e2e-ui", ports...)
 	base := startServe(t, append(secretArgs(t), "--service", "e2e-ui", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--grace", "0s", "--etcd-endpoints", cl.EtcdURL)...)
+		"--tag", "latest", "--grace", "0s", "--etcd-endpoints", c.EtcdURL)...)
 	ctx, console := browserContext(t)
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()

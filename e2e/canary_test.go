@@ -23,11 +23,11 @@ func pausedID(t *testing.T, lines <-chan string, log *strings.Builder) string {
 // A restart with --canary 1 pauses after the first instance, with the
 // others untouched, until fleetroll promote; then it rolls the others.
 func TestCanaryPausesUntilPromoted(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-canary", "19121", "19122", "19123")
 	before := systemd(t, units...)
-	cmd, lines := startFleetroll(t, "restart", "e2e-canary", "--endpoint", cl.Endpoint, "--grace", "0s", "--canary", "1",
-		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--etcd-endpoints", cl.EtcdURL)
+	cmd, lines := startFleetroll(t, "restart", "e2e-canary", "--endpoint", c.Endpoint, "--grace", "0s", "--canary", "1",
+		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--etcd-endpoints", c.EtcdURL)
 	var log strings.Builder
 	id := pausedID(t, lines, &log)
 	during := systemd(t, units...)
@@ -39,7 +39,7 @@ func TestCanaryPausesUntilPromoted(t *testing.T) {
 			t.Fatalf("%s touched before the promotion", units[i])
 		}
 	}
-	if code, out := fleetroll(t, "promote", id, "--etcd-endpoints", cl.EtcdURL); code != 0 {
+	if code, out := fleetroll(t, "promote", id, "--etcd-endpoints", c.EtcdURL); code != 0 {
 		t.Fatalf("promote: exit %d\n%s", code, out)
 	}
 	for l := range lines {
@@ -62,13 +62,13 @@ func TestCanaryPausesUntilPromoted(t *testing.T) {
 // With --canary-wait, a canary that falls ill during the wait aborts the
 // rollout when the wait ends: exit code 4, the other instances untouched.
 func TestCanaryWaitAbortsOnAnIllCanary(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-canwait", "19131", "19132", "19133")
-	ill := filepath.Join(cl.Dir, "fail-health-19131")
+	ill := filepath.Join(c.Dir, "fail-health-19131")
 	t.Cleanup(func() { os.Remove(ill) })
 	before := systemd(t, units...)
-	cmd, lines := startFleetroll(t, "restart", "e2e-canwait", "--endpoint", cl.Endpoint, "--grace", "0s", "--canary", "1", "--canary-wait", "3s",
-		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--health-timeout", "2s", "--etcd-endpoints", cl.EtcdURL)
+	cmd, lines := startFleetroll(t, "restart", "e2e-canwait", "--endpoint", c.Endpoint, "--grace", "0s", "--canary", "1", "--canary-wait", "3s",
+		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--health-timeout", "2s", "--etcd-endpoints", c.EtcdURL)
 	var log strings.Builder
 	pausedID(t, lines, &log)
 	if err := os.WriteFile(ill, nil, 0o644); err != nil {
@@ -92,13 +92,13 @@ func TestCanaryWaitAbortsOnAnIllCanary(t *testing.T) {
 // serve with --canary 1: a manual trigger pauses after the first instance,
 // POST /rollouts/{id}/promote rolls the others.
 func TestCanaryPromotedThroughServesAPI(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"19141", "19142", "19143"}
 	units := launchDemo(t, "e2e-canapi", ports...)
 	before := systemd(t, units...)
 	secrets := secretArgs(t)
 	base := startServe(t, append(secrets, "--service", "e2e-canapi", "--ports", strings.Join(ports, ","), "--grace", "0s",
-		"--canary", "1", "--etcd-endpoints", cl.EtcdURL)...)
+		"--canary", "1", "--etcd-endpoints", c.EtcdURL)...)
 	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}
 	code, ans := post(t, base+"/rollouts", []byte(`{"service":"e2e-canapi"}`), auth)
 	if code != 202 {
@@ -155,11 +155,11 @@ func TestCanaryPromotedThroughServesAPI(t *testing.T) {
 // and touching nothing else, and a promotion through its API finishes it.
 // Each instance starts once.
 func TestCanaryPauseSurvivesATakeover(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"19191", "19192", "19193"}
 	units := launchDemo(t, "e2e-cantake", ports...)
 	args := append(secretArgs(t), "--service", "e2e-cantake", "--ports", strings.Join(ports, ","), "--grace", "0s",
-		"--canary", "1", "--etcd-endpoints", cl.EtcdURL, "--lock", "wait", "--lock-ttl", "6s")
+		"--canary", "1", "--etcd-endpoints", c.EtcdURL, "--lock", "wait", "--lock-ttl", "6s")
 	baseA, cmdA := startServeCmd(t, args...)
 	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}
 	before := make([]int, len(ports))

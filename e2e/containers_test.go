@@ -45,6 +45,11 @@ type ctrEnv struct {
 
 func (c *ctrEnv) run(timeout time.Duration, name string, args ...string) string {
 	c.t.Helper()
+	label := filepath.Base(name)
+	if len(args) > 0 && !strings.HasPrefix(args[0], "/") {
+		label += " " + args[0]
+	}
+	defer waiting(c.t, waitTool, label)()
 	out, err := runIn(c.env, c.repo, timeout, name, args...)
 	if err != nil {
 		c.t.Fatal(err)
@@ -74,57 +79,108 @@ type ctrImages struct {
 	demo      string // REGISTRY/demo/my-service (tags v1, v2, v3)
 }
 
+// The images come in two steps: the builder and the demo's (all that
+// TestReleases needs), then fleetroll's.
 var (
-	imagesOnce sync.Once
-	images     ctrImages
-	imagesErr  error
+	demoImagesOnce, fleetrollImageOnce sync.Once
+	images                             = newImages(fmt.Sprintf("e2e-%d", time.Now().Unix()))
+	demoImagesErr, fleetrollImageErr   error
 )
 
-// buildImages builds the images with no registry but our own, the first
-// time a test asks; later tests get the same images.
-func buildImages(t *testing.T, env []string) ctrImages {
-	t.Helper()
-	imagesOnce.Do(func() {
-		im := ctrImages{version: fmt.Sprintf("e2e-%d", time.Now().Unix()), demo: regAddr + "/demo/my-service"}
-		im.fleetroll = regAddr + "/fleetroll/fleetroll:" + im.version
-		modcache, err := runIn(env, repo, time.Minute, "go", "env", "GOMODCACHE")
-		if err != nil {
-			imagesErr = err
+func newImages(version string) ctrImages {
+	return ctrImages{version: version, demo: regAddr + "/demo/my-service", fleetroll: regAddr + "/fleetroll/fleetroll:" + version}
+}
+
+// ctrEnvironment is the environment podman runs in for the tests: the
+// project's containers.conf (runc, lowered ulimits).
+func ctrEnvironment() []string {
+	return append(os.Environ(), "CONTAINERS_CONF="+filepath.Join(repo, "contrib", "container", "containers.conf"))
+}
+
+// gocache is the Go build cache the image builds share (a volume), so that
+// the standard library is compiled once for all of them.
+var gocache = filepath.Join(os.TempDir(), "fleetroll-e2e-gocache")
+
+// podmanBuild is a podman build command with the shared cache.
+func podmanBuild(args ...string) []string {
+	return append([]string{"podman", "build", "-q", "--volume", gocache + ":/tmp/gocache"}, args...)
+}
+
+// buildSteps runs the build commands in order.
+func buildSteps(env []string, steps ...[]string) error {
+	if err := os.MkdirAll(gocache, 0o755); err != nil {
+		return err
+	}
+	for _, st := range steps {
+		if _, err := runIn(env, repo, 15*time.Minute, st[0], st[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildDemoImages builds the builder and the demo's images with no registry
+// but our own, once per run.
+func buildDemoImages(env []string) {
+	demoImagesOnce.Do(func() {
+		start := time.Now()
+		steps := [][]string{{"contrib/container/builder.sh", "localhost/fleetroll-builder"}}
+		for _, v := range []string{"v1", "v2", "v3"} {
+			steps = append(steps, podmanBuild("-f", "contrib/demo/Dockerfile", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
+				"--build-arg", "VERSION="+v, "-t", images.demo+":"+v, "contrib/demo"))
+		}
+		demoImagesErr = buildSteps(env, steps...)
+		fmt.Fprintf(os.Stderr, "e2e: the builder and the demo images built once, in %s\n", time.Since(start).Round(time.Second))
+	})
+}
+
+// buildImagesOnce builds every image, the demo's first, once per run:
+// TestMain starts it beside the clusters when a test needs the images, and
+// those tests wait for it.
+func buildImagesOnce(env []string) {
+	buildDemoImages(env)
+	fleetrollImageOnce.Do(func() {
+		if demoImagesErr != nil {
+			fleetrollImageErr = demoImagesErr
 			return
 		}
-		steps := [][]string{
-			{"contrib/container/builder.sh", "localhost/fleetroll-builder"},
-			{"podman", "build", "-q", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
-				"--build-arg", "GOPROXY=off", "--build-arg", "GOFLAGS=-mod=mod", "--build-arg", "VERSION=" + im.version,
-				"--volume", strings.TrimSpace(modcache) + ":/go/pkg/mod:ro", "-t", im.fleetroll, "."},
-		}
-		for _, v := range []string{"v1", "v2", "v3"} {
-			steps = append(steps, []string{"podman", "build", "-q", "-f", "contrib/demo/Dockerfile", "--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder",
-				"--build-arg", "VERSION=" + v, "-t", im.demo + ":" + v, "contrib/demo"})
-		}
 		start := time.Now()
-		for _, st := range steps {
-			if _, err := runIn(env, repo, 15*time.Minute, st[0], st[1:]...); err != nil {
-				imagesErr = err
-				return
-			}
+		modcache, err := runIn(env, repo, time.Minute, "go", "env", "GOMODCACHE")
+		if err != nil {
+			fleetrollImageErr = err
+			return
 		}
-		images = im
-		fmt.Fprintf(os.Stderr, "e2e: container images built once, in %s\n", time.Since(start).Round(time.Second))
+		fleetrollImageErr = buildSteps(env, podmanBuild("--build-arg", "BUILDER_IMAGE=localhost/fleetroll-builder", "--build-arg", "GOPROXY=off",
+			"--build-arg", "GOFLAGS=-mod=mod", "--build-arg", "VERSION="+images.version,
+			"--volume", strings.TrimSpace(modcache)+":/go/pkg/mod:ro", "-t", images.fleetroll, "."))
+		fmt.Fprintf(os.Stderr, "e2e: the fleetroll image built once, in %s\n", time.Since(start).Round(time.Second))
 	})
-	if imagesErr != nil {
-		t.Fatalf("build images: %v", imagesErr)
+}
+
+// buildImages returns the images once built: the demo's, and fleetroll's
+// when withFleetroll.
+func buildImages(t *testing.T, withFleetroll bool) ctrImages {
+	t.Helper()
+	done := waiting(t, waitBuild, "container images")
+	defer done()
+	if withFleetroll {
+		buildImagesOnce(ctrEnvironment())
+	} else {
+		buildDemoImages(ctrEnvironment())
+	}
+	if demoImagesErr != nil {
+		t.Fatalf("build the demo images: %v", demoImagesErr)
+	}
+	if withFleetroll && fleetrollImageErr != nil {
+		t.Fatalf("build the fleetroll image: %v", fleetrollImageErr)
 	}
 	return images
 }
 
-// removeContainers removes the test's leftover containers (my-service-PORT,
-// or a name), never those of the demo cluster beside it.
+// removeContainers removes the test's leftover containers by name, never
+// those of the demo cluster beside it.
 func removeContainers(names ...string) {
 	for _, n := range names {
-		if !strings.HasPrefix(n, "fleetroll") {
-			n = "my-service-" + n
-		}
 		_ = exec.Command("podman", "rm", "-f", n).Run()
 	}
 }
@@ -163,7 +219,7 @@ notifications:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
-	eventually(t, 30*time.Second, "registry up", func() error {
+	eventually(t, 30*time.Second, "the registry up", func() error {
 		var v any
 		return getJSON("http://"+addr+"/v2/", nil, &v)
 	})
@@ -174,7 +230,7 @@ notifications:
 // announcements on 127.0.0.1) and launches one per port.
 func launchSidekicks(t *testing.T, ports ...string) {
 	t.Helper()
-	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
+	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": clusterOf(t).EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
 	var sidekicks []string
 	for _, p := range ports {
 		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
@@ -213,7 +269,7 @@ func dropIn(t *testing.T, unit string, env map[string]string) {
 	for k, v := range env {
 		fmt.Fprintf(&b, "Environment=\"%s=%s\"\n", k, v)
 	}
-	file := filepath.Join(cl.Dir, "run", "systemd", "user", unit+".d", "10-e2e.conf")
+	file := filepath.Join(clusterOf(t).Dir, "run", "systemd", "user", unit+".d", "10-e2e.conf")
 	writeFile(t, file, b.String(), 0o644)
 	t.Cleanup(func() { _ = os.Remove(file) })
 }
@@ -234,7 +290,8 @@ func submit(t *testing.T, file string, names ...string) {
 			kept = append(kept, o)
 		}
 	}
-	api, err := cl.API()
+	c := clusterOf(t)
+	api, err := c.API()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +300,15 @@ func submit(t *testing.T, file string, names ...string) {
 			t.Fatalf("create %s: %v", n, err)
 		}
 	}
-	t.Cleanup(func() { cl.Destroy(names...) })
+	// Gone before the test's directories are removed: a unit still
+	// running writes into them (confd's upstreams).
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := c.DestroyAndWait(ctx, names...); err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 func getJSON(url string, headers map[string]string, v any) error {
@@ -266,6 +331,7 @@ func getJSON(url string, headers map[string]string, v any) error {
 // eventually polls cond every interval until it holds or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
+	defer waiting(t, waitPoll, what)()
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
@@ -319,7 +385,8 @@ func proxyServes(version string) func() error {
 }
 
 func TestContainersRollOnRegistryPush(t *testing.T) {
-	needCluster(t)
+	clu := needCluster(t)
+	claimPorts(t, ctrPorts...)
 	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -330,7 +397,7 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	containersConf := filepath.Join(repo, "contrib", "container", "containers.conf")
 	c := &ctrEnv{t: t, tmp: tmp, repo: repo,
 		env: append(os.Environ(), "CONTAINERS_CONF="+containersConf, "CONTAINERS_REGISTRIES_CONF="+regConf)}
-	im := buildImages(t, c.env)
+	im := buildImages(t, true)
 	version, fleetrollImage, demoImage := im.version, im.fleetroll, im.demo
 
 	// The image: the stamped version, a non-root user, and only what it needs.
@@ -373,11 +440,13 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	go func() { _ = sink.Serve(sinkLn) }()
 	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", fleetrollImage)
 	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", demoImage+":v1", demoImage+":latest")
+	notified := waiting(t, waitPoll, "the registry's first notification")
 	select {
 	case <-sinkGot:
 	case <-time.After(time.Minute):
 		t.Fatal("the registry sent no notification")
 	}
+	notified()
 	eventually(t, 30*time.Second, "registry queue drained", func() error {
 		// Drain until a second goes by without a notification.
 		select {
@@ -427,13 +496,13 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 		return out
 	}
 	// No release in this cluster's etcd: the instances run IMAGE, the tag.
-	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5", "ETCD": cl.EtcdURL}))
-	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": cl.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
-	dropIn(t, "fleetroll@.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc, "ETCD_ENDPOINTS": cl.EtcdURL,
-		"FLEET_SOCKET": filepath.Join(cl.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s",
+	dropIn(t, "my-service@.service", with(map[string]string{"IMAGE": demoImage + ":latest", "STOP_TIMEOUT": "5", "ETCD": clu.EtcdURL}))
+	dropIn(t, "my-service-sidekick@.service", map[string]string{"ETCD": clu.EtcdURL, "ANNOUNCE_HOST": "127.0.0.1", "TTL": "4", "INTERVAL": "1"})
+	dropIn(t, "fleetroll@.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc, "ETCD_ENDPOINTS": clu.EtcdURL,
+		"FLEET_SOCKET": filepath.Join(clu.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s",
 		"SECRET_ARGS": "--registry-token-file /etc/fleetroll/registry-token"}))
 	dropIn(t, "my-service-proxy.service", map[string]string{"PROXY_DIR": proxyDir})
-	dropIn(t, "my-service-confd.service", map[string]string{"PROXY_DIR": proxyDir, "CONFD": strings.TrimSpace(confd), "ETCD": cl.EtcdURL})
+	dropIn(t, "my-service-confd.service", map[string]string{"PROXY_DIR": proxyDir, "CONFD": strings.TrimSpace(confd), "ETCD": clu.EtcdURL})
 
 	// Submit the shipped units.
 	var instances, sidekicks []string
@@ -449,17 +518,23 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	t.Cleanup(func() {
 		// Units first (their ExecStop stops the containers), then leftovers.
 		for _, n := range append(instances, "fleetroll@1.service") {
-			cl.Destroy(n)
+			clu.Destroy(n)
 		}
-		removeContainers(append(append([]string{}, ctrPorts...), "fleetroll-1")...)
+		names := []string{"fleetroll-1"}
+		for _, p := range ctrPorts {
+			names = append(names, "my-service-"+p)
+		}
+		removeContainers(names...)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	launched := waiting(t, waitFleet, "the shipped units running")
 	for _, n := range append(append(append([]string{}, instances...), sidekicks...), "my-service-proxy.service", "my-service-confd.service", "fleetroll@1.service") {
-		if err := cl.WaitRunning(ctx, n); err != nil {
+		if err := clu.WaitRunning(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}
+	launched()
 	eventually(t, 2*time.Minute, "fleetroll answering in its container", func() error {
 		var h map[string]any
 		return getJSON("http://"+hookListen+"/healthz", nil, &h)

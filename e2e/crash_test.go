@@ -14,13 +14,26 @@ import (
 )
 
 // A fleetroll killed with SIGKILL at each step of the second unit leaves
-// an intent record; the next fleetroll (fleetroll recover, or a restart)
-// restores the unit within the lock's TTL plus 10 s: every instance
-// active, announced again, started the expected number of times, and the
-// killed rollout in the history as interrupted (issue 12).
+// an intent record; the next fleetroll recover restores the unit within
+// the lock's TTL plus 10 s: every instance active, announced again,
+// started the expected number of times, and the killed rollout in the
+// history as interrupted (issue 12). It judges a time, so it runs on a
+// fleet of its own.
 func TestKilledFleetrollIsRecovered(t *testing.T) {
-	needCluster(t)
-	ports := []string{"19071", "19072", "19073"}
+	killAndRecover(t, "recover", "19071", "19072", "19073")
+}
+
+// The same kills, and the next fleetroll restart recovers the killed
+// rollout first, then restarts every instance.
+func TestKilledFleetrollIsRecoveredByARestart(t *testing.T) {
+	killAndRecover(t, "restart", "19301", "19302", "19303")
+}
+
+// killAndRecover kills a restart of my-service@PORT, for three ports, at
+// each step of the second unit, and recovers with fleetroll by ("recover"
+// or "restart").
+func killAndRecover(t *testing.T, by string, ports ...string) {
+	c := needCluster(t)
 	dropIn(t, "my-service@.service", map[string]string{"ARGS": "-warmup 2s"})
 	units := launchDemo(t, "my-service", ports...)
 	launchSidekicks(t, ports...)
@@ -41,7 +54,7 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 		}
 		return n
 	}
-	api, err := cl.API()
+	api, err := c.API()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +66,7 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 		return u.DesiredState
 	}
 	const ttl = 5 * time.Second
-	flags := []string{"--ports", strings.Join(ports, ","), "--etcd-endpoints", cl.EtcdURL, "--lock", "wait", "--lock-ttl", ttl.String(),
+	flags := []string{"--ports", strings.Join(ports, ","), "--etcd-endpoints", c.EtcdURL, "--lock", "wait", "--lock-ttl", ttl.String(),
 		"--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms", "--grace", "0s"}
 	second := units[1]
 
@@ -78,97 +91,95 @@ func TestKilledFleetrollIsRecovered(t *testing.T) {
 		}, 1},
 		{"running, not yet healthy", func(l string) bool { return strings.Contains(l, second+": running in") }, 1},
 	}
-	for _, by := range []string{"recover", "restart"} {
-		for _, p := range points {
-			t.Run(by+" after a kill at "+p.name, func(t *testing.T) {
-				eventually(t, time.Minute, "all announced", func() error {
-					if n := announced(); n != 3 {
-						return fmt.Errorf("%d announced", n)
-					}
-					return nil
-				})
-				before := make([]int, 3)
-				for i, port := range ports {
-					before[i] = starts(t, port)
+	for _, p := range points {
+		t.Run(by+" after a kill at "+p.name, func(t *testing.T) {
+			eventually(t, time.Minute, "all announced", func() error {
+				if n := announced(); n != 3 {
+					return fmt.Errorf("%d announced", n)
 				}
-				cmd, lines, _ := startFleetrollOut(t, append([]string{"restart", "my-service"}, flags...)...)
-				var log strings.Builder
-				id := ""
-				deadline := time.After(2 * time.Minute)
-				tick := time.NewTicker(20 * time.Millisecond)
-			watch:
-				for {
-					select {
-					case l, ok := <-lines:
-						if !ok {
-							t.Fatalf("fleetroll ended before %s:\n%s", p.name, log.String())
-						}
-						log.WriteString(l + "\n")
-						if rest, ok := strings.CutPrefix(l, "rollout "); ok && id == "" {
-							id, _, _ = strings.Cut(rest, ":")
-						}
-						if strings.Contains(log.String(), units[0]+": healthy") && p.reached(log.String()) {
-							break watch
-						}
-					case <-tick.C:
-						if strings.Contains(log.String(), units[0]+": healthy") && p.reached(log.String()) {
-							break watch
-						}
-					case <-deadline:
-						t.Fatalf("%s not reached:\n%s", p.name, log.String())
-					}
-				}
-				tick.Stop()
-				_ = cmd.Process.Signal(syscall.SIGKILL)
-				_ = cmd.Wait()
-				killed := time.Now()
-
-				args := []string{"recover", "my-service", "--etcd-endpoints", cl.EtcdURL, "--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms"}
-				extra := 0
-				if by == "restart" {
-					args = append([]string{"restart", "my-service"}, flags...)
-					extra = 1
-				}
-				code, out := fleetroll(t, args...)
-				if code != 0 || !strings.Contains(out, "recovering rollout "+id) {
-					t.Fatalf("fleetroll %s after the kill: exit %d\n%s\nkilled run:\n%s", by, code, out, log.String())
-				}
-				took := time.Since(killed)
-				for i, st := range systemd(t, units...) {
-					if !st.Up() {
-						t.Errorf("%s is %s/%s after %s", units[i], st.Active, st.Sub, by)
-					}
-				}
-				eventually(t, 15*time.Second, "all announced again", func() error {
-					if n := announced(); n != 3 {
-						return fmt.Errorf("%d announced", n)
-					}
-					return nil
-				})
-				want := []int{1 + extra, p.started + extra, extra}
-				for i, port := range ports {
-					if got := starts(t, port) - before[i]; got != want[i] {
-						t.Errorf("%s started %d times, want %d", units[i], got, want[i])
-					}
-				}
-				if by == "recover" && took > ttl+10*time.Second {
-					t.Errorf("restored %s after the kill, more than the lock TTL (%s) + 10 s", took.Round(time.Millisecond), ttl)
-				}
-				if by == "recover" {
-					t.Logf("kill at %s: every instance running again %s after the kill", p.name, took.Round(time.Millisecond))
-				} else {
-					t.Logf("kill at %s: recovered, then every instance restarted, %s after the kill", p.name, took.Round(time.Millisecond))
-				}
-				code, st := fleetroll(t, "status", id, "--etcd-endpoints", cl.EtcdURL)
-				var rec fr.Report
-				if code != 0 || json.Unmarshal([]byte(st), &rec) != nil || rec.Status != fr.StatusInterrupted || len(rec.Units) != 1 ||
-					rec.Units[0].Unit != second {
-					t.Fatalf("history of the killed rollout %s: %d\n%s", id, code, st)
-				}
-				if _, err := kapi.Get(ctx, "/fleetroll/intents/my-service", nil); !client.IsKeyNotFound(err) {
-					t.Fatalf("intent left: %v", err)
-				}
+				return nil
 			})
-		}
+			before := make([]int, 3)
+			for i, port := range ports {
+				before[i] = starts(t, port)
+			}
+			cmd, lines, _ := startFleetrollOut(t, append([]string{"restart", "my-service"}, flags...)...)
+			var log strings.Builder
+			id := ""
+			deadline := time.After(2 * time.Minute)
+			tick := time.NewTicker(20 * time.Millisecond)
+		watch:
+			for {
+				select {
+				case l, ok := <-lines:
+					if !ok {
+						t.Fatalf("fleetroll ended before %s:\n%s", p.name, log.String())
+					}
+					log.WriteString(l + "\n")
+					if rest, ok := strings.CutPrefix(l, "rollout "); ok && id == "" {
+						id, _, _ = strings.Cut(rest, ":")
+					}
+					if strings.Contains(log.String(), units[0]+": healthy") && p.reached(log.String()) {
+						break watch
+					}
+				case <-tick.C:
+					if strings.Contains(log.String(), units[0]+": healthy") && p.reached(log.String()) {
+						break watch
+					}
+				case <-deadline:
+					t.Fatalf("%s not reached:\n%s", p.name, log.String())
+				}
+			}
+			tick.Stop()
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
+			killed := time.Now()
+
+			args := []string{"recover", "my-service", "--etcd-endpoints", c.EtcdURL, "--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms"}
+			extra := 0
+			if by == "restart" {
+				args = append([]string{"restart", "my-service"}, flags...)
+				extra = 1
+			}
+			code, out := fleetroll(t, args...)
+			if code != 0 || !strings.Contains(out, "recovering rollout "+id) {
+				t.Fatalf("fleetroll %s after the kill: exit %d\n%s\nkilled run:\n%s", by, code, out, log.String())
+			}
+			took := time.Since(killed)
+			for i, st := range systemd(t, units...) {
+				if !st.Up() {
+					t.Errorf("%s is %s/%s after %s", units[i], st.Active, st.Sub, by)
+				}
+			}
+			eventually(t, 15*time.Second, "all announced again", func() error {
+				if n := announced(); n != 3 {
+					return fmt.Errorf("%d announced", n)
+				}
+				return nil
+			})
+			want := []int{1 + extra, p.started + extra, extra}
+			for i, port := range ports {
+				if got := starts(t, port) - before[i]; got != want[i] {
+					t.Errorf("%s started %d times, want %d", units[i], got, want[i])
+				}
+			}
+			if by == "recover" && took > ttl+10*time.Second {
+				t.Errorf("restored %s after the kill, more than the lock TTL (%s) + 10 s", took.Round(time.Millisecond), ttl)
+			}
+			if by == "recover" {
+				t.Logf("kill at %s: every instance running again %s after the kill", p.name, took.Round(time.Millisecond))
+			} else {
+				t.Logf("kill at %s: recovered, then every instance restarted, %s after the kill", p.name, took.Round(time.Millisecond))
+			}
+			code, st := fleetroll(t, "status", id, "--etcd-endpoints", c.EtcdURL)
+			var rec fr.Report
+			if code != 0 || json.Unmarshal([]byte(st), &rec) != nil || rec.Status != fr.StatusInterrupted || len(rec.Units) != 1 ||
+				rec.Units[0].Unit != second {
+				t.Fatalf("history of the killed rollout %s: %d\n%s", id, code, st)
+			}
+			if _, err := kapi.Get(ctx, "/fleetroll/intents/my-service", nil); !client.IsKeyNotFound(err) {
+				t.Fatalf("intent left: %v", err)
+			}
+		})
 	}
 }

@@ -26,7 +26,7 @@ import (
 //     unit is stopped; the other restores that unit and finishes the push:
 //     every instance restarted after the push exactly once, one callback.
 func TestReceiverFailover(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"19081", "19082", "19083"}
 	units := launchDemo(t, "e2e-failover", ports...)
 	var mu sync.Mutex
@@ -41,7 +41,7 @@ func TestReceiverFailover(t *testing.T) {
 	defer receiver.Close()
 	const ttl = 5 * time.Second
 	args := append(secretArgs(t), "--service", "e2e-failover", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--grace", "0s", "--callback-allow", receiver.URL, "--etcd-endpoints", cl.EtcdURL,
+		"--tag", "latest", "--grace", "0s", "--callback-allow", receiver.URL, "--etcd-endpoints", c.EtcdURL,
 		"--lock", "wait", "--lock-ttl", ttl.String(), "--poll-interval", "200ms")
 	baseA, cmdA := startServeCmd(t, args...)
 	baseB, cmdB := startServeCmd(t, args...)
@@ -129,7 +129,7 @@ func TestReceiverFailover(t *testing.T) {
 	}
 
 	// 2. The receiver running a push dies with the second unit stopped.
-	api, err := cl.API()
+	api, err := c.API()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestReceiverFailover(t *testing.T) {
 // receiver takes over only after that, and finishes the push. No two
 // instances are ever down together, as systemd sees them.
 func TestReceiverPartition(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"19091", "19092", "19093"}
 	units := launchDemo(t, "e2e-partition", ports...)
 	// Nothing left of an earlier run on a kept cluster.
@@ -214,12 +214,12 @@ func TestReceiverPartition(t *testing.T) {
 		_, _ = kapi.Delete(context.Background(), k, &client.DeleteOptions{Recursive: true})
 	}
 	const ttl = 6 * time.Second
-	etcdAddr := strings.TrimPrefix(cl.EtcdURL, "http://")
+	etcdAddr := strings.TrimPrefix(c.EtcdURL, "http://")
 	proxy := startProxy(t, etcdAddr)
 	args := append(secretArgs(t), "--service", "e2e-partition", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
 		"--tag", "latest", "--grace", "0s", "--lock", "wait", "--lock-ttl", ttl.String(), "--poll-interval", "200ms", "--etcd-timeout", "1s")
 	// Both log at debug level: each write to fleet, as it is sent.
-	cmdA, linesA := startFleetroll(t, append([]string{"serve", "--log-level", "debug", "--listen", "127.0.0.1:18095", "--endpoint", cl.Endpoint,
+	cmdA, linesA := startFleetroll(t, append([]string{"serve", "--log-level", "debug", "--listen", "127.0.0.1:18095", "--endpoint", c.Endpoint,
 		"--etcd-endpoints", "http://" + proxy.Addr()}, args...)...)
 	var logA, logB syncLog
 	go logA.collect(linesA)
@@ -240,7 +240,7 @@ func TestReceiverPartition(t *testing.T) {
 	for i, p := range ports {
 		before[i] = starts(t, p)
 	}
-	obs := observe(units, ports, 100*time.Millisecond)
+	obs := observe(c, units, ports, 100*time.Millisecond)
 	hub := fixture(t, "dockerhub-push.json")
 	var p map[string]any
 	_ = json.Unmarshal(hub, &p)
@@ -252,7 +252,7 @@ func TestReceiverPartition(t *testing.T) {
 		t.Fatalf("push to A: %d %v", code, ans)
 	}
 	id := ans["id"].(string)
-	api, err := cl.API()
+	api, err := c.API()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,8 +266,8 @@ func TestReceiverPartition(t *testing.T) {
 	proxy.Pause()
 	cut := time.Now()
 	// B, with etcd, once A is cut off.
-	cmdB, linesB := startFleetroll(t, append([]string{"serve", "--log-level", "debug", "--listen", "127.0.0.1:18096", "--endpoint", cl.Endpoint,
-		"--etcd-endpoints", cl.EtcdURL}, args...)...)
+	cmdB, linesB := startFleetroll(t, append([]string{"serve", "--log-level", "debug", "--listen", "127.0.0.1:18096", "--endpoint", c.Endpoint,
+		"--etcd-endpoints", c.EtcdURL}, args...)...)
 	go logB.collect(linesB)
 	t.Cleanup(func() {
 		_ = cmdB.Process.Signal(syscall.SIGINT)

@@ -17,21 +17,31 @@ import (
 	"github.com/fleetroll/fleetroll/internal/loadtest"
 )
 
-// The three-machine cluster, started by the first test that needs it and
-// removed by TestMain.
+// The three-machine cluster, started by TestMain beside the one-machine
+// cluster when a test of its lane runs (or by that test), and removed by
+// TestMain.
 var (
 	cl3Once sync.Once
 	cl3     *cluster.Cluster
 	cl3Err  error
 )
 
-func need3(t *testing.T) *cluster.Cluster {
-	t.Helper()
+func up3() {
 	cl3Once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		cl3, cl3Err = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e3", EtcdPort: 23379, FleetPort: 49173, Machines: 3, Fresh: !keepCluster()})
 	})
+}
+
+// need3 runs the test in the three-machine cluster's lane, once that
+// cluster is up; under CI=true a cluster that did not start fails it.
+func need3(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	takeTurn(t, true)
+	done := waiting(t, waitCluster, "the three-machine cluster up")
+	up3()
+	done()
 	if cl3Err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("the three-machine cluster is required under CI=true: %v", cl3Err)
@@ -58,8 +68,10 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ports := []string{"8901", "8902", "8903"}
+	setupDone := waiting(t, waitCluster, "load setup: units, sidekicks, proxy")
 	setup, err := loadtest.Start(ctx, c, ports, loadtest.LaunchOptions{
 		DemoArgs: "-warmup 2s -shutdown-timeout 0", SidekickInterval: time.Second, SidekickTTL: 5 * time.Second}, t.TempDir())
+	setupDone()
 	t.Cleanup(setup.Close)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +102,9 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 	}
 
 	lo := loadtest.LoadOptions{Rate: 100, SlowEvery: 8, Slow: 600 * time.Millisecond}
+	rolled := waiting(t, waitFleetroll, "fleetroll restart under load")
 	res, took, rep, err := setup.Fleetroll(ctx, binary, lo, 2000)
+	rolled()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +131,9 @@ func TestLoadRolloutThroughProxyLosesNoRequest(t *testing.T) {
 
 	// The naive loop, same load, for comparison (logged, not judged: what
 	// it loses depends on timing).
+	naiveDone := waiting(t, waitFleetroll, "the naive loop under load")
 	naive, took, err := setup.Naive(ctx, lo, 2000)
+	naiveDone()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,6 +157,7 @@ func launchSpread(t *testing.T, c *cluster.Cluster, service string, ports ...str
 		units = append(units, service+"@"+p+".service")
 	}
 	t.Cleanup(func() { c.Destroy(units...) })
+	defer waiting(t, waitFleet, "demo units launched and running")()
 	if _, err := c.Launch(ctx, service, opts, ports...); err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +175,7 @@ func launchSpread(t *testing.T, c *cluster.Cluster, service string, ports ...str
 func rollLosingMachine(t *testing.T, c *cluster.Cluster, victim string, machine int, args ...string) (int, roll.Report, string) {
 	t.Helper()
 	t.Cleanup(func() {
+		defer waiting(t, waitCluster, "the lost machine restored")()
 		if err := c.Restore(context.Background()); err != nil {
 			t.Errorf("restore machine %d: %v", machine, err)
 		}
@@ -165,13 +183,17 @@ func rollLosingMachine(t *testing.T, c *cluster.Cluster, victim string, machine 
 	cmd, lines, stdout := startFleetrollOn(t, c, args...)
 	var log strings.Builder
 	waitLine(t, lines, victim+": stopped", &log)
+	lose := waiting(t, waitCluster, "a machine lost")
 	if err := c.LoseMachine(context.Background(), machine); err != nil {
 		t.Fatal(err)
 	}
+	lose()
+	rest := waiting(t, waitFleetroll, "fleetroll restart to its end, after the loss")
 	for l := range lines {
 		log.WriteString(l + "\n")
 	}
 	code := exitCode(t, cmd)
+	rest()
 	var rep roll.Report
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		t.Fatalf("report: %v\n%s%s", err, &log, stdout)
@@ -282,9 +304,12 @@ func TestMachineLostWithNowhereToGo(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	restored := waiting(t, waitCluster, "the lost machine restored")
 	if err := c.Restore(ctx); err != nil {
 		t.Fatal(err)
 	}
+	restored()
+	defer waiting(t, waitFleet, "the halted unit running again")()
 	if err := c.WaitRunning(ctx, units[victim]); err != nil {
 		t.Fatalf("%s did not run again once its machine was back: %v", units[victim], err)
 	}

@@ -5,12 +5,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,21 +26,42 @@ import (
 )
 
 var (
-	repo       string
-	cl         *cluster.Cluster
-	clusterErr error
-	binary     string // the fleetroll binary under test
+	repo   string
+	binary string // the fleetroll binary under test
+	// The one-machine clusters, one per lane of e2e/layout_test.go but the
+	// three-machine cluster's: the "together" tests', and one each for the
+	// "timing" and the "faults" tests.
+	ones [three]oneCluster
 )
+
+type oneCluster struct {
+	cfg cluster.Config
+	c   *cluster.Cluster
+	err error
+}
+
+func init() {
+	ones[together].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e", EtcdPort: 22379, FleetPort: 49163}
+	ones[timing].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e-timing", EtcdPort: 26379, FleetPort: 49203}
+	ones[faults].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e-faults", EtcdPort: 27379, FleetPort: 49213}
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
 func runMain(m *testing.M) int {
+	flag.Parse()
+	suiteStart := time.Now()
 	wd, _ := os.Getwd()
 	repo = filepath.Dir(wd)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	sel, err := planLayout()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 
 	tmp, err := os.MkdirTemp("", "fleetroll-e2e-bin")
 	if err != nil {
@@ -51,16 +77,49 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 
-	// A cluster of its own, beside the demo's, on other ports.
-	cl, clusterErr = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e", EtcdPort: 22379, FleetPort: 49163, Fresh: !keepCluster()})
-	if clusterErr != nil {
-		fmt.Fprintf(os.Stderr, "e2e: the local cluster did not start: %v\n", clusterErr)
+	// What only some tests need starts at once, beside the one-machine
+	// cluster: the three-machine cluster and the container images.
+	var early sync.WaitGroup
+	for name := range sel {
+		if placed[name].lane == three {
+			early.Go(up3)
+			break
+		}
 	}
+	if sel["TestContainersRollOnRegistryPush"] || sel["TestReleases"] {
+		early.Go(func() { buildImagesOnce(ctrEnvironment()) })
+	}
+	defer early.Wait()
+
+	// The one-machine clusters whose lanes run, beside the demo's, on
+	// other ports, each in its own directory.
+	var up sync.WaitGroup
+	for l := range ones {
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(sel)), func(name string) bool { return placed[name].lane == lane(l) }) {
+			ones[l].err = fmt.Errorf("no test of lane %s runs", lane(l))
+			continue
+		}
+		up.Go(func() {
+			o := &ones[l]
+			cfg := o.cfg
+			cfg.Repo, cfg.Fresh = repo, !keepCluster()
+			o.c, o.err = cluster.Up(ctx, cfg)
+			if o.err != nil {
+				fmt.Fprintf(os.Stderr, "e2e: the %s lane's cluster did not start: %v\n", lane(l), o.err)
+			}
+		})
+	}
+	up.Wait()
+	fmt.Fprintf(os.Stderr, "e2e: one-machine clusters up in %s\n", time.Since(suiteStart).Round(time.Second))
 	code := m.Run()
+	printTimings(os.Stdout, suiteStart)
+	early.Wait()
 	down3()
-	if cl != nil && !keepCluster() {
-		if err := cl.Down(context.Background()); err != nil {
-			fmt.Fprintln(os.Stderr, err)
+	for _, o := range ones {
+		if o.c != nil && !keepCluster() {
+			if err := o.c.Down(context.Background()); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
 		}
 	}
 	return code
@@ -71,31 +130,69 @@ func runMain(m *testing.M) int {
 // starts them afresh and removes them at the end.
 func keepCluster() bool { return os.Getenv("FLEETROLL_KEEP_CLUSTER") != "" }
 
-// needCluster fails the test under CI=true when the cluster is not up, and
-// skips it elsewhere.
-func needCluster(t *testing.T) {
+// needCluster runs the test in its lane (together, or alone:
+// e2e/layout_test.go) and returns its one-machine cluster; it fails the
+// test under CI=true when the cluster is not up, and skips it elsewhere.
+func needCluster(t *testing.T) *cluster.Cluster {
 	t.Helper()
-	if clusterErr == nil {
-		return
+	takeTurn(t, false)
+	if err := ones[placed[topName(t)].lane].err; err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the local cluster is required under CI=true: %v", err)
+		}
+		t.Skipf("no local cluster: %v", err)
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("the local cluster is required under CI=true: %v", clusterErr)
+	return clusterOf(t)
+}
+
+// clusterOf is the cluster of t's lane.
+func clusterOf(t testing.TB) *cluster.Cluster {
+	l := placed[topName(t)].lane
+	if l == three {
+		return cl3
 	}
-	t.Skipf("no local cluster: %v", clusterErr)
+	return ones[l].c
+}
+
+// hostPorts are the ports the one-machine clusters' units listen on, by the
+// test that launched them: those clusters share the host's network, and
+// their tests run at once.
+var hostPorts = struct {
+	mu sync.Mutex
+	by map[string]string
+}{by: map[string]string{}}
+
+// claimPorts fails the test when another test of the run uses one of its
+// ports on the host.
+func claimPorts(t *testing.T, ports ...string) {
+	t.Helper()
+	hostPorts.mu.Lock()
+	defer hostPorts.mu.Unlock()
+	for _, p := range ports {
+		if other, ok := hostPorts.by[p]; ok && other != topName(t) {
+			t.Fatalf("port %s is used by %s too: give each test ports of its own", p, other)
+		}
+		hostPorts.by[p] = topName(t)
+	}
 }
 
 // launchDemo launches the demo service as service@PORT for each port and
 // destroys the units when the test ends.
 func launchDemo(t *testing.T, service string, ports ...string) []string {
 	t.Helper()
+	if placed[topName(t)].lane != three {
+		claimPorts(t, ports...)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var names []string
 	for _, p := range ports {
 		names = append(names, fmt.Sprintf("%s@%s.service", service, p))
 	}
-	t.Cleanup(func() { cl.Destroy(names...) })
-	if _, err := cl.LaunchDemo(ctx, service, ports...); err != nil {
+	c := clusterOf(t)
+	t.Cleanup(func() { c.Destroy(names...) })
+	defer waiting(t, waitFleet, "demo units launched and running")()
+	if _, err := c.LaunchDemo(ctx, service, ports...); err != nil {
 		t.Fatal(err)
 	}
 	return names
@@ -103,7 +200,7 @@ func launchDemo(t *testing.T, service string, ports ...string) []string {
 
 func systemd(t *testing.T, units ...string) []cluster.SystemdState {
 	t.Helper()
-	st, err := cl.Systemd(context.Background(), units...)
+	st, err := clusterOf(t).Systemd(context.Background(), units...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +213,9 @@ func fleetroll(t *testing.T, args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	defer waiting(t, waitFleetroll, "fleetroll "+args[0]+" to its end")()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = cl.Env()
+	cmd.Env = clusterOf(t).Env()
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	switch {
@@ -134,6 +232,7 @@ func fleetroll(t *testing.T, args ...string) (int, string) {
 // observer samples the units every interval, through systemd and through
 // HTTP, and records the most units down at once.
 type observer struct {
+	c            *cluster.Cluster
 	units, ports []string
 	mu           sync.Mutex
 	samples      int
@@ -145,8 +244,8 @@ type observer struct {
 	done         chan struct{}
 }
 
-func observe(units, ports []string, every time.Duration) *observer {
-	o := &observer{units: units, ports: ports, seenDown: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+func observe(c *cluster.Cluster, units, ports []string, every time.Duration) *observer {
+	o := &observer{c: c, units: units, ports: ports, seenDown: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	hc := &http.Client{Timeout: 2 * time.Second}
 	go func() {
 		defer close(o.done)
@@ -167,7 +266,7 @@ func observe(units, ports []string, every time.Duration) *observer {
 func (o *observer) sample(hc *http.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	states, err := cl.Systemd(ctx, o.units...)
+	states, err := o.c.Systemd(ctx, o.units...)
 	// Down over HTTP means the port refuses connections; a slow answer on a
 	// busy machine is not a down instance.
 	refused := make(chan bool, len(o.ports))
@@ -223,7 +322,7 @@ func startFleetroll(t *testing.T, args ...string) (*exec.Cmd, <-chan string) {
 // startFleetrollOut also returns its stdout, complete once it has exited.
 func startFleetrollOut(t *testing.T, args ...string) (*exec.Cmd, <-chan string, *bytes.Buffer) {
 	t.Helper()
-	return startFleetrollOn(t, cl, args...)
+	return startFleetrollOn(t, clusterOf(t), args...)
 }
 
 // startFleetrollOn starts the binary with cluster c's environment.
@@ -268,9 +367,16 @@ func waitLine(t *testing.T, lines <-chan string, want string, log *strings.Build
 	waitFor(t, lines, want, strings.HasPrefix, log)
 }
 
+var unitRe = regexp.MustCompile(`[a-z0-9-]+@[0-9]+\.service`)
+
+// genericLine is a line of output with its unit names taken out, so that
+// the waits for one step of several units add up.
+func genericLine(s string) string { return unitRe.ReplaceAllString(s, "UNIT") }
+
 // waitFor reads lines, into log, until match(line, want), for 2 minutes.
 func waitFor(t *testing.T, lines <-chan string, want string, match func(s, sub string) bool, log *strings.Builder) {
 	t.Helper()
+	defer waiting(t, waitOutput, "line "+strconv.Quote(genericLine(want)))()
 	timeout := time.After(2 * time.Minute)
 	for {
 		select {

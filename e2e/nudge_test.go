@@ -19,7 +19,7 @@ import (
 // appends a line to STATE/starts-PORT on each).
 func starts(t *testing.T, port string) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(cl.Dir, "starts-"+port))
+	b, err := os.ReadFile(filepath.Join(clusterOf(t).Dir, "starts-"+port))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func setTarget(t *testing.T, f fr.Fleet, unit, target string) {
 func waitUnit(t *testing.T, f fr.Fleet, unit string, judge func(*schema.UnitState) (string, bool, error)) {
 	t.Helper()
 	var last *schema.UnitState
-	pollFleet(t, unit+" to reach its state", func(ctx context.Context) bool {
+	pollFleet(t, "a unit to reach a state", func(ctx context.Context) bool {
 		st, err := f.UnitState(ctx, unit)
 		last = st
 		_, done, _ := judge(st)
@@ -53,6 +53,7 @@ func waitUnit(t *testing.T, f fr.Fleet, unit string, judge func(*schema.UnitStat
 // holds, for a minute at most; last describes what was seen, for a failure.
 func pollFleet(t *testing.T, what string, cond func(context.Context) bool, last func() string) {
 	t.Helper()
+	defer waiting(t, waitFleet, what)()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for !cond(ctx) {
@@ -69,7 +70,7 @@ func pollFleet(t *testing.T, what string, cond func(context.Context) bool, last 
 func waitCurrent(t *testing.T, f fr.Fleet, unit, state string) {
 	t.Helper()
 	cur := ""
-	pollFleet(t, unit+"'s currentState "+state, func(ctx context.Context) bool {
+	pollFleet(t, "a unit's currentState "+state, func(ctx context.Context) bool {
 		_, got, err := f.TargetState(ctx, unit)
 		cur = got
 		return err == nil && got == state
@@ -81,14 +82,14 @@ func waitCurrent(t *testing.T, f fr.Fleet, unit, state string) {
 // overrides a target someone else set during the roll, and leaves a unit
 // that cannot start failed exactly as a roll without nudging does.
 func TestNudgingHasNoSideEffects(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"18931", "18932", "18933", "18934"}
 	units := launchDemo(t, "e2e-nudge", ports...)
-	f, err := fr.Connect(cl.Endpoint, 10*time.Second)
+	f, err := fr.Connect(c.Endpoint, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nudge := []string{"--endpoint", cl.Endpoint, "--grace", "0s", "--nudge-interval", "250ms"}
+	nudge := []string{"--endpoint", c.Endpoint, "--grace", "0s", "--nudge-interval", "250ms"}
 
 	// Not owned: 18933, stopped by an operator before the roll.
 	setTarget(t, f, units[2], "loaded")
@@ -114,7 +115,7 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 
 	// Someone else stops 18932 while fleetroll starts it: after their
 	// write, fleetroll writes nothing more to it, and it stays stopped.
-	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}})
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{c.EtcdURL}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +194,7 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 	t.Logf("exit %d; writes of %s's target state: %v", code, units[1], seq)
 
 	// A unit that cannot start: the same outcome with and without nudging.
-	marker := filepath.Join(cl.Dir, "fail-start-18934")
+	marker := filepath.Join(c.Dir, "fail-start-18934")
 	if err := os.WriteFile(marker, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +207,7 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 	var got []outcome
 	for _, args := range [][]string{{"--nudge-interval", "0"}, {"--nudge-interval", "250ms"}} {
 		n0 := starts(t, "18934")
-		code, out := fleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18934", "--endpoint", cl.Endpoint, "--grace", "0s",
+		code, out := fleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18934", "--endpoint", c.Endpoint, "--grace", "0s",
 			"--start-timeout", "30s"}, args...)...)
 		if !strings.Contains(out, "start "+units[3]) {
 			t.Fatalf("%v: exit %d:\n%s", args, code, out)

@@ -40,8 +40,9 @@ func getRaw(t *testing.T, url string) (int, []byte) {
 // statusJSON runs fleetroll status ID -o json against the cluster's etcd.
 func statusJSON(t *testing.T, id string) []byte {
 	t.Helper()
-	cmd := exec.Command(binary, "status", id, "-o", "json", "--etcd-endpoints", cl.EtcdURL)
-	cmd.Env = cl.Env()
+	c := clusterOf(t)
+	cmd := exec.Command(binary, "status", id, "-o", "json", "--etcd-endpoints", c.EtcdURL)
+	cmd.Env = c.Env()
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("fleetroll status %s: %v", id, err)
@@ -53,16 +54,16 @@ func statusJSON(t *testing.T, id string) []byte {
 // status reads from etcd, and what serve's API answers from memory and from
 // etcd are the same, for a rollout of the CLI and one of serve.
 func TestOneRecordEverywhere(t *testing.T) {
-	needCluster(t)
-	units := launchDemo(t, "e2e-rec", "18961", "18962")
-	serveArgs := append(secretArgs(t), "--service", "e2e-rec", "--ports", "18961,18962", "--grace", "0s",
-		"--etcd-endpoints", cl.EtcdURL, "--record", "--lock", "fail")
+	c := needCluster(t)
+	units := launchDemo(t, "e2e-rec", "19221", "19222")
+	serveArgs := append(secretArgs(t), "--service", "e2e-rec", "--ports", "19221,19222", "--grace", "0s",
+		"--etcd-endpoints", c.EtcdURL, "--record", "--lock", "fail")
 	base := startServe(t, serveArgs...)
 
 	// A rollout of the CLI.
-	cmd := exec.Command(binary, "restart", "e2e-rec", "--ports", "18961,18962", "--endpoint", cl.Endpoint, "--grace", "0s",
-		"--etcd-endpoints", cl.EtcdURL, "--record", "-o", "json")
-	cmd.Env = cl.Env()
+	cmd := exec.Command(binary, "restart", "e2e-rec", "--ports", "19221,19222", "--endpoint", c.Endpoint, "--grace", "0s",
+		"--etcd-endpoints", c.EtcdURL, "--record", "-o", "json")
+	cmd.Env = c.Env()
 	printed, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("fleetroll restart: %v\n%s", err, printed)

@@ -22,7 +22,9 @@ import (
 
 // Releases on the real cluster (issue 11): the shipped instance unit with
 // podman and a local registry; fleetroll deploy, and fleetroll serve fed by
-// the registry's notifications.
+// the registry's notifications. The service is rel-service: the shipped
+// unit under another name, as an operator runs it for theirs (its NAME and
+// RELEASE_KEY set in a drop-in), so that the tests of my-service run beside.
 const (
 	relRegAddr = "127.0.0.1:15001"
 	relListen  = "127.0.0.1:18091"
@@ -32,13 +34,15 @@ const (
 
 var relPorts = []string{"19061", "19062", "19063"}
 
-// running returns the image each instance's container runs (podman
-// inspect): the reference it was started with, then the repository digests
-// of the image it runs.
-func running(c *ctrEnv, ports []string) map[string]string {
+const relService = "rel-service"
+
+// running returns the image each instance's container (NAME-PORT) runs
+// (podman inspect): the reference it was started with, then the repository
+// digests of the image it runs.
+func running(c *ctrEnv, name string, ports []string) map[string]string {
 	out := map[string]string{}
 	for _, p := range ports {
-		s, err := runIn(c.env, c.repo, time.Minute, "podman", "inspect", "--format", "{{.ImageName}} {{.Image}}", "my-service-"+p)
+		s, err := runIn(c.env, c.repo, time.Minute, "podman", "inspect", "--format", "{{.ImageName}} {{.Image}}", name+"-"+p)
 		if err != nil {
 			out[p] = "none: " + err.Error()
 			continue
@@ -56,11 +60,11 @@ func running(c *ctrEnv, ports []string) map[string]string {
 // containers is running once every instance's container exists: systemd
 // reports a unit running as soon as podman run is forked, a moment before
 // the container is there.
-func containers(t *testing.T, c *ctrEnv, ports []string) map[string]string {
+func containers(t *testing.T, c *ctrEnv, name string, ports []string) map[string]string {
 	t.Helper()
 	var out map[string]string
 	eventually(t, time.Minute, "every instance's container", func() error {
-		out = running(c, ports)
+		out = running(c, name, ports)
 		for p, got := range out {
 			if strings.HasPrefix(got, "none: ") {
 				return fmt.Errorf("instance %s: %s", p, got)
@@ -109,7 +113,8 @@ func (v *versions) Stop() map[string]bool {
 }
 
 func TestReleases(t *testing.T) {
-	needCluster(t)
+	clu := needCluster(t)
+	claimPorts(t, relPorts...)
 	needTools(t, "podman", "runc", "docker-registry", "curl")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -120,7 +125,7 @@ func TestReleases(t *testing.T) {
 	containersConf := filepath.Join(repo, "contrib", "container", "containers.conf")
 	c := &ctrEnv{t: t, tmp: tmp, repo: repo,
 		env: append(os.Environ(), "CONTAINERS_CONF="+containersConf, "CONTAINERS_REGISTRIES_CONF="+regConf)}
-	im := buildImages(t, c.env)
+	im := buildImages(t, false)
 	image := relRegAddr + "/demo/my-service"
 
 	// fleetroll serve, then the registry that notifies it.
@@ -128,7 +133,7 @@ func TestReleases(t *testing.T) {
 	writeFile(t, filepath.Join(etc, "token"), relToken+"\n", 0o600)
 	writeFile(t, filepath.Join(etc, "registry-token"), relRegTok+"\n", 0o600)
 	writeFile(t, filepath.Join(etc, "config.yaml"), `services:
-  - name: my-service
+  - name: `+relService+`
     ports: `+strings.Join(relPorts, ",")+`
     grace: 2s
     image: `+image+`
@@ -138,7 +143,7 @@ func TestReleases(t *testing.T) {
 `, 0o644)
 	serve, lines := startFleetroll(t, "serve", "--config", filepath.Join(etc, "config.yaml"), "--listen", relListen,
 		"--token-file", filepath.Join(etc, "token"), "--registry-token-file", filepath.Join(etc, "registry-token"),
-		"--etcd-endpoints", cl.EtcdURL, "--quiet-period", "1s", "--poll-interval", "200ms", "--log-level", "debug")
+		"--etcd-endpoints", clu.EtcdURL, "--quiet-period", "1s", "--poll-interval", "200ms", "--log-level", "debug")
 	var serveLog strings.Builder
 	var logMu sync.Mutex
 	go func() {
@@ -179,34 +184,39 @@ func TestReleases(t *testing.T) {
 
 	// The shipped instance unit, with site settings in drop-ins; the
 	// pre-pull units take theirs from fleetroll-pull@.service.d.
-	engine := map[string]string{"DOCKER": "/usr/bin/podman", "CONTAINERS_CONF": containersConf, "CONTAINERS_REGISTRIES_CONF": regConf, "ETCD": cl.EtcdURL}
-	inst := map[string]string{"IMAGE": image + ":v1", "STOP_TIMEOUT": "5", "RUNDIR": filepath.Join(tmp, "run")}
+	engine := map[string]string{"DOCKER": "/usr/bin/podman", "CONTAINERS_CONF": containersConf, "CONTAINERS_REGISTRIES_CONF": regConf, "ETCD": clu.EtcdURL}
+	inst := map[string]string{"IMAGE": image + ":v1", "STOP_TIMEOUT": "5", "RUNDIR": filepath.Join(tmp, "run"),
+		"NAME": relService, "RELEASE_KEY": "/fleetroll/releases/" + relService + "/current"}
 	for k, v := range engine {
 		inst[k] = v
 	}
-	dropIn(t, "my-service@.service", inst)
+	dropIn(t, relService+"@.service", inst)
 	dropIn(t, "fleetroll-pull@.service", engine)
 	var instances []string
 	for _, p := range relPorts {
-		instances = append(instances, "my-service@"+p+".service")
+		instances = append(instances, relService+"@"+p+".service")
 	}
 	submit(t, filepath.Join(repo, "units", "my-service@.service"), instances...)
 	t.Cleanup(func() {
-		cl.Destroy(instances...)
-		removeContainers(relPorts...)
-		// The other tests' instances of my-service run their IMAGE, not
-		// this test's last release.
-		_, _ = etcdKAPI(t).Delete(context.Background(), "/fleetroll/releases/my-service", &client.DeleteOptions{Recursive: true})
+		clu.Destroy(instances...)
+		var names []string
+		for _, p := range relPorts {
+			names = append(names, relService+"-"+p)
+		}
+		removeContainers(names...)
+		_, _ = etcdKAPI(t).Delete(context.Background(), "/fleetroll/releases/"+relService, &client.DeleteOptions{Recursive: true})
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	launched := waiting(t, waitFleet, "the shipped units running")
 	for _, n := range instances {
-		if err := cl.WaitRunning(ctx, n); err != nil {
+		if err := clu.WaitRunning(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}
+	launched()
 	// No release yet: each runs IMAGE, the tag.
-	for p, got := range containers(t, c, relPorts) {
+	for p, got := range containers(t, c, relService, relPorts) {
 		if !strings.HasPrefix(got, image+":v1 ") {
 			t.Fatalf("instance %s runs %q before any release, want its IMAGE", p, got)
 		}
@@ -214,7 +224,7 @@ func TestReleases(t *testing.T) {
 	onRelease := func(tag string) {
 		t.Helper()
 		want := image + "@" + digest[tag]
-		for p, got := range containers(t, c, relPorts) {
+		for p, got := range containers(t, c, relService, relPorts) {
 			// Started with the pinned reference, and the image it runs
 			// carries that digest.
 			if !strings.HasPrefix(got, want+" ") || !strings.Contains(strings.TrimPrefix(got, want+" "), want) {
@@ -227,7 +237,7 @@ func TestReleases(t *testing.T) {
 	}
 	cli := func(want int, args ...string) (fr.Report, string) {
 		t.Helper()
-		args = append(args, "--ports", strings.Join(relPorts, ","), "--etcd-endpoints", cl.EtcdURL, "--grace", "1s", "-o", "json")
+		args = append(args, "--ports", strings.Join(relPorts, ","), "--etcd-endpoints", clu.EtcdURL, "--grace", "1s", "-o", "json")
 		code, out := fleetroll(t, args...)
 		if code != want {
 			t.Fatalf("fleetroll %v: exit %d, want %d\n%s", args, code, want, out)
@@ -244,7 +254,7 @@ func TestReleases(t *testing.T) {
 	}
 
 	// 1. Deploy a pinned digest: pre-pulled, written, run.
-	rep, out := cli(0, "deploy", "my-service", "--image", image+"@"+digest["v1"])
+	rep, out := cli(0, "deploy", relService, "--image", image+"@"+digest["v1"])
 	if rep.Pull == nil || len(rep.Pull.Machines) != 1 || rep.Pull.Machines[0].Error != "" || rep.Release == nil || rep.Release.From != nil {
 		t.Fatalf("first deploy: %s", out)
 	}
@@ -314,8 +324,8 @@ func TestReleases(t *testing.T) {
 		cfg.Entrypoint = append(append([]string{}, cfg.Entrypoint...), "-fail-health")
 		return mutate.Config(img, cfg)
 	})
-	obs := observe(instances, relPorts, 200*time.Millisecond)
-	rep, out = cli(3, "deploy", "my-service", "--image", badRef, "--on-failure", "rollback", "--health-path", "/healthz", "--health-timeout", "8s", "--health-interval", "500ms")
+	obs := observe(clu, instances, relPorts, 200*time.Millisecond)
+	rep, out = cli(3, "deploy", relService, "--image", badRef, "--on-failure", "rollback", "--health-path", "/healthz", "--health-timeout", "8s", "--health-interval", "500ms")
 	obs.Stop()
 	if rep.Status != fr.StatusRolledBack || rep.Release.To.Digest() == digest["v3"] || rep.Release.From.Digest() != digest["v3"] {
 		t.Fatalf("rollback report: %s", out)
@@ -340,7 +350,7 @@ func TestReleases(t *testing.T) {
 		cfg.Entrypoint = append(append([]string{}, cfg.Entrypoint...), "-fail-health-after", "6s")
 		return mutate.Config(img, cfg)
 	})
-	rep, out = cli(3, "deploy", "my-service", "--image", illRef, "--canary", "1", "--canary-wait", "10s", "--health-path", "/healthz",
+	rep, out = cli(3, "deploy", relService, "--image", illRef, "--canary", "1", "--canary-wait", "10s", "--health-path", "/healthz",
 		"--health-timeout", "4s", "--health-interval", "200ms", "--health-successes", "1")
 	if rep.Status != fr.StatusRolledBack || rep.Canary == nil || rep.Canary.Kind != fr.DecisionAbort || rep.Canary.By != "canary wait" ||
 		!strings.Contains(rep.Canary.Reason, "is not healthy") {
@@ -367,7 +377,7 @@ func TestReleases(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := systemd(t, instances...)
-	rep, out = cli(1, "deploy", "my-service", "--image", brokenRef)
+	rep, out = cli(1, "deploy", relService, "--image", brokenRef)
 	if rep.Phase != fr.PhasePull || rep.Pull == nil || len(rep.Pull.Machines) != 1 || rep.Pull.Machines[0].Error == "" ||
 		!strings.Contains(rep.Error, "no instance was touched") || !strings.Contains(strings.ToLower(rep.Error), "blob") {
 		t.Fatalf("broken push: %s", out)
@@ -378,7 +388,7 @@ func TestReleases(t *testing.T) {
 			t.Errorf("%s was restarted by a deploy whose pull failed: %+v -> %+v", instances[i], before[i], after[i])
 		}
 	}
-	api, err := cl.API()
+	api, err := clu.API()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +402,7 @@ func TestReleases(t *testing.T) {
 		}
 	}
 	onRelease("v3")
-	code, st := fleetroll(t, "status", "my-service", "--etcd-endpoints", cl.EtcdURL)
+	code, st := fleetroll(t, "status", relService, "--etcd-endpoints", clu.EtcdURL)
 	if code != 0 || !strings.Contains(st, "release:  "+image+"@"+digest["v3"]) || !strings.Contains(st, "previous: "+image+"@"+digest["v2"]) {
 		t.Fatalf("status: %d\n%s", code, st)
 	}

@@ -17,13 +17,13 @@ import (
 // A roll of three instances: every MainPID and start time changes, exit 0,
 // and an observer sampling every 50 ms never sees two instances down.
 func TestRestartRollsEveryInstanceOneAtATime(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"18901", "18902", "18903"}
 	units := launchDemo(t, "e2e-roll", ports...)
 	before := systemd(t, units...)
 
-	obs := observe(units, ports, 50*time.Millisecond)
-	code, out := fleetroll(t, "restart", "e2e-roll", "--ports", "18901,18902,18903", "--endpoint", cl.Endpoint, "--grace", "0s")
+	obs := observe(c, units, ports, 50*time.Millisecond)
+	code, out := fleetroll(t, "restart", "e2e-roll", "--ports", "18901,18902,18903", "--endpoint", c.Endpoint, "--grace", "0s")
 	obs.Stop()
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
@@ -56,16 +56,16 @@ func TestRestartRollsEveryInstanceOneAtATime(t *testing.T) {
 // The second instance cannot start: exit 1, the first restarted, the third
 // untouched.
 func TestRestartHaltsWhenAnInstanceCannotStart(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-halt", "18911", "18912", "18913")
 	before := systemd(t, units...)
-	marker := filepath.Join(cl.Dir, "fail-start-18912")
+	marker := filepath.Join(c.Dir, "fail-start-18912")
 	if err := os.WriteFile(marker, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	defer os.Remove(marker)
 
-	code, out := fleetroll(t, "restart", "e2e-halt", "--endpoint", cl.Endpoint, "--grace", "0s", "--start-timeout", "1m")
+	code, out := fleetroll(t, "restart", "e2e-halt", "--endpoint", c.Endpoint, "--grace", "0s", "--start-timeout", "1m")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1:\n%s", code, out)
 	}
@@ -89,11 +89,11 @@ func TestRestartHaltsWhenAnInstanceCannotStart(t *testing.T) {
 // SIGINT while the first instance is stopped: fleetroll brings it back up,
 // exits 130, and leaves the others untouched.
 func TestRestartSIGINTDuringStopBringsTheUnitBack(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-sigint", "18921", "18922", "18923")
 	before := systemd(t, units...)
 
-	cmd, lines := startFleetroll(t, "restart", "e2e-sigint", "--endpoint", cl.Endpoint, "--grace", "0s")
+	cmd, lines := startFleetroll(t, "restart", "e2e-sigint", "--endpoint", c.Endpoint, "--grace", "0s")
 	var log strings.Builder
 	waitLine(t, lines, units[0]+": stopping", &log)
 	// Wait until systemd has really stopped it: fleet reports that only
@@ -121,7 +121,7 @@ func TestRestartSIGINTDuringStopBringsTheUnitBack(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := cl.WaitRunning(ctx, units[0]); err != nil {
+	if err := c.WaitRunning(ctx, units[0]); err != nil {
 		t.Fatalf("fleet does not report %s running: %v", units[0], err)
 	}
 	for i := 1; i < 3; i++ {
@@ -136,11 +136,11 @@ func TestRestartSIGINTDuringStopBringsTheUnitBack(t *testing.T) {
 
 // An unknown unit: exit 2, one line, nothing touched.
 func TestRestartUnknownUnitTouchesNothing(t *testing.T) {
-	needCluster(t)
-	units := launchDemo(t, "e2e-unknown", "18931")
+	c := needCluster(t)
+	units := launchDemo(t, "e2e-unknown", "19211")
 	before := systemd(t, units...)
-	code, out := fleetroll(t, "restart", "e2e-unknown", "--ports", "18931,18939", "--endpoint", cl.Endpoint)
-	if code != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "e2e-unknown@18939.service") {
+	code, out := fleetroll(t, "restart", "e2e-unknown", "--ports", "19211,19219", "--endpoint", c.Endpoint)
+	if code != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.Contains(out, "e2e-unknown@19219.service") {
 		t.Fatalf("exit %d, output %q", code, out)
 	}
 	if after := systemd(t, units...); after[0].MainPID != before[0].MainPID {
@@ -151,12 +151,12 @@ func TestRestartUnknownUnitTouchesNothing(t *testing.T) {
 // --max-unavailable 2: two instances restart at once, never three, as
 // systemd sees them; each restarts once.
 func TestBatchesOfTwoInstances(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"19111", "19112", "19113", "19114"}
 	units := launchDemo(t, "e2e-batch", ports...)
 	before := systemd(t, units...)
-	obs := observe(units, ports, 100*time.Millisecond)
-	code, out := fleetroll(t, "restart", "e2e-batch", "--endpoint", cl.Endpoint, "--max-unavailable", "2", "--grace", "0s")
+	obs := observe(c, units, ports, 100*time.Millisecond)
+	code, out := fleetroll(t, "restart", "e2e-batch", "--endpoint", c.Endpoint, "--max-unavailable", "2", "--grace", "0s")
 	obs.Stop()
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, out)
@@ -181,9 +181,9 @@ func TestBatchesOfTwoInstances(t *testing.T) {
 // cluster's own launcher (the demo's, after a cluster came back up) gets a
 // failed unit it is asked to launch running the same way.
 func TestRestartBringsBackAFailedInstance(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-failed", "19201", "19202")
-	f, err := fr.Connect(cl.Endpoint, 10*time.Second)
+	f, err := fr.Connect(c.Endpoint, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestRestartBringsBackAFailedInstance(t *testing.T) {
 
 	killed := fail()
 	other := systemd(t, units[1])[0]
-	code, out := fleetroll(t, "restart", "e2e-failed", "--endpoint", cl.Endpoint, "--grace", "0s", "--start-timeout", "1m")
+	code, out := fleetroll(t, "restart", "e2e-failed", "--endpoint", c.Endpoint, "--grace", "0s", "--start-timeout", "1m")
 	if code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", code, out)
 	}
@@ -216,7 +216,7 @@ func TestRestartBringsBackAFailedInstance(t *testing.T) {
 	killed = fail()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := cl.LaunchDemo(ctx, "e2e-failed", "19201"); err != nil {
+	if _, err := c.LaunchDemo(ctx, "e2e-failed", "19201"); err != nil {
 		t.Fatalf("launch of a failed unit: %v", err)
 	}
 	if st := systemd(t, units[0])[0]; !st.Up() || st.MainPID == killed.MainPID {

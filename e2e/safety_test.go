@@ -19,7 +19,7 @@ import (
 
 func etcdKAPI(t *testing.T) client.KeysAPI {
 	t.Helper()
-	kapi, err := coord.Connect(coord.Config{Endpoints: []string{cl.EtcdURL}, Timeout: 2 * time.Second})
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{clusterOf(t).EtcdURL}, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,6 +28,7 @@ func etcdKAPI(t *testing.T) client.KeysAPI {
 
 func exitCode(t *testing.T, cmd *exec.Cmd) int {
 	t.Helper()
+	defer waiting(t, waitFleetroll, "fleetroll to exit")()
 	err := cmd.Wait()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
@@ -41,7 +42,7 @@ func exitCode(t *testing.T, cmd *exec.Cmd) int {
 // sampling systemd and etcd every 50 ms never sees an announced instance that
 // is down, and never fewer than two announced once the roll has started.
 func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	ports := []string{"18961", "18962", "18963"}
 	units := launchDemo(t, "my-service", ports...)
 	launchSidekicks(t, ports...)
@@ -74,7 +75,7 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 	go func() {
 		defer close(done)
 		for {
-			states, err1 := cl.Systemd(ctx, units...)
+			states, err1 := c.Systemd(ctx, units...)
 			keys, err2 := announced()
 			if err1 == nil && err2 == nil {
 				mu.Lock()
@@ -94,9 +95,9 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 			}
 		}
 	}()
-	code, out := fleetroll(t, "restart", "my-service", "--ports", strings.Join(ports, ","), "--endpoint", cl.Endpoint,
+	code, out := fleetroll(t, "restart", "my-service", "--ports", strings.Join(ports, ","), "--endpoint", c.Endpoint,
 		"--grace", "0s", "--drain", "--drain-delay", "3s", "--lock", "fail", "--health-path", "/healthz",
-		"--etcd-endpoints", cl.EtcdURL)
+		"--etcd-endpoints", c.EtcdURL)
 	close(stop)
 	<-done
 	if code != 0 {
@@ -120,7 +121,7 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 	// The rollout is in the shared history.
 	id := strings.Fields(strings.TrimPrefix(out[strings.Index(out, "rollout "):], "rollout "))[0]
 	id = strings.TrimSuffix(id, ":")
-	code, st := fleetroll(t, "status", "my-service", "--etcd-endpoints", cl.EtcdURL)
+	code, st := fleetroll(t, "status", "my-service", "--etcd-endpoints", c.EtcdURL)
 	if code != 0 {
 		t.Fatalf("status: exit %d:\n%s", code, st)
 	}
@@ -136,10 +137,10 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 }
 
 func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-health", "18971", "18972", "18973")
 	before := systemd(t, units...)
-	code, out := fleetroll(t, "restart", "e2e-health", "--endpoint", cl.Endpoint, "--grace", "0s",
+	code, out := fleetroll(t, "restart", "e2e-health", "--endpoint", c.Endpoint, "--grace", "0s",
 		"--health-path", "/no-such-page", "--health-timeout", "5s", "--health-interval", "200ms")
 	if code != 1 || !strings.Contains(out, "health e2e-health@18971.service") || !strings.Contains(out, "instance not healthy") {
 		t.Fatalf("exit %d:\n%s", code, out)
@@ -158,9 +159,9 @@ func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
 // A second fleetroll during a roll: with --lock fail it refuses and names the
 // holder; with --lock wait it rolls only after the first one is done.
 func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	launchDemo(t, "e2e-lock", "18981", "18982")
-	args := []string{"restart", "e2e-lock", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL, "--grace", "6s", "-o", "json"}
+	args := []string{"restart", "e2e-lock", "--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL, "--grace", "6s", "-o", "json"}
 	first, lines, firstOut := startFleetrollOut(t, append(args, "--lock", "fail")...)
 	var log strings.Builder
 	waitLine(t, lines, "e2e-lock@18981.service: running", &log)
@@ -208,26 +209,26 @@ func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
 // halts before the next unit; nothing is left stopped. Without etcd at the
 // start, a roll that needs it touches nothing.
 func TestEtcdLostMidRoll(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-etcd", "18991", "18992", "18993")
 	before := systemd(t, units...)
 
-	code, out := fleetroll(t, "restart", "e2e-etcd", "--endpoint", cl.Endpoint, "--drain", "--etcd-endpoints", "http://127.0.0.1:1")
+	code, out := fleetroll(t, "restart", "e2e-etcd", "--endpoint", c.Endpoint, "--drain", "--etcd-endpoints", "http://127.0.0.1:1")
 	if code != 1 || !strings.Contains(out, "etcd unreachable, nothing was touched") {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
 
-	cmd, lines := startFleetroll(t, "restart", "e2e-etcd", "--endpoint", cl.Endpoint, "--etcd-endpoints", cl.EtcdURL,
+	cmd, lines := startFleetroll(t, "restart", "e2e-etcd", "--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL,
 		"--lock", "fail", "--lock-ttl", "2s", "--grace", "10s")
 	var log strings.Builder
 	waitLine(t, lines, units[0]+": running", &log)
-	if err := cl.Kill("etcd"); err != nil {
+	if err := c.Kill("etcd"); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		if err := cl.Restore(ctx); err != nil {
+		if err := c.Restore(ctx); err != nil {
 			t.Fatalf("bring etcd back: %v", err)
 		}
 	}()
@@ -253,10 +254,10 @@ func TestEtcdLostMidRoll(t *testing.T) {
 // talks to fleet through a proxy that the test holds shut until fleetroll
 // has logged a retry, so the outage cannot fall between two polls.
 func TestFleetAPIRestartedMidRoll(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-fleet", "18995", "18996")
 	before := systemd(t, units...)
-	proxy := startProxy(t, strings.TrimPrefix(cl.Endpoint, "http://"))
+	proxy := startProxy(t, strings.TrimPrefix(c.Endpoint, "http://"))
 	cmd, lines := startFleetroll(t, "restart", "e2e-fleet", "--endpoint", "http://"+proxy.Addr(), "--grace", "0s",
 		"--poll-interval", "200ms", "--log-level", "warn")
 	var log strings.Builder
@@ -265,7 +266,7 @@ func TestFleetAPIRestartedMidRoll(t *testing.T) {
 	// request that reaches a fleetd only as it restarts, while its old
 	// machine record expires, is not carried out by fleet v1.0.0: that
 	// would test fleet, not fleetroll).
-	direct, err := fr.Connect(cl.Endpoint, 10*time.Second)
+	direct, err := fr.Connect(c.Endpoint, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +274,7 @@ func TestFleetAPIRestartedMidRoll(t *testing.T) {
 	proxy.Pause()
 	// A crash: the cluster's supervisor starts fleetd again, as systemd's
 	// Restart=always does for fleet.service.
-	if err := cl.Kill("fleetd"); err != nil {
+	if err := c.Kill("fleetd"); err != nil {
 		t.Fatal(err)
 	}
 	waitContains(t, lines, "fleet API error, retrying", &log)
@@ -285,9 +286,11 @@ func TestFleetAPIRestartedMidRoll(t *testing.T) {
 // unit up with a new main PID.
 func rolled(t *testing.T, cmd *exec.Cmd, lines <-chan string, log *strings.Builder, units []string, before []cluster.SystemdState) {
 	t.Helper()
+	rest := waiting(t, waitFleetroll, "the rest of a fleetroll restart")
 	for l := range lines {
 		log.WriteString(l + "\n")
 	}
+	rest()
 	if code := exitCode(t, cmd); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, log.String())
 	}
@@ -302,11 +305,11 @@ func rolled(t *testing.T, cmd *exec.Cmd, lines <-chan string, log *strings.Build
 // With --watch, waits wake on fleet's state writes; with etcd cut mid-roll
 // (lock and drain off), the roll carries on by polling.
 func TestWatchFallsBackToPolling(t *testing.T) {
-	needCluster(t)
+	c := needCluster(t)
 	units := launchDemo(t, "e2e-watch", "19101", "19102", "19103")
 	before := systemd(t, units...)
-	proxy := startProxy(t, strings.TrimPrefix(cl.EtcdURL, "http://"))
-	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", cl.Endpoint, "--watch", "--etcd-endpoints", "http://"+proxy.Addr(),
+	proxy := startProxy(t, strings.TrimPrefix(c.EtcdURL, "http://"))
+	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", c.Endpoint, "--watch", "--etcd-endpoints", "http://"+proxy.Addr(),
 		"--etcd-timeout", "1s", "--grace", "0s", "--log-level", "debug")
 	var log strings.Builder
 	// Woken by a state fleet wrote (the watches work), and the first unit

@@ -60,7 +60,7 @@ func startServe(t *testing.T, args ...string) string {
 // SIGINT and must exit 0, unless the test ended it.
 func startServeCmd(t *testing.T, args ...string) (string, *exec.Cmd) {
 	t.Helper()
-	cmd, lines := startFleetroll(t, append([]string{"serve", "--listen", "127.0.0.1:0", "--endpoint", cl.Endpoint}, args...)...)
+	cmd, lines := startFleetroll(t, append([]string{"serve", "--listen", "127.0.0.1:0", "--endpoint", clusterOf(t).Endpoint}, args...)...)
 	t.Cleanup(func() {
 		if cmd.ProcessState != nil {
 			return // the test ended it
@@ -78,6 +78,8 @@ func startServeCmd(t *testing.T, args ...string) (string, *exec.Cmd) {
 			t.Error("fleetroll serve did not stop on SIGINT")
 		}
 	})
+	listening := waiting(t, waitServe, "fleetroll serve listening")
+	defer listening()
 	timeout := time.After(time.Minute)
 	for {
 		select {
@@ -129,6 +131,7 @@ func post(t *testing.T, url string, body []byte, headers map[string]string) (int
 // waitStatus polls the status API until the rollout is final.
 func waitStatus(t *testing.T, base, id string) map[string]any {
 	t.Helper()
+	defer waiting(t, waitServe, "a rollout of serve to its end")()
 	deadline := time.Now().Add(4 * time.Minute)
 	for {
 		req, _ := http.NewRequest("GET", base+"/rollouts/"+id, nil)

@@ -311,6 +311,37 @@ func (c *Cluster) Destroy(names ...string) {
 	}
 }
 
+// DestroyAndWait destroys units and waits until no machine's systemd has
+// them active any more: fleet's agent stops them a moment after the
+// destroy, and what they write meanwhile would race a caller's cleanup of
+// their files.
+func (c *Cluster) DestroyAndWait(ctx context.Context, names ...string) error {
+	c.Destroy(names...)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		states, err := c.Systemd(ctx, names...)
+		active := ""
+		for i, st := range states {
+			if st.Active != "inactive" && st.Active != "failed" {
+				active = names[i] + " is " + st.Active
+				break
+			}
+		}
+		if err == nil && active == "" {
+			return nil
+		}
+		if err != nil {
+			active = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("destroy %s: %w (%s)", strings.Join(names, ", "), ctx.Err(), active)
+		case <-tick.C:
+		}
+	}
+}
+
 // WaitRunning waits until fleet reports the unit active/running on a machine.
 func (c *Cluster) WaitRunning(ctx context.Context, name string) error {
 	f, err := fleetroll.Connect(c.Endpoint, 10*time.Second)
