@@ -35,8 +35,10 @@ fuzz:
 fuzz-long:
 	$(MAKE) fuzz FUZZTIME=1000000x
 
+# The real-cluster suite, in its lanes (docs/testing.md); it prints where
+# its time went at the end.
 e2e:
-	$(GO) test -count=1 -timeout 50m -v ./e2e/
+	$(GO) test -count=1 -timeout 30m -v ./e2e/
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/fleetroll ./cmd/fleetroll

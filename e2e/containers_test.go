@@ -302,13 +302,7 @@ func submit(t *testing.T, file string, names ...string) {
 	}
 	// Gone before the test's directories are removed: a unit still
 	// running writes into them (confd's upstreams).
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := c.DestroyAndWait(ctx, names...); err != nil {
-			t.Error(err)
-		}
-	})
+	t.Cleanup(func() { destroyAndWait(t, c, names...) })
 }
 
 func getJSON(url string, headers map[string]string, v any) error {

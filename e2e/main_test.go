@@ -154,6 +154,18 @@ func clusterOf(t testing.TB) *cluster.Cluster {
 	return ones[l].c
 }
 
+// destroyAndWait destroys a test's units at its end, and waits until they
+// are stopped: the next test of its lane starts on a quiet fleet.
+func destroyAndWait(t *testing.T, c *cluster.Cluster, names ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	defer waiting(t, waitFleet, "units destroyed and stopped")()
+	if err := c.DestroyAndWait(ctx, names...); err != nil {
+		t.Error(err)
+	}
+}
+
 // hostPorts are the ports the one-machine clusters' units listen on, by the
 // test that launched them: those clusters share the host's network, and
 // their tests run at once.
@@ -190,7 +202,7 @@ func launchDemo(t *testing.T, service string, ports ...string) []string {
 		names = append(names, fmt.Sprintf("%s@%s.service", service, p))
 	}
 	c := clusterOf(t)
-	t.Cleanup(func() { c.Destroy(names...) })
+	t.Cleanup(func() { destroyAndWait(t, c, names...) })
 	defer waiting(t, waitFleet, "demo units launched and running")()
 	if _, err := c.LaunchDemo(ctx, service, ports...); err != nil {
 		t.Fatal(err)
