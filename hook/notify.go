@@ -172,9 +172,11 @@ func (t notifyTarget) message(event string, r fleetroll.Report, statusURL string
 	}
 	switch t.Kind {
 	case NotifySlack:
-		text := "fleetroll " + r.ID + ": " + summary
+		// What a sender wrote (a tag, a repository) reaches the text only
+		// escaped: Slack reads <...> as a mention or a link.
+		text := "fleetroll " + r.ID + ": " + slackEscape(summary)
 		if event != "started" {
-			text += " (" + describeTrigger(r.Trigger)
+			text += " (" + slackEscape(describeTrigger(r.Trigger))
 			if d := toNotify(r).Seconds; d > 0 {
 				text += fmt.Sprintf(", %s", time.Duration(d*float64(time.Second)).Round(time.Second))
 			}
@@ -194,6 +196,12 @@ func (t notifyTarget) message(event string, r fleetroll.Report, statusURL string
 	}
 	return nil, nil, errors.New("unknown notification kind " + t.Kind)
 }
+
+// slackEscaper escapes the three characters Slack's text format gives a
+// meaning to, as Slack's documentation asks.
+var slackEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
+func slackEscape(s string) string { return slackEscaper.Replace(s) }
 
 // Sign returns the signature header's value of a body: "sha256=" and the
 // hex HMAC-SHA256 with key. A receiver compares it in constant time

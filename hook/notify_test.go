@@ -250,3 +250,33 @@ func TestNotificationsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A tag that a glob let through cannot ping a channel or disguise a link in
+// a Slack message: <, > and & reach Slack escaped, the link fleetroll adds
+// itself stays a link.
+func TestSlackMessageEscapesWhatASenderWrote(t *testing.T) {
+	tag := "v1 <!channel> <mailto:ops@evil.example|approve here> & more"
+	target := notifyTarget{Notification: Notification{Name: "team", Kind: NotifySlack}}
+	r := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusSucceeded,
+		Trigger: fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: tag}}
+	for _, event := range []string{"started", "succeeded"} {
+		body, _, err := target.message(event, r, "https://fleetroll.example/rollouts/0123456789ab")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]string
+		if err := json.Unmarshal(body, &m); err != nil {
+			t.Fatal(err)
+		}
+		text := m["text"]
+		if strings.Contains(text, "<!channel>") || strings.Contains(text, "<mailto:") || strings.Contains(text, " & ") {
+			t.Errorf("%s: the tag reached Slack unescaped: %s", event, text)
+		}
+		if !strings.Contains(text, "&lt;!channel&gt; &lt;mailto:ops@evil.example|approve here&gt; &amp; more") {
+			t.Errorf("%s: the tag is not in the text, escaped: %s", event, text)
+		}
+		if !strings.HasSuffix(text, " <https://fleetroll.example/rollouts/0123456789ab|rollout 0123456789ab>") {
+			t.Errorf("%s: fleetroll's own link is gone: %s", event, text)
+		}
+	}
+}
