@@ -228,16 +228,15 @@ func TestQuietPeriodMergesABurstBeforeItStarts(t *testing.T) {
 	q, clock, ran := clockQueue(t, quiet, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	timers := 0
 	for i := range 5 {
+		made := clock.Made()
 		if _, _, err := q.Submit(t.Context(), "a", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
 		// The queue re-arms its timer for the quiet period after each
 		// trigger; a second passes between triggers.
-		timers++
-		if !clock.WaitMade(ctx, timers) {
-			t.Fatal("the queue armed no timer")
+		if due := clock.Now().Add(quiet); !clock.WaitTimerAt(ctx, made, due) {
+			t.Fatalf("the queue armed no timer for %s after trigger %d", due.Format(time.TimeOnly), i)
 		}
 		clock.Advance(time.Second)
 	}
@@ -265,12 +264,24 @@ func TestMaxWaitEndsQuietPeriodStarvation(t *testing.T) {
 	defer cancel()
 	var started *Job
 	var at time.Duration
+	first := clock.Now()
 	for i := 0; started == nil && i < 1000; i++ {
+		made := clock.Made()
 		if _, _, err := q.Submit(t.Context(), "a", trig(i), ""); err != nil {
 			t.Fatal(err)
 		}
-		if !clock.WaitMade(ctx, i+1) {
-			t.Fatal("the queue armed no timer")
+		// The timer armed for this trigger: at the end of its quiet period,
+		// or of the maximum wait since the first, whichever comes first.
+		// (A count of timers made ran ahead when the queue's loop armed one
+		// more at its start; the test then advanced the clock between the
+		// queue's reading of it and its arming, the timer came 100ms late,
+		// and nothing was due at the maximum wait.)
+		due := clock.Now().Add(quiet)
+		if limit := first.Add(maxWait); limit.Before(due) {
+			due = limit
+		}
+		if !clock.WaitTimerAt(ctx, made, due) {
+			t.Fatalf("the queue armed no timer for %s after trigger %d", due.Format(time.TimeOnly), i)
 		}
 		clock.Advance(100 * time.Millisecond)
 		at += 100 * time.Millisecond

@@ -36,14 +36,14 @@ func (c *Clock) After(d time.Duration) <-chan time.Time { return c.NewTimer(d).C
 func (c *Clock) NewTimer(d time.Duration) fleetroll.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &timer{c: c, at: c.now.Add(d), ch: make(chan time.Time, 1)}
+	c.made++
+	t := &timer{c: c, at: c.now.Add(d), ch: make(chan time.Time, 1), n: c.made}
 	if d <= 0 {
 		t.ch <- c.now
 		t.fired = true
 	} else {
 		c.timers = append(c.timers, t)
 	}
-	c.made++
 	close(c.armed)
 	c.armed = make(chan struct{})
 	return t
@@ -57,6 +57,43 @@ func (c *Clock) WaitMade(ctx context.Context, n int) bool {
 		made, armed := c.made, c.armed
 		c.mu.Unlock()
 		if made >= n {
+			return true
+		}
+		select {
+		case <-armed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// Made returns how many timers have been made so far.
+func (c *Clock) Made() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.made
+}
+
+// WaitTimerAt blocks until a timer made after the first `after` ones is
+// pending and due at exactly at, or ctx ends; it reports whether one is.
+// Code that arms a timer after reading the clock is armed as the test meant
+// only if the test did not advance the clock in between: waiting for the
+// very timer it expects, rather than counting timers made, keeps the test
+// from advancing too early (a count runs ahead when the code arms a timer
+// the test did not foresee, and an older timer may be due at the same
+// instant).
+func (c *Clock) WaitTimerAt(ctx context.Context, after int, at time.Time) bool {
+	for {
+		c.mu.Lock()
+		armed, found := c.armed, false
+		for _, t := range c.timers {
+			if t.n > after && t.at.Equal(at) {
+				found = true
+				break
+			}
+		}
+		c.mu.Unlock()
+		if found {
 			return true
 		}
 		select {
@@ -100,6 +137,7 @@ func (c *Clock) Advance(d time.Duration) {
 
 type timer struct {
 	c     *Clock
+	n     int // the clock's n-th timer
 	at    time.Time
 	ch    chan time.Time
 	fired bool
