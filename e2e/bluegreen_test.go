@@ -129,7 +129,7 @@ func TestBlueGreenUnderLoad(t *testing.T) {
 // exit code says the rollout failed.
 func TestBlueGreenUnplacedKeepsTheOldOnes(t *testing.T) {
 	c := needCluster(t)
-	claimPorts(t, "19161", "19171")
+	claimUnits(t, "e2e-bgx", "19161", "19171")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	opts, err := cluster.LoadTemplate(filepath.Join(repo, "contrib", "demo", "my-service@.service"), "STATE="+c.Dir)

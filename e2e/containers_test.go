@@ -380,7 +380,7 @@ func proxyServes(version string) func() error {
 
 func TestContainersRollOnRegistryPush(t *testing.T) {
 	clu := needCluster(t)
-	claimPorts(t, ctrPorts...)
+	claimUnits(t, "my-service", ctrPorts...)
 	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {

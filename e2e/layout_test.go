@@ -31,10 +31,9 @@ import (
 //   - three: the three-machine cluster, one test at a time (machines lost,
 //     load through the proxy).
 //
-// group serialises "together" tests that share more than a name and ports:
-// "my-service" is the demo's and the shipped units' name, whose drop-ins
-// apply to every instance of the template, and whose sidekicks announce
-// under one etcd prefix.
+// A "together" test's service names and every test's host ports are its
+// own (claim, in main_test.go): a name's drop-ins apply to every instance
+// of its template, and its sidekicks announce under one etcd prefix.
 type lane int
 
 const (
@@ -49,53 +48,52 @@ func (l lane) String() string {
 }
 
 type placement struct {
-	test  string
-	lane  lane
-	group string
+	test string
+	lane lane
 }
 
 // layout, in the order in which each one-at-a-time lane runs its tests:
 // what leaves its cluster worst comes last.
 var layout = []placement{
-	{"TestRestartRollsEveryInstanceOneAtATime", together, ""},
-	{"TestRestartHaltsWhenAnInstanceCannotStart", together, ""},
-	{"TestRestartSIGINTDuringStopBringsTheUnitBack", together, ""},
-	{"TestRestartUnknownUnitTouchesNothing", together, ""},
-	{"TestBatchesOfTwoInstances", together, ""},
-	{"TestRestartBringsBackAFailedInstance", together, ""},
-	{"TestHealthGateHaltsOnAnUnhealthyInstance", together, ""},
-	{"TestSecondFleetrollRefusesOrWaits", together, ""},
-	{"TestServeRollsOnWebhooks", together, ""},
-	{"TestOneRecordEverywhere", together, ""},
-	{"TestCanaryPausesUntilPromoted", together, ""},
-	{"TestCanaryWaitAbortsOnAnIllCanary", together, ""},
-	{"TestCanaryPromotedThroughServesAPI", together, ""},
-	{"TestCanaryPauseSurvivesATakeover", together, ""},
-	{"TestBlueGreenUnplacedKeepsTheOldOnes", together, ""},
-	{"TestStatusPageInABrowser", together, ""},
-	{"TestReceiverFailover", together, ""},
-	{"TestReleases", together, ""},
-	{"TestKilledFleetrollIsRecoveredByARestart", together, "my-service"},
+	{"TestRestartRollsEveryInstanceOneAtATime", together},
+	{"TestRestartHaltsWhenAnInstanceCannotStart", together},
+	{"TestRestartSIGINTDuringStopBringsTheUnitBack", together},
+	{"TestRestartUnknownUnitTouchesNothing", together},
+	{"TestBatchesOfTwoInstances", together},
+	{"TestRestartBringsBackAFailedInstance", together},
+	{"TestHealthGateHaltsOnAnUnhealthyInstance", together},
+	{"TestSecondFleetrollRefusesOrWaits", together},
+	{"TestServeRollsOnWebhooks", together},
+	{"TestOneRecordEverywhere", together},
+	{"TestCanaryPausesUntilPromoted", together},
+	{"TestCanaryWaitAbortsOnAnIllCanary", together},
+	{"TestCanaryPromotedThroughServesAPI", together},
+	{"TestCanaryPauseSurvivesATakeover", together},
+	{"TestBlueGreenUnplacedKeepsTheOldOnes", together},
+	{"TestStatusPageInABrowser", together},
+	{"TestReceiverFailover", together},
+	{"TestReleases", together},
+	{"TestKilledFleetrollIsRecoveredByARestart", together},
 
 	// A quiet fleet: the recovery's time, an observer of the proxy's view
 	// at 50 ms, nudges, watches.
-	{"TestKilledFleetrollIsRecovered", timing, ""},
-	{"TestDrainNeverAnnouncesADownInstance", timing, ""},
-	{"TestNudgingHasNoSideEffects", timing, ""},
-	{"TestWatchFallsBackToPolling", timing, ""},
+	{"TestKilledFleetrollIsRecovered", timing},
+	{"TestDrainNeverAnnouncesADownInstance", timing},
+	{"TestNudgingHasNoSideEffects", timing},
+	{"TestWatchFallsBackToPolling", timing},
 
-	// The shipped units under their own name, my-service, with the
-	// container images; then a receiver cut off, fleet's API killed, and
-	// etcd killed, last.
-	{"TestContainersRollOnRegistryPush", faults, ""},
-	{"TestReceiverPartition", faults, ""},
-	{"TestFleetAPIRestartedMidRoll", faults, ""},
-	{"TestEtcdLostMidRoll", faults, ""},
+	// A receiver cut off, fleet's API killed, the shipped units under
+	// their own name, my-service, with the container images (built by
+	// then), and etcd killed, last.
+	{"TestReceiverPartition", faults},
+	{"TestFleetAPIRestartedMidRoll", faults},
+	{"TestContainersRollOnRegistryPush", faults},
+	{"TestEtcdLostMidRoll", faults},
 
-	{"TestLoadRolloutThroughProxyLosesNoRequest", three, ""},
-	{"TestBlueGreenUnderLoad", three, ""},
-	{"TestMachineLostMidRoll", three, ""},
-	{"TestMachineLostWithNowhereToGo", three, ""},
+	{"TestLoadRolloutThroughProxyLosesNoRequest", three},
+	{"TestBlueGreenUnderLoad", three},
+	{"TestMachineLostMidRoll", three},
+	{"TestMachineLostWithNowhereToGo", three},
 }
 
 // placed is the layout by test name.
@@ -111,19 +109,31 @@ var placed = func() map[string]placement {
 // file order (to compare, or to read one test's log undisturbed).
 func serial() bool { return os.Getenv("FLEETROLL_E2E_SERIAL") != "" }
 
-// schedule holds the turns: each one-at-a-time lane's queue of this run's
-// tests, in the layout's order, and a lock per group. One lock owns both.
+// schedule holds the turns: each one-at-a-time lane's queue of the tests
+// that run, in the layout's order. Every top-level test queues itself
+// before it calls t.Parallel, and none resumes before all have, so a queue
+// is whole before its first test runs (in each -count iteration).
 var schedule = struct {
-	mu     sync.Mutex
-	turn   *sync.Cond // broadcast when a queue moves on
-	queue  [three + 1][]string
-	groups map[string]*sync.Mutex
-}{groups: map[string]*sync.Mutex{}}
+	mu    sync.Mutex
+	turn  *sync.Cond // broadcast when a queue moves on
+	queue [three + 1][]string
+}{}
+
+// order is each test's place in the layout.
+var order = func() map[string]int {
+	m := map[string]int{}
+	for i, p := range layout {
+		m[p.test] = i
+	}
+	return m
+}()
 
 func init() { schedule.turn = sync.NewCond(&schedule.mu) }
 
-// selected lists the layout's tests this run will start, by -test.run and
-// -test.skip as go test matches top-level names.
+// selected guesses the layout's tests this run will start, by -test.run
+// and -test.skip, from the part of each pattern before its first "/": its
+// lanes' clusters start at once, before the tests. A lane it misses starts
+// its cluster when its first test needs it.
 func selected() (map[string]bool, error) {
 	match := func(flagName string) (*regexp.Regexp, error) {
 		f := flag.Lookup(flagName)
@@ -177,12 +187,9 @@ func checkLayout() error {
 	return nil
 }
 
-// planLayout returns the layout's tests this run starts, queues them in
-// their lanes, and raises -test.parallel so that every test of the run can
-// wait for its turn at once (a test waiting for its turn holds one of go
-// test's slots). A test of a queue that never starts (-failfast after a
-// failure) holds up the tests after it in its lane until go test's
-// -timeout.
+// planLayout returns the tests this run is likely to start, and raises
+// -test.parallel so that every test of the run can wait for its turn at
+// once (a test waiting for its turn holds one of go test's slots).
 func planLayout() (map[string]bool, error) {
 	if err := checkLayout(); err != nil {
 		return nil, err
@@ -190,11 +197,6 @@ func planLayout() (map[string]bool, error) {
 	sel, err := selected()
 	if err != nil {
 		return nil, err
-	}
-	for _, p := range layout {
-		if sel[p.test] && p.lane != together {
-			schedule.queue[p.lane] = append(schedule.queue[p.lane], p.test)
-		}
 	}
 	if p := flag.Lookup("test.parallel"); p != nil {
 		if n, _ := strconv.Atoi(p.Value.String()); n < len(layout) {
@@ -220,42 +222,28 @@ func takeTurn(t *testing.T, onThree bool) {
 		began(t)
 		return
 	}
+	if p.lane != together {
+		schedule.mu.Lock()
+		q := append(schedule.queue[p.lane], name)
+		slices.SortFunc(q, func(a, b string) int { return order[a] - order[b] })
+		schedule.queue[p.lane] = q
+		schedule.mu.Unlock()
+	}
 	t.Parallel()
 	began(t)
 	defer tookTurn(t)
-	if p.lane != together {
+	if p.lane == together {
+		return
+	}
+	schedule.mu.Lock()
+	for schedule.queue[p.lane][0] != name {
+		schedule.turn.Wait()
+	}
+	schedule.mu.Unlock()
+	t.Cleanup(func() {
 		schedule.mu.Lock()
-		if !slices.Contains(schedule.queue[p.lane], name) {
-			schedule.mu.Unlock()
-			t.Fatalf("%s runs, but was not queued in lane %s: -test.run and -test.skip matched otherwise than e2e/layout_test.go's selected", name, p.lane)
-		}
-		for schedule.queue[p.lane][0] != name {
-			schedule.turn.Wait()
-		}
+		schedule.queue[p.lane] = slices.DeleteFunc(schedule.queue[p.lane], func(n string) bool { return n == name })
+		schedule.turn.Broadcast()
 		schedule.mu.Unlock()
-		t.Cleanup(func() {
-			schedule.mu.Lock()
-			schedule.queue[p.lane] = schedule.queue[p.lane][1:]
-			schedule.turn.Broadcast()
-			schedule.mu.Unlock()
-		})
-	}
-	if p.group != "" {
-		schedule.mu.Lock()
-		mu := schedule.groups[p.group]
-		if mu == nil {
-			mu = &sync.Mutex{}
-			schedule.groups[p.group] = mu
-		}
-		schedule.mu.Unlock()
-		mu.Lock()
-		t.Cleanup(mu.Unlock)
-	}
-}
-
-func laneGroup(g string) string {
-	if g == "" {
-		return ""
-	}
-	return "/" + g
+	})
 }

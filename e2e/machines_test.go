@@ -192,8 +192,8 @@ func rollLosingMachine(t *testing.T, c *cluster.Cluster, victim string, machine 
 	for l := range lines {
 		log.WriteString(l + "\n")
 	}
-	code := exitCode(t, cmd)
 	rest()
+	code := exitCode(t, cmd)
 	var rep roll.Report
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		t.Fatalf("report: %v\n%s%s", err, &log, stdout)

@@ -8,13 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,9 +33,26 @@ var (
 )
 
 type oneCluster struct {
-	cfg cluster.Config
-	c   *cluster.Cluster
-	err error
+	cfg  cluster.Config
+	once sync.Once
+	c    *cluster.Cluster
+	err  error
+}
+
+// upOne starts lane l's one-machine cluster, once: TestMain starts those
+// of the lanes it expects to run beside each other, a test the others.
+func upOne(l lane) {
+	o := &ones[l]
+	o.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cfg := o.cfg
+		cfg.Repo, cfg.Fresh = repo, !keepCluster()
+		o.c, o.err = cluster.Up(ctx, cfg)
+		if o.err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: the %s lane's cluster did not start: %v\n", l, o.err)
+		}
+	})
 }
 
 func init() {
@@ -78,16 +93,20 @@ func runMain(m *testing.M) int {
 	}
 
 	// What only some tests need starts at once, beside the one-machine
-	// cluster: the three-machine cluster and the container images.
-	var early sync.WaitGroup
+	// clusters: the three-machine cluster and the container images.
+	lanes := map[lane]bool{}
 	for name := range sel {
-		if placed[name].lane == three {
-			early.Go(up3)
-			break
-		}
+		lanes[placed[name].lane] = true
 	}
-	if sel["TestContainersRollOnRegistryPush"] || sel["TestReleases"] {
+	var early sync.WaitGroup
+	if lanes[three] {
+		early.Go(up3)
+	}
+	switch {
+	case sel["TestContainersRollOnRegistryPush"]:
 		early.Go(func() { buildImagesOnce(ctrEnvironment()) })
+	case sel["TestReleases"]:
+		early.Go(func() { buildDemoImages(ctrEnvironment()) })
 	}
 	defer early.Wait()
 
@@ -95,19 +114,9 @@ func runMain(m *testing.M) int {
 	// other ports, each in its own directory.
 	var up sync.WaitGroup
 	for l := range ones {
-		if !slices.ContainsFunc(slices.Collect(maps.Keys(sel)), func(name string) bool { return placed[name].lane == lane(l) }) {
-			ones[l].err = fmt.Errorf("no test of lane %s runs", lane(l))
-			continue
+		if lanes[lane(l)] {
+			up.Go(func() { upOne(lane(l)) })
 		}
-		up.Go(func() {
-			o := &ones[l]
-			cfg := o.cfg
-			cfg.Repo, cfg.Fresh = repo, !keepCluster()
-			o.c, o.err = cluster.Up(ctx, cfg)
-			if o.err != nil {
-				fmt.Fprintf(os.Stderr, "e2e: the %s lane's cluster did not start: %v\n", lane(l), o.err)
-			}
-		})
 	}
 	up.Wait()
 	fmt.Fprintf(os.Stderr, "e2e: one-machine clusters up in %s\n", time.Since(suiteStart).Round(time.Second))
@@ -115,9 +124,9 @@ func runMain(m *testing.M) int {
 	printTimings(os.Stdout, suiteStart)
 	early.Wait()
 	down3()
-	for _, o := range ones {
-		if o.c != nil && !keepCluster() {
-			if err := o.c.Down(context.Background()); err != nil {
+	for i := range ones {
+		if c := ones[i].c; c != nil && !keepCluster() {
+			if err := c.Down(context.Background()); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 			}
 		}
@@ -136,7 +145,11 @@ func keepCluster() bool { return os.Getenv("FLEETROLL_KEEP_CLUSTER") != "" }
 func needCluster(t *testing.T) *cluster.Cluster {
 	t.Helper()
 	takeTurn(t, false)
-	if err := ones[placed[topName(t)].lane].err; err != nil {
+	l := placed[topName(t)].lane
+	done := waiting(t, waitCluster, "its lane's cluster up")
+	upOne(l)
+	done()
+	if err := ones[l].err; err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("the local cluster is required under CI=true: %v", err)
 		}
@@ -166,25 +179,39 @@ func destroyAndWait(t *testing.T, c *cluster.Cluster, names ...string) {
 	}
 }
 
-// hostPorts are the ports the one-machine clusters' units listen on, by the
-// test that launched them: those clusters share the host's network, and
-// their tests run at once.
-var hostPorts = struct {
+// claims are what tests that run at once must not share, by the test that
+// has each: the ports the one-machine clusters' units listen on (those
+// clusters share the host's network), and the "together" tests' service
+// names (one cluster; a name's drop-ins apply to every instance of its
+// template).
+var claims = struct {
 	mu sync.Mutex
 	by map[string]string
 }{by: map[string]string{}}
 
-// claimPorts fails the test when another test of the run uses one of its
-// ports on the host.
-func claimPorts(t *testing.T, ports ...string) {
+// claim fails the test when another test of the run has what.
+func claim(t *testing.T, what string) {
 	t.Helper()
-	hostPorts.mu.Lock()
-	defer hostPorts.mu.Unlock()
+	claims.mu.Lock()
+	defer claims.mu.Unlock()
+	if other, ok := claims.by[what]; ok && other != topName(t) {
+		t.Fatalf("%s is %s's too: give each test its own", what, other)
+	}
+	claims.by[what] = topName(t)
+}
+
+// claimUnits claims the host ports of a test's units (on the one-machine
+// clusters) and, for a "together" test, its service's name.
+func claimUnits(t *testing.T, service string, ports ...string) {
+	t.Helper()
+	switch placed[topName(t)].lane {
+	case three:
+		return
+	case together:
+		claim(t, "service "+service)
+	}
 	for _, p := range ports {
-		if other, ok := hostPorts.by[p]; ok && other != topName(t) {
-			t.Fatalf("port %s is used by %s too: give each test ports of its own", p, other)
-		}
-		hostPorts.by[p] = topName(t)
+		claim(t, "port "+p)
 	}
 }
 
@@ -192,9 +219,7 @@ func claimPorts(t *testing.T, ports ...string) {
 // destroys the units when the test ends.
 func launchDemo(t *testing.T, service string, ports ...string) []string {
 	t.Helper()
-	if placed[topName(t)].lane != three {
-		claimPorts(t, ports...)
-	}
+	claimUnits(t, service, ports...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var names []string

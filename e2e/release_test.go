@@ -114,7 +114,7 @@ func (v *versions) Stop() map[string]bool {
 
 func TestReleases(t *testing.T) {
 	clu := needCluster(t)
-	claimPorts(t, relPorts...)
+	claimUnits(t, relService, relPorts...)
 	needTools(t, "podman", "runc", "docker-registry", "curl")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -347,10 +347,13 @@ func TestReleases(t *testing.T) {
 			return nil, err
 		}
 		cfg := cf.Config
-		cfg.Entrypoint = append(append([]string{}, cfg.Entrypoint...), "-fail-health-after", "6s")
+		cfg.Entrypoint = append(append([]string{}, cfg.Entrypoint...), "-fail-health-after", "10s")
 		return mutate.Config(img, cfg)
 	})
-	rep, out = cli(3, "deploy", relService, "--image", illRef, "--canary", "1", "--canary-wait", "10s", "--health-path", "/healthz",
+	// Healthy for 10 s after its start: it passes its gate even when fleet
+	// reports it running late (the suite's other tests write to the same
+	// fleet), and falls ill within the wait of 16 s after the gate.
+	rep, out = cli(3, "deploy", relService, "--image", illRef, "--canary", "1", "--canary-wait", "16s", "--health-path", "/healthz",
 		"--health-timeout", "4s", "--health-interval", "200ms", "--health-successes", "1")
 	if rep.Status != fr.StatusRolledBack || rep.Canary == nil || rep.Canary.Kind != fr.DecisionAbort || rep.Canary.By != "canary wait" ||
 		!strings.Contains(rep.Canary.Reason, "is not healthy") {

@@ -119,7 +119,7 @@ func TestRestartSIGINTDuringStopBringsTheUnitBack(t *testing.T) {
 	if !after[0].Up() {
 		t.Fatalf("%s left down after SIGINT: %+v\n%s", units[0], after[0], log.String())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.WaitRunning(ctx, units[0]); err != nil {
 		t.Fatalf("fleet does not report %s running: %v", units[0], err)

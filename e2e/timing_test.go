@@ -25,9 +25,7 @@ const (
 	waitOutput    = "output"    // a line of a running fleetroll's output
 	waitServe     = "serve"     // a receiver listening, or its API's answer
 	waitPoll      = "poll"      // a condition polled (etcd keys, the proxy, a registry)
-	waitBrowser   = "browser"   // the page in Chromium
 	waitTool      = "tool"      // podman, the registry, and other commands
-	waitFixed     = "fixed"     // a fixed delay
 )
 
 type waitKey struct{ kind, label string }
@@ -180,7 +178,7 @@ func printTimings(w io.Writer, suiteStart time.Time) {
 			parts = append(parts, fmt.Sprintf("%s: %s %s ×%d", w.k.kind, w.k.label, w.s.total.Round(100*time.Millisecond), w.s.n))
 		}
 		l := placed[tt.name]
-		fmt.Fprintf(w, "%-44s %-9s %6.1fs %6.1fs %6.0fs  %s\n", tt.name, l.lane.String()+laneGroup(l.group), tt.took().Seconds(),
+		fmt.Fprintf(w, "%-44s %-9s %6.1fs %6.1fs %6.0fs  %s\n", tt.name, l.lane.String(), tt.took().Seconds(),
 			tt.queued().Seconds(), tt.end.Sub(suiteStart).Seconds(), strings.Join(parts, "; "))
 	}
 }

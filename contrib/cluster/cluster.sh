@@ -95,7 +95,12 @@ wait_for() {
 
 start_bg() { # NAME LOG COMMAND...: start detached, record the pid
   local name=$1 logf=$2; shift 2
-  setsid "$@" >"$logf" 2>&1 </dev/null &
+  if [[ -n ${lockfd:-} ]]; then
+    # Not the caller's lock (start_machine's): a daemon would hold it.
+    setsid "$@" >"$logf" 2>&1 </dev/null {lockfd}>&- &
+  else
+    setsid "$@" >"$logf" 2>&1 </dev/null &
+  fi
   echo $! >"$STATE/$name.pid"
 }
 
@@ -198,8 +203,12 @@ start_systemd() { # I
     echo >>"$m/machine-id"
   fi
   # systemd --user exits at once unless the host looks booted with systemd;
-  # the directory is only read at start.
-  local created=
+  # the directory is only read at start. Clusters that start at once (the
+  # tests start four) take turns here, so that none removes it while
+  # another's systemd has yet to read it.
+  local lockfd created=
+  exec {lockfd}>"${TMPDIR:-/tmp}/fleetroll-cluster-systemd.lock"
+  flock "$lockfd"
   if [[ ! -d /run/systemd/system ]]; then
     mkdir -p /run/systemd/system
     created=1
@@ -212,6 +221,8 @@ start_systemd() { # I
   local ok=0
   wait_for 30 "systemd --user of machine $i" systemd_ready "$i" || ok=1
   [[ -n $created ]] && rmdir /run/systemd/system 2>/dev/null || true
+  flock -u "$lockfd"
+  exec {lockfd}>&-
   ((ok == 0)) || die "systemd --user did not start; see $m/systemd.log"
   # Units read the machine's address as CoreOS's /etc/environment gives it.
   (machine_env "$i"; systemctl --user set-environment "COREOS_PUBLIC_IPV4=$(mip "$i")")

@@ -316,10 +316,12 @@ func (c *Cluster) Destroy(names ...string) {
 // destroy, and what they write meanwhile would race a caller's cleanup of
 // their files.
 func (c *Cluster) DestroyAndWait(ctx context.Context, names ...string) error {
-	c.Destroy(names...)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for i := 0; ; i++ {
+		if i%10 == 0 {
+			c.Destroy(names...) // again every 2 s: a destroy can be lost
+		}
 		states, err := c.Systemd(ctx, names...)
 		active := ""
 		for i, st := range states {
