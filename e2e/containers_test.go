@@ -235,7 +235,7 @@ func launchSidekicks(t *testing.T, ports ...string) {
 	for _, p := range ports {
 		sidekicks = append(sidekicks, "my-service-sidekick@"+p+".service")
 	}
-	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
+	submitUnits(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), false, sidekicks...)
 }
 
 func needTools(t *testing.T, tools ...string) {
@@ -274,8 +274,17 @@ func dropIn(t *testing.T, unit string, env map[string]string) {
 	t.Cleanup(func() { _ = os.Remove(file) })
 }
 
-// submit submits a shipped unit file under the given names and launches them.
+// submit submits a shipped unit file under the given names and launches
+// them; at the test's end it destroys them and waits until they are
+// stopped (they may write into the test's directories).
 func submit(t *testing.T, file string, names ...string) {
+	t.Helper()
+	submitUnits(t, file, true, names...)
+}
+
+// submitUnits is submit; without wait, the units are only destroyed at the
+// end (and waited for if a test follows on the cluster: destroyUnits).
+func submitUnits(t *testing.T, file string, wait bool, names ...string) {
 	t.Helper()
 	opts, err := cluster.LoadTemplate(file)
 	if err != nil {
@@ -302,7 +311,13 @@ func submit(t *testing.T, file string, names ...string) {
 	}
 	// Gone before the test's directories are removed: a unit still
 	// running writes into them (confd's upstreams).
-	t.Cleanup(func() { destroyAndWait(t, c, names...) })
+	t.Cleanup(func() {
+		if wait {
+			destroyAndWait(t, c, names...)
+		} else {
+			destroyUnits(t, c, names...)
+		}
+	})
 }
 
 func getJSON(url string, headers map[string]string, v any) error {

@@ -247,3 +247,19 @@ func takeTurn(t *testing.T, onThree bool) {
 		schedule.mu.Unlock()
 	})
 }
+
+// followed reports whether another test waits for t's turn on its
+// cluster: t runs in a one-at-a-time lane whose queue holds more than t,
+// or one after another (FLEETROLL_E2E_SERIAL).
+func followed(t testing.TB) bool {
+	l := placed[topName(t)].lane
+	if serial() {
+		return true
+	}
+	if l == together {
+		return false
+	}
+	schedule.mu.Lock()
+	defer schedule.mu.Unlock()
+	return len(schedule.queue[l]) > 1
+}

@@ -156,7 +156,7 @@ func launchSpread(t *testing.T, c *cluster.Cluster, service string, ports ...str
 	for _, p := range ports {
 		units = append(units, service+"@"+p+".service")
 	}
-	t.Cleanup(func() { destroyAndWait(t, c, units...) })
+	t.Cleanup(func() { destroyUnits(t, c, units...) })
 	defer waiting(t, waitFleet, "demo units launched and running")()
 	if _, err := c.Launch(ctx, service, opts, ports...); err != nil {
 		t.Fatal(err)

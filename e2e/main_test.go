@@ -167,8 +167,19 @@ func clusterOf(t testing.TB) *cluster.Cluster {
 	return ones[l].c
 }
 
-// destroyAndWait destroys a test's units at its end, and waits until they
-// are stopped: the next test of its lane starts on a quiet fleet.
+// destroyUnits destroys a test's units at its end. In a one-at-a-time
+// lane with a test still to come, it waits until they are stopped, so that
+// the next test starts on a quiet fleet.
+func destroyUnits(t *testing.T, c *cluster.Cluster, names ...string) {
+	t.Helper()
+	if !followed(t) {
+		c.Destroy(names...)
+		return
+	}
+	destroyAndWait(t, c, names...)
+}
+
+// destroyAndWait destroys units and waits until they are stopped.
 func destroyAndWait(t *testing.T, c *cluster.Cluster, names ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -227,7 +238,7 @@ func launchDemo(t *testing.T, service string, ports ...string) []string {
 		names = append(names, fmt.Sprintf("%s@%s.service", service, p))
 	}
 	c := clusterOf(t)
-	t.Cleanup(func() { destroyAndWait(t, c, names...) })
+	t.Cleanup(func() { destroyUnits(t, c, names...) })
 	defer waiting(t, waitFleet, "demo units launched and running")()
 	if _, err := c.LaunchDemo(ctx, service, ports...); err != nil {
 		t.Fatal(err)
