@@ -123,14 +123,19 @@ func runMain(m *testing.M) int {
 	code := m.Run()
 	printTimings(os.Stdout, suiteStart)
 	early.Wait()
-	down3()
+	// The clusters go down side by side too.
+	var down sync.WaitGroup
+	down.Go(down3)
 	for i := range ones {
 		if c := ones[i].c; c != nil && !keepCluster() {
-			if err := c.Down(context.Background()); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-			}
+			down.Go(func() {
+				if err := c.Down(context.Background()); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+				}
+			})
 		}
 	}
+	down.Wait()
 	return code
 }
 
