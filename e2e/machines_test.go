@@ -3,11 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,46 +14,10 @@ import (
 	"github.com/fleetroll/fleetroll/internal/loadtest"
 )
 
-// The three-machine cluster, started by TestMain beside the one-machine
-// cluster when a test of its lane runs (or by that test), and removed by
-// TestMain.
-var (
-	cl3Once sync.Once
-	cl3     *cluster.Cluster
-	cl3Err  error
-)
-
-func up3() {
-	cl3Once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cl3, cl3Err = cluster.Up(ctx, cluster.Config{Repo: repo, Dir: "/tmp/fleetroll-e2e3", EtcdPort: 23379, FleetPort: 49173, Machines: 3, Fresh: !keepCluster()})
-	})
-}
-
-// need3 runs the test in the three-machine cluster's lane, once that
-// cluster is up; under CI=true a cluster that did not start fails it.
+// need3 runs the test in the three-machine cluster's lane (needCluster).
 func need3(t *testing.T) *cluster.Cluster {
 	t.Helper()
-	takeTurn(t, true)
-	done := waiting(t, waitCluster, "the three-machine cluster up")
-	up3()
-	done()
-	if cl3Err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the three-machine cluster is required under CI=true: %v", cl3Err)
-		}
-		t.Skipf("no three-machine cluster: %v", cl3Err)
-	}
-	return cl3
-}
-
-func down3() {
-	if cl3 != nil && !keepCluster() {
-		if err := cl3.Down(context.Background()); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-		}
-	}
+	return laneCluster(t, true)
 }
 
 // The smaller version of bench/load: through nginx (confd upstreams) to

@@ -26,23 +26,23 @@ import (
 var (
 	repo   string
 	binary string // the fleetroll binary under test
-	// The one-machine clusters, one per lane of e2e/layout_test.go but the
-	// three-machine cluster's: the "together" tests', and one each for the
-	// "timing" and the "faults" tests.
-	ones [three]oneCluster
+	// The clusters, one per lane of e2e/layout_test.go: the "together"
+	// tests', one each for the "timing" and the "faults" tests, and the
+	// three-machine cluster.
+	clusters [three + 1]clusterOfLane
 )
 
-type oneCluster struct {
+type clusterOfLane struct {
 	cfg  cluster.Config
 	once sync.Once
 	c    *cluster.Cluster
 	err  error
 }
 
-// upOne starts lane l's one-machine cluster, once: TestMain starts those
-// of the lanes it expects to run beside each other, a test the others.
-func upOne(l lane) {
-	o := &ones[l]
+// upCluster starts lane l's cluster, once: TestMain starts those of the
+// lanes it expects to run, side by side; a test the others.
+func upCluster(l lane) {
+	o := &clusters[l]
 	o.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
@@ -56,9 +56,10 @@ func upOne(l lane) {
 }
 
 func init() {
-	ones[together].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e", EtcdPort: 22379, FleetPort: 49163}
-	ones[timing].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e-timing", EtcdPort: 26379, FleetPort: 49203}
-	ones[faults].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e-faults", EtcdPort: 27379, FleetPort: 49213}
+	clusters[together].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e", EtcdPort: 22379, FleetPort: 49163}
+	clusters[timing].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e-timing", EtcdPort: 26379, FleetPort: 49203}
+	clusters[faults].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e-faults", EtcdPort: 27379, FleetPort: 49213}
+	clusters[three].cfg = cluster.Config{Dir: "/tmp/fleetroll-e2e3", EtcdPort: 23379, FleetPort: 49173, Machines: 3}
 }
 
 func TestMain(m *testing.M) {
@@ -92,30 +93,30 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 
-	// What only some tests need starts at once, beside the one-machine
-	// clusters: the three-machine cluster and the container images.
-	lanes := map[lane]bool{}
-	for name := range sel {
-		lanes[placed[name].lane] = true
-	}
+	// The container images, when a test needs them, build beside the
+	// clusters.
 	var early sync.WaitGroup
-	if lanes[three] {
-		early.Go(up3)
-	}
 	switch {
 	case sel["TestContainersRollOnRegistryPush"]:
 		early.Go(func() { buildImagesOnce(ctrEnvironment()) })
 	case sel["TestReleases"]:
 		early.Go(func() { buildDemoImages(ctrEnvironment()) })
 	}
-	defer early.Wait()
 
-	// The one-machine clusters whose lanes run, beside the demo's, on
-	// other ports, each in its own directory.
+	// The clusters of the lanes that run, beside the demo's, on other
+	// ports, each in its own directory. The three-machine cluster is the
+	// slowest to start: the tests of the other lanes need not wait for it.
+	lanes := map[lane]bool{}
+	for name := range sel {
+		lanes[placed[name].lane] = true
+	}
+	if lanes[three] {
+		early.Go(func() { upCluster(three) })
+	}
 	var up sync.WaitGroup
-	for l := range ones {
-		if lanes[lane(l)] {
-			up.Go(func() { upOne(lane(l)) })
+	for _, l := range []lane{together, timing, faults} {
+		if lanes[l] {
+			up.Go(func() { upCluster(l) })
 		}
 	}
 	up.Wait()
@@ -125,9 +126,8 @@ func runMain(m *testing.M) int {
 	early.Wait()
 	// The clusters go down side by side too.
 	var down sync.WaitGroup
-	down.Go(down3)
-	for i := range ones {
-		if c := ones[i].c; c != nil && !keepCluster() {
+	for i := range clusters {
+		if c := clusters[i].c; c != nil && !keepCluster() {
 			down.Go(func() {
 				if err := c.Down(context.Background()); err != nil {
 					fmt.Fprintln(os.Stderr, err)
@@ -149,28 +149,29 @@ func keepCluster() bool { return os.Getenv("FLEETROLL_KEEP_CLUSTER") != "" }
 // test under CI=true when the cluster is not up, and skips it elsewhere.
 func needCluster(t *testing.T) *cluster.Cluster {
 	t.Helper()
-	takeTurn(t, false)
+	return laneCluster(t, false)
+}
+
+// laneCluster runs t in its lane and returns the lane's cluster, once up;
+// onThree says whether t runs on the three-machine cluster.
+func laneCluster(t *testing.T, onThree bool) *cluster.Cluster {
+	t.Helper()
+	takeTurn(t, onThree)
 	l := placed[topName(t)].lane
 	done := waiting(t, waitCluster, "its lane's cluster up")
-	upOne(l)
+	upCluster(l)
 	done()
-	if err := ones[l].err; err != nil {
+	if err := clusters[l].err; err != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("the local cluster is required under CI=true: %v", err)
+			t.Fatalf("the %s lane's cluster is required under CI=true: %v", l, err)
 		}
-		t.Skipf("no local cluster: %v", err)
+		t.Skipf("no cluster for the %s lane: %v", l, err)
 	}
 	return clusterOf(t)
 }
 
 // clusterOf is the cluster of t's lane.
-func clusterOf(t testing.TB) *cluster.Cluster {
-	l := placed[topName(t)].lane
-	if l == three {
-		return cl3
-	}
-	return ones[l].c
-}
+func clusterOf(t testing.TB) *cluster.Cluster { return clusters[placed[topName(t)].lane].c }
 
 // destroyUnits destroys a test's units at its end. In a one-at-a-time
 // lane with a test still to come, it waits until they are stopped, so that
