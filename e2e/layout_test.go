@@ -209,7 +209,7 @@ func planLayout() (map[string]bool, error) {
 }
 
 // takeTurn runs t in its lane: parallel with the tests it may share a
-// cluster with, once its turn comes. The wait is timed as the lane's.
+// cluster with, once its turn comes; the table shows how long it queued.
 // onThree says whether the test runs on the three-machine cluster.
 func takeTurn(t *testing.T, onThree bool) {
 	t.Helper()
