@@ -57,12 +57,12 @@ func TestOneRecordEverywhere(t *testing.T) {
 	c := needCluster(t)
 	units := launchDemo(t, "e2e-rec", "19221", "19222")
 	serveArgs := append(secretArgs(t), "--service", "e2e-rec", "--ports", "19221,19222", "--grace", "0s",
-		"--etcd-endpoints", c.EtcdURL, "--record", "--lock", "fail")
+		"--etcd-endpoints", c.EtcdURL, "--lock", "fail")
 	base := startServe(t, serveArgs...)
 
 	// A rollout of the CLI.
 	cmd := exec.Command(binary, "restart", "e2e-rec", "--ports", "19221,19222", "--endpoint", c.Endpoint, "--grace", "0s",
-		"--etcd-endpoints", c.EtcdURL, "--record", "-o", "json")
+		"--etcd-endpoints", c.EtcdURL, "-o", "json")
 	cmd.Env = c.Env()
 	printed, err := cmd.Output()
 	if err != nil {

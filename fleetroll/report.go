@@ -212,6 +212,9 @@ type Report struct {
 	// Canary is the pause after the first units, when there was one.
 	Canary *CanaryReport `json:"canary,omitempty"`
 	Units  []UnitReport  `json:"units"`
+	// NotLaunched are the service's units loaded in fleet but not launched
+	// (no rollout left them so): they were not touched.
+	NotLaunched []string `json:"not_launched,omitempty"`
 	// Phase is where a failed rollout halted: pull, or the phase of the
 	// unit it halted on.
 	Phase Phase  `json:"phase,omitempty"`

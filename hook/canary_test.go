@@ -51,7 +51,9 @@ func TestCanaryPauseThroughTheAPI(t *testing.T) {
 	}
 	env := newTestEnv(t, func(o *Options) {
 		o.Etcd, o.Owner = kapi, "receiver"
-		o.Policy.Canary = 1
+		for i := range o.Config.Services {
+			o.Config.Services[i].Settings.Canary = 1
+		}
 	})
 	auth := withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)
 	trigger := func() string {
@@ -126,7 +128,7 @@ services:
     strategy: blue-green
     spare_ports: 8911-8913
     placement_timeout: 10s
-`))
+`), testBase())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,9 +8,9 @@ import (
 	"os"
 	"path"
 	"strings"
-	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"gopkg.in/yaml.v3"
 )
 
@@ -24,44 +24,13 @@ type Config struct {
 	Notifications []Notification `yaml:"notifications"`
 }
 
-// Service is one fleet service and the triggers that roll it.
+// Service is one fleet service, its settings and the triggers that roll
+// it. Its settings are rollout.Settings, inline: the same keys as every
+// other entrance's, decoded over serve's flags (ParseConfig's base).
 type Service struct {
 	// Name is the template name: "my-service" for my-service@.service.
-	Name string `yaml:"name"`
-	// Ports lists the instances; empty means every launched instance.
-	Ports PortList `yaml:"ports"`
-	// Zero durations take the server's defaults (its flags).
-	Grace        *time.Duration `yaml:"grace"`
-	StopTimeout  time.Duration  `yaml:"stop_timeout"`
-	StartTimeout time.Duration  `yaml:"start_timeout"`
-	PollInterval time.Duration  `yaml:"poll_interval"`
-	// NudgeInterval, when set, overrides --nudge-interval (0 in the file
-	// means "the flag's"; turn nudging off with the flag).
-	NudgeInterval time.Duration `yaml:"nudge_interval"`
-	// MaxUnavailable, when set, overrides --max-unavailable: N or P%.
-	MaxUnavailable fleetroll.Unavailable `yaml:"max_unavailable"`
-
-	// Health, when set, gates each instance after its start; Drain, when
-	// set, takes each instance out of the proxy first. Their settings,
-	// defaults and validation are the roll policy's, shared with the flags.
-	Health *fleetroll.HealthPolicy `yaml:"health"`
-	Drain  *fleetroll.DrainPolicy  `yaml:"drain"`
-	// Image, OnFailure and PullTimeout are the release settings of the
-	// roll policy (docs/releases.md); OnFailure and PullTimeout, when
-	// empty, are serve's flags'.
-	Image       string              `yaml:"image"`
-	OnFailure   fleetroll.OnFailure `yaml:"on_failure"`
-	PullTimeout time.Duration       `yaml:"pull_timeout"`
-	// Canary and CanaryWait, when set, override --canary and
-	// --canary-wait (docs/strategies.md).
-	Canary     int           `yaml:"canary"`
-	CanaryWait time.Duration `yaml:"canary_wait"`
-	// Strategy (rolling or blue-green), SparePorts, Sidekick and
-	// PlacementTimeout are the service's own (docs/strategies.md).
-	Strategy         string        `yaml:"strategy"`
-	SparePorts       PortList      `yaml:"spare_ports"`
-	Sidekick         string        `yaml:"sidekick"`
-	PlacementTimeout time.Duration `yaml:"placement_timeout"`
+	Name     string           `yaml:"name"`
+	Settings rollout.Settings `yaml:",inline"`
 
 	// Notify names the notifications: targets its rollouts are announced
 	// to.
@@ -80,53 +49,26 @@ type Trigger struct {
 	Tags       []string `yaml:"tags"`
 }
 
-// PortList is a list of instances, given in YAML as "8901-8903", 8901, or a
-// sequence of ports.
-type PortList []string
-
-func (p *PortList) UnmarshalYAML(n *yaml.Node) error {
-	var specs []string
-	switch n.Kind {
-	case yaml.ScalarNode:
-		specs = []string{n.Value}
-	case yaml.SequenceNode:
-		for _, c := range n.Content {
-			if c.Kind != yaml.ScalarNode {
-				return fmt.Errorf("line %d: ports: want a port or a range", c.Line)
-			}
-			specs = append(specs, c.Value)
-		}
-	default:
-		return fmt.Errorf("line %d: ports: want \"8901-8903\" or a list of ports", n.Line)
-	}
-	var out []string
-	for _, s := range specs {
-		inst, err := fleetroll.ParseInstances(s)
-		if err != nil {
-			return fmt.Errorf("line %d: ports: %w", n.Line, err)
-		}
-		out = append(out, inst...)
-	}
-	*p = out
-	return nil
-}
-
-// LoadConfig reads and validates a YAML configuration file. Unknown fields are
-// errors, so a secret put in the file by mistake is refused, not used.
-func LoadConfig(file string) (*Config, error) {
+// LoadConfig reads and validates a YAML configuration file; each service's
+// settings are decoded over base (the defaults, and serve's flags given).
+// Unknown fields are errors, so a secret put in the file by mistake is
+// refused, not used.
+func LoadConfig(file string, base rollout.Settings) (*Config, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := ParseConfig(b)
+	cfg, err := ParseConfig(b, base)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", file, err)
 	}
 	return cfg, nil
 }
 
-// ParseConfig parses and validates YAML configuration.
-func ParseConfig(b []byte) (*Config, error) {
+// ParseConfig parses and validates YAML configuration; each service's
+// settings are decoded over base, so that a key the service leaves out
+// keeps base's value (and a key it gives, even a zero, is its own).
+func ParseConfig(b []byte, base rollout.Settings) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	var cfg Config
@@ -135,6 +77,20 @@ func ParseConfig(b []byte) (*Config, error) {
 			return nil, errors.New("empty configuration")
 		}
 		return nil, nameFields(b, err)
+	}
+	// The keys and types are checked; now each service over base.
+	var nodes struct {
+		Services []yaml.Node `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(b, &nodes); err != nil || len(nodes.Services) != len(cfg.Services) {
+		return nil, fmt.Errorf("services: cannot read them again: %v", err)
+	}
+	for i := range cfg.Services {
+		svc := Service{Settings: base.Clone()}
+		if err := nodes.Services[i].Decode(&svc); err != nil {
+			return nil, nameFields(b, err)
+		}
+		cfg.Services[i] = svc
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -172,24 +128,15 @@ func (c *Config) Validate() error {
 		if err := (fleetroll.Target{Service: s.Name}).Validate(); err != nil {
 			return fmt.Errorf("%s.name: %w", field, err)
 		}
-		if err := (fleetroll.Target{Service: s.Name, Instances: s.Ports}).Validate(); err != nil {
+		if err := (fleetroll.Target{Service: s.Name, Instances: s.Settings.Ports}).Validate(); err != nil {
 			return fmt.Errorf("%s.ports: %w", field, err)
 		}
 		if seen[s.Name] {
 			return fmt.Errorf("%s.name: service %q is configured twice", field, s.Name)
 		}
 		seen[s.Name] = true
-		if err := (fleetroll.Policy{Health: s.Health, Drain: s.Drain, Image: s.Image, OnFailure: s.OnFailure, PullTimeout: s.PullTimeout,
-			Canary: s.Canary, CanaryWait: s.CanaryWait, Strategy: s.Strategy, SparePorts: s.SparePorts, Sidekick: s.Sidekick,
-			PlacementTimeout: s.PlacementTimeout}).Validate(); err != nil {
+		if err := s.Settings.Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
-		}
-		opts := fleetroll.Options{StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout, PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval}
-		if s.Grace != nil {
-			opts.Grace = *s.Grace
-		}
-		if err := opts.Validate(); err != nil {
-			return fmt.Errorf("%s: %w", field, err)
 		}
 		for _, k := range []struct {
 			kind     string
@@ -265,35 +212,6 @@ func (t Trigger) matches(repository, tag string) bool {
 	return false
 }
 
-// Target returns the fleetroll target of the service.
-func (s Service) Target() fleetroll.Target {
-	return fleetroll.Target{Service: s.Name, Instances: s.Ports}
-}
-
-// RollOptions returns the roll options of the service over the defaults.
-func (s Service) RollOptions(def fleetroll.Options) fleetroll.Options {
-	o := def
-	if s.Grace != nil {
-		o.Grace = *s.Grace
-	}
-	if s.StopTimeout > 0 {
-		o.StopTimeout = s.StopTimeout
-	}
-	if s.StartTimeout > 0 {
-		o.StartTimeout = s.StartTimeout
-	}
-	if s.PollInterval > 0 {
-		o.PollInterval = s.PollInterval
-	}
-	if s.NudgeInterval > 0 {
-		o.NudgeInterval = s.NudgeInterval
-	}
-	if s.MaxUnavailable != (fleetroll.Unavailable{}) {
-		o.MaxUnavailable = s.MaxUnavailable
-	}
-	return o
-}
-
 // nameFields rewrites yaml's "line N: ..." type errors as
 // "services[0].grace: ... (line N)" when one field sits on that line.
 func nameFields(b []byte, err error) error {
@@ -350,29 +268,4 @@ func pathsAt(n *yaml.Node, line int, prefix string) []string {
 		}
 	}
 	return out
-}
-
-// Policy returns the service's roll policy: the lock from base (serve's
-// flags), drain, health and image from the service, on_failure and
-// pull_timeout from the service over base, defaults applied.
-func (s Service) Policy(base fleetroll.Policy) fleetroll.Policy {
-	p := base
-	p.Drain, p.Health, p.Image = s.Drain, s.Health, s.Image
-	if s.OnFailure != "" {
-		p.OnFailure = s.OnFailure
-	}
-	if s.PullTimeout > 0 {
-		p.PullTimeout = s.PullTimeout
-	}
-	if s.Canary > 0 {
-		p.Canary = s.Canary
-	}
-	if s.CanaryWait > 0 {
-		p.CanaryWait = s.CanaryWait
-	}
-	p.Strategy, p.SparePorts, p.Sidekick, p.PlacementTimeout = s.Strategy, s.SparePorts, s.Sidekick, s.PlacementTimeout
-	if s.Strategy == fleetroll.StrategyBlueGreen {
-		p.Canary, p.CanaryWait = 0, 0 // serve's --canary is for the rolling services
-	}
-	return p.WithDefaults(s.Name)
 }

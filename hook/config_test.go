@@ -12,12 +12,12 @@ import (
 )
 
 func TestParseConfig(t *testing.T) {
-	cfg, err := ParseConfig([]byte(testConfig))
+	cfg, err := ParseConfig([]byte(testConfig), testBase())
 	if err != nil {
 		t.Fatal(err)
 	}
 	svc, ok := cfg.Service("my-service")
-	if !ok || !reflect.DeepEqual([]string(svc.Ports), []string{"8901", "8902", "8903"}) {
+	if !ok || !reflect.DeepEqual([]string(svc.Settings.Ports), []string{"8901", "8902", "8903"}) {
 		t.Fatalf("service = %+v", svc)
 	}
 	if got := svc.GitHub[0].Tags; !reflect.DeepEqual(got, []string{"latest"}) {
@@ -59,7 +59,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{`services: [{name: a, image: my-service}]`, "services[0].image \"my-service\": want REGISTRY/REPOSITORY"},
 		{`services: [{name: a, image: "127.0.0.1:5000/demo/x:latest"}]`, "services[0].image"},
 		{`services: [{name: a, image: "127.0.0.1:5000/demo/x", on_failure: retry}]`, "services[0].on_failure \"retry\": want halt or rollback"},
-		{`services: [{name: a, image: "127.0.0.1:5000/demo/x", pull_timeout: -1s}]`, "pull timeout must not be negative"},
+		{`services: [{name: a, image: "127.0.0.1:5000/demo/x", pull_timeout: -1s}]`, "services[0].pull_timeout must not be negative"},
 		{`services: [{name: a, dockerhub: [{tags: [x]}]}]`, "services[0].dockerhub[0].repository: required"},
 		{`services: [{name: a, dockerhub: [{repository: noslash}]}]`, "services[0].dockerhub[0].repository"},
 		{`services: [{name: a, registry: [{repository: r, tags: ["[x"]}]}]`, "services[0].registry[0].tags[0]: bad tag pattern"},
@@ -69,22 +69,33 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"services:\n  - name: a\n    ports: 1\n    grace: 20x\n", "services[0].grace: cannot unmarshal"},
 		{"services:\n  - name: a\n    dockerhub:\n      - repository: a/b\n        token: x\n", "services[0].dockerhub[0].token: field token not found"},
 	} {
-		_, err := ParseConfig([]byte(tc.yaml))
+		_, err := ParseConfig([]byte(tc.yaml), testBase())
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
 }
 
-func TestRollOptionsOverDefaults(t *testing.T) {
-	cfg, err := ParseConfig([]byte("services: [{name: a, grace: 0s, start_timeout: 1m}]"))
+// A service's settings are decoded over the base (serve's flags): a key
+// it gives is its own, even a zero; a key it leaves out keeps the base's.
+func TestConfigOverBase(t *testing.T) {
+	base := testBase()
+	base.Grace, base.StartTimeout, base.StopTimeout = 20*time.Second, 5*time.Minute, 2*time.Minute
+	base.Drain = &fleetroll.DrainPolicy{Delay: time.Second}
+	cfg, err := ParseConfig([]byte("services: [{name: a, grace: 0s, start_timeout: 1m, drain: {timeout: 3s}}, {name: b, drain: null}]"), base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, _ := cfg.Service("a")
-	got := svc.RollOptions(fleetroll.Options{Grace: 20 * time.Second, StartTimeout: 5 * time.Minute, StopTimeout: 2 * time.Minute})
-	if got.Grace != 0 || got.StartTimeout != time.Minute || got.StopTimeout != 2*time.Minute {
-		t.Fatalf("options = %+v", got)
+	a, _ := cfg.Service("a")
+	if got := a.Settings; got.Grace != 0 || got.StartTimeout != time.Minute || got.StopTimeout != 2*time.Minute ||
+		got.Drain == nil || got.Drain.Delay != time.Second || got.Drain.Timeout != 3*time.Second {
+		t.Fatalf("a: %+v %+v", got, got.Drain)
+	}
+	if b, _ := cfg.Service("b"); b.Settings.Drain != nil || b.Settings.Grace != 20*time.Second {
+		t.Fatalf("b: %+v", b.Settings)
+	}
+	if base.Drain.Timeout != 0 {
+		t.Fatal("a service's settings changed the base")
 	}
 }
 
@@ -93,10 +104,10 @@ func TestLoadConfig(t *testing.T) {
 	if err := os.WriteFile(p, []byte(testConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadConfig(p); err != nil {
+	if _, err := LoadConfig(p, testBase()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadConfig(p + ".missing"); err == nil {
+	if _, err := LoadConfig(p+".missing", testBase()); err == nil {
 		t.Fatal("missing file accepted")
 	}
 }
@@ -104,18 +115,17 @@ func TestLoadConfig(t *testing.T) {
 // max_unavailable is read and checked by the same parser as
 // --max-unavailable, and overrides it per service.
 func TestConfigMaxUnavailable(t *testing.T) {
-	c, err := ParseConfig([]byte("services:\n  - name: a\n    max_unavailable: 25%\n  - name: b\n"))
+	c, err := ParseConfig([]byte("services:\n  - name: a\n    max_unavailable: 25%\n  - name: b\n"), testBase())
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := fleetroll.Options{MaxUnavailable: fleetroll.Unavailable{N: 2}}
-	if got := c.Services[0].RollOptions(def).MaxUnavailable; got != (fleetroll.Unavailable{Percent: 25}) {
+	if got := c.Services[0].Settings.MaxUnavailable; got != (fleetroll.Unavailable{Percent: 25}) {
 		t.Fatalf("a: %v", got)
 	}
-	if got := c.Services[1].RollOptions(def).MaxUnavailable; got != def.MaxUnavailable {
+	if got := c.Services[1].Settings.MaxUnavailable; got != testBase().MaxUnavailable {
 		t.Fatalf("b: %v", got)
 	}
-	if _, err := ParseConfig([]byte("services:\n  - name: a\n    max_unavailable: 0\n")); err == nil || !strings.Contains(err.Error(), "max unavailable") {
+	if _, err := ParseConfig([]byte("services:\n  - name: a\n    max_unavailable: 0\n"), testBase()); err == nil || !strings.Contains(err.Error(), "max unavailable") {
 		t.Fatalf("0 accepted: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
 	client "go.etcd.io/etcd/client/v2"
@@ -65,7 +66,10 @@ func (rs *receivers) start(t *testing.T, owner string) *testEnv {
 			t.Fatal(err)
 		}
 		o.Callbacks, o.Fleet, o.Etcd, o.Owner = c, rs.api, rs.kapi, owner
-		o.Policy = fleetroll.Policy{Lock: fleetroll.LockWait, LockTTL: 3 * time.Second}
+		o.LeaseTTL = 3 * time.Second
+		for i := range o.Config.Services {
+			o.Config.Services[i].Settings.Lock, o.Config.Services[i].Settings.LockTTL = rollout.LockWait, 3*time.Second
+		}
 	})
 }
 
@@ -239,27 +243,6 @@ func TestReceiverTakesOverADeadOnesRollout(t *testing.T) {
 	}
 }
 
-func TestRestoredIsRestart(t *testing.T) {
-	stopped := []fleetroll.Span{{Phase: fleetroll.PhaseStop}, {Phase: fleetroll.PhaseStart}}
-	for _, c := range []struct {
-		phase fleetroll.Phase
-		u     fleetroll.UnitReport
-		want  bool
-	}{
-		{fleetroll.PhaseDrain, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted, Phases: stopped}, false},
-		{fleetroll.PhaseStop, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted, Phases: stopped}, true},
-		// Killed before its stop request: it never stopped.
-		{fleetroll.PhaseStop, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted, Phases: stopped[1:]}, false},
-		{fleetroll.PhaseStart, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted}, true},
-		{fleetroll.PhaseHealth, fleetroll.UnitReport{Outcome: fleetroll.OutcomeRestarted}, true},
-		{fleetroll.PhaseStart, fleetroll.UnitReport{Outcome: fleetroll.OutcomeFailed}, false},
-	} {
-		if got := restoredIsRestart(c.phase, c.u); got != c.want {
-			t.Errorf("%s %+v: %v, want %v", c.phase, c.u, got, c.want)
-		}
-	}
-}
-
 // serve restores what a fleetroll that died left in flight: at start-up,
 // and when the service's lock expires while serve runs. Each killed
 // rollout is recorded as interrupted.
@@ -419,12 +402,15 @@ func TestTakenOverCanaryDeployPausesAndRollsBack(t *testing.T) {
 	}
 
 	b := newTestEnv(t, func(o *Options) {
-		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n    canary: 1\n", 1)))
+		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n    canary: 1\n", 1)), testBase())
 		if err != nil {
 			t.Fatal(err)
 		}
 		o.Config, o.Fleet, o.Etcd, o.Owner, o.Resolver = cfg, rs.api, rs.kapi, "receiver B", &fakeResolver{}
-		o.Policy = fleetroll.Policy{Lock: fleetroll.LockWait, LockTTL: 3 * time.Second}
+		o.LeaseTTL = 3 * time.Second
+		for i := range o.Config.Services {
+			o.Config.Services[i].Settings.Lock, o.Config.Services[i].Settings.LockTTL = rollout.LockWait, 3*time.Second
+		}
 	})
 	paused := waitStatus(t, b, id, fleetroll.StatusPaused)
 	if paused.Canary == nil || !slices.Equal(paused.Canary.Units, units[:1]) {

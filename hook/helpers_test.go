@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
 )
 
@@ -104,7 +105,7 @@ func newTestEnvErr(t *testing.T, modify func(*Options)) (*testEnv, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := ParseConfig([]byte(testConfig))
+	cfg, err := ParseConfig([]byte(testConfig), testBase())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,6 @@ func newTestEnvErr(t *testing.T, modify func(*Options)) (*testEnv, error) {
 		Fleet:     fleet,
 		Config:    cfg,
 		Secrets:   Secrets{API: testToken, DockerHub: testHubToken, Registry: testRegToken, GitHub: testGHSecret},
-		Roll:      fleetroll.Options{PollInterval: time.Millisecond, Grace: 0},
 		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if modify != nil {
@@ -228,4 +228,12 @@ func mustContain(t *testing.T, s, sub string) {
 	if !strings.Contains(s, sub) {
 		t.Fatalf("%q does not contain %q", s, sub)
 	}
+}
+
+// testBase are the settings the tests' configurations are decoded over:
+// the defaults, with no grace and quick polls for the fake fleet.
+func testBase() rollout.Settings {
+	s := rollout.Defaults()
+	s.Grace, s.PollInterval = 0, time.Millisecond
+	return s
 }

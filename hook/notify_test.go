@@ -88,7 +88,7 @@ func newNotifyReceivers(t *testing.T) *notifyReceivers {
 
 func notifyEnv(t *testing.T, nr *notifyReceivers, cfgYAML string, secrets map[string]NotifySecret) (*testEnv, error) {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(cfgYAML))
+	cfg, err := ParseConfig([]byte(cfgYAML), testBase())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestNotificationsRefused(t *testing.T) {
 		"notifications:\n  - {name: A_B, kind: slack}\nservices:\n  - name: s\n":               "name",
 		"services:\n  - name: s\n    notify: [nope]\n":                                         "not among notifications",
 	} {
-		if _, err := ParseConfig([]byte(cfg)); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := ParseConfig([]byte(cfg), testBase()); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", cfg, err, want)
 		}
 	}

@@ -41,7 +41,7 @@ func TestTriggersDeployReleases(t *testing.T) {
 	}
 	res := &fakeResolver{}
 	env := newTestEnv(t, func(o *Options) {
-		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n    on_failure: rollback\n", 1)))
+		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n    on_failure: rollback\n", 1)), testBase())
 		if err != nil {
 			t.Fatal(err)
 		}

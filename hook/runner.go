@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 )
 
 // execute runs one rollout to its end: plan, roll, record, count. ctx is
@@ -27,25 +26,21 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	}
 
 	t0 := s.opt.Clock.Now()
-	rep, err := s.roll(ctx, j)
-	final, _ := s.store.Get(j.ID)
-	final.By = s.opt.Owner
-	if rep != nil {
-		// The roller's record, with the queue's trigger and metadata.
-		final.Version, final.Status, final.Started, final.Finished, final.Units, final.Error = rep.Version, rep.Status, rep.Started, rep.Finished, rep.Units, rep.Error
-		final.Release, final.Pull, final.Phase, final.Canary, final.Strategy = rep.Release, rep.Pull, rep.Phase, rep.Canary, rep.Strategy
-	} else {
-		// It failed (or was stopped) before the roller began.
-		final.Started, final.Finished = t0, s.opt.Clock.Now()
-		final.Status, final.Error = fleetroll.StatusFailed, err.Error()
-		if errors.Is(err, context.Canceled) {
-			final.Status = fleetroll.StatusInterrupted
-		}
+	// stopped: shut down, or its lease is in doubt (etcd out of reach):
+	// another receiver may take over, so this one neither records an end
+	// nor reports one.
+	stopped := func(err error) bool {
+		return j.entry != "" && (ctx.Err() != nil || errors.Is(err, fleetroll.ErrFenced) || (j.lease != nil && j.lease() != nil))
 	}
-	if j.entry != "" && (ctx.Err() != nil || errors.Is(err, fleetroll.ErrFenced) || (j.lease != nil && j.lease() != nil)) {
-		// Shut down, or its lease is in doubt (etcd out of reach): another
-		// receiver may take over, so this one neither records an end nor
-		// reports one.
+	rep, err := s.roll(ctx, j, func(rep *fleetroll.Report) bool {
+		if stopped(nil) {
+			return false
+		}
+		*rep = s.finalOf(j, rep, nil, t0)
+		return true
+	})
+	final := s.finalOf(j, rep, err, t0)
+	if stopped(err) {
 		s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
 		why := "shutdown"
 		if err != nil {
@@ -54,9 +49,13 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 		log.Warn("rollout stopped before its end; its trigger stays queued, to be resumed", "restarted", final.Restarted(), "error", why)
 		return false
 	}
-	// The history first: once the API shows the rollout finished, every
-	// receiver and fleetroll status see it too.
-	s.record(ctx, final)
+	if rep == nil {
+		// The runner records what it ran; a trigger that failed before
+		// the roll began is recorded here. The history first: once the API
+		// shows the rollout finished, every receiver and fleetroll status
+		// see it too.
+		s.record(ctx, final)
+	}
 	s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
 	s.metrics.rollouts.WithLabelValues(j.Service, string(final.Status)).Inc()
 	for _, u := range final.Units {
@@ -72,237 +71,99 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	return true
 }
 
-// roll plans and runs the rollout. The report is nil when the roll never
-// began (no plan, the lock refused, etcd unreachable).
-func (s *Server) roll(ctx context.Context, j Job) (*fleetroll.Report, error) {
+// finalOf is the rollout's record at its end: the runner's (nil when the
+// roll never began, with err), with the queue's trigger and metadata.
+func (s *Server) finalOf(j Job, rep *fleetroll.Report, err error, t0 time.Time) fleetroll.Report {
+	final, _ := s.store.Get(j.ID)
+	final.By = s.opt.Owner
+	if rep != nil {
+		final.Version, final.Status, final.Started, final.Finished, final.Units, final.Error = rep.Version, rep.Status, rep.Started, rep.Finished, rep.Units, rep.Error
+		final.Release, final.Pull, final.Phase, final.Canary, final.Strategy = rep.Release, rep.Pull, rep.Phase, rep.Canary, rep.Strategy
+		final.NotLaunched = rep.NotLaunched
+		return final
+	}
+	final.Started, final.Finished = t0, s.opt.Clock.Now()
+	final.Status, final.Error = fleetroll.StatusFailed, err.Error()
+	if errors.Is(err, context.Canceled) {
+		final.Status = fleetroll.StatusInterrupted
+	}
+	return final
+}
+
+// roll builds the rollout's request of the job and runs it. The report is
+// nil when the roll never began (no plan, the lock refused, etcd
+// unreachable). record adjusts the record before the runner saves it.
+func (s *Server) roll(ctx context.Context, j Job, record func(*fleetroll.Report) bool) (*fleetroll.Report, error) {
+	req, err := s.request(ctx, j)
+	if err != nil {
+		return nil, err
+	}
+	req.Record = record
+	return s.opt.Run(ctx, req)
+}
+
+// request is the rollout request of a queued trigger: the service's
+// settings, its trigger, what it deploys, and where its progress goes.
+func (s *Server) request(ctx context.Context, j Job) (rollout.Request, error) {
 	svc, ok := s.Config().Service(j.Service)
 	if !ok {
-		return nil, fmt.Errorf("service %q is no longer configured", j.Service)
+		return rollout.Request{}, fmt.Errorf("service %q is no longer configured", j.Service)
 	}
-	opts := svc.RollOptions(s.opt.Roll)
-	opts.RolloutID = j.ID
-	opts.Logger = s.log.With("service", j.Service, "request_id", j.Trigger.RequestID)
-	policy := svc.Policy(s.opt.Policy)
-	if j.entry != "" && policy.Lock == fleetroll.LockFail {
+	set := svc.Settings.Clone()
+	if j.entry != "" && set.Lock == rollout.LockFail {
 		// A queued trigger is never dropped: it waits for the lock (held
 		// by a CLI, or by a receiver gone until its lease ends).
-		policy.Lock = fleetroll.LockWait
+		set.Lock = rollout.LockWait
 	}
-	// Units already restarted by this rollout, before another receiver
-	// (or this one, before a restart) stopped running it.
-	done := map[string]fleetroll.UnitReport{}
-	if j.Resume != nil {
-		for _, u := range j.Resume.Units {
-			if u.Outcome == fleetroll.OutcomeRestarted {
-				done[u.Unit] = u
-			}
-		}
-	}
-	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: policy, Fleet: s.opt.Fleet, Instances: svc.Ports,
-		Owner: s.opt.Owner + ", rollout " + j.ID, Rollout: j.ID, Trigger: j.Trigger, Roll: opts,
-		OnRecover: func(msg string) { s.log.Warn(msg, "rollout_id", j.ID, "service", j.Service) },
-		OnRestored: func(in coord.Intent, restored []fleetroll.UnitReport) {
-			if in.Rollout != j.ID {
-				return
-			}
-			for i, u := range in.Units {
-				if i < len(restored) && restoredIsRestart(u.Phase, restored[i]) {
-					r := restored[i]
-					r.Error = "restarted by the recovery of its rollout, taken over from " + in.Owner
-					done[u.Unit] = r
+	req := rollout.Request{ID: j.ID, Service: j.Service, Settings: set, Trigger: j.Trigger, Owner: s.opt.Owner + ", rollout " + j.ID,
+		Resume:  j.Resume,
+		Deploy:  deployOf(set, j.Trigger),
+		OnEvent: func(e fleetroll.Event) { s.progress(ctx, j, e) },
+		Say:     func(msg string) { s.log.Info(msg, "rollout_id", j.ID, "service", j.Service) },
+		OnPlanned: func(rec fleetroll.Report) {
+			s.store.Update(j.ID, func(r *fleetroll.Report) {
+				if j.Resume != nil {
+					var done []string
+					for _, u := range rec.Units {
+						if u.Outcome == fleetroll.OutcomeRestarted {
+							done = append(done, u.Unit)
+						}
+					}
+					if len(done) > 0 {
+						if r.Queue == nil {
+							r.Queue = &fleetroll.QueueInfo{}
+						}
+						r.Queue.Resumed = append(r.Queue.Resumed, fleetroll.Resumption{At: s.opt.Clock.Now(), By: s.opt.Owner, Done: done})
+					}
 				}
+				r.Started, r.Units = rec.Started, rec.Units
+			})
+			if s.durable != nil && j.entry != "" {
+				s.durable.progress(ctx, j)
 			}
-		}}
-	hooks, release, err := safety.Prepare(ctx, j.Service)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", j.Service, err)
-	}
-	defer release()
-	// The plan is made under the lock, once what a dead fleetroll left in
-	// flight is back.
-	plan, err := fleetroll.MakePlan(ctx, s.opt.Fleet, hooks.Target(svc.Target()))
-	if err != nil {
-		return nil, fmt.Errorf("plan %s: %w", j.Service, err)
-	}
-	order := make([]string, len(plan.Units))
-	for i, u := range plan.Units {
-		order[i] = u.Name
-	}
-	var names []string // the units done, in the plan's order
-	if len(done) > 0 {
-		plan.Units = slices.DeleteFunc(plan.Units, func(u fleetroll.PlannedUnit) bool {
-			if _, ok := done[u.Name]; ok {
-				names = append(names, u.Name)
-				return true
+		},
+		Decide: func(next rollout.DecideFunc) rollout.DecideFunc {
+			return func(ctx context.Context, id string, canaries []string, ready func()) (fleetroll.Decision, error) {
+				return s.pauseUntilNewer(ctx, j, next, id, canaries, ready)
 			}
-			return false
-		})
-		s.log.Info("resuming rollout", "rollout_id", j.ID, "service", j.Service, "done", strings.Join(names, ","))
-		s.store.Update(j.ID, func(r *fleetroll.Report) {
-			if r.Queue == nil {
-				r.Queue = &fleetroll.QueueInfo{}
-			}
-			r.Queue.Resumed = append(r.Queue.Resumed, fleetroll.Resumption{At: s.opt.Clock.Now(), By: s.opt.Owner, Done: names})
-		})
+		},
 	}
-	s.store.Update(j.ID, func(r *fleetroll.Report) {
-		if j.Resume == nil || j.Resume.Started.IsZero() {
-			r.Started = s.opt.Clock.Now()
-		} else {
-			r.Started = j.Resume.Started
-		}
-		r.Units = r.Units[:0]
-		for _, name := range order {
-			if u, ok := done[name]; ok {
-				r.Units = append(r.Units, u)
-			}
-		}
-		for _, u := range plan.Units {
-			r.Units = append(r.Units, fleetroll.UnitReport{Unit: u.Name, Outcome: fleetroll.OutcomePending, LastState: u.State})
-		}
-	})
-	if s.durable != nil && j.entry != "" {
-		s.durable.progress(ctx, j)
-	}
-	var before *fleetroll.CanaryReport // the canary pause before a takeover
-	if j.Resume != nil {
-		before = j.Resume.Canary
-	}
-	if c := hooks.Canary; c != nil {
-		decide := c.Decide
-		hooks.Canary = &fleetroll.Canary{N: c.N, Done: names, Decide: func(ctx context.Context, id string, canaries []string, ready func()) (fleetroll.Decision, error) {
-			return s.pauseUntilNewer(ctx, j, decide, id, canaries, ready)
-		}}
-		if (before != nil && before.Kind == fleetroll.DecisionPromote) || len(names) > c.N {
-			hooks.Canary = nil // promoted before the takeover
-		}
-	}
-	opts.Hooks = hooks
-	opts.OnEvent = func(e fleetroll.Event) { s.progress(ctx, j, e) }
-	roller, err := fleetroll.NewRoller(s.opt.Fleet, opts)
-	if err != nil {
-		return nil, err
-	}
-	policy = safety.Policy.WithDefaults(j.Service)
-	to, deploy, err := s.releaseOf(ctx, policy, j.Trigger)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w; nothing was touched", j.Service, err)
-	}
-	var takenOver *fleetroll.TakenOver
-	if deploy && j.Resume != nil {
-		if takenOver, err = s.takenOver(ctx, j, names, done); err != nil {
-			return nil, fmt.Errorf("%s: %w; nothing was touched", j.Service, err)
-		}
-	}
-	var rep *fleetroll.Report
-	switch {
-	case len(plan.Units) == 0 && len(done) > 0:
-		// Everything was restarted before the takeover.
-		now := s.opt.Clock.Now()
-		rep = &fleetroll.Report{Version: fleetroll.SchemaVersion, ID: j.ID, Service: j.Service, Status: fleetroll.StatusSucceeded, Started: now, Finished: now}
-	case !deploy:
-		rep, err = roller.Roll(ctx, plan)
-	default:
-		rep, err = roller.Deploy(ctx, plan, fleetroll.Deploy{
-			To: to, Releases: coord.ReleaseStore{KAPI: s.opt.Etcd}, OnFailure: policy.OnFailure,
-			Pull:      fleetroll.PullOptions{Timeout: policy.PullTimeout, Reason: coord.PullReason(s.opt.Etcd)},
-			TakenOver: takenOver,
-		})
-	}
-	if rep != nil && len(done) > 0 {
-		// The record covers the whole rollout: the units done before the
-		// takeover, in the plan's order, then this roll's.
-		// A deploy's rollback lists the units done before too.
-		rolled := map[string]fleetroll.UnitReport{}
-		for _, u := range rep.Units {
-			rolled[u.Unit] = u
-		}
-		rep.Units = rep.Units[:0:0]
-		for _, name := range order {
-			if u, ok := rolled[name]; ok {
-				rep.Units = append(rep.Units, u)
-			} else if u, ok := done[name]; ok {
-				rep.Units = append(rep.Units, u)
-			}
-		}
-		if j.Resume != nil && !j.Resume.Started.IsZero() {
-			rep.Started = j.Resume.Started
-		}
-	}
-	if rep != nil && rep.Canary == nil && before != nil {
-		rep.Canary = before
-	}
-	return rep, err
+	return req, nil
 }
 
-// takenOver is what a deploy resumed from another fleetroll had done: the
-// release it replaced (the one before its own in the history, when it had
-// written its own), and the units done (names, in the plan's order).
-func (s *Server) takenOver(ctx context.Context, j Job, names []string, done map[string]fleetroll.UnitReport) (*fleetroll.TakenOver, error) {
-	t := &fleetroll.TakenOver{}
-	for _, n := range names {
-		t.Done = append(t.Done, done[n])
+// deployOf is what a trigger deploys to a service with an image: the
+// digest the registry or GitHub sent, or the pushed tag (Docker Hub sends
+// no digest), which the runner resolves through the registry's API. A
+// manual trigger without a tag or digest, or a service without an image,
+// restarts (nil).
+func deployOf(set rollout.Settings, t fleetroll.Trigger) *rollout.Change {
+	if set.Image == "" || (t.Source == string(SourceManual) && t.Tag == "" && t.Digest == "") {
+		return nil
 	}
-	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	hist, err := coord.ReleaseStore{KAPI: s.opt.Etcd}.History(hctx, j.Service)
-	if err != nil {
-		return nil, err
+	if fleetroll.ValidDigest(t.Digest) {
+		return &rollout.Change{Ref: t.Digest}
 	}
-	for i, r := range hist { // newest first
-		if r.Rollout == j.ID {
-			if i+1 < len(hist) {
-				t.From = &hist[i+1]
-			}
-			break
-		}
-	}
-	return t, nil
-}
-
-// restoredIsRestart tells whether the recovery of a unit in flight
-// restarted it: it had been stopped (its stop requested, or further on),
-// and it runs again. A unit only drained was never stopped.
-func restoredIsRestart(p fleetroll.Phase, u fleetroll.UnitReport) bool {
-	if u.Outcome != fleetroll.OutcomeRestarted {
-		return false
-	}
-	switch p {
-	case fleetroll.PhaseStart, fleetroll.PhaseHealth:
-		return true
-	case fleetroll.PhaseStop:
-		return slices.ContainsFunc(u.Phases, func(s fleetroll.Span) bool { return s.Phase == fleetroll.PhaseStop })
-	}
-	return false
-}
-
-// releaseOf is the release a trigger deploys to a service with an image:
-// the digest the registry or GitHub sent, or the pushed tag resolved
-// through the registry's API (Docker Hub sends no digest). The image is
-// the configuration's; only a checked tag or digest comes from the
-// trigger. A manual trigger without an image, or a service without one,
-// restarts (false).
-func (s *Server) releaseOf(ctx context.Context, p fleetroll.Policy, t fleetroll.Trigger) (fleetroll.Release, bool, error) {
-	if p.Image == "" || (t.Source == string(SourceManual) && t.Tag == "" && t.Digest == "") {
-		return fleetroll.Release{}, false, nil
-	}
-	digest := t.Digest
-	if !fleetroll.ValidDigest(digest) {
-		tag := t.Tag
-		if tag == "" {
-			tag = "latest"
-		}
-		d, err := s.opt.Resolver.Resolve(ctx, p.Image, tag)
-		if err != nil {
-			return fleetroll.Release{}, false, err
-		}
-		digest = d
-	}
-	image, err := fleetroll.PinnedImage(p.Image, digest)
-	if err != nil {
-		return fleetroll.Release{}, false, err
-	}
-	return fleetroll.Release{Image: image, Tag: t.Tag, Trigger: t}, true, nil
+	return &rollout.Change{Ref: t.Tag}
 }
 
 // progress puts the unit's record carried by a roller event into the
@@ -330,11 +191,7 @@ func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
 // service's lock expired. It takes the lock like a rollout would.
 func (s *Server) recoverOnly(ctx context.Context, service string) {
 	svc, ok := s.Config().Service(service)
-	if !ok || s.opt.Etcd == nil {
-		return
-	}
-	policy := svc.Policy(s.opt.Policy)
-	if policy.Lock == fleetroll.LockOff {
+	if !ok || s.opt.Etcd == nil || svc.Settings.Lock == rollout.LockOff {
 		return
 	}
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -347,20 +204,15 @@ func (s *Server) recoverOnly(ctx context.Context, service string) {
 	if in == nil {
 		return
 	}
-	policy.Lock = fleetroll.LockWait
-	id := fleetroll.NewID()
-	opts := svc.RollOptions(s.opt.Roll)
-	opts.RolloutID = id
-	opts.Logger = s.log.With("service", service)
-	safety := coord.Safety{KAPI: s.opt.Etcd, Policy: policy, Fleet: s.opt.Fleet, Owner: s.opt.Owner + ", recovery " + id,
-		Rollout: id, Trigger: fleetroll.Trigger{Source: "recover"}, Roll: opts,
-		OnRecover: func(msg string) { s.log.Warn(msg, "service", service) }}
-	_, release, err := safety.Prepare(ctx, service)
-	if err != nil {
+	if _, err := runnerOf(s.opt).Recover(ctx, service, svc.Settings, s.opt.Owner+", recovery", nil); err != nil {
 		s.log.Error("recovery failed", "service", service, "error", err.Error())
-		return
 	}
-	release()
+}
+
+// runnerOf is the rollout runner of the options. Options.Clock is the
+// queue's: the rollouts run on the real one.
+func runnerOf(opt Options) rollout.Runner {
+	return rollout.Runner{Fleet: opt.Fleet, Etcd: opt.Etcd, Resolver: opt.Resolver, Logger: opt.Logger}
 }
 
 // serviceNames are the configured services.

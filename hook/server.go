@@ -24,6 +24,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/fleetroll/release"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	client "go.etcd.io/etcd/client/v2"
 )
@@ -72,9 +73,7 @@ type Options struct {
 	Fleet   fleetroll.Fleet
 	Config  *Config
 	Secrets Secrets
-	// Roll holds the defaults of every service's roll settings.
-	Roll   fleetroll.Options
-	Logger *slog.Logger
+	Logger  *slog.Logger
 	// BodyLimit defaults to DefaultBodyLimit.
 	BodyLimit   int64
 	MaxParallel int
@@ -104,9 +103,12 @@ type Options struct {
 	SeparateOps bool
 	// Etcd, when set, is where locks, drain keys and the history live.
 	Etcd client.KeysAPI
-	// Policy holds the lock settings of every roll; each service adds its
-	// drain and health gate.
-	Policy fleetroll.Policy
+	// LeaseTTL is the TTL of this receiver's claims on services in the
+	// durable queue (default coord.DefaultLockTTL).
+	LeaseTTL time.Duration
+	// Run runs one rollout (default: rollout.Runner's Run over Fleet,
+	// Etcd and Resolver); every queued trigger goes through it.
+	Run func(ctx context.Context, req rollout.Request) (*fleetroll.Report, error)
 	// Owner names this receiver in locks and history.
 	Owner string
 	// Resolver turns a pushed tag into its digest for services with an
@@ -157,9 +159,6 @@ func New(opt Options) (*Server, error) {
 	if err := opt.Secrets.Validate(); err != nil {
 		return nil, fmt.Errorf("hook: %w", err)
 	}
-	if err := opt.Roll.Validate(); err != nil {
-		return nil, err
-	}
 	if err := checkPolicies(opt.Config, opt); err != nil {
 		return nil, err
 	}
@@ -191,6 +190,9 @@ func New(opt Options) (*Server, error) {
 	if opt.Owner == "" {
 		opt.Owner = "fleetroll serve"
 	}
+	if opt.LeaseTTL <= 0 {
+		opt.LeaseTTL = coord.DefaultLockTTL
+	}
 	if opt.Resolver == nil {
 		opt.Resolver = release.Registry{}
 	}
@@ -201,6 +203,9 @@ func New(opt Options) (*Server, error) {
 		}
 		opt.Callbacks = cb
 	}
+	if opt.Run == nil {
+		opt.Run = runnerOf(opt).Run
+	}
 	opt.PublicURL = strings.TrimSuffix(opt.PublicURL, "/")
 	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger}
 	s.targets.Store(&targets)
@@ -208,8 +213,7 @@ func New(opt Options) (*Server, error) {
 	qopt := QueueOptions{MaxParallel: opt.MaxParallel, Quiet: opt.QuietPeriod, MaxWait: max(opt.MaxWait, 0), AfterRun: s.report, Clock: opt.Clock}
 	if opt.Etcd != nil {
 		// Several receivers share one queue and one replay window in etcd.
-		ttl := opt.Policy.WithDefaults("").LockTTL
-		s.durable = newDurable(opt.Etcd, s.store, qopt, opt.Owner, ttl, opt.Logger)
+		s.durable = newDurable(opt.Etcd, s.store, qopt, opt.Owner, opt.LeaseTTL, opt.Logger)
 		s.durable.exec, s.durable.recover, s.durable.services = s.execute, s.recoverOnly, s.serviceNames
 		s.queue = s.durable
 		s.replays = etcdReplays{d: coord.Deliveries{KAPI: opt.Etcd, Window: max(opt.ReplayWindow, 0)}, log: opt.Logger}
@@ -255,9 +259,9 @@ func (s *Server) Config() *Config { return s.cfg.Load() }
 
 // checkPolicies makes sure every service's policy can work.
 func checkPolicies(c *Config, opt Options) error {
+	r := runnerOf(opt)
 	for i, svc := range c.Services {
-		safety := coord.Safety{KAPI: opt.Etcd, Policy: svc.Policy(opt.Policy), Fleet: opt.Fleet}
-		if err := safety.Validate(); err != nil {
+		if err := r.Check(rollout.Request{Service: svc.Name, Settings: svc.Settings}); err != nil {
 			return fmt.Errorf("services[%d] (%s): %w (--etcd-endpoints)", i, svc.Name, err)
 		}
 	}
@@ -728,15 +732,15 @@ func (s *Server) manual(r *http.Request) (int, any) {
 	if ref != "" {
 		// Only the service's own image: what reaches etcd and the units is
 		// the configuration's repository with a checked tag or digest.
-		if svc.Image == "" {
+		if svc.Settings.Image == "" {
 			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("service %q has no image configured: it restarts, it does not deploy", service))
 		}
 		image, tagOrDigest, err := fleetroll.SplitImageRef(ref)
 		if err != nil {
 			return badPayload(payloadErr("image: %v", err))
 		}
-		if image != svc.Image {
-			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("image %s is not service %q's image (%s)", image, service, svc.Image))
+		if image != svc.Settings.Image {
+			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("image %s is not service %q's image (%s)", image, service, svc.Settings.Image))
 		}
 		ev.Repository = image
 		if fleetroll.ValidDigest(tagOrDigest) {

@@ -173,7 +173,7 @@ func (s *Server) rollBack(r *http.Request, _ string) (int, any) {
 	if !ok {
 		return problem(http.StatusNotFound, "no such service is configured")
 	}
-	if svc.Image == "" || s.opt.Etcd == nil {
+	if svc.Settings.Image == "" || s.opt.Etcd == nil {
 		return problem(http.StatusUnprocessableEntity, "only a service with an image (releases, with etcd) can be rolled back")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -186,7 +186,7 @@ func (s *Server) rollBack(r *http.Request, _ string) (int, any) {
 	case prev == nil:
 		return problem(http.StatusConflict, "there is no release before the current one")
 	}
-	return s.enqueue(r, SourceManual, "", map[string]Event{service: {Repository: svc.Image, Digest: prev.Digest()}}, []string{service})
+	return s.enqueue(r, SourceManual, "", map[string]Event{service: {Repository: svc.Settings.Image, Digest: prev.Digest()}}, []string{service})
 }
 
 // cancelQueued takes rollout ?id= out of the queue before it runs.
@@ -259,12 +259,12 @@ func (s *Server) uiState(r *http.Request) (int, any) {
 	}
 	out := []uiService{}
 	for _, svc := range s.Config().Services {
-		u := uiService{Name: svc.Name, Image: svc.Image, Drain: svc.Drain != nil, Instances: []uiInstance{}}
+		u := uiService{Name: svc.Name, Image: svc.Settings.Image, Drain: svc.Settings.Drain != nil, Instances: []uiInstance{}}
 		if err := errors.Join(uerr, serr); err != nil {
 			u.Error = "fleet could not be read"
 		}
-		policy := svc.Policy(s.opt.Policy)
-		if s.opt.Etcd != nil && svc.Image != "" {
+		policy := svc.Settings.Complete(svc.Name)
+		if s.opt.Etcd != nil && svc.Settings.Image != "" {
 			store := coord.ReleaseStore{KAPI: s.opt.Etcd}
 			if cur, err := store.Current(ctx, svc.Name); err == nil && cur != nil {
 				u.Release = cur.Image

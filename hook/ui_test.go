@@ -221,7 +221,7 @@ func TestRollBackFromThePage(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := newTestEnv(t, func(o *Options) {
-		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n", 1)))
+		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n", 1)), testBase())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -44,7 +44,7 @@ by someone else first; 2 usage errors, or no such rollout is paused.`,
 			}
 			host, _ := os.Hostname()
 			d := fleetroll.Decision{Kind: kind, By: fmt.Sprintf("fleetroll %s on %s", kind, host)}
-			ps, err := coord.Pauses{KAPI: h.KAPI}.Decide(c.Context, id, d)
+			ps, err := coord.Pauses{KAPI: h}.Decide(c.Context, id, d)
 			switch {
 			case errors.Is(err, coord.ErrNotPaused):
 				return usageErr("%s: %w", kind, err)

@@ -223,7 +223,7 @@ func followEnd(out io.Writer, output string, rec fleetroll.Report) error {
 			return &exitError{exitFailed, err}
 		}
 	} else {
-		printSummary(out, &rec, nil)
+		printSummary(out, &rec)
 	}
 	if rec.Status == fleetroll.StatusSucceeded {
 		return nil

@@ -25,12 +25,11 @@ func followServer(t *testing.T, ff *fakefleet.Fleet) (string, func() string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := hook.ParseConfig([]byte("services:\n  - name: a\n    ports: 1-2\n"))
+	cfg, err := hook.ParseConfig([]byte("services:\n  - name: a\n    ports: 1-2\n"), testBase())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token},
-		Roll: fleetroll.Options{PollInterval: time.Millisecond}})
+	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token}})
 	if err != nil {
 		t.Fatal(err)
 	}

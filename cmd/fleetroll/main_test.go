@@ -126,7 +126,7 @@ func TestBadInput(t *testing.T) {
 		{"bad endpoint scheme", []string{"restart", "my-service", "--endpoint", "ftp://x"}, 2, "unsupported scheme"},
 		{"bad duration", []string{"restart", "my-service", "--grace", "soon", "--endpoint", url}, 2, "grace"},
 		{"negative grace", []string{"restart", "my-service", "--grace", "-1s", "--endpoint", url}, 2, "grace must not be negative"},
-		{"zero stop timeout", []string{"restart", "my-service", "--stop-timeout", "0s", "--endpoint", url}, 2, "--stop-timeout must be positive"},
+		{"zero stop timeout", []string{"restart", "my-service", "--stop-timeout", "0s", "--endpoint", url}, 2, "stop_timeout must be positive"},
 		{"unknown flag", []string{"restart", "my-service", "--nope", "--endpoint", url}, 2, "nope"},
 		{"no service", []string{"restart", "--endpoint", url}, 2, "name a service"},
 		{"ports with units", []string{"restart", units3[0], "--ports", "1", "--endpoint", url}, 2, "--ports goes with a service name"},
@@ -182,7 +182,7 @@ func TestRestartAndStatusPrintTheRecordGolden(t *testing.T) {
 	_, url := fakeCluster(t, units3...)
 	etcd, _ := etcdtest.Start(t)
 	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms",
-		"--etcd-endpoints", etcd, "--record", "-o", "json")
+		"--etcd-endpoints", etcd, "-o", "json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -219,7 +219,7 @@ func TestRestartWarnsAboutInstancesNotLaunched(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	if !strings.Contains(errs, "warning: "+units3[1]+" is not launched") || !strings.Contains(out, "WARNING: not launched, so not restarted: "+units3[1]) {
+	if !strings.Contains(errs, "warning: "+units3[1]+" is loaded in fleet but not launched") || !strings.Contains(errs, "fleetctl start "+units3[1]) || !strings.Contains(out, "WARNING: not launched, so not restarted: "+units3[1]) {
 		t.Fatalf("no warning:\nstdout: %s\nstderr: %s", out, errs)
 	}
 	for _, s := range f.Sets() {

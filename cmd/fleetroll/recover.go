@@ -4,19 +4,17 @@ import (
 	"fmt"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/urfave/cli/v2"
 )
 
 func recoverCommand() *cli.Command {
-	flags := append(fleetFlags(), &cli.DurationFlag{Name: "start-timeout", Value: fleetroll.DefaultStartTimeout, EnvVars: []string{"FLEETROLL_START_TIMEOUT"},
-		Usage: "how long a unit may take to run again"})
-	for _, f := range safetyFlags() {
-		switch f.Names()[0] {
-		case "lock", "canary", "canary-wait":
-			continue // recovery always takes the lock, waiting for it, and rolls nothing
-		}
-		flags = append(flags, f)
-	}
+	flags := append(fleetFlags(), configFlag("YAML file of serve: the service's settings (health gate, drain) are read from it"))
+	// Recovery always takes the lock, waiting for it, and rolls nothing:
+	// of the settings, only what brings a unit back counts.
+	flags = append(flags, settingsFlags("ports", "grace", "max-unavailable", "lock", "image", "on-failure", "pull-timeout", "no-pre-pull",
+		"canary", "canary-wait", "strategy", "spare-ports", "sidekick", "placement-timeout")...)
+	flags = append(flags, etcdFlags()...)
 	flags = append(flags, logFlags("warn")...)
 	return &cli.Command{
 		Name:      "recover",
@@ -40,28 +38,28 @@ restored, or etcd or fleet could not be reached; 2 usage errors.`,
 			if err := fleetroll.ValidateServiceName(service); err != nil {
 				return usageErr("recover: %w", err)
 			}
+			settings, err := settingsOf(c, service, nil)
+			if err != nil {
+				return err
+			}
 			logger, fleet, err := connect(c, c.String("endpoint"), c.Duration("request-timeout"))
 			if err != nil {
 				return err
 			}
-			safety, err := safetyFrom(c, fleet, "fleetroll recover "+service, true)
+			kapi, noEtcd, err := etcdFor(c.Context, c, fleet)
 			if err != nil {
 				return err
 			}
-			safety.Policy.Lock = fleetroll.LockWait
-			o := &restartOptions{roll: fleetroll.Options{RolloutID: fleetroll.NewID(), Logger: logger, StartTimeout: c.Duration("start-timeout")}}
-			recovered := false
-			prepareSafety(&safety, o, service, fleetroll.Trigger{Source: "cli"}, c.App.ErrWriter)
-			safety.OnRecover = func(msg string) {
-				recovered = true
-				fmt.Fprintln(c.App.ErrWriter, msg)
+			if kapi == nil {
+				return &exitError{exitFailed, fmt.Errorf("recover %s: the intent records are in etcd, and there is none: %s", service, noEtcd)}
 			}
-			_, release, err := safety.Prepare(c.Context, service)
+			r := rollout.Runner{Fleet: fleet, Etcd: kapi, Logger: logger}
+			did, err := r.Recover(c.Context, service, settings, rollout.Owner("fleetroll recover "+service),
+				func(msg string) { fmt.Fprintln(c.App.ErrWriter, msg) })
 			if err != nil {
-				return &exitError{exitFailed, fmt.Errorf("recover %s: %w", service, err)}
+				return &exitError{exitFailed, err}
 			}
-			release()
-			if !recovered {
+			if !did {
 				fmt.Fprintf(c.App.Writer, "nothing to recover: no rollout of %s was left in flight\n", service)
 			}
 			return nil

@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
-	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/urfave/cli/v2"
 )
 
@@ -34,50 +32,22 @@ func logFlags(level string) []cli.Flag {
 	}
 }
 
-// rollFlags are the per-roll settings, shared with serve.
-func rollFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "ports", EnvVars: []string{"FLEETROLL_PORTS"},
-			Usage: "instances to restart: 8901,8902 or 8901-8904 (default: every launched instance)"},
-		&cli.DurationFlag{Name: "grace", Value: fleetroll.DefaultGrace, EnvVars: []string{"FLEETROLL_GRACE"},
-			Usage: "wait after an instance runs before the next one"},
-		&cli.DurationFlag{Name: "stop-timeout", Value: fleetroll.DefaultStopTimeout, EnvVars: []string{"FLEETROLL_STOP_TIMEOUT"},
-			Usage: "how long an instance may take to stop"},
-		&cli.DurationFlag{Name: "start-timeout", Value: fleetroll.DefaultStartTimeout, EnvVars: []string{"FLEETROLL_START_TIMEOUT"},
-			Usage: "how long an instance may take to run again"},
-		&cli.DurationFlag{Name: "poll-interval", Value: fleetroll.DefaultPollInterval, EnvVars: []string{"FLEETROLL_POLL_INTERVAL"},
-			Usage: "how often to ask fleet for a unit's state"},
-		&cli.DurationFlag{Name: "nudge-interval", Value: fleetroll.DefaultNudgeInterval, EnvVars: []string{"FLEETROLL_NUDGE_INTERVAL"},
-			Usage: "re-assert a unit's target state this often while fleet has not acted on it (0: off; see docs/how-it-works.md)"},
-		&cli.StringFlag{Name: "max-unavailable", Value: "1", EnvVars: []string{"FLEETROLL_MAX_UNAVAILABLE"},
-			Usage: "instances down at once, counting those already down: N, or P% of the instances rolled"},
-	}
+// configFlag reads a service's settings from serve's configuration file.
+func configFlag(usage string) cli.Flag {
+	return &cli.StringFlag{Name: "config", EnvVars: []string{"FLEETROLL_CONFIG"}, Usage: usage}
 }
 
-// rollOptionsFrom reads rollFlags' settings.
-func rollOptionsFrom(c *cli.Context) (fleetroll.Options, error) {
-	u, err := fleetroll.ParseUnavailable(c.String("max-unavailable"))
-	if err != nil {
-		return fleetroll.Options{}, usageErr("--max-unavailable: %w", err)
-	}
-	return fleetroll.Options{
-		Grace:          c.Duration("grace"),
-		StopTimeout:    c.Duration("stop-timeout"),
-		StartTimeout:   c.Duration("start-timeout"),
-		PollInterval:   c.Duration("poll-interval"),
-		NudgeInterval:  c.Duration("nudge-interval"),
-		MaxUnavailable: u,
-	}, nil
+// rolloutFlags are the flags of restart, deploy and rollback.
+func rolloutFlags(skip []string, extra ...cli.Flag) []cli.Flag {
+	flags := append(fleetFlags(), configFlag("YAML file of serve: the service's settings are read from it (flags given go over them)"))
+	flags = append(flags, extra...)
+	flags = append(flags, &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"})
+	flags = append(flags, settingsFlags(skip...)...)
+	flags = append(flags, etcdFlags()...)
+	return append(flags, logFlags("warn")...)
 }
 
 func restartCommand() *cli.Command {
-	flags := append(fleetFlags(), rollFlags()...)
-	flags = append(flags,
-		&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"FLEETROLL_DRY_RUN"}, Usage: "print the plan and exit"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
-	)
-	flags = append(flags, safetyFlags()...)
-	flags = append(flags, logFlags("warn")...)
 	return &cli.Command{
 		Name:      "restart",
 		Usage:     "restart a service's instances one at a time",
@@ -86,168 +56,199 @@ func restartCommand() *cli.Command {
 stopped, start, wait until it runs on a machine, wait the grace period, then the
 next. Halts on the first failure; the remaining instances are not touched.
 
+With etcd (fleet's own, found at the default endpoint, or --etcd-endpoints),
+it takes the service's lock, writes an intent record before each stop (so that
+the next fleetroll brings back what a killed one left down) and records the
+rollout for fleetroll status. --config FILE reads the service's settings
+from serve's configuration.
+
 Examples:
    fleetroll restart my-service --ports 8901,8902,8903
    fleetroll restart my-service --ports 8901-8904 --grace 30s
    fleetroll restart my-service --dry-run            # every launched instance
    fleetroll restart my-service@8901.service my-service@8902.service
+   fleetroll restart my-service --config /etc/fleetroll/config.yaml
    FLEETCTL_ENDPOINT=http://127.0.0.1:49153 fleetroll restart my-service -o json
    fleetroll restart my-service --lock fail --drain --health-path /healthz
 
-Exit codes: 0 all restarted; 1 the roll failed or halted, or fleet could not
-be reached; 2 usage or plan errors (bad flags, bad port list, unknown units);
-130 interrupted (the unit being restarted is brought back up first).`,
-		Flags:        flags,
-		Action:       restartAction,
+Exit codes: 0 all restarted; 1 the roll failed or halted, or fleet or etcd
+could not be reached; 2 usage or plan errors (bad flags, bad port list,
+unknown units); 4 the canaries were aborted; 130 interrupted (the unit being
+restarted is brought back up first).`,
+		Flags: rolloutFlags([]string{"image", "on-failure", "pull-timeout", "no-pre-pull"},
+			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"FLEETROLL_DRY_RUN"}, Usage: "print the plan and exit"}),
+		Action: func(c *cli.Context) error {
+			return runRollout(c, "restart", nil)
+		},
 		OnUsageError: onUsageError,
 	}
 }
 
-// restartOptions is everything a restart needs, validated before any call.
-type restartOptions struct {
-	endpoint       string
-	requestTimeout time.Duration
-	target         fleetroll.Target
-	roll           fleetroll.Options
-	dryRun         bool
-	output         string
-}
-
-func restartOptionsFrom(c *cli.Context) (*restartOptions, error) {
-	o := &restartOptions{
-		endpoint:       c.String("endpoint"),
-		requestTimeout: c.Duration("request-timeout"),
-		dryRun:         c.Bool("dry-run"),
-		output:         c.String("output"),
-	}
-	var err error
-	if o.roll, err = rollOptionsFrom(c); err != nil {
-		return nil, err
-	}
+// target is the service (or the units) a rollout command names.
+func targetOf(c *cli.Context, verb string) (service string, units []string, err error) {
 	args := c.Args().Slice()
 	switch {
 	case len(args) == 0:
-		return nil, usageErr("restart: name a service (my-service) or units (my-service@8901.service)")
+		return "", nil, usageErr("%s: name a service (my-service) or units (my-service@8901.service)", verb)
 	case len(args) == 1 && !strings.Contains(args[0], "@"):
-		o.target.Service = args[0]
+		service = args[0]
+	case verb != "restart":
+		return "", nil, usageErr("%s: name one service (my-service)", verb)
 	default:
-		o.target.Units = args
-	}
-	if p := c.String("ports"); p != "" {
-		if len(o.target.Units) > 0 {
-			return nil, usageErr("restart: --ports goes with a service name, not with unit names")
+		units = args
+		if c.IsSet("ports") {
+			return "", nil, usageErr("%s: --ports goes with a service name, not with unit names", verb)
 		}
-		inst, err := fleetroll.ParseInstances(p)
+		if c.IsSet("config") {
+			return "", nil, usageErr("%s: --config goes with a service name, not with unit names", verb)
+		}
+		if s, _, ok := strings.Cut(units[0], "@"); ok {
+			service = s
+		}
+	}
+	if err := (fleetroll.Target{Service: service, Units: units}).Validate(); err != nil {
+		return "", nil, usageErr("%s: %w", verb, err)
+	}
+	return service, units, nil
+}
+
+// runRollout is restart, deploy and rollback: parse, build the request,
+// run, print. change, for deploy and rollback, says what is deployed.
+func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*rollout.Change, error)) error {
+	service, units, err := targetOf(c, verb)
+	if err != nil {
+		return err
+	}
+	var deploy *rollout.Change
+	settings, err := settingsOf(c, service, func(s *rollout.Settings) error {
+		if change == nil {
+			return nil
+		}
+		deploy, err = change(s)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	output := c.String("output")
+	if output != "text" && output != "json" {
+		return usageErr("--output %q: want text or json", output)
+	}
+	endpoint := c.String("endpoint")
+	if c.Duration("request-timeout") <= 0 {
+		return usageErr("--request-timeout must be positive")
+	}
+	logger, fleet, err := connect(c, endpoint, c.Duration("request-timeout"))
+	if err != nil {
+		return err
+	}
+	ctx, out, errw := c.Context, c.App.Writer, c.App.ErrWriter
+	kapi, noEtcd, err := etcdFor(ctx, c, fleet)
+	if err != nil {
+		return err
+	}
+	req := rollout.Request{ID: fleetroll.NewID(), Service: service, Units: units, Settings: settings,
+		Trigger: fleetroll.Trigger{Source: "cli"}, Owner: rollout.Owner("fleetroll " + verb + " " + service), Deploy: deploy}
+	reg, err := registryFrom(c)
+	if err != nil {
+		return err
+	}
+	runner := rollout.Runner{Fleet: fleet, Etcd: kapi, Resolver: reg, Logger: logger}
+	if err := runner.Check(req); err != nil {
+		return usageErr("%s: %w", verb, err)
+	}
+	if c.Bool("dry-run") {
+		plan, err := runner.Plan(ctx, req)
 		if err != nil {
-			return nil, usageErr("--ports: %w", err)
+			return planErr(ctx, endpoint, err)
 		}
-		o.target.Instances = inst
+		return printPlan(out, output, req.Settings, plan)
 	}
-	if _, err := policyFrom(c); err != nil {
-		return nil, err // before fleet is asked anything
-	}
-	return o, o.validate()
-}
-
-func (o *restartOptions) validate() error {
-	if err := o.target.Validate(); err != nil {
-		return usageErr("restart: %w", err)
-	}
-	if err := o.roll.Validate(); err != nil {
-		return usageErr("restart: %w", err)
-	}
-	for name, d := range map[string]time.Duration{"--stop-timeout": o.roll.StopTimeout, "--start-timeout": o.roll.StartTimeout,
-		"--poll-interval": o.roll.PollInterval, "--request-timeout": o.requestTimeout} {
-		if d <= 0 {
-			return usageErr("%s must be positive, got %s", name, d)
+	// Said once the rollout is known to go on (its plan made).
+	warned := false
+	warn := func() {
+		if warned {
+			return
 		}
-	}
-	if o.output != "text" && o.output != "json" {
-		return usageErr("--output %q: want text or json", o.output)
-	}
-	return nil
-}
-
-func restartAction(c *cli.Context) error {
-	o, err := restartOptionsFrom(c)
-	if err != nil {
-		return err
-	}
-	logger, fleet, err := connect(c, o.endpoint, o.requestTimeout)
-	if err != nil {
-		return err
-	}
-	ctx := c.Context
-	out, errw := c.App.Writer, c.App.ErrWriter
-
-	plan, safety, err := planFor(c, fleet, o, "restart", false)
-	if err != nil {
-		return err
+		warned = true
+		if noEtcd != "" {
+			fmt.Fprintln(errw, noEtcd)
+		}
+		warnLockOff(req.Settings, kapi, errw)
 	}
 
-	for _, n := range plan.NotLaunched {
-		fmt.Fprintf(errw, "warning: %s is not launched in fleet: it is not restarted (fleetroll recover %s brings back what a killed fleetroll left down)\n", n, plan.Service)
+	var stopView func()
+	var view func(fleetroll.Event)
+	say := func(msg string) { fmt.Fprintln(errw, msg) }
+	req.Say = func(msg string) {
+		warn()
+		say(msg)
 	}
-	if o.dryRun {
-		return printPlan(out, o, plan)
+	req.OnPlanned = func(rec fleetroll.Report) {
+		warn()
+		var names []string
+		for _, u := range rec.Units {
+			names = append(names, u.Unit)
+		}
+		switch s := req.Settings; {
+		case req.Deploy != nil:
+			fmt.Fprintf(errw, "rollout %s: deploying to %d unit(s) of %s\n", req.ID, len(names), service)
+		case s.BlueGreen():
+			fmt.Fprintf(errw, "rollout %s: replacing %d unit(s) of %s with new ones (blue-green)\n", req.ID, len(names), service)
+		default:
+			fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s, %s at a time\n", req.ID, len(names), service, s.MaxUnavailable)
+		}
+		plan := &fleetroll.Plan{Service: service}
+		for _, n := range names {
+			plan.Units = append(plan.Units, fleetroll.PlannedUnit{Name: n})
+		}
+		view, say, stopView = progress(ctx, errw, plan)
 	}
-
-	o.roll.RolloutID = fleetroll.NewID()
-	o.roll.Logger = logger
-	prepareSafety(&safety, o, plan.Service, fleetroll.Trigger{Source: "cli"}, errw)
-	hooks, release, err := safety.Prepare(ctx, plan.Service)
-	if err != nil {
-		return &exitError{exitFailed, fmt.Errorf("restart %s: %w", plan.Service, err)}
-	}
-	defer release()
-	if plan, err = replan(ctx, fleet, o, hooks, plan); err != nil {
-		return err
-	}
-	o.roll.Hooks = hooks
-	if b := hooks.BlueGreen; b != nil {
-		fmt.Fprintf(errw, "rollout %s: replacing %d unit(s) of %s with new ones on %s (blue-green)\n", o.roll.RolloutID, len(plan.Units), plan.Service, strings.Join(b.Spare, ","))
-	} else {
-		fmt.Fprintf(errw, "rollout %s: restarting %d unit(s) of %s, %s at a time\n", o.roll.RolloutID, len(plan.Units), plan.Service, o.roll.MaxUnavailable)
-	}
-	onEvent, _, stopView := progress(ctx, errw, plan)
-	defer stopView()
-	o.roll.OnEvent = onEvent
-	roller, err := fleetroll.NewRoller(fleet, o.roll)
-	if err != nil {
-		return usageErr("restart: %w", err)
-	}
-	rep, rollErr := roller.Roll(ctx, plan)
-	stopView()
-	rep.Trigger = fleetroll.Trigger{Source: "cli"}
-	return finish(c, o, safety, logger, rep, rollErr, plan.NotLaunched)
-}
-
-// finish records a rollout in etcd's history (when etcd is used), prints it
-// and turns its result into the exit code.
-func finish(c *cli.Context, o *restartOptions, safety coord.Safety, logger *slog.Logger, rep *fleetroll.Report, rollErr error, notLaunched []string) error {
-	ctx, out := c.Context, c.App.Writer
-	rep.By = safety.Owner
-	if safety.KAPI != nil {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		err := coord.History{KAPI: safety.KAPI}.Save(sctx, *rep)
-		cancel()
-		if err != nil {
-			logger.Warn("rollout record not saved", "rollout_id", rep.ID, "error", err.Error())
+	req.OnEvent = func(e fleetroll.Event) {
+		if view != nil {
+			view(e)
 		}
 	}
-	if o.output == "json" {
+	rep, rollErr := runRequest(ctx, runner, req)
+	if stopView != nil {
+		stopView()
+	}
+	if rep == nil {
+		return planErr(ctx, endpoint, rollErr)
+	}
+	if output == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(rep); err != nil {
 			return &exitError{exitFailed, err}
 		}
 	} else {
-		printSummary(out, rep, notLaunched)
+		printSummary(out, rep)
 	}
 	if rollErr == nil {
 		return nil
 	}
 	return exitFor(rep.Status, rollErr)
+}
+
+// runRequest runs a rollout's request (a test sees the request here).
+var runRequest = func(ctx context.Context, r rollout.Runner, req rollout.Request) (*fleetroll.Report, error) {
+	return r.Run(ctx, req)
+}
+
+// planErr gives an error of a rollout that never began its exit code: 2
+// for a bad target, 130 when interrupted, 1 otherwise.
+func planErr(ctx context.Context, endpoint string, err error) error {
+	var pe *fleetroll.PlanError
+	switch {
+	case errors.As(err, &pe):
+		return &exitError{exitUsage, err}
+	case ctx.Err() != nil:
+		return &exitError{exitInterrupted, fmt.Errorf("interrupted before any unit was touched: %w", err)}
+	case errors.Is(err, rollout.ErrFleet):
+		return &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", endpoint, err)}
+	}
+	return &exitError{exitFailed, err}
 }
 
 // exitFor carries err with the exit code of a rollout that ended in status
@@ -265,72 +266,18 @@ func exitFor(s fleetroll.Status, err error) error {
 	}
 }
 
-// planFor builds the safety of the flags and the plan of the options: with
-// blue-green, of the instances that serve now (the port sets swap at each
-// rollout), while the safety keeps the configured ones to check the record
-// against.
-func planFor(c *cli.Context, fleet fleetroll.Fleet, o *restartOptions, verb string, needEtcd bool) (*fleetroll.Plan, coord.Safety, error) {
-	safety, err := safetyFrom(c, fleet, "fleetroll "+verb+" "+o.target.Service, needEtcd)
-	if err != nil {
-		return nil, safety, err
-	}
-	safety.Instances = o.target.Instances
-	if p := safety.Policy; p.Strategy == fleetroll.StrategyBlueGreen {
-		live, _, err := coord.Lives{KAPI: safety.KAPI}.Resolve(c.Context, o.target.Service, o.target.Instances, p.SparePorts)
-		if err != nil {
-			return nil, safety, &exitError{exitFailed, fmt.Errorf("%s %s: %w", verb, o.target.Service, err)}
-		}
-		o.target.Instances = live
-	}
-	plan, err := makePlan(c.Context, fleet, o)
-	return plan, safety, err
-}
-
-// replan makes the plan again when the hooks, made under the lock, target
-// other instances: another blue-green rollout swapped the sets meanwhile.
-func replan(ctx context.Context, fleet fleetroll.Fleet, o *restartOptions, hooks fleetroll.Hooks, plan *fleetroll.Plan) (*fleetroll.Plan, error) {
-	t := hooks.Target(o.target)
-	if slices.Equal(t.Instances, o.target.Instances) {
-		return plan, nil
-	}
-	o.target = t
-	return makePlan(ctx, fleet, o)
-}
-
-// prepareSafety tells the safety which rollout it serves (its intent
-// record), how to recover a dead holder's units, and where to say what it
-// waits for and recovers.
-func prepareSafety(safety *coord.Safety, o *restartOptions, service string, trigger fleetroll.Trigger, errw io.Writer) {
-	safety.Rollout, safety.Trigger, safety.Roll = o.roll.RolloutID, trigger, o.roll
-	safety.OnLockWait = func(holder string) {
-		fmt.Fprintf(errw, "waiting for the lock of %s, held by %s\n", service, holder)
-	}
-	safety.OnRecover = func(msg string) { fmt.Fprintln(errw, msg) }
-}
-
-// makePlan plans the options' target; its errors carry their exit codes.
-func makePlan(ctx context.Context, fleet fleetroll.Fleet, o *restartOptions) (*fleetroll.Plan, error) {
-	plan, err := fleetroll.MakePlan(ctx, fleet, o.target)
-	var pe *fleetroll.PlanError
-	switch {
-	case errors.As(err, &pe):
-		return nil, &exitError{exitUsage, err}
-	case err != nil && ctx.Err() != nil:
-		return nil, &exitError{exitInterrupted, fmt.Errorf("interrupted while planning; nothing was touched: %w", err)}
-	case err != nil:
-		return nil, &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", o.endpoint, err)}
-	}
-	return plan, nil
-}
-
-func printPlan(w io.Writer, o *restartOptions, plan *fleetroll.Plan) error {
-	if o.output == "json" {
+func printPlan(w io.Writer, output string, s rollout.Settings, plan *fleetroll.Plan) error {
+	if output == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(plan)
 	}
-	fmt.Fprintf(w, "plan: restart %d unit(s) of %s, one at a time (grace %s, stop timeout %s, start timeout %s)\n",
-		len(plan.Units), plan.Service, o.roll.Grace, o.roll.StopTimeout, o.roll.StartTimeout)
+	how := fmt.Sprintf("%s at a time", s.MaxUnavailable)
+	if s.BlueGreen() {
+		how = "blue-green: new units on the spare ports, then these go"
+	}
+	fmt.Fprintf(w, "plan: restart %d unit(s) of %s, %s (grace %s, stop timeout %s, start timeout %s)\n",
+		len(plan.Units), plan.Service, how, s.Grace, s.StopTimeout, s.StartTimeout)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for i, u := range plan.Units {
 		fmt.Fprintf(tw, "  %d.\t%s\t%s\n", i+1, u.Name, u.State)
@@ -369,7 +316,8 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 	}
 }
 
-func printSummary(w io.Writer, rep *fleetroll.Report, notLaunched []string) {
+func printSummary(w io.Writer, rep *fleetroll.Report) {
+	notLaunched := rep.NotLaunched
 	took := rep.Finished.Sub(rep.Started).Round(time.Millisecond)
 	if rep.Strategy == fleetroll.StrategyBlueGreen {
 		var launched, retired []string

@@ -16,15 +16,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/fleetroll/fleetroll/hook"
 	"github.com/urfave/cli/v2"
 )
 
 func serveCommand() *cli.Command {
-	flags := append(fleetFlags(), rollFlags()...)
-	flags = append(flags,
-		&cli.StringFlag{Name: "config", EnvVars: []string{"FLEETROLL_CONFIG"}, Usage: "YAML file of services and their triggers (reloaded on SIGHUP)"},
+	flags := append(fleetFlags(),
+		configFlag("YAML file of services, their settings and triggers (reloaded on SIGHUP); the settings' flags given are every service's defaults"),
 		&cli.StringFlag{Name: "service", EnvVars: []string{"FLEETROLL_SERVICE"}, Usage: "one service to roll, instead of --config"},
 		&cli.StringFlag{Name: "repository", EnvVars: []string{"FLEETROLL_REPOSITORY"}, Usage: "with --service: the image repository (namespace/name) whose pushes roll it"},
 		&cli.StringSliceFlag{Name: "tag", Value: cli.NewStringSlice("latest"), EnvVars: []string{"FLEETROLL_TAG"}, Usage: "with --service: tags (or globs) that roll it"},
@@ -56,10 +55,9 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com)"},
 		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
 	)
-	flags = append(flags, &cli.StringFlag{Name: "image", EnvVars: []string{"FLEETROLL_IMAGE"},
-		Usage: "with --service: its image, REGISTRY/REPOSITORY; each push deploys a release pinned by digest (docs/releases.md)"})
-	flags = append(flags, releaseFlags()...)
-	flags = append(flags, safetyFlags()...)
+	flags = append(flags, settingsFlags()...)
+	flags = append(flags, registryFlags()...)
+	flags = append(flags, etcdFlags()...)
 	flags = append(flags, logFlags("info")...)
 	return &cli.Command{
 		Name:  "serve",
@@ -83,6 +81,7 @@ SIGHUP reloads --config; SIGTERM stops taking work, lets the running unit step f
 
 // serveOptions is everything serve needs, validated before it listens.
 type serveOptions struct {
+	base            rollout.Settings // the defaults and the settings' flags given
 	endpoint        string
 	requestTimeout  time.Duration
 	configFile      string
@@ -110,12 +109,13 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		tlsKey:          c.String("tls-key"),
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 	}
-	roll, err := rollOptionsFrom(c)
-	if err != nil {
+	o.base = rollout.Defaults()
+	if err := applyFlags(c, &o.base); err != nil {
 		return nil, err
 	}
+	var err error
 	o.hook = hook.Options{
-		Roll:             roll,
+		LeaseTTL:         o.base.LockTTL,
 		BodyLimit:        c.Int64("max-body"),
 		MaxParallel:      c.Int("max-parallel"),
 		QuietPeriod:      c.Duration("quiet-period"),
@@ -130,14 +130,14 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 	case o.configFile != "" && c.String("service") != "":
 		return nil, usageErr("serve: give --config or --service, not both")
 	case o.configFile != "":
-		if c.IsSet("ports") || c.IsSet("repository") || c.IsSet("image") {
-			return nil, usageErr("serve: --ports, --repository and --image go with --service; put them in the --config file")
+		if c.IsSet("ports") || c.IsSet("repository") || c.IsSet("image") || c.IsSet("spare-ports") {
+			return nil, usageErr("serve: --ports, --spare-ports, --repository and --image go with --service; put them in the --config file")
 		}
-		if o.config, err = hook.LoadConfig(o.configFile); err != nil {
+		if o.config, err = hook.LoadConfig(o.configFile, o.base); err != nil {
 			return nil, usageErr("%w", err)
 		}
 	case c.String("service") != "":
-		if o.config, err = flagConfig(c); err != nil {
+		if o.config, err = flagConfig(c, o.base); err != nil {
 			return nil, err
 		}
 	default:
@@ -184,11 +184,7 @@ func (o *serveOptions) validate() error {
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return usageErr("serve: --tls-cert and --tls-key go together")
 	}
-	if err := o.hook.Roll.Validate(); err != nil {
-		return usageErr("serve: %w", err)
-	}
-	for name, d := range map[string]time.Duration{"--stop-timeout": o.hook.Roll.StopTimeout, "--start-timeout": o.hook.Roll.StartTimeout,
-		"--poll-interval": o.hook.Roll.PollInterval, "--request-timeout": o.requestTimeout, "--shutdown-timeout": o.shutdownTimeout} {
+	for name, d := range map[string]time.Duration{"--request-timeout": o.requestTimeout, "--shutdown-timeout": o.shutdownTimeout} {
 		if d <= 0 {
 			return usageErr("%s must be positive, got %s", name, d)
 		}
@@ -202,35 +198,14 @@ func (o *serveOptions) validate() error {
 	return nil
 }
 
-func needsEtcd(cfg *hook.Config) bool {
-	for _, s := range cfg.Services {
-		if s.Policy(fleetroll.Policy{}).NeedsEtcd() {
-			return true
-		}
-	}
-	return false
-}
-
-// flagConfig builds the one-service configuration of --service.
-func flagConfig(c *cli.Context) (*hook.Config, error) {
-	svc := hook.Service{Name: c.String("service")}
-	if p := c.String("ports"); p != "" {
-		inst, err := fleetroll.ParseInstances(p)
-		if err != nil {
-			return nil, usageErr("--ports: %w", err)
-		}
-		svc.Ports = inst
-	}
+// flagConfig builds the one-service configuration of --service: the
+// settings of the flags, and triggers of --repository and --tag.
+func flagConfig(c *cli.Context, base rollout.Settings) (*hook.Config, error) {
+	svc := hook.Service{Name: c.String("service"), Settings: base.Clone()}
 	if repo := c.String("repository"); repo != "" {
 		t := hook.Trigger{Repository: repo, Tags: c.StringSlice("tag")}
 		svc.DockerHub, svc.Registry, svc.GitHub = []hook.Trigger{t}, []hook.Trigger{t}, []hook.Trigger{t}
 	}
-	p, err := policyFrom(c)
-	if err != nil {
-		return nil, err
-	}
-	svc.Health, svc.Drain, svc.Image = p.Health, p.Drain, c.String("image")
-	svc.Strategy, svc.SparePorts, svc.Sidekick, svc.PlacementTimeout = p.Strategy, p.SparePorts, p.Sidekick, p.PlacementTimeout
 	cfg := &hook.Config{Services: []hook.Service{svc}}
 	if err := cfg.Validate(); err != nil {
 		return nil, usageErr("serve --service/--repository/--tag: %w", err)
@@ -292,22 +267,24 @@ func serveAction(c *cli.Context) error {
 		return err
 	}
 	o.hook.Fleet, o.hook.Config, o.hook.Logger = fleet, o.config, logger
-	// etcd is connected when the lock is on or any service drains; the
-	// drain and health settings themselves are per service.
-	safety, err := safetyFrom(c, fleet, "fleetroll serve", needsEtcd(o.config))
+	kapi, noEtcd, err := etcdFor(c.Context, c, fleet)
 	if err != nil {
 		return err
 	}
-	o.hook.Etcd, o.hook.Owner = safety.KAPI, safety.Owner
-	o.hook.Policy = fleetroll.Policy{Lock: safety.Policy.Lock, LockTTL: safety.Policy.LockTTL,
-		OnFailure: safety.Policy.OnFailure, PullTimeout: safety.Policy.PullTimeout,
-		Canary: safety.Policy.Canary, CanaryWait: safety.Policy.CanaryWait}
+	o.hook.Etcd, o.hook.Owner = kapi, rollout.Owner("fleetroll serve")
 	if o.hook.Resolver, err = registryFrom(c); err != nil {
 		return err
 	}
 	srv, err := hook.New(o.hook)
 	if err != nil {
 		return usageErr("serve: %w", err)
+	}
+	if kapi != nil {
+		logger.Info("rollout queue in etcd: durable, shared with the other receivers; each rollout takes its service's lock and writes its intent",
+			"etcd", c.String("etcd-endpoints"))
+	} else {
+		logger.Warn("rollout queue in memory: without etcd, a trigger accepted is lost if this receiver dies, and rollouts take no lock (--etcd-endpoints)",
+			"why", noEtcd)
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -405,7 +382,7 @@ func reload(o *serveOptions, srv *hook.Server, logger *slog.Logger) {
 		logger.Warn("SIGHUP: nothing to reload without --config")
 		return
 	}
-	cfg, err := hook.LoadConfig(o.configFile)
+	cfg, err := hook.LoadConfig(o.configFile, o.base)
 	if err == nil {
 		err = srv.SetConfig(cfg)
 	}

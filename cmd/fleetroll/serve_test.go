@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -100,7 +99,7 @@ func TestServeTokenFromEnvironment(t *testing.T) {
 
 func TestReloadKeepsTheOldConfigOnError(t *testing.T) {
 	cfgFile := writeFile(t, "c.yaml", "services:\n  - name: a\n")
-	cfg, err := hook.LoadConfig(cfgFile)
+	cfg, err := hook.LoadConfig(cfgFile, testBase())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +110,7 @@ func TestReloadKeepsTheOldConfigOnError(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	o := &serveOptions{configFile: cfgFile}
+	o := &serveOptions{configFile: cfgFile, base: testBase()}
 
 	os.WriteFile(cfgFile, []byte("services:\n  - name: a\n  - name: b\n"), 0o600)
 	reload(o, srv, log)
@@ -137,9 +136,8 @@ func TestServeShutdownFinishesTheUnitStep(t *testing.T) {
 	fsrv := httptest.NewServer(ff)
 	defer fsrv.Close()
 	fleet, _ := fleetroll.Connect(fsrv.URL, 5*time.Second)
-	cfg, _ := hook.ParseConfig([]byte("services: [{name: a}, {name: b}]"))
-	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token}, MaxParallel: 1,
-		Roll: fleetroll.Options{PollInterval: 5 * time.Millisecond}})
+	cfg, _ := hook.ParseConfig([]byte("services: [{name: a}, {name: b}]"), testBase())
+	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token}, MaxParallel: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,51 +201,6 @@ func serveInBackground(t *testing.T, o *serveOptions, srv *hook.Server, logger *
 	ret := make(chan error, 1)
 	go func() { ret <- runServer(ctx, o, srv, ln, nil, logger) }()
 	return ln.Addr().String(), cancel, ret
-}
-
-// One policy from the flags and from the config file: a config that only
-// turns drain and the health gate on gets the flags' defaults.
-func TestFlagsAndConfigGiveTheSamePolicy(t *testing.T) {
-	var fromFlags fleetroll.Policy
-	app := newApp(&bytes.Buffer{}, &bytes.Buffer{})
-	for _, cmd := range app.Commands {
-		if cmd.Name == "restart" {
-			cmd.Action = func(c *cli.Context) error {
-				p, err := policyFrom(c)
-				fromFlags = p.WithDefaults("my-service")
-				return err
-			}
-		}
-	}
-	if err := app.Run([]string{"fleetroll", "restart", "--drain", "--health-path", "/healthz", "--lock", "wait", "my-service"}); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := hook.ParseConfig([]byte("services:\n  - name: my-service\n    drain: {}\n    health: {path: /healthz}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, _ := cfg.Service("my-service")
-	fromConfig := svc.Policy(fleetroll.Policy{Lock: fleetroll.LockWait})
-	if !reflect.DeepEqual(fromFlags, fromConfig) {
-		t.Fatalf("flags: %+v %+v %+v\nconfig: %+v %+v %+v", fromFlags, fromFlags.Drain, fromFlags.Health, fromConfig, fromConfig.Drain, fromConfig.Health)
-	}
-	if fromConfig.Drain.Delay != fleetroll.DefaultDrainDelay || fromConfig.Drain.Prefix != "/services/my-service" {
-		t.Fatalf("drain: {} gives %+v", *fromConfig.Drain)
-	}
-	// serve --service builds its one service from the same flags.
-	var served *hook.Config
-	app = newApp(&bytes.Buffer{}, &bytes.Buffer{})
-	for _, cmd := range app.Commands {
-		if cmd.Name == "serve" {
-			cmd.Action = func(c *cli.Context) error { served, err = flagConfig(c); return err }
-		}
-	}
-	if err := app.Run([]string{"fleetroll", "serve", "--service", "my-service", "--drain", "--health-path", "/healthz"}); err != nil {
-		t.Fatal(err)
-	}
-	if got := served.Services[0].Policy(fleetroll.Policy{Lock: fleetroll.LockWait}); !reflect.DeepEqual(got, fromConfig) {
-		t.Fatalf("serve --service: %+v", got)
-	}
 }
 
 // A notification's secrets come from files in --notify-secrets-dir, or

@@ -55,10 +55,11 @@ func statusAction(c *cli.Context) error {
 	if out != "text" && out != "json" {
 		return usageErr("--output %q: want text or json", out)
 	}
-	h, err := etcdFrom(c)
+	kapi, err := etcdFrom(c)
 	if err != nil {
 		return err
 	}
+	h := coord.History{KAPI: kapi}
 	arg := c.Args().First()
 	if arg != "" && !fleetroll.ValidRolloutID(arg) {
 		if err := fleetroll.ValidateServiceName(arg); err != nil {

@@ -56,7 +56,7 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 func TestServeTLS(t *testing.T) {
 	certFile, keyFile, pool := selfSigned(t)
 	fleet, _ := fleetroll.Connect("http://127.0.0.1:1", time.Second)
-	cfg, _ := hook.ParseConfig([]byte("services: [{name: a}]"))
+	cfg, _ := hook.ParseConfig([]byte("services: [{name: a}]"), testBase())
 	srv, err := hook.New(hook.Options{Fleet: fleet, Config: cfg, Secrets: hook.Secrets{API: token}})
 	if err != nil {
 		t.Fatal(err)

@@ -77,6 +77,14 @@ func (i Intents) Delete(ctx context.Context, service string) error {
 	return deleteKey(ctx, i.KAPI, key, "intent of "+service)
 }
 
+// Recorder returns the function that keeps one rollout's intent in etcd
+// as its units move (fleetroll.Hooks.Intent): each call records that unit
+// entered phase p ("" once it is back).
+func (i Intents) Recorder(service string, in Intent, clock fleetroll.Clock) func(ctx context.Context, unit string, p fleetroll.Phase) error {
+	r := &recorder{store: i, service: service, intent: in, clock: clock}
+	return r.phase
+}
+
 // recorder keeps one rollout's intent in etcd as its units move.
 type recorder struct {
 	mu      sync.Mutex // units of one batch move at once

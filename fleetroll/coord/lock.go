@@ -55,12 +55,15 @@ type Held struct {
 	done   chan struct{}
 }
 
+// DefaultLockTTL is the TTL of a lock key, kept alive while held.
+const DefaultLockTTL = 30 * time.Second
+
 // Acquire takes the lock. When it is held by someone else it returns an
 // error wrapping ErrLocked that names the holder, or, with wait, waits until
 // it is free (or ctx ends).
 func (l Lock) Acquire(ctx context.Context, wait bool) (*Held, error) {
 	if l.TTL <= 0 {
-		l.TTL = fleetroll.DefaultLockTTL
+		l.TTL = DefaultLockTTL
 	}
 	if l.Clock == nil {
 		l.Clock = fleetroll.SystemClock{}

@@ -155,7 +155,7 @@ func (c *Cluster) LoseMachine(ctx context.Context, i int) error {
 
 // Env returns the environment that talks to the cluster's systemd and fleet.
 func (c *Cluster) Env() []string {
-	return append(append([]string{}, c.env...), "FLEETCTL_ENDPOINT="+c.Endpoint)
+	return append(append([]string{}, c.env...), "FLEETCTL_ENDPOINT="+c.Endpoint, "FLEETROLL_ETCD_ENDPOINTS="+c.EtcdURL)
 }
 
 // API returns a fleet client for the cluster.
