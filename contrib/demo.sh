@@ -34,7 +34,17 @@ echo "$before"
 echo
 go build -o "$FLEETROLL_CLUSTER_DIR/bin/fleetroll" ./cmd/fleetroll
 echo "\$ fleetroll restart my-service --endpoint $FLEETCTL_ENDPOINT --grace 1s"
-"$FLEETROLL_CLUSTER_DIR/bin/fleetroll" restart my-service --endpoint "$FLEETCTL_ENDPOINT" --grace 1s
+# As an operator types it: fleetroll finds fleet's own etcd at its default
+# endpoint, and takes the lock, writes its intent and records the rollout.
+env -u FLEETROLL_ETCD_ENDPOINTS "$FLEETROLL_CLUSTER_DIR/bin/fleetroll" restart my-service --endpoint "$FLEETCTL_ENDPOINT" --grace 1s
+echo
+echo "\$ fleetroll status my-service --limit 1"
+status=$(env -u FLEETROLL_ETCD_ENDPOINTS "$FLEETROLL_CLUSTER_DIR/bin/fleetroll" status my-service --limit 1)
+echo "$status"
+if ! grep -q succeeded <<<"$status"; then
+  echo "fleetroll status lists no rollout of my-service: the history is off." >&2
+  exit 1
+fi
 echo
 echo "After:"
 after=$(show)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -181,5 +182,87 @@ func killAndRecover(t *testing.T, by string, ports ...string) {
 				t.Fatalf("intent left: %v", err)
 			}
 		})
+	}
+}
+
+// Safe by default (issue 21): a fleetroll restart given no lock flag,
+// killed with SIGKILL right after the second unit stopped, left an intent
+// record (the lock is on whenever etcd is there); the next plain fleetroll
+// restart waits for the dead one's lock, brings the stopped instance back
+// within the lock's TTL plus 10 s, records the killed rollout as
+// interrupted, then restarts every instance. It judges a time, so it runs
+// on a fleet of its own.
+func TestPlainRestartRecoversAKilledOne(t *testing.T) {
+	needCluster(t)
+	ports := []string{"19331", "19332", "19333"}
+	units := launchDemo(t, "plain-service", ports...)
+	kapi := etcdKAPI(t)
+	args := []string{"restart", "plain-service", "--grace", "1s"} // no lock, no etcd flag: the cluster's environment names its etcd
+	cmd, lines, _ := startFleetrollOut(t, args...)
+	var log strings.Builder
+	id := ""
+	deadline := time.After(2 * time.Minute)
+	for !strings.Contains(log.String(), units[1]+": stopped in") {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("fleetroll ended before %s stopped:\n%s", units[1], log.String())
+			}
+			log.WriteString(l + "\n")
+			if rest, ok := strings.CutPrefix(l, "rollout "); ok && id == "" {
+				id, _, _ = strings.Cut(rest, ":")
+			}
+		case <-deadline:
+			t.Fatalf("%s never stopped:\n%s", units[1], log.String())
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	killed := time.Now()
+	if st := systemd(t, units[1])[0]; st.Up() {
+		t.Fatalf("%s runs after the kill: the test did not kill where it meant to", units[1])
+	}
+	if _, err := kapi.Get(context.Background(), "/fleetroll/intents/plain-service", nil); err != nil {
+		t.Fatalf("no intent record after a kill of a restart without a lock flag: %v", err)
+	}
+
+	next, nextLines, nextOut := startFleetrollOut(t, args...)
+	said := make(chan string, 1)
+	go func() {
+		var b strings.Builder
+		for l := range nextLines {
+			b.WriteString(l + "\n")
+		}
+		said <- b.String()
+	}()
+	var back time.Duration
+	eventually(t, coord.DefaultLockTTL+20*time.Second, units[1]+" running again", func() error {
+		if st := systemd(t, units[1])[0]; !st.Up() {
+			return fmt.Errorf("%s is %s/%s", units[1], st.Active, st.Sub)
+		}
+		back = time.Since(killed)
+		return nil
+	})
+	code := exitCode(t, next)
+	out := <-said + nextOut.String()
+	if code != 0 {
+		t.Fatalf("the next plain restart: exit %d\n%s", code, out)
+	}
+	if ttl := coord.DefaultLockTTL; back > ttl+10*time.Second {
+		t.Errorf("%s running again %s after the kill: more than the lock TTL (%s) + 10 s", units[1], back.Round(time.Millisecond), ttl)
+	}
+	t.Logf("%s running again %s after the kill (lock TTL %s)", units[1], back.Round(time.Millisecond), coord.DefaultLockTTL)
+	if !strings.Contains(out, "recovering rollout "+id) || !strings.Contains(out, "recorded as interrupted") {
+		t.Fatalf("the next restart did not recover rollout %s:\n%s", id, out)
+	}
+	for i, st := range systemd(t, units...) {
+		if !st.Up() {
+			t.Errorf("%s is %s/%s at the end", units[i], st.Active, st.Sub)
+		}
+	}
+	code, st := fleetroll(t, "status", id)
+	var rec fr.Report
+	if code != 0 || json.Unmarshal([]byte(st), &rec) != nil || rec.Status != fr.StatusInterrupted || len(rec.Units) != 1 || rec.Units[0].Unit != units[1] {
+		t.Fatalf("history of the killed rollout %s: %d\n%s", id, code, st)
 	}
 }

@@ -74,10 +74,12 @@ var layout = []placement{
 	{"TestReceiverFailover", together},
 	{"TestReleases", together},
 	{"TestKilledFleetrollIsRecoveredByARestart", together},
+	{"TestConfigGivesTheCLIAndServeTheSameRollout", together},
 
 	// A quiet fleet: the recovery's time, an observer of the proxy's view
 	// at 50 ms, nudges, watches.
 	{"TestKilledFleetrollIsRecovered", timing},
+	{"TestPlainRestartRecoversAKilledOne", timing},
 	{"TestDrainNeverAnnouncesADownInstance", timing},
 	{"TestNudgingHasNoSideEffects", timing},
 	{"TestWatchFallsBackToPolling", timing},

@@ -310,7 +310,7 @@ func TestWatchFallsBackToPolling(t *testing.T) {
 	before := systemd(t, units...)
 	proxy := startProxy(t, strings.TrimPrefix(c.EtcdURL, "http://"))
 	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", c.Endpoint, "--watch", "--etcd-endpoints", "http://"+proxy.Addr(),
-		"--etcd-timeout", "1s", "--grace", "0s", "--log-level", "debug")
+		"--etcd-timeout", "1s", "--grace", "0s", "--log-level", "debug", "--lock", "off")
 	var log strings.Builder
 	// Woken by a state fleet wrote (the watches work), and the first unit
 	// done: then etcd goes.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	fr "github.com/fleetroll/fleetroll/fleetroll"
 )
 
 const (
@@ -177,6 +180,9 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	payload["callback_url"] = receiver.URL + "/u/demo/my-service/hook/e2e/"
+	// A push of its own: the receivers of the other tests share the
+	// cluster's etcd, where deliveries seen are kept.
+	payload["push_data"].(map[string]any)["pushed_at"] = time.Now().UnixNano()
 	hub, _ = json.Marshal(payload)
 	if code, ans := post(t, base+"/webhooks/dockerhub/wrong-token-0123456789abcd", hub, map[string]string{"Content-Type": "application/json"}); code != 403 {
 		t.Fatalf("wrong token: %d %v", code, ans)
@@ -253,4 +259,69 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 			t.Errorf("unit progress %v", m)
 		}
 	}
+}
+
+// One service's settings in serve's configuration, used by fleetroll
+// restart --config and by serve's POST /rollouts, give the same rollout:
+// the records differ only where they must (ID, times, trigger, who ran
+// it): the same units in the same order, outcomes, phases, release and
+// strategy (issue 21).
+func TestConfigGivesTheCLIAndServeTheSameRollout(t *testing.T) {
+	needCluster(t)
+	ports := []string{"19341", "19342"}
+	launchDemo(t, "same-service", ports...)
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfg, []byte(`services:
+  - name: same-service
+    ports: 19341-19342
+    grace: 1s
+    health: {path: /healthz, interval: 200ms, successes: 2}
+    dockerhub:
+      - repository: demo/same-service
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := fleetroll(t, "restart", "same-service", "--config", cfg, "-o", "json")
+	if code != 0 {
+		t.Fatalf("restart --config: exit %d\n%s", code, out)
+	}
+	var cli fr.Report
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &cli); err != nil {
+		t.Fatalf("restart -o json: %v\n%s", err, out)
+	}
+
+	base := startServe(t, append(secretArgs(t), "--config", cfg)...)
+	code, ans := post(t, base+"/rollouts", []byte(`{"service":"same-service"}`),
+		map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken})
+	if code != 202 {
+		t.Fatalf("POST /rollouts: %d %v", code, ans)
+	}
+	waitStatus(t, base, ans["id"].(string))
+	var served fr.Report
+	if err := getJSON(base+"/rollouts/"+ans["id"].(string), map[string]string{"Authorization": "Bearer " + serveToken}, &served); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := rolloutShape(cli), rolloutShape(served); a != b {
+		t.Fatalf("the same settings gave two rollouts:\nrestart --config:\n%s\nserve:\n%s", a, b)
+	}
+	if cli.Trigger.Source != "cli" || served.Trigger.Source != "manual" || cli.ID == served.ID {
+		t.Fatalf("triggers %+v and %+v, IDs %s and %s", cli.Trigger, served.Trigger, cli.ID, served.ID)
+	}
+	t.Logf("both:\n%s", rolloutShape(cli))
+}
+
+// rolloutShape is what two rollouts of the same settings share: status,
+// strategy, release and pre-pull, units not launched, and each unit in
+// order with its outcome and phases.
+func rolloutShape(r fr.Report) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "status %s, strategy %q, release %v, pull %v, not launched %v\n", r.Status, r.Strategy, r.Release != nil, r.Pull != nil, r.NotLaunched)
+	for _, u := range r.Units {
+		var phases []string
+		for _, p := range u.Phases {
+			phases = append(phases, string(p.Phase))
+		}
+		fmt.Fprintf(&b, "  %s %s [%s]\n", u.Unit, u.Outcome, strings.Join(phases, " "))
+	}
+	return b.String()
 }

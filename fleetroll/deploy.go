@@ -220,8 +220,9 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 		return moved, err
 	}
 	moved.Status = StatusRolledBack
-	moved.Error = fmt.Sprintf("%v; rolled back to %s", rollErr, prev.Image)
-	return moved, &RolledBackError{Err: rollErr, To: *prev}
+	rb := &RolledBackError{Err: rollErr, To: *prev}
+	moved.Error = rb.Error()
+	return moved, rb
 }
 
 // RolledBackError is a deploy that failed and was rolled back: every unit
@@ -232,7 +233,19 @@ type RolledBackError struct {
 }
 
 func (e *RolledBackError) Error() string {
-	return fmt.Sprintf("%v; rolled back to %s", e.Err, e.To.Image)
+	return fmt.Sprintf("%s; rolled back to %s: every instance it moved runs it again", backUp(e.Err), e.To.Image)
+}
+
+// backUp is err's text once the rollback brought its unit back: a unit
+// error no longer says the unit is down.
+func backUp(err error) string {
+	var ue *UnitError
+	if !errors.As(err, &ue) || !ue.LeftStopped {
+		return err.Error()
+	}
+	up := *ue
+	up.LeftStopped = false
+	return strings.Replace(err.Error(), ue.Error(), up.Error(), 1)
 }
 
 func (e *RolledBackError) Unwrap() error { return e.Err }

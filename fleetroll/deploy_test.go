@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coreos/fleet/schema"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
@@ -141,6 +143,62 @@ func TestDeployPrePullsOnEveryMachineBeforeAnyStop(t *testing.T) {
 	for _, u := range rep.Units {
 		if u.Outcome != OutcomeRestarted || u.ImageDigest != v2.Digest() {
 			t.Fatalf("unit %+v", u)
+		}
+	}
+}
+
+// An instance whose machine fleet has not published yet is waited for
+// (then pulled on its machine alone); one never placed makes every machine
+// pull, and the record says why. A pre-pull never covers zero machines.
+func TestDeployPrePullsWhereAnUnplacedInstanceCanLand(t *testing.T) {
+	for _, placed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("placed %v", placed), func(t *testing.T) {
+			v1, v2 := rel(1), rel(2)
+			rels := &memReleases{current: &v1}
+			f, names, _ := deployFleet(t, rels, "")
+			f.SetMachines(map[string]string{"aaaa1111": "10.0.0.1", "bbbb2222": "10.0.0.2", "cccc3333": "10.0.0.3"})
+			f.Update(names[1], func(u *fakefleet.Unit) { u.NoState = true })
+			var polls atomic.Int32
+			f.SetHook(func(call string) {
+				// Placed after two polls; or only once the pull began.
+				if (placed && strings.HasPrefix(call, "state "+names[1]) && polls.Add(1) == 3) || (!placed && strings.HasPrefix(call, "create ")) {
+					f.Update(names[1], func(u *fakefleet.Unit) { u.NoState = false })
+				}
+			})
+			r, _, _ := newTestRoller(t, f, Options{})
+			rep, err := r.Deploy(t.Context(), plan3(names), Deploy{To: v2, Releases: rels, Pull: PullOptions{PlacementWait: 200 * time.Millisecond}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, m := range rep.Pull.Machines {
+				got = append(got, m.Machine+": "+m.Why)
+			}
+			want := []string{"aaaa1111: runs " + names[0] + "; runs " + names[2], "bbbb2222: runs " + names[1]}
+			if !placed {
+				lands := names[1] + " not placed by fleet after 200ms: it could land here"
+				want = []string{"aaaa1111: runs " + names[0] + "; runs " + names[2] + "; " + lands, "bbbb2222: " + lands, "cccc3333: " + lands}
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("pulled on\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+			}
+		})
+	}
+	// No machine at all: refused, nothing stopped.
+	v1, v2 := rel(1), rel(2)
+	rels := &memReleases{current: &v1}
+	f, names, _ := deployFleet(t, rels, "")
+	f.SetMachines(map[string]string{})
+	for _, n := range names {
+		f.Update(n, func(u *fakefleet.Unit) { u.NoState = true })
+	}
+	r, _, _ := newTestRoller(t, f, Options{})
+	if _, err := r.Deploy(t.Context(), plan3(names), Deploy{To: v2, Releases: rels, Pull: PullOptions{PlacementWait: 20 * time.Millisecond}}); err == nil || !strings.Contains(err.Error(), "no machine to pull on") {
+		t.Fatalf("no machine: %v", err)
+	}
+	for _, c := range f.Calls() {
+		if strings.HasSuffix(c, " loaded") {
+			t.Fatalf("stopped %s", c)
 		}
 	}
 }
@@ -300,6 +358,12 @@ func TestDeployRollsBackToThePreviousRelease(t *testing.T) {
 			}
 			if rep.Status != StatusRolledBack || rels.image() != v2.Image {
 				t.Fatalf("status %s, current %s", rep.Status, rels.image())
+			}
+			// What is true at the end: every instance is back, none down.
+			for _, msg := range []string{err.Error(), rep.Error} {
+				if strings.Contains(msg, "IS DOWN") || !strings.Contains(msg, names[1]) || !strings.Contains(msg, "rolled back to "+v2.Image+": every instance it moved runs it again") {
+					t.Fatalf("final message %q", msg)
+				}
 			}
 			if got := strings.Join(rels.sets, ","); got != v3.Digest()+","+v2.Digest() {
 				t.Fatalf("release writes %s", got)

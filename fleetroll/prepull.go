@@ -31,8 +31,16 @@ type MachinePull struct {
 	Machine string  `json:"machine"`
 	Unit    string  `json:"unit"`
 	Seconds Seconds `json:"seconds"`
-	Error   string  `json:"error,omitempty"`
+	// Why this machine pulls: the instances it runs, or that an instance
+	// fleet had not placed yet could land on it.
+	Why   string `json:"why,omitempty"`
+	Error string `json:"error,omitempty"`
 }
+
+// PlacementWait bounds how long a pre-pull waits for fleet to publish the
+// machine of an instance it has not placed yet; past it, every machine
+// pulls.
+const PlacementWait = 10 * time.Second
 
 // PullReport is the pre-pull of a rollout: the image, and each machine's
 // pull in parallel.
@@ -62,6 +70,9 @@ type PullOptions struct {
 	// Reason, when set, reads what a failed pull unit left at
 	// PullErrorsPrefix/SERVICE/ROLLOUT/MACHINE (etcd); "" when nothing.
 	Reason func(ctx context.Context, key string) string
+	// PlacementWait bounds the wait for fleet to place an instance
+	// (PlacementWait when zero).
+	PlacementWait time.Duration
 }
 
 // PullUnit returns fleetroll's one-shot unit that pulls image on one
@@ -145,18 +156,13 @@ func (r *Roller) Pull(ctx context.Context, plan *Plan, image string, opt PullOpt
 	if timeout <= 0 {
 		timeout = DefaultPullTimeout
 	}
-	machines := map[string]bool{}
-	for _, u := range plan.Units {
-		st, err := r.fleet.UnitState(ctx, u.Name)
-		if errors.Is(err, ErrNotFound) {
-			continue // not on a machine: it pulls as it starts
-		}
-		if err != nil {
-			return rep, fmt.Errorf("pull %s: where %s runs: %w", image, u.Name, err)
-		}
-		if st.MachineID != "" {
-			machines[st.MachineID] = true
-		}
+	wait := opt.PlacementWait
+	if wait <= 0 {
+		wait = PlacementWait
+	}
+	machines, err := r.pullMachines(ctx, plan, min(timeout, wait))
+	if err != nil {
+		return rep, fmt.Errorf("pull %s: %w", image, err)
 	}
 	ids := make([]string, 0, len(machines))
 	for id := range machines {
@@ -174,7 +180,7 @@ func (r *Roller) Pull(ctx context.Context, plan *Plan, image string, opt PullOpt
 			return rep, fmt.Errorf("pull %s: %w", image, err)
 		}
 		pulls[i] = pull{u, key}
-		rep.Machines = append(rep.Machines, MachinePull{Machine: shortID(id), Unit: u.Name})
+		rep.Machines = append(rep.Machines, MachinePull{Machine: shortID(id), Unit: u.Name, Why: strings.Join(machines[id], "; ")})
 	}
 	r.opt.Logger.Info("pre-pull", "rollout_id", r.opt.RolloutID, "image", image, "machines", len(ids))
 	defer func() {
@@ -226,6 +232,55 @@ func (r *Roller) Pull(ctx context.Context, plan *Plan, image string, opt PullOpt
 		return rep, first
 	}
 	return rep, nil
+}
+
+// pullMachines are the machines a pre-pull covers, each with why: those
+// that run the plan's units. A unit fleet has not placed yet (no machine
+// published) is waited for, up to wait; past it, every machine fleet lists
+// pulls, since the unit could land on any. A plan with units never covers
+// zero machines.
+func (r *Roller) pullMachines(ctx context.Context, plan *Plan, wait time.Duration) (map[string][]string, error) {
+	machines := map[string][]string{}
+	left := plan.Names()
+	deadline := r.opt.Clock.Now().Add(wait)
+	for {
+		var unknown []string
+		for _, name := range left {
+			st, err := r.fleet.UnitState(ctx, name)
+			switch {
+			case err != nil && !errors.Is(err, ErrNotFound):
+				return nil, fmt.Errorf("where %s runs: %w", name, err)
+			case err == nil && st.MachineID != "":
+				machines[st.MachineID] = append(machines[st.MachineID], "runs "+name)
+			default:
+				unknown = append(unknown, name)
+			}
+		}
+		left = unknown
+		if len(left) == 0 || !r.opt.Clock.Now().Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.opt.Clock.After(r.opt.PollInterval):
+		}
+	}
+	if len(left) > 0 {
+		ips, err := r.fleet.MachineIPs(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("fleet's machines, for %s not placed yet: %w", strings.Join(left, ", "), err)
+		}
+		why := fmt.Sprintf("%s not placed by fleet after %s: it could land here", strings.Join(left, ", "), wait)
+		r.opt.Logger.Warn("pre-pull on every machine: instances not placed yet", "rollout_id", r.opt.RolloutID, "units", strings.Join(left, ","), "machines", len(ips))
+		for id := range ips {
+			machines[id] = append(machines[id], why)
+		}
+	}
+	if len(machines) == 0 && len(plan.Units) > 0 {
+		return nil, errors.New("no machine to pull on: fleet lists none")
+	}
+	return machines, nil
 }
 
 // pullOne creates one pull unit and waits until it is done.

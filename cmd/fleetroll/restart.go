@@ -347,9 +347,11 @@ func printSummary(w io.Writer, rep *fleetroll.Report) {
 	if p := rep.Pull; p != nil {
 		fmt.Fprintf(w, "  pre-pull: %d machine(s) in %s\n", len(p.Machines), p.Seconds)
 		for _, m := range p.Machines {
+			line := m.Why
 			if m.Error != "" {
-				fmt.Fprintf(w, "    %s: %s\n", m.Machine, m.Error)
+				line = m.Error
 			}
+			fmt.Fprintf(w, "    %s: %s\n", m.Machine, line)
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

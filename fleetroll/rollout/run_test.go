@@ -225,8 +225,9 @@ func TestSettingsValidate(t *testing.T) {
 		{Settings{Grace: -time.Second}, "negative"},
 		{Settings{PlacementTimeout: -time.Second}, "placement_timeout"},
 		{Defaults(), ""},
+		{Settings{StopTimeout: -time.Second}, "stop_timeout must be positive"},
 	} {
-		err := c.s.Validate()
+		err := c.s.Complete("my-service").Validate()
 		if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.s, err, c.want)
 		}

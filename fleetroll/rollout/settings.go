@@ -190,13 +190,13 @@ func (s Settings) Validate() error {
 	if err := (fleetroll.Target{Service: "x", Instances: s.Ports}).Validate(); err != nil {
 		return fmt.Errorf("ports: %w", err)
 	}
-	if err := s.Options().Validate(); err != nil {
-		return err
-	}
 	for name, d := range map[string]time.Duration{"stop_timeout": s.StopTimeout, "start_timeout": s.StartTimeout, "poll_interval": s.PollInterval} {
 		if d <= 0 {
 			return fmt.Errorf("%s must be positive, got %s", name, d)
 		}
+	}
+	if err := s.Options().Validate(); err != nil {
+		return err
 	}
 	switch s.Lock {
 	case LockAuto, LockOff, LockFail, LockWait:
