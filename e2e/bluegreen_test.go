@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -159,5 +160,95 @@ func TestBlueGreenUnplacedKeepsTheOldOnes(t *testing.T) {
 	kapi := etcdKAPI(t)
 	if live, err := (coord.Lives{KAPI: kapi}).Get(ctx, "e2e-bgx"); err != nil || live != nil {
 		t.Fatalf("a live record after a failed blue-green: %+v %v", live, err)
+	}
+}
+
+// A blue-green rollout killed with SIGKILL once its new units were
+// launched (before the switch), and again once the switch was made: each
+// time fleetroll recover leaves one full set running and the live record
+// naming it, no unit of the other set in fleet, no intent, and the killed
+// rollout recorded as interrupted (issue 21).
+func TestBlueGreenKilledIsRecovered(t *testing.T) {
+	c := needCluster(t)
+	ports, spare := []string{"19351", "19352"}, []string{"19361", "19362"}
+	claimUnits(t, "bgkill", spare...)
+	units := launchDemo(t, "bgkill", ports...)
+	var spareUnits []string
+	for _, p := range spare {
+		spareUnits = append(spareUnits, "bgkill@"+p+".service")
+	}
+	t.Cleanup(func() { destroyUnits(t, c, spareUnits...) })
+	kapi := etcdKAPI(t)
+	t.Cleanup(func() { _, _ = kapi.Delete(context.Background(), coord.LivePrefix+"/bgkill", nil) })
+	args := []string{"restart", "bgkill", "--ports", strings.Join(ports, ","), "--strategy", "blue-green", "--spare-ports", strings.Join(spare, ","),
+		"--grace", "0s", "--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "10"}
+
+	for _, kill := range []struct {
+		name       string
+		at         func(line string) bool
+		keep, gone []string
+	}{
+		{"after the new units launched", func(l string) bool { return strings.Contains(l, spareUnits[0]+": running in") }, units, spareUnits},
+		{"after the switch", func(l string) bool {
+			return strings.Contains(l, units[0]+": stopping") || strings.Contains(l, units[0]+": draining")
+		}, spareUnits, units},
+	} {
+		cmd, lines, _ := startFleetrollOut(t, args...)
+		var log strings.Builder
+		id := ""
+		deadline := time.After(2 * time.Minute)
+	watch:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("%s: fleetroll ended first:\n%s", kill.name, log.String())
+				}
+				log.WriteString(l + "\n")
+				if rest, ok := strings.CutPrefix(l, "rollout "); ok && id == "" {
+					id, _, _ = strings.Cut(rest, ":")
+				}
+				if kill.at(l) {
+					break watch
+				}
+			case <-deadline:
+				t.Fatalf("%s: not reached:\n%s", kill.name, log.String())
+			}
+		}
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+
+		code, out := fleetroll(t, "recover", "bgkill", "--health-path", "/healthz", "--health-interval", "200ms")
+		if code != 0 || !strings.Contains(out, "recovering blue-green rollout "+id) {
+			t.Fatalf("%s: recover: exit %d\n%s\nkilled run:\n%s", kill.name, code, out, log.String())
+		}
+		t.Logf("%s: %s", kill.name, strings.TrimSpace(out))
+		for i, st := range systemd(t, kill.keep...) {
+			if !st.Up() {
+				t.Errorf("%s: %s is %s/%s", kill.name, kill.keep[i], st.Active, st.Sub)
+			}
+		}
+		inFleet := fleetUnits(t, c)
+		for _, u := range kill.gone {
+			if slices.Contains(inFleet, u) {
+				t.Errorf("%s: %s left in fleet", kill.name, u)
+			}
+		}
+		var keepPorts []string
+		for _, u := range kill.keep {
+			keepPorts = append(keepPorts, strings.TrimSuffix(strings.TrimPrefix(u, "bgkill@"), ".service"))
+		}
+		live, err := coord.Lives{KAPI: kapi}.Get(t.Context(), "bgkill")
+		if err != nil || live == nil || !slices.Equal(live.Live, keepPorts) {
+			t.Fatalf("%s: live record %+v %v, want %v", kill.name, live, err, keepPorts)
+		}
+		if in, err := (coord.Intents{KAPI: kapi}).Get(t.Context(), "bgkill"); err != nil || in != nil {
+			t.Fatalf("%s: intent left: %+v %v", kill.name, in, err)
+		}
+		code, st := fleetroll(t, "status", id)
+		var rec fr.Report
+		if code != 0 || json.Unmarshal([]byte(st), &rec) != nil || rec.Status != fr.StatusInterrupted || rec.Strategy != fr.StrategyBlueGreen {
+			t.Fatalf("%s: history of the killed rollout %s: %d\n%s", kill.name, id, code, st)
+		}
 	}
 }

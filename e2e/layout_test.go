@@ -70,6 +70,7 @@ var layout = []placement{
 	{"TestCanaryPromotedThroughServesAPI", together},
 	{"TestCanaryPauseSurvivesATakeover", together},
 	{"TestBlueGreenUnplacedKeepsTheOldOnes", together},
+	{"TestBlueGreenKilledIsRecovered", together},
 	{"TestStatusPageInABrowser", together},
 	{"TestReceiverFailover", together},
 	{"TestReleases", together},

@@ -38,6 +38,11 @@ type BlueGreen struct {
 	// Swapped, when set, is told once the new units serve and before the
 	// old ones are drained: it records which instances are live (etcd).
 	Swapped func(ctx context.Context, live, spare []string) error
+	// Record, when set, records where the rollout stands before each
+	// step (the intent record): before the new units are created
+	// (switched false: an error touches nothing), and once the switch is
+	// made (switched true).
+	Record func(ctx context.Context, switched bool) error
 }
 
 const (
@@ -120,6 +125,11 @@ func (r *Roller) blueGreen(ctx context.Context, plan *Plan, b *BlueGreen) (*Repo
 		}
 	}
 
+	if b.Record != nil {
+		if err := b.Record(ctx, false); err != nil {
+			return fail(fmt.Errorf("blue-green of %s: record the intent: %w; nothing was touched", plan.Service, err))
+		}
+	}
 	// Green: launch every new unit, then wait for each to be placed,
 	// running, healthy and announced.
 	var wg sync.WaitGroup
@@ -143,6 +153,12 @@ func (r *Roller) blueGreen(ctx context.Context, plan *Plan, b *BlueGreen) (*Repo
 				r.destroyGreen(dctx, &news[i], b, b.Spare[i])
 			}
 			return fail(fmt.Errorf("blue-green of %s: record the live instances: %w; the new instances were destroyed, the old ones kept serving", plan.Service, err))
+		}
+	}
+	if b.Record != nil {
+		if err := b.Record(ctx, true); err != nil {
+			// The live record is written: a recovery goes by it.
+			r.opt.Logger.Warn("blue-green: intent not updated after the switch", "rollout_id", r.opt.RolloutID, "error", err.Error())
 		}
 	}
 

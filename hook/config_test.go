@@ -129,3 +129,27 @@ func TestConfigMaxUnavailable(t *testing.T) {
 		t.Fatalf("0 accepted: %v", err)
 	}
 }
+
+// The full configuration example of docs/serve.md is a valid
+// configuration, with every settings key.
+func TestServeDocsConfigExampleParses(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "docs", "serve.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(b), "## Configuration file")
+	_, rest, _ = strings.Cut(rest, "```yaml\n")
+	example, _, _ := strings.Cut(rest, "```")
+	cfg, err := ParseConfig([]byte(example), testBase())
+	if err != nil {
+		t.Fatalf("docs/serve.md's example: %v\n%s", err, example)
+	}
+	for _, key := range []string{"grace", "lock", "lock_ttl", "watch", "pre_pull", "drain", "health", "image", "canary_wait", "strategy"} {
+		if !strings.Contains(example, "\n    "+key+":") {
+			t.Errorf("the example has no %s", key)
+		}
+	}
+	if s := cfg.Services[0].Settings; s.Canary != 1 || s.Health == nil || s.Lock != "wait" {
+		t.Errorf("settings %+v", s)
+	}
+}

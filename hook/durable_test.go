@@ -443,3 +443,33 @@ func TestTakenOverCanaryDeployPausesAndRollsBack(t *testing.T) {
 		t.Fatalf("sets %v", got)
 	}
 }
+
+// Receivers of other services share the etcd: GET /rollouts lists only the
+// queue entries of the services this receiver serves.
+func TestRolloutsListOnlyServicesServed(t *testing.T) {
+	rs := newReceivers(t)
+	a := rs.start(t, "receiver A")
+	rs.leftByA(t, fleetroll.Report{ID: "0000000000f1", Service: "elsewhere", Status: fleetroll.StatusQueued,
+		Trigger: fleetroll.Trigger{Source: "manual", RequestID: "x"}}, "")
+	rs.leftByA(t, fleetroll.Report{ID: "0000000000f2", Service: "other", Status: fleetroll.StatusQueued,
+		Trigger: fleetroll.Trigger{Source: "manual", RequestID: "y"}}, "")
+	auth := map[string]string{"Authorization": "Bearer " + testToken}
+	for _, q := range []string{"", "?service=elsewhere"} {
+		resp, err := http.DefaultClient.Do(mustRequest(t, "GET", a.http.URL+"/rollouts"+q, auth))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list struct {
+			Rollouts []fleetroll.Report `json:"rollouts"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&list)
+		resp.Body.Close()
+		var ids []string
+		for _, r := range list.Rollouts {
+			ids = append(ids, r.ID)
+		}
+		if slices.Contains(ids, "0000000000f1") || (q == "" && !slices.Contains(ids, "0000000000f2")) {
+			t.Fatalf("GET /rollouts%s: %v", q, ids)
+		}
+	}
+}

@@ -897,9 +897,12 @@ func (s *Server) merged(local []fleetroll.Report, live map[string]fleetroll.Repo
 		seen[r.ID] = true
 		out = append(out, r)
 	}
+	// Others' entries of the shared queue: only of the services this
+	// receiver serves (receivers of other services share the etcd).
+	_, served := s.Config().Service(service)
 	var others []fleetroll.Report
 	for id, l := range live {
-		if !seen[id] && (service == "" || l.Service == service) {
+		if _, ok := s.Config().Service(l.Service); !seen[id] && ok && (service == "" || (served && l.Service == service)) {
 			others = append(others, l)
 		}
 	}

@@ -24,6 +24,19 @@ type Intent struct {
 	Owner   string            `json:"owner"`
 	Started time.Time         `json:"started"`
 	Units   []IntentUnit      `json:"units"`
+	// BlueGreen, for a blue-green rollout, says which set was being
+	// launched and whether the switch to it was made.
+	BlueGreen *BlueGreenIntent `json:"blue_green,omitempty"`
+}
+
+// BlueGreenIntent is where a blue-green rollout stands: Live serve (or
+// served, once Switched), New are being launched (or serve, once
+// Switched); Sidekick is the template of each instance's sidekick.
+type BlueGreenIntent struct {
+	Live     []string `json:"live"`
+	New      []string `json:"new"`
+	Sidekick string   `json:"sidekick,omitempty"`
+	Switched bool     `json:"switched"`
 }
 
 // IntentUnit is one unit in flight: the phase it entered last, and what it
@@ -56,13 +69,14 @@ func (i Intents) Get(ctx context.Context, service string) (*Intent, error) {
 	return in, err
 }
 
-// Put writes the service's intent; with no unit in flight it deletes it.
+// Put writes the service's intent; with no unit in flight (and no
+// blue-green switch under way) it deletes it.
 func (i Intents) Put(ctx context.Context, service string, in Intent) error {
 	key, err := intentKey(service)
 	if err != nil {
 		return err
 	}
-	if len(in.Units) == 0 {
+	if len(in.Units) == 0 && in.BlueGreen == nil {
 		return i.Delete(ctx, service)
 	}
 	return putJSON(ctx, i.KAPI, key, "intent of "+service, in, nil)
@@ -77,16 +91,14 @@ func (i Intents) Delete(ctx context.Context, service string) error {
 	return deleteKey(ctx, i.KAPI, key, "intent of "+service)
 }
 
-// Recorder returns the function that keeps one rollout's intent in etcd
-// as its units move (fleetroll.Hooks.Intent): each call records that unit
-// entered phase p ("" once it is back).
-func (i Intents) Recorder(service string, in Intent, clock fleetroll.Clock) func(ctx context.Context, unit string, p fleetroll.Phase) error {
-	r := &recorder{store: i, service: service, intent: in, clock: clock}
-	return r.phase
+// Recorder returns what keeps one rollout's intent in etcd as its units
+// move.
+func (i Intents) Recorder(service string, in Intent, clock fleetroll.Clock) *Recorder {
+	return &Recorder{store: i, service: service, intent: in, clock: clock}
 }
 
-// recorder keeps one rollout's intent in etcd as its units move.
-type recorder struct {
+// Recorder keeps one rollout's intent in etcd as its units move.
+type Recorder struct {
 	mu      sync.Mutex // units of one batch move at once
 	store   Intents
 	service string
@@ -94,8 +106,24 @@ type recorder struct {
 	clock   fleetroll.Clock
 }
 
-// phase records that unit entered phase p ("" once it is back).
-func (r *recorder) phase(ctx context.Context, unit string, p fleetroll.Phase) error {
+// BlueGreen records where a blue-green rollout stands.
+func (r *Recorder) BlueGreen(ctx context.Context, bg BlueGreenIntent) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := r.intent
+	next.BlueGreen = &bg
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.store.Put(wctx, r.service, next); err != nil {
+		return err
+	}
+	r.intent = next
+	return nil
+}
+
+// Phase records that unit entered phase p ("" once it is back): the
+// fleetroll.Hooks.Intent of a rollout.
+func (r *Recorder) Phase(ctx context.Context, unit string, p fleetroll.Phase) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	units := slices.DeleteFunc(slices.Clone(r.intent.Units), func(u IntentUnit) bool { return u.Unit == unit })

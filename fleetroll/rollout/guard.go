@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,6 +34,7 @@ type guard struct {
 	// rollout is not recorded as interrupted: the resumed one records it.
 	onRestored func(in coord.Intent, restored []fleetroll.UnitReport)
 	recovered  bool // a dead holder's intent was found
+	record     *coord.Recorder
 }
 
 // ErrRecoveryFailed is returned when units a dead holder left in flight
@@ -78,7 +80,8 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 		}
 		hooks.Continue = held.Valid
 		hooks.Fence = held.Valid
-		hooks.Intent = record
+		hooks.Intent = record.Phase
+		g.record = record
 	}
 	var gate func(context.Context, string, *schema.UnitState) error
 	if p.Health != nil {
@@ -120,6 +123,11 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 				defer cancel()
 				return lives.Put(wctx, service, coord.LiveSets{Live: live, Spare: spare, Rollout: g.rollout, At: g.clock().Now()})
 			}}
+		if rec := g.record; rec != nil {
+			hooks.BlueGreen.Record = func(ctx context.Context, switched bool) error {
+				return rec.BlueGreen(ctx, coord.BlueGreenIntent{Live: live, New: next, Sidekick: p.Sidekick, Switched: switched})
+			}
+		}
 	}
 	if p.Canary > 0 {
 		hooks.Canary = &fleetroll.Canary{N: p.Canary, Decide: func(ctx context.Context, rollout string, canaries []string, ready func()) (fleetroll.Decision, error) {
@@ -159,6 +167,9 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 		return nil
 	}
 	g.recovered = true
+	if in.BlueGreen != nil {
+		return g.recoverBlueGreen(ctx, in, hooks)
+	}
 	resumed := in.Rollout == g.rollout
 	var names []string
 	for _, u := range in.Units {
@@ -211,6 +222,113 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 	} else {
 		g.say("recovered rollout %s of %s: %s running again; recorded as interrupted", in.Rollout, service, strings.Join(names, ", "))
 	}
+	return nil
+}
+
+// recoverBlueGreen finishes or undoes a blue-green rollout left by a holder
+// that is gone, so that one full set serves: before the switch (the live
+// record still names the old set), the new units and their sidekicks are
+// destroyed; after it, the old ones are. The set kept is brought back up
+// (started, healthy, announced) where it is not. The rollout is recorded
+// as interrupted.
+func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fleetroll.Hooks) error {
+	service, bg := g.service, in.BlueGreen
+	lives := coord.Lives{KAPI: g.etcd}
+	rec, err := lives.Get(ctx, service)
+	if err != nil {
+		return fmt.Errorf("read the live sets of %s: %w; nothing was touched", service, err)
+	}
+	// The live record is the truth: written at the switch, before the
+	// intent says so.
+	switched := bg.Switched || (rec != nil && slices.Equal(rec.Live, bg.New))
+	keep, drop := bg.Live, bg.New
+	if switched {
+		keep, drop = bg.New, bg.Live
+	}
+	units := func(instances []string) []string {
+		var out []string
+		for _, i := range instances {
+			out = append(out, fleetroll.UnitName(service, i))
+		}
+		return out
+	}
+	stage := "before the switch"
+	if switched {
+		stage = "after the switch"
+	}
+	g.say("recovering blue-green rollout %s of %s, left by %s %s: keeping %s, removing %s", in.Rollout, service, in.Owner, stage,
+		strings.Join(units(keep), ", "), strings.Join(units(drop), ", "))
+	var errs []error
+	for _, i := range drop {
+		names := []string{fleetroll.UnitName(service, i)}
+		if bg.Sidekick != "" {
+			names = append([]string{fleetroll.UnitName(bg.Sidekick, i)}, names...)
+		}
+		for _, n := range names {
+			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := g.fleet.DestroyUnit(dctx, n)
+			cancel()
+			if err != nil && !errors.Is(err, fleetroll.ErrNotFound) {
+				errs = append(errs, fmt.Errorf("destroy %s: %w", n, err))
+			}
+		}
+		if hooks.Done != nil {
+			hooks.Done(ctx, fleetroll.UnitName(service, i)) // its drain key, if it was draining
+		}
+	}
+	if !switched && rec == nil && len(errs) == 0 {
+		// A first blue-green rollout: the old set is the live one.
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := lives.Put(wctx, service, coord.LiveSets{Live: bg.Live, Spare: bg.New, Rollout: g.rollout, At: g.clock().Now()})
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	opt := g.roll
+	opt.RolloutID, opt.OnEvent = g.rollout, nil
+	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence, Wake: hooks.Wake}
+	roller, err := fleetroll.NewRoller(g.fleet, opt)
+	if err != nil {
+		return err
+	}
+	restored, rerr := roller.Restore(ctx, units(keep))
+	if rerr != nil {
+		errs = append(errs, rerr)
+	}
+	rep := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: in.Rollout, Service: service, Status: fleetroll.StatusInterrupted,
+		Trigger: in.Trigger, By: in.Owner, Started: in.Started, Finished: g.clock().Now(), Strategy: fleetroll.StrategyBlueGreen,
+		Units: []fleetroll.UnitReport{}}
+	for i, u := range units(keep) {
+		ur := fleetroll.UnitReport{Unit: u, Outcome: fleetroll.OutcomeInterrupted,
+			Error: fmt.Sprintf("the fleetroll running it (%s) stopped %s; kept by %s", in.Owner, stage, g.owner)}
+		if i < len(restored) && restored[i].Outcome != fleetroll.OutcomeRestarted {
+			ur.Error, ur.LeftStopped = fmt.Sprintf("the fleetroll running it (%s) stopped %s; %s could not bring it back: %s", in.Owner, stage, g.owner, restored[i].Error), restored[i].LeftStopped
+		}
+		rep.Units = append(rep.Units, ur)
+	}
+	for _, u := range units(drop) {
+		rep.Units = append(rep.Units, fleetroll.UnitReport{Unit: u, Outcome: fleetroll.OutcomeDestroyed,
+			Error: fmt.Sprintf("the fleetroll running it (%s) stopped %s; removed by %s", in.Owner, stage, g.owner)})
+	}
+	rep.Error = fmt.Sprintf("interrupted: the fleetroll running it stopped %s", stage)
+	if fleetroll.ValidRolloutID(in.Rollout) && in.Rollout != g.rollout {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if err := (coord.History{KAPI: g.etcd}).Save(hctx, rep); err != nil {
+			g.say("the interrupted rollout %s was not recorded: %v", in.Rollout, err)
+		}
+		cancel()
+	}
+	if err := errors.Join(errs...); err != nil {
+		g.say("recovery of %s failed: %v", service, err)
+		return fmt.Errorf("%s: %w: %w; nothing else was touched (fleetroll recover %s tries again)", service, ErrRecoveryFailed, err, service)
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := (coord.Intents{KAPI: g.etcd}).Delete(dctx, service); err != nil {
+		return fmt.Errorf("%s: recovered, but the intent could not be cleared: %w", service, err)
+	}
+	g.say("recovered blue-green rollout %s of %s: %s serve; recorded as interrupted", in.Rollout, service, strings.Join(units(keep), ", "))
 	return nil
 }
 

@@ -3,9 +3,11 @@ package rollout
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -397,5 +399,77 @@ func TestRestoredIsRestart(t *testing.T) {
 		if got := restoredIsRestart(c.phase, c.u); got != c.want {
 			t.Errorf("%s %+v: %v, want %v", c.phase, c.u, got, c.want)
 		}
+	}
+}
+
+// A blue-green rollout killed before its switch leaves the old set
+// serving: the recovery destroys the new units and their sidekicks. Killed
+// after it (the live record names the new set), the old ones go. Either
+// way one full set runs, the live record says which, nothing is left over,
+// and the killed rollout is recorded as interrupted.
+func TestRecoverBlueGreen(t *testing.T) {
+	for _, switched := range []bool{false, true} {
+		t.Run(fmt.Sprintf("switched %v", switched), func(t *testing.T) {
+			kapi := startEtcd(t)
+			ctx := t.Context()
+			var names []string
+			for _, s := range []string{"my-service", "side"} {
+				for _, p := range []string{"1", "2", "11", "12"} {
+					names = append(names, fleetroll.UnitName(s, p))
+				}
+			}
+			ff := fakefleet.New(names...)
+			r := Runner{Fleet: newFleet(t, ff), Etcd: kapi}
+			bg := coord.BlueGreenIntent{Live: []string{"1", "2"}, New: []string{"11", "12"}, Sidekick: "side", Switched: switched}
+			if switched {
+				// Killed after the live record was written, before the
+				// intent said so: the live record is the truth.
+				bg.Switched = false
+				if err := (coord.Lives{KAPI: kapi}).Put(ctx, "my-service", coord.LiveSets{Live: bg.New, Spare: bg.Live}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ff.Update("my-service@2.service", func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+			dead := coord.Intent{Rollout: "0000000000e1", Owner: "a killed fleetroll", Started: time.Now(), BlueGreen: &bg,
+				Units: []coord.IntentUnit{{Unit: "my-service@2.service", Phase: fleetroll.PhaseStop}}}
+			if err := (coord.Intents{KAPI: kapi}).Put(ctx, "my-service", dead); err != nil {
+				t.Fatal(err)
+			}
+			s := fast()
+			s.Strategy, s.SparePorts, s.Ports, s.Sidekick = StrategyBlueGreen, PortList{"11", "12"}, PortList{"1", "2"}, "side"
+			did, err := r.Recover(ctx, "my-service", s, "recover", nil)
+			if err != nil || !did {
+				t.Fatalf("recover: %v %v", did, err)
+			}
+			keep, gone := []string{"1", "2"}, []string{"11", "12"}
+			if switched {
+				keep, gone = gone, keep
+			}
+			for _, p := range keep {
+				for _, svc := range []string{"my-service", "side"} {
+					if u, ok := ff.Unit(fleetroll.UnitName(svc, p)); !ok || u.Desired != "launched" || u.Active != "active" {
+						t.Errorf("%s kept: %+v %v", fleetroll.UnitName(svc, p), u, ok)
+					}
+				}
+			}
+			for _, p := range gone {
+				for _, svc := range []string{"my-service", "side"} {
+					if _, ok := ff.Unit(fleetroll.UnitName(svc, p)); ok {
+						t.Errorf("%s left behind", fleetroll.UnitName(svc, p))
+					}
+				}
+			}
+			live, err := coord.Lives{KAPI: kapi}.Get(ctx, "my-service")
+			if err != nil || live == nil || !slices.Equal(live.Live, keep) {
+				t.Fatalf("live record %+v %v, want %v", live, err, keep)
+			}
+			if in, _ := (coord.Intents{KAPI: kapi}).Get(ctx, "my-service"); in != nil {
+				t.Fatalf("intent left: %+v", in)
+			}
+			rec, ok, err := coord.History{KAPI: kapi}.Get(ctx, "0000000000e1")
+			if err != nil || !ok || rec.Status != fleetroll.StatusInterrupted || rec.Strategy != fleetroll.StrategyBlueGreen || len(rec.Units) != 4 {
+				t.Fatalf("history: %+v %v %v", rec, ok, err)
+			}
+		})
 	}
 }
