@@ -96,6 +96,7 @@ var layout = []placement{
 	{"TestLoadRolloutThroughProxyLosesNoRequest", three},
 	{"TestBlueGreenUnderLoad", three},
 	{"TestMachineLostMidRoll", three},
+	{"TestDeployPrePullsWhereInstancesLand", three},
 	{"TestMachineLostWithNowhereToGo", three},
 }
 

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	roll "github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/fleetroll/fleetroll/internal/loadtest"
+	client "go.etcd.io/etcd/client/v2"
 )
 
 // need3 runs the test in the three-machine cluster's lane (needCluster).
@@ -295,4 +298,94 @@ func machineID(t *testing.T, c *cluster.Cluster, i int) string {
 	}
 	t.Fatalf("fleet lists no machine %s", c.MachineIP(i))
 	return ""
+}
+
+// Instances launched and a deploy started at once, on three machines (one
+// instance each): fleet has not published yet where they run when the
+// deploy begins. The pre-pull waits for their placement (or pulls on every
+// machine) and so runs on every machine that ends up running an instance,
+// before any stop (issue 21). The engine is a script that records where it
+// pulled: this judges where and when, not the registry.
+func TestDeployPrePullsWhereInstancesLand(t *testing.T) {
+	c := need3(t)
+	ports := []string{"18991", "18992", "18993"}
+	claimUnits(t, "pp-demo", ports...)
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pulls := filepath.Join(dir, "pulls")
+	engine := filepath.Join(dir, "engine")
+	writeFile(t, engine, "#!/bin/sh\ncase \"$1\" in\n  image) exit 1 ;;\n  pull) echo \"$(cat /etc/machine-id) $(date +%s.%N)\" >>"+pulls+"; exit 0 ;;\nesac\nexit 2\n", 0o755)
+	for m := 1; m <= c.Machines; m++ {
+		file := filepath.Join(c.Dir, fmt.Sprintf("m%d", m), "run", "systemd", "user", "fleetroll-pull@.service.d", "10-e2e.conf")
+		writeFile(t, file, "[Service]\nEnvironment=\"DOCKER="+engine+"\"\n", 0o644)
+		t.Cleanup(func() { _ = os.Remove(file) })
+	}
+	opts, err := cluster.LoadTemplate(filepath.Join(repo, "contrib", "demo", "my-service@.service"), "STATE="+c.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts = append(opts, &schema.UnitOption{Section: "X-Fleet", Name: "Conflicts", Value: "pp-demo@*.service"})
+	var units []string
+	for _, p := range ports {
+		units = append(units, "pp-demo@"+p+".service")
+	}
+	t.Cleanup(func() {
+		destroyUnits(t, c, units...)
+		_, _ = etcdKAPI(t).Delete(context.Background(), "/fleetroll/releases/pp-demo", &client.DeleteOptions{Recursive: true})
+	})
+	api, err := c.API()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range units {
+		if err := api.CreateUnit(&schema.Unit{Name: u, Options: opts, DesiredState: "launched"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// At once: fleet has the units, but has not placed them yet.
+	image := "127.0.0.1:5000/demo/pp@sha256:" + strings.Repeat("ab", 32)
+	cmd, lines, stdout := startFleetrollOn(t, c, "deploy", "pp-demo", "--ports", strings.Join(ports, ","), "--image", image,
+		"--grace", "0s", "--start-timeout", "2m", "-o", "json")
+	var log strings.Builder
+	for l := range lines {
+		log.WriteString(l + "\n")
+	}
+	if code := exitCode(t, cmd); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s%s", code, log.String(), stdout)
+	}
+	var rep roll.Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil || rep.Pull == nil {
+		t.Fatalf("report: %v\n%s%s", err, log.String(), stdout)
+	}
+	pulled := map[string]bool{}
+	for _, m := range rep.Pull.Machines {
+		pulled[m.Machine] = true
+		t.Logf("pulled on %s: %s", m.Machine, m.Why)
+	}
+	b, err := os.ReadFile(pulls)
+	if err != nil {
+		t.Fatalf("the engine never pulled: %v\n%s", err, log.String())
+	}
+	engineOn := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		id, _, _ := strings.Cut(l, " ")
+		engineOn[id[:8]] = true
+	}
+	pullEnd := rep.Started.Add(time.Duration(float64(time.Second) * float64(rep.Pull.Seconds)))
+	for _, u := range rep.Units {
+		if !pulled[u.Machine] || !engineOn[u.Machine] {
+			t.Errorf("%s runs on %s, where the release was not pulled (record %v, engine %v)", u.Unit, u.Machine, pulled, engineOn)
+		}
+		if len(u.Phases) == 0 || u.Phases[0].Started.Before(pullEnd) {
+			t.Errorf("%s was touched before the pre-pull ended (%s): %+v", u.Unit, pullEnd, u.Phases)
+		}
+		if u.Outcome != roll.OutcomeRestarted {
+			t.Errorf("%s: %s", u.Unit, u.Outcome)
+		}
+	}
+	if len(rep.Units) != 3 || len(engineOn) != 3 {
+		t.Fatalf("%d units, pulled on %d machines:\n%s", len(rep.Units), len(engineOn), log.String())
+	}
 }

@@ -112,6 +112,11 @@ func (r *Recorder) BlueGreen(ctx context.Context, bg BlueGreenIntent) error {
 	defer r.mu.Unlock()
 	next := r.intent
 	next.BlueGreen = &bg
+	return r.commit(ctx, next)
+}
+
+// commit writes next and keeps it as the intent once written (r.mu held).
+func (r *Recorder) commit(ctx context.Context, next Intent) error {
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := r.store.Put(wctx, r.service, next); err != nil {
@@ -132,11 +137,5 @@ func (r *Recorder) Phase(ctx context.Context, unit string, p fleetroll.Phase) er
 	}
 	next := r.intent
 	next.Units = units
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := r.store.Put(wctx, r.service, next); err != nil {
-		return err
-	}
-	r.intent = next
-	return nil
+	return r.commit(ctx, next)
 }

@@ -176,14 +176,7 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 		names = append(names, u.Unit)
 	}
 	g.say("recovering rollout %s of %s, left by %s: restoring %s", in.Rollout, service, in.Owner, strings.Join(names, ", "))
-	opt := g.roll
-	opt.RolloutID, opt.OnEvent = g.rollout, nil
-	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence, Wake: hooks.Wake}
-	roller, err := fleetroll.NewRoller(g.fleet, opt)
-	if err != nil {
-		return err
-	}
-	restored, rerr := roller.Restore(ctx, names)
+	restored, rerr := g.restore(ctx, hooks, names)
 	if g.onRestored != nil {
 		g.onRestored(*in, restored)
 	}
@@ -201,12 +194,8 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 		where = append(where, fmt.Sprintf("%s in phase %s", u.Unit, u.Phase))
 	}
 	rep.Error = fmt.Sprintf("interrupted: the fleetroll running it stopped with %s in flight", strings.Join(where, ", "))
-	if fleetroll.ValidRolloutID(in.Rollout) && !resumed {
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		if err := (coord.History{KAPI: g.etcd}).Save(hctx, rep); err != nil {
-			g.say("the interrupted rollout %s was not recorded: %v", in.Rollout, err)
-		}
-		cancel()
+	if !resumed {
+		g.recordInterrupted(ctx, rep)
 	}
 	if rerr != nil {
 		g.say("recovery of %s failed: %v", service, rerr)
@@ -223,6 +212,31 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 		g.say("recovered rollout %s of %s: %s running again; recorded as interrupted", in.Rollout, service, strings.Join(names, ", "))
 	}
 	return nil
+}
+
+// restore brings units back with the recovery's hooks (the health gate,
+// the announcement, fencing; no drain, no pause).
+func (g *guard) restore(ctx context.Context, hooks fleetroll.Hooks, units []string) ([]fleetroll.UnitReport, error) {
+	opt := g.roll
+	opt.RolloutID, opt.OnEvent = g.rollout, nil
+	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence, Wake: hooks.Wake}
+	roller, err := fleetroll.NewRoller(g.fleet, opt)
+	if err != nil {
+		return nil, err
+	}
+	return roller.Restore(ctx, units)
+}
+
+// recordInterrupted saves a dead holder's rollout in the history.
+func (g *guard) recordInterrupted(ctx context.Context, rep fleetroll.Report) {
+	if !fleetroll.ValidRolloutID(rep.ID) {
+		return
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := (coord.History{KAPI: g.etcd}).Save(hctx, rep); err != nil {
+		g.say("the interrupted rollout %s was not recorded: %v", rep.ID, err)
+	}
 }
 
 // recoverBlueGreen finishes or undoes a blue-green rollout left by a holder
@@ -285,14 +299,7 @@ func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fl
 			errs = append(errs, err)
 		}
 	}
-	opt := g.roll
-	opt.RolloutID, opt.OnEvent = g.rollout, nil
-	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence, Wake: hooks.Wake}
-	roller, err := fleetroll.NewRoller(g.fleet, opt)
-	if err != nil {
-		return err
-	}
-	restored, rerr := roller.Restore(ctx, units(keep))
+	restored, rerr := g.restore(ctx, hooks, units(keep))
 	if rerr != nil {
 		errs = append(errs, rerr)
 	}
@@ -312,12 +319,8 @@ func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fl
 			Error: fmt.Sprintf("the fleetroll running it (%s) stopped %s; removed by %s", in.Owner, stage, g.owner)})
 	}
 	rep.Error = fmt.Sprintf("interrupted: the fleetroll running it stopped %s", stage)
-	if fleetroll.ValidRolloutID(in.Rollout) && in.Rollout != g.rollout {
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		if err := (coord.History{KAPI: g.etcd}).Save(hctx, rep); err != nil {
-			g.say("the interrupted rollout %s was not recorded: %v", in.Rollout, err)
-		}
-		cancel()
+	if in.Rollout != g.rollout {
+		g.recordInterrupted(ctx, rep)
 	}
 	if err := errors.Join(errs...); err != nil {
 		g.say("recovery of %s failed: %v", service, err)

@@ -482,7 +482,7 @@ func (r Runner) Recover(ctx context.Context, service string, s Settings, owner s
 		trigger: fleetroll.Trigger{Source: "recover"}, roll: opts,
 		say: func(format string, a ...any) {
 			msg := fmt.Sprintf(format, a...)
-			opts.Logger.Warn(msg)
+			opts.Logger.Info(msg)
 			if say != nil {
 				say(msg)
 			}
