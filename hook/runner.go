@@ -119,7 +119,6 @@ func (s *Server) request(ctx context.Context, j Job) (rollout.Request, error) {
 		Resume:  j.Resume,
 		Deploy:  deployOf(set, j.Trigger),
 		OnEvent: func(e fleetroll.Event) { s.progress(ctx, j, e) },
-		Say:     func(msg string) { s.log.Info(msg, "rollout_id", j.ID, "service", j.Service) },
 		OnPlanned: func(rec fleetroll.Report) {
 			s.store.Update(j.ID, func(r *fleetroll.Report) {
 				if j.Resume != nil {

@@ -175,13 +175,21 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 	}
 	s := req.Settings.Complete(req.Service)
 	log := r.logger().With("rollout_id", req.ID, "service", req.Service)
-	say := func(format string, a ...any) {
-		msg := fmt.Sprintf(format, a...)
-		log.Info(msg)
-		if req.Say != nil {
-			req.Say(msg)
+	// say tells the caller (and logs it as information), or without a
+	// caller to tell, logs it: lock waits, recoveries and units left alone
+	// as warnings, the rest as information.
+	tell := func(level slog.Level) func(format string, a ...any) {
+		return func(format string, a ...any) {
+			msg := fmt.Sprintf(format, a...)
+			if req.Say != nil {
+				log.Info(msg)
+				req.Say(msg)
+				return
+			}
+			log.Log(ctx, level, msg)
 		}
 	}
+	say, warn := tell(slog.LevelInfo), tell(slog.LevelWarn)
 	if _, err := r.Plan(ctx, req); err != nil {
 		return nil, err
 	}
@@ -199,7 +207,7 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 	opts := s.Options()
 	opts.RolloutID, opts.Logger, opts.Clock = req.ID, r.logger(), r.Clock // the roller names the rollout and unit
 	g := &guard{etcd: r.Etcd, fleet: r.Fleet, service: req.Service, settings: s, lock: r.LockOf(s, req.Deploy != nil),
-		owner: req.Owner, rollout: req.ID, trigger: req.Trigger, roll: opts, say: say,
+		owner: req.Owner, rollout: req.ID, trigger: req.Trigger, roll: opts, say: warn,
 		onRestored: func(in coord.Intent, restored []fleetroll.UnitReport) {
 			if in.Rollout != req.ID {
 				return
@@ -230,7 +238,7 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 		return nil, fmt.Errorf("plan %s: %w", req.Service, err)
 	}
 	for _, n := range plan.NotLaunched {
-		say("warning: %s is loaded in fleet but not launched, and no rollout left it so (no intent record names it): it is not restarted; fleetctl start %s launches it", n, n)
+		warn("warning: %s is loaded in fleet but not launched, and no rollout left it so (no intent record names it): it is not restarted; fleetctl start %s launches it", n, n)
 	}
 	order := plan.Names()
 	var names []string // the units done before, in the plan's order
@@ -482,10 +490,11 @@ func (r Runner) Recover(ctx context.Context, service string, s Settings, owner s
 		trigger: fleetroll.Trigger{Source: "recover"}, roll: opts,
 		say: func(format string, a ...any) {
 			msg := fmt.Sprintf(format, a...)
-			opts.Logger.Info(msg)
-			if say != nil {
-				say(msg)
+			if say == nil {
+				opts.Logger.Warn(msg) // a receiver's recovery: worth a warning
+				return
 			}
+			say(msg)
 		}}
 	// Only the recovery: no canary pause, no blue-green sets.
 	g.settings.Canary, g.settings.CanaryWait, g.settings.Strategy = 0, 0, StrategyRolling
