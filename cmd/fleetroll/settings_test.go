@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/fleetroll/fleetroll/hook"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
@@ -347,5 +348,41 @@ func TestSettingsFlagsRefusedNotDropped(t *testing.T) {
 		if req != nil || code != exitUsage || !strings.Contains(out, c.want) {
 			t.Errorf("%v: exit %d, %q; want 2 and %q", c.args, code, out, c.want)
 		}
+	}
+}
+
+// Safe by default, and saying so when it is not: with etcd a restart
+// takes the lock and writes its intent (an intent was seen at the stop);
+// --lock off says once what it costs; without etcd (the default endpoint
+// does not answer) one line says the rollout runs without it.
+func TestRestartSaysWhenItIsNotSafe(t *testing.T) {
+	etcd, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{etcd}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, url := fakeCluster(t, "my-service@1.service")
+	intents := 0
+	f.SetHook(func(call string) {
+		if strings.HasPrefix(call, "set my-service@1.service loaded") {
+			if in, err := (coord.Intents{KAPI: kapi}).Get(context.Background(), "my-service"); err == nil && in != nil {
+				intents++
+			}
+		}
+	})
+	common := []string{"restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms"}
+	code, _, errs := runCLI(t, append(common, "--etcd-endpoints", etcd)...)
+	if code != 0 || intents != 1 || strings.Contains(errs, "warning") {
+		t.Fatalf("with etcd: exit %d, %d intents at the stop\n%s", code, intents, errs)
+	}
+	code, _, errs = runCLI(t, append(common, "--etcd-endpoints", etcd, "--lock", "off")...)
+	if code != 0 || intents != 1 || strings.Count(errs, "--lock off: no intent record is written") != 1 {
+		t.Fatalf("--lock off: exit %d, %d intents\n%s", code, intents, errs)
+	}
+	t.Setenv("FLEETROLL_ETCD_ENDPOINTS", "")
+	os.Unsetenv("FLEETROLL_ETCD_ENDPOINTS")
+	code, _, errs = runCLI(t, append(common, "--etcd-timeout", "500ms")...)
+	if code != 0 || strings.Count(errs, "running without the lock, intent records and history") != 1 {
+		t.Fatalf("without etcd: exit %d\n%s", code, errs)
 	}
 }
