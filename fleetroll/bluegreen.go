@@ -38,12 +38,22 @@ type BlueGreen struct {
 	// Swapped, when set, is told once the new units serve and before the
 	// old ones are drained: it records which instances are live (etcd).
 	Swapped func(ctx context.Context, live, spare []string) error
-	// Record, when set, records where the rollout stands before each
-	// step (the intent record): before the new units are created
-	// (switched false: an error touches nothing), and once the switch is
-	// made (switched true).
-	Record func(ctx context.Context, switched bool) error
+	// Record, when set, records where the rollout stands (the intent
+	// record): the old instances it replaces and the new ones, before the
+	// new units are created (BlueGreenLaunching: an error touches
+	// nothing), once the switch is made (BlueGreenSwitched), and once no
+	// unit of the other set is left behind (BlueGreenDone).
+	Record func(ctx context.Context, old, new []string, stage BlueGreenStage) error
 }
+
+// BlueGreenStage is where a blue-green rollout stands.
+type BlueGreenStage string
+
+const (
+	BlueGreenLaunching BlueGreenStage = "launching"
+	BlueGreenSwitched  BlueGreenStage = "switched"
+	BlueGreenDone      BlueGreenStage = "done"
+)
 
 const (
 	// StrategyBlueGreen names blue-green in the record.
@@ -125,10 +135,21 @@ func (r *Roller) blueGreen(ctx context.Context, plan *Plan, b *BlueGreen) (*Repo
 		}
 	}
 
-	if b.Record != nil {
-		if err := b.Record(ctx, false); err != nil {
-			return fail(fmt.Errorf("blue-green of %s: record the intent: %w; nothing was touched", plan.Service, err))
+	record := func(ctx context.Context, stage BlueGreenStage) error {
+		if b.Record == nil {
+			return nil
 		}
+		return b.Record(ctx, instancesOf(old), b.Spare, stage)
+	}
+	// done: no unit of the other set is left behind (a recovery has
+	// nothing to do).
+	done := func() {
+		if err := record(context.WithoutCancel(ctx), BlueGreenDone); err != nil {
+			r.opt.Logger.Warn("blue-green: intent not cleared", "rollout_id", r.opt.RolloutID, "error", err.Error())
+		}
+	}
+	if err := record(ctx, BlueGreenLaunching); err != nil {
+		return fail(fmt.Errorf("blue-green of %s: record the intent: %w; nothing was touched", plan.Service, err))
 	}
 	// Green: launch every new unit, then wait for each to be placed,
 	// running, healthy and announced.
@@ -141,25 +162,23 @@ func (r *Roller) blueGreen(ctx context.Context, plan *Plan, b *BlueGreen) (*Repo
 	if err := errors.Join(errs...); err != nil {
 		// The old ones never stopped: take the new ones away again.
 		dctx := context.WithoutCancel(ctx)
-		for i := range news {
-			r.destroyGreen(dctx, &news[i], b, b.Spare[i])
+		if r.destroyGreens(dctx, news, b) {
+			done()
 		}
 		return fail(fmt.Errorf("blue-green of %s: %w; the new instances were destroyed, the old ones kept serving", plan.Service, firstErr(errs)))
 	}
 	if b.Swapped != nil {
 		if err := b.Swapped(ctx, b.Spare, instancesOf(old)); err != nil {
 			dctx := context.WithoutCancel(ctx)
-			for i := range news {
-				r.destroyGreen(dctx, &news[i], b, b.Spare[i])
+			if r.destroyGreens(dctx, news, b) {
+				done()
 			}
 			return fail(fmt.Errorf("blue-green of %s: record the live instances: %w; the new instances were destroyed, the old ones kept serving", plan.Service, err))
 		}
 	}
-	if b.Record != nil {
-		if err := b.Record(ctx, true); err != nil {
-			// The live record is written: a recovery goes by it.
-			r.opt.Logger.Warn("blue-green: intent not updated after the switch", "rollout_id", r.opt.RolloutID, "error", err.Error())
-		}
+	if err := record(ctx, BlueGreenSwitched); err != nil {
+		// The live record is written: a recovery goes by it.
+		r.opt.Logger.Warn("blue-green: intent not updated after the switch", "rollout_id", r.opt.RolloutID, "error", err.Error())
 	}
 
 	// Blue: drain, stop and destroy every old unit. The new ones serve;
@@ -170,8 +189,11 @@ func (r *Roller) blueGreen(ctx context.Context, plan *Plan, b *BlueGreen) (*Repo
 	wg.Wait()
 	rep.Finished = clock.Now()
 	if err := firstErr(errs[:len(olds)]); err != nil {
+		// An old unit is left: the intent stays, for a recovery to
+		// retire it.
 		return fail(fmt.Errorf("blue-green of %s: the new instances serve, but: %w", plan.Service, err))
 	}
+	done()
 	rep.Status = StatusSucceeded
 	return rep, nil
 }
@@ -241,22 +263,35 @@ func placed(st *schema.UnitState) (string, bool, error) {
 	return "placed on " + shortID(st.MachineID), true, nil
 }
 
+// destroyGreens removes the new units and their sidekicks; it tells
+// whether every one is gone.
+func (r *Roller) destroyGreens(ctx context.Context, news []UnitReport, b *BlueGreen) bool {
+	all := true
+	for i := range news {
+		all = r.destroyGreen(ctx, &news[i], b, b.Spare[i]) && all
+	}
+	return all
+}
+
 // destroyGreen removes a new unit and its sidekick (best effort: a unit
-// fleet no longer knows is gone already).
-func (r *Roller) destroyGreen(ctx context.Context, ur *UnitReport, b *BlueGreen, instance string) {
+// fleet no longer knows is gone already); it tells whether both are gone.
+func (r *Roller) destroyGreen(ctx context.Context, ur *UnitReport, b *BlueGreen, instance string) bool {
+	gone := true
 	if b.Sidekick != "" {
 		if err := r.fleet.DestroyUnit(ctx, UnitName(b.Sidekick, instance)); err != nil && !errors.Is(err, ErrNotFound) {
 			r.opt.Logger.Warn("sidekick not destroyed", "rollout_id", r.opt.RolloutID, "unit", UnitName(b.Sidekick, instance), "error", err.Error())
+			gone = false
 		}
 	}
 	if err := r.fleet.DestroyUnit(ctx, ur.Unit); err != nil && !errors.Is(err, ErrNotFound) {
 		r.opt.Logger.Warn("new unit not destroyed", "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "error", err.Error())
 		ur.Error = strings.TrimPrefix(ur.Error+"; not destroyed: "+err.Error(), "; ")
-		return
+		return false
 	}
 	if ur.Outcome != OutcomeFailed {
 		ur.Outcome = OutcomeDestroyed
 	}
+	return gone
 }
 
 // retireBlue drains an old unit, stops it, then destroys it and its

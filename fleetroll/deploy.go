@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
@@ -206,6 +207,9 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 		switch b.Outcome {
 		case OutcomeRestarted:
 			u.Outcome, u.Phase, u.ImageDigest = OutcomeRolledBack, "", b.ImageDigest
+			if u.Error != "" {
+				u.Error = downRe.ReplaceAllString(u.Error, "") + "; rolled back: it runs the previous release again"
+			}
 		case OutcomeUntouched:
 			// the rollback halted before it: it still runs the new release
 		default:
@@ -236,17 +240,12 @@ func (e *RolledBackError) Error() string {
 	return fmt.Sprintf("%s; rolled back to %s: every instance it moved runs it again", backUp(e.Err), e.To.Image)
 }
 
-// backUp is err's text once the rollback brought its unit back: a unit
-// error no longer says the unit is down.
-func backUp(err error) string {
-	var ue *UnitError
-	if !errors.As(err, &ue) || !ue.LeftStopped {
-		return err.Error()
-	}
-	up := *ue
-	up.LeftStopped = false
-	return strings.Replace(err.Error(), ue.Error(), up.Error(), 1)
-}
+// backUp is err's text once the rollback brought its units back: no unit
+// error says its unit is down any more.
+func backUp(err error) string { return downRe.ReplaceAllString(err.Error(), "") }
+
+// downRe is what a unit error adds for a unit left down (UnitError).
+var downRe = regexp.MustCompile(`; \S+ IS DOWN: fleetroll stopped it and could not start it again`)
 
 func (e *RolledBackError) Unwrap() error { return e.Err }
 

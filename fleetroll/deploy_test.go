@@ -380,8 +380,9 @@ func TestDeployRollsBackToThePreviousRelease(t *testing.T) {
 					t.Fatalf("unit %d runs %s", i, u.ImageDigest)
 				}
 			}
-			if !strings.Contains(rep.Units[1].Error, string(phase)) {
-				t.Fatalf("the failed unit's error is lost: %+v", rep.Units[1])
+			if u := rep.Units[1]; !strings.Contains(u.Error, string(phase)) || strings.Contains(u.Error, "IS DOWN") || u.LeftStopped ||
+				!strings.HasSuffix(u.Error, "rolled back: it runs the previous release again") {
+				t.Fatalf("the failed unit's error is lost, or untrue at the end: %+v", u)
 			}
 			notRestarted(t, f.Calls(), names[2])
 			if maxDown() != 1 {

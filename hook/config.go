@@ -90,6 +90,18 @@ func ParseConfig(b []byte, base rollout.Settings) (*Config, error) {
 		if err := nodes.Services[i].Decode(&svc); err != nil {
 			return nil, nameFields(b, err)
 		}
+		if svc.Settings.BlueGreen() {
+			// serve's --canary is for the rolling services: a blue-green
+			// one checks every new instance before the old ones go.
+			var own map[string]any
+			_ = nodes.Services[i].Decode(&own)
+			if _, ok := own["canary"]; !ok {
+				svc.Settings.Canary = 0
+			}
+			if _, ok := own["canary_wait"]; !ok {
+				svc.Settings.CanaryWait = 0
+			}
+		}
 		cfg.Services[i] = svc
 	}
 	if err := cfg.Validate(); err != nil {

@@ -97,6 +97,16 @@ func TestConfigOverBase(t *testing.T) {
 	if base.Drain.Timeout != 0 {
 		t.Fatal("a service's settings changed the base")
 	}
+	// serve's --canary is for the rolling services; a blue-green service
+	// is refused only for a canary of its own.
+	base.Canary = 1
+	cfg, err = ParseConfig([]byte("services: [{name: a}, {name: b, strategy: blue-green, spare_ports: 9001}]"), base)
+	if err != nil || cfg.Services[0].Settings.Canary != 1 || cfg.Services[1].Settings.Canary != 0 {
+		t.Fatalf("--canary over a blue-green service: %v", err)
+	}
+	if _, err := ParseConfig([]byte("services: [{name: b, strategy: blue-green, spare_ports: 9001, canary: 1}]"), base); err == nil {
+		t.Fatal("a blue-green service's own canary accepted")
+	}
 }
 
 func TestLoadConfig(t *testing.T) {

@@ -32,15 +32,19 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	stopped := func(err error) bool {
 		return j.entry != "" && (ctx.Err() != nil || errors.Is(err, fleetroll.ErrFenced) || (j.lease != nil && j.lease() != nil))
 	}
-	rep, err := s.roll(ctx, j, func(rep *fleetroll.Report) bool {
-		if stopped(nil) {
-			return false
+	// Whether it stopped before its end is decided once: where the
+	// runner asks before saving the record, or here when it never began.
+	var decided *bool
+	rep, err := s.roll(ctx, j, func(rep *fleetroll.Report, err error) bool {
+		e := !stopped(err)
+		decided = &e
+		if e {
+			*rep = s.finalOf(j, rep, nil, t0)
 		}
-		*rep = s.finalOf(j, rep, nil, t0)
-		return true
+		return e
 	})
 	final := s.finalOf(j, rep, err, t0)
-	if stopped(err) {
+	if (decided != nil && !*decided) || (decided == nil && stopped(err)) {
 		s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
 		why := "shutdown"
 		if err != nil {
@@ -93,7 +97,7 @@ func (s *Server) finalOf(j Job, rep *fleetroll.Report, err error, t0 time.Time) 
 // roll builds the rollout's request of the job and runs it. The report is
 // nil when the roll never began (no plan, the lock refused, etcd
 // unreachable). record adjusts the record before the runner saves it.
-func (s *Server) roll(ctx context.Context, j Job, record func(*fleetroll.Report) bool) (*fleetroll.Report, error) {
+func (s *Server) roll(ctx context.Context, j Job, record func(*fleetroll.Report, error) bool) (*fleetroll.Report, error) {
 	req, err := s.request(ctx, j)
 	if err != nil {
 		return nil, err
@@ -190,7 +194,7 @@ func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
 // service's lock expired. It takes the lock like a rollout would.
 func (s *Server) recoverOnly(ctx context.Context, service string) {
 	svc, ok := s.Config().Service(service)
-	if !ok || s.opt.Etcd == nil || svc.Settings.Lock == rollout.LockOff {
+	if !ok || s.opt.Etcd == nil || runnerOf(s.opt).LockOf(svc.Settings, svc.Settings.Image != "") == rollout.LockOff {
 		return
 	}
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)

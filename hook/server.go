@@ -262,7 +262,7 @@ func checkPolicies(c *Config, opt Options) error {
 	r := runnerOf(opt)
 	for i, svc := range c.Services {
 		if err := r.Check(rollout.Request{Service: svc.Name, Settings: svc.Settings}); err != nil {
-			return fmt.Errorf("services[%d] (%s): %w (--etcd-endpoints)", i, svc.Name, err)
+			return fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err)
 		}
 	}
 	return nil

@@ -99,10 +99,12 @@ func targetOf(c *cli.Context, verb string) (service string, units []string, err 
 		if c.IsSet("ports") {
 			return "", nil, usageErr("%s: --ports goes with a service name, not with unit names", verb)
 		}
-		if c.IsSet("config") {
-			return "", nil, usageErr("%s: --config goes with a service name, not with unit names", verb)
-		}
-		if s, _, ok := strings.Cut(units[0], "@"); ok {
+		// The units' service, for its settings (--config).
+		for _, u := range units {
+			s, _, _ := strings.Cut(u, "@")
+			if service != "" && s != service && c.String("config") != "" {
+				return "", nil, usageErr("%s: with --config, name the units of one service", verb)
+			}
 			service = s
 		}
 	}
@@ -144,7 +146,7 @@ func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*
 	}
 	ctx, out, errw := c.Context, c.App.Writer, c.App.ErrWriter
 	kapi, noEtcd, err := etcdFor(ctx, c, fleet)
-	if err != nil {
+	if err != nil && !c.Bool("dry-run") {
 		return err
 	}
 	req := rollout.Request{ID: fleetroll.NewID(), Service: service, Units: units, Settings: settings,
@@ -154,15 +156,21 @@ func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*
 		return err
 	}
 	runner := rollout.Runner{Fleet: fleet, Etcd: kapi, Resolver: reg, Logger: logger}
-	if err := runner.Check(req); err != nil {
-		return usageErr("%s: %w", verb, err)
-	}
 	if c.Bool("dry-run") {
 		plan, err := runner.Plan(ctx, req)
 		if err != nil {
 			return planErr(ctx, endpoint, err)
 		}
+		for _, n := range plan.NotLaunched {
+			fmt.Fprintf(errw, "warning: %s is loaded in fleet but not launched: a rollout would not restart it\n", n)
+		}
 		return printPlan(out, output, req.Settings, plan)
+	}
+	if err := runner.Check(req); err != nil {
+		if noEtcd != "" {
+			fmt.Fprintln(errw, noEtcd) // why there is none
+		}
+		return usageErr("%s: %w", verb, err)
 	}
 	// Said once the rollout is known to go on (its plan made).
 	warned := false
@@ -174,7 +182,9 @@ func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*
 		if noEtcd != "" {
 			fmt.Fprintln(errw, noEtcd)
 		}
-		warnLockOff(req.Settings, kapi, errw)
+		if kapi != nil && runner.LockOf(req.Settings, req.Deploy != nil) == rollout.LockOff {
+			fmt.Fprintln(errw, "fleetroll: warning: --lock off: no intent record is written, so a fleetroll killed mid-rollout can leave an instance down that nothing brings back")
+		}
 	}
 
 	var stopView func()

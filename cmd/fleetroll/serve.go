@@ -267,6 +267,9 @@ func serveAction(c *cli.Context) error {
 		return err
 	}
 	o.hook.Fleet, o.hook.Config, o.hook.Logger = fleet, o.config, logger
+	if err := o.hook.Secrets.Validate(); err != nil {
+		return usageErr("serve: hook: %w", err) // before fleet and etcd are asked anything
+	}
 	kapi, noEtcd, err := etcdFor(c.Context, c, fleet)
 	if err != nil {
 		return err

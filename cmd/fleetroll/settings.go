@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -276,25 +275,25 @@ func etcdFor(ctx context.Context, c *cli.Context, fleet fleetroll.Fleet) (client
 		return nil, "", err
 	}
 	ep := c.String("etcd-endpoints")
-	pctx, cancel := context.WithTimeout(ctx, c.Duration("etcd-timeout"))
-	defer cancel()
 	if c.IsSet("etcd-endpoints") {
+		pctx, cancel := context.WithTimeout(ctx, c.Duration("etcd-timeout"))
+		defer cancel()
 		if err := coord.Ping(pctx, kapi); err != nil {
 			return nil, "", &exitError{exitFailed, fmt.Errorf("etcd unreachable, nothing was touched: %s (--etcd-endpoints) does not answer: %w", ep, err)}
 		}
 		return kapi, "", nil
 	}
-	own, why := coord.FleetOwn(pctx, kapi, fleet)
+	// Each call is bounded by its client's timeout; the whole by this.
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	own, why, err := coord.FleetOwn(octx, kapi, fleet)
+	if err != nil {
+		// Whether fleet's etcd is there cannot be told: refuse rather
+		// than go on without the lock.
+		return nil, "", &exitError{exitFailed, fmt.Errorf("cannot reach fleet at %s: %w", c.String("endpoint"), err)}
+	}
 	if !own {
 		return nil, fmt.Sprintf("fleetroll: no etcd of this fleet cluster at %s (%s): running without the lock, intent records and history; give --etcd-endpoints to use one", ep, why), nil
 	}
 	return kapi, "", nil
-}
-
-// warnLockOff says once, when etcd is there and the lock is turned off,
-// what that costs.
-func warnLockOff(s rollout.Settings, kapi client.KeysAPI, errw io.Writer) {
-	if kapi != nil && s.Lock == rollout.LockOff && s.Image == "" && !s.BlueGreen() {
-		fmt.Fprintln(errw, "fleetroll: warning: --lock off: no intent record is written, so a fleetroll killed mid-rollout can leave an instance down that nothing brings back")
-	}
 }

@@ -26,8 +26,7 @@ func statusCommand() *cli.Command {
 		Usage:     "show recent rollouts, from every fleetroll (CLI and servers), from etcd",
 		ArgsUsage: "[SERVICE | ROLLOUT-ID]",
 		Description: `Lists the rollouts recorded in etcd (/fleetroll/history), newest first.
-fleetroll restart records a rollout when it uses etcd (--lock, --drain, --record);
-fleetroll serve records every rollout when it has etcd.
+Every rollout run with etcd is recorded: restart, deploy, rollback and serve's.
 
 Examples:
    fleetroll status

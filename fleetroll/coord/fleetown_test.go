@@ -31,8 +31,8 @@ func TestFleetOwn(t *testing.T) {
 	}
 	check := func(want bool, why string) {
 		t.Helper()
-		own, got := FleetOwn(ctx, kapi, fleet)
-		if own != want || !strings.Contains(got, why) {
+		own, got, err := FleetOwn(ctx, kapi, fleet)
+		if err != nil || own != want || !strings.Contains(got, why) {
 			t.Fatalf("own %v (%q), want %v (%q)", own, got, want, why)
 		}
 	}
@@ -51,7 +51,12 @@ func TestFleetOwn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if own, why := FleetOwn(ctx, gone, fleet); own || !strings.Contains(why, "does not answer") {
-		t.Fatalf("an etcd that does not answer: %v %q", own, why)
+	if own, why, err := FleetOwn(ctx, gone, fleet); own || err != nil || !strings.Contains(why, "does not answer") {
+		t.Fatalf("an etcd that does not answer: %v %q %v", own, why, err)
+	}
+	// A fleet that does not answer: it cannot tell, and says so.
+	srv.Close()
+	if own, _, err := FleetOwn(ctx, kapi, fleet); own || err == nil {
+		t.Fatalf("a fleet that does not answer: %v %v", own, err)
 	}
 }

@@ -2,7 +2,9 @@ package coord
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	client "go.etcd.io/etcd/client/v2"
@@ -56,9 +58,11 @@ func newState(resp *client.Response) bool {
 
 // FleetOwn tells whether etcd is the one of the fleet cluster whose API is
 // fleet: fleet's machines are registered in it (PREFIX/machines) and the
-// units fleet's API lists are its jobs (PREFIX/job). When not, why says
-// what was found ("does not answer", "no fleet machines in it", ...).
-func FleetOwn(ctx context.Context, kapi client.KeysAPI, fleet fleetroll.Fleet) (own bool, why string) {
+// units fleet's API lists are its jobs (PREFIX/job). When it is not, why
+// says what was found ("it does not answer", "no fleet machine is
+// registered in it", ...). err is for what keeps it from telling: fleet's
+// API did not answer.
+func FleetOwn(ctx context.Context, kapi client.KeysAPI, fleet fleetroll.Fleet) (own bool, why string, err error) {
 	children := func(dir string) (map[string]bool, error) {
 		resp, err := kapi.Get(ctx, DefaultFleetPrefix+dir, &client.GetOptions{Quorum: true})
 		if err != nil {
@@ -68,49 +72,64 @@ func FleetOwn(ctx context.Context, kapi client.KeysAPI, fleet fleetroll.Fleet) (
 			return nil, err
 		}
 		out := map[string]bool{}
-		for _, n := range resp.Node.Nodes {
-			out[n.Key[strings.LastIndex(n.Key, "/")+1:]] = true
+		if resp.Node != nil {
+			for _, n := range resp.Node.Nodes {
+				if n != nil {
+					out[n.Key[strings.LastIndex(n.Key, "/")+1:]] = true
+				}
+			}
 		}
 		return out, nil
 	}
 	machines, err := children("machines")
 	if err != nil {
-		return false, "it does not answer: " + firstLine(err.Error())
+		return false, "it does not answer: " + firstLine(err.Error()), nil
 	}
 	if len(machines) == 0 {
-		return false, "no fleet machine is registered in it"
+		return false, "no fleet machine is registered in it", nil
 	}
 	ips, err := fleet.MachineIPs(ctx)
 	if err != nil {
-		return false, "fleet's machine list: " + err.Error()
+		return false, "", fmt.Errorf("fleet's machine list: %w", err)
 	}
 	shared := false
 	for id := range ips {
 		shared = shared || machines[id]
 	}
 	if !shared {
-		return false, "its fleet machines are not this cluster's"
+		return false, "its fleet machines are not this cluster's", nil
 	}
 	// Machines alone do not tell two clusters of one host apart: fleet's
-	// API answers its units from its etcd's jobs.
-	for try := 0; ; try++ {
+	// API answers its units from its etcd's jobs. Units come and go while
+	// this looks (fleetroll's own pulls, other rollouts): a few looks, a
+	// pause apart, and one that agrees is enough.
+	for try := 1; ; try++ {
 		jobs, err := children("job")
 		if err != nil {
-			return false, "it does not answer: " + firstLine(err.Error())
+			return false, "it does not answer: " + firstLine(err.Error()), nil
 		}
 		units, err := fleet.Units(ctx)
 		if err != nil {
-			return false, "fleet's unit list: " + err.Error()
+			return false, "", fmt.Errorf("fleet's unit list: %w", err)
 		}
-		same := len(units) == len(jobs)
+		same := true
+		n := 0
 		for _, u := range units {
-			same = same && jobs[u.Name]
+			if u != nil {
+				n++
+				same = same && jobs[u.Name]
+			}
 		}
-		switch {
-		case same:
-			return true, ""
-		case try == 2:
-			return false, "its fleet units are not this cluster's"
+		if same && n == len(jobs) {
+			return true, "", nil
+		}
+		if try == 5 {
+			return false, "its fleet units are not this cluster's", nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, "", ctx.Err()
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

@@ -106,12 +106,13 @@ type Recorder struct {
 	clock   fleetroll.Clock
 }
 
-// BlueGreen records where a blue-green rollout stands.
-func (r *Recorder) BlueGreen(ctx context.Context, bg BlueGreenIntent) error {
+// BlueGreen records where a blue-green rollout stands; nil once nothing
+// of it is left for a recovery to do.
+func (r *Recorder) BlueGreen(ctx context.Context, bg *BlueGreenIntent) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	next := r.intent
-	next.BlueGreen = &bg
+	next.BlueGreen = bg
 	return r.commit(ctx, next)
 }
 

@@ -121,6 +121,22 @@ func (s ReleaseStore) Set(ctx context.Context, service string, rel fleetroll.Rel
 	return nil
 }
 
+// Clear removes the service's current release when it is still cur (a
+// first deploy undone): its instances run their unit's IMAGE again.
+func (s ReleaseStore) Clear(ctx context.Context, service string, cur fleetroll.Release) error {
+	dir, err := releaseDir(service)
+	if err != nil {
+		return err
+	}
+	if _, err := s.KAPI.Delete(ctx, dir+"/current", &client.DeleteOptions{PrevValue: cur.Image}); err != nil {
+		if isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
+			return fmt.Errorf("releases: clear %s of %s: %w", cur.Image, service, ErrReleaseChanged)
+		}
+		return fmt.Errorf("releases: clear %s of %s: %w", cur.Image, service, err)
+	}
+	return nil
+}
+
 // Previous returns the release to go back to: the newest in the history
 // that is not the current one and that no deploy was rolled back from.
 func (s ReleaseStore) Previous(ctx context.Context, service string) (*fleetroll.Release, error) {

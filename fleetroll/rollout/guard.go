@@ -73,7 +73,9 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 			// This fleetroll saw its roll to the end (and brought back what
 			// it could): nothing of its own is left for another to restore.
 			// Another's intent that could not be restored stays.
-			if in, err := intents.Get(rctx, service); err == nil && in != nil && in.Rollout == g.rollout && held.Valid() == nil {
+			// A blue-green rollout that left a unit of the other set
+			// behind keeps its intent, for the next fleetroll to finish.
+			if in, err := intents.Get(rctx, service); err == nil && in != nil && in.Rollout == g.rollout && in.BlueGreen == nil && held.Valid() == nil {
 				_ = intents.Delete(rctx, service)
 			}
 			_ = held.Release(rctx)
@@ -124,8 +126,11 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 				return lives.Put(wctx, service, coord.LiveSets{Live: live, Spare: spare, Rollout: g.rollout, At: g.clock().Now()})
 			}}
 		if rec := g.record; rec != nil {
-			hooks.BlueGreen.Record = func(ctx context.Context, switched bool) error {
-				return rec.BlueGreen(ctx, coord.BlueGreenIntent{Live: live, New: next, Sidekick: p.Sidekick, Switched: switched})
+			hooks.BlueGreen.Record = func(ctx context.Context, old, new []string, stage fleetroll.BlueGreenStage) error {
+				if stage == fleetroll.BlueGreenDone {
+					return rec.BlueGreen(ctx, nil)
+				}
+				return rec.BlueGreen(ctx, &coord.BlueGreenIntent{Live: old, New: new, Sidekick: p.Sidekick, Switched: stage == fleetroll.BlueGreenSwitched})
 			}
 		}
 	}
@@ -290,6 +295,11 @@ func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fl
 			hooks.Done(ctx, fleetroll.UnitName(service, i)) // its drain key, if it was draining
 		}
 	}
+	if !switched {
+		if err := g.undoRelease(ctx, in.Rollout); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if !switched && rec == nil && len(errs) == 0 {
 		// A first blue-green rollout: the old set is the live one.
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -333,6 +343,37 @@ func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fl
 	}
 	g.say("recovered blue-green rollout %s of %s: %s serve; recorded as interrupted", in.Rollout, service, strings.Join(units(keep), ", "))
 	return nil
+}
+
+// undoRelease writes back the release before the one rollout wrote, when
+// it is still the current one (a blue-green deploy stopped before its
+// switch: the old set serves the release before it); a first deploy's
+// release is cleared.
+func (g *guard) undoRelease(ctx context.Context, rollout string) error {
+	store := coord.ReleaseStore{KAPI: g.etcd}
+	cur, err := store.Current(ctx, g.service)
+	if err != nil || cur == nil || cur.Rollout != rollout {
+		return err
+	}
+	hist, err := store.History(ctx, g.service)
+	if err != nil {
+		return err
+	}
+	var prev *fleetroll.Release
+	for i, rel := range hist { // newest first
+		if rel.Rollout == rollout && i+1 < len(hist) {
+			prev = &hist[i+1]
+			break
+		}
+	}
+	if prev == nil {
+		g.say("%s: clearing the release %s of the stopped rollout (a first deploy)", g.service, cur.Image)
+		return store.Clear(ctx, g.service, *cur)
+	}
+	back := *prev
+	back.Rollout, back.Created, back.Trigger = g.rollout, g.clock().Now(), fleetroll.Trigger{Source: fleetroll.TriggerRollback}
+	g.say("%s: writing back the release %s (the stopped rollout had written %s)", g.service, prev.Image, cur.Image)
+	return store.Set(ctx, g.service, back, cur)
 }
 
 // gate runs the health gate against the unit's machine and port.

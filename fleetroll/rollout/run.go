@@ -71,9 +71,10 @@ type Request struct {
 	// Decide, when set, wraps each canary pause's decision (serve ends a
 	// pause that a newer trigger supersedes).
 	Decide func(next DecideFunc) DecideFunc
-	// Record is given the final record before it is saved in the history
-	// (when there is etcd); it may add to it, and false skips the save.
-	Record func(rep *fleetroll.Report) bool
+	// Record is given the final record and the rollout's error before the
+	// record is saved in the history (when there is etcd); it may add to
+	// it, and false skips the save.
+	Record func(rep *fleetroll.Report, err error) bool
 }
 
 // Owner describes this process: what it does, host, PID and since when.
@@ -133,7 +134,10 @@ func (r Runner) target(ctx context.Context, req Request, s Settings) (fleetroll.
 		}
 		t.Instances = live
 	}
-	return t, t.Validate()
+	if err := t.Validate(); err != nil {
+		return t, &fleetroll.PlanError{Msg: err.Error()}
+	}
+	return t, nil
 }
 
 // Plan is the plan the request would follow now, without a lock: for a dry
@@ -143,11 +147,7 @@ func (r Runner) Plan(ctx context.Context, req Request) (*fleetroll.Plan, error) 
 	s := req.Settings.Complete(req.Service)
 	t, err := r.target(ctx, req, s)
 	if err != nil {
-		var pe *fleetroll.PlanError
-		if errors.As(err, &pe) {
-			return nil, err
-		}
-		return nil, &fleetroll.PlanError{Msg: err.Error()}
+		return nil, err
 	}
 	plan, err := fleetroll.MakePlan(ctx, r.Fleet, t)
 	var pe *fleetroll.PlanError
@@ -191,7 +191,13 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 	}
 	say, warn := tell(slog.LevelInfo), tell(slog.LevelWarn)
 	if _, err := r.Plan(ctx, req); err != nil {
-		return nil, err
+		// A plan that finds nothing to roll may be what a killed
+		// fleetroll left (its only instances stopped): the recovery
+		// under the lock comes first.
+		var pe *fleetroll.PlanError
+		if !errors.As(err, &pe) || !r.inFlight(ctx, req.Service) {
+			return nil, err
+		}
 	}
 
 	// Units already restarted by this rollout, before another receiver
@@ -238,7 +244,11 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 		return nil, fmt.Errorf("plan %s: %w", req.Service, err)
 	}
 	for _, n := range plan.NotLaunched {
-		warn("warning: %s is loaded in fleet but not launched, and no rollout left it so (no intent record names it): it is not restarted; fleetctl start %s launches it", n, n)
+		why := "no rollout left it so (no intent record names it)"
+		if hooks.Intent == nil {
+			why = "and without intent records (no lock) fleetroll cannot tell who stopped it"
+		}
+		warn("warning: %s is loaded in fleet but not launched, %s: it is not restarted; fleetctl start %s launches it", n, why, n)
 	}
 	order := plan.Names()
 	var names []string // the units done before, in the plan's order
@@ -315,11 +325,21 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 		rep.Canary = before
 	}
 	rep.Trigger, rep.By, rep.NotLaunched = req.Trigger, req.Owner, plan.NotLaunched
-	if rep.Trigger.Source == "" && rep.Release != nil {
-		rep.Trigger = rep.Release.To.Trigger
+	if rep.Release != nil && fromCLI(req.Trigger) {
+		rep.Trigger = rep.Release.To.Trigger // what the operator named, resolved
 	}
-	r.record(ctx, req, rep, log)
+	r.record(ctx, req, rep, err, log)
 	return rep, err
+}
+
+// inFlight tells whether a rollout of the service left units in flight
+// (its intent record is there).
+func (r Runner) inFlight(ctx context.Context, service string) bool {
+	if r.Etcd == nil {
+		return false
+	}
+	in, err := coord.Intents{KAPI: r.Etcd}.Get(ctx, service)
+	return err == nil && in != nil
 }
 
 // verbOf names what the request does, for errors.
@@ -334,8 +354,8 @@ func verbOf(req Request) string {
 }
 
 // record saves the rollout in etcd's history, when there is etcd.
-func (r Runner) record(ctx context.Context, req Request, rep *fleetroll.Report, log *slog.Logger) {
-	if req.Record != nil && !req.Record(rep) {
+func (r Runner) record(ctx context.Context, req Request, rep *fleetroll.Report, err error, log *slog.Logger) {
+	if req.Record != nil && !req.Record(rep, err) {
 		return
 	}
 	if r.Etcd == nil {
@@ -447,9 +467,16 @@ func (r Runner) release(ctx context.Context, req Request, s Settings, store coor
 		return fleetroll.Release{}, err
 	}
 	t := req.Trigger
-	t.Repository, t.Digest, t.Tag = cmpOr(t.Repository, s.Image), cmpOr(t.Digest, digest), cmpOr(t.Tag, tag)
-	return fleetroll.Release{Image: image, Tag: t.Tag, Trigger: t}, nil
+	if fromCLI(t) {
+		// The operator's trigger names what they asked for; a sender's
+		// stays as it was sent.
+		t.Repository, t.Digest, t.Tag = s.Image, digest, tag
+	}
+	return fleetroll.Release{Image: image, Tag: cmpOr(t.Tag, tag), Trigger: t}, nil
 }
+
+// fromCLI tells a command's trigger from a sender's.
+func fromCLI(t fleetroll.Trigger) bool { return t.Source == "" || t.Source == "cli" }
 
 func cmpOr(a, b string) string {
 	if a != "" {

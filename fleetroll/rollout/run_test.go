@@ -435,6 +435,16 @@ func TestRecoverBlueGreen(t *testing.T) {
 			if err := (coord.Intents{KAPI: kapi}).Put(ctx, "my-service", dead); err != nil {
 				t.Fatal(err)
 			}
+			// A deploy: the killed rollout had written its release.
+			store := coord.ReleaseStore{KAPI: kapi}
+			v1 := fleetroll.Release{Image: "127.0.0.1:5000/demo/x@sha256:" + strings.Repeat("1", 64), Rollout: "0000000000e0"}
+			v2 := fleetroll.Release{Image: "127.0.0.1:5000/demo/x@sha256:" + strings.Repeat("2", 64), Rollout: "0000000000e1"}
+			if err := store.Set(ctx, "my-service", v1, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := store.Set(ctx, "my-service", v2, &v1); err != nil {
+				t.Fatal(err)
+			}
 			s := fast()
 			s.Strategy, s.SparePorts, s.Ports, s.Sidekick = StrategyBlueGreen, PortList{"11", "12"}, PortList{"1", "2"}, "side"
 			did, err := r.Recover(ctx, "my-service", s, "recover", nil)
@@ -459,6 +469,15 @@ func TestRecoverBlueGreen(t *testing.T) {
 					}
 				}
 			}
+			// Before the switch the old set serves the release before:
+			// it is the current one again.
+			wantRelease := v1.Image
+			if switched {
+				wantRelease = v2.Image
+			}
+			if cur, err := store.Current(ctx, "my-service"); err != nil || cur == nil || cur.Image != wantRelease {
+				t.Fatalf("current release %+v %v, want %s", cur, err, wantRelease)
+			}
 			live, err := coord.Lives{KAPI: kapi}.Get(ctx, "my-service")
 			if err != nil || live == nil || !slices.Equal(live.Live, keep) {
 				t.Fatalf("live record %+v %v, want %v", live, err, keep)
@@ -471,5 +490,69 @@ func TestRecoverBlueGreen(t *testing.T) {
 				t.Fatalf("history: %+v %v %v", rec, ok, err)
 			}
 		})
+	}
+}
+
+// A blue-green rollout's intent names the sets it actually replaces (a
+// first one, of every launched instance, with no ports set), before the
+// new units are created; once it succeeded, nothing is left to recover.
+func TestBlueGreenIntentNamesThePlannedSets(t *testing.T) {
+	kapi := startEtcd(t)
+	ctx := t.Context()
+	ff := fakefleet.New("my-service@1.service", "my-service@2.service")
+	for _, u := range []string{"my-service@1.service", "my-service@2.service"} {
+		ff.Update(u, func(u *fakefleet.Unit) {
+			u.Options = []fakefleet.Option{{Section: "Service", Name: "ExecStart", Value: "/bin/demo %i"}}
+		})
+	}
+	var seen []string
+	ff.SetHook(func(call string) {
+		if !strings.HasPrefix(call, "create my-service@") {
+			return
+		}
+		in, err := (coord.Intents{KAPI: kapi}).Get(context.Background(), "my-service")
+		if err != nil || in == nil || in.BlueGreen == nil {
+			seen = append(seen, fmt.Sprintf("%s: no blue-green intent (%v)", call, err))
+			return
+		}
+		seen = append(seen, fmt.Sprintf("%s: live %v new %v switched %v", call, in.BlueGreen.Live, in.BlueGreen.New, in.BlueGreen.Switched))
+	})
+	s := fast()
+	s.Strategy, s.SparePorts = StrategyBlueGreen, PortList{"11", "12"}
+	rep, err := Runner{Fleet: newFleet(t, ff), Etcd: kapi}.Run(ctx, Request{Service: "my-service", Settings: s})
+	if err != nil || rep.Status != fleetroll.StatusSucceeded {
+		t.Fatalf("blue-green: %v %+v", err, rep)
+	}
+	slices.Sort(seen)
+	want := []string{"create my-service@11.service: live [1 2] new [11 12] switched false", "create my-service@12.service: live [1 2] new [11 12] switched false"}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("intent at each create:\n%s\nwant\n%s", strings.Join(seen, "\n"), strings.Join(want, "\n"))
+	}
+	if in, _ := (coord.Intents{KAPI: kapi}).Get(ctx, "my-service"); in != nil {
+		t.Fatalf("intent left after a blue-green that succeeded: %+v", in)
+	}
+}
+
+// A service whose only instance a killed fleetroll left stopped: the next
+// plain rollout (every launched instance) finds none launched, yet the
+// recovery comes first, and then it rolls.
+func TestRunRecoversBeforeItFindsNothingToRoll(t *testing.T) {
+	kapi := startEtcd(t)
+	ctx := t.Context()
+	ff := fakefleet.New("solo@1.service")
+	ff.Update("solo@1.service", func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+	if err := (coord.Intents{KAPI: kapi}).Put(ctx, "solo", coord.Intent{Rollout: "0000000000f0", Owner: "a killed fleetroll", Started: time.Now(),
+		Units: []coord.IntentUnit{{Unit: "solo@1.service", Phase: fleetroll.PhaseStop}}}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Runner{Fleet: newFleet(t, ff), Etcd: kapi}.Run(ctx, Request{Service: "solo", Settings: fast()})
+	if err != nil || rep.Restarted() != 1 {
+		t.Fatalf("run: %v %+v", err, rep)
+	}
+	// Without an intent, nothing launched is a plan error, before the lock.
+	ff.Update("solo@1.service", func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+	var pe *fleetroll.PlanError
+	if _, err := (Runner{Fleet: newFleet(t, ff), Etcd: kapi}).Run(ctx, Request{Service: "solo", Settings: fast()}); !errors.As(err, &pe) {
+		t.Fatalf("nothing launched, no intent: %v", err)
 	}
 }
