@@ -39,7 +39,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if !s.canRead(r) {
 		// The API token, or the status page's session (or a network
 		// opened to viewing).
-		code, body, ok := bearer(r, s.opt.Secrets.API)
+		code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) })
 		if ok {
 			code, body = problem(http.StatusUnauthorized, "log in first")
 		}

@@ -11,6 +11,7 @@ type metrics struct {
 	rollouts    *prometheus.CounterVec
 	unitRestart *prometheus.HistogramVec
 	replays     *prometheus.CounterVec
+	throttled   prometheus.Counter
 }
 
 func newMetrics(q interface{ Depth() (int, int) }) *metrics {
@@ -28,6 +29,10 @@ func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 			Name: "fleetroll_replayed_deliveries_total",
 			Help: "Deliveries received again within the replay window and ignored, by sender.",
 		}, []string{"sender"}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fleetroll_auth_throttled_total",
+			Help: "Requests answered 429: their client had spent its budget of failed authentications.",
+		}),
 		unitRestart: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "fleetroll_unit_restart_duration_seconds",
 			Help:    "Time of each restarted unit: drain, stop, start and health gate (the grace period after it is not counted).",
@@ -43,7 +48,7 @@ func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 			return float64(qd)
 		}
 	}
-	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart, m.replays,
+	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart, m.replays, m.throttled,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_queue_depth", Help: "Rollouts waiting to run."}, depth(false)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_rollouts_running", Help: "Rollouts running now."}, depth(true)),
 		collectors.NewGoCollector(),

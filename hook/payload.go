@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,49 @@ func (e Event) Trigger(source Source, requestID string, received time.Time) flee
 		Pusher: e.Pusher, PushedAt: e.PushedAt, RequestID: requestID, Received: received}
 }
 
+// Bounds of what a sender may send, checked as a payload arrives: a
+// field past its bound is refused (400), never stored (docs/serve.md,
+// "Limits").
+const (
+	MaxRepositoryLen  = 255 // a registry's repository name
+	MaxTagLen         = 128 // a registry's tag
+	MaxPusherLen      = 100 // Docker Hub, registry and GitHub user names are shorter
+	MaxPushedAtLen    = 32
+	MaxCallbackURLLen = 1024
+	MaxEventIDLen     = 128
+)
+
+var (
+	// tagRe is the registry's tag grammar (distribution/reference).
+	tagRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+	// repositoryRe: path components of letters, digits and separators.
+	repositoryRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$`)
+	// printableRe: a user name or an ID, without control characters.
+	printableRe = regexp.MustCompile(`^[^\x00-\x1f\x7f]*$`)
+)
+
+// Check bounds every field a sender controls; field names the payload's
+// field in errors.
+func (e Event) Check(field func(name string) string) error {
+	switch {
+	case len(e.Repository) > MaxRepositoryLen || !repositoryRe.MatchString(e.Repository):
+		return payloadErr("%s: not a repository name (letters, digits, . _ - and /, at most %d)", field("repository"), MaxRepositoryLen)
+	case !tagRe.MatchString(e.Tag):
+		return payloadErr("%s: not a tag (letters, digits, . _ -, at most %d, as a registry allows)", field("tag"), MaxTagLen)
+	case e.Digest != "" && !fleetroll.ValidDigest(e.Digest):
+		return payloadErr("%s: not a sha256 digest", field("digest"))
+	case len(e.Pusher) > MaxPusherLen || !printableRe.MatchString(e.Pusher):
+		return payloadErr("%s: at most %d printable characters", field("pusher"), MaxPusherLen)
+	case len(e.PushedAt) > MaxPushedAtLen:
+		return payloadErr("%s: at most %d characters", field("pushed_at"), MaxPushedAtLen)
+	case len(e.CallbackURL) > MaxCallbackURLLen:
+		return payloadErr("%s: at most %d characters", field("callback_url"), MaxCallbackURLLen)
+	case len(e.EventID) > MaxEventIDLen || !printableRe.MatchString(e.EventID):
+		return payloadErr("%s: at most %d printable characters", field("id"), MaxEventIDLen)
+	}
+	return nil
+}
+
 // PayloadError is a malformed or incomplete payload (400).
 type PayloadError struct{ Msg string }
 
@@ -82,13 +126,22 @@ func ParseDockerHub(body []byte) (Event, error) {
 			return Event{}, payloadErr("push_data.pushed_at: not a number")
 		}
 	}
-	return Event{
+	ev := Event{
 		Repository:  p.Repository.RepoName,
 		Tag:         p.PushData.Tag,
 		Pusher:      p.PushData.Pusher,
 		PushedAt:    string(p.PushData.PushedAt),
 		CallbackURL: p.CallbackURL,
-	}, nil
+	}
+	return ev, ev.Check(func(name string) string {
+		switch name {
+		case "repository":
+			return "repository.repo_name"
+		case "callback_url":
+			return name
+		}
+		return "push_data." + name
+	})
 }
 
 // ManifestMediaTypes are the media types of an image manifest or index.
@@ -132,7 +185,19 @@ func ParseRegistry(body []byte) ([]Event, error) {
 		if e.Target.Repository == "" {
 			return nil, payloadErr("events[%d].target.repository: missing", i)
 		}
-		out = append(out, Event{Repository: e.Target.Repository, Tag: e.Target.Tag, Digest: e.Target.Digest, Pusher: e.Actor.Name, EventID: e.ID})
+		ev := Event{Repository: e.Target.Repository, Tag: e.Target.Tag, Digest: e.Target.Digest, Pusher: e.Actor.Name, EventID: e.ID}
+		if err := ev.Check(func(name string) string {
+			switch name {
+			case "pusher":
+				return fmt.Sprintf("events[%d].actor.name", i)
+			case "id":
+				return fmt.Sprintf("events[%d].id", i)
+			}
+			return fmt.Sprintf("events[%d].target.%s", i, name)
+		}); err != nil {
+			return nil, err
+		}
+		out = append(out, ev)
 	}
 	return out, nil
 }
@@ -205,6 +270,17 @@ func ParseGitHub(body []byte) (ev Event, ok bool, err error) {
 	ev = Event{Repository: ns + "/" + pkg.Name, Tag: v.ContainerMetadata.Tag.Name, Digest: v.ContainerMetadata.Tag.Digest}
 	if p.Sender != nil {
 		ev.Pusher = p.Sender.Login
+	}
+	if err := ev.Check(func(name string) string {
+		switch name {
+		case "pusher":
+			return "sender.login"
+		case "repository":
+			return "package.namespace/package.name"
+		}
+		return "package.package_version.container_metadata.tag." + strings.TrimPrefix(strings.Replace(name, "tag", "name", 1), "")
+	}); err != nil {
+		return Event{}, false, err
 	}
 	return ev, true, nil
 }

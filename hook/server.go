@@ -133,6 +133,7 @@ type Server struct {
 	cfg      atomic.Pointer[Config]
 	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	sessions *sessions
+	auth     *authThrottle
 	store    *Store
 	queue    scheduler
 	durable  *durable // the queue, when it is in etcd
@@ -221,6 +222,7 @@ func New(opt Options) (*Server, error) {
 		s.queue = NewQueue(s.store, func(ctx context.Context, j Job) { s.execute(ctx, j) }, qopt)
 		s.replays = newReplays(opt.ReplayWindow, opt.Clock)
 	}
+	s.auth = newAuthThrottle(s.opt.Clock)
 	s.sessions = newSessions(cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute), s.opt.Clock)
 	s.metrics = newMetrics(s.queue)
 	s.handler, s.ops = s.routes()
@@ -333,8 +335,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 
 // reqInfo travels in a request's context.
 type reqInfo struct {
-	id  string
-	log *slog.Logger
+	id     string
+	log    *slog.Logger
+	client netip.Addr
 }
 
 type ctxKey struct{}
@@ -381,7 +384,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		log := s.log.With("request_id", id)
 		w.Header().Set("X-Request-ID", id)
 		sw := &statusWriter{ResponseWriter: w}
-		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, reqInfo{id: id, log: log}))
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, reqInfo{id: id, log: log, client: client}))
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {
@@ -472,6 +475,7 @@ func (s *Server) hook(sender string, fn func(*http.Request) (int, any)) http.Han
 			}
 			w.Header().Set("WWW-Authenticate", v)
 		}
+		retryAfter(w, body)
 		writeJSON(w, code, withID(body, info(r).id))
 	}
 }
@@ -582,7 +586,13 @@ func (s *Server) enqueue(r *http.Request, source Source, delivery string, matche
 	received := s.opt.Clock.Now().UTC()
 	for _, service := range order {
 		ev := matches[service]
-		ro, merged, err := s.queue.Submit(r.Context(), service, ev.Trigger(source, ri.id, received), ev.CallbackURL)
+		callback := ev.CallbackURL
+		if callback != "" && !s.opt.Callbacks.Allowed(callback) {
+			// Dropped as it arrives: never stored, never called.
+			ri.log.Warn("callback dropped: origin not on the allow-list", "source", string(source), "callback_origin", originOf(callback))
+			callback = ""
+		}
+		ro, merged, err := s.queue.Submit(r.Context(), service, ev.Trigger(source, ri.id, received), callback)
 		if errors.Is(err, ErrShuttingDown) {
 			s.replays.forget(r.Context(), delivery)
 			return problem(http.StatusServiceUnavailable, err.Error())
@@ -607,8 +617,14 @@ func ignored(reason string) (int, any) {
 }
 
 func (s *Server) dockerHub(r *http.Request) (int, any) {
-	if !tokenEqual(s.opt.Secrets.DockerHub, r.PathValue("token")) {
-		return problem(http.StatusForbidden, "wrong token")
+	if code, body, ok := s.authorize(r, func() (int, any, bool) {
+		if !tokenEqual(s.opt.Secrets.DockerHub, r.PathValue("token")) {
+			code, body := problem(http.StatusForbidden, "wrong token")
+			return code, body, false
+		}
+		return 0, nil, true
+	}); !ok {
+		return code, body
 	}
 	b, code, body := s.readBody(r, "application/json")
 	if code != 0 {
@@ -641,7 +657,7 @@ func (s *Server) enqueueMatching(r *http.Request, source Source, sender, deliver
 }
 
 func (s *Server) registry(r *http.Request) (int, any) {
-	if code, body, ok := bearer(r, s.opt.Secrets.Registry); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.Registry) }); !ok {
 		return code, body
 	}
 	b, code, body := s.readBody(r, "application/vnd.docker.distribution.events.v1+json", "application/json")
@@ -688,8 +704,14 @@ func (s *Server) github(r *http.Request) (int, any) {
 	if code != 0 {
 		return code, body
 	}
-	if !VerifyGitHubSignature(s.opt.Secrets.GitHub, sig, b) {
-		return problem(http.StatusForbidden, "wrong signature")
+	if code, body, ok := s.authorize(r, func() (int, any, bool) {
+		if !VerifyGitHubSignature(s.opt.Secrets.GitHub, sig, b) {
+			code, body := problem(http.StatusForbidden, "wrong signature")
+			return code, body, false
+		}
+		return 0, nil, true
+	}); !ok {
+		return code, body
 	}
 	switch ev := r.Header.Get("X-GitHub-Event"); ev {
 	case "ping":
@@ -713,7 +735,7 @@ func (s *Server) github(r *http.Request) (int, any) {
 }
 
 func (s *Server) manual(r *http.Request) (int, any) {
-	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 		return code, body
 	}
 	b, code, body := s.readBody(r, "application/json")
@@ -757,7 +779,7 @@ func (s *Server) manual(r *http.Request) (int, any) {
 // paused fleetroll watches (etcd), whichever receiver or CLI runs it.
 func (s *Server) decide(kind fleetroll.DecisionKind) func(*http.Request) (int, any) {
 	return func(r *http.Request) (int, any) {
-		if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+		if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 			return code, body
 		}
 		id := r.PathValue("id")
@@ -798,7 +820,7 @@ func (s *Server) configured(service string) (int, any, bool) {
 // listRollouts answers this receiver's rollouts ("rollouts") and, with
 // etcd, the others recorded there ("history"), in the one record shape.
 func (s *Server) listRollouts(r *http.Request) (int, any) {
-	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 		return code, body
 	}
 	service := r.URL.Query().Get("service")
@@ -832,7 +854,7 @@ func (s *Server) listRollouts(r *http.Request) (int, any) {
 }
 
 func (s *Server) getRollout(r *http.Request) (int, any) {
-	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 		return code, body
 	}
 	id := r.PathValue("id")

@@ -25,7 +25,7 @@ func registryHeaders(token string) map[string]string {
 
 func githubPackageBody(tag string) []byte {
 	return []byte(`{"action":"published","package":{"name":"my-service","namespace":"demo","ecosystem":"CONTAINER",
-"package_type":"CONTAINER","package_version":{"name":"sha256:abc","container_metadata":{"tag":{"name":"` + tag + `","digest":"sha256:abc"}}}},
+"package_type":"CONTAINER","package_version":{"name":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","container_metadata":{"tag":{"name":"` + tag + `","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}}},
 "repository":{"full_name":"demo/my-service"},"sender":{"login":"octo"}}`)
 }
 
@@ -191,9 +191,9 @@ func TestBodyLimit(t *testing.T) {
 func TestRegistryEnvelopeGivesOneRolloutPerService(t *testing.T) {
 	env := newTestEnv(t, func(o *Options) { o.QuietPeriod = time.Hour }) // keep it queued
 	body := []byte(`{"events":[
- {"action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","repository":"demo/my-service","tag":"v1","digest":"sha256:1"}},
- {"action":"push","target":{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","repository":"demo/my-service","digest":"sha256:l"}},
- {"action":"push","target":{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","repository":"demo/my-service","tag":"release-2","digest":"sha256:2"}}]}`)
+ {"action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","repository":"demo/my-service","tag":"v1","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111"}},
+ {"action":"push","target":{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","repository":"demo/my-service","digest":"sha256:3333333333333333333333333333333333333333333333333333333333333333"}},
+ {"action":"push","target":{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","repository":"demo/my-service","tag":"release-2","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222"}}]}`)
 	resp, ans := env.do(t, "POST", "/webhooks/registry", body, registryHeaders(testRegToken))
 	if resp.StatusCode != 202 {
 		t.Fatalf("status %d: %v", resp.StatusCode, ans)
@@ -202,7 +202,7 @@ func TestRegistryEnvelopeGivesOneRolloutPerService(t *testing.T) {
 		t.Fatalf("rollouts = %v", rs)
 	}
 	ro, _ := env.srv.Store().Get(ans["id"].(string))
-	if ro.Trigger.Tag != "release-2" || ro.Trigger.Digest != "sha256:2" {
+	if ro.Trigger.Tag != "release-2" || ro.Trigger.Digest != "sha256:2222222222222222222222222222222222222222222222222222222222222222" {
 		t.Fatalf("the rollout must carry the envelope's last matching event: %+v", ro.Trigger)
 	}
 }

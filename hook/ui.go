@@ -110,10 +110,21 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad form", http.StatusBadRequest)
 		return
 	}
-	if !tokenEqual(s.opt.Secrets.API, r.PostForm.Get("token")) {
-		info(r).log.Warn("login refused", "reason", "wrong token")
-		w.WriteHeader(http.StatusUnauthorized)
-		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": "Wrong token."})
+	code, body, ok := s.authorize(r, func() (int, any, bool) {
+		if !tokenEqual(s.opt.Secrets.API, r.PostForm.Get("token")) {
+			return http.StatusUnauthorized, nil, false
+		}
+		return 0, nil, true
+	})
+	if !ok {
+		msg := "Wrong token."
+		if code == http.StatusTooManyRequests {
+			retryAfter(w, body)
+			msg = "Too many wrong tokens from your address: try again later."
+		}
+		info(r).log.Warn("login refused", "reason", strings.ToLower(strings.TrimSuffix(msg, ".")))
+		w.WriteHeader(code)
+		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": msg})
 		return
 	}
 	sess := s.sessions.create()
@@ -196,7 +207,7 @@ func (s *Server) cancelQueued(r *http.Request, by string) (int, any) {
 
 // apiCancel answers POST /rollouts/{id}/cancel.
 func (s *Server) apiCancel(r *http.Request) (int, any) {
-	if code, body, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 		return code, body
 	}
 	return s.cancel(r, r.PathValue("id"), "the API (request "+info(r).id+")")

@@ -1,0 +1,147 @@
+package hook
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/internal/clocktest"
+)
+
+// hubPush is the Docker Hub fixture with fn applied to its JSON.
+func hubPush(t *testing.T, fn func(p map[string]any)) []byte {
+	t.Helper()
+	var p map[string]any
+	if err := json.Unmarshal(fixture(t, "dockerhub-push.json"), &p); err != nil {
+		t.Fatal(err)
+	}
+	fn(p)
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Every field a sender controls is bounded as the payload arrives: past
+// its bound, the push is refused (400, naming the field) and nothing is
+// queued or stored.
+func TestPayloadFieldsAreBoundedAtIngestion(t *testing.T) {
+	env := newTestEnv(t, nil)
+	data := func(p map[string]any) map[string]any { return p["push_data"].(map[string]any) }
+	long := func(n int) string { return strings.Repeat("a", n) }
+	for _, c := range []struct {
+		name  string
+		set   func(p map[string]any)
+		field string
+	}{
+		{"long repository", func(p map[string]any) { p["repository"].(map[string]any)["repo_name"] = "demo/" + long(300) }, "repository.repo_name"},
+		{"repository with a space", func(p map[string]any) { p["repository"].(map[string]any)["repo_name"] = "demo/my service" }, "repository.repo_name"},
+		{"long tag", func(p map[string]any) { data(p)["tag"] = long(129) }, "push_data.tag"},
+		{"a tag with Slack markup", func(p map[string]any) { data(p)["tag"] = "v1 <!channel> <mailto:ops@evil.example|approve here>" }, "push_data.tag"},
+		{"long pusher", func(p map[string]any) { data(p)["pusher"] = long(1000) }, "push_data.pusher"},
+		{"pusher with a newline", func(p map[string]any) { data(p)["pusher"] = "a\nlevel=ERROR" }, "push_data.pusher"},
+		{"long push time", func(p map[string]any) { data(p)["pushed_at"] = json.Number(strings.Repeat("1", 40)) }, "push_data.pushed_at"},
+		{"long callback", func(p map[string]any) { p["callback_url"] = "https://registry.hub.docker.com/" + long(900*1024) }, "callback_url"},
+	} {
+		body := hubPush(t, c.set)
+		resp, ans := env.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, body, jsonHeaders())
+		if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(ans["error"].(string), c.field+":") {
+			t.Errorf("%s: %d %v, want 400 naming %s", c.name, resp.StatusCode, ans, c.field)
+		}
+	}
+	if got := env.srv.Store().List(""); len(got) != 0 {
+		t.Fatalf("refused pushes were stored: %+v", got)
+	}
+	// At the bounds, it is accepted.
+	body := hubPush(t, func(p map[string]any) { data(p)["pusher"] = long(MaxPusherLen) })
+	if resp, ans := env.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, body, jsonHeaders()); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("at the bounds: %d %v", resp.StatusCode, ans)
+	}
+	if err := (Event{Repository: "demo/" + long(MaxRepositoryLen-5), Tag: "v" + long(MaxTagLen-1)}).Check(func(n string) string { return n }); err != nil {
+		t.Fatalf("a tag and a repository at their bounds: %v", err)
+	}
+}
+
+// A callback URL off the allow-list is dropped when the push arrives: the
+// queue entry in etcd never holds it.
+func TestCallbackOffTheAllowListIsDroppedAtIngestion(t *testing.T) {
+	rs := newReceivers(t)
+	a := rs.start(t, "receiver A")
+	allowed := rs.cbs.URL + "/u/demo/my-service/hook/x/"
+	for i, cb := range []string{"https://evil.example/u/demo/my-service/hook/x/", allowed} {
+		body := hubPush(t, func(p map[string]any) {
+			p["callback_url"] = cb
+			p["push_data"].(map[string]any)["pushed_at"] = json.Number("179583536" + string(rune('0'+i)))
+		})
+		resp, ans := a.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, body, jsonHeaders())
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("%s: %d %v", cb, resp.StatusCode, ans)
+		}
+	}
+	entries, err := coord.Triggers{KAPI: rs.kapi}.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []string
+	for _, es := range entries {
+		for _, e := range es {
+			stored = append(stored, e.Callbacks...)
+		}
+	}
+	if len(stored) != 1 || stored[0] != allowed {
+		t.Fatalf("callbacks stored: %v, want only %s", stored, allowed)
+	}
+}
+
+// Failed authentications are throttled per client: past its budget a
+// client is answered 429 at once (even with the right secret), with
+// Retry-After; another client's right secret is never refused for it; the
+// budget comes back with time. The login form is throttled the same way.
+func TestFailedAuthenticationIsThrottled(t *testing.T) {
+	clock := clocktest.New()
+	env := newTestEnv(t, func(o *Options) {
+		o.Clock = clock
+		o.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	})
+	get := func(from, token string) *http.Response {
+		t.Helper()
+		resp, _ := env.do(t, "GET", "/rollouts", nil, map[string]string{"Authorization": "Bearer " + token, "X-Forwarded-For": from})
+		return resp
+	}
+	for i := range DefaultAuthBurst {
+		if resp := get("10.0.0.1", "wrong-token-0123456789"); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d, want 401", i+1, resp.StatusCode)
+		}
+	}
+	resp := get("10.0.0.1", "wrong-token-0123456789")
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("past the budget: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if resp := get("10.0.0.1", testToken); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("the right token from a client over its budget: %d, want 429", resp.StatusCode)
+	}
+	if resp := get("10.0.0.2", testToken); resp.StatusCode != http.StatusOK {
+		t.Fatalf("another client's right token: %d, want 200", resp.StatusCode)
+	}
+	clock.Advance(DefaultAuthEvery)
+	if resp := get("10.0.0.1", testToken); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the right token once the budget came back: %d", resp.StatusCode)
+	}
+	// The login form.
+	for i := range DefaultAuthBurst + 1 {
+		form := url.Values{"token": {"wrong-token-0123456789"}}.Encode()
+		resp, _ := env.do(t, "POST", "/login", []byte(form), map[string]string{"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": "10.0.0.3"})
+		want := http.StatusUnauthorized
+		if i == DefaultAuthBurst {
+			want = http.StatusTooManyRequests
+		}
+		if resp.StatusCode != want {
+			t.Fatalf("login %d: %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+}
