@@ -1,12 +1,14 @@
 package hook
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/clocktest"
@@ -144,4 +146,82 @@ func TestFailedAuthenticationIsThrottled(t *testing.T) {
 			t.Fatalf("login %d: %d, want %d", i+1, resp.StatusCode, want)
 		}
 	}
+}
+
+// Event streams are bounded per client (429) and per receiver (503); a
+// stream closed gives its slot back; another client is not refused for
+// one client's streams.
+func TestEventStreamsAreBounded(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) {
+		o.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	})
+	open := func(from string) (int, context.CancelFunc) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(t.Context())
+		req, _ := http.NewRequestWithContext(ctx, "GET", env.http.URL+"/events", nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		req.Header.Set("X-Forwarded-For", from)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			cancel()
+			return resp.StatusCode, func() {}
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp.StatusCode, func() { cancel(); resp.Body.Close() }
+	}
+	var closes []context.CancelFunc
+	for i := range DefaultMaxStreamsPerClient {
+		code, done := open("10.0.0.1")
+		if code != http.StatusOK {
+			t.Fatalf("stream %d: %d", i+1, code)
+		}
+		closes = append(closes, done)
+	}
+	if code, _ := open("10.0.0.1"); code != http.StatusTooManyRequests {
+		t.Fatalf("a stream past the client's bound: %d, want 429", code)
+	}
+	code, other := open("10.0.0.2")
+	if code != http.StatusOK {
+		t.Fatalf("another client's stream: %d", code)
+	}
+	other()
+	closes[0]()
+	// The slot comes back once the handler has seen the stream go.
+	deadline := time.After(10 * time.Second)
+	for {
+		n, released := env.srv.streams.of(netip.MustParseAddr("10.0.0.1"))
+		if n < DefaultMaxStreamsPerClient {
+			break
+		}
+		select {
+		case <-released:
+		case <-deadline:
+			t.Fatal("a closed stream's slot never came back")
+		}
+	}
+	if code, done := open("10.0.0.1"); code != http.StatusOK {
+		t.Fatalf("a stream in the slot given back: %d", code)
+	} else {
+		done()
+	}
+	// The receiver's own bound.
+	slots := newStreamSlots(2, 2)
+	_, r1 := slots.take(netip.MustParseAddr("10.0.0.1"))
+	_, r2 := slots.take(netip.MustParseAddr("10.0.0.2"))
+	if code, _ := slots.take(netip.MustParseAddr("10.0.0.3")); code != http.StatusServiceUnavailable {
+		t.Fatalf("past the receiver's bound: %d", code)
+	}
+	r1()
+	r1() // twice is once
+	if code, r3 := slots.take(netip.MustParseAddr("10.0.0.3")); code != 0 {
+		t.Fatalf("after a release: %d", code)
+	} else {
+		r3()
+	}
+	r2()
 }

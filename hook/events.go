@@ -60,6 +60,18 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		}
 		after = n
 	}
+	code, release := s.streams.take(info(r).client)
+	switch code {
+	case http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", "10")
+		fail(code, fmt.Sprintf("too many event streams from this client (at most %d at once)", s.streams.each))
+		return
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "10")
+		fail(code, fmt.Sprintf("too many event streams on this receiver (at most %d at once)", s.streams.max))
+		return
+	}
+	defer release()
 	sub, backlog, complete := s.store.Subscribe(after, rollout)
 	defer s.store.Unsubscribe(sub)
 

@@ -134,6 +134,7 @@ type Server struct {
 	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	sessions *sessions
 	auth     *authThrottle
+	streams  *streamSlots
 	store    *Store
 	queue    scheduler
 	durable  *durable // the queue, when it is in etcd
@@ -223,6 +224,7 @@ func New(opt Options) (*Server, error) {
 		s.replays = newReplays(opt.ReplayWindow, opt.Clock)
 	}
 	s.auth = newAuthThrottle(s.opt.Clock)
+	s.streams = newStreamSlots(DefaultMaxStreams, DefaultMaxStreamsPerClient)
 	s.sessions = newSessions(cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute), s.opt.Clock)
 	s.metrics = newMetrics(s.queue)
 	s.handler, s.ops = s.routes()

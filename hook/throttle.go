@@ -106,3 +106,60 @@ func retryAfter(w http.ResponseWriter, body any) {
 		}
 	}
 }
+
+// Event streams are bounded: DefaultMaxStreams at once on a receiver, and
+// DefaultMaxStreamsPerClient from one client address.
+const (
+	DefaultMaxStreams          = 256
+	DefaultMaxStreamsPerClient = 8
+)
+
+// streamSlots owns the count of open event streams (one lock).
+type streamSlots struct {
+	mu        sync.Mutex
+	open      int
+	perClient map[netip.Addr]int
+	max, each int
+	released  chan struct{} // closed (and replaced) at each release
+}
+
+func newStreamSlots(max, each int) *streamSlots {
+	return &streamSlots{perClient: map[netip.Addr]int{}, max: max, each: each, released: make(chan struct{})}
+}
+
+// of is how many streams client has open, and a channel closed at the
+// next release.
+func (s *streamSlots) of(client netip.Addr) (int, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.perClient[client], s.released
+}
+
+// take opens a slot for client, or says why not (0: taken): 429 for a
+// client at its bound, 503 for a receiver at its own. release gives it
+// back.
+func (s *streamSlots) take(client netip.Addr) (code int, release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.perClient[client] >= s.each:
+		return http.StatusTooManyRequests, nil
+	case s.open >= s.max:
+		return http.StatusServiceUnavailable, nil
+	}
+	s.open++
+	s.perClient[client]++
+	var once sync.Once
+	return 0, func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.open--
+			if s.perClient[client]--; s.perClient[client] <= 0 {
+				delete(s.perClient, client)
+			}
+			close(s.released)
+			s.released = make(chan struct{})
+		})
+	}
+}
