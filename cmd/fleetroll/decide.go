@@ -29,7 +29,7 @@ etcd (/fleetroll/paused/ROLLOUT-ID), where the paused fleetroll watches.
 
 Exit codes: 0 decided; 1 etcd could not be reached, or the pause was decided
 by someone else first; 2 usage errors, or no such rollout is paused.`,
-		Flags: etcdFlags(),
+		Flags: etcdFlagsUsage("etcd client URLs, comma-separated, where the rollouts are recorded"),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageErr("%s: name one rollout ID", kind)

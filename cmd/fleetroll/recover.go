@@ -23,8 +23,10 @@ func recoverCommand() *cli.Command {
 		Description: `Takes the service's lock (waiting for it), reads the intent record a rollout
 writes before it drains or stops a unit (/fleetroll/intents/SERVICE) and, when
 its fleetroll is gone, starts each unit it names, waits until it runs, passes
-the health gate and is announced again (with --health-path and --drain, as the
-rollout had them), then records that rollout in the history as interrupted.
+the health gate and is announced again (with --health-path and --drain, or the
+service's --config: the intent record does not hold them), then records that
+rollout in the history as interrupted. A blue-green rollout's recovery keeps
+one full set and destroys the other.
 restart, deploy, rollback and serve do the same before their own roll.
 
 Exit codes: 0 restored, or nothing to restore; 1 a unit could not be

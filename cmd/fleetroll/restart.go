@@ -167,8 +167,12 @@ func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*
 		return printPlan(out, output, req.Settings, plan)
 	}
 	if err := runner.Check(req); err != nil {
-		if noEtcd != "" {
-			fmt.Fprintln(errw, noEtcd) // why there is none
+		if errors.Is(err, rollout.ErrNeedsEtcd) {
+			// Not the user's words: etcd is not there.
+			if noEtcd != "" {
+				fmt.Fprintln(errw, noEtcd) // why there is none
+			}
+			return &exitError{exitFailed, fmt.Errorf("%s: %w; nothing was touched", verb, err)}
 		}
 		return usageErr("%s: %w", verb, err)
 	}

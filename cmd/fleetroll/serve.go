@@ -130,8 +130,8 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 	case o.configFile != "" && c.String("service") != "":
 		return nil, usageErr("serve: give --config or --service, not both")
 	case o.configFile != "":
-		if c.IsSet("ports") || c.IsSet("repository") || c.IsSet("image") || c.IsSet("spare-ports") {
-			return nil, usageErr("serve: --ports, --spare-ports, --repository and --image go with --service; put them in the --config file")
+		if c.IsSet("ports") || c.IsSet("repository") || c.IsSet("tag") || c.IsSet("image") || c.IsSet("spare-ports") {
+			return nil, usageErr("serve: --ports, --spare-ports, --repository, --tag and --image go with --service; put them in the --config file")
 		}
 		if o.config, err = hook.LoadConfig(o.configFile, o.base); err != nil {
 			return nil, usageErr("%w", err)

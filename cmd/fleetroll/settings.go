@@ -48,7 +48,7 @@ func settingFlags() []setting {
 	drainOf := func(flag string, set func(*fleetroll.DrainPolicy, *cli.Context)) func(c *cli.Context, name string, s *rollout.Settings) error {
 		return func(c *cli.Context, name string, s *rollout.Settings) error {
 			if s.Drain == nil {
-				return fmt.Errorf("--%s needs --drain (or drain: in the service's --config)", flag)
+				return fmt.Errorf("--%s needs the drain on (--drain, or drain: in the service's configuration)", flag)
 			}
 			set(s.Drain, c)
 			return nil
@@ -57,7 +57,7 @@ func settingFlags() []setting {
 	healthOf := func(flag string, set func(*fleetroll.HealthPolicy, *cli.Context)) func(c *cli.Context, name string, s *rollout.Settings) error {
 		return func(c *cli.Context, name string, s *rollout.Settings) error {
 			if s.Health == nil {
-				return fmt.Errorf("--%s needs --health-path (or health: in the service's --config)", flag)
+				return fmt.Errorf("--%s needs the health gate on (--health-path, or health: in the service's configuration)", flag)
 			}
 			set(s.Health, c)
 			return nil
@@ -239,11 +239,17 @@ func settingsOf(c *cli.Context, service string, adjust func(*rollout.Settings) e
 	return s, nil
 }
 
-// etcdFlags are the etcd connection flags (named like fleetctl's).
+// etcdFlags are the etcd connection flags of the commands that roll.
 func etcdFlags() []cli.Flag {
+	return etcdFlagsUsage("etcd client URLs, comma-separated: the lock, intent records, history, drain, releases (when not given, the default is used only if it is this fleet cluster's own)")
+}
+
+// etcdFlagsUsage are the etcd connection flags, --etcd-endpoints with
+// usage (status, promote and abort read etcd at the endpoint as given).
+func etcdFlagsUsage(usage string) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "etcd-endpoints", Value: "http://127.0.0.1:2379", EnvVars: []string{"FLEETROLL_ETCD_ENDPOINTS"},
-			Usage: "etcd client URLs, comma-separated: the lock, intent records, history, drain, releases (when not given, the default is used only if it is this fleet cluster's own)"},
+			Usage: usage},
 		&cli.StringFlag{Name: "etcd-ca-file", EnvVars: []string{"FLEETROLL_ETCD_CA_FILE"}, Usage: "CA of etcd's TLS certificate"},
 		&cli.StringFlag{Name: "etcd-cert-file", EnvVars: []string{"FLEETROLL_ETCD_CERT_FILE"}, Usage: "client certificate for etcd"},
 		&cli.StringFlag{Name: "etcd-key-file", EnvVars: []string{"FLEETROLL_ETCD_KEY_FILE"}, Usage: "client key for etcd"},

@@ -337,8 +337,8 @@ func TestSettingsFlagsRefusedNotDropped(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"restart", "my-service", "--drain-delay", "1s"}, "--drain-delay needs --drain"},
-		{[]string{"restart", "my-service", "--health-successes", "2"}, "--health-successes needs --health-path"},
+		{[]string{"restart", "my-service", "--drain-delay", "1s"}, "--drain-delay needs the drain on"},
+		{[]string{"restart", "my-service", "--health-successes", "2"}, "--health-successes needs the health gate on"},
 		{[]string{"serve", "--config", file, "--ports", "8901"}, "go with --service"},
 		{[]string{"serve", "--config", file, "--image", "127.0.0.1:5000/demo/x"}, "go with --service"},
 		{[]string{"restart", "my-service", "--config", file + ".missing"}, "--config"},
@@ -384,5 +384,11 @@ func TestRestartSaysWhenItIsNotSafe(t *testing.T) {
 	code, _, errs = runCLI(t, append(common, "--etcd-timeout", "500ms")...)
 	if code != 0 || strings.Count(errs, "running without the lock, intent records and history") != 1 {
 		t.Fatalf("without etcd: exit %d\n%s", code, errs)
+	}
+	// A setting that needs etcd, with none: exit 1, saying why, untouched.
+	before := len(f.Sets())
+	code, _, errs = runCLI(t, append(common, "--etcd-timeout", "500ms", "--drain")...)
+	if code != exitFailed || !strings.Contains(errs, "--drain needs etcd") || !strings.Contains(errs, "no etcd of this fleet cluster") || len(f.Sets()) != before {
+		t.Fatalf("--drain without etcd: exit %d\n%s", code, errs)
 	}
 }

@@ -13,7 +13,7 @@ import (
 )
 
 func statusCommand() *cli.Command {
-	flags := append(etcdFlags(),
+	flags := append(etcdFlagsUsage("etcd client URLs, comma-separated, where the rollouts are recorded"),
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", EnvVars: []string{"FLEETROLL_OUTPUT"}, Usage: "text or json"},
 		&cli.IntFlag{Name: "limit", Value: 20, Usage: "rollouts to show"},
 		&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "print a rollout's progress from serve (--server) until it ends; exit with restart's exit codes"},
