@@ -373,7 +373,12 @@ func TestDeployPrePullsWhereInstancesLand(t *testing.T) {
 		id, _, _ := strings.Cut(l, " ")
 		engineOn[id[:8]] = true
 	}
-	pullEnd := rep.Started.Add(time.Duration(float64(time.Second) * float64(rep.Pull.Seconds)))
+	// The pull began after the rollout's start: its end is no earlier
+	// than this.
+	pullEnd := rep.Started.Add(time.Duration(rep.Pull.Seconds))
+	if rep.Pull.Seconds <= 0 || pullEnd.After(rep.Finished) {
+		t.Fatalf("the pre-pull took %s, of a rollout from %s to %s", time.Duration(rep.Pull.Seconds), rep.Started, rep.Finished)
+	}
 	for _, u := range rep.Units {
 		if !pulled[u.Machine] || !engineOn[u.Machine] {
 			t.Errorf("%s runs on %s, where the release was not pulled (record %v, engine %v)", u.Unit, u.Machine, pulled, engineOn)
