@@ -3,6 +3,7 @@ package hook
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -127,8 +128,8 @@ func TestFailedAuthenticationIsThrottled(t *testing.T) {
 	if resp := get("10.0.0.1", testToken); resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("the right token from a client over its budget: %d, want 429", resp.StatusCode)
 	}
-	if resp := get("10.0.0.2", testToken); resp.StatusCode != http.StatusOK {
-		t.Fatalf("another client's right token: %d, want 200", resp.StatusCode)
+	if resp := get("10.0.0.2", testToken); resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("another client's right token: %d (Cache-Control %q), want 200, no-store", resp.StatusCode, resp.Header.Get("Cache-Control"))
 	}
 	clock.Advance(DefaultAuthEvery)
 	if resp := get("10.0.0.1", testToken); resp.StatusCode != http.StatusOK {
@@ -224,4 +225,65 @@ func TestEventStreamsAreBounded(t *testing.T) {
 		r3()
 	}
 	r2()
+}
+
+// An event stream read through a page's session ends at its logout; one
+// read with the API token goes on.
+func TestEventStreamEndsWithItsSession(t *testing.T) {
+	env := newTestEnv(t, nil)
+	base := env.http.URL
+	c := browser(t)
+	if resp, _ := login(t, c, base, testToken); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	_, page := send(t, c, "GET", base+"/", nil, nil)
+	m := csrfMeta.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no CSRF token")
+	}
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", base+"/events", nil)
+	stream, err := c.Do(req)
+	if err != nil || stream.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %v", err)
+	}
+	defer stream.Body.Close()
+	tokenReq, _ := http.NewRequestWithContext(t.Context(), "GET", base+"/events", nil)
+	tokenReq.Header.Set("Authorization", "Bearer "+testToken)
+	byToken, err := http.DefaultClient.Do(tokenReq)
+	if err != nil || byToken.StatusCode != http.StatusOK {
+		t.Fatalf("stream with the token: %v", err)
+	}
+	defer byToken.Body.Close()
+	if resp, _ := send(t, c, "POST", base+"/logout", strings.NewReader("csrf="+m[1]), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, stream.Body); ended <- err }()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("the stream broke instead of ending: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session's stream goes on after its logout")
+	}
+	// The token's stream still delivers: a rollout's events reach it.
+	if resp, _ := env.do(t, "POST", "/rollouts", []byte(`{"service":"other"}`), withHeaders(jsonHeaders(), "Authorization", "Bearer "+testToken)); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /rollouts: %d", resp.StatusCode)
+	}
+	got := make(chan struct{})
+	go func() {
+		_ = ReadEvents(byToken.Body, func(id uint64, kind string, data []byte) error {
+			if kind != "reset" {
+				close(got)
+				return io.EOF
+			}
+			return nil
+		})
+	}()
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the token's stream stopped with another's logout")
+	}
 }

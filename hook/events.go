@@ -72,6 +72,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
+	// A stream read through a page's session ends with it (logout, or its
+	// idle or absolute limit); one read with the API token or from a
+	// network opened to viewing has no session to end.
+	still := func() (bool, <-chan struct{}) { return true, nil }
+	if _, _, ok := bearer(r, s.opt.Secrets.API); !ok {
+		if sess, ok := s.sessions.of(r); ok {
+			still = func() (bool, <-chan struct{}) { return s.sessions.alive(sess.id) }
+		}
+	}
 	sub, backlog, complete := s.store.Subscribe(after, rollout)
 	defer s.store.Unsubscribe(sub)
 
@@ -113,6 +122,10 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	beat := time.NewTicker(streamHeartbeat)
 	defer beat.Stop()
 	for {
+		alive, loggedOut := still()
+		if !alive {
+			return // its session ended: the page logs in again
+		}
 		select {
 		case ev, ok := <-sub.C:
 			if !ok {
@@ -125,6 +138,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			if !write(0, "", nil) {
 				return
 			}
+		case <-loggedOut:
 		case <-r.Context().Done():
 			return
 		}

@@ -26,6 +26,7 @@ type sessions struct {
 	byID           map[string]*session
 	idle, absolute time.Duration
 	clock          fleetroll.Clock
+	ended          chan struct{} // closed (and replaced) at each logout
 }
 
 type session struct {
@@ -34,7 +35,7 @@ type session struct {
 }
 
 func newSessions(idle, absolute time.Duration, clock fleetroll.Clock) *sessions {
-	return &sessions{byID: map[string]*session{}, idle: idle, absolute: absolute, clock: clock}
+	return &sessions{byID: map[string]*session{}, idle: idle, absolute: absolute, clock: clock, ended: make(chan struct{})}
 }
 
 func randomToken() string {
@@ -89,4 +90,15 @@ func (ss *sessions) end(id string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	delete(ss.byID, id)
+	close(ss.ended)
+	ss.ended = make(chan struct{})
+}
+
+// alive tells whether the session id still lives (without marking it
+// used), and gives a channel closed at the next logout.
+func (ss *sessions) alive(id string) (bool, <-chan struct{}) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s, ok := ss.byID[id]
+	return ok && !ss.expired(s, ss.clock.Now()), ss.ended
 }

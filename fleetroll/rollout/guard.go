@@ -35,7 +35,14 @@ type guard struct {
 	onRestored func(in coord.Intent, restored []fleetroll.UnitReport)
 	recovered  bool // a dead holder's intent was found
 	record     *coord.Recorder
+	// switched: the intent was this rollout's own, a blue-green switched
+	// before the takeover; the recovery finished it (the old set retired).
+	switched *switchedSets
 }
+
+// switchedSets are a blue-green rollout's sets, once switched: the new
+// serve, the old are gone.
+type switchedSets struct{ new, old []string }
 
 // ErrRecoveryFailed is returned when units a dead holder left in flight
 // could not all be restored: nothing else is touched.
@@ -340,6 +347,13 @@ func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fl
 	defer cancel()
 	if err := (coord.Intents{KAPI: g.etcd}).Delete(dctx, service); err != nil {
 		return fmt.Errorf("%s: recovered, but the intent could not be cleared: %w", service, err)
+	}
+	if in.Rollout == g.rollout {
+		if switched {
+			g.switched = &switchedSets{new: units(keep), old: units(drop)}
+		}
+		g.say("recovered blue-green rollout %s of %s, taken over: %s serve", in.Rollout, service, strings.Join(units(keep), ", "))
+		return nil
 	}
 	g.say("recovered blue-green rollout %s of %s: %s serve; recorded as interrupted", in.Rollout, service, strings.Join(units(keep), ", "))
 	return nil

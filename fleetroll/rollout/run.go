@@ -231,6 +231,24 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 		return nil, fmt.Errorf("%s: %w", req.Service, err)
 	}
 	defer release()
+	if sw := g.switched; sw != nil {
+		// A blue-green rollout taken over after its switch: the recovery
+		// retired the old set; the new one serves. It is done.
+		now := r.clock().Now()
+		rep := &fleetroll.Report{Version: fleetroll.SchemaVersion, ID: req.ID, Service: req.Service, Status: fleetroll.StatusSucceeded,
+			Strategy: fleetroll.StrategyBlueGreen, Started: now, Finished: now, Trigger: req.Trigger, By: req.Owner}
+		if req.Resume != nil && !req.Resume.Started.IsZero() {
+			rep.Started = req.Resume.Started
+		}
+		for _, u := range sw.old {
+			rep.Units = append(rep.Units, fleetroll.UnitReport{Unit: u, Outcome: fleetroll.OutcomeRetired})
+		}
+		for _, u := range sw.new {
+			rep.Units = append(rep.Units, fleetroll.UnitReport{Unit: u, Outcome: fleetroll.OutcomeLaunched})
+		}
+		r.record(ctx, req, rep, nil, log)
+		return rep, nil
+	}
 
 	// The plan is made again under the lock, once what a dead fleetroll
 	// left in flight is back (and another blue-green rollout may have

@@ -556,3 +556,39 @@ func TestRunRecoversBeforeItFindsNothingToRoll(t *testing.T) {
 		t.Fatalf("nothing launched, no intent: %v", err)
 	}
 }
+
+// A receiver that takes over a blue-green rollout whose switch was made
+// (its intent is the rollout's own): the recovery retires the old set, and
+// the rollout is done, not run again (which would swap the sets back).
+func TestBlueGreenTakenOverAfterItsSwitchEnds(t *testing.T) {
+	kapi := startEtcd(t)
+	ctx := t.Context()
+	ff := fakefleet.New("my-service@1.service", "my-service@11.service")
+	r := Runner{Fleet: newFleet(t, ff), Etcd: kapi}
+	if err := (coord.Lives{KAPI: kapi}).Put(ctx, "my-service", coord.LiveSets{Live: []string{"11"}, Spare: []string{"1"}}); err != nil {
+		t.Fatal(err)
+	}
+	in := coord.Intent{Rollout: "0000000000f7", Owner: "receiver A", Started: time.Now(),
+		BlueGreen: &coord.BlueGreenIntent{Live: []string{"1"}, New: []string{"11"}, Switched: true}}
+	if err := (coord.Intents{KAPI: kapi}).Put(ctx, "my-service", in); err != nil {
+		t.Fatal(err)
+	}
+	s := fast()
+	s.Strategy, s.Ports, s.SparePorts = StrategyBlueGreen, PortList{"1"}, PortList{"11"}
+	rep, err := r.Run(ctx, Request{ID: "0000000000f7", Service: "my-service", Settings: s, Resume: &fleetroll.Report{ID: "0000000000f7"}})
+	if err != nil || rep.Status != fleetroll.StatusSucceeded || len(rep.Units) != 2 ||
+		rep.Units[0].Outcome != fleetroll.OutcomeRetired || rep.Units[1].Outcome != fleetroll.OutcomeLaunched {
+		t.Fatalf("takeover after the switch: %v %+v", err, rep)
+	}
+	if _, ok := ff.Unit("my-service@1.service"); ok {
+		t.Fatal("the old unit is left")
+	}
+	for _, c := range ff.Calls() {
+		if strings.HasPrefix(c, "create ") {
+			t.Fatalf("ran again: %s", c)
+		}
+	}
+	if live, _ := (coord.Lives{KAPI: kapi}).Get(ctx, "my-service"); live == nil || !slices.Equal(live.Live, []string{"11"}) {
+		t.Fatalf("live record %+v", live)
+	}
+}
