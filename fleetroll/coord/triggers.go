@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -235,53 +236,97 @@ func (q Triggers) Claim(service, owner string, ttl time.Duration) Lock {
 }
 
 // DeliveryPrefix is where receivers remember the deliveries they saw, for
-// the replay window: DeliveryPrefix/SHA256 (of the delivery's key).
+// the replay window: DeliveryPrefix/SLOT, one of a fixed number of slots
+// (the delivery's hash decides which), each holding one delivery's hash and
+// the rollouts it started. However many deliveries arrive, there are at
+// most that many keys: a delivery whose slot another took since is no
+// longer remembered (its replay is taken for a new delivery).
 const DeliveryPrefix = "/fleetroll/deliveries"
+
+// DefaultDeliverySlots bounds the deliveries remembered in etcd.
+const DefaultDeliverySlots = 10000
 
 // Deliveries remembers deliveries across receivers.
 type Deliveries struct {
 	KAPI   client.KeysAPI
 	Window time.Duration
+	// Slots bounds the keys (DefaultDeliverySlots when zero).
+	Slots int
 }
 
-func deliveryKey(key string) string {
+// slot is the delivery's key and the hash its value starts with.
+func (d Deliveries) slot(key string) (k, hash string) {
 	sum := sha256.Sum256([]byte(key))
-	return DeliveryPrefix + "/" + hex.EncodeToString(sum[:16])
+	n := d.Slots
+	if n <= 0 {
+		n = DefaultDeliverySlots
+	}
+	return fmt.Sprintf("%s/%d", DeliveryPrefix, binary.BigEndian.Uint64(sum[:8])%uint64(n)), hex.EncodeToString(sum[:16])
 }
 
 // Claim records a delivery and reports whether any receiver saw it within
-// the window, with the rollouts it started then.
+// the window (and still remembers it), with the rollouts it started then.
 func (d Deliveries) Claim(ctx context.Context, key string) ([]string, bool, error) {
-	k := deliveryKey(key)
-	_, err := d.KAPI.Set(ctx, k, "", &client.SetOptions{PrevExist: client.PrevNoExist, TTL: d.Window})
-	if err == nil {
-		return nil, false, nil
+	k, hash := d.slot(key)
+	for range 10 {
+		resp, err := d.KAPI.Get(ctx, k, nil)
+		var opts *client.SetOptions
+		switch {
+		case isCode(err, client.ErrorCodeKeyNotFound):
+			opts = &client.SetOptions{PrevExist: client.PrevNoExist, TTL: d.Window}
+		case err != nil:
+			return nil, false, fmt.Errorf("deliveries: %w", err)
+		default:
+			h, ids, _ := strings.Cut(resp.Node.Value, "|")
+			if h == hash {
+				if ids == "" {
+					return nil, true, nil
+				}
+				return strings.Split(ids, ","), true, nil
+			}
+			// Another delivery's slot: this one takes it over.
+			opts = &client.SetOptions{PrevIndex: resp.Node.ModifiedIndex, TTL: d.Window}
+		}
+		_, err = d.KAPI.Set(ctx, k, hash+"|", opts)
+		switch {
+		case err == nil:
+			return nil, false, nil
+		case isCode(err, client.ErrorCodeNodeExist) || isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound):
+			continue // changed meanwhile: look again
+		default:
+			return nil, false, fmt.Errorf("deliveries: %w", err)
+		}
 	}
-	if !isCode(err, client.ErrorCodeNodeExist) {
-		return nil, false, fmt.Errorf("deliveries: %w", err)
-	}
-	resp, err := d.KAPI.Get(ctx, k, nil)
-	if err != nil && !isCode(err, client.ErrorCodeKeyNotFound) {
-		return nil, false, fmt.Errorf("deliveries: %w", err)
-	}
-	var ids []string
-	if err == nil && resp.Node.Value != "" {
-		ids = strings.Split(resp.Node.Value, ",")
-	}
-	return ids, true, nil
+	return nil, false, errors.New("deliveries: too many concurrent changes")
 }
 
-// Started notes the rollouts a claimed delivery started.
+// Started notes the rollouts a claimed delivery started (while its slot is
+// still its own).
 func (d Deliveries) Started(ctx context.Context, key string, ids []string) error {
-	_, err := d.KAPI.Set(ctx, deliveryKey(key), strings.Join(ids, ","), &client.SetOptions{PrevExist: client.PrevExist, TTL: d.Window})
+	k, hash := d.slot(key)
+	_, err := d.KAPI.Set(ctx, k, hash+"|"+strings.Join(ids, ","), &client.SetOptions{PrevValue: hash + "|", TTL: d.Window})
+	if isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil // its slot was taken since: nothing to note
+	}
 	return err
 }
 
 // Forget drops a delivery that started nothing, so that its retry is not
 // taken for a replay.
 func (d Deliveries) Forget(ctx context.Context, key string) error {
-	_, err := d.KAPI.Delete(ctx, deliveryKey(key), nil)
+	k, hash := d.slot(key)
+	resp, err := d.KAPI.Get(ctx, k, nil)
 	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if h, _, _ := strings.Cut(resp.Node.Value, "|"); h != hash {
+		return nil // another delivery's now
+	}
+	_, err = d.KAPI.Delete(ctx, k, &client.DeleteOptions{PrevIndex: resp.Node.ModifiedIndex})
+	if isCode(err, client.ErrorCodeKeyNotFound) || isCode(err, client.ErrorCodeTestFailed) {
 		return nil
 	}
 	return err

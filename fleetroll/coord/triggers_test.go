@@ -1,6 +1,7 @@
 package coord
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -78,5 +79,59 @@ func TestDeliveriesAcrossReceivers(t *testing.T) {
 	}
 	if _, dup, err := a.Claim(ctx, "github|1"); dup || err != nil {
 		t.Fatalf("forgotten, then claimed again: %v %v", dup, err)
+	}
+}
+
+// The deliveries remembered in etcd stay under a fixed number of keys
+// however many arrive; a delivery still in its slot is a replay, one whose
+// slot another delivery took is no longer remembered.
+func TestDeliveriesAreBounded(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := t.Context()
+	d := Deliveries{KAPI: kapi, Window: time.Minute, Slots: 4}
+	for i := range 40 {
+		if _, dup, err := d.Claim(ctx, fmt.Sprintf("dockerhub|demo/x|latest|%d", i)); dup || err != nil {
+			t.Fatalf("delivery %d: %v %v", i, dup, err)
+		}
+	}
+	resp, err := kapi.Get(ctx, DeliveryPrefix, nil)
+	if err != nil || len(resp.Node.Nodes) > 4 {
+		t.Fatalf("keys after 40 deliveries: %v %v", len(resp.Node.Nodes), err)
+	}
+	// Two deliveries of one slot: the newer one takes it.
+	var a, b string
+	slotOf := map[string]string{}
+	for i := 0; a == "" || b == ""; i++ {
+		key := fmt.Sprintf("github|%d", i)
+		k, _ := d.slot(key)
+		if first, ok := slotOf[k]; ok {
+			a, b = first, key
+		}
+		slotOf[k] = key
+	}
+	if _, dup, err := d.Claim(ctx, a); err != nil || dup {
+		t.Fatalf("a: %v %v", dup, err)
+	}
+	if err := d.Started(ctx, a, []string{"0123456789ab"}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, dup, err := d.Claim(ctx, a); err != nil || !dup || !slices.Equal(ids, []string{"0123456789ab"}) {
+		t.Fatalf("a again, in its slot: %v %v %v", ids, dup, err)
+	}
+	if _, dup, err := d.Claim(ctx, b); err != nil || dup {
+		t.Fatalf("b, in a's slot: %v %v", dup, err)
+	}
+	if _, dup, err := d.Claim(ctx, a); err != nil || dup {
+		t.Fatalf("a after b took its slot: %v %v", dup, err)
+	}
+	// Started and Forget leave another delivery's slot alone.
+	if err := d.Started(ctx, b, []string{"ba9876543210"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Forget(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, dup, _ := d.Claim(ctx, a); !dup {
+		t.Fatal("b's forget dropped a's delivery")
 	}
 }
