@@ -3,6 +3,7 @@ package hook
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/clocktest"
 )
@@ -285,5 +287,51 @@ func TestEventStreamEndsWithItsSession(t *testing.T) {
 	case <-got:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the token's stream stopped with another's logout")
+	}
+}
+
+// However many distinct pushes arrive while a service waits, its queue in
+// etcd holds one entry: each new trigger supersedes the older ones at
+// once, as the in-memory queue coalesces, and carries their rollouts and
+// callbacks. The superseded records say so.
+func TestDurableQueueSupersedesAtSubmit(t *testing.T) {
+	rs := newReceivers(t)
+	a := newTestEnv(t, func(o *Options) {
+		c, err := NewCallbacker([]string{rs.cbs.URL}, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Callbacks, o.Fleet, o.Etcd, o.Owner = c, rs.api, rs.kapi, "receiver A"
+		o.QuietPeriod, o.MaxWait = time.Hour, time.Hour // nothing runs while the test pushes
+	})
+	var first string
+	const pushes = 30
+	for i := range pushes {
+		body := hubPush(t, func(p map[string]any) {
+			p["push_data"].(map[string]any)["pushed_at"] = json.Number(fmt.Sprint(1795835400 + i))
+			p["callback_url"] = fmt.Sprintf("%s/u/demo/my-service/hook/%d/", rs.cbs.URL, i)
+		})
+		resp, ans := a.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, body, jsonHeaders())
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("push %d: %d %v", i, resp.StatusCode, ans)
+		}
+		if i == 0 {
+			first = ans["id"].(string)
+		}
+	}
+	entries, err := coord.Triggers{KAPI: rs.kapi}.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := entries["my-service"]
+	if len(es) != 1 {
+		t.Fatalf("%d queue entries for %d pushes, want 1", len(es), pushes)
+	}
+	q := es[0].Record.Queue
+	if q == nil || len(q.Supersedes)+q.SupersedesDropped != pushes-1 || len(es[0].Callbacks) == 0 || len(es[0].Callbacks) > 21 {
+		t.Fatalf("the entry left: %+v, %d callbacks", q, len(es[0].Callbacks))
+	}
+	if rec, ok := a.srv.Store().Get(first); !ok || rec.Status != fleetroll.StatusSuperseded || rec.Queue.SupersededBy == "" {
+		t.Fatalf("the first push's record: %+v", rec)
 	}
 }

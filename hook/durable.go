@@ -91,6 +91,7 @@ func (d *durable) Submit(ctx context.Context, service string, t fleetroll.Trigge
 	}
 	if !merged {
 		d.store.Put(e.Record)
+		d.supersedeAtSubmit(ctx, service, e)
 		d.poke()
 	}
 	return e.Record, merged, nil
@@ -303,6 +304,102 @@ func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string,
 	}()
 }
 
+// supersede removes the entries olds from the queue, superseded by the
+// rollout id: their records say so (one that was running, its receiver
+// gone, was interrupted), in this receiver's store and the history. It
+// returns their rollouts and callbacks, for id's entry to carry.
+func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id string, idleOnly bool) (supersedes []string, dropped int, callbacks []string, err error) {
+	for _, e := range olds {
+		var ok func(coord.QueuedTrigger) error
+		if idleOnly {
+			ok = func(q coord.QueuedTrigger) error {
+				if q.Runner != "" {
+					return errTaken // a receiver took it meanwhile: it runs
+				}
+				return nil
+			}
+		}
+		old, err := d.triggers.RemoveIf(ctx, e.Key, ok)
+		if errors.Is(err, errTaken) {
+			continue
+		}
+		if err != nil {
+			d.log.Warn("queue: superseded trigger not removed", "rollout_id", e.Record.ID, "error", err.Error())
+			return supersedes, dropped, callbacks, err
+		}
+		rec := old.Record.Clone()
+		if rec.Queue == nil {
+			rec.Queue = &fleetroll.QueueInfo{}
+		}
+		// What it had superseded, the newer one supersedes now.
+		supersedes = append(supersedes, rec.Queue.Supersedes...)
+		dropped += rec.Queue.SupersedesDropped
+		rec.Queue.SupersededBy = id
+		rec.Finished = d.opt.Clock.Now()
+		if rec.Status == fleetroll.StatusRunning {
+			rec.Status, rec.Error = fleetroll.StatusInterrupted, "the receiver running it stopped; a newer trigger ("+id+") took its place"
+		} else {
+			rec.Status = fleetroll.StatusSuperseded
+		}
+		d.store.Put(rec)
+		if err := (coord.History{KAPI: d.kapi}).Save(ctx, rec); err != nil {
+			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
+		}
+		supersedes = append(supersedes, rec.ID)
+		callbacks = append(callbacks, old.Callbacks...)
+	}
+	return supersedes, dropped, callbacks, nil
+}
+
+// errTaken: a queue entry a receiver took since it was read.
+var errTaken = errors.New("taken by a receiver")
+
+// supersedeAtSubmit keeps one queued trigger per service in etcd, however
+// many arrive: the new entry e supersedes the service's older ones that no
+// receiver runs, and carries their rollouts and callbacks (the queue's
+// rule, as the in-memory queue coalesces). Best effort: what is left is
+// superseded when the service's rollout starts.
+func (d *durable) supersedeAtSubmit(ctx context.Context, service string, e coord.QueuedTrigger) {
+	all, err := d.triggers.List(ctx)
+	if err != nil {
+		return
+	}
+	var olds []coord.QueuedTrigger
+	for _, o := range all[service] {
+		if o.Key != e.Key && o.Runner == "" && o.Index < e.Index {
+			olds = append(olds, o)
+		}
+	}
+	if len(olds) == 0 {
+		return
+	}
+	supersedes, dropped, callbacks, _ := d.supersede(ctx, olds, e.Record.ID, true)
+	if len(supersedes) == 0 {
+		return
+	}
+	updated, err := d.triggers.Update(ctx, e.Key, func(q *coord.QueuedTrigger) {
+		if q.Record.Queue == nil {
+			q.Record.Queue = &fleetroll.QueueInfo{}
+		}
+		q.Record.Queue.Supersedes = append(q.Record.Queue.Supersedes, supersedes...)
+		q.Record.Queue.SupersedesDropped += dropped
+		if n := len(q.Record.Queue.Supersedes) - MaxSupersedes; n > 0 {
+			q.Record.Queue.Supersedes = q.Record.Queue.Supersedes[n:]
+			q.Record.Queue.SupersedesDropped += n
+		}
+		for _, cb := range callbacks {
+			q.Callbacks = addCallback(q.Callbacks, cb)
+		}
+	})
+	if err != nil {
+		d.log.Warn("queue: superseding trigger not updated", "rollout_id", e.Record.ID, "error", err.Error())
+		return
+	}
+	if _, ok := d.store.Update(updated.Record.ID, func(r *fleetroll.Report) { *r = updated.Record.Clone() }); !ok {
+		d.store.Put(updated.Record)
+	}
+}
+
 // runOne runs the newest trigger of a service; the older ones are
 // superseded by it (their callbacks report its result).
 func (d *durable) runOne(ctx context.Context, service string, lease func() error) {
@@ -315,31 +412,9 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	es := all[service]
 	newest := es[len(es)-1]
 	id := newest.Record.ID
-	var supersedes []string
-	var callbacks []string
-	for _, e := range es[:len(es)-1] {
-		old, err := d.triggers.Remove(wctx, e.Key)
-		if err != nil {
-			d.log.Warn("queue: superseded trigger not removed", "rollout_id", e.Record.ID, "error", err.Error())
-			return
-		}
-		rec := old.Record.Clone()
-		if rec.Queue == nil {
-			rec.Queue = &fleetroll.QueueInfo{}
-		}
-		rec.Queue.SupersededBy = id
-		rec.Finished = d.opt.Clock.Now()
-		if rec.Status == fleetroll.StatusRunning {
-			rec.Status, rec.Error = fleetroll.StatusInterrupted, "the receiver running it stopped; a newer trigger ("+id+") took its place"
-		} else {
-			rec.Status = fleetroll.StatusSuperseded
-		}
-		d.store.Put(rec)
-		if err := (coord.History{KAPI: d.kapi}).Save(wctx, rec); err != nil {
-			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
-		}
-		supersedes = append(supersedes, rec.ID)
-		callbacks = append(callbacks, old.Callbacks...)
+	supersedes, dropped, callbacks, err := d.supersede(wctx, es[:len(es)-1], id, false)
+	if err != nil {
+		return
 	}
 	var resume *fleetroll.Report
 	e, err := d.triggers.Update(wctx, newest.Key, func(e *coord.QueuedTrigger) {
@@ -353,6 +428,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 			e.Record.Queue = &fleetroll.QueueInfo{}
 		}
 		e.Record.Queue.Supersedes = append(e.Record.Queue.Supersedes, supersedes...)
+		e.Record.Queue.SupersedesDropped += dropped
 		if n := len(e.Record.Queue.Supersedes) - MaxSupersedes; n > 0 {
 			e.Record.Queue.Supersedes = e.Record.Queue.Supersedes[n:]
 			e.Record.Queue.SupersedesDropped += n
