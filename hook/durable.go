@@ -308,7 +308,7 @@ func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string,
 // rollout id: their records say so (one that was running, its receiver
 // gone, was interrupted), in this receiver's store and the history. It
 // returns their rollouts and callbacks, for id's entry to carry.
-func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id string, idleOnly bool) (supersedes []string, dropped int, callbacks []string, err error) {
+func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id string, idleOnly bool) (sup superseded, err error) {
 	for _, e := range olds {
 		var ok func(coord.QueuedTrigger) error
 		if idleOnly {
@@ -325,15 +325,15 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id 
 		}
 		if err != nil {
 			d.log.Warn("queue: superseded trigger not removed", "rollout_id", e.Record.ID, "error", err.Error())
-			return supersedes, dropped, callbacks, err
+			return sup, err
 		}
 		rec := old.Record.Clone()
 		if rec.Queue == nil {
 			rec.Queue = &fleetroll.QueueInfo{}
 		}
 		// What it had superseded, the newer one supersedes now.
-		supersedes = append(supersedes, rec.Queue.Supersedes...)
-		dropped += rec.Queue.SupersedesDropped
+		sup.ids = append(sup.ids, rec.Queue.Supersedes...)
+		sup.dropped += rec.Queue.SupersedesDropped
 		rec.Queue.SupersededBy = id
 		rec.Finished = d.opt.Clock.Now()
 		if rec.Status == fleetroll.StatusRunning {
@@ -345,10 +345,35 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id 
 		if err := (coord.History{KAPI: d.kapi}).Save(ctx, rec); err != nil {
 			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
 		}
-		supersedes = append(supersedes, rec.ID)
-		callbacks = append(callbacks, old.Callbacks...)
+		sup.ids = append(sup.ids, rec.ID)
+		sup.callbacks = append(sup.callbacks, old.Callbacks...)
 	}
-	return supersedes, dropped, callbacks, nil
+	return sup, nil
+}
+
+// superseded is what the entries a trigger superseded hand on to it.
+type superseded struct {
+	ids       []string // their rollouts, and those they had superseded
+	dropped   int      // the older ones, only counted
+	callbacks []string
+}
+
+// carry puts them in the superseding entry q: the newest MaxSupersedes
+// rollouts named, the rest counted, and the callbacks.
+func (sup superseded) carry(q *coord.QueuedTrigger) {
+	if q.Record.Queue == nil {
+		q.Record.Queue = &fleetroll.QueueInfo{}
+	}
+	qi := q.Record.Queue
+	qi.Supersedes = append(qi.Supersedes, sup.ids...)
+	qi.SupersedesDropped += sup.dropped
+	if n := len(qi.Supersedes) - MaxSupersedes; n > 0 {
+		qi.Supersedes = qi.Supersedes[n:]
+		qi.SupersedesDropped += n
+	}
+	for _, cb := range sup.callbacks {
+		q.Callbacks = addCallback(q.Callbacks, cb)
+	}
 }
 
 // errTaken: a queue entry a receiver took since it was read.
@@ -373,24 +398,11 @@ func (d *durable) supersedeAtSubmit(ctx context.Context, service string, e coord
 	if len(olds) == 0 {
 		return
 	}
-	supersedes, dropped, callbacks, _ := d.supersede(ctx, olds, e.Record.ID, true)
-	if len(supersedes) == 0 {
+	sup, _ := d.supersede(ctx, olds, e.Record.ID, true)
+	if len(sup.ids) == 0 {
 		return
 	}
-	updated, err := d.triggers.Update(ctx, e.Key, func(q *coord.QueuedTrigger) {
-		if q.Record.Queue == nil {
-			q.Record.Queue = &fleetroll.QueueInfo{}
-		}
-		q.Record.Queue.Supersedes = append(q.Record.Queue.Supersedes, supersedes...)
-		q.Record.Queue.SupersedesDropped += dropped
-		if n := len(q.Record.Queue.Supersedes) - MaxSupersedes; n > 0 {
-			q.Record.Queue.Supersedes = q.Record.Queue.Supersedes[n:]
-			q.Record.Queue.SupersedesDropped += n
-		}
-		for _, cb := range callbacks {
-			q.Callbacks = addCallback(q.Callbacks, cb)
-		}
-	})
+	updated, err := d.triggers.Update(ctx, e.Key, sup.carry)
 	if err != nil {
 		d.log.Warn("queue: superseding trigger not updated", "rollout_id", e.Record.ID, "error", err.Error())
 		return
@@ -412,7 +424,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	es := all[service]
 	newest := es[len(es)-1]
 	id := newest.Record.ID
-	supersedes, dropped, callbacks, err := d.supersede(wctx, es[:len(es)-1], id, false)
+	sup, err := d.supersede(wctx, es[:len(es)-1], id, false)
 	if err != nil {
 		return
 	}
@@ -424,18 +436,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		}
 		e.Runner, e.Record.By = d.owner, d.owner
 		e.Record.Status = fleetroll.StatusRunning
-		if e.Record.Queue == nil {
-			e.Record.Queue = &fleetroll.QueueInfo{}
-		}
-		e.Record.Queue.Supersedes = append(e.Record.Queue.Supersedes, supersedes...)
-		e.Record.Queue.SupersedesDropped += dropped
-		if n := len(e.Record.Queue.Supersedes) - MaxSupersedes; n > 0 {
-			e.Record.Queue.Supersedes = e.Record.Queue.Supersedes[n:]
-			e.Record.Queue.SupersedesDropped += n
-		}
-		for _, cb := range callbacks {
-			e.Callbacks = addCallback(e.Callbacks, cb)
-		}
+		sup.carry(e)
 	})
 	if err != nil {
 		d.log.Warn("queue: trigger not taken", "rollout_id", id, "error", err.Error())

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -178,20 +179,11 @@ func envOf(flag string) string {
 func settingsFlags(skip ...string) []cli.Flag {
 	var out []cli.Flag
 	for _, s := range settingFlags() {
-		if !contains(skip, s.flag.Names()[0]) {
+		if !slices.Contains(skip, s.flag.Names()[0]) {
 			out = append(out, s.flag)
 		}
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // applyFlags sets on s what the flags given say: a flag not given leaves

@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -470,7 +471,7 @@ func (r Runner) release(ctx context.Context, req Request, s Settings, store coor
 	}
 	digest, tag := c.Ref, ""
 	if !fleetroll.ValidDigest(digest) {
-		tag = cmpOr(c.Ref, "latest")
+		tag = cmp.Or(c.Ref, "latest")
 		if r.Resolver == nil {
 			return fleetroll.Release{}, errors.New("no registry to resolve the tag with")
 		}
@@ -490,18 +491,11 @@ func (r Runner) release(ctx context.Context, req Request, s Settings, store coor
 		// stays as it was sent.
 		t.Repository, t.Digest, t.Tag = s.Image, digest, tag
 	}
-	return fleetroll.Release{Image: image, Tag: cmpOr(t.Tag, tag), Trigger: t}, nil
+	return fleetroll.Release{Image: image, Tag: cmp.Or(t.Tag, tag), Trigger: t}, nil
 }
 
 // fromCLI tells a command's trigger from a sender's.
 func fromCLI(t fleetroll.Trigger) bool { return t.Source == "" || t.Source == "cli" }
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
 
 // restoredIsRestart tells whether the recovery of a unit in flight
 // restarted it: it had been stopped (its stop requested, or further on),
