@@ -166,6 +166,10 @@ func (t *Trigger) UnmarshalJSON(b []byte) error {
 // QueueInfo is what serve's queue adds to a rollout it ran or dropped.
 type QueueInfo struct {
 	Queued time.Time `json:"queued"`
+	// FirstQueued is when the oldest trigger it took the place of was
+	// queued (zero when it superseded none): serve's maximum wait counts
+	// from it, so a flood of pushes cannot put a rollout off for ever.
+	FirstQueued time.Time `json:"first_queued,omitzero"`
 	// SupersededBy is the rollout that took this queued one's place.
 	SupersededBy string `json:"superseded_by,omitempty"`
 	// Supersedes are the most recent rollouts this one took the place of

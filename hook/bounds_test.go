@@ -319,13 +319,26 @@ func TestDurableQueueSupersedesAtSubmit(t *testing.T) {
 			first = ans["id"].(string)
 		}
 	}
-	entries, err := coord.Triggers{KAPI: rs.kapi}.List(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	es := entries["my-service"]
-	if len(es) != 1 {
-		t.Fatalf("%d queue entries for %d pushes, want 1", len(es), pushes)
+	// The queue coalesces behind the answers: wait until one entry is left,
+	// carrying what it superseded.
+	var es []coord.QueuedTrigger
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		entries, err := coord.Triggers{KAPI: rs.kapi}.List(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if es = entries["my-service"]; len(es) == 1 {
+			if q := es[0].Record.Queue; q != nil && len(q.Supersedes)+q.SupersedesDropped == pushes-1 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d queue entries for %d pushes, want 1", len(es), pushes)
+		}
+		select {
+		case <-a.srv.Store().Changed():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	q := es[0].Record.Queue
 	if q == nil || len(q.Supersedes)+q.SupersedesDropped != pushes-1 || len(es[0].Callbacks) == 0 || len(es[0].Callbacks) > 21 {
@@ -333,5 +346,37 @@ func TestDurableQueueSupersedesAtSubmit(t *testing.T) {
 	}
 	if rec, ok := a.srv.Store().Get(first); !ok || rec.Status != fleetroll.StatusSuperseded || rec.Queue.SupersededBy == "" {
 		t.Fatalf("the first push's record: %+v", rec)
+	}
+}
+
+// A sender that never stops pushing cannot keep a service from running:
+// the queued entry that coalesces the pushes carries when the first of them
+// arrived, and the maximum wait counts from it (it counted from the newest
+// entry's own arrival, which a flood renews with every push).
+func TestFloodOfPushesCannotPutARolloutOff(t *testing.T) {
+	rs := newReceivers(t)
+	a := newTestEnv(t, func(o *Options) {
+		o.Fleet, o.Etcd, o.Owner = rs.api, rs.kapi, "receiver A"
+		o.QuietPeriod, o.MaxWait = time.Hour, time.Second
+	})
+	started := func() bool {
+		for _, r := range a.srv.Store().List("my-service") {
+			if !r.Started.IsZero() {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; !started(); i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no rollout started in 15 s of pushes (%d pushes, maximum wait 1 s)", i)
+		}
+		body := hubPush(t, func(p map[string]any) {
+			p["push_data"].(map[string]any)["pushed_at"] = json.Number(fmt.Sprint(1795836000 + i))
+		})
+		if resp, ans := a.do(t, "POST", "/webhooks/dockerhub/"+testHubToken, body, jsonHeaders()); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("push %d: %d %v", i, resp.StatusCode, ans)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -66,6 +67,10 @@ type durable struct {
 	suspect map[string]bool // services whose lock expired: check for an intent
 	changed chan struct{}
 	wake    chan struct{}
+	// adding holds one lock per service: this receiver's submits of a
+	// service go to etcd one at a time, so they never race each other
+	// for its waiting entry (only other receivers' may).
+	adding map[string]chan struct{}
 }
 
 func newDurable(kapi client.KeysAPI, store *Store, opt QueueOptions, owner string, ttl time.Duration, log *slog.Logger) *durable {
@@ -74,27 +79,46 @@ func newDurable(kapi client.KeysAPI, store *Store, opt QueueOptions, owner strin
 		opt.Clock = fleetroll.SystemClock{}
 	}
 	return &durable{kapi: kapi, triggers: coord.Triggers{KAPI: kapi}, store: store, opt: opt, owner: owner, ttl: ttl, log: log,
-		running: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1)}
+		running: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1),
+		adding: map[string]chan struct{}{}}
 }
 
 // Submit writes the trigger to etcd. The same push, from any receiver,
 // merges into the rollout that carries it while that one is queued or
 // running (a manual trigger during a run gets a rollout of its own).
 func (d *durable) Submit(ctx context.Context, service string, t fleetroll.Trigger, callback string) (fleetroll.Report, bool, error) {
+	d.mu.Lock()
+	adding := d.adding[service]
+	if adding == nil {
+		adding = make(chan struct{}, 1)
+		d.adding[service] = adding // one per configured service
+	}
+	d.mu.Unlock()
+	select {
+	case adding <- struct{}{}:
+		defer func() { <-adding }()
+	case <-ctx.Done():
+		return fleetroll.Report{}, false, fmt.Errorf("queue %s: %w", service, ctx.Err())
+	}
 	now := d.opt.Clock.Now()
-	e, merged, err := d.triggers.Add(ctx, service, triggerKey(t), t.Source == string(SourceManual), func() fleetroll.Report {
+	add, err := d.triggers.Add(ctx, service, triggerKey(t), t.Source == string(SourceManual), func() fleetroll.Report {
 		return fleetroll.Report{Version: fleetroll.SchemaVersion, ID: fleetroll.NewID(), Service: service, Status: fleetroll.StatusQueued,
 			Trigger: t, Units: []fleetroll.UnitReport{}, Queue: &fleetroll.QueueInfo{Queued: now}}
-	}, callback)
+	}, callback, func(old coord.QueuedTrigger, e *coord.QueuedTrigger) { handOn(old).carry(e) })
 	if err != nil {
 		return fleetroll.Report{}, false, err
 	}
-	if !merged {
-		d.store.Put(e.Record)
-		d.supersedeAtSubmit(ctx, service, e)
+	if !add.Merged {
+		if old := add.Superseded; old != nil {
+			// It never left the queue: the new rollout's record names it;
+			// it is not recorded on its own (a flood of pushes must not
+			// push the service's real rollouts out of the history).
+			d.store.Put(d.supersededRecord(old.Record, add.Entry.Record.ID))
+		}
+		d.store.Put(add.Entry.Record)
 		d.poke()
 	}
-	return e.Record, merged, nil
+	return add.Entry.Record, add.Merged, nil
 }
 
 func (d *durable) poke() {
@@ -240,15 +264,19 @@ func (d *durable) scan(ctx context.Context, wg *sync.WaitGroup) time.Duration {
 // the newest, or MaxWait after the oldest; at once when one was running
 // (its receiver is gone).
 func (d *durable) due(es []coord.QueuedTrigger) time.Time {
-	oldest, newest := es[0].Record.Queue, es[len(es)-1].Record.Queue
+	newest := es[len(es)-1].Record.Queue
+	var first time.Time
 	for _, e := range es {
-		if e.Runner != "" || oldest == nil || newest == nil {
+		if e.Runner != "" || e.Record.Queue == nil {
 			return time.Time{}
+		}
+		if f := firstQueued(e.Record.Queue); first.IsZero() || f.Before(first) {
+			first = f
 		}
 	}
 	at := newest.Queued.Add(d.opt.Quiet)
 	if d.opt.MaxWait > 0 {
-		if limit := oldest.Queued.Add(d.opt.MaxWait); limit.Before(at) {
+		if limit := first.Add(d.opt.MaxWait); limit.Before(at) {
 			at = limit
 		}
 	}
@@ -308,47 +336,54 @@ func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string,
 // rollout id: their records say so (one that was running, its receiver
 // gone, was interrupted), in this receiver's store and the history. It
 // returns their rollouts and callbacks, for id's entry to carry.
-func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id string, idleOnly bool) (sup superseded, err error) {
+func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id string) (sup superseded, err error) {
 	for _, e := range olds {
-		var ok func(coord.QueuedTrigger) error
-		if idleOnly {
-			ok = func(q coord.QueuedTrigger) error {
-				if q.Runner != "" {
-					return errTaken // a receiver took it meanwhile: it runs
-				}
-				return nil
-			}
-		}
-		old, err := d.triggers.RemoveIf(ctx, e.Key, ok)
-		if errors.Is(err, errTaken) {
-			continue
+		old, err := d.triggers.Remove(ctx, e.Key)
+		if isKeyNotFound(err) {
+			continue // superseded meanwhile
 		}
 		if err != nil {
 			d.log.Warn("queue: superseded trigger not removed", "rollout_id", e.Record.ID, "error", err.Error())
 			return sup, err
 		}
-		rec := old.Record.Clone()
-		if rec.Queue == nil {
-			rec.Queue = &fleetroll.QueueInfo{}
-		}
-		// What it had superseded, the newer one supersedes now.
-		sup.ids = append(sup.ids, rec.Queue.Supersedes...)
-		sup.dropped += rec.Queue.SupersedesDropped
-		rec.Queue.SupersededBy = id
-		rec.Finished = d.opt.Clock.Now()
-		if rec.Status == fleetroll.StatusRunning {
-			rec.Status, rec.Error = fleetroll.StatusInterrupted, "the receiver running it stopped; a newer trigger ("+id+") took its place"
-		} else {
-			rec.Status = fleetroll.StatusSuperseded
-		}
+		sup.add(handOn(old))
+		rec := d.supersededRecord(old.Record, id)
 		d.store.Put(rec)
 		if err := (coord.History{KAPI: d.kapi}).Save(ctx, rec); err != nil {
 			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
 		}
-		sup.ids = append(sup.ids, rec.ID)
-		sup.callbacks = append(sup.callbacks, old.Callbacks...)
 	}
 	return sup, nil
+}
+
+// supersededRecord is the record of a rollout that a newer one (id) took
+// the place of: superseded, or interrupted when it was running (its
+// receiver gone).
+func (d *durable) supersededRecord(r fleetroll.Report, id string) fleetroll.Report {
+	rec := r.Clone()
+	if rec.Queue == nil {
+		rec.Queue = &fleetroll.QueueInfo{}
+	}
+	rec.Queue.SupersededBy = id
+	rec.Finished = d.opt.Clock.Now()
+	if rec.Status == fleetroll.StatusRunning {
+		rec.Status, rec.Error = fleetroll.StatusInterrupted, "the receiver running it stopped; a newer trigger ("+id+") took its place"
+	} else {
+		rec.Status = fleetroll.StatusSuperseded
+	}
+	return rec
+}
+
+// handOn is what a superseded entry hands on to the one that takes its
+// place: its rollout and those it had superseded, its callbacks, and when
+// the first of them was queued.
+func handOn(old coord.QueuedTrigger) superseded {
+	sup := superseded{ids: []string{old.Record.ID}, callbacks: old.Callbacks}
+	if q := old.Record.Queue; q != nil {
+		sup.ids = append(slices.Clone(q.Supersedes), old.Record.ID)
+		sup.dropped, sup.first = q.SupersedesDropped, firstQueued(q)
+	}
+	return sup
 }
 
 // superseded is what the entries a trigger superseded hand on to it.
@@ -356,6 +391,25 @@ type superseded struct {
 	ids       []string // their rollouts, and those they had superseded
 	dropped   int      // the older ones, only counted
 	callbacks []string
+	first     time.Time // when the oldest of them was queued
+}
+
+// add gathers what one more superseded entry hands on.
+func (sup *superseded) add(o superseded) {
+	sup.ids = append(sup.ids, o.ids...)
+	sup.dropped += o.dropped
+	sup.callbacks = append(sup.callbacks, o.callbacks...)
+	if !o.first.IsZero() && (sup.first.IsZero() || o.first.Before(sup.first)) {
+		sup.first = o.first
+	}
+}
+
+// firstQueued is when the oldest trigger a queued rollout carries arrived.
+func firstQueued(q *fleetroll.QueueInfo) time.Time {
+	if q.FirstQueued.IsZero() || q.Queued.Before(q.FirstQueued) {
+		return q.Queued
+	}
+	return q.FirstQueued
 }
 
 // carry puts them in the superseding entry q: the newest MaxSupersedes
@@ -365,6 +419,9 @@ func (sup superseded) carry(q *coord.QueuedTrigger) {
 		q.Record.Queue = &fleetroll.QueueInfo{}
 	}
 	qi := q.Record.Queue
+	if !sup.first.IsZero() && sup.first.Before(firstQueued(qi)) {
+		qi.FirstQueued = sup.first
+	}
 	qi.Supersedes = append(qi.Supersedes, sup.ids...)
 	qi.SupersedesDropped += sup.dropped
 	if n := len(qi.Supersedes) - MaxSupersedes; n > 0 {
@@ -373,42 +430,6 @@ func (sup superseded) carry(q *coord.QueuedTrigger) {
 	}
 	for _, cb := range sup.callbacks {
 		q.Callbacks = addCallback(q.Callbacks, cb)
-	}
-}
-
-// errTaken: a queue entry a receiver took since it was read.
-var errTaken = errors.New("taken by a receiver")
-
-// supersedeAtSubmit keeps one queued trigger per service in etcd, however
-// many arrive: the new entry e supersedes the service's older ones that no
-// receiver runs, and carries their rollouts and callbacks (the queue's
-// rule, as the in-memory queue coalesces). Best effort: what is left is
-// superseded when the service's rollout starts.
-func (d *durable) supersedeAtSubmit(ctx context.Context, service string, e coord.QueuedTrigger) {
-	all, err := d.triggers.List(ctx)
-	if err != nil {
-		return
-	}
-	var olds []coord.QueuedTrigger
-	for _, o := range all[service] {
-		if o.Key != e.Key && o.Runner == "" && o.Index < e.Index {
-			olds = append(olds, o)
-		}
-	}
-	if len(olds) == 0 {
-		return
-	}
-	sup, _ := d.supersede(ctx, olds, e.Record.ID, true)
-	if len(sup.ids) == 0 {
-		return
-	}
-	updated, err := d.triggers.Update(ctx, e.Key, sup.carry)
-	if err != nil {
-		d.log.Warn("queue: superseding trigger not updated", "rollout_id", e.Record.ID, "error", err.Error())
-		return
-	}
-	if _, ok := d.store.Update(updated.Record.ID, func(r *fleetroll.Report) { *r = updated.Record.Clone() }); !ok {
-		d.store.Put(updated.Record)
 	}
 }
 
@@ -424,7 +445,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	es := all[service]
 	newest := es[len(es)-1]
 	id := newest.Record.ID
-	sup, err := d.supersede(wctx, es[:len(es)-1], id, false)
+	sup, err := d.supersede(wctx, es[:len(es)-1], id)
 	if err != nil {
 		return
 	}
@@ -443,6 +464,7 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		return
 	}
 	cancel()
+	id = e.Record.ID // a newer push may have taken the entry's place meanwhile
 	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
 		d.store.Put(e.Record)
 	}

@@ -78,11 +78,11 @@ func (rs *receivers) start(t *testing.T, owner string) *testEnv {
 func (rs *receivers) leftByA(t *testing.T, rec fleetroll.Report, callback string) {
 	t.Helper()
 	q := coord.Triggers{KAPI: rs.kapi}
-	e, _, err := q.Add(t.Context(), rec.Service, triggerKey(rec.Trigger), false, func() fleetroll.Report { return rec }, callback)
+	add, err := q.Add(t.Context(), rec.Service, triggerKey(rec.Trigger), false, func() fleetroll.Report { return rec }, callback, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Update(t.Context(), e.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
+	if _, err := q.Update(t.Context(), add.Entry.Key, func(e *coord.QueuedTrigger) { e.Runner = "receiver A" }); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -32,6 +32,9 @@ type QueuedTrigger struct {
 	Callbacks []string `json:"callbacks,omitempty"`
 	// Runner names the receiver running it; empty while it waits.
 	Runner string `json:"runner,omitempty"`
+	// Push names the push it carries (a hash): the same push delivered to
+	// two receivers merges into one rollout.
+	Push string `json:"push,omitempty"`
 
 	Key   string `json:"-"` // its etcd key
 	Index uint64 `json:"-"` // etcd's creation index: the order of arrival
@@ -57,60 +60,128 @@ func pushName(push string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// Added is what Add did with a trigger.
+type Added struct {
+	// Entry is the entry that carries the trigger now.
+	Entry QueuedTrigger
+	// Merged: the same push was queued or running already, and Entry is
+	// its entry (with the callback added).
+	Merged bool
+	// Superseded is the idle entry the new one took the place of, as it
+	// was (nil when there was none).
+	Superseded *QueuedTrigger
+}
+
 // Add records a trigger for a service, identified by push, before its
 // sender is answered. When the same push is already queued or running
-// (from any receiver) it merges into that rollout: the callback is added
-// and merged is true. newRecord builds the record of a new rollout. A push
-// that repeats a running rollout's with again set (a manual "roll now")
-// gets a rollout of its own.
-func (q Triggers) Add(ctx context.Context, service, push string, again bool, newRecord func() fleetroll.Report, callback string) (QueuedTrigger, bool, error) {
+// (from any receiver) it merges into that rollout: the callback is added.
+// Otherwise a new rollout (newRecord) is queued: in place of the service's
+// entry that waits, if there is one (compare-and-swap; carry hands what the
+// old one carried to the new one), so a service has at most one waiting
+// entry however many pushes arrive, and a push costs one read and one
+// write. A push that repeats a running rollout's with again set (a manual
+// "roll now") gets a rollout of its own.
+func (q Triggers) Add(ctx context.Context, service, push string, again bool, newRecord func() fleetroll.Report, callback string,
+	carry func(old QueuedTrigger, e *QueuedTrigger)) (Added, error) {
 	dir, err := entriesDir(service)
 	if err != nil {
-		return QueuedTrigger{}, false, err
+		return Added{}, err
 	}
 	name := pushName(push)
+	var rec *fleetroll.Report
 	for range 10 {
-		key := dir + "/" + name
-		resp, err := q.KAPI.Get(ctx, key, nil)
-		if isCode(err, client.ErrorCodeKeyNotFound) {
-			e := QueuedTrigger{Record: newRecord(), Callbacks: addOnce(nil, callback)}
+		es, err := q.listDir(ctx, dir)
+		if err != nil {
+			return Added{}, fmt.Errorf("queue %s: %w", service, err)
+		}
+		var same, idle *QueuedTrigger
+		for i := range es {
+			if es[i].pushName() == name {
+				same = &es[i]
+			}
+			if es[i].Runner == "" && (idle == nil || es[i].Index > idle.Index) {
+				idle = &es[i]
+			}
+		}
+		if same != nil {
+			if again && same.Runner != "" {
+				push += "|" + same.Record.ID
+				name = pushName(push)
+				continue
+			}
+			if callback == "" || slices.Contains(same.Callbacks, callback) {
+				return Added{Entry: *same, Merged: true}, nil
+			}
+			same.Callbacks = addOnce(same.Callbacks, callback)
+			if err := q.put(ctx, same); isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
+				continue
+			} else if err != nil {
+				return Added{}, fmt.Errorf("queue %s: %w", service, err)
+			}
+			return Added{Entry: *same, Merged: true}, nil
+		}
+		if rec == nil {
+			r := newRecord()
+			rec = &r
+		}
+		e := QueuedTrigger{Record: rec.Clone(), Callbacks: addOnce(nil, callback), Push: name}
+		if idle == nil {
 			b, err := json.Marshal(e)
 			if err != nil {
-				return QueuedTrigger{}, false, err
+				return Added{}, err
 			}
+			key := dir + "/" + name
 			r, err := q.KAPI.Set(ctx, key, string(b), &client.SetOptions{PrevExist: client.PrevNoExist})
 			if isCode(err, client.ErrorCodeNodeExist) {
 				continue // another receiver got the same push first
 			}
 			if err != nil {
-				return QueuedTrigger{}, false, fmt.Errorf("queue %s: %w", service, err)
+				return Added{}, fmt.Errorf("queue %s: %w", service, err)
 			}
 			e.Key, e.Index, e.mod = key, r.Node.CreatedIndex, r.Node.ModifiedIndex
-			return e, false, nil
+			return Added{Entry: e}, nil
 		}
-		if err != nil {
-			return QueuedTrigger{}, false, fmt.Errorf("queue %s: %w", service, err)
+		old := *idle
+		if carry != nil {
+			carry(old, &e)
 		}
-		e, err := decodeTrigger(resp.Node)
-		if err != nil {
-			return QueuedTrigger{}, false, err
-		}
-		if again && e.Runner != "" {
-			name = pushName(push + "|" + e.Record.ID)
-			continue
-		}
-		if callback == "" || slices.Contains(e.Callbacks, callback) {
-			return e, true, nil
-		}
-		e.Callbacks = addOnce(e.Callbacks, callback)
+		e.Key, e.Index, e.mod = old.Key, old.Index, old.mod
 		if err := q.put(ctx, &e); isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
-			continue
+			continue // taken or replaced meanwhile: look again
 		} else if err != nil {
-			return QueuedTrigger{}, false, fmt.Errorf("queue %s: %w", service, err)
+			return Added{}, fmt.Errorf("queue %s: %w", service, err)
 		}
-		return e, true, nil
+		return Added{Entry: e, Superseded: &old}, nil
 	}
-	return QueuedTrigger{}, false, fmt.Errorf("queue %s: too many concurrent changes", service)
+	return Added{}, fmt.Errorf("queue %s: too many concurrent changes", service)
+}
+
+// listDir returns one service's entries, oldest first.
+func (q Triggers) listDir(ctx context.Context, dir string) ([]QueuedTrigger, error) {
+	resp, err := q.KAPI.Get(ctx, dir, nil)
+	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var es []QueuedTrigger
+	for _, n := range resp.Node.Nodes {
+		if e, err := decodeTrigger(n); err == nil {
+			es = append(es, e)
+		}
+	}
+	slices.SortFunc(es, func(a, b QueuedTrigger) int { return cmp.Compare(a.Index, b.Index) })
+	return es, nil
+}
+
+// pushName is the name of the push the entry carries (entries written
+// before it was recorded are named by their key).
+func (e QueuedTrigger) pushName() string {
+	if e.Push != "" {
+		return e.Push
+	}
+	return path.Base(e.Key)
 }
 
 // addOnce adds a callback URL once, keeping the newest few.

@@ -21,29 +21,33 @@ func TestTriggersMergeOnePush(t *testing.T) {
 		n++
 		return fleetroll.Report{ID: fleetroll.NewID(), Service: "s", Status: fleetroll.StatusQueued}
 	}
-	a, merged, err := q.Add(ctx, "s", "dockerhub|demo/s|latest||1", false, rec, "https://cb/a")
+	add := func(push string, again bool, cb string) (QueuedTrigger, bool, error) {
+		a, err := q.Add(ctx, "s", push, again, rec, cb, nil)
+		return a.Entry, a.Merged, err
+	}
+	a, merged, err := add("dockerhub|demo/s|latest||1", false, "https://cb/a")
 	if err != nil || merged {
 		t.Fatalf("first add: %v %v", merged, err)
 	}
-	b, merged, err := q.Add(ctx, "s", "dockerhub|demo/s|latest||1", false, rec, "https://cb/b")
+	b, merged, err := add("dockerhub|demo/s|latest||1", false, "https://cb/b")
 	if err != nil || !merged || b.Record.ID != a.Record.ID || !slices.Equal(b.Callbacks, []string{"https://cb/a", "https://cb/b"}) || n != 1 {
 		t.Fatalf("second add: %+v merged=%v %v", b, merged, err)
 	}
 	if _, err := q.Update(ctx, a.Key, func(e *QueuedTrigger) { e.Runner = "r" }); err != nil {
 		t.Fatal(err)
 	}
-	m, merged, err := q.Add(ctx, "s", "manual||||", true, rec, "")
+	m, merged, err := add("manual||||", true, "")
 	if err != nil || merged {
 		t.Fatal(merged, err)
 	}
-	again, merged, err := q.Add(ctx, "s", "manual||||", true, rec, "")
+	again, merged, err := add("manual||||", true, "")
 	if err != nil || !merged || again.Record.ID != m.Record.ID {
 		t.Fatalf("a queued manual trigger merges: %+v %v %v", again, merged, err)
 	}
 	if _, err := q.Update(ctx, m.Key, func(e *QueuedTrigger) { e.Runner = "r" }); err != nil {
 		t.Fatal(err)
 	}
-	if third, merged, err := q.Add(ctx, "s", "manual||||", true, rec, ""); err != nil || merged || third.Record.ID == m.Record.ID {
+	if third, merged, err := add("manual||||", true, ""); err != nil || merged || third.Record.ID == m.Record.ID {
 		t.Fatalf("a manual trigger while its twin runs: %+v %v %v", third, merged, err)
 	}
 	all, err := q.List(ctx)
@@ -54,7 +58,7 @@ func TestTriggersMergeOnePush(t *testing.T) {
 	if err != nil || len(last.Callbacks) != 2 || last.Runner != "r" {
 		t.Fatalf("remove %+v %v", last, err)
 	}
-	if _, _, err := q.Add(ctx, "../x", "p", false, rec, ""); err == nil {
+	if _, err := q.Add(ctx, "../x", "p", false, rec, "", nil); err == nil {
 		t.Fatal("a bad service name reached a key")
 	}
 }
@@ -133,5 +137,52 @@ func TestDeliveriesAreBounded(t *testing.T) {
 	}
 	if _, dup, _ := d.Claim(ctx, a); !dup {
 		t.Fatal("b's forget dropped a's delivery")
+	}
+}
+
+// A service keeps one waiting entry however many pushes arrive: a new push
+// takes the waiting one's place (its record and what carry hands on), one
+// read and one write each; an entry that runs is left to run.
+func TestTriggersOneWaitingEntryPerService(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := t.Context()
+	q := Triggers{KAPI: kapi}
+	rec := func() fleetroll.Report {
+		return fleetroll.Report{ID: fleetroll.NewID(), Service: "s", Status: fleetroll.StatusQueued}
+	}
+	carried := 0
+	carry := func(old QueuedTrigger, e *QueuedTrigger) {
+		carried++
+		e.Callbacks = append(e.Callbacks, old.Callbacks...)
+	}
+	var ids []string
+	for i := range 50 {
+		add, err := q.Add(ctx, "s", fmt.Sprintf("dockerhub|demo/s|latest||%d", i), false, rec, fmt.Sprintf("https://cb/%d", i), carry)
+		if err != nil || add.Merged {
+			t.Fatalf("push %d: %+v %v", i, add, err)
+		}
+		if (i == 0) != (add.Superseded == nil) || (i > 0 && add.Superseded.Record.ID != ids[i-1]) {
+			t.Fatalf("push %d superseded %+v, want the previous push's entry", i, add.Superseded)
+		}
+		ids = append(ids, add.Entry.Record.ID)
+	}
+	all, err := q.List(ctx)
+	if err != nil || len(all["s"]) != 1 || all["s"][0].Record.ID != ids[49] || carried != 49 || len(all["s"][0].Callbacks) != 50 {
+		t.Fatalf("after 50 pushes: %d entries, carried %d, %+v %v", len(all["s"]), carried, all["s"], err)
+	}
+	// The same push again merges into the waiting entry.
+	if add, err := q.Add(ctx, "s", "dockerhub|demo/s|latest||49", false, rec, "", carry); err != nil || !add.Merged || add.Entry.Record.ID != ids[49] {
+		t.Fatalf("the same push again: %+v %v", add, err)
+	}
+	// Once it runs, the next push waits beside it.
+	if _, err := q.Update(ctx, all["s"][0].Key, func(e *QueuedTrigger) { e.Runner = "r" }); err != nil {
+		t.Fatal(err)
+	}
+	add, err := q.Add(ctx, "s", "dockerhub|demo/s|latest||50", false, rec, "", carry)
+	if err != nil || add.Merged || add.Superseded != nil {
+		t.Fatalf("a push while one runs: %+v %v", add, err)
+	}
+	if all, _ := q.List(ctx); len(all["s"]) != 2 {
+		t.Fatalf("%d entries, want the running one and the waiting one", len(all["s"]))
 	}
 }
