@@ -36,6 +36,14 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		info(r).log.Warn("request refused", "sender", "api", "status", code, "reason", msg)
 		writeJSON(w, code, withID(body, info(r).id))
 	}
+	if _, _, ok := bearer(r, s.opt.Secrets.API); !ok {
+		// The page's stream (a session, or a network opened to viewing):
+		// the page's Host check. The API token is no browser's.
+		if code, msg := s.pageRefusal(r); code != 0 {
+			fail(code, msg)
+			return
+		}
+	}
 	if !s.canRead(r) {
 		// The API token, or the status page's session (or a network
 		// opened to viewing).

@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -305,16 +304,11 @@ func ParseManual(body []byte) (service, image string, err error) {
 // decodeJSON decodes one JSON object; anything else is a PayloadError.
 func decodeJSON(body []byte, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &se):
-			return payloadErr("malformed JSON at byte %d", se.Offset)
-		case errors.As(err, &te):
-			return payloadErr("%s: want %s", te.Field, te.Type)
-		default:
-			return payloadErr("malformed JSON: %v", err)
+		// In JSON's terms: the field's path and JSON types, never Go's.
+		if msg, ok := jsonDecodeMessage(err); ok {
+			return payloadErr("%s", msg)
 		}
+		return payloadErr("malformed JSON")
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 type fakeResolver struct {
 	mu    sync.Mutex
 	asked []string
+	// digests, when it names a tag, is that tag's digest.
+	digests map[string]string
 }
 
 func (f *fakeResolver) Resolve(_ context.Context, image, ref string) (string, error) {
@@ -25,21 +27,25 @@ func (f *fakeResolver) Resolve(_ context.Context, image, ref string) (string, er
 	if ref == "missing" {
 		return "", fmt.Errorf("resolve %s:%s: MANIFEST_UNKNOWN: manifest unknown", image, ref)
 	}
+	if d, ok := f.digests[ref]; ok {
+		return d, nil
+	}
 	return fmt.Sprintf("sha256:%064x", len(ref)), nil
 }
 
 const releaseImage = "127.0.0.1:15000/demo/my-service"
 
 // Each sender's trigger deploys a release of the configured image: the
-// registry's digest as sent, Docker Hub's tag resolved through the
-// registry, a manual image only when it is the service's own.
+// registry's digest as sent (once checked against its tag at ingestion),
+// Docker Hub's tag resolved through the registry, a manual image only when
+// it is the service's own.
 func TestTriggersDeployReleases(t *testing.T) {
 	url, _ := etcdtest.Start(t)
 	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := &fakeResolver{}
+	res := &fakeResolver{digests: map[string]string{"v2s2": "sha256:e1a3355534968ebffb9949db5c0db47e1561b5614c070daffe6328366de36ba2"}}
 	env := newTestEnv(t, func(o *Options) {
 		cfg, err := ParseConfig([]byte(strings.Replace(testConfig, "    ports: 8901-8903\n", "    ports: 8901-8903\n    image: "+releaseImage+"\n    on_failure: rollback\n", 1)), testBase())
 		if err != nil {
@@ -64,7 +70,8 @@ func TestTriggersDeployReleases(t *testing.T) {
 		return env.waitRollout(t, id)
 	}
 
-	// The registry sends the digest: no resolution.
+	// The registry sends the digest: checked against its tag as it arrives,
+	// then deployed as sent (the runner resolves nothing).
 	resp, ans := env.do(t, "POST", "/webhooks/registry", fixture(t, "registry-push-docker-v2s2.json"),
 		withHeaders(jsonHeaders(), "Authorization", "Bearer "+testRegToken))
 	if resp.StatusCode != 202 {
@@ -78,9 +85,12 @@ func TestTriggersDeployReleases(t *testing.T) {
 	if rep.Pull == nil || len(rep.Pull.Machines) != 1 || rep.Units[0].ImageDigest != rep.Release.To.Digest() {
 		t.Fatalf("pull %+v units %+v", rep.Pull, rep.Units)
 	}
-	if len(res.asked) != 0 {
-		t.Fatalf("resolved %v for a push with a digest", res.asked)
+	if strings.Join(res.asked, ",") != releaseImage+" v2s2" {
+		t.Fatalf("resolved %v for a push with a digest, want its tag once, at ingestion", res.asked)
 	}
+	res.mu.Lock()
+	res.asked = nil
+	res.mu.Unlock()
 	// The history has the same record, release included.
 	recs, err := coord.History{KAPI: kapi}.List(context.Background(), "my-service")
 	if err != nil || len(recs) != 1 || recs[0].Release == nil || recs[0].Release.To.Image != want {

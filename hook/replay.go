@@ -14,9 +14,10 @@ const DefaultReplayWindow = time.Hour
 // maxDeliveries bounds the deliveries remembered at once.
 const maxDeliveries = 10000
 
-// replays remembers the deliveries seen within a window: a GitHub delivery
-// ID, a registry event ID, a Docker Hub repository+tag+pushed_at. A
-// delivery seen again is answered "duplicate" and starts nothing.
+// replays remembers the deliveries seen within a window: the hash of a
+// signed GitHub body, a registry envelope's event IDs, a Docker Hub
+// repository+tag+pushed_at (or, lacking an ID or push time, the body's
+// hash). A delivery seen again is answered "duplicate" and starts nothing.
 type replays struct {
 	mu     sync.Mutex
 	window time.Duration

@@ -85,9 +85,14 @@ type Options struct {
 	// (default DefaultReplayWindow; negative: off).
 	ReplayWindow time.Duration
 	History      int
-	// PublicURL ("https://hooks.example.com") makes status URLs absolute.
+	// PublicURL ("https://hooks.example.com") makes status URLs absolute;
+	// the status page answers to its host (and https makes its cookie
+	// Secure).
 	PublicURL string
-	Callbacks *Callbacker
+	// ListenAddr is the main listener's address (--listen): the status
+	// page answers to its IP too.
+	ListenAddr string
+	Callbacks  *Callbacker
 	// NotifySecret reads a notification target's URL and key (files or
 	// the environment); needed when the configuration has notifications.
 	NotifySecret func(name string) (NotifySecret, error)
@@ -112,7 +117,8 @@ type Options struct {
 	// Owner names this receiver in locks and history.
 	Owner string
 	// Resolver turns a pushed tag into its digest for services with an
-	// image (Docker Hub sends no digest); default: the registry API,
+	// image (Docker Hub sends no digest), and checks the digest a payload
+	// names against its tag as it arrives; default: the registry API,
 	// anonymous.
 	Resolver fleetroll.Resolver
 	Clock    fleetroll.Clock
@@ -144,6 +150,8 @@ type Server struct {
 	log      *slog.Logger
 	handler  http.Handler
 	ops      http.Handler
+	// pageHosts are the hosts the status page answers to.
+	pageHosts pageHosts
 }
 
 // New validates the options and returns a server; call Run to start its
@@ -209,7 +217,11 @@ func New(opt Options) (*Server, error) {
 		opt.Run = runnerOf(opt).Run
 	}
 	opt.PublicURL = strings.TrimSuffix(opt.PublicURL, "/")
-	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger}
+	hosts, err := newPageHosts(opt.PublicURL, opt.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("hook: %w", err)
+	}
+	s := &Server{opt: opt, store: NewStore(opt.History), log: opt.Logger, pageHosts: hosts}
 	s.targets.Store(&targets)
 	s.cfg.Store(opt.Config)
 	qopt := QueueOptions{MaxParallel: opt.MaxParallel, Quiet: opt.QuietPeriod, MaxWait: max(opt.MaxWait, 0), AfterRun: s.report, Clock: opt.Clock}
@@ -321,12 +333,15 @@ func (s *Server) routes() (main, ops http.Handler) {
 	mux.HandleFunc("POST /rollouts/{id}/promote", s.hook("api", s.decide(fleetroll.DecisionPromote)))
 	mux.HandleFunc("POST /rollouts/{id}/abort", s.hook("api", s.decide(fleetroll.DecisionAbort)))
 	opsMux := http.NewServeMux()
+	metrics := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	if s.opt.SeparateOps {
 		opsMux.HandleFunc("GET /healthz", s.healthz)
-		opsMux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+		opsMux.Handle("GET /metrics", metrics)
 	} else {
+		// The main listener is public, and the metrics name the services:
+		// the API token reads them there.
 		mux.HandleFunc("GET /healthz", s.healthz)
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+		mux.Handle("GET /metrics", s.withAPIToken(metrics))
 	}
 	return s.middleware(mux), opsMux
 }
@@ -560,10 +575,16 @@ func (s *Server) readBody(r *http.Request, accepted ...string) ([]byte, int, any
 	return b, 0, nil
 }
 
+// badPayload answers 400 for a payload that could not be taken. A JSON
+// decoding error is told by the JSON field's path and JSON types alone,
+// never Go's types (jsonDecodeMessage).
 func badPayload(err error) (int, any) {
 	var pe *PayloadError
 	if errors.As(err, &pe) {
 		return problem(http.StatusBadRequest, pe.Msg)
+	}
+	if msg, ok := jsonDecodeMessage(err); ok {
+		return problem(http.StatusBadRequest, msg)
 	}
 	return problem(http.StatusBadRequest, err.Error())
 }
@@ -584,6 +605,16 @@ func (s *Server) enqueue(r *http.Request, source Source, delivery string, matche
 		ri.log.Info("delivery replayed: ignored", "source", string(source), "rollouts", strings.Join(ids, ","))
 		s.metrics.replays.WithLabelValues(string(source)).Inc()
 		return http.StatusOK, map[string]any{"status": "duplicate", "reason": "this delivery was received before", "rollouts": ids}
+	}
+	if code, body, ok := s.verifyDigests(r.Context(), ri.log, matches, order); !ok {
+		// Refused (409), the delivery stays claimed: a registry retries a
+		// notification until it gets a 2xx, and would hold every later one
+		// back behind it; its retry is a duplicate that starts nothing. A
+		// registry that could not be asked (5xx): the retry is checked anew.
+		if code != http.StatusConflict {
+			s.replays.forget(r.Context(), delivery)
+		}
+		return code, body
 	}
 	var out []map[string]any
 	ids = nil
@@ -639,8 +670,8 @@ func (s *Server) dockerHub(r *http.Request) (int, any) {
 		return badPayload(err)
 	}
 	// Docker Hub sends no delivery ID: one push is its repository, tag and
-	// push time.
-	delivery := ""
+	// push time; a body without a push time is known by its hash.
+	delivery := bodyDelivery("dockerhub", b)
 	if ev.PushedAt != "" {
 		delivery = "dockerhub|" + ev.Repository + "|" + ev.Tag + "|" + ev.PushedAt
 	}
@@ -690,8 +721,9 @@ func (s *Server) registry(r *http.Request) (int, any) {
 	if len(order) == 0 {
 		return ignored(fmt.Sprintf("no tagged manifest push in %d event(s) matches a configured service", len(events)))
 	}
-	// The registry retries an envelope with the same event IDs.
-	delivery := ""
+	// The registry retries an envelope with the same event IDs; an envelope
+	// with an event that has none is known by its body's hash.
+	delivery := bodyDelivery("registry", b)
 	if !slices.Contains(eventIDs, "") {
 		slices.Sort(eventIDs)
 		delivery = "registry|" + strings.Join(eventIDs, ",")
@@ -731,11 +763,9 @@ func (s *Server) github(r *http.Request) (int, any) {
 	if !ok {
 		return ignored("not a tagged container publish")
 	}
-	delivery := ""
-	if id := r.Header.Get("X-GitHub-Delivery"); id != "" {
-		delivery = "github|" + id
-	}
-	return s.enqueueMatching(r, SourceGitHub, "GitHub package", delivery, ev)
+	// The replay key is the signed body's hash, never X-GitHub-Delivery: that
+	// header is not signed, and a delivery without it is checked too.
+	return s.enqueueMatching(r, SourceGitHub, "GitHub package", bodyDelivery("github", b), ev)
 }
 
 func (s *Server) manual(r *http.Request) (int, any) {

@@ -242,7 +242,10 @@ func TestMetrics(t *testing.T) {
 	}
 	env.waitRollout(t, ans["id"].(string))
 	env.waitIdle(t)
-	r, err := http.Get(env.http.URL + "/metrics")
+	// On the main listener, the metrics take the API token.
+	req, _ := http.NewRequest("GET", env.http.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	r, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

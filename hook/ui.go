@@ -33,21 +33,24 @@ const uiCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 
 func (s *Server) uiRoutes(mux *http.ServeMux) {
 	assets, _ := fs.Sub(uiFiles, "ui")
 	static := http.StripPrefix("/ui/assets/", http.FileServerFS(assets))
-	mux.Handle("GET /ui/assets/", uiHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Every handler of the page checks Host (and an action's Origin), and
+	// sends HSTS over TLS: pageGuard.
+	page := func(h http.HandlerFunc) http.Handler { return uiHeaders(s.pageGuard(h)) }
+	mux.Handle("GET /ui/assets/", page(func(w http.ResponseWriter, r *http.Request) {
 		if ext := path.Ext(r.URL.Path); ext != ".js" && ext != ".css" {
 			// The script and the style only: no listing, no templates.
 			http.NotFound(w, r)
 			return
 		}
 		static.ServeHTTP(w, r)
-	})))
-	mux.Handle("GET /{$}", uiHeaders(http.HandlerFunc(s.page)))
-	mux.Handle("POST /login", uiHeaders(http.HandlerFunc(s.login)))
-	mux.Handle("POST /logout", uiHeaders(http.HandlerFunc(s.logout)))
-	mux.HandleFunc("GET /ui/state", s.hook("ui", s.uiState))
-	mux.HandleFunc("POST /ui/roll", s.hook("ui", s.uiAction(s.rollNow)))
-	mux.HandleFunc("POST /ui/cancel", s.hook("ui", s.uiAction(s.cancelQueued)))
-	mux.HandleFunc("POST /ui/rollback", s.hook("ui", s.uiAction(s.rollBack)))
+	}))
+	mux.Handle("GET /{$}", page(s.page))
+	mux.Handle("POST /login", page(s.login))
+	mux.Handle("POST /logout", page(s.logout))
+	mux.Handle("GET /ui/state", s.pageGuard(s.hook("ui", s.uiState)))
+	mux.Handle("POST /ui/roll", s.pageGuard(s.hook("ui", s.uiAction(s.rollNow))))
+	mux.Handle("POST /ui/cancel", s.pageGuard(s.hook("ui", s.uiAction(s.cancelQueued))))
+	mux.Handle("POST /ui/rollback", s.pageGuard(s.hook("ui", s.uiAction(s.rollBack))))
 	mux.HandleFunc("POST /rollouts/{id}/cancel", s.hook("api", s.apiCancel))
 }
 
@@ -128,7 +131,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := s.sessions.create()
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess.id, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess.id, Path: "/", HttpOnly: true, Secure: s.overTLS(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessions.absolute / time.Second)})
 	info(r).log.Info("login")
 	http.Redirect(w, r, "/", http.StatusSeeOther)
@@ -143,7 +146,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.sessions.end(sess.id)
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", HttpOnly: true, Secure: s.overTLS(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

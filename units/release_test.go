@@ -44,7 +44,8 @@ func TestServiceUnitRunsTheRelease(t *testing.T) {
 		}
 	}
 	start = shellOf(t, one(t, uf, "Service", "ExecStart"), "8901")
-	pinned := "127.0.0.1:5000/demo/my-service@sha256:" + strings.Repeat("ab", 32)
+	// A release is IMAGE's repository pinned by digest.
+	pinned := "docker.io/demo/my-service@sha256:" + strings.Repeat("ab", 32)
 
 	// What the fake etcd answers; set between runs of the script (the
 	// lock: the race detector cannot see through the sh process).

@@ -50,9 +50,9 @@ func serveCommand() *cli.Command {
 		&cli.DurationFlag{Name: "quiet-period", Value: 2 * time.Second, EnvVars: []string{"FLEETROLL_QUIET_PERIOD"}, Usage: "a queued rollout starts once no trigger touched it for this long"},
 		&cli.DurationFlag{Name: "max-wait", Value: hook.DefaultMaxWait, EnvVars: []string{"FLEETROLL_MAX_WAIT"}, Usage: "...or at the latest this long after its first trigger, however often triggers keep coming"},
 		&cli.DurationFlag{Name: "replay-window", Value: hook.DefaultReplayWindow, EnvVars: []string{"FLEETROLL_REPLAY_WINDOW"}, Usage: "a delivery received again within this answers \"duplicate\" and starts nothing"},
-		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FLEETROLL_METRICS_LISTEN"}, Usage: "serve /metrics and /healthz on this address instead of --listen (keeps them off a public listener)"},
+		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FLEETROLL_METRICS_LISTEN"}, Usage: "serve /metrics and /healthz on this address instead of --listen (keeps them off a public listener; without it, /metrics on --listen takes the API token)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 6 * time.Minute, EnvVars: []string{"FLEETROLL_SHUTDOWN_TIMEOUT"}, Usage: "how long SIGTERM waits for the running unit step"},
-		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com)"},
+		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com); the status page answers to its host, and https makes its cookie Secure"},
 		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
 	)
 	flags = append(flags, settingsFlags()...)
@@ -71,7 +71,8 @@ Examples:
 
 Endpoints: POST /webhooks/dockerhub/{token}, POST /webhooks/registry, POST /webhooks/github
 (each only with its own secret), POST /rollouts, GET /rollouts, GET /rollouts/{id} (the API
-token), GET /healthz, GET /metrics (on --metrics-listen when set).
+token), GET /healthz, GET /metrics (on --metrics-listen when set; on --listen, /metrics
+takes the API token).
 SIGHUP reloads --config; SIGTERM stops taking work, lets the running unit step finish and exits 0.`,
 		Flags:        flags,
 		Action:       serveAction,
@@ -92,6 +93,7 @@ type serveOptions struct {
 	callbackDrain   time.Duration
 	tlsCert, tlsKey string
 	shutdownTimeout time.Duration
+	timeouts        httpTimeouts // zero: defaultHTTPTimeouts
 }
 
 func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
@@ -124,6 +126,7 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		CallbackDeadline: c.Duration("callback-deadline"),
 		History:          c.Int("history"),
 		PublicURL:        strings.TrimSuffix(c.String("public-url"), "/"),
+		ListenAddr:       c.String("listen"),
 		SeparateOps:      c.String("metrics-listen") != "",
 	}
 	switch {
@@ -303,17 +306,36 @@ func serveAction(c *cli.Context) error {
 	return runServer(c.Context, o, srv, ln, ops, logger)
 }
 
+// httpTimeouts bound each connection of serve's listeners.
+type httpTimeouts struct{ readHeader, read, write, idle time.Duration }
+
+// defaultHTTPTimeouts are serve's, on both listeners: a slow client is cut
+// off, and an idle keep-alive connection closed. An event stream
+// (/events) outlives them: net/http lifts the read deadline once a request
+// is read (TestEventStreamOutlivesTheReadTimeout), and the stream gives
+// each write a deadline of its own.
+var defaultHTTPTimeouts = httpTimeouts{readHeader: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: 2 * time.Minute}
+
+// newHTTPServer is the server of one of serve's listeners.
+func newHTTPServer(h http.Handler, t httpTimeouts, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.readHeader,
+		ReadTimeout:       t.read,
+		WriteTimeout:      t.write,
+		IdleTimeout:       t.idle,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
+
 // runServer serves until ctx is done (SIGINT, SIGTERM) or the listener
 // fails, reloading the configuration on SIGHUP.
 func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln, opsLn net.Listener, logger *slog.Logger) error {
-	httpSrv := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	timeouts := o.timeouts
+	if timeouts == (httpTimeouts{}) {
+		timeouts = defaultHTTPTimeouts
 	}
+	httpSrv := newHTTPServer(srv.Handler(), timeouts, logger)
 	// Event streams end when the server shuts down: they must not hold up
 	// its graceful shutdown.
 	httpSrv.RegisterOnShutdown(srv.CloseStreams)
@@ -327,8 +349,7 @@ func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln, opsLn
 	}()
 	var opsSrv *http.Server
 	if opsLn != nil {
-		opsSrv = &http.Server{Handler: srv.OpsHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
-			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+		opsSrv = newHTTPServer(srv.OpsHandler(), timeouts, logger)
 		go func() { _ = opsSrv.Serve(opsLn) }()
 		logger.Info("metrics and health listening", "addr", opsLn.Addr().String())
 	}

@@ -29,6 +29,9 @@ var ErrReleaseChanged = errors.New("the current release changed meanwhile")
 type ReleaseStore struct {
 	KAPI client.KeysAPI
 	Keep int // default 20
+	// Image, when set, is the service's image (REGISTRY/REPOSITORY): Set
+	// refuses a release of another one, as the instance unit does.
+	Image string
 }
 
 func releaseDir(service string) (string, error) {
@@ -95,8 +98,13 @@ func (s ReleaseStore) Set(ctx context.Context, service string, rel fleetroll.Rel
 	if err != nil {
 		return err
 	}
+	// What the instance unit runs: REGISTRY/REPOSITORY@sha256:HEX, well
+	// formed (never a name starting with -), and the service's own image.
 	if err := rel.Validate(); err != nil {
 		return fmt.Errorf("releases: %w", err)
+	}
+	if s.Image != "" && rel.Repository() != s.Image {
+		return fmt.Errorf("releases: %s is not an image of %s's repository %s", rel.Image, service, s.Image)
 	}
 	opts := &client.SetOptions{PrevExist: client.PrevNoExist}
 	if prev != nil {

@@ -412,7 +412,8 @@ func mergeResumed(rep *fleetroll.Report, order []string, done map[string]fleetro
 // lock (the tag resolved, or one of the history), the pre-pull, and what a
 // rollout taken over had done.
 func (r Runner) deployOf(ctx context.Context, req Request, s Settings, names []string, done map[string]fleetroll.UnitReport) (fleetroll.Deploy, error) {
-	store := coord.ReleaseStore{KAPI: r.Etcd}
+	// The store refuses a release of another image than the service's.
+	store := coord.ReleaseStore{KAPI: r.Etcd, Image: s.Image}
 	d := fleetroll.Deploy{Releases: store, OnFailure: s.OnFailure, NoPull: !s.PrePulls(),
 		Pull: fleetroll.PullOptions{Timeout: s.PullTimeout, Reason: coord.PullReason(r.Etcd)}}
 	to, err := r.release(ctx, req, s, store)
