@@ -4,7 +4,7 @@
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch screenshot cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch bench-hostile screenshot cluster-down
 
 demo:
 	contrib/demo.sh
@@ -54,6 +54,7 @@ bench:
 	bench/prepull.sh
 	bench/watch.sh
 	bench/batch.sh
+	bench/hostile.sh
 
 # Pre-pull against each instance pulling, 50 MB and 300 MB images, three
 # machines (about 10 minutes).
@@ -69,6 +70,11 @@ bench-watch:
 # (about 10 minutes on one machine).
 bench-batch:
 	bench/batch.sh
+
+# serve under hostile load: a flood of pushes, fat fields, event streams,
+# wrong logins, then an honest push; each goal printed (about 2 minutes).
+bench-hostile:
+	bench/hostile.sh
 
 # The status page's picture in docs/, taken by its browser test.
 screenshot:
