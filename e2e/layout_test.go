@@ -76,6 +76,7 @@ var layout = []placement{
 	{"TestReleases", together},
 	{"TestKilledFleetrollIsRecoveredByARestart", together},
 	{"TestConfigGivesTheCLIAndServeTheSameRollout", together},
+	{"TestServeSurvivesABurstOfPushes", together},
 
 	// A quiet fleet: the recovery's time, an observer of the proxy's view
 	// at 50 ms, nudges, watches.

@@ -11,10 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 )
 
 const (
@@ -324,4 +326,124 @@ func rolloutShape(r fr.Report) string {
 		fmt.Fprintf(&b, "  %s %s [%s]\n", u.Unit, u.Outcome, strings.Join(phases, " "))
 	}
 	return b.String()
+}
+
+// A burst of distinct pushes, 8 at a time, to serve with its queue in etcd
+// and the lock (the burst that killed the receiver once: a record put twice
+// in its store, then pruned past --history): it stays up, answers every push
+// 202 and GET /rollouts 200, keeps one waiting entry in etcd for the
+// service, and the last push's rollout runs to its end.
+func TestServeSurvivesABurstOfPushes(t *testing.T) {
+	c := needCluster(t)
+	units := launchDemo(t, "e2e-burst", "19371")
+	base, cmd := startServeCmd(t, append(secretArgs(t), "--service", "e2e-burst", "--ports", "19371", "--repository", "demo/e2e-burst",
+		"--grace", "0s", "--quiet-period", "0s", "--history", "5", "--lock", "wait")...)
+	var payload map[string]any
+	if err := json.Unmarshal(fixture(t, "dockerhub-push.json"), &payload); err != nil {
+		t.Fatal(err)
+	}
+	delete(payload, "callback_url")
+	payload["repository"].(map[string]any)["repo_name"] = "demo/e2e-burst"
+	const pushes, conns = 250, 8
+	stamp := time.Now().UnixNano() // pushes of its own: the receivers share the cluster's etcd
+	bodies := make(chan []byte, pushes)
+	for i := range pushes {
+		payload["push_data"].(map[string]any)["pushed_at"] = stamp + int64(i)
+		b, _ := json.Marshal(payload)
+		bodies <- b
+	}
+	close(bodies)
+	answers := make(chan string, pushes)
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range bodies {
+				resp, err := http.Post(base+"/webhooks/dockerhub/"+serveHubToken, "application/json", bytes.NewReader(b))
+				if err != nil {
+					answers <- "error: " + err.Error()
+					continue
+				}
+				var a struct {
+					ID string `json:"id"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&a)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					answers <- fmt.Sprintf("answer %d", resp.StatusCode)
+					continue
+				}
+				answers <- a.ID
+			}
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	ids := map[string]bool{}
+	for a := range answers {
+		if len(a) != 12 {
+			t.Errorf("a push of the burst: %s", a)
+			continue
+		}
+		ids[a] = true
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	_, kapi, err := c.Clients()
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := coord.Triggers{KAPI: kapi}.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(entries["e2e-burst"]); n > 2 {
+		t.Fatalf("%d queue entries in etcd for the service after the burst, want at most 2 (one running, one waiting)", n)
+	}
+	// The waiting entry (or the running one) carries the newest push: wait
+	// for every rollout of the burst to end.
+	for {
+		entries, err := coord.Triggers{KAPI: kapi}.List(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries["e2e-burst"]) == 0 {
+			break
+		}
+		waitStatus(t, base, entries["e2e-burst"][len(entries["e2e-burst"])-1].Record.ID)
+	}
+	if cmd.ProcessState != nil {
+		t.Fatalf("fleetroll serve exited during the burst: %v", cmd.ProcessState)
+	}
+	req, _ := http.NewRequest("GET", base+"/rollouts", nil)
+	req.Header.Set("Authorization", "Bearer "+serveToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Rollouts []fr.Report `json:"rollouts"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || err != nil || len(list.Rollouts) == 0 {
+		t.Fatalf("GET /rollouts after the burst: %d, %d records, %v", resp.StatusCode, len(list.Rollouts), err)
+	}
+	ran := 0
+	for _, r := range list.Rollouts {
+		if !ids[r.ID] {
+			t.Errorf("GET /rollouts lists %s, which no push of the burst got", r.ID)
+		}
+		if r.Status == fr.StatusSucceeded {
+			ran++
+		}
+	}
+	if ran == 0 {
+		t.Fatalf("no rollout of the burst succeeded: %+v", list.Rollouts)
+	}
+	if s := systemd(t, units...); !s[0].Up() {
+		t.Fatalf("%s after the burst: %+v", units[0], s[0])
+	}
 }
