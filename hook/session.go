@@ -44,19 +44,31 @@ func randomToken() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// maxSessions bounds the live logins: past it, a new login ends the one
+// used least recently.
+const maxSessions = 1000
+
 // create starts a session.
 func (ss *sessions) create() *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	now := ss.clock.Now()
-	s := &session{id: randomToken(), csrf: randomToken(), created: now, seen: now}
-	ss.byID[s.id] = s
-	// Drop the expired ones while here.
+	// Drop the expired ones while here, and the least recently used one
+	// when there is no room.
+	var lru *session
 	for id, o := range ss.byID {
 		if ss.expired(o, now) {
 			delete(ss.byID, id)
+		} else if lru == nil || o.seen.Before(lru.seen) {
+			lru = o
 		}
 	}
+	if len(ss.byID) >= maxSessions && lru != nil {
+		delete(ss.byID, lru.id)
+		ss.endedLocked()
+	}
+	s := &session{id: randomToken(), csrf: randomToken(), created: now, seen: now}
+	ss.byID[s.id] = s
 	return s
 }
 
@@ -90,6 +102,11 @@ func (ss *sessions) end(id string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	delete(ss.byID, id)
+	ss.endedLocked()
+}
+
+// endedLocked wakes the streams read through a session: one has ended.
+func (ss *sessions) endedLocked() {
 	close(ss.ended)
 	ss.ended = make(chan struct{})
 }
