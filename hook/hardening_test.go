@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -298,5 +299,48 @@ func TestFiveFailingCallbacksLeaveTheSlotAtOnce(t *testing.T) {
 	}
 	if final.Queue == nil || len(final.Queue.Supersedes) != 4 {
 		t.Fatalf("the rollout carries %+v", final.Queue)
+	}
+}
+
+// The messages of one rollout arrive in the order they were posted, though
+// the outbox has several workers: a slow "started" is not overtaken by its
+// "failed" (they ran on two workers at once before).
+func TestOutboxKeepsARolloutsMessagesInOrder(t *testing.T) {
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	defer free() // before the server's cleanup, which waits for its handlers
+	arrived := make(chan string, 16)
+	srv := newHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- r.URL.Path
+		if r.URL.Path == "/started" {
+			<-release // held until the test has looked for an overtaking "failed"
+		}
+	}))
+	cb, err := NewCallbacker([]string{srv.URL}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := NewOutbox(cb, 16, 4, time.Minute, discardLogger())
+	defer o.Close(time.Minute)
+	const id = "0123456789ab"
+	for _, what := range []string{"started", "failed"} {
+		if !o.post(id, []outgoing{{what: what, url: srv.URL + "/" + what, body: []byte("{}")}}) {
+			t.Fatal("post refused")
+		}
+	}
+	if got := <-arrived; got != "/started" {
+		t.Fatalf("first message: %s", got)
+	}
+	// Nothing of this rollout may arrive while "started" is held; a bound
+	// is the only way to look for an absence.
+	select {
+	case got := <-arrived:
+		t.Fatalf("%s arrived while /started was still being sent", got)
+	case <-time.After(300 * time.Millisecond):
+	}
+	free()
+	if got := <-arrived; got != "/failed" {
+		t.Fatalf("second message: %s", got)
 	}
 }

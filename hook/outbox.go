@@ -2,6 +2,7 @@ package hook
 
 import (
 	"context"
+	"hash/fnv"
 	"log/slog"
 	"sync"
 	"time"
@@ -11,15 +12,17 @@ import (
 // Hub callbacks, after the rollout's service slot is free, and
 // notifications. A bounded queue, a few workers, every message of one post
 // in parallel and all of them within one deadline, each through the
-// Callbacker's allow-list and retries. A full outbox drops the post (and
-// logs it) rather than hold up a rollout.
+// Callbacker's allow-list and retries. The posts of one rollout go to one
+// worker, in the order they were posted (a "failed" never overtakes its
+// "started"). A full outbox drops the post (and logs it) rather than hold
+// up a rollout.
 type Outbox struct {
 	cb       *Callbacker
 	deadline time.Duration
 	log      *slog.Logger
 
 	mu     sync.Mutex
-	jobs   chan outboxJob
+	jobs   []chan outboxJob // one per worker; a rollout's posts by its ID
 	closed bool
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -51,10 +54,13 @@ const (
 // callbacks of one rollout.
 func NewOutbox(cb *Callbacker, size, workers int, deadline time.Duration, log *slog.Logger) *Outbox {
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &Outbox{cb: cb, deadline: deadline, log: log, jobs: make(chan outboxJob, max(size, 1)), ctx: ctx, cancel: cancel}
-	for range max(workers, 1) {
+	o := &Outbox{cb: cb, deadline: deadline, log: log, ctx: ctx, cancel: cancel}
+	workers = max(workers, 1)
+	for range workers {
+		jobs := make(chan outboxJob, max(size/workers, 1))
+		o.jobs = append(o.jobs, jobs)
 		o.wg.Add(1)
-		go o.work()
+		go o.work(jobs)
 	}
 	return o
 }
@@ -84,8 +90,10 @@ func (o *Outbox) post(rolloutID string, out []outgoing) bool {
 	if o.closed {
 		return false
 	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(rolloutID))
 	select {
-	case o.jobs <- outboxJob{rolloutID: rolloutID, out: out}:
+	case o.jobs[h.Sum32()%uint32(len(o.jobs))] <- outboxJob{rolloutID: rolloutID, out: out}:
 		return true
 	default:
 		o.log.Warn("outbox full: messages not sent", "rollout_id", rolloutID, "messages", len(out))
@@ -93,9 +101,9 @@ func (o *Outbox) post(rolloutID string, out []outgoing) bool {
 	}
 }
 
-func (o *Outbox) work() {
+func (o *Outbox) work(jobs <-chan outboxJob) {
 	defer o.wg.Done()
-	for j := range o.jobs {
+	for j := range jobs {
 		o.send(j)
 	}
 }
@@ -125,7 +133,9 @@ func (o *Outbox) Close(limit time.Duration) bool {
 	o.mu.Lock()
 	if !o.closed {
 		o.closed = true
-		close(o.jobs)
+		for _, jobs := range o.jobs {
+			close(jobs)
+		}
 	}
 	o.mu.Unlock()
 	done := make(chan struct{})
