@@ -505,17 +505,22 @@ func TestBlueGreenIntentNamesThePlannedSets(t *testing.T) {
 			u.Options = []fakefleet.Option{{Section: "Service", Name: "ExecStart", Value: "/bin/demo %i"}}
 		})
 	}
-	var seen []string
+	var (
+		mu   sync.Mutex // the two creates are made at once
+		seen []string
+	)
 	ff.SetHook(func(call string) {
 		if !strings.HasPrefix(call, "create my-service@") {
 			return
 		}
 		in, err := (coord.Intents{KAPI: kapi}).Get(context.Background(), "my-service")
-		if err != nil || in == nil || in.BlueGreen == nil {
-			seen = append(seen, fmt.Sprintf("%s: no blue-green intent (%v)", call, err))
-			return
+		line := fmt.Sprintf("%s: no blue-green intent (%v)", call, err)
+		if err == nil && in != nil && in.BlueGreen != nil {
+			line = fmt.Sprintf("%s: live %v new %v switched %v", call, in.BlueGreen.Live, in.BlueGreen.New, in.BlueGreen.Switched)
 		}
-		seen = append(seen, fmt.Sprintf("%s: live %v new %v switched %v", call, in.BlueGreen.Live, in.BlueGreen.New, in.BlueGreen.Switched))
+		mu.Lock()
+		seen = append(seen, line)
+		mu.Unlock()
 	})
 	s := fast()
 	s.Strategy, s.SparePorts = StrategyBlueGreen, PortList{"11", "12"}
