@@ -139,6 +139,7 @@ type Server struct {
 	cfg      atomic.Pointer[Config]
 	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	sessions *sessions
+	uiCache  uiStateCache
 	auth     *authThrottle
 	streams  *streamSlots
 	store    *Store
@@ -238,6 +239,7 @@ func New(opt Options) (*Server, error) {
 	s.auth = newAuthThrottle(s.opt.Clock)
 	s.streams = newStreamSlots(DefaultMaxStreams, DefaultMaxStreamsPerClient)
 	s.sessions = newSessions(cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute), s.opt.Clock)
+	s.uiCache.sem = make(chan struct{}, 1)
 	s.metrics = newMetrics(s.queue)
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{

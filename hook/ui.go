@@ -259,7 +259,45 @@ func (s *Server) uiState(r *http.Request) (int, any) {
 	if _, _, ok := s.viewing(r); !ok {
 		return problem(http.StatusUnauthorized, "log in first")
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	// One reading of fleet, etcd and the health checks serves every viewer
+	// for a second (or until a record changes): a viewer cannot make the
+	// receiver read etcd or call the instances at its own pace.
+	select {
+	case s.uiCache.sem <- struct{}{}:
+		defer func() { <-s.uiCache.sem }()
+	case <-r.Context().Done():
+		return problem(http.StatusServiceUnavailable, "the page's state could not be read in time")
+	}
+	c := &s.uiCache
+	fresh := c.val != nil && s.opt.Clock.Now().Sub(c.at) < uiStateTTL
+	if fresh {
+		select {
+		case <-c.changed:
+			fresh = false
+		default:
+		}
+	}
+	if !fresh {
+		c.changed = s.store.Changed()
+		c.val, c.at = s.readUIState(context.WithoutCancel(r.Context())), s.opt.Clock.Now()
+	}
+	return http.StatusOK, map[string]any{"services": c.val}
+}
+
+// uiStateTTL is how long one reading of the page's state serves.
+const uiStateTTL = time.Second
+
+// uiStateCache is the last reading of the page's state: one at a time.
+type uiStateCache struct {
+	sem     chan struct{}
+	at      time.Time
+	val     []uiService
+	changed <-chan struct{} // closed when a record changes after the reading
+}
+
+// readUIState reads fleet, etcd and each instance's health check.
+func (s *Server) readUIState(ctx context.Context) []uiService {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	units, uerr := s.opt.Fleet.Units(ctx)
 	states, serr := s.opt.Fleet.UnitStates(ctx)
@@ -319,7 +357,7 @@ func (s *Server) uiState(r *http.Request) (int, any) {
 		}
 		out = append(out, u)
 	}
-	return http.StatusOK, map[string]any{"services": out}
+	return out
 }
 
 func shortMachine(id string) string {

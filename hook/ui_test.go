@@ -275,3 +275,34 @@ func TestSessionAbsoluteLimit(t *testing.T) {
 		t.Fatalf("state past the absolute limit: %d", resp.StatusCode)
 	}
 }
+
+// One reading of fleet serves every viewer of the page for a second, or
+// until a record changes: viewers cannot make the receiver read fleet and
+// etcd, or call the instances, at their own pace.
+func TestPageStateIsReadOncePerSecond(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.ViewFrom = mustPrefixes(t, "127.0.0.0/8") })
+	c := browser(t)
+	units := func() int {
+		n := 0
+		for _, call := range env.fleet.Calls() {
+			if strings.HasPrefix(call, "units") {
+				n++
+			}
+		}
+		return n
+	}
+	before := units()
+	for range 20 {
+		if resp, _ := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("state: %d", resp.StatusCode)
+		}
+	}
+	if n := units() - before; n > 2 {
+		t.Fatalf("20 readings of the page's state within a second read fleet's units %d times", n)
+	}
+	// A change of the records is seen at once.
+	env.srv.Store().Put(fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusSucceeded})
+	if _, body := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil); !strings.Contains(body, "0123456789ab") {
+		t.Fatalf("a new record is not in the page's state:\n%s", body)
+	}
+}
