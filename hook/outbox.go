@@ -2,7 +2,6 @@ package hook
 
 import (
 	"context"
-	"hash/fnv"
 	"log/slog"
 	"sync"
 	"time"
@@ -12,21 +11,29 @@ import (
 // Hub callbacks, after the rollout's service slot is free, and
 // notifications. A bounded queue, a few workers, every message of one post
 // in parallel and all of them within one deadline, each through the
-// Callbacker's allow-list and retries. The posts of one rollout go to one
-// worker, in the order they were posted (a "failed" never overtakes its
-// "started"). A full outbox drops the post (and logs it) rather than hold
+// Callbacker's allow-list and retries. A keyed queue: the posts of one
+// rollout are sent one after another, in the order they were posted (a
+// "failed" never overtakes its "started"), while other rollouts' go on
+// beside them. A full outbox drops the post (and logs it) rather than hold
 // up a rollout.
 type Outbox struct {
 	cb       *Callbacker
 	deadline time.Duration
 	log      *slog.Logger
 
-	mu     sync.Mutex
-	jobs   []chan outboxJob // one per worker; a rollout's posts by its ID
-	closed bool
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// The queue: pending posts by rollout, in order; ready are the
+	// rollouts with posts pending and none being sent (oldest first).
+	mu       sync.Mutex
+	cond     *sync.Cond
+	pending  map[string][]outboxJob
+	ready    []string
+	inFlight map[string]bool
+	queued   int
+	size     int
+	closed   bool
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 type outboxJob struct {
@@ -54,13 +61,12 @@ const (
 // callbacks of one rollout.
 func NewOutbox(cb *Callbacker, size, workers int, deadline time.Duration, log *slog.Logger) *Outbox {
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &Outbox{cb: cb, deadline: deadline, log: log, ctx: ctx, cancel: cancel}
-	workers = max(workers, 1)
-	for range workers {
-		jobs := make(chan outboxJob, max(size/workers, 1))
-		o.jobs = append(o.jobs, jobs)
+	o := &Outbox{cb: cb, deadline: deadline, log: log, ctx: ctx, cancel: cancel,
+		pending: map[string][]outboxJob{}, inFlight: map[string]bool{}, size: max(size, 1)}
+	o.cond = sync.NewCond(&o.mu)
+	for range max(workers, 1) {
 		o.wg.Add(1)
-		go o.work(jobs)
+		go o.work()
 	}
 	return o
 }
@@ -90,21 +96,47 @@ func (o *Outbox) post(rolloutID string, out []outgoing) bool {
 	if o.closed {
 		return false
 	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(rolloutID))
-	select {
-	case o.jobs[h.Sum32()%uint32(len(o.jobs))] <- outboxJob{rolloutID: rolloutID, out: out}:
-		return true
-	default:
+	if o.queued >= o.size {
 		o.log.Warn("outbox full: messages not sent", "rollout_id", rolloutID, "messages", len(out))
 		return false
 	}
+	o.queued++
+	if len(o.pending[rolloutID]) == 0 && !o.inFlight[rolloutID] {
+		o.ready = append(o.ready, rolloutID)
+	}
+	o.pending[rolloutID] = append(o.pending[rolloutID], outboxJob{rolloutID: rolloutID, out: out})
+	o.cond.Signal()
+	return true
 }
 
-func (o *Outbox) work(jobs <-chan outboxJob) {
+// work sends the next post of a ready rollout, until the outbox is closed
+// and nothing is left.
+func (o *Outbox) work() {
 	defer o.wg.Done()
-	for j := range jobs {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for {
+		for len(o.ready) == 0 && !o.closed {
+			o.cond.Wait()
+		}
+		if len(o.ready) == 0 {
+			return // closed, and nothing ready: what is in flight is its sender's
+		}
+		id := o.ready[0]
+		o.ready = o.ready[1:]
+		j := o.pending[id][0]
+		if o.pending[id] = o.pending[id][1:]; len(o.pending[id]) == 0 {
+			delete(o.pending, id)
+		}
+		o.inFlight[id] = true
+		o.mu.Unlock()
 		o.send(j)
+		o.mu.Lock()
+		delete(o.inFlight, id)
+		o.queued--
+		if len(o.pending[id]) > 0 {
+			o.ready = append(o.ready, id) // its next post, after this one
+		}
 	}
 }
 
@@ -133,9 +165,7 @@ func (o *Outbox) Close(limit time.Duration) bool {
 	o.mu.Lock()
 	if !o.closed {
 		o.closed = true
-		for _, jobs := range o.jobs {
-			close(jobs)
-		}
+		o.cond.Broadcast()
 	}
 	o.mu.Unlock()
 	done := make(chan struct{})
