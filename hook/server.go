@@ -140,6 +140,7 @@ type Server struct {
 	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	sessions *sessions
 	uiCache  uiStateCache
+	records  records // the read model: store, queue and history
 	auth     *authThrottle
 	streams  *streamSlots
 	store    *Store
@@ -240,6 +241,10 @@ func New(opt Options) (*Server, error) {
 	s.streams = newStreamSlots(DefaultMaxStreams, DefaultMaxStreamsPerClient)
 	s.sessions = newSessions(cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute), s.opt.Clock)
 	s.uiCache.sem = make(chan struct{}, 1)
+	s.records = records{store: s.store, etcd: opt.Etcd, owner: opt.Owner, config: s.Config}
+	if s.durable != nil {
+		s.records.live = s.durable.live
+	}
 	s.metrics = newMetrics(s.queue)
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{
@@ -865,26 +870,18 @@ func (s *Server) listRollouts(r *http.Request) (int, any) {
 			return code, body
 		}
 	}
-	local := s.store.List(service)
-	ans := map[string]any{"rollouts": local}
+	l := s.records.List(r.Context(), service)
+	ans := map[string]any{"rollouts": l.Rollouts}
 	if s.opt.Etcd != nil {
-		// Rollouts of other receivers and CLIs (or of this one before a
-		// restart).
-		recs, err := coord.History{KAPI: s.opt.Etcd}.List(r.Context(), service)
-		if err != nil {
-			info(r).log.Warn("history unavailable", "error", err.Error())
-			ans["history_error"] = "the history in etcd could not be read"
-		}
-		if s.durable != nil {
-			live, err := s.durable.live(r.Context())
-			if err != nil {
-				info(r).log.Warn("queue unavailable", "error", err.Error())
-				ans["queue_error"] = "the queue in etcd could not be read"
-			}
-			local = s.merged(local, live, recs, service)
-			ans["rollouts"] = local
-		}
-		ans["history"] = notIn(recs, local)
+		ans["history"] = l.History
+	}
+	if l.HistoryErr != nil {
+		info(r).log.Warn("history unavailable", "error", l.HistoryErr.Error())
+		ans["history_error"] = "the history in etcd could not be read"
+	}
+	if l.QueueErr != nil {
+		info(r).log.Warn("queue unavailable", "error", l.QueueErr.Error())
+		ans["queue_error"] = "the queue in etcd could not be read"
 	}
 	return http.StatusOK, ans
 }
@@ -897,94 +894,13 @@ func (s *Server) getRollout(r *http.Request) (int, any) {
 	if !fleetroll.ValidRolloutID(id) {
 		return problem(http.StatusNotFound, "no such rollout")
 	}
-	ro, ok := s.store.Get(id)
-	if ok && s.durable == nil {
-		return http.StatusOK, ro
+	ro, found, err := s.records.Get(r.Context(), id)
+	switch {
+	case err != nil:
+		info(r).log.Warn("rollout records unavailable", "error", err.Error())
+		return problem(http.StatusServiceUnavailable, unreadMessage(err))
+	case !found:
+		return problem(http.StatusNotFound, "no such rollout")
 	}
-	if s.durable != nil {
-		live, err := s.durable.live(r.Context())
-		if err != nil {
-			info(r).log.Warn("queue unavailable", "error", err.Error())
-			return problem(http.StatusServiceUnavailable, "the queue in etcd could not be read")
-		}
-		if l, found := live[id]; found {
-			if ok && l.By == s.opt.Owner {
-				return http.StatusOK, ro // this receiver runs it: its record is the newest
-			}
-			return http.StatusOK, l
-		}
-		if ok && ro.Status.Final() {
-			return http.StatusOK, ro
-		}
-	}
-	if s.opt.Etcd != nil {
-		rec, found, err := coord.History{KAPI: s.opt.Etcd}.Get(r.Context(), id)
-		if err != nil {
-			info(r).log.Warn("history unavailable", "error", err.Error())
-			return problem(http.StatusServiceUnavailable, "the history in etcd could not be read")
-		}
-		if found {
-			return http.StatusOK, rec
-		}
-	}
-	if ok {
-		return http.StatusOK, ro
-	}
-	return problem(http.StatusNotFound, "no such rollout")
-}
-
-// merged is what the status API lists with the durable queue: this
-// receiver's records, brought up to date from the queue in etcd (queued and
-// running, at any receiver) and the history (ended, by any receiver), then
-// the queued and running rollouts of the others.
-func (s *Server) merged(local []fleetroll.Report, live map[string]fleetroll.Report, hist []fleetroll.Report, service string) []fleetroll.Report {
-	ended := map[string]fleetroll.Report{}
-	for _, h := range hist {
-		ended[h.ID] = h
-	}
-	seen := map[string]bool{}
-	out := make([]fleetroll.Report, 0, len(local)+len(live))
-	for _, r := range local {
-		if l, ok := live[r.ID]; ok {
-			if l.By != s.opt.Owner {
-				r = l // queued, or run by another receiver
-			}
-		} else if h, ok := ended[r.ID]; ok && !r.Status.Final() {
-			r = h
-		}
-		seen[r.ID] = true
-		out = append(out, r)
-	}
-	// Others' entries of the shared queue: only of the services this
-	// receiver serves (receivers of other services share the etcd).
-	_, served := s.Config().Service(service)
-	var others []fleetroll.Report
-	for id, l := range live {
-		if _, ok := s.Config().Service(l.Service); !seen[id] && ok && (service == "" || (served && l.Service == service)) {
-			others = append(others, l)
-		}
-	}
-	slices.SortFunc(others, func(a, b fleetroll.Report) int {
-		if a.Queue != nil && b.Queue != nil {
-			return b.Queue.Queued.Compare(a.Queue.Queued)
-		}
-		return strings.Compare(b.ID, a.ID)
-	})
-	return append(others, out...)
-}
-
-// notIn returns the records of recs that are not among have (by ID): the
-// history's rollouts this receiver does not hold.
-func notIn(recs, have []fleetroll.Report) []fleetroll.Report {
-	seen := map[string]bool{}
-	for _, ro := range have {
-		seen[ro.ID] = true
-	}
-	out := []fleetroll.Report{}
-	for _, rec := range recs {
-		if !seen[rec.ID] {
-			out = append(out, rec)
-		}
-	}
-	return out
+	return http.StatusOK, ro
 }

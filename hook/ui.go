@@ -346,12 +346,8 @@ func (s *Server) readUIState(ctx context.Context) []uiService {
 		if policy.Health != nil {
 			s.checkHealth(ctx, policy.Health.Gate(), u.Instances, machine)
 		}
-		u.Rollouts = s.store.List(svc.Name)
-		if s.opt.Etcd != nil {
-			if recs, err := (coord.History{KAPI: s.opt.Etcd}).List(ctx, svc.Name); err == nil {
-				u.Rollouts = append(u.Rollouts, notIn(recs, u.Rollouts)...)
-			}
-		}
+		l := s.records.List(ctx, svc.Name)
+		u.Rollouts = append(l.Rollouts, l.History...)
 		if len(u.Rollouts) > 50 {
 			u.Rollouts = u.Rollouts[:50]
 		}
