@@ -296,6 +296,9 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return &exitError{exitFailed, fmt.Errorf("listen: %w", err)}
 	}
+	// A sender cannot make the receiver hold more connections than this
+	// (a trusted proxy, which carries many clients, is held to the total).
+	ln = hook.LimitListener(ln, hook.DefaultMaxConns, hook.DefaultMaxConnsPerClient, o.hook.TrustedProxies)
 	var ops net.Listener
 	if o.metricsListen != "" {
 		if ops, err = net.Listen("tcp", o.metricsListen); err != nil {
