@@ -12,6 +12,7 @@
 //	127.0.0.4  event streams, from a --view-from network (no login needed)
 //	127.0.0.5  wrong login tokens
 //	127.0.0.6  the honest push, sent when the flood ends
+//	127.0.0.8  idle connections, opened and held (slowloris)
 //
 // It exits 1 when a goal is missed (each goal is printed with its figure).
 package main
@@ -68,6 +69,7 @@ func run() error {
 	big := flag.Int("big", 100, "pushes with 900 KB fields")
 	streams := flag.Int("streams", 4000, "event streams opened")
 	logins := flag.Int("logins", 20000, "wrong login tokens")
+	idle := flag.Int("idle", 2000, "idle connections opened and held")
 	keep := flag.Bool("keep", false, "leave the cluster running")
 	flag.StringVar(&serveLog, "log", "/tmp/fleetroll-bench-hostile-serve.log", "where serve's log goes")
 	flag.Parse()
@@ -153,7 +155,35 @@ func run() error {
 		floodEnd                time.Time
 		streamsHeld             []io.Closer
 	)
-	wg.Add(4)
+	var idleHeld, idleClosed atomic.Int64
+	var idleConns []net.Conn
+	wg.Add(5)
+	go func() { // idle connections: how many does the receiver hold?
+		defer wg.Done()
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.8")}, Timeout: 5 * time.Second}
+		var mu sync.Mutex
+		parallel(32, *idle, func(int) {
+			c, err := d.DialContext(ctx, "tcp", strings.TrimPrefix(srv.base, "http://"))
+			if err != nil {
+				idleClosed.Add(1)
+				return
+			}
+			mu.Lock()
+			idleConns = append(idleConns, c)
+			mu.Unlock()
+		})
+		parallel(64, len(idleConns), func(i int) {
+			c := idleConns[i]
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			_, err := c.Read(make([]byte, 1))
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				idleHeld.Add(1)
+			} else {
+				idleClosed.Add(1)
+			}
+		})
+	}()
 	go func() { // the flood
 		defer wg.Done()
 		c := from("127.0.0.2", 8)
@@ -260,6 +290,9 @@ func run() error {
 	for _, b := range streamsHeld {
 		b.Close()
 	}
+	for _, c := range idleConns {
+		c.Close()
+	}
 	after, err := etcdKeys(ctx, cl.EtcdURL)
 	if err != nil {
 		return err
@@ -274,6 +307,7 @@ func run() error {
 	fmt.Printf("  fat      127.0.0.3  %6d pushes with a 900 KB field:     %s\n", *big, &fat)
 	fmt.Printf("  streams  127.0.0.4  %6d event streams (view-from):      %s\n", *streams, &open)
 	fmt.Printf("  logins   127.0.0.5  %6d wrong tokens in %.1f s:           %s\n", *logins, loginSecs, &login)
+	fmt.Printf("  idle     127.0.0.8  %6d idle connections: %d held by the receiver, %d closed at once\n", *idle, idleHeld.Load(), idleClosed.Load())
 	fmt.Printf("  honest   127.0.0.6  one push at the flood's end: %d in %s, rollout %s started %.1f s after the flood's end (%s then), %s at the end\n",
 		honestCode, honestAnswer.Round(time.Millisecond), honestID, startDelay.Seconds(), status, final)
 	fmt.Printf("receiver: alive %v, GET /rollouts %d, peak RSS %.1f MiB, peak goroutines %d\n",
@@ -298,6 +332,7 @@ func run() error {
 		{"history records <= 50 per service", after.under("/fleetroll/history/") <= 50, strconv.Itoa(after.under("/fleetroll/history/"))},
 		{"wrong logins past the first 10 answered 429 (<= 10/s others)", float64(loginPassed-10)/loginSecs <= 10, fmt.Sprintf("%d not 429 in %.1f s", loginPassed, loginSecs)},
 		{"the honest rollout succeeded", final == "succeeded", final},
+		{"idle connections held <= 32 per client", idleHeld.Load() <= 32, fmt.Sprintf("%d held", idleHeld.Load())},
 		{"the fat pushes refused, nothing stored", fat.of(http.StatusAccepted) == 0, fat.String()},
 		{fmt.Sprintf("the honest rollout starts within the quiet period + 5 s (%s)", quiet+5*time.Second), honestCode == 202 && startDelay <= quiet+5*time.Second, fmt.Sprintf("%.1f s", startDelay.Seconds())},
 	}
