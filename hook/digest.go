@@ -31,7 +31,7 @@ func bodyDelivery(sender string, body []byte) string {
 // could not be asked; ok when every check passed or none applied (a payload
 // naming only a tag is resolved by the runner, under the service's lock).
 // The checks share one DigestCheckTimeout.
-func (s *Server) verifyDigests(ctx context.Context, log *slog.Logger, matches map[string]Event, order []string) (code int, body any, ok bool) {
+func (s *Server) verifyDigests(ctx context.Context, log *slog.Logger, matches map[string]Event, order []string) (kept []string, refused []map[string]any, code int, body any) {
 	ctx, cancel := context.WithTimeout(ctx, DigestCheckTimeout)
 	defer cancel()
 	cfg := s.Config()
@@ -41,6 +41,7 @@ func (s *Server) verifyDigests(ctx context.Context, log *slog.Logger, matches ma
 		ev := matches[service]
 		svc, found := cfg.Service(service)
 		if !found || svc.Settings.Image == "" || ev.Digest == "" || ev.Tag == "" {
+			kept = append(kept, service)
 			continue
 		}
 		k := ref{svc.Settings.Image, ev.Tag}
@@ -56,25 +57,27 @@ func (s *Server) verifyDigests(ctx context.Context, log *slog.Logger, matches ma
 					code, body := problem(http.StatusServiceUnavailable, fmt.Sprintf(
 						"the registry did not answer within %s for tag %s of service %s: its digest could not be checked; nothing was queued, retry later",
 						DigestCheckTimeout, k.tag, service))
-					return code, body, false
+					return nil, nil, code, body
 				}
 				code, body := problem(http.StatusBadGateway, fmt.Sprintf(
 					"the registry could not resolve tag %s of service %s: its digest could not be checked; nothing was queued, retry later",
 					k.tag, service))
-				return code, body, false
+				return nil, nil, code, body
 			}
 			resolved[k], now = d, d
 		}
 		if now != ev.Digest {
 			log.Warn("trigger refused: the payload's digest is not the tag's digest in the registry", "service", service,
 				"image", k.image, "tag", k.tag, "digest", ev.Digest, "registry_digest", now)
-			code, body := problem(http.StatusConflict, fmt.Sprintf(
-				"tag %s of service %s is %s in the registry now, not %s as the payload says: refused, nothing was queued",
+			_, body := problem(http.StatusConflict, fmt.Sprintf(
+				"tag %s of service %s is %s in the registry now, not %s as the payload says: refused, nothing was queued for it",
 				k.tag, service, now, ev.Digest))
 			m := body.(map[string]any)
 			m["service"], m["tag"], m["digest"], m["registry_digest"] = service, k.tag, ev.Digest, now
-			return code, m, false
+			refused = append(refused, m)
+			continue
 		}
+		kept = append(kept, service)
 	}
-	return 0, nil, true
+	return kept, refused, 0, nil
 }

@@ -114,6 +114,15 @@ func (d *durable) Submit(ctx context.Context, service string, t fleetroll.Trigge
 			// it is not recorded on its own (a flood of pushes must not
 			// push the service's real rollouts out of the history).
 			d.store.Put(d.supersededRecord(old.Record, add.Entry.Record.ID))
+			// Those it had superseded, perhaps at another receiver, which
+			// this receiver still holds as queued.
+			if q := old.Record.Queue; q != nil {
+				for _, sid := range q.Supersedes {
+					if r, ok := d.store.Get(sid); ok && r.Status == fleetroll.StatusQueued {
+						d.store.Put(d.supersededRecord(r, add.Entry.Record.ID))
+					}
+				}
+			}
 		}
 		d.store.Put(add.Entry.Record)
 		d.poke()
@@ -356,6 +365,10 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id 
 	return sup, nil
 }
 
+// errNotOurs: a queue entry that no longer carries the rollout this
+// receiver ran (another receiver took it over).
+var errNotOurs = errors.New("the queue entry carries another receiver's rollout now")
+
 // supersededRecord is the record of a rollout that a newer one (id) took
 // the place of: superseded, or interrupted when it was running (its
 // receiver gone).
@@ -428,7 +441,11 @@ func (sup superseded) carry(q *coord.QueuedTrigger) {
 		qi.Supersedes = qi.Supersedes[n:]
 		qi.SupersedesDropped += n
 	}
-	for _, cb := range sup.callbacks {
+	// The carried ones first, the entry's own last: past the bound, the
+	// oldest go, never the newest push's.
+	own := q.Callbacks
+	q.Callbacks = nil
+	for _, cb := range append(slices.Clone(sup.callbacks), own...) {
 		q.Callbacks = addCallback(q.Callbacks, cb)
 	}
 }
@@ -477,7 +494,12 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		// Not over: back in the queue with the progress made, for this
 		// receiver or another to resume.
 		final.Status = fleetroll.StatusQueued
-		if _, err := d.triggers.Update(fctx, e.Key, func(e *coord.QueuedTrigger) { e.Record, e.Runner = final, "" }); err != nil {
+		if _, err := d.triggers.UpdateIf(fctx, e.Key, func(cur coord.QueuedTrigger) error {
+			if cur.Runner != d.owner || cur.Record.ID != id {
+				return errNotOurs // another receiver took it over meanwhile: it runs it
+			}
+			return nil
+		}, func(e *coord.QueuedTrigger) { e.Record, e.Runner = final, "" }); err != nil {
 			d.log.Warn("queue: trigger not put back", "rollout_id", id, "error", err.Error())
 		}
 		d.store.Update(id, func(r *fleetroll.Report) { r.Status = fleetroll.StatusQueued })
@@ -485,7 +507,12 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	}
 	// The receiver that removes the trigger reports the end: one callback
 	// per push, even when this one lost etcd and another resumes it.
-	last, err := d.triggers.Remove(fctx, e.Key)
+	last, err := d.triggers.RemoveIf(fctx, e.Key, func(cur coord.QueuedTrigger) error {
+		if cur.Record.ID != id {
+			return errNotOurs
+		}
+		return nil
+	})
 	if err != nil {
 		d.log.Warn("queue: the end of the rollout could not be recorded in etcd; the receiver that resumes it reports it",
 			"rollout_id", id, "error", err.Error())
@@ -600,7 +627,7 @@ func (d *durable) Cancel(ctx context.Context, id, by string) (fleetroll.Report, 
 				continue
 			}
 			old, err := d.triggers.RemoveIf(lctx, e.Key, func(cur coord.QueuedTrigger) error {
-				if cur.Runner != "" || cur.Record.Status != fleetroll.StatusQueued {
+				if cur.Record.ID != id || cur.Runner != "" || cur.Record.Status != fleetroll.StatusQueued {
 					return fmt.Errorf("rollout %s: %w (it is %s)", id, ErrNotQueued, cur.Record.Status)
 				}
 				return nil

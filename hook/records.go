@@ -69,6 +69,9 @@ func (m records) List(ctx context.Context, service string) Listing {
 		}
 		l.Rollouts = m.merged(l.Rollouts, live, recs, service)
 	}
+	if l.Rollouts == nil {
+		l.Rollouts = []fleetroll.Report{} // a list, never null, in JSON
+	}
 	l.History = notIn(recs, l.Rollouts)
 	return l
 }
@@ -89,6 +92,14 @@ func (m records) Get(ctx context.Context, id string) (fleetroll.Report, bool, er
 		}
 		if ok && ro.Status.Final() {
 			return ro, true, nil
+		}
+		// A rollout that waited here and that a newer push took the place
+		// of, at another receiver: the entry that carries it says so.
+		for _, l := range live {
+			if l.Queue != nil && slices.Contains(l.Queue.Supersedes, id) && ok {
+				ro.Status, ro.Queue.SupersededBy = fleetroll.StatusSuperseded, l.ID
+				return ro, true, nil
+			}
 		}
 	} else if ok {
 		return ro, true, nil

@@ -613,15 +613,23 @@ func (s *Server) enqueue(r *http.Request, source Source, delivery string, matche
 		s.metrics.replays.WithLabelValues(string(source)).Inc()
 		return http.StatusOK, map[string]any{"status": "duplicate", "reason": "this delivery was received before", "rollouts": ids}
 	}
-	if code, body, ok := s.verifyDigests(r.Context(), ri.log, matches, order); !ok {
-		// Refused (409), the delivery stays claimed: a registry retries a
-		// notification until it gets a 2xx, and would hold every later one
-		// back behind it; its retry is a duplicate that starts nothing. A
-		// registry that could not be asked (5xx): the retry is checked anew.
-		if code != http.StatusConflict {
-			s.replays.forget(r.Context(), delivery)
-		}
+	// Each service's digest checked on its own: a stale event refuses its
+	// service only. Every one refused (409), the delivery stays claimed: a
+	// registry retries a notification until it gets a 2xx, and would hold
+	// every later one back behind it; its retry is a duplicate that starts
+	// nothing. A registry that could not be asked (5xx): the retry is
+	// checked anew.
+	order, refused, code, body := s.verifyDigests(r.Context(), ri.log, matches, order)
+	if code != 0 {
+		s.replays.forget(r.Context(), delivery)
 		return code, body
+	}
+	if len(order) == 0 {
+		ans := refused[0]
+		if len(refused) > 1 {
+			ans["refused"] = refused
+		}
+		return http.StatusConflict, ans
 	}
 	var out []map[string]any
 	ids = nil
@@ -651,7 +659,11 @@ func (s *Server) enqueue(r *http.Request, source Source, delivery string, matche
 		out = append(out, map[string]any{"service": service, "id": ro.ID, "status_url": s.statusURL(ro.ID), "merged": merged})
 	}
 	s.replays.started(r.Context(), delivery, ids)
-	return http.StatusAccepted, map[string]any{"id": out[0]["id"], "status_url": out[0]["status_url"], "rollouts": out}
+	ans := map[string]any{"id": out[0]["id"], "status_url": out[0]["status_url"], "rollouts": out}
+	if len(refused) > 0 {
+		ans["refused"] = refused
+	}
+	return http.StatusAccepted, ans
 }
 
 func ignored(reason string) (int, any) {

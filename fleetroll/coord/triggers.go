@@ -131,6 +131,11 @@ func (q Triggers) Add(ctx context.Context, service, push string, again bool, new
 				return Added{}, err
 			}
 			key := dir + "/" + name
+			if slices.ContainsFunc(es, func(o QueuedTrigger) bool { return o.Key == key }) {
+				// The entry this push created once carries a newer push now:
+				// this one gets a key of its own.
+				key = dir + "/" + pushName(push+"|"+rec.ID)
+			}
 			r, err := q.KAPI.Set(ctx, key, string(b), &client.SetOptions{PrevExist: client.PrevNoExist})
 			if isCode(err, client.ErrorCodeNodeExist) {
 				continue // another receiver got the same push first
@@ -253,10 +258,21 @@ func (q Triggers) read(ctx context.Context, key string) (QueuedTrigger, error) {
 // Update changes an entry with fn (read, change, compare-and-swap, again
 // on a conflict). It returns the entry as written.
 func (q Triggers) Update(ctx context.Context, key string, fn func(*QueuedTrigger)) (QueuedTrigger, error) {
+	return q.UpdateIf(ctx, key, nil, fn)
+}
+
+// UpdateIf is Update when ok, asked of the entry as it is before each
+// change, accepts it; its error is returned otherwise.
+func (q Triggers) UpdateIf(ctx context.Context, key string, ok func(QueuedTrigger) error, fn func(*QueuedTrigger)) (QueuedTrigger, error) {
 	for range 10 {
 		e, err := q.read(ctx, key)
 		if err != nil {
 			return QueuedTrigger{}, err
+		}
+		if ok != nil {
+			if err := ok(e); err != nil {
+				return e, err
+			}
 		}
 		fn(&e)
 		if err := q.put(ctx, &e); isCode(err, client.ErrorCodeTestFailed) {
