@@ -71,7 +71,11 @@ func browserContext(t *testing.T) (context.Context, *consoleErrors) {
 				errs.add("console.error: " + strings.Join(parts, " "))
 			}
 		case *runtime.EventExceptionThrown:
-			errs.add("exception: " + ev.ExceptionDetails.Text)
+			msg := "exception: " + ev.ExceptionDetails.Text
+			if ex := ev.ExceptionDetails.Exception; ex != nil {
+				msg += " " + ex.Description
+			}
+			errs.add(msg)
 		case *log.EventEntryAdded:
 			if ev.Entry.Level == log.EntryLevelError {
 				errs.add("log: " + ev.Entry.Text + " " + ev.Entry.URL)
@@ -136,14 +140,16 @@ func TestStatusPageInABrowser(t *testing.T) {
 		t.Fatalf("a POST without the CSRF token: %v %v", resp, err)
 	}
 
-	if err := chromedp.Do(ctx,
+	lctx, lcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer lcancel()
+	if err := chromedp.Do(lctx,
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.CSS("form#login input[name=token]")),
 		chromedp.SendKeys(chromedp.ID("token"), serveToken),
 		chromedp.Submit(chromedp.ID("token")),
 		chromedp.WaitVisible(chromedp.ID("svc-e2e-ui")),
 	); err != nil {
-		t.Fatalf("login: %v", err)
+		t.Fatalf("login: %v; the browser's console: %q", err, console.all())
 	}
 	origin, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`performance.timeOrigin`))
 	if err != nil {

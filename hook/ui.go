@@ -61,7 +61,9 @@ func uiHeaders(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", uiCSP)
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		// same-origin: nothing leaks to other sites, and the page's own form
+		// posts carry a real Origin (no-referrer makes browsers send "null").
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
 	})
