@@ -470,6 +470,7 @@ type serve struct {
 	cmd       *exec.Cmd
 	base, ops string
 	exited    chan struct{}
+	operator  *http.Client // the operator's API calls, from 127.0.0.7
 }
 
 func startServe(ctx context.Context, bin string, cl *cluster.Cluster, tokenFile, hubFile string) (*serve, error) {
@@ -486,7 +487,7 @@ func startServe(ctx context.Context, bin string, cl *cluster.Cluster, tokenFile,
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &serve{cmd: cmd, exited: make(chan struct{})}
+	s := &serve{cmd: cmd, exited: make(chan struct{}), operator: from("127.0.0.7", 1)}
 	logFile, err := os.Create(serveLog)
 	if err != nil {
 		return nil, err
@@ -569,7 +570,7 @@ func (s *serve) get(ctx context.Context, path string, into any) (int, error) {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", s.base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := from("127.0.0.7", 1).Do(req)
+	resp, err := s.operator.Do(req)
 	if err != nil {
 		return -1, err
 	}
