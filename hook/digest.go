@@ -31,10 +31,10 @@ func bodyDelivery(sender string, body []byte) string {
 // could not be asked; ok when every check passed or none applied (a payload
 // naming only a tag is resolved by the runner, under the service's lock).
 // The checks share one DigestCheckTimeout.
-func (s *Server) verifyDigests(ctx context.Context, log *slog.Logger, matches map[string]Event, order []string) (kept []string, refused []map[string]any, code int, body any) {
+func (in *intake) verifyDigests(ctx context.Context, log *slog.Logger, matches map[string]Event, order []string) (kept []string, refused []map[string]any, code int, body any) {
 	ctx, cancel := context.WithTimeout(ctx, DigestCheckTimeout)
 	defer cancel()
-	cfg := s.Config()
+	cfg := in.config()
 	type ref struct{ image, tag string }
 	resolved := map[ref]string{}
 	for _, service := range order {
@@ -47,7 +47,7 @@ func (s *Server) verifyDigests(ctx context.Context, log *slog.Logger, matches ma
 		k := ref{svc.Settings.Image, ev.Tag}
 		now, seen := resolved[k]
 		if !seen {
-			d, err := s.opt.Resolver.Resolve(ctx, k.image, k.tag)
+			d, err := in.resolver.Resolve(ctx, k.image, k.tag)
 			if err != nil {
 				err = fmt.Errorf("check the digest of tag %s for service %s: %w", k.tag, service, err)
 				log.Warn("digest not checked: the registry could not be asked", "service", service, "image", k.image,

@@ -10,13 +10,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
 	"net/netip"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -141,6 +139,7 @@ type Server struct {
 	sessions *sessions
 	uiCache  uiStateCache
 	records  records // the read model: store, queue and history
+	in       intake  // where triggers come in: the senders and POST /rollouts
 	auth     *authThrottle
 	streams  *streamSlots
 	store    *Store
@@ -246,6 +245,8 @@ func New(opt Options) (*Server, error) {
 		s.records.live = s.durable.live
 	}
 	s.metrics = newMetrics(s.queue)
+	s.in = intake{secrets: opt.Secrets, config: s.Config, authorize: s.authorize, bodyLimit: opt.BodyLimit, clock: opt.Clock,
+		callbacks: opt.Callbacks, resolver: opt.Resolver, queue: s.queue, replays: s.replays, metrics: s.metrics, statusURL: s.statusURL}
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{
 		{"dockerhub", opt.Secrets.DockerHub, "--dockerhub-token-file"},
@@ -318,12 +319,12 @@ func (s *Server) routes() (main, ops http.Handler) {
 		pattern, sender, secret string
 		fn                      func(*http.Request) (int, any)
 	}{
-		{"POST /webhooks/dockerhub/{token}", "dockerhub", s.opt.Secrets.DockerHub, s.dockerHub},
+		{"POST /webhooks/dockerhub/{token}", "dockerhub", s.opt.Secrets.DockerHub, s.in.dockerHub},
 		{"POST /webhooks/dockerhub", "dockerhub", s.opt.Secrets.DockerHub, func(*http.Request) (int, any) {
 			return problem(http.StatusUnauthorized, "missing token: register the URL /webhooks/dockerhub/TOKEN")
 		}},
-		{"POST /webhooks/registry", "registry", s.opt.Secrets.Registry, s.registry},
-		{"POST /webhooks/github", "github", s.opt.Secrets.GitHub, s.github},
+		{"POST /webhooks/registry", "registry", s.opt.Secrets.Registry, s.in.registry},
+		{"POST /webhooks/github", "github", s.opt.Secrets.GitHub, s.in.github},
 	}
 	for _, r := range senders {
 		fn := r.fn
@@ -332,7 +333,7 @@ func (s *Server) routes() (main, ops http.Handler) {
 		}
 		mux.HandleFunc(r.pattern, s.hook(r.sender, fn))
 	}
-	mux.HandleFunc("POST /rollouts", s.hook("manual", s.manual))
+	mux.HandleFunc("POST /rollouts", s.hook("manual", s.in.manual))
 	mux.HandleFunc("GET /rollouts", s.hook("api", s.listRollouts))
 	mux.HandleFunc("GET /rollouts/{id}", s.hook("api", s.getRollout))
 	mux.HandleFunc("GET /events", s.events)
@@ -558,30 +559,6 @@ func contentType(r *http.Request, accepted ...string) (int, any, bool) {
 	return code, body, false
 }
 
-// readBody checks the content type against the accepted ones (415) and
-// reads the body within the limit (413).
-func (s *Server) readBody(r *http.Request, accepted ...string) ([]byte, int, any) {
-	if code, body, ok := contentType(r, accepted...); !ok {
-		return nil, code, body
-	}
-	if r.ContentLength > s.opt.BodyLimit {
-		code, body := problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over the limit of %d bytes", s.opt.BodyLimit))
-		return nil, code, body
-	}
-	b, err := io.ReadAll(r.Body)
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		code, body := problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over the limit of %d bytes", s.opt.BodyLimit))
-		return nil, code, body
-	case err != nil:
-		// Never the error itself: it names socket addresses.
-		code, body := problem(http.StatusBadRequest, "cannot read the request body")
-		return nil, code, body
-	}
-	return b, 0, nil
-}
-
 // badPayload answers 400 for a payload that could not be taken. A JSON
 // decoding error is told by the JSON field's path and JSON types alone,
 // never Go's types (jsonDecodeMessage).
@@ -598,233 +575,8 @@ func badPayload(err error) (int, any) {
 
 func (s *Server) statusURL(id string) string { return s.opt.PublicURL + "/rollouts/" + id }
 
-// enqueue submits one trigger per matched service and builds the 202
-// answer. A delivery key seen within the replay window answers 200
-// "duplicate" and starts nothing.
-func (s *Server) enqueue(r *http.Request, source Source, delivery string, matches map[string]Event, order []string) (int, any) {
-	ri := info(r)
-	ids, dup, err := s.replays.claim(r.Context(), delivery)
-	if err != nil {
-		ri.log.Warn("delivery not recorded", "error", err.Error())
-		return problem(http.StatusServiceUnavailable, "the trigger could not be recorded; retry later")
-	}
-	if dup {
-		ri.log.Info("delivery replayed: ignored", "source", string(source), "rollouts", strings.Join(ids, ","))
-		s.metrics.replays.WithLabelValues(string(source)).Inc()
-		return http.StatusOK, map[string]any{"status": "duplicate", "reason": "this delivery was received before", "rollouts": ids}
-	}
-	// Each service's digest checked on its own: a stale event refuses its
-	// service only. Every one refused (409), the delivery stays claimed: a
-	// registry retries a notification until it gets a 2xx, and would hold
-	// every later one back behind it; its retry is a duplicate that starts
-	// nothing. A registry that could not be asked (5xx): the retry is
-	// checked anew.
-	order, refused, code, body := s.verifyDigests(r.Context(), ri.log, matches, order)
-	if code != 0 {
-		s.replays.forget(r.Context(), delivery)
-		return code, body
-	}
-	if len(order) == 0 {
-		ans := refused[0]
-		if len(refused) > 1 {
-			ans["refused"] = refused
-		}
-		return http.StatusConflict, ans
-	}
-	var out []map[string]any
-	ids = nil
-	received := s.opt.Clock.Now().UTC()
-	for _, service := range order {
-		ev := matches[service]
-		callback := ev.CallbackURL
-		if callback != "" && !s.opt.Callbacks.Allowed(callback) {
-			// Dropped as it arrives: never stored, never called.
-			ri.log.Warn("callback dropped: origin not on the allow-list", "source", string(source), "callback_origin", originOf(callback))
-			callback = ""
-		}
-		ro, merged, err := s.queue.Submit(r.Context(), service, ev.Trigger(source, ri.id, received), callback)
-		if errors.Is(err, ErrShuttingDown) {
-			s.replays.forget(r.Context(), delivery)
-			return problem(http.StatusServiceUnavailable, err.Error())
-		}
-		if err != nil {
-			// Never answered 202 unless it is in etcd.
-			ri.log.Warn("trigger not recorded", "service", service, "error", err.Error())
-			s.replays.forget(r.Context(), delivery)
-			return problem(http.StatusServiceUnavailable, "the trigger could not be recorded; retry later")
-		}
-		ri.log.Info("rollout queued", "rollout_id", ro.ID, "service", service, "source", string(source),
-			"repository", ev.Repository, "tag", ev.Tag, "merged", merged)
-		ids = append(ids, ro.ID)
-		out = append(out, map[string]any{"service": service, "id": ro.ID, "status_url": s.statusURL(ro.ID), "merged": merged})
-	}
-	s.replays.started(r.Context(), delivery, ids)
-	ans := map[string]any{"id": out[0]["id"], "status_url": out[0]["status_url"], "rollouts": out}
-	if len(refused) > 0 {
-		ans["refused"] = refused
-	}
-	return http.StatusAccepted, ans
-}
-
 func ignored(reason string) (int, any) {
 	return http.StatusOK, map[string]any{"status": "ignored", "reason": reason}
-}
-
-func (s *Server) dockerHub(r *http.Request) (int, any) {
-	if code, body, ok := s.authorize(r, func() (int, any, bool) {
-		if !tokenEqual(s.opt.Secrets.DockerHub, r.PathValue("token")) {
-			code, body := problem(http.StatusForbidden, "wrong token")
-			return code, body, false
-		}
-		return 0, nil, true
-	}); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r, "application/json")
-	if code != 0 {
-		return code, body
-	}
-	ev, err := ParseDockerHub(b)
-	if err != nil {
-		return badPayload(err)
-	}
-	// Docker Hub sends no delivery ID: one push is its repository, tag and
-	// push time; a body without a push time is known by its hash.
-	delivery := bodyDelivery("dockerhub", b)
-	if ev.PushedAt != "" {
-		delivery = "dockerhub|" + ev.Repository + "|" + ev.Tag + "|" + ev.PushedAt
-	}
-	return s.enqueueMatching(r, SourceDockerHub, "Docker Hub", delivery, ev)
-}
-
-// enqueueMatching queues one event for every service whose triggers match.
-func (s *Server) enqueueMatching(r *http.Request, source Source, sender, delivery string, ev Event) (int, any) {
-	services := s.Config().Match(source, ev.Repository, ev.Tag)
-	if len(services) == 0 {
-		return ignored(fmt.Sprintf("no service is configured for %s %s:%s", sender, ev.Repository, ev.Tag))
-	}
-	matches := map[string]Event{}
-	for _, svc := range services {
-		matches[svc] = ev
-	}
-	return s.enqueue(r, source, delivery, matches, services)
-}
-
-func (s *Server) registry(r *http.Request) (int, any) {
-	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.Registry) }); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r, "application/vnd.docker.distribution.events.v1+json", "application/json")
-	if code != 0 {
-		return code, body
-	}
-	events, err := ParseRegistry(b)
-	if err != nil {
-		return badPayload(err)
-	}
-	// One envelope gives at most one rollout per service: its last event.
-	matches := map[string]Event{}
-	var order, eventIDs []string
-	for _, ev := range events {
-		svcs := s.Config().Match(SourceRegistry, ev.Repository, ev.Tag)
-		if len(svcs) > 0 {
-			eventIDs = append(eventIDs, ev.EventID)
-		}
-		for _, svc := range svcs {
-			if _, seen := matches[svc]; !seen {
-				order = append(order, svc)
-			}
-			matches[svc] = ev
-		}
-	}
-	if len(order) == 0 {
-		return ignored(fmt.Sprintf("no tagged manifest push in %d event(s) matches a configured service", len(events)))
-	}
-	// The registry retries an envelope with the same event IDs; an envelope
-	// with an event that has none is known by its body's hash.
-	delivery := bodyDelivery("registry", b)
-	if !slices.Contains(eventIDs, "") {
-		slices.Sort(eventIDs)
-		delivery = "registry|" + strings.Join(eventIDs, ",")
-	}
-	return s.enqueue(r, SourceRegistry, delivery, matches, order)
-}
-
-func (s *Server) github(r *http.Request) (int, any) {
-	sig := r.Header.Get("X-Hub-Signature-256")
-	if sig == "" {
-		return problem(http.StatusUnauthorized, "missing X-Hub-Signature-256")
-	}
-	b, code, body := s.readBody(r, "application/json")
-	if code != 0 {
-		return code, body
-	}
-	if code, body, ok := s.authorize(r, func() (int, any, bool) {
-		if !VerifyGitHubSignature(s.opt.Secrets.GitHub, sig, b) {
-			code, body := problem(http.StatusForbidden, "wrong signature")
-			return code, body, false
-		}
-		return 0, nil, true
-	}); !ok {
-		return code, body
-	}
-	switch ev := r.Header.Get("X-GitHub-Event"); ev {
-	case "ping":
-		return http.StatusOK, map[string]any{"status": "pong"}
-	case "package", "registry_package":
-	default:
-		return ignored(fmt.Sprintf("event %q is not a package event", ev))
-	}
-	ev, ok, err := ParseGitHub(b)
-	if err != nil {
-		return badPayload(err)
-	}
-	if !ok {
-		return ignored("not a tagged container publish")
-	}
-	// The replay key is the signed body's hash, never X-GitHub-Delivery: that
-	// header is not signed, and a delivery without it is checked too.
-	return s.enqueueMatching(r, SourceGitHub, "GitHub package", bodyDelivery("github", b), ev)
-}
-
-func (s *Server) manual(r *http.Request) (int, any) {
-	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
-		return code, body
-	}
-	b, code, body := s.readBody(r, "application/json")
-	if code != 0 {
-		return code, body
-	}
-	service, ref, err := ParseManual(b)
-	if err != nil {
-		return badPayload(err)
-	}
-	svc, ok := s.Config().Service(service)
-	if !ok {
-		return problem(http.StatusNotFound, fmt.Sprintf("no service %q is configured", service))
-	}
-	var ev Event
-	if ref != "" {
-		// Only the service's own image: what reaches etcd and the units is
-		// the configuration's repository with a checked tag or digest.
-		if svc.Settings.Image == "" {
-			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("service %q has no image configured: it restarts, it does not deploy", service))
-		}
-		image, tagOrDigest, err := fleetroll.SplitImageRef(ref)
-		if err != nil {
-			return badPayload(payloadErr("image: %v", err))
-		}
-		if image != svc.Settings.Image {
-			return problem(http.StatusUnprocessableEntity, fmt.Sprintf("image %s is not service %q's image (%s)", image, service, svc.Settings.Image))
-		}
-		ev.Repository = image
-		if fleetroll.ValidDigest(tagOrDigest) {
-			ev.Digest = tagOrDigest
-		} else {
-			ev.Tag = tagOrDigest
-		}
-	}
-	return s.enqueue(r, SourceManual, "", map[string]Event{service: ev}, []string{service})
 }
 
 // decide answers POST /rollouts/{id}/promote and /abort: the operator's

@@ -179,7 +179,7 @@ func (s *Server) rollNow(r *http.Request, _ string) (int, any) {
 	if code, body, ok := s.configured(service); !ok {
 		return code, body
 	}
-	return s.enqueue(r, SourceManual, "", map[string]Event{service: {}}, []string{service})
+	return s.in.enqueue(r, SourceManual, "", map[string]Event{service: {}}, []string{service})
 }
 
 // rollBack deploys ?service='s release before the current one again.
@@ -202,7 +202,7 @@ func (s *Server) rollBack(r *http.Request, _ string) (int, any) {
 	case prev == nil:
 		return problem(http.StatusConflict, "there is no release before the current one")
 	}
-	return s.enqueue(r, SourceManual, "", map[string]Event{service: {Repository: svc.Settings.Image, Digest: prev.Digest()}}, []string{service})
+	return s.in.enqueue(r, SourceManual, "", map[string]Event{service: {Repository: svc.Settings.Image, Digest: prev.Digest()}}, []string{service})
 }
 
 // cancelQueued takes rollout ?id= out of the queue before it runs.
