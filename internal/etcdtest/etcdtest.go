@@ -2,11 +2,15 @@
 package etcdtest
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -24,6 +28,11 @@ func freePort(t testing.TB) int {
 // Start runs etcd on free loopback ports until the test ends and returns its
 // client URL and a function that stops it early. Under CI=true a missing
 // etcd fails the test; elsewhere it skips.
+//
+// A free port is only free until someone takes it: tests of several
+// packages start etcds at once, and one may bind the port another was
+// handed. An etcd that exits before it answers is started again on other
+// ports (a few times), and what it printed is shown if none starts.
 func Start(t testing.TB) (url string, stop func()) {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
@@ -33,33 +42,89 @@ func Start(t testing.TB) (url string, stop func()) {
 		}
 		t.Skip("no etcd")
 	}
-	cport, pport := freePort(t), freePort(t)
+	var last string
+	for range 5 {
+		url, stop, out, ok := start(t, bin, freePort(t), freePort(t))
+		if ok {
+			return url, stop
+		}
+		last = out
+	}
+	t.Fatalf("etcd did not start (5 tries); the last one printed:\n%s", last)
+	return "", nil
+}
+
+// start runs one etcd and waits until it answers (ok), or it exits (its
+// output is returned), or 30 s have passed (the test fails).
+func start(t testing.TB, bin string, cport, pport int) (url string, stop func(), output string, ok bool) {
+	t.Helper()
 	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", cport), fmt.Sprintf("http://127.0.0.1:%d", pport)
-	cmd := exec.Command(bin, "--name", "t", "--data-dir", t.TempDir(), "--enable-v2=true",
+	var out bytes.Buffer
+	// Its own name: what answers on the port must be this etcd, not one
+	// that took the port first.
+	name := fmt.Sprintf("etcdtest-%d-%d", os.Getpid(), cport)
+	cmd := exec.Command(bin, "--name", name, "--data-dir", t.TempDir(), "--enable-v2=true",
 		"--listen-client-urls", curl, "--advertise-client-urls", curl,
-		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl, "--initial-cluster", "t="+purl)
+		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl, "--initial-cluster", name+"="+purl)
+	cmd.Stdout, cmd.Stderr = &syncWriter{w: &out}, &syncWriter{w: &out}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
 	stopped := false
 	stop = func() {
 		if !stopped {
 			stopped = true
 			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+			<-exited
 		}
 	}
 	t.Cleanup(stop)
 	deadline := time.Now().Add(30 * time.Second)
+	hc := &http.Client{Timeout: 2 * time.Second}
 	for {
-		resp, err := http.Get(curl + "/v2/keys")
+		var self struct {
+			Name string `json:"name"`
+		}
+		resp, err := hc.Get(curl + "/v2/stats/self")
 		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&self)
 			resp.Body.Close()
-			return curl, stop
+			if err == nil && self.Name != name {
+				err = fmt.Errorf("another etcd (%q) answers on %s", self.Name, curl)
+			}
+		}
+		if err == nil {
+			return curl, stop, "", true
+		}
+		select {
+		case <-exited:
+			stop()
+			return "", nil, out.String(), false
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("etcd did not start: %v", err)
 		}
-		time.Sleep(50 * time.Millisecond) // etcd's only readiness signal is its port
+		select { // etcd's only readiness signal is its port
+		case <-exited:
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
+}
+
+// syncWriter lets etcd's stdout and stderr share one buffer.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
 }
