@@ -20,6 +20,13 @@ import (
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// fleetroll --version prints what fleetroll version prints (no -v: a
+// short flag at the top would be mistaken for a command's).
+func init() {
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintf(c.App.Writer, "fleetroll %s\n", c.App.Version) }
+}
+
 // Exit codes.
 const (
 	exitOK          = 0
@@ -81,7 +88,6 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		// Exit codes are ours: never let urfave/cli call os.Exit.
 		ExitErrHandler:  func(*cli.Context, error) {},
-		HideVersion:     true,
 		CommandNotFound: func(c *cli.Context, name string) {},
 		OnUsageError:    onUsageError,
 		Commands: []*cli.Command{

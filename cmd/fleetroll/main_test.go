@@ -153,9 +153,11 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	code, out, _ := runCLI(t, "version")
-	if code != 0 || out != "fleetroll "+version+"\n" {
-		t.Fatalf("exit %d, out %q", code, out)
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		code, out, errOut := runCLI(t, args...)
+		if code != 0 || out != "fleetroll "+version+"\n" {
+			t.Fatalf("fleetroll %v: exit %d, out %q, err %q", args, code, out, errOut)
+		}
 	}
 }
 
