@@ -5,12 +5,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 )
@@ -66,7 +64,7 @@ func start(t testing.TB, bin string, cport, pport int) (url string, stop func(),
 	cmd := exec.Command(bin, "--name", name, "--data-dir", t.TempDir(), "--enable-v2=true",
 		"--listen-client-urls", curl, "--advertise-client-urls", curl,
 		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl, "--initial-cluster", name+"="+purl)
-	cmd.Stdout, cmd.Stderr = &syncWriter{w: &out}, &syncWriter{w: &out}
+	cmd.Stdout, cmd.Stderr = &out, &out // one writer: exec writes it from one goroutine at a time
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -115,16 +113,4 @@ func start(t testing.TB, bin string, cport, pport int) (url string, stop func(),
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// syncWriter lets etcd's stdout and stderr share one buffer.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
 }
