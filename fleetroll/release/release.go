@@ -33,6 +33,9 @@ type Registry struct {
 	Timeout time.Duration
 	// Transport, when set, carries the requests (tests).
 	Transport http.RoundTripper
+	// Clock reads the time a Retry-After date is counted from; the real
+	// clock when nil.
+	Clock fleetroll.Clock
 }
 
 // CredentialsFromFile reads USER:PASSWORD (or USER:TOKEN) from the first line
