@@ -79,7 +79,9 @@ func newETagRegistry(t *testing.T) *etagRegistry {
 	return er
 }
 
-func (er *etagRegistry) image() string { return strings.TrimPrefix(er.srv.URL, "http://") + "/demo/app" }
+func (er *etagRegistry) image() string {
+	return strings.TrimPrefix(er.srv.URL, "http://") + "/demo/app"
+}
 
 func TestHeadETagAnd304(t *testing.T) {
 	er := newETagRegistry(t)
