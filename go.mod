@@ -10,6 +10,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/urfave/cli/v2 v2.27.7
 	go.etcd.io/etcd/client/v2 v2.305.35
+	golang.org/x/mod v0.41.0
 	golang.org/x/time v0.16.0
 	google.golang.org/api v0.3.2
 	gopkg.in/yaml.v3 v3.0.1

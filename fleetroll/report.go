@@ -33,6 +33,10 @@ const (
 	// StatusAborted: the canary pause ended in an abort; the other units
 	// were not touched (a deploy rolls the canaries back: rolled_back).
 	StatusAborted Status = "aborted"
+	// StatusRefused: never ran: its release is quarantined, or a sender's
+	// tag is outside the service's tag policy (docs/releases.md); nothing
+	// was touched.
+	StatusRefused Status = "refused"
 )
 
 // Final reports whether the status will not change any more.
@@ -48,7 +52,10 @@ const (
 	PhaseStop   Phase = "stop"   // stop requested until fleet reports it stopped
 	PhaseStart  Phase = "start"  // start requested until fleet reports it running
 	PhaseHealth Phase = "health" // after the start: health gate, back in the proxy
-	PhaseGrace  Phase = "grace"  // the wait after the unit before the next one
+	// PhaseWatch: after the health gate, the unit watched for its minimum
+	// healthy time (fleet's state, and its health check when set).
+	PhaseWatch Phase = "watch"
+	PhaseGrace Phase = "grace" // the wait after the unit before the next one
 	// PhasePull is the rollout's pre-pull of a release, before any unit.
 	PhasePull Phase = "pull"
 )
