@@ -205,7 +205,7 @@ func (r *Roller) Pull(ctx context.Context, plan *Plan, image string, opt PullOpt
 	var first *PullError
 	for i, p := range pulls {
 		wg.Go(func() {
-			err := r.pullOne(pctx, p.unit, deadline, timeout)
+			err := r.pullOne(pctx, p.unit, deadline, timeout, PulledStatus)
 			if err != nil && !errors.Is(err, context.Canceled) && opt.Reason != nil {
 				if why := strings.TrimSpace(opt.Reason(context.WithoutCancel(ctx), p.key)); why != "" {
 					err = fmt.Errorf("%w: %s", err, why)
@@ -283,8 +283,10 @@ func (r *Roller) pullMachines(ctx context.Context, plan *Plan, wait time.Duratio
 	return machines, nil
 }
 
-// pullOne creates one pull unit and waits until it is done.
-func (r *Roller) pullOne(ctx context.Context, u *schema.Unit, deadline time.Time, timeout time.Duration) error {
+// pullOne creates one pull (or prune) unit and waits until judge says it
+// is done.
+func (r *Roller) pullOne(ctx context.Context, u *schema.Unit, deadline time.Time, timeout time.Duration,
+	judge func(*schema.UnitState) (string, bool, error)) error {
 	err := r.until(ctx, deadline, timeout, func(ctx context.Context) (bool, error) {
 		// Not abandoned half-way when ctx ends: a create fleet carries out
 		// after Pull's destroy would leave the unit behind. It is bounded by
@@ -295,5 +297,5 @@ func (r *Roller) pullOne(ctx context.Context, u *schema.Unit, deadline time.Time
 		return err
 	}
 	var last *schema.UnitState
-	return r.waitState(ctx, u.Name, deadline, timeout, PulledStatus, &last, nil)
+	return r.waitState(ctx, u.Name, deadline, timeout, judge, &last, nil)
 }

@@ -3,6 +3,7 @@ package fleetroll
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -220,6 +221,9 @@ type Report struct {
 	// an image (nil otherwise); Pull is the pre-pull of the new release.
 	Release *ReleaseChange `json:"release,omitempty"`
 	Pull    *PullReport    `json:"pull,omitempty"`
+	// Prune is the removal of the service's older release images from
+	// every machine, after a deploy or rollback that succeeded.
+	Prune *PruneReport `json:"prune,omitempty"`
 	// Canary is the pause after the first units, when there was one.
 	Canary *CanaryReport `json:"canary,omitempty"`
 	Units  []UnitReport  `json:"units"`
@@ -281,6 +285,16 @@ func (r *Report) Clone() Report {
 		p := *r.Pull
 		p.Machines = append([]MachinePull(nil), r.Pull.Machines...)
 		c.Pull = &p
+	}
+	if r.Prune != nil {
+		p := *r.Prune
+		p.Keep, p.Remove = slices.Clone(r.Prune.Keep), slices.Clone(r.Prune.Remove)
+		p.Machines = make([]MachinePrune, len(r.Prune.Machines))
+		for i, m := range r.Prune.Machines {
+			m.Removed, m.Kept, m.Absent = slices.Clone(m.Removed), slices.Clone(m.Kept), slices.Clone(m.Absent)
+			p.Machines[i] = m
+		}
+		c.Prune = &p
 	}
 	if r.Canary != nil {
 		cr := *r.Canary
