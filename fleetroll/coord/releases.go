@@ -159,6 +159,15 @@ func (s ReleaseStore) Previous(ctx context.Context, service string) (*fleetroll.
 	if err != nil {
 		return nil, err
 	}
+	if r := PreviousIn(hist, cur.Image); r != nil {
+		return r, nil
+	}
+	return nil, fmt.Errorf("%s has no release before %s in its history", service, cur.Image)
+}
+
+// PreviousIn is Previous's choice in a history (newest first) whose
+// current image is current: nil when there is none.
+func PreviousIn(hist []fleetroll.Release, current string) *fleetroll.Release {
 	failed := map[string]bool{}
 	for i, r := range hist {
 		// Newest first: a release written back by a rollback replaced the
@@ -168,11 +177,11 @@ func (s ReleaseStore) Previous(ctx context.Context, service string) (*fleetroll.
 		}
 	}
 	for _, r := range hist {
-		if r.Image != cur.Image && !failed[r.Image] {
-			return &r, nil
+		if r.Image != current && !failed[r.Image] {
+			return &r
 		}
 	}
-	return nil, fmt.Errorf("%s has no release before %s in its history", service, cur.Image)
+	return nil
 }
 
 // Find returns the release of the service's history that a rollout
@@ -196,8 +205,19 @@ func (s ReleaseStore) Find(ctx context.Context, service, rolloutOrDigest string)
 // PullReason returns the reader of what a failed pre-pull unit left in etcd
 // (fleetroll.PullErrorsPrefix), for fleetroll.PullOptions.Reason.
 func PullReason(kapi client.KeysAPI) func(ctx context.Context, key string) string {
+	return unitWord(kapi, fleetroll.PullErrorsPrefix)
+}
+
+// PruneResult returns the reader of what a prune unit left in etcd
+// (fleetroll.PruneResultsPrefix), for fleetroll.PruneOptions.Result.
+func PruneResult(kapi client.KeysAPI) func(ctx context.Context, key string) string {
+	return unitWord(kapi, fleetroll.PruneResultsPrefix)
+}
+
+// unitWord reads what one of fleetroll's one-shot units left under prefix.
+func unitWord(kapi client.KeysAPI, prefix string) func(ctx context.Context, key string) string {
 	return func(ctx context.Context, key string) string {
-		if !strings.HasPrefix(key, fleetroll.PullErrorsPrefix+"/") {
+		if !strings.HasPrefix(key, prefix+"/") {
 			return ""
 		}
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

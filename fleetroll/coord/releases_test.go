@@ -107,3 +107,29 @@ func TestPreviousReleaseSkipsTheOnesRolledBackFrom(t *testing.T) {
 		t.Fatalf("previous after a rollback = %+v, %v", p, err)
 	}
 }
+
+// Each reader reads what its own kind of unit left, nothing else.
+func TestPruneResultReadsOnlyUnderItsPrefix(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	prune := fleetroll.PruneResultsPrefix + "/my-service/0123456789ab/aaaa1111"
+	pull := fleetroll.PullErrorsPrefix + "/my-service/0123456789ab/aaaa1111"
+	for k, v := range map[string]string{prune: ";removed x", pull: "manifest unknown"} {
+		if _, err := kapi.Set(ctx, k, v, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := PruneResult(kapi)(ctx, prune); got != ";removed x" {
+		t.Fatalf("prune result %q", got)
+	}
+	if got := PruneResult(kapi)(ctx, pull); got != "" {
+		t.Fatalf("prune reader read a pull's key: %q", got)
+	}
+	if got := PullReason(kapi)(ctx, prune); got != "" {
+		t.Fatalf("pull reader read a prune's key: %q", got)
+	}
+	if got := PruneResult(kapi)(ctx, fleetroll.PruneResultsPrefix+"/my-service/0123456789ab/none"); got != "" {
+		t.Fatalf("missing key: %q", got)
+	}
+}
