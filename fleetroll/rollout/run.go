@@ -330,12 +330,28 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 		if d, err = r.deployOf(ctx, req, s, names, done); err != nil {
 			return nil, fmt.Errorf("%s %s: %w; nothing was touched", verbOf(req), req.Service, err)
 		}
+		// A quarantined release, or a sender's tag outside the policy:
+		// refused under the lock, recorded, nothing touched.
+		refused, cur, rerr := r.refusal(ctx, req, s, d)
+		if rerr != nil {
+			return nil, fmt.Errorf("%s %s: %w; nothing was touched", verbOf(req), req.Service, rerr)
+		}
+		if refused != nil {
+			rep := r.refused(req, refused, cur)
+			log.Warn("deploy refused", "digest", refused.Release.Digest(), "reason", refused.Reason)
+			r.record(ctx, req, rep, refused, log)
+			return rep, refused
+		}
 		d.Note = func(msg string) {
 			if req.Say != nil {
 				req.Say(msg)
 			}
 		}
 		rep, err = roller.Deploy(ctx, plan, d)
+		r.quarantine(ctx, req, rep, err, log)
+		if r.prunes(s, rep, err) {
+			rep.Prune = r.prune(ctx, roller, req.Service, s, rep.Release, log, say)
+		}
 	}
 	if len(done) > 0 {
 		mergeResumed(rep, order, done, req.Resume)

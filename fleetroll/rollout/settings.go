@@ -77,6 +77,13 @@ type Settings struct {
 	OnFailure   fleetroll.OnFailure `yaml:"on_failure"`
 	PullTimeout time.Duration       `yaml:"pull_timeout"`
 	PrePull     *bool               `yaml:"pre_pull"`
+	// TagPolicy says which pushed tags a sender may deploy: any its
+	// trigger matches (glob), or semantic versions not older than the
+	// current release's, within its major.minor (patch), its major
+	// (minor) or any (major); Prerelease admits pre-releases then. An
+	// operator's deploy and rollback are not bound by it.
+	TagPolicy  fleetroll.TagPolicy `yaml:"tag_policy"`
+	Prerelease bool                `yaml:"prerelease"`
 
 	// Canary, when positive, pauses each rollout once its first Canary
 	// units are back, until promote or abort; CanaryWait promotes (or
@@ -101,7 +108,7 @@ func Defaults() Settings {
 		Grace: fleetroll.DefaultGrace, StopTimeout: fleetroll.DefaultStopTimeout, StartTimeout: fleetroll.DefaultStartTimeout,
 		PollInterval: fleetroll.DefaultPollInterval, NudgeInterval: fleetroll.DefaultNudgeInterval,
 		LockTTL: coord.DefaultLockTTL, OnFailure: fleetroll.OnFailureHalt, PullTimeout: fleetroll.DefaultPullTimeout, PrePull: &on,
-		Strategy: StrategyRolling, PlacementTimeout: fleetroll.DefaultPlacementTimeout,
+		TagPolicy: fleetroll.TagPolicyGlob, Strategy: StrategyRolling, PlacementTimeout: fleetroll.DefaultPlacementTimeout,
 	}
 }
 
@@ -133,6 +140,7 @@ func (s Settings) Complete(service string) Settings {
 	orDefault(&s.LockTTL, def.LockTTL)
 	orDefault(&s.OnFailure, def.OnFailure)
 	orDefault(&s.PullTimeout, def.PullTimeout)
+	orDefault(&s.TagPolicy, def.TagPolicy)
 	orDefault(&s.Strategy, def.Strategy)
 	orDefault(&s.PlacementTimeout, def.PlacementTimeout)
 	orDefault(&s.StopTimeout, def.StopTimeout)
@@ -234,6 +242,13 @@ func (s Settings) Validate() error {
 	}
 	if s.PullTimeout < 0 {
 		return errors.New("pull_timeout must not be negative")
+	}
+	if p, err := fleetroll.ParseTagPolicy(string(s.TagPolicy)); err != nil {
+		return err
+	} else if p.Semver() && s.Image == "" {
+		return fmt.Errorf("tag_policy %s needs image: it judges the tags a sender deploys", p)
+	} else if s.Prerelease && !p.Semver() {
+		return errors.New("prerelease is for tag_policy patch, minor or major")
 	}
 	switch {
 	case s.Canary < 0:
