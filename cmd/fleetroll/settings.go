@@ -152,6 +152,13 @@ func settingFlags() []setting {
 			on := !b
 			s.PrePull = &on
 		}),
+		str("tag-policy", string(def.TagPolicy), "which pushed tags a sender (serve) may deploy: glob (any its trigger matches), or patch, minor, major: "+
+			"semantic versions not older than the current release's, within its major.minor, its major, or any (deploy and rollback are not bound by it)",
+			func(s *rollout.Settings, v string) error {
+				s.TagPolicy = fleetroll.TagPolicy(v)
+				return nil
+			}),
+		boolean("prerelease", "with --tag-policy patch, minor or major: admit pre-release versions (v1.4.0-rc1)", func(s *rollout.Settings, b bool) { s.Prerelease = b }),
 		integer("canary", 0, "pause after this many instances, until fleetroll promote ID or abort ID (0: no pause)", func(s *rollout.Settings, n int) { s.Canary = n }),
 		dur("canary-wait", 0, "with --canary: promote on its own after this long if the canaries are still running and healthy (needs --health-path); abort if not",
 			func(s *rollout.Settings, d time.Duration) { s.CanaryWait = d }),

@@ -72,6 +72,8 @@ var settingCases = map[string]settingCase{
 	"OnFailure":   {"on_failure: rollback", []string{"--on-failure", "rollback"}, map[string]string{"FLEETROLL_ON_FAILURE": "rollback"}, fleetroll.OnFailureRollback},
 	"PullTimeout": {"pull_timeout: 7s", []string{"--pull-timeout", "7s"}, map[string]string{"FLEETROLL_PULL_TIMEOUT": "7s"}, 7 * time.Second},
 	"PrePull":     {"pre_pull: false", []string{"--no-pre-pull"}, map[string]string{"FLEETROLL_NO_PRE_PULL": "true"}, false},
+	"TagPolicy":   {"tag_policy: minor", []string{"--tag-policy", "minor"}, map[string]string{"FLEETROLL_TAG_POLICY": "minor"}, fleetroll.TagPolicyMinor},
+	"Prerelease":  {"tag_policy: patch\n    prerelease: true", []string{"--tag-policy", "patch", "--prerelease"}, map[string]string{"FLEETROLL_TAG_POLICY": "patch", "FLEETROLL_PRERELEASE": "true"}, true},
 	"Canary":      {"canary: 2", []string{"--canary", "2"}, map[string]string{"FLEETROLL_CANARY": "2"}, 2},
 	"CanaryWait": {"canary: 1\n    canary_wait: 7s\n    health: {path: /up}", []string{"--canary", "1", "--canary-wait", "7s", "--health-path", "/up"},
 		map[string]string{"FLEETROLL_CANARY": "1", "FLEETROLL_CANARY_WAIT": "7s", "FLEETROLL_HEALTH_PATH": "/up"}, 7 * time.Second},

@@ -154,9 +154,9 @@ func TestTagPolicySettings(t *testing.T) {
 		want string
 	}{
 		{Settings{TagPolicy: "semver"}, `tag_policy "semver"`},
-		{Settings{TagPolicy: fleetroll.TagPolicyMinor}, "tag_policy minor needs image"},
-		{Settings{Prerelease: true, Image: "registry.example/a/b"}, "prerelease is for tag_policy"},
-		{Settings{TagPolicy: fleetroll.TagPolicyMinor, Prerelease: true, Image: "registry.example/a/b"}, ""},
+		{Settings{TagPolicy: fleetroll.TagPolicyMinor}, ""},
+		{Settings{Prerelease: true}, "prerelease is for tag_policy"},
+		{Settings{TagPolicy: fleetroll.TagPolicyMinor, Prerelease: true}, ""},
 		{Settings{TagPolicy: fleetroll.TagPolicyGlob}, ""},
 	} {
 		err := c.s.Complete("my-service").Validate()

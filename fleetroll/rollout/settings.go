@@ -245,8 +245,6 @@ func (s Settings) Validate() error {
 	}
 	if p, err := fleetroll.ParseTagPolicy(string(s.TagPolicy)); err != nil {
 		return err
-	} else if p.Semver() && s.Image == "" {
-		return fmt.Errorf("tag_policy %s needs image: it judges the tags a sender deploys", p)
 	} else if s.Prerelease && !p.Semver() {
 		return errors.New("prerelease is for tag_policy patch, minor or major")
 	}
