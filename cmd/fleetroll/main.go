@@ -34,6 +34,7 @@ const (
 	exitUsage       = 2 // bad flags, bad port list, unknown units
 	exitRolledBack  = 3 // a deploy failed and every instance it moved runs the previous release again
 	exitAborted     = 4 // the canaries were not promoted (abort, or a failed canary wait); the other instances were not touched
+	exitRefused     = 5 // the deploy was refused: its release is quarantined; nothing was touched
 	exitInterrupted = 130
 )
 
@@ -99,6 +100,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			statusCommand(),
 			decideCommand(fleetroll.DecisionPromote),
 			decideCommand(fleetroll.DecisionAbort),
+			releaseCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",

@@ -275,6 +275,8 @@ func exitFor(s fleetroll.Status, err error) error {
 		return &exitError{exitRolledBack, err}
 	case fleetroll.StatusAborted:
 		return &exitError{exitAborted, err}
+	case fleetroll.StatusRefused:
+		return &exitError{exitRefused, err}
 	default:
 		return &exitError{exitFailed, err}
 	}

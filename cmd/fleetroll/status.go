@@ -82,6 +82,13 @@ func statusAction(c *cli.Context) error {
 		recs = recs[:n]
 	}
 	var rels *releases
+	var quarantined []coord.Quarantined
+	if arg != "" && !fleetroll.ValidRolloutID(arg) {
+		// A service: the digests a deploy of is refused.
+		if quarantined, err = (coord.Quarantine{KAPI: h.KAPI}).List(c.Context, arg); err != nil {
+			return &exitError{exitFailed, fmt.Errorf("status: %w", err)}
+		}
+	}
 	if arg != "" {
 		// A service: its current release and the one before.
 		store := coord.ReleaseStore{KAPI: h.KAPI}
@@ -101,12 +108,20 @@ func statusAction(c *cli.Context) error {
 		if rels != nil {
 			doc["release"] = rels
 		}
+		if quarantined != nil {
+			doc["quarantined"] = quarantined
+		}
 		return enc.Encode(doc)
 	}
 	if rels != nil {
 		fmt.Fprintf(c.App.Writer, "release:  %s\n", describeRelease(*rels.Current))
 		if rels.Previous != nil {
 			fmt.Fprintf(c.App.Writer, "previous: %s\n", describeRelease(*rels.Previous))
+		}
+	}
+	if len(quarantined) > 0 {
+		if err := printQuarantined(c.App.Writer, quarantined); err != nil {
+			return err
 		}
 	}
 	if len(recs) == 0 {

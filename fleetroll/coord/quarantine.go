@@ -152,14 +152,21 @@ func (q Quarantine) List(ctx context.Context, service string) ([]Quarantined, er
 	return out, nil
 }
 
+// ValidDigestPrefix tells whether s names a digest as Clear takes it:
+// sha256:HEX, or its first 12 hex digits or more (with or without sha256:).
+func ValidDigestPrefix(s string) bool {
+	h := strings.TrimPrefix(s, "sha256:")
+	return len(h) >= 12 && len(h) <= 64 && strings.Trim(h, "0123456789abcdef") == ""
+}
+
 // Clear lifts the quarantine of one of the service's digests, named by
 // sha256:HEX or by its first 12 hex digits or more, and returns what it
 // cleared; ErrNotQuarantined when none matches.
 func (q Quarantine) Clear(ctx context.Context, service, digest string) (*Quarantined, error) {
-	want := strings.TrimPrefix(digest, "sha256:")
-	if len(want) < 12 || strings.Trim(want, "0123456789abcdef") != "" || len(want) > 64 {
+	if !ValidDigestPrefix(digest) {
 		return nil, fmt.Errorf("quarantine: %q: want sha256:HEX or its first 12 hex digits or more", digest)
 	}
+	want := strings.TrimPrefix(digest, "sha256:")
 	all, err := q.List(ctx, service)
 	if err != nil {
 		return nil, err
