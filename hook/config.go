@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/rollout"
@@ -39,7 +40,24 @@ type Service struct {
 	DockerHub []Trigger `yaml:"dockerhub"`
 	Registry  []Trigger `yaml:"registry"`
 	GitHub    []Trigger `yaml:"github"`
+	// Poll, when set, asks the image's registry for a tag's digest every
+	// interval: a fallback for lost webhooks (docs/releases.md).
+	Poll *Poll `yaml:"poll"`
 }
+
+// Poll is a service's registry polling: its tag's digest is asked for
+// every Interval (one receiver polls, the holder of the service's poller
+// lease in etcd), and a digest that is neither the current release nor
+// queued is deployed.
+type Poll struct {
+	Interval time.Duration `yaml:"interval"`
+	// Tag is the tag polled; "latest" when empty.
+	Tag string `yaml:"tag"`
+}
+
+// MinPollInterval is the shortest poll interval: it keeps a typo from
+// hammering a registry (Docker Hub wants minutes: docs/releases.md).
+const MinPollInterval = 2 * time.Second
 
 // Trigger matches an image event: a repository ("namespace/name", or a
 // GitHub package "owner/name") and tags, exact names or globs (path.Match);
@@ -150,6 +168,9 @@ func (c *Config) Validate() error {
 		if err := s.Settings.Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
 		}
+		if err := s.Poll.validate(s.Settings.Image); err != nil {
+			return fmt.Errorf("%s.poll.%w", field, err)
+		}
 		for _, k := range []struct {
 			kind     string
 			triggers []Trigger
@@ -174,6 +195,26 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+	}
+	return nil
+}
+
+// validate checks a service's polling (nil: none) and sets its default
+// tag; errors name the field.
+func (p *Poll) validate(image string) error {
+	switch {
+	case p == nil:
+		return nil
+	case image == "":
+		return errors.New("interval: polling needs the service's image (image:)")
+	case p.Interval < MinPollInterval:
+		return fmt.Errorf("interval: %s is under the minimum of %s", p.Interval, MinPollInterval)
+	}
+	if p.Tag == "" {
+		p.Tag = "latest"
+	}
+	if !fleetroll.ValidTag(p.Tag) {
+		return fmt.Errorf("tag: %q is not a tag (a glob is not polled)", p.Tag)
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
 package hook
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -28,6 +30,8 @@ type intake struct {
 	replays   deliveryGuard
 	metrics   *metrics
 	statusURL func(id string) string
+	// gate refuses quarantined digests and tags outside the tag policy.
+	gate *releaseGate
 }
 
 // readBody checks the content type against the accepted ones (415) and
@@ -59,7 +63,14 @@ func (in *intake) readBody(r *http.Request, accepted ...string) ([]byte, int, an
 // "duplicate" and starts nothing.
 func (in *intake) enqueue(r *http.Request, source Source, delivery string, matches map[string]Event, order []string) (int, any) {
 	ri := info(r)
-	ids, dup, err := in.replays.claim(r.Context(), delivery)
+	return in.submit(r.Context(), ri.log, ri.id, source, delivery, matches, order)
+}
+
+// submit is enqueue for any trigger source, a request's or not (the
+// registry poller): log and requestID are its own.
+func (in *intake) submit(ctx context.Context, log *slog.Logger, requestID string, source Source, delivery string, matches map[string]Event, order []string) (int, any) {
+	ri := reqInfo{id: requestID, log: log}
+	ids, dup, err := in.replays.claim(ctx, delivery)
 	if err != nil {
 		ri.log.Warn("delivery not recorded", "error", err.Error())
 		return problem(http.StatusServiceUnavailable, "the trigger could not be recorded; retry later")
@@ -75,11 +86,15 @@ func (in *intake) enqueue(r *http.Request, source Source, delivery string, match
 	// every later one back behind it; its retry is a duplicate that starts
 	// nothing. A registry that could not be asked (5xx): the retry is
 	// checked anew.
-	order, refused, code, body := in.verifyDigests(r.Context(), ri.log, matches, order)
+	order, refused, code, body := in.verifyDigests(ctx, ri.log, matches, order)
 	if code != 0 {
-		in.replays.forget(r.Context(), delivery)
+		in.replays.forget(ctx, delivery)
 		return code, body
 	}
+	// A quarantined digest, or a sender's tag outside the tag policy:
+	// refused (409), recorded, its callback told; the others go on.
+	order, gated := in.gate.check(ctx, ri.log, ri.id, source, in.clock.Now().UTC(), matches, order)
+	refused = append(refused, gated...)
 	if len(order) == 0 {
 		ans := refused[0]
 		if len(refused) > 1 {
@@ -98,15 +113,15 @@ func (in *intake) enqueue(r *http.Request, source Source, delivery string, match
 			ri.log.Warn("callback dropped: origin not on the allow-list", "source", string(source), "callback_origin", originOf(callback))
 			callback = ""
 		}
-		ro, merged, err := in.queue.Submit(r.Context(), service, ev.Trigger(source, ri.id, received), callback)
+		ro, merged, err := in.queue.Submit(ctx, service, ev.Trigger(source, ri.id, received), callback)
 		if errors.Is(err, ErrShuttingDown) {
-			in.replays.forget(r.Context(), delivery)
+			in.replays.forget(ctx, delivery)
 			return problem(http.StatusServiceUnavailable, err.Error())
 		}
 		if err != nil {
 			// Never answered 202 unless it is in etcd.
 			ri.log.Warn("trigger not recorded", "service", service, "error", err.Error())
-			in.replays.forget(r.Context(), delivery)
+			in.replays.forget(ctx, delivery)
 			return problem(http.StatusServiceUnavailable, "the trigger could not be recorded; retry later")
 		}
 		ri.log.Info("rollout queued", "rollout_id", ro.ID, "service", service, "source", string(source),
@@ -114,7 +129,7 @@ func (in *intake) enqueue(r *http.Request, source Source, delivery string, match
 		ids = append(ids, ro.ID)
 		out = append(out, map[string]any{"service": service, "id": ro.ID, "status_url": in.statusURL(ro.ID), "merged": merged})
 	}
-	in.replays.started(r.Context(), delivery, ids)
+	in.replays.started(ctx, delivery, ids)
 	ans := map[string]any{"id": out[0]["id"], "status_url": out[0]["status_url"], "rollouts": out}
 	if len(refused) > 0 {
 		ans["refused"] = refused

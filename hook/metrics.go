@@ -12,6 +12,7 @@ type metrics struct {
 	unitRestart *prometheus.HistogramVec
 	replays     *prometheus.CounterVec
 	throttled   prometheus.Counter
+	polls       *prometheus.CounterVec
 }
 
 func newMetrics(q interface{ Depth() (int, int) }) *metrics {
@@ -29,6 +30,10 @@ func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 			Name: "fleetroll_replayed_deliveries_total",
 			Help: "Deliveries received again within the replay window and ignored, by sender.",
 		}, []string{"sender"}),
+		polls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetroll_registry_polls_total",
+			Help: "HEADs of a polled tag's manifest, by service and result (unchanged, new_digest, error, rate_limited).",
+		}, []string{"service", "result"}),
 		throttled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fleetroll_auth_throttled_total",
 			Help: "Requests answered 429: their client had spent its budget of failed authentications.",
@@ -48,7 +53,7 @@ func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 			return float64(qd)
 		}
 	}
-	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart, m.replays, m.throttled,
+	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart, m.replays, m.throttled, m.polls,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_queue_depth", Help: "Rollouts waiting to run."}, depth(false)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_rollouts_running", Help: "Rollouts running now."}, depth(true)),
 		collectors.NewGoCollector(),

@@ -119,6 +119,10 @@ type Options struct {
 	// names against its tag as it arrives; default: the registry API,
 	// anonymous.
 	Resolver fleetroll.Resolver
+	// Registry asks the registries of the services that poll (poll:)
+	// for their tags' digests; default: the Resolver when it is a
+	// release.Registry (its credentials and timeout), else anonymous.
+	Registry *release.Registry
 	Clock    fleetroll.Clock
 	// ViewFrom opens the status page, read-only, without a login to these
 	// networks (none by default).
@@ -147,6 +151,7 @@ type Server struct {
 	durable  *durable // the queue, when it is in etcd
 	outbox   *Outbox
 	replays  deliveryGuard
+	pollers  *pollers // the registry pollers (poll:)
 	metrics  *metrics
 	log      *slog.Logger
 	handler  http.Handler
@@ -171,6 +176,9 @@ func New(opt Options) (*Server, error) {
 		return nil, fmt.Errorf("hook: %w", err)
 	}
 	if err := checkPolicies(opt.Config, opt); err != nil {
+		return nil, err
+	}
+	if err := checkPolling(opt.Config, opt); err != nil {
 		return nil, err
 	}
 	targets, err := resolveTargets(opt.Config, opt)
@@ -206,6 +214,15 @@ func New(opt Options) (*Server, error) {
 	}
 	if opt.Resolver == nil {
 		opt.Resolver = release.Registry{}
+	}
+	if opt.Registry == nil {
+		reg, _ := opt.Resolver.(release.Registry)
+		opt.Registry = &reg
+	}
+	if opt.Registry.Clock == nil {
+		reg := *opt.Registry
+		reg.Clock = opt.Clock
+		opt.Registry = &reg
 	}
 	if opt.Callbacks == nil {
 		cb, err := NewCallbacker([]string{DefaultCallbackAllow}, 10*time.Second)
@@ -247,6 +264,8 @@ func New(opt Options) (*Server, error) {
 	s.metrics = newMetrics(s.queue)
 	s.in = intake{secrets: opt.Secrets, config: s.Config, authorize: s.authorize, bodyLimit: opt.BodyLimit, clock: opt.Clock,
 		callbacks: opt.Callbacks, resolver: opt.Resolver, queue: s.queue, replays: s.replays, metrics: s.metrics, statusURL: s.statusURL}
+	s.in.gate = &releaseGate{etcd: opt.Etcd, config: s.Config, refused: s.refusedTrigger}
+	s.pollers = newPollers(s)
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{
 		{"dockerhub", opt.Secrets.DockerHub, "--dockerhub-token-file"},
@@ -272,7 +291,13 @@ func (s *Server) OpsHandler() http.Handler { return s.ops }
 // sends the callbacks still queued, for at most outboxLimit.
 func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
 	s.outbox = NewOutbox(s.opt.Callbacks, DefaultOutboxSize, DefaultOutboxWorkers, s.opt.CallbackDeadline, s.log)
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		s.pollers.Run(ctx)
+	}()
 	s.queue.Run(ctx)
+	<-polled
 	if !s.outbox.Close(outboxLimit) {
 		s.log.Warn("shutdown: callbacks still unsent were abandoned", "limit", outboxLimit.String())
 	}
@@ -300,12 +325,27 @@ func (s *Server) SetConfig(c *Config) error {
 	if err := checkPolicies(c, s.opt); err != nil {
 		return err
 	}
+	if err := checkPolling(c, s.opt); err != nil {
+		return err
+	}
 	targets, err := resolveTargets(c, s.opt)
 	if err != nil {
 		return err
 	}
 	s.targets.Store(&targets)
 	s.cfg.Store(c)
+	s.pollers.poke()
+	return nil
+}
+
+// checkPolling makes sure the services that poll their registry can: one
+// poller per service across receivers needs etcd (its lease).
+func checkPolling(c *Config, opt Options) error {
+	for i, svc := range c.Services {
+		if svc.Poll != nil && opt.Etcd == nil {
+			return fmt.Errorf("services[%d] (%s).poll: registry polling needs etcd (--etcd-endpoints): one receiver polls, the holder of its lease", i, svc.Name)
+		}
+	}
 	return nil
 }
 
