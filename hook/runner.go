@@ -253,7 +253,7 @@ func (s *Server) report(j Job) {
 	res := CallbackResult{State: "success", Context: "fleetroll", Description: Outcome(final)}
 	switch final.Status {
 	case fleetroll.StatusSucceeded:
-	case fleetroll.StatusFailed:
+	case fleetroll.StatusFailed, fleetroll.StatusRefused:
 		res.State = "failure"
 	default:
 		res.State = "error"
@@ -282,6 +282,8 @@ func Outcome(r fleetroll.Report) string {
 			}
 		}
 		return fmt.Sprintf("%s: rollout %s before any unit was touched", r.Service, r.Status)
+	case fleetroll.StatusRefused:
+		return fmt.Sprintf("%s: rollout refused, nothing was touched: its release is quarantined, or its tag is outside the tag policy", r.Service)
 	default:
 		return fmt.Sprintf("%s: rollout %s", r.Service, r.Status)
 	}

@@ -244,6 +244,10 @@ type uiService struct {
 	Instances []uiInstance       `json:"instances"`
 	Rollouts  []fleetroll.Report `json:"rollouts"`
 	Error     string             `json:"error,omitempty"`
+
+	// Quarantined are the digests a deploy of is refused, newest first
+	// (at most coord.DefaultQuarantineKeep).
+	Quarantined []coord.Quarantined `json:"quarantined"`
 }
 
 type uiInstance struct {
@@ -313,7 +317,7 @@ func (s *Server) readUIState(ctx context.Context) []uiService {
 	}
 	out := []uiService{}
 	for _, svc := range s.Config().Services {
-		u := uiService{Name: svc.Name, Image: svc.Settings.Image, Drain: svc.Settings.Drain != nil, Instances: []uiInstance{}}
+		u := uiService{Name: svc.Name, Image: svc.Settings.Image, Drain: svc.Settings.Drain != nil, Instances: []uiInstance{}, Quarantined: []coord.Quarantined{}}
 		if err := errors.Join(uerr, serr); err != nil {
 			u.Error = "fleet could not be read"
 		}
@@ -325,6 +329,9 @@ func (s *Server) readUIState(ctx context.Context) []uiService {
 			}
 			if prev, err := store.Previous(ctx, svc.Name); err == nil && prev != nil {
 				u.Previous = prev.Image
+			}
+			if q, err := (coord.Quarantine{KAPI: s.opt.Etcd}).List(ctx, svc.Name); err == nil {
+				u.Quarantined = q
 			}
 		}
 		for _, unit := range units {

@@ -73,6 +73,16 @@ function renderService(svc) {
   }
   sec.append(title);
   if (svc.error) sec.append(el("p", { class: "error" }, svc.error));
+  if ((svc.quarantined || []).length) {
+    const q = el("table", { class: "quarantined" }, el("tr", {}, el("th", {}, "quarantined digest"), el("th", {}, "tag"),
+      el("th", {}, "rollout"), el("th", {}, "since"), el("th", {}, "reason")));
+    for (const d of svc.quarantined) {
+      q.append(el("tr", { "data-digest": d.digest, title: "fleetroll release clear " + svc.name + " " + d.digest + " lifts it" },
+        el("td", {}, d.digest), el("td", {}, d.tag || "—"), el("td", {}, d.rollout), el("td", {}, d.at ? new Date(d.at).toLocaleString() : ""),
+        el("td", {}, d.reason)));
+    }
+    sec.append(q);
+  }
 
   const inst = el("table", { class: "instances" }, el("tr", {}, el("th", {}, "instance"), el("th", {}, "machine"),
     el("th", {}, "fleet"), el("th", {}, "systemd"), el("th", {}, "in the proxy"), el("th", {}, "healthy")));
@@ -240,7 +250,7 @@ function listen() {
     if (ev.kind === "running" || ev.kind === "healthy" || !["queued", "progress", "phase", "stopping", "stopped", "starting"].includes(ev.kind)) refreshSoon();
   };
   for (const kind of ["queued", "stopping", "stopped", "starting", "recovering", "running", "healthy", "failed", "phase", "paused", "decided",
-    "succeeded", "interrupted", "superseded", "cancelled", "rolled_back", "aborted", "progress"]) {
+    "succeeded", "interrupted", "superseded", "cancelled", "rolled_back", "aborted", "refused", "progress"]) {
     es.addEventListener(kind, onEvent);
   }
   es.addEventListener("reset", () => { load(); });
