@@ -74,6 +74,7 @@ var layout = []placement{
 	{"TestStatusPageInABrowser", together},
 	{"TestReceiverFailover", together},
 	{"TestReleases", together},
+	{"TestRegistryPollDeploysALostPush", together},
 	{"TestKilledFleetrollIsRecoveredByARestart", together},
 	{"TestConfigGivesTheCLIAndServeTheSameRollout", together},
 	{"TestServeSurvivesABurstOfPushes", together},
