@@ -83,6 +83,7 @@ func (s *Server) finalOf(j Job, rep *fleetroll.Report, err error, t0 time.Time) 
 	if rep != nil {
 		final.Version, final.Status, final.Started, final.Finished, final.Units, final.Error = rep.Version, rep.Status, rep.Started, rep.Finished, rep.Units, rep.Error
 		final.Release, final.Pull, final.Phase, final.Canary, final.Strategy = rep.Release, rep.Pull, rep.Phase, rep.Canary, rep.Strategy
+		final.Prune = rep.Prune
 		final.NotLaunched = rep.NotLaunched
 		return final
 	}
