@@ -253,12 +253,24 @@ func TestReleases(t *testing.T) {
 		return rep, out
 	}
 
-	// 1. Deploy a pinned digest: pre-pulled, written, run.
-	rep, out := cli(0, "deploy", relService, "--image", image+"@"+digest["v1"])
+	// 1. Deploy a pinned digest: pre-pulled, written, run. It is v1 with
+	// a label of its own, an image the machine only ever pulls by digest
+	// (as the pre-pull does; v1 itself ran above by its tag, IMAGE).
+	firstRef := derive(t, image, "v1", "v1p", func(img v1Image) (v1Image, error) {
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, err
+		}
+		cfg := cf.Config
+		cfg.Labels = map[string]string{"e2e": "first release"}
+		return mutate.Config(img, cfg)
+	})
+	digest["v1p"] = strings.TrimPrefix(firstRef, image+"@")
+	rep, out := cli(0, "deploy", relService, "--image", firstRef)
 	if rep.Pull == nil || len(rep.Pull.Machines) != 1 || rep.Pull.Machines[0].Error != "" || rep.Release == nil || rep.Release.From != nil {
 		t.Fatalf("first deploy: %s", out)
 	}
-	onRelease("v1")
+	onRelease("v1p")
 
 	// 2. A push mid-roll: v2 rolls (serve, from the registry's
 	// notification), v3 is pushed while it does; the follow-up rollout
@@ -312,6 +324,34 @@ func TestReleases(t *testing.T) {
 		if v != "v1" && v != "v2" && v != "v3" {
 			t.Errorf("an instance answered as %q", v)
 		}
+	}
+
+	// 2b. Pruning (issue 23): after three releases, the machine holds the
+	// current and the previous image of the service, not the first; the
+	// v3 rollout's record says it removed it. IMAGE's tag, not a release,
+	// is untouched.
+	var v3 fr.Report
+	eventually(t, time.Minute, "the v3 rollout's record with its prune", func() error {
+		if err := getJSON("http://"+relListen+"/rollouts/"+byTag["v3"].ID, auth, &v3); err != nil {
+			return err
+		}
+		if v3.Prune == nil {
+			return fmt.Errorf("no prune in %+v", v3)
+		}
+		return nil
+	})
+	first := image + "@" + digest["v1p"]
+	if p := v3.Prune; len(p.Remove) != 1 || p.Remove[0] != first || len(p.Machines) != 1 || len(p.Machines[0].Removed) != 1 || p.Machines[0].Error != "" {
+		t.Fatalf("v3's prune: %+v", p)
+	}
+	for ref, want := range map[string]bool{first: false, image + "@" + digest["v2"]: true, image + "@" + digest["v3"]: true, image + ":v1": true} {
+		_, err := runIn(c.env, c.repo, time.Minute, "podman", "image", "exists", ref)
+		if (err == nil) != want {
+			t.Errorf("%s on the machine: %v, want it there %v", ref, err, want)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
 	}
 
 	// 3. Rollback: a release whose instances fail the health gate.
