@@ -62,8 +62,9 @@ var ErrNoPrevious = errors.New("no previous release to roll back to (a first dep
 // machine that runs an instance (a failure halts before any unit is
 // touched), writes it as the service's current release (compare-and-swap
 // against the one it read), then restarts the units one at a time; each
-// starts with the new release. When a unit fails to start or fails its
-// health gate and d.OnFailure is rollback, the previous release is written
+// starts with the new release. When a unit fails to start, fails its
+// health gate or fails in its watch after the start, and d.OnFailure is
+// rollback, the previous release is written
 // back and the units moved so far, and the failed one, are restarted on it
 // with the same safety; the report's status is then rolled_back.
 func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, error) {
@@ -136,7 +137,7 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	var ue *UnitError
 	var ce *CanaryError
 	failedUnit := d.OnFailure == OnFailureRollback && errors.As(rollErr, &ue) &&
-		(ue.Phase == PhaseStart || ue.Phase == PhaseHealth) && !errors.Is(rollErr, ErrTargetChanged)
+		(ue.Phase == PhaseStart || ue.Phase == PhaseHealth || ue.Phase == PhaseWatch) && !errors.Is(rollErr, ErrTargetChanged)
 	aborted := errors.As(rollErr, &ce) && ce.Err == nil && ce.Decision.Kind == DecisionAbort
 	if rollErr == nil || ctx.Err() != nil || !(failedUnit || aborted) {
 		return moved, rollErr

@@ -60,6 +60,19 @@ type Options struct {
 	Clock Clock
 	// Hooks add steps around each unit: drain, health gate, lock checks.
 	Hooks Hooks
+	// MinHealthy, when positive, keeps each unit under watch for that long
+	// once it is running and through its health gate, the last unit
+	// included: fleet's state at each poll, and Hooks.Probe when set. A
+	// unit that fails in the window fails the roll there, before another
+	// unit is touched. It runs alongside the grace period: a unit's slot
+	// is held for the longer of the two.
+	MinHealthy time.Duration
+	// ProgressDeadline, when positive, bounds how long a roll may go
+	// without a unit getting through (its stop, start, health gate and
+	// watch): past it, the unit's wait ends with ErrNoProgress, naming
+	// the unit and phase. Each unit that gets through starts it again; a
+	// canary pause does not count against it.
+	ProgressDeadline time.Duration
 	// MaxUnavailable is how many units may be down at once (drained,
 	// stopped, starting, health-gated, in their grace period), counting
 	// those already down when the roll begins; the zero value: one at a
@@ -79,6 +92,9 @@ type Hooks struct {
 	// grace period (health gate, announcement back); an error halts the roll
 	// like a failed start, with the unit launched.
 	AfterRunning func(ctx context.Context, unit string, st *schema.UnitState) error
+	// Probe, when set, checks a unit once during its watch after the
+	// start (its health check): nil when it answers well.
+	Probe func(ctx context.Context, unit string, st *schema.UnitState) error
 	// Done runs after each unit that BeforeStop was called for, whatever
 	// happened (cleanup such as clearing a drain key).
 	Done func(ctx context.Context, unit string)
@@ -122,7 +138,8 @@ func (o Options) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"stop timeout", o.StopTimeout}, {"start timeout", o.StartTimeout}, {"grace", o.Grace}, {"poll interval", o.PollInterval}, {"max backoff", o.MaxBackoff}, {"nudge interval", o.NudgeInterval}} {
+	}{{"stop timeout", o.StopTimeout}, {"start timeout", o.StartTimeout}, {"grace", o.Grace}, {"poll interval", o.PollInterval}, {"max backoff", o.MaxBackoff}, {"nudge interval", o.NudgeInterval},
+		{"min healthy time", o.MinHealthy}, {"progress deadline", o.ProgressDeadline}} {
 		if d.v < 0 {
 			return fmt.Errorf("%s must not be negative, got %s", d.name, d.v)
 		}
@@ -204,6 +221,10 @@ type Roller struct {
 	// emitMu makes OnEvent see one event at a time when units move at
 	// once (batches, blue-green).
 	emitMu sync.Mutex
+	// progressBy is when the progress deadline ends the roll's waits (zero:
+	// no deadline); progressed moves it on.
+	progressMu sync.Mutex
+	progressBy time.Time
 }
 
 // NewRoller validates opt and returns a roller.
@@ -256,6 +277,7 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 	// failure no unit starts; those in flight finish, and the first error
 	// is the roll's.
 	slots := r.opt.MaxUnavailable.Of(len(plan.Units))
+	r.progressed()
 	r.states = nil
 	if slots > 1 {
 		r.states = &stateReader{fleet: r.fleet}
@@ -270,6 +292,7 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 			if first = r.pause(ctx, rep, limit); first == nil {
 				limit = len(plan.Units)
 			}
+			r.progressed() // a pause waits for a person, not for fleet
 		}
 		for first == nil && next < limit && inFlight < slots {
 			u := plan.Units[next]
@@ -298,17 +321,28 @@ func (r *Roller) Roll(ctx context.Context, plan *Plan) (*Report, error) {
 	}
 }
 
-// rollOne restarts one unit, then holds its slot for the grace period
-// (but after the plan's last unit).
+// rollOne restarts one unit, watches it for the minimum healthy time, and
+// holds its slot for the grace period (but after the plan's last unit),
+// the watch and the grace running side by side: the slot is held for the
+// longer of the two.
 func (r *Roller) rollOne(ctx context.Context, service string, ur *UnitReport, last bool) error {
 	if err := r.restart(ctx, ur); err != nil {
 		return err
 	}
-	if last || r.opt.Grace <= 0 {
+	t0 := r.opt.Clock.Now()
+	if err := r.watchAfterStart(ctx, ur); err != nil {
+		if errors.As(err, new(*UnitError)) {
+			return err
+		}
+		return fmt.Errorf("roll of %s interrupted in the watch after %s's start: %w", service, ur.Unit, err)
+	}
+	r.progressed()
+	grace := r.opt.Grace - r.opt.Clock.Now().Sub(t0)
+	if last || grace <= 0 {
 		return nil
 	}
 	r.begin(ur, PhaseGrace)
-	err := r.sleep(ctx, r.opt.Grace)
+	err := r.sleep(ctx, grace)
 	r.end(ur)
 	ur.Phase = ""
 	if err != nil {
@@ -321,7 +355,7 @@ func (r *Roller) rollOne(ctx context.Context, service string, ur *UnitReport, la
 func (r *Roller) begin(ur *UnitReport, p Phase) {
 	ur.Phase = p
 	ur.Phases = append(ur.Phases, Span{Phase: p, Started: r.opt.Clock.Now()})
-	if p == PhaseDrain || p == PhaseHealth || p == PhaseGrace {
+	if p == PhaseDrain || p == PhaseHealth || p == PhaseWatch || p == PhaseGrace {
 		r.emit(ur, Event{Kind: EventPhase})
 	}
 }
@@ -513,7 +547,8 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 		return StoppedStatus(st)
 	}
 	if res.err == nil {
-		res.err = r.waitState(ctx, name, deadline, r.opt.StopTimeout, stopped, &last, stopNudge)
+		by, late := r.progressBound(deadline)
+		res.err = late(r.waitState(ctx, name, by, r.opt.StopTimeout, stopped, &last, stopNudge))
 		if res.err != nil && ctx.Err() != nil {
 			res.interrupted = res.err
 			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, stopped, &last, stopNudge)
@@ -609,7 +644,13 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 		return err == nil, err
 	})
 	if err == nil {
-		err = r.waitState(startCtx, name, deadline, r.opt.StartTimeout, runningAfter(last), &last, startNudge)
+		// A start that brings a unit back after a failed stop is bounded
+		// by the start timeout alone: it is never cut short.
+		by, late := deadline, func(err error) error { return err }
+		if why == nil {
+			by, late = r.progressBound(deadline)
+		}
+		err = late(r.waitState(startCtx, name, by, r.opt.StartTimeout, runningAfter(last), &last, startNudge))
 	}
 	r.end(ur)
 	ur.Start = Seconds(clock.Now().Sub(t0))

@@ -34,6 +34,11 @@ type Unit struct {
 	StopFailed            bool // the stop ends in "failed" (exit status on SIGTERM)
 	// Restarts counts completed starts (a stand-in for a new MainPID).
 	Restarts int
+	// CrashAfter: a unit started through the fake fails (failed/failed)
+	// after this many polls of it running (0: never), as a release that
+	// dies a few seconds after its start.
+	CrashAfter int
+	upPolls    int
 	// MissWrites: the next writes of its target state are recorded but not
 	// acted on, as fleet's agent misses a write that lands in its blind
 	// second; a later write is acted on.
@@ -446,6 +451,11 @@ func (u *Unit) polls(target string, steps int) int {
 // step moves the unit one poll closer to its desired state.
 func (u *Unit) step(steps int) {
 	if !u.Moving {
+		if u.CrashAfter > 0 && u.upPolls > 0 && u.Active == "active" {
+			if u.upPolls++; u.upPolls > u.CrashAfter {
+				u.Active, u.Sub, u.upPolls = "failed", "failed", 0
+			}
+		}
 		return
 	}
 	if u.lagLeft > 0 {
@@ -475,6 +485,7 @@ func (u *Unit) step(steps int) {
 			u.Sub = "exited"
 		}
 		u.Restarts++
+		u.upPolls = 1
 	default:
 		if u.Active != "active" && u.Active != "deactivating" {
 			u.Moving = false

@@ -1,0 +1,277 @@
+package fleetroll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coreos/fleet/schema"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
+)
+
+func TestWatchStatus(t *testing.T) {
+	st := func(active, sub, machine string) *schema.UnitState {
+		return &schema.UnitState{SystemdActiveState: active, SystemdSubState: sub, MachineID: machine}
+	}
+	for _, c := range []struct {
+		name string
+		st   *schema.UnitState
+		want string // "" when it runs well
+	}{
+		{"running", st("active", "running", "m1"), ""},
+		{"crashed", st("failed", "failed", "m1"), "crashed (failed/failed"},
+		{"restarting", st("activating", "auto-restart", "m1"), "restarting (activating/auto-restart"},
+		{"stopped", st("inactive", "dead", "m1"), "stopped (inactive/dead"},
+		{"stopping", st("deactivating", "stop-sigterm", "m1"), "stopped (deactivating/stop-sigterm"},
+		{"exited", st("active", "exited", "m1"), "not running (active/exited"},
+		{"moved", st("active", "running", "m2"), "moved from machine m1 to m2"},
+		{"gone", nil, "no state"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			msg, err := WatchStatus(c.st, "m1")
+			switch {
+			case c.want == "" && (err != nil || !strings.HasPrefix(msg, "running")):
+				t.Fatalf("WatchStatus = %q, %v; want running", msg, err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("WatchStatus = %q, %v; want an error with %q", msg, err, c.want)
+			}
+		})
+	}
+}
+
+func TestProbeVerdict(t *testing.T) {
+	refusedErr := &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("connect: %w", errConnRefused())}
+	bad := errors.New("answered 503 Service Unavailable")
+	for _, c := range []struct {
+		name   string
+		err    error
+		before int
+		count  int
+		fails  string
+	}{
+		{"well", nil, 2, 0, ""},
+		{"first bad answer", bad, 0, 1, ""},
+		{"second bad answer", bad, 1, 2, ""},
+		{"third bad answer", bad, 2, 3, "unhealthy 3 times in a row (last: answered 503"},
+		{"refused at once", refusedErr, 0, 1, "refused"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n, err := probeVerdict(c.err, c.before)
+			if n != c.count || (c.fails == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.fails)) {
+				t.Fatalf("probeVerdict = %d, %v; want %d and %q", n, err, c.count, c.fails)
+			}
+		})
+	}
+}
+
+// errConnRefused is a refused connection as the dialer reports it.
+func errConnRefused() error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, err = net.Dial("tcp", addr)
+	if err == nil {
+		panic("a closed port answered")
+	}
+	return err
+}
+
+// A release that crashes a few seconds after its start fails the roll at
+// that unit, in the watch, before the next unit is touched; the record
+// says how it was seen and when.
+func TestWatchFailsAUnitThatCrashesAfterItsStart(t *testing.T) {
+	a, b, c := "s@1.service", "s@2.service", "s@3.service"
+	f := newFakeFleet(a)
+	f.Add(b, fakefleet.Unit{CrashAfter: 6}) // six polls of 1 s running, then failed
+	f.Add(c, fakefleet.Unit{})
+	r, _, _ := newTestRoller(t, f, Options{MinHealthy: 10 * time.Second, PollInterval: time.Second, Grace: 15 * time.Second})
+	rep, err := r.Roll(context.Background(), planOf(a, b, c))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Unit != b || ue.Phase != PhaseWatch || ue.LeftStopped || !errors.Is(err, ErrCrashed) {
+		t.Fatalf("err = %v", err)
+	}
+	if !strings.Contains(err.Error(), "crashed (failed/failed") || !strings.Contains(err.Error(), "s after its start") {
+		t.Fatalf("the error does not say how and when it failed: %v", err)
+	}
+	untouched(t, f.Calls(), c)
+	got := []Outcome{rep.Units[0].Outcome, rep.Units[1].Outcome, rep.Units[2].Outcome}
+	if want := []Outcome{OutcomeRestarted, OutcomeFailed, OutcomeUntouched}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("outcomes = %v, want %v", got, want)
+	}
+	if rep.Status != StatusFailed || rep.Phase != PhaseWatch || rep.Units[1].Phase != PhaseWatch {
+		t.Fatalf("report = %+v", rep)
+	}
+}
+
+// The last unit is watched too (it has no grace period), and the watch
+// runs alongside the grace period: a unit's slot is held for the longer of
+// the two, with the watch first.
+func TestWatchCoversTheLastUnitAndRunsAlongsideTheGrace(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a)
+	f.Add(b, fakefleet.Unit{CrashAfter: 4})
+	r, _, _ := newTestRoller(t, f, Options{MinHealthy: 10 * time.Second, PollInterval: time.Second, Grace: 25 * time.Second})
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Unit != b || ue.Phase != PhaseWatch {
+		t.Fatalf("the last unit's crash was not seen: %v", err)
+	}
+	var phases []string
+	for _, sp := range rep.Units[0].Phases {
+		phases = append(phases, fmt.Sprintf("%s %.0fs", sp.Phase, sp.Finished.Sub(sp.Started).Seconds()))
+	}
+	if want := []string{"stop 1s", "start 1s", "watch 10s", "grace 15s"}; !reflect.DeepEqual(phases, want) {
+		t.Fatalf("phases of %s = %v, want %v (the grace is what is left of it after the watch)", a, phases, want)
+	}
+
+	// A well unit with no grace: the watch alone holds it.
+	f = newFakeFleet(a)
+	r, _, _ = newTestRoller(t, f, Options{MinHealthy: 10 * time.Second, PollInterval: time.Second})
+	rep, err = r.Roll(context.Background(), planOf(a))
+	if err != nil || rep.Units[0].Outcome != OutcomeRestarted {
+		t.Fatalf("a well unit: %v, %+v", err, rep.Units[0])
+	}
+	last := rep.Units[0].Phases[len(rep.Units[0].Phases)-1]
+	if last.Phase != PhaseWatch || last.Finished.Sub(last.Started) != 10*time.Second {
+		t.Fatalf("last phase = %+v, want a 10s watch", last)
+	}
+}
+
+// With a health check, the watch probes it: a refused connection fails at
+// once (a unit that restarts itself faster than fleet publishes states is
+// still caught), other failures after three in a row.
+func TestWatchProbesTheHealthCheck(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		probe func(n int) error
+		want  string
+	}{
+		{"refused", func(n int) error {
+			if n < 3 {
+				return nil
+			}
+			_, err := net.Dial("tcp", closedPort(t))
+			return err
+		}, "its health check was refused"},
+		{"unhealthy", func(n int) error {
+			if n < 2 {
+				return nil
+			}
+			return errors.New("answered 503 Service Unavailable")
+		}, "unhealthy 3 times in a row"},
+		{"a blip", func(n int) error {
+			if n == 2 || n == 4 {
+				return errors.New("answered 503 Service Unavailable")
+			}
+			return nil
+		}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a := "s@1.service"
+			f := newFakeFleet(a)
+			n := 0
+			r, _, _ := newTestRoller(t, f, Options{MinHealthy: 10 * time.Second, PollInterval: time.Second,
+				Hooks: Hooks{Probe: func(ctx context.Context, unit string, st *schema.UnitState) error {
+					n++
+					if unit != a || st == nil {
+						return fmt.Errorf("probe of %s with state %v", unit, st)
+					}
+					return c.probe(n)
+				}}})
+			_, err := r.Roll(context.Background(), planOf(a))
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("a passing blip failed the unit: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("err = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+func closedPort(t *testing.T) string {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	addr := srv.Listener.Addr().String()
+	srv.Close()
+	return addr
+}
+
+// A deploy whose instance crashes in its watch rolls back with
+// --on-failure rollback, as one that fails its start does.
+func TestDeployRollsBackAUnitThatCrashesInItsWatch(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet()
+	f.Add(a, fakefleet.Unit{CrashAfter: 3})
+	f.Add(b, fakefleet.Unit{})
+	r, _, _ := newTestRoller(t, f, Options{MinHealthy: 10 * time.Second, PollInterval: time.Second})
+	v1, v2 := rel(1), rel(2)
+	store := &memReleases{current: &v1}
+	// The way back starts well: the crash is the new release's.
+	f.SetHook(func(call string) {
+		if call == "set "+a+" loaded" && store.image() == v1.Image {
+			f.Update(a, func(u *fakefleet.Unit) { u.CrashAfter = 0 })
+		}
+	})
+	rep, err := r.Deploy(context.Background(), planOf(a, b), Deploy{To: v2, Releases: store, OnFailure: OnFailureRollback, NoPull: true})
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || rep.Status != StatusRolledBack {
+		t.Fatalf("err = %v, status %s", err, rep.Status)
+	}
+	if rep.Units[0].Outcome != OutcomeRolledBack || rep.Units[1].Outcome != OutcomeUntouched {
+		t.Fatalf("outcomes = %s, %s", rep.Units[0].Outcome, rep.Units[1].Outcome)
+	}
+	untouched(t, f.Calls(), b)
+}
+
+// The progress deadline ends a wait that fleet's agent never ends (it
+// never acts on the stop), long before the stop timeout: the roll halts
+// there, naming the unit and the phase, and the unit is set back to
+// launched.
+func TestProgressDeadlineHaltsARollThatDoesNotProgress(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet()
+	f.Add(a, fakefleet.Unit{StuckStop: true})
+	f.Add(b, fakefleet.Unit{})
+	r, clock, _ := newTestRoller(t, f, Options{ProgressDeadline: 30 * time.Second, PollInterval: time.Second})
+	t0 := clock.Now()
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	var ue *UnitError
+	if !errors.As(err, &ue) || ue.Unit != a || ue.Phase != PhaseStop || !errors.Is(err, ErrNoProgress) {
+		t.Fatalf("err = %v", err)
+	}
+	if !strings.Contains(err.Error(), "stop s@1.service: no progress: no unit got through in the progress deadline of 30s") {
+		t.Fatalf("the error does not name the unit, the phase and the deadline: %v", err)
+	}
+	if d := clock.Now().Sub(t0); d > 35*time.Second {
+		t.Fatalf("the roll took %s, want about the 30s deadline (the stop timeout is 2m)", d)
+	}
+	if got := f.Sets(); !reflect.DeepEqual(got, []string{a + " loaded", a + " launched"}) {
+		t.Fatalf("sets = %v: the unit must be set back to launched", got)
+	}
+	untouched(t, f.Calls(), b)
+	if rep.Status != StatusFailed || rep.Phase != PhaseStop {
+		t.Fatalf("status %s, phase %s", rep.Status, rep.Phase)
+	}
+
+	// A start that never comes, and a deadline that each unit getting
+	// through moves on: the first unit's 20 s do not count against the
+	// second's.
+	f = newFakeFleet()
+	f.Add(a, fakefleet.Unit{})
+	f.Add(b, fakefleet.Unit{StartPolls: 1000})
+	r, _, _ = newTestRoller(t, f, Options{ProgressDeadline: 30 * time.Second, PollInterval: time.Second, Grace: 20 * time.Second})
+	_, err = r.Roll(context.Background(), planOf(a, b))
+	if !errors.As(err, &ue) || ue.Unit != b || ue.Phase != PhaseStart || !errors.Is(err, ErrNoProgress) {
+		t.Fatalf("err = %v", err)
+	}
+}
