@@ -231,9 +231,9 @@ func mustContain(t *testing.T, s, sub string) {
 }
 
 // testBase are the settings the tests' configurations are decoded over:
-// the defaults, with no grace and quick polls for the fake fleet.
+// the defaults, with no grace, no watch and quick polls for the fake fleet.
 func testBase() rollout.Settings {
 	s := rollout.Defaults()
-	s.Grace, s.PollInterval = 0, time.Millisecond
+	s.Grace, s.PollInterval, s.MinHealthyTime = 0, time.Millisecond, 0
 	return s
 }

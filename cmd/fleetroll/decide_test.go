@@ -48,7 +48,7 @@ func TestCanaryRestartDecidedByTheCLI(t *testing.T) {
 		}
 		done := make(chan result, 1)
 		go func() {
-			code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms",
+			code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms",
 				"--etcd-endpoints", etcd, "--canary", "1")
 			done <- result{code, out, errs}
 		}()

@@ -70,7 +70,7 @@ func TestDeployRollbackAndStatus(t *testing.T) {
 			f.Update(units3[1], func(u *fakefleet.Unit) { u.FailStart = bad })
 		}
 	})
-	common := []string{"--endpoint", url, "--etcd-endpoints", etcd, "--grace", "0s", "--poll-interval", "1ms"}
+	common := []string{"--endpoint", url, "--etcd-endpoints", etcd, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms"}
 	deploy := func(want int, args ...string) (string, string) {
 		t.Helper()
 		code, out, errs := runCLI(t, append(args, common...)...)

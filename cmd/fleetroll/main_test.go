@@ -35,7 +35,7 @@ func fakeCluster(t *testing.T, names ...string) (*fakefleet.Fleet, string) {
 
 func TestRestartSucceeds(t *testing.T) {
 	f, url := fakeCluster(t, units3...)
-	code, out, errs := runCLI(t, "restart", "my-service", "--ports", "8901-8903", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms")
+	code, out, errs := runCLI(t, "restart", "my-service", "--ports", "8901-8903", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
@@ -74,7 +74,7 @@ func TestRestartJSONReport(t *testing.T) {
 func TestRestartFailureExits1AndLeavesTheRestUntouched(t *testing.T) {
 	f, url := fakeCluster(t, units3...)
 	f.Update(units3[1], func(u *fakefleet.Unit) { u.FailStart = true })
-	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms")
+	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1\n%s\n%s", code, out, errs)
 	}
@@ -183,7 +183,7 @@ func TestMoveFlagsFirst(t *testing.T) {
 func TestRestartAndStatusPrintTheRecordGolden(t *testing.T) {
 	_, url := fakeCluster(t, units3...)
 	etcd, _ := etcdtest.Start(t)
-	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms",
+	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms",
 		"--etcd-endpoints", etcd, "-o", "json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
@@ -217,7 +217,7 @@ func canonicalJSON(t *testing.T, s string) string {
 func TestRestartWarnsAboutInstancesNotLaunched(t *testing.T) {
 	f, url := fakeCluster(t, units3[0], units3[2])
 	f.Add(units3[1], fakefleet.Unit{Desired: "loaded", Active: "inactive", Sub: "dead"})
-	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms")
+	code, out, errs := runCLI(t, "restart", "my-service", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}

@@ -32,7 +32,7 @@ func TestReleaseQuarantineListClearAndDeploy(t *testing.T) {
 	}
 	f, url := fakeCluster(t)
 	f.Add(units3[0], fakefleet.Unit{Machine: "aaaa1111"})
-	common := []string{"--endpoint", url, "--etcd-endpoints", etcd, "--grace", "0s", "--poll-interval", "1ms", "--ports", "8901"}
+	common := []string{"--endpoint", url, "--etcd-endpoints", etcd, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms", "--ports", "8901"}
 	cli := func(want int, args ...string) (string, string) {
 		t.Helper()
 		code, out, errs := runCLI(t, args...)

@@ -319,7 +319,7 @@ func printEvent(w io.Writer, e fleetroll.Event) {
 		fmt.Fprintf(w, "%s: FAILED after %s: %v\n", e.Unit, e.Elapsed.Round(time.Millisecond), e.Err)
 	case fleetroll.EventPhase:
 		fmt.Fprintf(w, "%s: %s\n", e.Unit, map[fleetroll.Phase]string{fleetroll.PhaseDrain: "draining (out of the proxy)",
-			fleetroll.PhaseHealth: "health gate", fleetroll.PhaseGrace: "grace period"}[e.Phase])
+			fleetroll.PhaseHealth: "health gate", fleetroll.PhaseWatch: "watched after its start", fleetroll.PhaseGrace: "grace period"}[e.Phase])
 	case fleetroll.EventPaused:
 		fmt.Fprintf(w, "rollout %s paused after its canaries %s: fleetroll promote %s, or fleetroll abort %s\n",
 			e.RolloutID, strings.Join(e.Canary.Units, ", "), e.RolloutID, e.RolloutID)

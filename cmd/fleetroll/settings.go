@@ -78,6 +78,10 @@ func settingFlags() []setting {
 		str("ports", "", "instances: 8901,8902 or 8901-8904 (default: every launched instance)",
 			ports("ports", func(s *rollout.Settings) *rollout.PortList { return &s.Ports })),
 		dur("grace", def.Grace, "wait after an instance runs before the next one", func(s *rollout.Settings, d time.Duration) { s.Grace = d }),
+		dur("min-healthy-time", def.MinHealthyTime, "watch each instance this long once it runs and passed its health gate, the last one included; "+
+			"a failure in it fails the rollout there (0: no watch; it runs alongside --grace)", func(s *rollout.Settings, d time.Duration) { s.MinHealthyTime = d }),
+		dur("progress-deadline", def.ProgressDeadline, "halt (or roll back, with --on-failure rollback) when no instance got through its stop, start and watch for this long",
+			func(s *rollout.Settings, d time.Duration) { s.ProgressDeadline = d }),
 		dur("stop-timeout", def.StopTimeout, "how long an instance may take to stop", func(s *rollout.Settings, d time.Duration) { s.StopTimeout = d }),
 		dur("start-timeout", def.StartTimeout, "how long an instance may take to run again", func(s *rollout.Settings, d time.Duration) { s.StartTimeout = d }),
 		dur("poll-interval", def.PollInterval, "how often to ask fleet for a unit's state", func(s *rollout.Settings, d time.Duration) { s.PollInterval = d }),

@@ -25,10 +25,10 @@ import (
 )
 
 // testBase are the settings the tests' configurations are decoded over:
-// the defaults, with no grace and quick polls for the fake fleet.
+// the defaults, with no grace, no watch and quick polls for the fake fleet.
 func testBase() rollout.Settings {
 	s := rollout.Defaults()
-	s.Grace, s.PollInterval = 0, time.Millisecond
+	s.Grace, s.PollInterval, s.MinHealthyTime = 0, time.Millisecond, 0
 	return s
 }
 
@@ -47,6 +47,9 @@ type settingCase struct {
 var settingCases = map[string]settingCase{
 	"Ports":          {"ports: 8901-8902", []string{"--ports", "8901-8902"}, map[string]string{"FLEETROLL_PORTS": "8901,8902"}, rollout.PortList{"8901", "8902"}},
 	"Grace":          {"grace: 7s", []string{"--grace", "7s"}, map[string]string{"FLEETROLL_GRACE": "7s"}, 7 * time.Second},
+	"MinHealthyTime": {"min_healthy_time: 7s", []string{"--min-healthy-time", "7s"}, map[string]string{"FLEETROLL_MIN_HEALTHY_TIME": "7s"}, 7 * time.Second},
+	"ProgressDeadline": {"progress_deadline: 7m", []string{"--progress-deadline", "7m"},
+		map[string]string{"FLEETROLL_PROGRESS_DEADLINE": "7m"}, 7 * time.Minute},
 	"StopTimeout":    {"stop_timeout: 7s", []string{"--stop-timeout", "7s"}, map[string]string{"FLEETROLL_STOP_TIMEOUT": "7s"}, 7 * time.Second},
 	"StartTimeout":   {"start_timeout: 7s", []string{"--start-timeout", "7s"}, map[string]string{"FLEETROLL_START_TIMEOUT": "7s"}, 7 * time.Second},
 	"PollInterval":   {"poll_interval: 7s", []string{"--poll-interval", "7s"}, map[string]string{"FLEETROLL_POLL_INTERVAL": "7s"}, 7 * time.Second},
@@ -372,7 +375,7 @@ func TestRestartSaysWhenItIsNotSafe(t *testing.T) {
 			}
 		}
 	})
-	common := []string{"restart", "my-service", "--endpoint", url, "--grace", "0s", "--poll-interval", "1ms"}
+	common := []string{"restart", "my-service", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms"}
 	code, _, errs := runCLI(t, append(common, "--etcd-endpoints", etcd)...)
 	if code != 0 || intents != 1 || strings.Contains(errs, "warning") {
 		t.Fatalf("with etcd: exit %d, %d intents at the stop\n%s", code, intents, errs)

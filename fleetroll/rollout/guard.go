@@ -98,6 +98,14 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 		gate = func(ctx context.Context, unit string, st *schema.UnitState) error {
 			return g.gate(ctx, hg, unit, st)
 		}
+		// The watch after the start checks the health once per poll.
+		hooks.Probe = func(ctx context.Context, unit string, st *schema.UnitState) error {
+			url, err := g.healthURL(ctx, hg, unit, st)
+			if err != nil {
+				return err
+			}
+			return hg.Check(ctx, url)
+		}
 	}
 	if p.Drain != nil {
 		d := coord.Drain{KAPI: g.etcd, Prefix: p.Drain.Prefix, DrainPrefix: "/fleetroll/drain/" + service,
@@ -392,19 +400,29 @@ func (g *guard) undoRelease(ctx context.Context, rollout string) error {
 
 // gate runs the health gate against the unit's machine and port.
 func (g *guard) gate(ctx context.Context, hg *fleetroll.HealthGate, unit string, st *schema.UnitState) error {
+	url, err := g.healthURL(ctx, hg, unit, st)
+	if err != nil {
+		return err
+	}
+	return hg.Wait(ctx, url)
+}
+
+// healthURL is the URL of a unit's health check on the machine its state
+// names.
+func (g *guard) healthURL(ctx context.Context, hg *fleetroll.HealthGate, unit string, st *schema.UnitState) (string, error) {
 	if st == nil {
-		return fmt.Errorf("health gate of %s: cannot tell its machine", unit)
+		return "", fmt.Errorf("health gate of %s: cannot tell its machine", unit)
 	}
 	ips, err := g.fleet.MachineIPs(ctx)
 	if err != nil {
-		return fmt.Errorf("health gate of %s: list machines: %w", unit, err)
+		return "", fmt.Errorf("health gate of %s: list machines: %w", unit, err)
 	}
 	ip := ips[st.MachineID]
 	if ip == "" {
-		return fmt.Errorf("health gate of %s: machine %s has no public IP", unit, st.MachineID)
+		return "", fmt.Errorf("health gate of %s: machine %s has no public IP", unit, st.MachineID)
 	}
 	_, port, _ := strings.Cut(strings.TrimSuffix(unit, ".service"), "@")
-	return hg.Wait(ctx, hg.URL(ip, port))
+	return hg.URL(ip, port), nil
 }
 
 // decide holds a rollout paused after its canaries: the pause is recorded

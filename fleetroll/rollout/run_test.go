@@ -43,10 +43,11 @@ func newFleet(t *testing.T, ff *fakefleet.Fleet) fleetroll.Fleet {
 	return f
 }
 
-// fast are settings for the fake fleet: no grace, quick polls.
+// fast are settings for the fake fleet: no grace, no watch after the
+// start, quick polls.
 func fast() Settings {
 	s := Defaults()
-	s.Grace, s.PollInterval = 0, time.Millisecond
+	s.Grace, s.PollInterval, s.MinHealthyTime = 0, time.Millisecond, 0
 	return s
 }
 

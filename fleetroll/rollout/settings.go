@@ -56,6 +56,15 @@ type Settings struct {
 	// Watch wakes the waits on fleet's state writes in etcd instead of at
 	// the next poll (off by default: docs/benchmarks.md).
 	Watch bool `yaml:"watch"`
+	// MinHealthyTime keeps each instance under watch once it runs and
+	// passed its health gate, the last one included (fleet's state, and
+	// the health check when set): a failure in it fails the rollout at
+	// that instance (0: no watch). It runs alongside the grace period.
+	MinHealthyTime time.Duration `yaml:"min_healthy_time"`
+	// ProgressDeadline halts a rollout (or rolls it back, with on_failure
+	// rollback) when no instance got through its stop, start and watch for
+	// that long (a canary pause excepted).
+	ProgressDeadline time.Duration `yaml:"progress_deadline"`
 
 	// Lock is the service's lock in etcd, which also guards the intent
 	// record a rollout writes before it touches a unit (LockAuto: wait
@@ -100,12 +109,19 @@ type Settings struct {
 	PlacementTimeout time.Duration `yaml:"placement_timeout"`
 }
 
+// Defaults of the watch after the start and of the progress deadline.
+const (
+	DefaultMinHealthyTime   = 10 * time.Second
+	DefaultProgressDeadline = 10 * time.Minute
+)
+
 // Defaults are the settings of a service that sets nothing. Flags show
 // these values as their defaults; a configuration is decoded over them.
 func Defaults() Settings {
 	on := true
 	return Settings{
 		Grace: fleetroll.DefaultGrace, StopTimeout: fleetroll.DefaultStopTimeout, StartTimeout: fleetroll.DefaultStartTimeout,
+		MinHealthyTime: DefaultMinHealthyTime, ProgressDeadline: DefaultProgressDeadline,
 		PollInterval: fleetroll.DefaultPollInterval, NudgeInterval: fleetroll.DefaultNudgeInterval,
 		LockTTL: coord.DefaultLockTTL, OnFailure: fleetroll.OnFailureHalt, PullTimeout: fleetroll.DefaultPullTimeout, PrePull: &on,
 		TagPolicy: fleetroll.TagPolicyGlob, Strategy: StrategyRolling, PlacementTimeout: fleetroll.DefaultPlacementTimeout,
@@ -146,6 +162,7 @@ func (s Settings) Complete(service string) Settings {
 	orDefault(&s.StopTimeout, def.StopTimeout)
 	orDefault(&s.StartTimeout, def.StartTimeout)
 	orDefault(&s.PollInterval, def.PollInterval)
+	orDefault(&s.ProgressDeadline, def.ProgressDeadline)
 	if s.PrePull == nil {
 		s.PrePull = def.PrePull
 	}
@@ -213,6 +230,9 @@ func (s Settings) Validate() error {
 	}
 	if s.LockTTL < 0 {
 		return errors.New("lock_ttl must not be negative")
+	}
+	if s.ProgressDeadline > 0 && s.ProgressDeadline <= s.MinHealthyTime {
+		return fmt.Errorf("progress_deadline %s must be longer than min_healthy_time %s: no instance could get through", s.ProgressDeadline, s.MinHealthyTime)
 	}
 	if d := s.Drain; d != nil {
 		if d.Prefix != "" && !strings.HasPrefix(d.Prefix, "/") {
@@ -291,7 +311,8 @@ func (s Settings) Validate() error {
 // the runner's).
 func (s Settings) Options() fleetroll.Options {
 	return fleetroll.Options{Grace: s.Grace, StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout,
-		PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval, MaxUnavailable: s.MaxUnavailable}
+		PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval, MaxUnavailable: s.MaxUnavailable,
+		MinHealthy: s.MinHealthyTime, ProgressDeadline: s.ProgressDeadline}
 }
 
 // PrePulls tells whether a deploy pre-pulls its release (the default).
