@@ -181,7 +181,7 @@ func TestBlueGreenKilledIsRecovered(t *testing.T) {
 	kapi := etcdKAPI(t)
 	t.Cleanup(func() { _, _ = kapi.Delete(context.Background(), coord.LivePrefix+"/bgkill", nil) })
 	args := []string{"restart", "bgkill", "--ports", strings.Join(ports, ","), "--strategy", "blue-green", "--spare-ports", strings.Join(spare, ","),
-		"--grace", "0s", "--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "10"}
+		"--grace", "0s", "--min-healthy-time", "0s", "--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "10"}
 
 	for _, kill := range []struct {
 		name       string

@@ -109,7 +109,7 @@ func TestStatusPageInABrowser(t *testing.T) {
 	ports := []string{"19181", "19182", "19183"}
 	units := launchDemo(t, "e2e-ui", ports...)
 	base := startServe(t, append(secretArgs(t), "--service", "e2e-ui", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--grace", "0s", "--etcd-endpoints", c.EtcdURL)...)
+		"--tag", "latest", "--grace", "0s", "--min-healthy-time", "0s", "--etcd-endpoints", c.EtcdURL)...)
 	ctx, console := browserContext(t)
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()

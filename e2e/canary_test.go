@@ -26,7 +26,7 @@ func TestCanaryPausesUntilPromoted(t *testing.T) {
 	c := needCluster(t)
 	units := launchDemo(t, "e2e-canary", "19121", "19122", "19123")
 	before := systemd(t, units...)
-	cmd, lines := startFleetroll(t, "restart", "e2e-canary", "--endpoint", c.Endpoint, "--grace", "0s", "--canary", "1",
+	cmd, lines := startFleetroll(t, "restart", "e2e-canary", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s", "--canary", "1",
 		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--etcd-endpoints", c.EtcdURL)
 	var log strings.Builder
 	id := pausedID(t, lines, &log)
@@ -67,7 +67,7 @@ func TestCanaryWaitAbortsOnAnIllCanary(t *testing.T) {
 	ill := filepath.Join(c.Dir, "fail-health-19131")
 	t.Cleanup(func() { os.Remove(ill) })
 	before := systemd(t, units...)
-	cmd, lines := startFleetroll(t, "restart", "e2e-canwait", "--endpoint", c.Endpoint, "--grace", "0s", "--canary", "1", "--canary-wait", "3s",
+	cmd, lines := startFleetroll(t, "restart", "e2e-canwait", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s", "--canary", "1", "--canary-wait", "3s",
 		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1", "--health-timeout", "2s", "--etcd-endpoints", c.EtcdURL)
 	var log strings.Builder
 	pausedID(t, lines, &log)
@@ -97,7 +97,7 @@ func TestCanaryPromotedThroughServesAPI(t *testing.T) {
 	units := launchDemo(t, "e2e-canapi", ports...)
 	before := systemd(t, units...)
 	secrets := secretArgs(t)
-	base := startServe(t, append(secrets, "--service", "e2e-canapi", "--ports", strings.Join(ports, ","), "--grace", "0s",
+	base := startServe(t, append(secrets, "--service", "e2e-canapi", "--ports", strings.Join(ports, ","), "--grace", "0s", "--min-healthy-time", "0s",
 		"--canary", "1", "--etcd-endpoints", c.EtcdURL)...)
 	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}
 	code, ans := post(t, base+"/rollouts", []byte(`{"service":"e2e-canapi"}`), auth)
@@ -158,7 +158,7 @@ func TestCanaryPauseSurvivesATakeover(t *testing.T) {
 	c := needCluster(t)
 	ports := []string{"19191", "19192", "19193"}
 	units := launchDemo(t, "e2e-cantake", ports...)
-	args := append(secretArgs(t), "--service", "e2e-cantake", "--ports", strings.Join(ports, ","), "--grace", "0s",
+	args := append(secretArgs(t), "--service", "e2e-cantake", "--ports", strings.Join(ports, ","), "--grace", "0s", "--min-healthy-time", "0s",
 		"--canary", "1", "--etcd-endpoints", c.EtcdURL, "--lock", "wait", "--lock-ttl", "6s")
 	baseA, cmdA := startServeCmd(t, args...)
 	auth := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + serveToken}

@@ -473,6 +473,7 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
   - name: my-service
     ports: `+strings.Join(ctrPorts, ",")+`
     grace: 1s
+    min_healthy_time: 0s
     health: {path: /healthz, successes: 1, interval: 200ms}   # "running" is systemd's; answering is the gate's
     registry:
       - repository: demo/my-service

@@ -68,7 +68,7 @@ func killAndRecover(t *testing.T, by string, ports ...string) {
 	}
 	const ttl = 5 * time.Second
 	flags := []string{"--ports", strings.Join(ports, ","), "--etcd-endpoints", c.EtcdURL, "--lock", "wait", "--lock-ttl", ttl.String(),
-		"--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms", "--grace", "0s"}
+		"--drain", "--drain-delay", "1s", "--health-path", "/healthz", "--health-interval", "200ms", "--grace", "0s", "--min-healthy-time", "0s"}
 	second := units[1]
 
 	type point struct {
@@ -197,7 +197,7 @@ func TestPlainRestartRecoversAKilledOne(t *testing.T) {
 	ports := []string{"19331", "19332", "19333"}
 	units := launchDemo(t, "plain-service", ports...)
 	kapi := etcdKAPI(t)
-	args := []string{"restart", "plain-service", "--grace", "1s"} // no lock, no etcd flag: the cluster's environment names its etcd
+	args := []string{"restart", "plain-service", "--grace", "1s", "--min-healthy-time", "0s"} // no lock, no etcd flag: the cluster's environment names its etcd
 	cmd, lines, _ := startFleetrollOut(t, args...)
 	var log strings.Builder
 	id := ""

@@ -41,7 +41,7 @@ func TestReceiverFailover(t *testing.T) {
 	defer receiver.Close()
 	const ttl = 5 * time.Second
 	args := append(secretArgs(t), "--service", "e2e-failover", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--grace", "0s", "--callback-allow", receiver.URL, "--etcd-endpoints", c.EtcdURL,
+		"--tag", "latest", "--grace", "0s", "--min-healthy-time", "0s", "--callback-allow", receiver.URL, "--etcd-endpoints", c.EtcdURL,
 		"--lock", "wait", "--lock-ttl", ttl.String(), "--poll-interval", "200ms")
 	baseA, cmdA := startServeCmd(t, args...)
 	baseB, cmdB := startServeCmd(t, args...)
@@ -217,7 +217,7 @@ func TestReceiverPartition(t *testing.T) {
 	etcdAddr := strings.TrimPrefix(c.EtcdURL, "http://")
 	proxy := startProxy(t, etcdAddr)
 	args := append(secretArgs(t), "--service", "e2e-partition", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--grace", "0s", "--lock", "wait", "--lock-ttl", ttl.String(), "--poll-interval", "200ms", "--etcd-timeout", "1s")
+		"--tag", "latest", "--grace", "0s", "--min-healthy-time", "0s", "--lock", "wait", "--lock-ttl", ttl.String(), "--poll-interval", "200ms", "--etcd-timeout", "1s")
 	// Both log at debug level: each write to fleet, as it is sent.
 	cmdA, linesA := startFleetroll(t, append([]string{"serve", "--log-level", "debug", "--listen", "127.0.0.1:18095", "--endpoint", c.Endpoint,
 		"--etcd-endpoints", "http://" + proxy.Addr()}, args...)...)

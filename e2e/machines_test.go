@@ -192,7 +192,7 @@ func TestMachineLostMidRoll(t *testing.T) {
 	lostID, spareID := machineID(t, c, lost), machineID(t, c, spare)
 
 	code, rep, log := rollLosingMachine(t, c, units[victim], lost,
-		"restart", "lost-demo", "--ports", "18971,18972", "--grace", "0s", "--start-timeout", "3m", "-o", "json")
+		"restart", "lost-demo", "--ports", "18971,18972", "--grace", "0s", "--min-healthy-time", "0s", "--start-timeout", "3m", "-o", "json")
 	if code != 0 || rep.Restarted() != 2 {
 		t.Fatalf("fleetroll exited %d, restarted %d of 2:\n%s", code, rep.Restarted(), log)
 	}
@@ -231,7 +231,7 @@ func TestMachineLostWithNowhereToGo(t *testing.T) {
 	lostID := machineID(t, c, lost)
 
 	code, rep, log := rollLosingMachine(t, c, units[victim], lost,
-		"restart", "stuck-demo", "--ports", strings.Join(ports, ","), "--grace", "0s", "--start-timeout", "50s", "-o", "json")
+		"restart", "stuck-demo", "--ports", strings.Join(ports, ","), "--grace", "0s", "--min-healthy-time", "0s", "--start-timeout", "50s", "-o", "json")
 	if code != 1 || rep.Status != roll.StatusFailed {
 		t.Fatalf("fleetroll exited %d (%s), want 1 (failed):\n%s", code, rep.Status, log)
 	}
@@ -347,7 +347,7 @@ func TestDeployPrePullsWhereInstancesLand(t *testing.T) {
 	// At once: fleet has the units, but has not placed them yet.
 	image := "127.0.0.1:5000/demo/pp@sha256:" + strings.Repeat("ab", 32)
 	cmd, lines, stdout := startFleetrollOn(t, c, "deploy", "pp-demo", "--ports", strings.Join(ports, ","), "--image", image,
-		"--grace", "0s", "--start-timeout", "2m", "-o", "json")
+		"--grace", "0s", "--min-healthy-time", "0s", "--start-timeout", "2m", "-o", "json")
 	var log strings.Builder
 	for l := range lines {
 		log.WriteString(l + "\n")

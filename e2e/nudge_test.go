@@ -89,7 +89,7 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nudge := []string{"--endpoint", c.Endpoint, "--grace", "0s", "--nudge-interval", "250ms"}
+	nudge := []string{"--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s", "--nudge-interval", "250ms"}
 
 	// Not owned: 18933, stopped by an operator before the roll.
 	setTarget(t, f, units[2], "loaded")
@@ -207,7 +207,7 @@ func TestNudgingHasNoSideEffects(t *testing.T) {
 	var got []outcome
 	for _, args := range [][]string{{"--nudge-interval", "0"}, {"--nudge-interval", "250ms"}} {
 		n0 := starts(t, "18934")
-		code, out := fleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18934", "--endpoint", c.Endpoint, "--grace", "0s",
+		code, out := fleetroll(t, append([]string{"restart", "e2e-nudge", "--ports", "18934", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s",
 			"--start-timeout", "30s"}, args...)...)
 		if !strings.Contains(out, "start "+units[3]) {
 			t.Fatalf("%v: exit %d:\n%s", args, code, out)

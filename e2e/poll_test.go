@@ -124,6 +124,7 @@ func TestRegistryPollDeploysALostPush(t *testing.T) {
   - name: `+service+`
     ports: "19453"
     grace: 0s
+    min_healthy_time: 0s
     image: `+image+`
     pre_pull: false
     poll: {interval: `+interval.String()+`, tag: latest}

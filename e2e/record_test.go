@@ -56,12 +56,12 @@ func statusJSON(t *testing.T, id string) []byte {
 func TestOneRecordEverywhere(t *testing.T) {
 	c := needCluster(t)
 	units := launchDemo(t, "e2e-rec", "19221", "19222")
-	serveArgs := append(secretArgs(t), "--service", "e2e-rec", "--ports", "19221,19222", "--grace", "0s",
+	serveArgs := append(secretArgs(t), "--service", "e2e-rec", "--ports", "19221,19222", "--grace", "0s", "--min-healthy-time", "0s",
 		"--etcd-endpoints", c.EtcdURL, "--lock", "fail")
 	base := startServe(t, serveArgs...)
 
 	// A rollout of the CLI.
-	cmd := exec.Command(binary, "restart", "e2e-rec", "--ports", "19221,19222", "--endpoint", c.Endpoint, "--grace", "0s",
+	cmd := exec.Command(binary, "restart", "e2e-rec", "--ports", "19221,19222", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s",
 		"--etcd-endpoints", c.EtcdURL, "-o", "json")
 	cmd.Env = c.Env()
 	printed, err := cmd.Output()

@@ -136,6 +136,7 @@ func TestReleases(t *testing.T) {
   - name: `+relService+`
     ports: `+strings.Join(relPorts, ",")+`
     grace: 2s
+    min_healthy_time: 0s
     image: `+image+`
     registry:
       - repository: demo/my-service
@@ -237,7 +238,7 @@ func TestReleases(t *testing.T) {
 	}
 	cli := func(want int, args ...string) (fr.Report, string) {
 		t.Helper()
-		args = append(args, "--ports", strings.Join(relPorts, ","), "--etcd-endpoints", clu.EtcdURL, "--grace", "1s", "-o", "json")
+		args = append(args, "--ports", strings.Join(relPorts, ","), "--etcd-endpoints", clu.EtcdURL, "--grace", "1s", "--min-healthy-time", "0s", "-o", "json")
 		code, out := fleetroll(t, args...)
 		if code != want {
 			t.Fatalf("fleetroll %v: exit %d, want %d\n%s", args, code, want, out)

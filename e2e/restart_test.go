@@ -23,7 +23,7 @@ func TestRestartRollsEveryInstanceOneAtATime(t *testing.T) {
 	before := systemd(t, units...)
 
 	obs := observe(c, units, ports, 50*time.Millisecond)
-	code, out := fleetroll(t, "restart", "e2e-roll", "--ports", "18901,18902,18903", "--endpoint", c.Endpoint, "--grace", "0s")
+	code, out := fleetroll(t, "restart", "e2e-roll", "--ports", "18901,18902,18903", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s")
 	obs.Stop()
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
@@ -65,7 +65,7 @@ func TestRestartHaltsWhenAnInstanceCannotStart(t *testing.T) {
 	}
 	defer os.Remove(marker)
 
-	code, out := fleetroll(t, "restart", "e2e-halt", "--endpoint", c.Endpoint, "--grace", "0s", "--start-timeout", "1m")
+	code, out := fleetroll(t, "restart", "e2e-halt", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s", "--start-timeout", "1m")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1:\n%s", code, out)
 	}
@@ -93,7 +93,7 @@ func TestRestartSIGINTDuringStopBringsTheUnitBack(t *testing.T) {
 	units := launchDemo(t, "e2e-sigint", "18921", "18922", "18923")
 	before := systemd(t, units...)
 
-	cmd, lines := startFleetroll(t, "restart", "e2e-sigint", "--endpoint", c.Endpoint, "--grace", "0s")
+	cmd, lines := startFleetroll(t, "restart", "e2e-sigint", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s")
 	var log strings.Builder
 	waitLine(t, lines, units[0]+": stopping", &log)
 	// Wait until systemd has really stopped it: fleet reports that only
@@ -156,7 +156,7 @@ func TestBatchesOfTwoInstances(t *testing.T) {
 	units := launchDemo(t, "e2e-batch", ports...)
 	before := systemd(t, units...)
 	obs := observe(c, units, ports, 100*time.Millisecond)
-	code, out := fleetroll(t, "restart", "e2e-batch", "--endpoint", c.Endpoint, "--max-unavailable", "2", "--grace", "0s")
+	code, out := fleetroll(t, "restart", "e2e-batch", "--endpoint", c.Endpoint, "--max-unavailable", "2", "--grace", "0s", "--min-healthy-time", "0s")
 	obs.Stop()
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, out)
@@ -201,7 +201,7 @@ func TestRestartBringsBackAFailedInstance(t *testing.T) {
 
 	killed := fail()
 	other := systemd(t, units[1])[0]
-	code, out := fleetroll(t, "restart", "e2e-failed", "--endpoint", c.Endpoint, "--grace", "0s", "--start-timeout", "1m")
+	code, out := fleetroll(t, "restart", "e2e-failed", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s", "--start-timeout", "1m")
 	if code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", code, out)
 	}

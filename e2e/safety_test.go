@@ -96,7 +96,7 @@ func TestDrainNeverAnnouncesADownInstance(t *testing.T) {
 		}
 	}()
 	code, out := fleetroll(t, "restart", "my-service", "--ports", strings.Join(ports, ","), "--endpoint", c.Endpoint,
-		"--grace", "0s", "--drain", "--drain-delay", "3s", "--lock", "fail", "--health-path", "/healthz",
+		"--grace", "0s", "--min-healthy-time", "0s", "--drain", "--drain-delay", "3s", "--lock", "fail", "--health-path", "/healthz",
 		"--etcd-endpoints", c.EtcdURL)
 	close(stop)
 	<-done
@@ -140,7 +140,7 @@ func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
 	c := needCluster(t)
 	units := launchDemo(t, "e2e-health", "18971", "18972", "18973")
 	before := systemd(t, units...)
-	code, out := fleetroll(t, "restart", "e2e-health", "--endpoint", c.Endpoint, "--grace", "0s",
+	code, out := fleetroll(t, "restart", "e2e-health", "--endpoint", c.Endpoint, "--grace", "0s", "--min-healthy-time", "0s",
 		"--health-path", "/no-such-page", "--health-timeout", "5s", "--health-interval", "200ms")
 	if code != 1 || !strings.Contains(out, "health e2e-health@18971.service") || !strings.Contains(out, "instance not healthy") {
 		t.Fatalf("exit %d:\n%s", code, out)
@@ -161,7 +161,7 @@ func TestHealthGateHaltsOnAnUnhealthyInstance(t *testing.T) {
 func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
 	c := needCluster(t)
 	launchDemo(t, "e2e-lock", "18981", "18982")
-	args := []string{"restart", "e2e-lock", "--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL, "--grace", "6s", "-o", "json"}
+	args := []string{"restart", "e2e-lock", "--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL, "--grace", "6s", "--min-healthy-time", "0s", "-o", "json"}
 	first, lines, firstOut := startFleetrollOut(t, append(args, "--lock", "fail")...)
 	var log strings.Builder
 	waitLine(t, lines, "e2e-lock@18981.service: running", &log)
@@ -176,7 +176,7 @@ func TestSecondFleetrollRefusesOrWaits(t *testing.T) {
 		t.Fatalf("second fleetroll: exit %d:\n%s", code, out)
 	}
 
-	waiter, wlines, waiterOut := startFleetrollOut(t, append(args, "--lock", "wait", "--grace", "0s")...)
+	waiter, wlines, waiterOut := startFleetrollOut(t, append(args, "--lock", "wait", "--grace", "0s", "--min-healthy-time", "0s")...)
 	var wlog strings.Builder
 	// It finds the lock held and says it waits: the first one is still
 	// rolling (its grace is 6 s).
@@ -219,7 +219,7 @@ func TestEtcdLostMidRoll(t *testing.T) {
 	}
 
 	cmd, lines := startFleetroll(t, "restart", "e2e-etcd", "--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL,
-		"--lock", "fail", "--lock-ttl", "2s", "--grace", "10s")
+		"--lock", "fail", "--lock-ttl", "2s", "--grace", "10s", "--min-healthy-time", "0s")
 	var log strings.Builder
 	waitLine(t, lines, units[0]+": running", &log)
 	if err := c.Kill("etcd"); err != nil {
@@ -258,7 +258,7 @@ func TestFleetAPIRestartedMidRoll(t *testing.T) {
 	units := launchDemo(t, "e2e-fleet", "18995", "18996")
 	before := systemd(t, units...)
 	proxy := startProxy(t, strings.TrimPrefix(c.Endpoint, "http://"))
-	cmd, lines := startFleetroll(t, "restart", "e2e-fleet", "--endpoint", "http://"+proxy.Addr(), "--grace", "0s",
+	cmd, lines := startFleetroll(t, "restart", "e2e-fleet", "--endpoint", "http://"+proxy.Addr(), "--grace", "0s", "--min-healthy-time", "0s",
 		"--poll-interval", "200ms", "--log-level", "warn")
 	var log strings.Builder
 	waitLine(t, lines, units[0]+": stopping", &log)
@@ -310,7 +310,7 @@ func TestWatchFallsBackToPolling(t *testing.T) {
 	before := systemd(t, units...)
 	proxy := startProxy(t, strings.TrimPrefix(c.EtcdURL, "http://"))
 	cmd, lines := startFleetroll(t, "restart", "e2e-watch", "--endpoint", c.Endpoint, "--watch", "--etcd-endpoints", "http://"+proxy.Addr(),
-		"--etcd-timeout", "1s", "--grace", "0s", "--log-level", "debug", "--lock", "off")
+		"--etcd-timeout", "1s", "--grace", "0s", "--min-healthy-time", "0s", "--log-level", "debug", "--lock", "off")
 	var log strings.Builder
 	// Woken by a state fleet wrote (the watches work), and the first unit
 	// done: then etcd goes.

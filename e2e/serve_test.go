@@ -172,7 +172,7 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 	defer receiver.Close()
 
 	base := startServe(t, append(secretArgs(t), "--service", "e2e-hook", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--tag", "v1", "--grace", "0s", "--callback-allow", receiver.URL)...)
+		"--tag", "latest", "--tag", "v1", "--grace", "0s", "--min-healthy-time", "0s", "--callback-allow", receiver.URL)...)
 
 	// A wrong token changes nothing.
 	before := systemd(t, units...)
@@ -277,6 +277,7 @@ func TestConfigGivesTheCLIAndServeTheSameRollout(t *testing.T) {
   - name: same-service
     ports: 19341-19342
     grace: 1s
+    min_healthy_time: 0s
     health: {path: /healthz, interval: 200ms, successes: 2}
     dockerhub:
       - repository: demo/same-service
@@ -337,7 +338,7 @@ func TestServeSurvivesABurstOfPushes(t *testing.T) {
 	c := needCluster(t)
 	units := launchDemo(t, "e2e-burst", "19371")
 	base, cmd := startServeCmd(t, append(secretArgs(t), "--service", "e2e-burst", "--ports", "19371", "--repository", "demo/e2e-burst",
-		"--grace", "0s", "--quiet-period", "0s", "--history", "5", "--lock", "wait")...)
+		"--grace", "0s", "--min-healthy-time", "0s", "--quiet-period", "0s", "--history", "5", "--lock", "wait")...)
 	var payload map[string]any
 	if err := json.Unmarshal(fixture(t, "dockerhub-push.json"), &payload); err != nil {
 		t.Fatal(err)
