@@ -248,6 +248,15 @@ func (r *Roller) launchGreen(ctx context.Context, ur *UnitReport, b *BlueGreen, 
 			return r.failed(ur, PhaseHealth, last, false, err, t0)
 		}
 	}
+	// Watched for its minimum healthy time before the switch: a new
+	// instance that crashes keeps the old ones serving.
+	ur.Total = Seconds(clock.Now().Sub(t0))
+	if err := r.watchAfterStart(ctx, ur); err != nil {
+		if errors.As(err, new(*UnitError)) {
+			return err
+		}
+		return r.failed(ur, PhaseWatch, last, false, err, t0)
+	}
 	ur.Outcome, ur.Phase = OutcomeLaunched, ""
 	ur.Total = Seconds(clock.Now().Sub(t0))
 	r.emit(ur, Event{Kind: EventHealthy, Elapsed: time.Duration(ur.Total), State: DescribeState(last)})

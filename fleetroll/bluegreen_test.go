@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coreos/fleet/schema"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
@@ -71,19 +72,28 @@ func TestBlueGreenUnplacedDestroysTheNewOnes(t *testing.T) {
 		setup func(*fakefleet.Fleet)
 		hooks Hooks
 		want  string
+		// watch is the minimum healthy time of the new units.
+		watch time.Duration
 	}{
 		{"not placed", func(f *fakefleet.Fleet) {
 			f.OnCreate(func(name string, u *fakefleet.Unit) { u.NoState = name == "s@4.service" })
-		}, Hooks{}, "not placed on any machine"},
+		}, Hooks{}, "not placed on any machine", 0},
 		{"fails its start", func(f *fakefleet.Fleet) {
 			f.OnCreate(func(name string, u *fakefleet.Unit) { u.FailStart = name == "s@3.service" })
-		}, Hooks{}, "failed"},
+		}, Hooks{}, "failed", 0},
 		{"fails its gate", func(*fakefleet.Fleet) {}, Hooks{AfterRunning: func(_ context.Context, unit string, _ *schema.UnitState) error {
 			if unit == "s@4.service" {
 				return errors.New("instance not healthy")
 			}
 			return nil
-		}}, "instance not healthy"},
+		}}, "instance not healthy", 0},
+		{"crashes in its watch", func(f *fakefleet.Fleet) {
+			f.OnCreate(func(name string, u *fakefleet.Unit) {
+				if name == "s@4.service" {
+					u.CrashAfter = 3
+				}
+			})
+		}, Hooks{}, "crashed (failed/failed", 10 * time.Second},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := bgFleet()
@@ -93,7 +103,7 @@ func TestBlueGreenUnplacedDestroysTheNewOnes(t *testing.T) {
 				swapped = true
 				return nil
 			}}
-			r, _, _ := newTestRoller(t, f, Options{Hooks: c.hooks})
+			r, _, _ := newTestRoller(t, f, Options{Hooks: c.hooks, MinHealthy: c.watch})
 			rep, err := r.Roll(t.Context(), bgPlan())
 			if err == nil || rep.Status != StatusFailed || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "the old ones kept serving") {
 				t.Fatalf("roll: %v %+v", err, rep)
