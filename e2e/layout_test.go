@@ -86,6 +86,7 @@ var layout = []placement{
 	{"TestDrainNeverAnnouncesADownInstance", timing},
 	{"TestNudgingHasNoSideEffects", timing},
 	{"TestWatchFallsBackToPolling", timing},
+	{"TestCrashingReleaseIsRolledBackAndQuarantined", timing},
 
 	// A receiver cut off, fleet's API killed, the shipped units under
 	// their own name, my-service, with the container images (built by

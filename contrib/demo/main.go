@@ -40,6 +40,7 @@ func run() error {
 	failHealth := flag.Bool("fail-health", false, "answer 500 on /healthz: a release that runs but is broken (tests of the health gate and rollback)")
 	failHealthAfter := flag.Duration("fail-health-after", 0, "answer 500 on /healthz from this long after the start: a release that falls ill once running (tests of the canary wait)")
 	failHealthFile := flag.String("fail-health-file", "", "answer 500 on /healthz while this file exists: an instance that falls ill after its start (tests of the canary wait)")
+	exitAfter := flag.Duration("exit-after", 0, "exit with status 1 this long after the start: a release that crashes once running (tests and benchmarks of the watch after the start)")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("-port: want 1-65535, got %d", *port)
@@ -120,9 +121,17 @@ func run() error {
 	go func() { errc <- srv.Serve(l) }()
 	slog.Info("serving", "port", *port, "version", v, "pid", os.Getpid())
 
+	var crash <-chan time.Time
+	if *exitAfter > 0 {
+		crash = time.After(*exitAfter)
+	}
 	select {
 	case err := <-errc:
 		return err
+	case <-crash:
+		// The time of the crash, for the benchmark that judges how soon
+		// it is seen.
+		return fmt.Errorf("crashing on purpose (-exit-after %s) at %s", *exitAfter, time.Now().UTC().Format(time.RFC3339Nano))
 	case <-ctx.Done():
 	}
 	if *drain == 0 {
