@@ -15,7 +15,7 @@ import (
 // ErrCrashed is why a unit failed its watch after the start: fleet showed
 // it down, restarting or gone, or its health check was refused or failed
 // watchFailures times in a row.
-var ErrCrashed = errors.New("failed after its start")
+var ErrCrashed = errors.New("instance failed")
 
 // ErrNoProgress is why a roll halted at its progress deadline: no unit got
 // through in that time.
@@ -106,7 +106,7 @@ func (r *Roller) watchAfterStart(ctx context.Context, ur *UnitReport) error {
 	var last *schema.UnitState
 	fail := func(how error) error {
 		after := clock.Now().Sub(started).Round(100 * time.Millisecond)
-		err := fmt.Errorf("%w: %w %s after its start", ErrCrashed, how, after)
+		err := fmt.Errorf("%w: %w, %s after its start", ErrCrashed, how, after)
 		if got, _, terr := r.fleet.TargetState(context.WithoutCancel(ctx), name); terr == nil && got != "launched" {
 			err = targetChanged(name, got, "launched")
 		}
