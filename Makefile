@@ -4,7 +4,7 @@
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch bench-hostile screenshot cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch bench-hostile bench-detect screenshot cluster-down
 
 demo:
 	contrib/demo.sh
@@ -55,6 +55,7 @@ bench:
 	bench/watch.sh
 	bench/batch.sh
 	bench/hostile.sh
+	bench/detect.sh
 
 # Pre-pull against each instance pulling, 50 MB and 300 MB images, three
 # machines (about 10 minutes).
@@ -75,6 +76,13 @@ bench-batch:
 # wrong logins, then an honest push; each goal printed (about 2 minutes).
 bench-hostile:
 	bench/hostile.sh
+
+# A release whose instances crash 3 s and 15 s after their start, deployed
+# with --on-failure rollback and a minimum healthy time of 20 s, on one
+# machine and on three: the crash seen, every instance back, how many ran
+# it; each goal printed (about 5 minutes).
+bench-detect:
+	bench/detect.sh
 
 # The status page's picture in docs/, taken by its browser test.
 screenshot:
