@@ -107,7 +107,11 @@ func (r *Roller) watchAfterStart(ctx context.Context, ur *UnitReport) error {
 	fail := func(how error) error {
 		after := clock.Now().Sub(started).Round(100 * time.Millisecond)
 		err := fmt.Errorf("%w: %w, %s after its start", ErrCrashed, how, after)
-		if got, _, terr := r.fleet.TargetState(context.WithoutCancel(ctx), name); terr == nil && got != "launched" {
+		switch got, _, terr := r.fleet.TargetState(context.WithoutCancel(ctx), name); {
+		case errors.Is(terr, ErrNotFound):
+			// Destroyed by someone else: their decision, not a crash.
+			err = fmt.Errorf("%w: %s was destroyed during its watch; fleetroll leaves it so", ErrTargetChanged, name)
+		case terr == nil && got != "launched":
 			err = targetChanged(name, got, "launched")
 		}
 		return r.failed(ur, PhaseWatch, last, false, err, began.Add(-time.Duration(ur.Total)))

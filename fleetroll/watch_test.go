@@ -275,3 +275,31 @@ func TestProgressDeadlineHaltsARollThatDoesNotProgress(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// A unit an operator destroys during its watch is someone else's decision,
+// not a crash of the release: the roll halts with ErrTargetChanged, and a
+// deploy does not roll back (nor, upstream, quarantine its digest).
+func TestWatchTellsADestroyedUnitFromACrash(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a, b)
+	polls := 0
+	f.SetHook(func(call string) {
+		if !strings.HasPrefix(call, "state "+a) {
+			return
+		}
+		if polls++; polls == 6 { // well into its watch
+			f.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodDelete, "/fleet/v1/units/"+a, nil))
+		}
+	})
+	r, _, _ := newTestRoller(t, f, Options{MinHealthy: 10 * time.Second, PollInterval: time.Second})
+	v1, v2 := rel(1), rel(2)
+	store := &memReleases{current: &v1}
+	_, err := r.Deploy(context.Background(), planOf(a, b), Deploy{To: v2, Releases: store, OnFailure: OnFailureRollback, NoPull: true})
+	if !errors.Is(err, ErrTargetChanged) || errors.Is(err, ErrCrashed) {
+		t.Fatalf("err = %v, want ErrTargetChanged, not a crash", err)
+	}
+	if errors.As(err, new(*RolledBackError)) || store.image() != v2.Image {
+		t.Fatalf("a destroyed unit rolled the deploy back: %v", err)
+	}
+	untouched(t, f.Calls(), b)
+}
