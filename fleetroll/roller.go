@@ -93,7 +93,8 @@ type Hooks struct {
 	// like a failed start, with the unit launched.
 	AfterRunning func(ctx context.Context, unit string, st *schema.UnitState) error
 	// Probe, when set, checks a unit once during its watch after the
-	// start (its health check): nil when it answers well.
+	// start (its health check): nil when it answers well; an error
+	// wrapping ErrNotProbed when the check could not be made (skipped).
 	Probe func(ctx context.Context, unit string, st *schema.UnitState) error
 	// Done runs after each unit that BeforeStop was called for, whatever
 	// happened (cleanup such as clearing a drain key).

@@ -21,6 +21,11 @@ var ErrCrashed = errors.New("instance failed")
 // through in that time.
 var ErrNoProgress = errors.New("no progress")
 
+// ErrNotProbed wraps why a watched unit's health check could not be made
+// (fleet's API, asked for the unit's machine, failed): it is skipped, and
+// neither counts nor fails the unit.
+var ErrNotProbed = errors.New("health check not made")
+
 // watchFailures is how many health checks in a row must fail (other than
 // by a refused connection, which fails at once) before a watched unit is
 // judged unhealthy.
@@ -58,6 +63,8 @@ func probeVerdict(err error, failedBefore int) (int, error) {
 	switch {
 	case err == nil:
 		return 0, nil
+	case errors.Is(err, ErrNotProbed):
+		return failedBefore, nil
 	case refused(err):
 		return failedBefore + 1, fmt.Errorf("its health check was refused (%w): it stopped listening, crashed or restarting", err)
 	case failedBefore+1 >= watchFailures:

@@ -61,6 +61,9 @@ func TestProbeVerdict(t *testing.T) {
 		{"second bad answer", bad, 1, 2, ""},
 		{"third bad answer", bad, 2, 3, "unhealthy 3 times in a row (last: answered 503"},
 		{"refused at once", refusedErr, 0, 1, "refused"},
+		// fleet's API failing (even refusing) as the check's URL is sought
+		// is not the unit failing: the count stays.
+		{"not probed", fmt.Errorf("%w: list machines: %w", ErrNotProbed, refusedErr), 2, 2, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			n, err := probeVerdict(c.err, c.before)

@@ -102,7 +102,8 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 		hooks.Probe = func(ctx context.Context, unit string, st *schema.UnitState) error {
 			url, err := g.healthURL(ctx, hg, unit, st)
 			if err != nil {
-				return err
+				// fleet's API failing is not the unit failing.
+				return fmt.Errorf("%w: %w", fleetroll.ErrNotProbed, err)
 			}
 			return hg.Check(ctx, url)
 		}
