@@ -16,6 +16,11 @@ import (
 // DefaultCallbackAllow is the only callback origin allowed by default.
 const DefaultCallbackAllow = "https://registry.hub.docker.com"
 
+// DefaultNotifyAllow is the only notification origin allowed by default
+// (Slack's incoming webhooks). The notifications' allow-list is apart from
+// the callbacks': allowing a chat never takes Docker Hub off the other.
+const DefaultNotifyAllow = "https://hooks.slack.com"
+
 // ErrCallbackNotAllowed is returned for a callback URL whose scheme and host
 // are not on the allow-list.
 var ErrCallbackNotAllowed = errors.New("callback URL not on the allow-list")
@@ -28,7 +33,8 @@ var errRedirectRefused = errors.New("redirect not followed")
 // unauthenticated body, and posting to it blindly would let anyone make
 // fleetroll call any address.
 type Callbacker struct {
-	allow   map[string]bool // "scheme://host[:port]"
+	allow   map[string]bool // "scheme://host[:port]": Docker Hub callbacks
+	notify  map[string]bool // the same, for notifications (AllowNotify)
 	client  *http.Client
 	retries int
 	backoff time.Duration
@@ -37,13 +43,9 @@ type Callbacker struct {
 // NewCallbacker accepts origins such as "https://registry.hub.docker.com" or
 // "http://127.0.0.1:9000".
 func NewCallbacker(origins []string, timeout time.Duration) (*Callbacker, error) {
-	c := &Callbacker{allow: map[string]bool{}, retries: 3, backoff: time.Second}
-	for _, o := range origins {
-		u, err := url.Parse(o)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-			return nil, fmt.Errorf("callback origin %q: want scheme://host[:port]", o)
-		}
-		c.allow[origin(u)] = true
+	c := &Callbacker{allow: map[string]bool{}, notify: map[string]bool{}, retries: 3, backoff: time.Second}
+	if err := addOrigins(c.allow, "callback", origins); err != nil {
+		return nil, err
 	}
 	c.client = &http.Client{
 		Timeout: timeout,
@@ -60,14 +62,36 @@ func NewCallbacker(origins []string, timeout time.Duration) (*Callbacker, error)
 	return c, nil
 }
 
+// AllowNotify adds origins to the notifications' allow-list, which is
+// apart from the callbacks': a notification's URL must be on it.
+func (c *Callbacker) AllowNotify(origins ...string) error {
+	return addOrigins(c.notify, "notification", origins)
+}
+
+func addOrigins(to map[string]bool, what string, origins []string) error {
+	for _, o := range origins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return fmt.Errorf("%s origin %q: want scheme://host[:port]", what, o)
+		}
+		to[origin(u)] = true
+	}
+	return nil
+}
+
 func origin(u *url.URL) string {
 	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Host)
 }
 
 // Allowed reports whether a callback URL may be posted to.
-func (c *Callbacker) Allowed(raw string) bool {
+func (c *Callbacker) Allowed(raw string) bool { return allowedBy(c.allow, raw) }
+
+// NotifyAllowed reports whether a notification's URL may be posted to.
+func (c *Callbacker) NotifyAllowed(raw string) bool { return allowedBy(c.notify, raw) }
+
+func allowedBy(allow map[string]bool, raw string) bool {
 	u, err := url.Parse(raw)
-	return err == nil && u.IsAbs() && u.User == nil && c.allow[origin(u)]
+	return err == nil && u.IsAbs() && u.User == nil && allow[origin(u)]
 }
 
 // CallbackResult is the body Docker Hub expects.
@@ -85,7 +109,7 @@ func (c *Callbacker) Send(ctx context.Context, callbackURL string, res CallbackR
 	if err != nil {
 		return err
 	}
-	return c.deliver(ctx, callbackURL, body, map[string]string{"Content-Type": "application/json"})
+	return c.deliver(ctx, callbackURL, false, body, map[string]string{"Content-Type": "application/json"})
 }
 
 // callbackBody is the JSON of a result, within Docker Hub's limits.
@@ -95,10 +119,11 @@ func callbackBody(res CallbackResult) ([]byte, error) {
 	return json.Marshal(res)
 }
 
-// deliver posts a body to a URL on the allow-list, retrying failures
-// (network errors, 5xx) a few times with backoff.
-func (c *Callbacker) deliver(ctx context.Context, to string, body []byte, headers map[string]string) error {
-	if !c.Allowed(to) {
+// deliver posts a body to a URL on its allow-list (the notifications' for
+// a notification, else the callbacks'), retrying failures (network errors,
+// 5xx) a few times with backoff.
+func (c *Callbacker) deliver(ctx context.Context, to string, notification bool, body []byte, headers map[string]string) error {
+	if (notification && !c.NotifyAllowed(to)) || (!notification && !c.Allowed(to)) {
 		return ErrCallbackNotAllowed
 	}
 	wait := c.backoff

@@ -110,3 +110,38 @@ func TestCallbackRetries(t *testing.T) {
 		t.Fatalf("err %v after %d attempts", err, n.Load())
 	}
 }
+
+// The notifications' allow-list is apart from the callbacks': allowing a
+// chat for notifications leaves Docker Hub's callback origin in place, a
+// callback cannot go to a notification origin, nor a notification to a
+// callback origin (issue 25: one flag guarded two unrelated things).
+func TestNotifyAllowListIsApartFromTheCallbacks(t *testing.T) {
+	var hits atomic.Int32
+	srv := newHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	c, err := NewCallbacker([]string{DefaultCallbackAllow}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AllowNotify(srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	const hub = "https://registry.hub.docker.com/u/demo/my-service/hook/abc/"
+	if !c.Allowed(hub) || c.NotifyAllowed(hub) {
+		t.Errorf("Docker Hub: callback allowed %v, notification allowed %v; want true, false", c.Allowed(hub), c.NotifyAllowed(hub))
+	}
+	if c.Allowed(srv.URL+"/slack") || !c.NotifyAllowed(srv.URL+"/slack") {
+		t.Errorf("the notification origin: callback allowed %v, notification allowed %v; want false, true", c.Allowed(srv.URL+"/slack"), c.NotifyAllowed(srv.URL+"/slack"))
+	}
+	if err := c.Send(context.Background(), srv.URL+"/slack", CallbackResult{State: "success"}); !errors.Is(err, ErrCallbackNotAllowed) {
+		t.Fatalf("a callback to a notification origin: %v", err)
+	}
+	if hits.Load() != 0 {
+		t.Fatal("a callback went to a notification origin")
+	}
+	if err := c.deliver(context.Background(), srv.URL+"/slack", true, []byte("{}"), nil); err != nil || hits.Load() != 1 {
+		t.Fatalf("a notification on its own list: %v, %d requests", err, hits.Load())
+	}
+	if err := c.AllowNotify("https://hooks.slack.com/services"); err == nil {
+		t.Error("a notification origin with a path accepted")
+	}
+}

@@ -78,7 +78,8 @@ type notifyTarget struct {
 }
 
 // resolveTargets reads the secret of every configured notification and
-// checks it: a URL on the callback allow-list, a key for a webhook.
+// checks it: a URL on the notifications' allow-list (--notify-allow), a
+// key for a webhook.
 func resolveTargets(c *Config, opt Options) (map[string]notifyTarget, error) {
 	out := map[string]notifyTarget{}
 	for i, n := range c.Notifications {
@@ -93,8 +94,8 @@ func resolveTargets(c *Config, opt Options) (map[string]notifyTarget, error) {
 		if sec.URL == "" {
 			return nil, fmt.Errorf("%s: its URL is not set", field)
 		}
-		if opt.Callbacks == nil || !opt.Callbacks.Allowed(sec.URL) {
-			return nil, fmt.Errorf("%s: its URL's origin %s is not on --callback-allow", field, originOf(sec.URL))
+		if opt.Callbacks == nil || !opt.Callbacks.NotifyAllowed(sec.URL) {
+			return nil, fmt.Errorf("%s: its URL's origin %s is not on --notify-allow", field, originOf(sec.URL))
 		}
 		if n.Kind == NotifyWebhook && len(sec.Key) < 16 {
 			return nil, fmt.Errorf("%s: a webhook needs a signing key of at least 16 characters", field)
@@ -247,7 +248,7 @@ func (s *Server) notify(event string, r fleetroll.Report) {
 			s.log.Warn("notification not built", "rollout_id", r.ID, "notification", name, "error", err.Error())
 			continue
 		}
-		out = append(out, outgoing{what: "notification " + name, url: t.URL, body: body, headers: headers})
+		out = append(out, outgoing{what: "notification " + name, notify: true, url: t.URL, body: body, headers: headers})
 	}
 	if len(out) > 0 && (s.outbox == nil || !s.outbox.post(r.ID, out)) {
 		s.log.Warn("notifications not sent: the outbox is closed or full", "rollout_id", r.ID, "event", event)

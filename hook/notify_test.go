@@ -94,8 +94,11 @@ func notifyEnv(t *testing.T, nr *notifyReceivers, cfgYAML string, secrets map[st
 	}
 	return newTestEnvErr(t, func(o *Options) {
 		o.Config = cfg
-		c, err := NewCallbacker([]string{nr.url}, 5*time.Second)
+		c, err := NewCallbacker([]string{DefaultCallbackAllow}, 5*time.Second)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AllowNotify(nr.url); err != nil {
 			t.Fatal(err)
 		}
 		c.backoff = 10 * time.Millisecond
@@ -228,7 +231,7 @@ func TestNotificationsRefused(t *testing.T) {
 		secrets map[string]NotifySecret
 		want    string
 	}{
-		{map[string]NotifySecret{"team": {URL: outside.URL + "/slack/x"}, "ci": {URL: nr.url + "/hook/", Key: notifyKey}, "flaky": {URL: nr.url + "/flaky/", Key: notifyKey}}, "not on --callback-allow"},
+		{map[string]NotifySecret{"team": {URL: outside.URL + "/slack/x"}, "ci": {URL: nr.url + "/hook/", Key: notifyKey}, "flaky": {URL: nr.url + "/flaky/", Key: notifyKey}}, "not on --notify-allow"},
 		{map[string]NotifySecret{"team": {URL: nr.url + "/slack/x"}, "ci": {URL: nr.url + "/hook/"}, "flaky": {URL: nr.url + "/flaky/", Key: notifyKey}}, "signing key"},
 		{map[string]NotifySecret{"team": {URL: nr.url + "/slack/x"}, "ci": {URL: nr.url + "/hook/", Key: notifyKey}}, "no secret"},
 	} {

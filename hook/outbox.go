@@ -45,6 +45,7 @@ type outboxJob struct {
 // logged but for its origin), its body and headers.
 type outgoing struct {
 	what    string
+	notify  bool // a notification: its URL is checked against the notifications' allow-list
 	url     string
 	body    []byte
 	headers map[string]string
@@ -148,7 +149,7 @@ func (o *Outbox) send(j outboxJob) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := o.cb.deliver(ctx, m.url, m.body, m.headers); err != nil {
+			if err := o.cb.deliver(ctx, m.url, m.notify, m.body, m.headers); err != nil {
 				o.log.Warn(m.what+" failed", "rollout_id", j.rolloutID, "origin", originOf(m.url), "error", err.Error())
 				return
 			}

@@ -229,6 +229,9 @@ func New(opt Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := cb.AllowNotify(DefaultNotifyAllow); err != nil {
+			return nil, err
+		}
 		opt.Callbacks = cb
 	}
 	if opt.Run == nil {

@@ -36,9 +36,11 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "registry-token-file", EnvVars: []string{"FLEETROLL_REGISTRY_TOKEN_FILE"}, Usage: "file holding the registry's bearer token (or $FLEETROLL_REGISTRY_TOKEN); without it the registry endpoint is off"},
 		&cli.StringFlag{Name: "github-secret-file", EnvVars: []string{"FLEETROLL_GITHUB_SECRET_FILE"}, Usage: "file holding the GitHub webhook secret (or $FLEETROLL_GITHUB_SECRET); without it the GitHub endpoint is off"},
 		&cli.StringSliceFlag{Name: "callback-allow", Value: cli.NewStringSlice(hook.DefaultCallbackAllow), EnvVars: []string{"FLEETROLL_CALLBACK_ALLOW"},
-			Usage: "origins (scheme://host[:port]) Docker Hub callbacks may go to"},
+			Usage: "origins (scheme://host[:port]) Docker Hub callbacks may go to (the notifications have --notify-allow)"},
+		&cli.StringSliceFlag{Name: "notify-allow", Value: cli.NewStringSlice(hook.DefaultNotifyAllow), EnvVars: []string{"FLEETROLL_NOTIFY_ALLOW"},
+			Usage: "origins (scheme://host[:port]) the notifications' URLs may be on (apart from --callback-allow)"},
 		&cli.StringFlag{Name: "notify-secrets-dir", EnvVars: []string{"FLEETROLL_NOTIFY_SECRETS_DIR"},
-			Usage: "directory of the notifications' secrets: NAME.url and, for a webhook, NAME.key (or $FLEETROLL_NOTIFY_NAME_URL and _KEY); their origins must be on --callback-allow"},
+			Usage: "directory of the notifications' secrets: NAME.url and, for a webhook, NAME.key (or $FLEETROLL_NOTIFY_NAME_URL and _KEY); their origins must be on --notify-allow"},
 		&cli.DurationFlag{Name: "callback-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_TIMEOUT"}, Usage: "timeout of each callback request"},
 		&cli.DurationFlag{Name: "callback-deadline", Value: hook.DefaultCallbackDeadline, EnvVars: []string{"FLEETROLL_CALLBACK_DEADLINE"}, Usage: "all the callbacks of one rollout, retries included, within this"},
 		&cli.DurationFlag{Name: "callback-shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_CALLBACK_SHUTDOWN_TIMEOUT"}, Usage: "at shutdown, wait this long for callbacks still queued"},
@@ -170,6 +172,9 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 	o.hook.NotifySecret = notifySecrets(c.String("notify-secrets-dir"))
 	if o.hook.Callbacks, err = hook.NewCallbacker(c.StringSlice("callback-allow"), c.Duration("callback-timeout")); err != nil {
 		return nil, usageErr("--callback-allow: %w", err)
+	}
+	if err = o.hook.Callbacks.AllowNotify(c.StringSlice("notify-allow")...); err != nil {
+		return nil, usageErr("--notify-allow: %w", err)
 	}
 	if o.hook.AllowFrom, err = parsePrefixes(c.StringSlice("allow-from")); err != nil {
 		return nil, usageErr("--allow-from: %w", err)
