@@ -167,8 +167,14 @@ func TestBlueGreenDeploy(t *testing.T) {
 		r, _, _ := newTestRoller(t, f, Options{Hooks: Hooks{BlueGreen: &BlueGreen{Spare: []string{"3", "4"}}}})
 		rep, err := r.Deploy(t.Context(), bgPlan(), Deploy{To: v2, Releases: rels, NoPull: true})
 		if fail {
+			var gu *GaveUpError
 			if err == nil || rels.image() != v1.Image || !strings.Contains(rep.Error, "kept serving") {
 				t.Fatalf("failed blue-green deploy: %v, release %s, %+v", err, rels.image(), rep)
+			}
+			// Its new instance failed on the release: the release is
+			// given up (and so quarantined by the runner).
+			if !errors.As(err, &gu) || gu.Back.Image != v1.Image {
+				t.Fatalf("a blue-green deploy that failed on its release does not give it up: %#v", err)
 			}
 			continue
 		}

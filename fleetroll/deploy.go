@@ -137,7 +137,8 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	var ue *UnitError
 	var ce *CanaryError
 	failedUnit := d.OnFailure == OnFailureRollback && errors.As(rollErr, &ue) &&
-		(ue.Phase == PhaseStart || ue.Phase == PhaseHealth || ue.Phase == PhaseWatch) && !errors.Is(rollErr, ErrTargetChanged)
+		(ue.Phase == PhaseStart || ue.Phase == PhaseHealth || ue.Phase == PhaseWatch || errors.Is(rollErr, ErrNoProgress)) &&
+		!errors.Is(rollErr, ErrTargetChanged)
 	aborted := errors.As(rollErr, &ce) && ce.Err == nil && ce.Decision.Kind == DecisionAbort
 	if rollErr == nil || ctx.Err() != nil || !(failedUnit || aborted) {
 		return moved, rollErr
@@ -220,7 +221,7 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	}
 	moved.Finished = clock.Now()
 	if backErr != nil {
-		err := fmt.Errorf("%w; the rollback to %s failed too: %w", rollErr, prev.Image, backErr)
+		err := &GaveUpError{Err: fmt.Errorf("%w; the rollback to %s failed too: %w", rollErr, prev.Image, backErr), Back: *prev}
 		moved.Status, moved.Error = backRep.Status, err.Error()
 		return moved, err
 	}
@@ -229,6 +230,20 @@ func (r *Roller) Deploy(ctx context.Context, plan *Plan, d Deploy) (*Report, err
 	moved.Error = rb.Error()
 	return moved, rb
 }
+
+// GaveUpError is a deploy that failed on an instance of its new release
+// and gave that release up, writing the previous one (Back) back as the
+// service's release, without a full rollback: a rollback that failed
+// itself, or a blue-green deploy that failed before its switch (its old
+// instances kept serving Back). Like a rollback, it quarantines the
+// release it gave up.
+type GaveUpError struct {
+	Err  error
+	Back Release
+}
+
+func (e *GaveUpError) Error() string { return e.Err.Error() }
+func (e *GaveUpError) Unwrap() error { return e.Err }
 
 // RolledBackError is a deploy that failed and was rolled back: every unit
 // it moved runs the previous release again.
@@ -281,5 +296,12 @@ func (r *Roller) blueGreenFailed(ctx context.Context, moved *Report, rollErr err
 	}
 	note("blue-green of %s failed: the old instances kept serving %s, the release again", to.Image, prev.Image)
 	moved.Error = fmt.Sprintf("%s; the old instances kept serving %s, the release again", moved.Error, prev.Image)
+	// A new instance that failed on the release (not one fleet could not
+	// place, nor a cancelled roll) gives the release up.
+	var ue *UnitError
+	if ctx.Err() == nil && errors.As(rollErr, &ue) && !errors.Is(rollErr, ErrNotPlaced) && !errors.Is(rollErr, ErrTargetChanged) &&
+		(ue.Phase == PhaseStart || ue.Phase == PhaseHealth || ue.Phase == PhaseWatch) {
+		return moved, &GaveUpError{Err: rollErr, Back: *prev}
+	}
 	return moved, rollErr
 }

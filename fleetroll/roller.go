@@ -69,9 +69,11 @@ type Options struct {
 	MinHealthy time.Duration
 	// ProgressDeadline, when positive, bounds how long a roll may go
 	// without a unit getting through (its stop, start, health gate and
-	// watch): past it, the unit's wait ends with ErrNoProgress, naming
-	// the unit and phase. Each unit that gets through starts it again; a
-	// canary pause does not count against it.
+	// watch): past it, the wait for fleet in progress (a stop's, or a
+	// start's but one that brings a unit back) ends with ErrNoProgress,
+	// naming the unit and phase, and a deploy with OnFailureRollback rolls
+	// back. Each unit that gets through starts it again; a canary pause
+	// does not count against it. The health gate keeps its own timeout.
 	ProgressDeadline time.Duration
 	// MaxUnavailable is how many units may be down at once (drained,
 	// stopped, starting, health-gated, in their grace period), counting

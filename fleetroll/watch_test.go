@@ -306,3 +306,27 @@ func TestWatchTellsADestroyedUnitFromACrash(t *testing.T) {
 	}
 	untouched(t, f.Calls(), b)
 }
+
+// A deploy whose rollout stalls past its progress deadline, even in a
+// stop, rolls back with --on-failure rollback: the units it moved go back.
+func TestDeployRollsBackPastItsProgressDeadline(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet(a)
+	f.Add(b, fakefleet.Unit{StuckStop: true})
+	r, _, _ := newTestRoller(t, f, Options{ProgressDeadline: 30 * time.Second, PollInterval: time.Second})
+	v1, v2 := rel(1), rel(2)
+	store := &memReleases{current: &v1}
+	f.SetHook(func(call string) {
+		if call == "set "+b+" launched" {
+			f.Update(b, func(u *fakefleet.Unit) { u.StuckStop = false })
+		}
+	})
+	rep, err := r.Deploy(context.Background(), planOf(a, b), Deploy{To: v2, Releases: store, OnFailure: OnFailureRollback, NoPull: true})
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || !errors.Is(err, ErrNoProgress) || rep.Status != StatusRolledBack || store.image() != v1.Image {
+		t.Fatalf("err = %v, status %s, release %s", err, rep.Status, store.image())
+	}
+	if rep.Units[0].Outcome != OutcomeRolledBack {
+		t.Fatalf("%s: %s, want rolled_back", a, rep.Units[0].Outcome)
+	}
+}

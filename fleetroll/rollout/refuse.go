@@ -106,17 +106,19 @@ func (r Runner) refused(req Request, re *RefusedError, cur *fleetroll.Release) *
 	return rep
 }
 
-// quarantine records the digest a deploy rolled back from, or whose
-// canaries were aborted, as bad for the service: a later deploy of it is
+// quarantine records the digest a deploy rolled back from (or gave up:
+// its rollback failed, or a blue-green deploy failed before its switch),
+// or whose canaries were aborted, as bad for the service: a later deploy of it is
 // refused until an operator clears it.
 func (r Runner) quarantine(ctx context.Context, req Request, rep *fleetroll.Report, err error, log *slog.Logger) {
 	if r.Etcd == nil || rep == nil || rep.Release == nil || err == nil {
 		return
 	}
 	var rb *fleetroll.RolledBackError
+	var gu *fleetroll.GaveUpError
 	var ce *fleetroll.CanaryError
 	aborted := errors.As(err, &ce) && ce.Err == nil && ce.Decision.Kind == fleetroll.DecisionAbort
-	if !errors.As(err, &rb) && rep.Status != fleetroll.StatusRolledBack && !aborted {
+	if !errors.As(err, &rb) && !errors.As(err, &gu) && rep.Status != fleetroll.StatusRolledBack && !aborted {
 		return
 	}
 	to := rep.Release.To

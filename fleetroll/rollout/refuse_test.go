@@ -168,3 +168,33 @@ func TestTagPolicySettings(t *testing.T) {
 		t.Errorf("default tag policy %q", got)
 	}
 }
+
+// A deploy that gave its release up without a full rollback (its rollback
+// failed, or a blue-green deploy failed before its switch) quarantines it
+// too; a failure that wrote nothing back does not.
+func TestGivenUpReleaseIsQuarantined(t *testing.T) {
+	kapi := startEtcd(t)
+	r := Runner{Etcd: kapi}
+	const image = "127.0.0.1:5000/demo/x"
+	for _, c := range []struct {
+		name   string
+		digest string
+		err    error
+		want   bool
+	}{
+		{"given up", "sha256:" + strings.Repeat("3", 64), &fleetroll.GaveUpError{Err: errors.New("start s@1.service: failed"),
+			Back: fleetroll.Release{Image: image + "@sha256:" + strings.Repeat("1", 64)}}, true},
+		{"halted", "sha256:" + strings.Repeat("4", 64), errors.New("start s@1.service: failed"), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req := Request{ID: "0000000000a1", Service: "my-service"}
+			rep := &fleetroll.Report{Status: fleetroll.StatusFailed, Error: c.err.Error(),
+				Release: &fleetroll.ReleaseChange{To: fleetroll.Release{Image: image + "@" + c.digest}}}
+			r.quarantine(t.Context(), req, rep, c.err, r.logger())
+			q, err := coord.Quarantine{KAPI: kapi}.Get(t.Context(), "my-service", c.digest)
+			if err != nil || (q != nil) != c.want {
+				t.Fatalf("quarantined: %+v, %v; want %v", q, err, c.want)
+			}
+		})
+	}
+}
