@@ -101,9 +101,15 @@ type Options struct {
 	AllowFrom []netip.Prefix
 	// TrustedProxies may set X-Forwarded-For.
 	TrustedProxies []netip.Prefix
-	// SeparateOps moves /metrics and /healthz from Handler to OpsHandler,
-	// to be served on another listener.
+	// SeparateOps moves /metrics, /healthz and /livez from Handler to
+	// OpsHandler, to be served on another listener.
 	SeparateOps bool
+	// HealthInterval and HealthTimeout pace the readiness checks of fleet
+	// and etcd (defaults DefaultHealthInterval, DefaultHealthTimeout);
+	// HealthClock is their clock (default: the real one, not Clock, so
+	// that the queue's timers are the only ones on Clock).
+	HealthInterval, HealthTimeout time.Duration
+	HealthClock                   fleetroll.Clock
 	// Etcd, when set, is where locks, drain keys and the history live.
 	Etcd client.KeysAPI
 	// LeaseTTL is the TTL of this receiver's claims on services in the
@@ -152,6 +158,7 @@ type Server struct {
 	outbox   *Outbox
 	replays  deliveryGuard
 	pollers  *pollers // the registry pollers (poll:)
+	health   *healthCheck
 	metrics  *metrics
 	log      *slog.Logger
 	handler  http.Handler
@@ -269,6 +276,11 @@ func New(opt Options) (*Server, error) {
 		callbacks: opt.Callbacks, resolver: opt.Resolver, queue: s.queue, replays: s.replays, metrics: s.metrics, statusURL: s.statusURL}
 	s.in.gate = &releaseGate{etcd: opt.Etcd, config: s.Config, refused: s.refusedTrigger}
 	s.pollers = newPollers(s)
+	s.health = newHealthCheck(opt.Fleet, opt.Etcd, cmp.Or(opt.HealthInterval, DefaultHealthInterval), cmp.Or(opt.HealthTimeout, DefaultHealthTimeout),
+		cmp.Or[fleetroll.Clock](opt.HealthClock, fleetroll.SystemClock{}), opt.Logger)
+	// The first check before the first request: readiness is known from
+	// the start (at most HealthTimeout).
+	s.health.round(context.Background())
 	s.handler, s.ops = s.routes()
 	for _, d := range []struct{ sender, secret, flag string }{
 		{"dockerhub", opt.Secrets.DockerHub, "--dockerhub-token-file"},
@@ -285,22 +297,28 @@ func New(opt Options) (*Server, error) {
 // Handler returns the HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// OpsHandler serves /metrics and /healthz alone, for a listener of their
-// own (Options.SeparateOps).
+// OpsHandler serves /metrics, /healthz and /livez alone, for a listener
+// of their own (Options.SeparateOps).
 func (s *Server) OpsHandler() http.Handler { return s.ops }
 
 // Run runs the rollout queue until ctx is done, then cancels the queued
 // rollouts and returns once the running ones have stopped safely; then it
-// sends the callbacks still queued, for at most outboxLimit.
+// sends the callbacks still queued, for at most outboxLimit. The readiness
+// checks run as long.
 func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
 	s.outbox = NewOutbox(s.opt.Callbacks, DefaultOutboxSize, DefaultOutboxWorkers, s.opt.CallbackDeadline, s.log)
-	polled := make(chan struct{})
+	polled, checked := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(polled)
 		s.pollers.Run(ctx)
 	}()
+	go func() {
+		defer close(checked)
+		s.health.run(ctx)
+	}()
 	s.queue.Run(ctx)
 	<-polled
+	<-checked
 	if !s.outbox.Close(outboxLimit) {
 		s.log.Warn("shutdown: callbacks still unsent were abandoned", "limit", outboxLimit.String())
 	}
@@ -387,18 +405,16 @@ func (s *Server) routes() (main, ops http.Handler) {
 	metrics := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	if s.opt.SeparateOps {
 		opsMux.HandleFunc("GET /healthz", s.healthz)
+		opsMux.HandleFunc("GET /livez", s.livez)
 		opsMux.Handle("GET /metrics", metrics)
 	} else {
 		// The main listener is public, and the metrics name the services:
 		// the API token reads them there.
 		mux.HandleFunc("GET /healthz", s.healthz)
+		mux.HandleFunc("GET /livez", s.livez)
 		mux.Handle("GET /metrics", s.withAPIToken(metrics))
 	}
 	return s.middleware(mux), opsMux
-}
-
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "services": len(s.Config().Services)})
 }
 
 // reqInfo travels in a request's context.
@@ -465,11 +481,12 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				}
 			}
 		}()
+		probe := r.URL.Path == "/healthz" || r.URL.Path == "/livez"
 		switch {
-		case len(s.opt.AllowFrom) > 0 && r.URL.Path != "/healthz" && !known:
+		case len(s.opt.AllowFrom) > 0 && !probe && !known:
 			code, body := problem(http.StatusForbidden, "client address unknown: a trusted proxy sent no valid X-Forwarded-For")
 			writeJSON(sw, code, withID(body, id))
-		case len(s.opt.AllowFrom) > 0 && r.URL.Path != "/healthz" && !inAny(client, s.opt.AllowFrom):
+		case len(s.opt.AllowFrom) > 0 && !probe && !inAny(client, s.opt.AllowFrom):
 			code, body := problem(http.StatusForbidden, "source address not allowed")
 			writeJSON(sw, code, withID(body, id))
 		default:
@@ -533,7 +550,14 @@ func (s *Server) hook(sender string, fn func(*http.Request) (int, any)) http.Han
 		if code >= 400 {
 			info(r).log.Warn("request refused", "sender", sender, "status", code, "reason", body.(map[string]any)["error"])
 		}
-		if sender != "api" {
+		// The senders and POST /rollouts are triggers; the API's reads and
+		// decisions, and the page's polls and actions, are counted apart.
+		switch sender {
+		case "api":
+			s.metrics.api.WithLabelValues("api", fmt.Sprint(code)).Inc()
+		case "ui":
+			s.metrics.api.WithLabelValues("page", fmt.Sprint(code)).Inc()
+		default:
 			s.metrics.webhooks.WithLabelValues(sender, fmt.Sprint(code)).Inc()
 		}
 		if code == http.StatusUnauthorized {

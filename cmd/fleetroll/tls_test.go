@@ -64,7 +64,7 @@ func TestServeTLS(t *testing.T) {
 	addr, cancel, returned := serveInBackground(t, &serveOptions{shutdownTimeout: time.Minute, tlsCert: certFile, tlsKey: keyFile},
 		srv, slog.New(slog.DiscardHandler))
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	resp, err := client.Get("https://" + addr + "/healthz")
+	resp, err := client.Get("https://" + addr + "/livez")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestServeTLS(t *testing.T) {
 		t.Fatalf("status %d, TLS %v", resp.StatusCode, resp.TLS != nil)
 	}
 	// Plain HTTP on the TLS port is refused.
-	if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+	if resp, err := http.Get("http://" + addr + "/livez"); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode == 200 {
 			t.Fatal("plain HTTP answered 200 on the TLS listener")
