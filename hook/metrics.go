@@ -8,6 +8,7 @@ import (
 type metrics struct {
 	reg         *prometheus.Registry
 	webhooks    *prometheus.CounterVec
+	api         *prometheus.CounterVec
 	rollouts    *prometheus.CounterVec
 	unitRestart *prometheus.HistogramVec
 	replays     *prometheus.CounterVec
@@ -20,8 +21,12 @@ func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 		reg: prometheus.NewRegistry(),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleetroll_webhooks_total",
-			Help: "Requests to the trigger endpoints, by sender and HTTP status code.",
+			Help: "Requests to the trigger endpoints (the senders' and POST /rollouts, sender manual), by sender and HTTP status code.",
 		}, []string{"sender", "code"}),
+		api: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetroll_api_requests_total",
+			Help: "Requests to the operator API (handler api) and the status page's data and actions (handler page), by HTTP status code.",
+		}, []string{"handler", "code"}),
 		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleetroll_rollouts_total",
 			Help: "Rollouts that ran, by service and final status (succeeded, failed, interrupted).",
@@ -53,7 +58,7 @@ func newMetrics(q interface{ Depth() (int, int) }) *metrics {
 			return float64(qd)
 		}
 	}
-	m.reg.MustRegister(m.webhooks, m.rollouts, m.unitRestart, m.replays, m.throttled, m.polls,
+	m.reg.MustRegister(m.webhooks, m.api, m.rollouts, m.unitRestart, m.replays, m.throttled, m.polls,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_queue_depth", Help: "Rollouts waiting to run."}, depth(false)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetroll_rollouts_running", Help: "Rollouts running now."}, depth(true)),
 		collectors.NewGoCollector(),

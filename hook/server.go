@@ -550,14 +550,7 @@ func (s *Server) hook(sender string, fn func(*http.Request) (int, any)) http.Han
 		if code >= 400 {
 			info(r).log.Warn("request refused", "sender", sender, "status", code, "reason", body.(map[string]any)["error"])
 		}
-		// The senders and POST /rollouts are triggers; the API's reads and
-		// decisions, and the page's polls and actions, are counted apart.
-		switch sender {
-		case "api":
-			s.metrics.api.WithLabelValues("api", fmt.Sprint(code)).Inc()
-		case "ui":
-			s.metrics.api.WithLabelValues("page", fmt.Sprint(code)).Inc()
-		default:
+		if sender != "api" {
 			s.metrics.webhooks.WithLabelValues(sender, fmt.Sprint(code)).Inc()
 		}
 		if code == http.StatusUnauthorized {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -242,6 +243,11 @@ func TestMetrics(t *testing.T) {
 	}
 	env.waitRollout(t, ans["id"].(string))
 	env.waitIdle(t)
+	// The API's reads and the page's polls are not webhooks (issue 25).
+	if resp, _ := env.do(t, "GET", "/rollouts", nil, withHeaders(nil, "Authorization", "Bearer "+testToken)); resp.StatusCode != 200 {
+		t.Fatalf("GET /rollouts: %d", resp.StatusCode)
+	}
+	pageResp, _ := env.do(t, "GET", "/ui/state", nil, nil)
 	// On the main listener, the metrics take the API token.
 	req, _ := http.NewRequest("GET", env.http.URL+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+testToken)
@@ -260,8 +266,15 @@ func TestMetrics(t *testing.T) {
 		`fleetroll_unit_restart_duration_seconds_count{service="other"} 1`,
 		`fleetroll_queue_depth 0`,
 		`fleetroll_rollouts_running 0`,
+		`fleetroll_api_requests_total{code="200",handler="api"} 1`,
+		fmt.Sprintf(`fleetroll_api_requests_total{code="%d",handler="page"} 1`, pageResp.StatusCode),
 	} {
 		mustContain(t, text, want)
+	}
+	for _, not := range []string{`sender="api"`, `sender="ui"`} {
+		if strings.Contains(text, not) {
+			t.Errorf("fleetroll_webhooks_total counts %s:\n%s", not, text)
+		}
 	}
 }
 
