@@ -550,7 +550,14 @@ func (s *Server) hook(sender string, fn func(*http.Request) (int, any)) http.Han
 		if code >= 400 {
 			info(r).log.Warn("request refused", "sender", sender, "status", code, "reason", body.(map[string]any)["error"])
 		}
-		if sender != "api" {
+		// The senders and POST /rollouts are triggers; the API's reads and
+		// decisions, and the page's polls and actions, are counted apart.
+		switch sender {
+		case "api":
+			s.metrics.api.WithLabelValues("api", fmt.Sprint(code)).Inc()
+		case "ui":
+			s.metrics.api.WithLabelValues("page", fmt.Sprint(code)).Inc()
+		default:
 			s.metrics.webhooks.WithLabelValues(sender, fmt.Sprint(code)).Inc()
 		}
 		if code == http.StatusUnauthorized {
@@ -647,9 +654,9 @@ func (s *Server) decide(kind fleetroll.DecisionKind) func(*http.Request) (int, a
 		if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 			return code, body
 		}
-		id := r.PathValue("id")
+		id := strings.ToLower(r.PathValue("id")) // ABCDEF012345 is abcdef012345
 		if !fleetroll.ValidRolloutID(id) {
-			return problem(http.StatusBadRequest, "rollout ID: want letters, digits and dashes")
+			return problem(http.StatusBadRequest, "rollout ID: want 12 hex digits")
 		}
 		if s.opt.Etcd == nil {
 			return problem(http.StatusNotFound, "no rollout is paused: canary pauses need etcd (--etcd-endpoints)")
