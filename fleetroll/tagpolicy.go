@@ -46,6 +46,12 @@ func version(tag string) (string, bool) {
 	return v, semver.IsValid(v)
 }
 
+// IsVersionTag tells whether a tag reads as a semantic version.
+func IsVersionTag(tag string) bool {
+	_, ok := version(tag)
+	return tag != "" && ok
+}
+
 // Allows judges a sender's move of a service from the current release's
 // tag (current, "" when it has none) to the pushed tag next: under the
 // glob policy anything; under a semantic policy, next must be a version,

@@ -79,7 +79,12 @@ func (g *releaseGate) judge(ctx context.Context, log *slog.Logger, service strin
 	if q != nil {
 		why = rollout.QuarantineReason(*q)
 	} else {
-		why = rollout.TagRefusal(s, t, t.Tag, cur)
+		current, err := rollout.CurrentVersion(ctx, coord.ReleaseStore{KAPI: g.etcd}, service, cur)
+		if err != nil {
+			log.Warn("release gate: the release history could not be read; the runner checks under the lock", "service", service, "error", err.Error())
+			return nil, nil
+		}
+		why = rollout.TagRefusal(s, t, t.Tag, current)
 	}
 	if why == "" {
 		return nil, nil

@@ -52,20 +52,40 @@ func BySender(t fleetroll.Trigger) bool {
 }
 
 // TagRefusal judges a sender's tag against the service's tag policy and
-// the current release (nil: none yet): "" when it is allowed (or not a
-// sender's, or the policy is glob), else why not.
-func TagRefusal(s Settings, t fleetroll.Trigger, tag string, cur *fleetroll.Release) string {
+// the current version (CurrentVersion; "": none): "" when it is allowed
+// (or not a sender's, or the policy is glob), else why not.
+func TagRefusal(s Settings, t fleetroll.Trigger, tag, current string) string {
 	if !BySender(t) || !s.TagPolicy.Semver() {
 		return ""
-	}
-	current := ""
-	if cur != nil {
-		current = cur.Tag
 	}
 	if ok, why := s.TagPolicy.Allows(current, tag, s.Prerelease); !ok {
 		return why
 	}
 	return ""
+}
+
+// CurrentVersion is the version a sender's tag is judged against: the
+// current release's tag when it is a semantic version, else the newest
+// such tag of the service's release history (a release deployed by
+// digest, or by a tag such as latest, does not let a sender move the
+// service below the last version it ran); "" when there is none.
+func CurrentVersion(ctx context.Context, store coord.ReleaseStore, service string, cur *fleetroll.Release) (string, error) {
+	if cur == nil {
+		return "", nil
+	}
+	if fleetroll.IsVersionTag(cur.Tag) {
+		return cur.Tag, nil
+	}
+	hist, err := store.History(ctx, service)
+	if err != nil {
+		return "", err
+	}
+	for _, rel := range hist { // newest first
+		if fleetroll.IsVersionTag(rel.Tag) {
+			return rel.Tag, nil
+		}
+	}
+	return "", nil
 }
 
 // refusal is why the release of d may not be deployed now (nil: it may):
@@ -88,8 +108,14 @@ func (r Runner) refusal(ctx context.Context, req Request, s Settings, d fleetrol
 	if q != nil {
 		return &RefusedError{Service: req.Service, Release: d.To, Quarantined: q, Reason: QuarantineReason(*q)}, cur, nil
 	}
-	if why := TagRefusal(s, req.Trigger, d.To.Tag, cur); why != "" {
-		return &RefusedError{Service: req.Service, Release: d.To, Reason: why}, cur, nil
+	if BySender(req.Trigger) && s.TagPolicy.Semver() {
+		current, err := CurrentVersion(cctx, coord.ReleaseStore{KAPI: r.Etcd}, req.Service, cur)
+		if err != nil {
+			return nil, cur, err
+		}
+		if why := TagRefusal(s, req.Trigger, d.To.Tag, current); why != "" {
+			return &RefusedError{Service: req.Service, Release: d.To, Reason: why}, cur, nil
+		}
 	}
 	return nil, cur, nil
 }

@@ -133,7 +133,7 @@ func TestBySenderAndTagRefusal(t *testing.T) {
 		}
 	}
 	s := Settings{TagPolicy: fleetroll.TagPolicyPatch}
-	cur := &fleetroll.Release{Tag: "v1.2.5"}
+	cur := "v1.2.5"
 	if why := TagRefusal(s, fleetroll.Trigger{Source: "dockerhub"}, "v1.3.0", cur); !strings.Contains(why, "not a patch") {
 		t.Errorf("patch: %q", why)
 	}
@@ -143,7 +143,7 @@ func TestBySenderAndTagRefusal(t *testing.T) {
 	if why := TagRefusal(Settings{}, fleetroll.Trigger{Source: "dockerhub"}, "v1.0.0", cur); why != "" {
 		t.Errorf("glob: %q", why)
 	}
-	if why := TagRefusal(s, fleetroll.Trigger{Source: "dockerhub"}, "v1.0.0", nil); why != "" {
+	if why := TagRefusal(s, fleetroll.Trigger{Source: "dockerhub"}, "v1.0.0", ""); why != "" {
 		t.Errorf("no current release: %q", why)
 	}
 }
@@ -196,5 +196,43 @@ func TestGivenUpReleaseIsQuarantined(t *testing.T) {
 				t.Fatalf("quarantined: %+v, %v; want %v", q, err, c.want)
 			}
 		})
+	}
+}
+
+// The version a sender's tag is judged against: the current release's
+// tag, or, when it has none that is a version (deployed by digest, or as
+// latest), the newest version of the history, so that a sender cannot move
+// the service below it.
+func TestCurrentVersionFallsBackToTheHistory(t *testing.T) {
+	kapi := startEtcd(t)
+	ctx := t.Context()
+	store := coord.ReleaseStore{KAPI: kapi}
+	const image = "127.0.0.1:5000/demo/x"
+	d := func(c string) string { return image + "@sha256:" + strings.Repeat(c, 64) }
+	if v, err := CurrentVersion(ctx, store, "my-service", nil); err != nil || v != "" {
+		t.Fatalf("no release: %q, %v", v, err)
+	}
+	var prev *fleetroll.Release
+	for _, r := range []fleetroll.Release{{Image: d("1"), Tag: "v1.2.0"}, {Image: d("2"), Tag: "v1.4.1"}, {Image: d("3"), Tag: "latest"}, {Image: d("4")}} {
+		r.Rollout = "0000000000b1"
+		if err := store.Set(ctx, "my-service", r, prev); err != nil {
+			t.Fatal(err)
+		}
+		prev = &r
+	}
+	cur, err := store.Current(ctx, "my-service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := CurrentVersion(ctx, store, "my-service", cur)
+	if err != nil || v != "v1.4.1" {
+		t.Fatalf("CurrentVersion = %q, %v; want the history's newest version v1.4.1", v, err)
+	}
+	s := Settings{TagPolicy: fleetroll.TagPolicyMinor}
+	if why := TagRefusal(s, fleetroll.Trigger{Source: "registry"}, "v1.3.0", v); !strings.Contains(why, "older") {
+		t.Fatalf("a sender moved a service deployed by digest below its last version: %q", why)
+	}
+	if v, _ := CurrentVersion(ctx, store, "my-service", &fleetroll.Release{Tag: "v2.0.0"}); v != "v2.0.0" {
+		t.Fatalf("a versioned current release: %q", v)
 	}
 }
