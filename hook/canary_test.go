@@ -84,8 +84,9 @@ func TestCanaryPauseThroughTheAPI(t *testing.T) {
 			t.Errorf("%s: %d %v, want %d", c.path, resp.StatusCode, ans, c.code)
 		}
 	}
-	resp, ans := env.do(t, "POST", "/rollouts/"+id+"/promote", nil, auth)
-	if resp.StatusCode != 200 || ans["decision"] != "promote" || ans["service"] != "my-service" {
+	// Upper-case hex names the same rollout.
+	resp, ans := env.do(t, "POST", "/rollouts/"+strings.ToUpper(id)+"/promote", nil, auth)
+	if resp.StatusCode != 200 || ans["decision"] != "promote" || ans["service"] != "my-service" || ans["id"] != id {
 		t.Fatalf("promote: %d %v", resp.StatusCode, ans)
 	}
 	final := waitFinal(t, env, id)

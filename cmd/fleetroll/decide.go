@@ -34,9 +34,9 @@ by someone else first; 2 usage errors, or no such rollout is paused.`,
 			if c.NArg() != 1 {
 				return usageErr("%s: name one rollout ID", kind)
 			}
-			id := c.Args().First()
-			if !fleetroll.ValidRolloutID(id) {
-				return usageErr("%s: rollout ID %q: want letters, digits and dashes", kind, id)
+			id, ok := rolloutID(c.Args().First())
+			if !ok {
+				return usageErr("%s: rollout ID %q: want 12 hex digits", kind, c.Args().First())
 			}
 			h, err := etcdFrom(c)
 			if err != nil {
@@ -56,4 +56,12 @@ by someone else first; 2 usage errors, or no such rollout is paused.`,
 		},
 		OnUsageError: onUsageError,
 	}
+}
+
+// rolloutID reads a rollout ID as an operator may type it: IDs are 12
+// lower-case hex digits, and ABCDEF012345 names the same rollout as
+// abcdef012345.
+func rolloutID(s string) (string, bool) {
+	id := strings.ToLower(s)
+	return id, fleetroll.ValidRolloutID(id)
 }

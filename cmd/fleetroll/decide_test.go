@@ -56,7 +56,11 @@ func TestCanaryRestartDecidedByTheCLI(t *testing.T) {
 		if sets := f.Sets(); len(sets) != 2 {
 			t.Fatalf("touched at the pause: %v", sets)
 		}
-		code, out, errs := runCLI(t, c.decision, id, "--etcd-endpoints", etcd)
+		arg := id
+		if c.decision == "promote" {
+			arg = strings.ToUpper(id) // as typed from a page or a chat: the same rollout
+		}
+		code, out, errs := runCLI(t, c.decision, arg, "--etcd-endpoints", etcd)
 		if code != 0 || !strings.Contains(out, "rollout "+id+" of my-service: "+c.decision) {
 			t.Fatalf("%s: exit %d: %s%s", c.decision, code, out, errs)
 		}
@@ -69,7 +73,7 @@ func TestCanaryRestartDecidedByTheCLI(t *testing.T) {
 			t.Fatalf("second %s: exit %d: %s", c.decision, code, errs)
 		}
 	}
-	if code, _, errs := runCLI(t, "promote", "../locks", "--etcd-endpoints", etcd); code != exitUsage || !strings.Contains(errs, "rollout ID") {
+	if code, _, errs := runCLI(t, "promote", "../locks", "--etcd-endpoints", etcd); code != exitUsage || !strings.Contains(errs, "want 12 hex digits") {
 		t.Fatalf("bad ID: exit %d: %s", code, errs)
 	}
 	if code, _, errs := runCLI(t, "restart", "my-service", "--canary-wait", "1m", "--canary", "1"); code != exitUsage || !strings.Contains(errs, "health gate") {

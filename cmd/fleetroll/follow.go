@@ -28,8 +28,9 @@ type followOptions struct {
 
 // followFrom builds and checks the options of status --follow.
 func followFrom(c *cli.Context) (*followOptions, error) {
-	o := &followOptions{id: c.Args().First(), timeout: c.Duration("request-timeout"), output: c.String("output")}
-	if c.NArg() != 1 || !fleetroll.ValidRolloutID(o.id) {
+	id, isID := rolloutID(c.Args().First())
+	o := &followOptions{id: id, timeout: c.Duration("request-timeout"), output: c.String("output")}
+	if c.NArg() != 1 || !isID {
 		return nil, usageErr("status --follow: name one rollout ID (12 hex digits)")
 	}
 	raw := c.String("server")

@@ -65,8 +65,8 @@ func statusAction(c *cli.Context) error {
 			return usageErr("status: %q is neither a rollout ID (12 hex digits) nor a service: %w", arg, err)
 		}
 	}
-	if fleetroll.ValidRolloutID(arg) {
-		if r, ok, err := h.Get(c.Context, arg); err != nil {
+	if id, isID := rolloutID(arg); isID {
+		if r, ok, err := h.Get(c.Context, id); err != nil {
 			return &exitError{exitFailed, fmt.Errorf("status: %w", err)}
 		} else if ok {
 			enc := json.NewEncoder(c.App.Writer)
