@@ -41,6 +41,24 @@ func releaseDir(service string) (string, error) {
 	return ReleasesPrefix + "/" + service, nil
 }
 
+// Services lists the services that have releases in etcd.
+func (s ReleaseStore) Services(ctx context.Context) ([]string, error) {
+	resp, err := s.KAPI.Get(ctx, ReleasesPrefix, &client.GetOptions{})
+	if client.IsKeyNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("releases: list services: %w", err)
+	}
+	var out []string
+	for _, n := range resp.Node.Nodes {
+		if n.Dir {
+			out = append(out, strings.TrimPrefix(n.Key, ReleasesPrefix+"/"))
+		}
+	}
+	return out, nil
+}
+
 // Current returns the service's current release, with its tag and trigger
 // from the history; nil when the service has none yet.
 func (s ReleaseStore) Current(ctx context.Context, service string) (*fleetroll.Release, error) {

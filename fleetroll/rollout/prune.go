@@ -45,6 +45,19 @@ func (r Runner) prune(ctx context.Context, roller *fleetroll.Roller, service str
 		current = cur.Image
 	}
 	keep := keepOf(hist, current, change)
+	// Another service may run the same repository: what it needs (its
+	// current and previous releases) is kept too.
+	others, err := r.othersNeed(hctx, service, s.Image)
+	if err != nil {
+		log.Warn("prune skipped: the other services' releases could not be read", "error", err.Error())
+		return &fleetroll.PruneReport{Keep: keep, Remove: []string{}, Machines: []fleetroll.MachinePrune{},
+			Error: fmt.Sprintf("not pruned: %v", err)}
+	}
+	for _, img := range others {
+		if !slices.Contains(keep, img) {
+			keep = append(keep, img)
+		}
+	}
 	remove := prunable(hist, keep)
 	if len(remove) == 0 {
 		return nil
@@ -94,4 +107,36 @@ func prunable(hist []fleetroll.Release, keep []string) []string {
 		out = append(out, rel.Image)
 	}
 	return out
+}
+
+// othersNeed are the images that other services of the same repository
+// need: their current and previous releases.
+func (r Runner) othersNeed(ctx context.Context, service, image string) ([]string, error) {
+	store := coord.ReleaseStore{KAPI: r.Etcd}
+	services, err := store.Services(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, other := range services {
+		if other == service {
+			continue
+		}
+		cur, err := store.Current(ctx, other)
+		if err != nil {
+			return nil, err
+		}
+		if cur == nil || cur.Repository() != image {
+			continue
+		}
+		out = append(out, cur.Image)
+		hist, err := store.History(ctx, other)
+		if err != nil {
+			return nil, err
+		}
+		if p := coord.PreviousIn(hist, cur.Image); p != nil {
+			out = append(out, p.Image)
+		}
+	}
+	return out, nil
 }

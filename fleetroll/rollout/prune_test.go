@@ -211,3 +211,34 @@ func TestDeployPrunesOlderReleasesFromEveryMachine(t *testing.T) {
 		}
 	}
 }
+
+// A prune keeps what other services of the same repository need (their
+// current and previous releases); a service of another repository is no
+// concern of it.
+func TestPruneKeepsWhatOtherServicesOfTheRepositoryNeed(t *testing.T) {
+	kapi := startEtcd(t)
+	ctx := t.Context()
+	store := coord.ReleaseStore{KAPI: kapi}
+	set := func(service string, rels ...fleetroll.Release) {
+		t.Helper()
+		var prev *fleetroll.Release
+		for _, rel := range rels {
+			rel.Rollout = "0000000000c1"
+			if err := store.Set(ctx, service, rel, prev); err != nil {
+				t.Fatal(err)
+			}
+			prev = &rel
+		}
+	}
+	set("my-service", pruneRel(1, ""), pruneRel(2, ""), pruneRel(3, ""))
+	set("worker", pruneRel(1, ""), pruneRel(4, ""), pruneRel(5, ""))
+	other := fleetroll.Release{Image: fmt.Sprintf("127.0.0.1:5000/demo/other@sha256:%064x", 9)}
+	set("other", other)
+	got, err := Runner{Etcd: kapi}.othersNeed(ctx, "my-service", pruneImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{pruneRel(5, "").Image, pruneRel(4, "").Image}; !slices.Equal(got, want) {
+		t.Fatalf("othersNeed = %v, want worker's current and previous %v", got, want)
+	}
+}
