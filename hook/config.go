@@ -168,7 +168,7 @@ func (c *Config) Validate() error {
 		if err := s.Settings.Validate(); err != nil {
 			return fmt.Errorf("%s.%w", field, err)
 		}
-		if err := s.Poll.validate(s.Settings.Image); err != nil {
+		if err := s.Poll.validate(s.Settings.Image, s.Settings.TagPolicy); err != nil {
 			return fmt.Errorf("%s.poll.%w", field, err)
 		}
 		for _, k := range []struct {
@@ -201,7 +201,7 @@ func (c *Config) Validate() error {
 
 // validate checks a service's polling (nil: none) and sets its default
 // tag; errors name the field.
-func (p *Poll) validate(image string) error {
+func (p *Poll) validate(image string, policy fleetroll.TagPolicy) error {
 	switch {
 	case p == nil:
 		return nil
@@ -215,6 +215,9 @@ func (p *Poll) validate(image string) error {
 	}
 	if !fleetroll.ValidTag(p.Tag) {
 		return fmt.Errorf("tag: %q is not a tag (a glob is not polled)", p.Tag)
+	}
+	if policy.Semver() && !fleetroll.IsVersionTag(p.Tag) {
+		return fmt.Errorf("tag: %q is no version, and tag_policy %s deploys only versions: every change of it would be refused (poll a tag with tag_policy glob)", p.Tag, policy)
 	}
 	return nil
 }

@@ -315,6 +315,7 @@ func TestPollConfig(t *testing.T) {
 		{"    image: example.com/app\n    poll: {interval: 1s}\n", "services[0].poll.interval: 1s is under the minimum of 2s"},
 		{"    poll: {interval: 1m}\n", "services[0].poll.interval: polling needs the service's image"},
 		{"    image: example.com/app\n    poll: {interval: 1m, tag: 'v*'}\n", `services[0].poll.tag: "v*" is not a tag`},
+		{"    image: example.com/app\n    tag_policy: minor\n    poll: {interval: 1m}\n", `services[0].poll.tag: "latest" is no version`},
 		{"    image: example.com/app\n    poll: {interval: 1m}\n", ""},
 	} {
 		cfg, err := ParseConfig([]byte("services:\n  - name: my-service\n"+c.yaml), testBase())
