@@ -67,7 +67,7 @@ func Connect(cfg Config) (client.KeysAPI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	return client.NewKeysAPI(c), nil
+	return oneLineKeys{client.NewKeysAPI(c)}, nil
 }
 
 // Ping checks that etcd answers.
