@@ -7,10 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/release"
 )
 
 // DefaultCallbackAllow is the only callback origin allowed by default.
@@ -38,12 +42,22 @@ type Callbacker struct {
 	client  *http.Client
 	retries int
 	backoff time.Duration
+	// maxAsked is the longest Retry-After honoured (DefaultMaxRetryAfter):
+	// a target that asks for more is given up on at once.
+	maxAsked time.Duration
+	clock    fleetroll.Clock // paces the retries
 }
+
+// DefaultMaxRetryAfter is the longest wait a callback or notification
+// target may ask for with Retry-After; the rollout's callback deadline
+// (--callback-deadline) bounds it too.
+const DefaultMaxRetryAfter = 10 * time.Minute
 
 // NewCallbacker accepts origins such as "https://registry.hub.docker.com" or
 // "http://127.0.0.1:9000".
 func NewCallbacker(origins []string, timeout time.Duration) (*Callbacker, error) {
-	c := &Callbacker{allow: map[string]bool{}, notify: map[string]bool{}, retries: 3, backoff: time.Second}
+	c := &Callbacker{allow: map[string]bool{}, notify: map[string]bool{}, retries: 3, backoff: time.Second,
+		maxAsked: DefaultMaxRetryAfter, clock: fleetroll.SystemClock{}}
 	if err := addOrigins(c.allow, "callback", origins); err != nil {
 		return nil, err
 	}
@@ -121,7 +135,10 @@ func callbackBody(res CallbackResult) ([]byte, error) {
 
 // deliver posts a body to a URL on its allow-list (the notifications' for
 // a notification, else the callbacks'), retrying failures (network errors,
-// 5xx) a few times with backoff.
+// 5xx, 429) a few times with a jittered exponential backoff. A target that
+// answers with Retry-After (seconds or an HTTP date) is asked again no
+// sooner than it said; one that asks for more than maxAsked, or past ctx's
+// deadline, is given up on at once.
 func (c *Callbacker) deliver(ctx context.Context, to string, notification bool, body []byte, headers map[string]string) error {
 	if (notification && !c.NotifyAllowed(to)) || (!notification && !c.Allowed(to)) {
 		return ErrCallbackNotAllowed
@@ -137,10 +154,23 @@ func (c *Callbacker) deliver(ctx context.Context, to string, notification bool, 
 		if attempt == c.retries {
 			break
 		}
+		d := jittered(wait)
+		var busy *busyError
+		if errors.As(last, &busy) && busy.asked > 0 {
+			if busy.asked > c.maxAsked {
+				return fmt.Errorf("%w: it asks to be retried in %s, more than %s: given up", last, busy.asked, c.maxAsked)
+			}
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < busy.asked {
+				return fmt.Errorf("%w: it asks to be retried in %s, past the callbacks' deadline (--callback-deadline): given up", last, busy.asked)
+			}
+			d = max(d, busy.asked)
+		}
+		t := c.clock.NewTimer(d)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
-		case <-time.After(wait):
+		case <-t.C():
 		}
 		wait *= 2
 	}
@@ -150,6 +180,24 @@ func (c *Callbacker) deliver(ctx context.Context, to string, notification bool, 
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
+
+// busyError is an answer to retry (5xx, 429), with the wait its
+// Retry-After asked (zero: none).
+type busyError struct {
+	status string
+	asked  time.Duration
+}
+
+func (e *busyError) Error() string { return "answered " + e.status }
+
+// jittered is a wait of d on average, between d/2 and 3d/2: receivers that
+// failed together do not retry together.
+func jittered(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d)
+}
 
 func (c *Callbacker) post(ctx context.Context, u string, body []byte, headers map[string]string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
@@ -172,7 +220,7 @@ func (c *Callbacker) post(ctx context.Context, u string, body []byte, headers ma
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		return nil
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
-		return fmt.Errorf("answered %s", resp.Status)
+		return &busyError{status: resp.Status, asked: release.WaitAsked(resp.StatusCode, resp.Header, c.clock.Now())}
 	default:
 		return &permanentError{fmt.Errorf("answered %s", resp.Status)}
 	}
