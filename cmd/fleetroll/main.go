@@ -17,14 +17,11 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// version is stamped at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 // fleetroll --version prints what fleetroll version prints (no -v: a
 // short flag at the top would be mistaken for a command's).
 func init() {
-	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
-	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintf(c.App.Writer, "fleetroll %s\n", c.App.Version) }
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version, revision and Go version"}
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, thisBuild()) }
 }
 
 // Exit codes.
@@ -82,11 +79,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
-		Name:      "fleetroll",
-		Usage:     "restart the instances of a fleet service one at a time, proving each restart",
-		Version:   version,
-		Writer:    stdout,
-		ErrWriter: stderr,
+		Name:    "fleetroll",
+		Usage:   "restart the instances of a fleet service one at a time, proving each restart",
+		Version: thisBuild().Version,
+		// Completion: a command line ending in --generate-bash-completion
+		// is answered with the words that may follow (fleetroll completion).
+		EnableBashCompletion: true,
+		Writer:               stdout,
+		ErrWriter:            stderr,
 		// Exit codes are ours: never let urfave/cli call os.Exit.
 		ExitErrHandler:  func(*cli.Context, error) {},
 		CommandNotFound: func(c *cli.Context, name string) {},
@@ -101,12 +101,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			decideCommand(fleetroll.DecisionPromote),
 			decideCommand(fleetroll.DecisionAbort),
 			releaseCommand(),
+			completionCommand(),
+			manCommand(),
 			{
 				Name:  "version",
-				Usage: "print the version",
+				Usage: "print the version, revision and Go version",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintf(c.App.Writer, "fleetroll %s\n", version)
-					return nil
+					_, err := fmt.Fprintln(c.App.Writer, thisBuild())
+					return err
 				},
 			},
 		},
@@ -160,7 +162,8 @@ func connect(c *cli.Context, endpoint string, requestTimeout time.Duration) (*sl
 // the first positional argument, so the command's flags are moved before it.
 // Everything after "--" stays where it is.
 func moveFlagsFirst(app *cli.App, args []string) []string {
-	if len(args) < 2 {
+	// A completion request must end in its flag, as the shell wrote it.
+	if len(args) < 2 || args[len(args)-1] == "--generate-bash-completion" {
 		return args
 	}
 	var cmd *cli.Command

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -153,10 +155,11 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
+	want := fmt.Sprintf("fleetroll %s (revision %s, %s)\n", thisBuild().Version, thisBuild().Revision, runtime.Version())
 	for _, args := range [][]string{{"version"}, {"--version"}} {
 		code, out, errOut := runCLI(t, args...)
-		if code != 0 || out != "fleetroll "+version+"\n" {
-			t.Fatalf("fleetroll %v: exit %d, out %q, err %q", args, code, out, errOut)
+		if code != 0 || out != want {
+			t.Fatalf("fleetroll %v: exit %d, out %q (want %q), err %q", args, code, out, want, errOut)
 		}
 	}
 }
@@ -170,6 +173,7 @@ func TestMoveFlagsFirst(t *testing.T) {
 		{[]string{"fleetroll", "restart", "a@1.service", "-o", "json", "b@2.service"},
 			[]string{"fleetroll", "restart", "-o", "json", "a@1.service", "b@2.service"}},
 		{[]string{"fleetroll", "version"}, []string{"fleetroll", "version"}},
+		{[]string{"fleetroll", "restart", "svc", "--po", "--generate-bash-completion"}, []string{"fleetroll", "restart", "svc", "--po", "--generate-bash-completion"}},
 		{[]string{"fleetroll", "unknown", "x", "--y"}, []string{"fleetroll", "unknown", "x", "--y"}},
 	} {
 		if got := moveFlagsFirst(app, tc.in); !reflect.DeepEqual(got, tc.want) {
