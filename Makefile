@@ -3,8 +3,12 @@
 #   make test   every test: static checks, unit tests, real-cluster tests
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The commit, short, with -dirty for a modified tree (as fleetroll version
+# reads it from a plain go build).
+REVISION ?= $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || r=$$r-dirty; echo $$r; } || echo unknown)
+LDFLAGS = -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build bench bench-prepull bench-watch bench-batch bench-hostile bench-detect screenshot cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build man release bench bench-prepull bench-watch bench-batch bench-hostile bench-detect screenshot cluster-down
 
 demo:
 	contrib/demo.sh
@@ -45,7 +49,21 @@ e2e:
 	$(GO) test -count=1 -timeout 30m -v ./e2e/
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/fleetroll ./cmd/fleetroll
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/fleetroll ./cmd/fleetroll
+
+# The manual page, from the commands and flags themselves: man ./fleetroll.1
+man:
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/fleetroll man > fleetroll.1.tmp && mv fleetroll.1.tmp fleetroll.1
+
+# A release into dist/ (docs/releasing.md): static binaries for linux/amd64
+# and linux/arm64, a multi-platform OCI image of them (made without a
+# container engine or a base image), SHA256SUMS, and the manual page; every
+# one stamped with VERSION and REVISION.
+release: man
+	rm -rf dist
+	$(GO) run ./contrib/release -version "$(VERSION)" -revision "$(REVISION)" -out dist
+	cp fleetroll.1 dist/fleetroll.1
+	cd dist && sha256sum fleetroll.1 >> SHA256SUMS
 
 bench:
 	bench/roll.sh

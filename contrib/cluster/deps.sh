@@ -7,6 +7,10 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 [[ -e /usr/lib/systemd/user/dbus.socket ]] || need+=(dbus-user-session)
 command -v busctl >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+# make release: the CA bundle its image carries; the manual page's test
+# renders it with groff (man-db's formatter).
+[[ -e /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
+command -v groff >/dev/null || need+=(groff-base)
 # Network namespaces of a multi-machine cluster (nsenter and unshare are in
 # util-linux, which every Debian has).
 command -v ip >/dev/null || need+=(iproute2)
