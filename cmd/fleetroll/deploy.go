@@ -38,7 +38,8 @@ Examples:
 Exit codes: 0 deployed; 1 the deploy failed or halted (a pull, a unit); 2 usage
 errors; 3 a unit failed and the deploy was rolled back (--on-failure rollback):
 every instance it moved runs the previous release again; 4 the canaries were
-aborted; 130 interrupted.`,
+aborted; 5 refused: the release is quarantined (fleetroll release list), nothing
+was touched; 130 interrupted.`,
 		Flags: rolloutFlags(nil, registryFlags()...),
 		Action: func(c *cli.Context) error {
 			return runRollout(c, "deploy", func(s *rollout.Settings) (*rollout.Change, error) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/fleetroll/rollout"
 	"github.com/urfave/cli/v2"
 )
@@ -73,8 +74,9 @@ Examples:
 
 Exit codes: 0 all restarted; 1 the roll failed or halted, or fleet or etcd
 could not be reached; 2 usage or plan errors (bad flags, bad port list,
-unknown units); 4 the canaries were aborted; 130 interrupted (the unit being
-restarted is brought back up first).`,
+unknown units); 4 the canaries were not promoted (fleetroll abort, or an ill
+canary at the end of --canary-wait), the other instances untouched; 130
+interrupted (the unit being restarted is brought back up first).`,
 		Flags: rolloutFlags([]string{"image", "on-failure", "pull-timeout", "no-pre-pull"},
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"FLEETROLL_DRY_RUN"}, Usage: "print the plan and exit"}),
 		Action: func(c *cli.Context) error {
@@ -163,6 +165,17 @@ func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*
 		}
 		for _, n := range plan.NotLaunched {
 			fmt.Fprintf(errw, "warning: %s is loaded in fleet but not launched: a rollout would not restart it\n", n)
+		}
+		if s := req.Settings.Complete(service); s.BlueGreen() {
+			// The plan of fleet's units is the live set; the new units go
+			// on the other set (the spare ports, or the ports).
+			next := []string(s.SparePorts)
+			if kapi != nil {
+				if _, next, err = (coord.Lives{KAPI: kapi}).Resolve(ctx, service, s.Ports, s.SparePorts); err != nil {
+					return &exitError{exitFailed, fmt.Errorf("%s: %w", verb, err)}
+				}
+			}
+			return printBlueGreenPlan(out, output, s, plan, next)
 		}
 		return printPlan(out, output, req.Settings, plan)
 	}
@@ -289,12 +302,55 @@ func printPlan(w io.Writer, output string, s rollout.Settings, plan *fleetroll.P
 		return enc.Encode(plan)
 	}
 	how := fmt.Sprintf("%s at a time", s.MaxUnavailable)
-	if s.BlueGreen() {
-		how = "blue-green: new units on the spare ports, then these go"
-	}
 	fmt.Fprintf(w, "plan: restart %d unit(s) of %s, %s (grace %s, stop timeout %s, start timeout %s)\n",
 		len(plan.Units), plan.Service, how, s.Grace, s.StopTimeout, s.StartTimeout)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for i, u := range plan.Units {
+		fmt.Fprintf(tw, "  %d.\t%s\t%s\n", i+1, u.Name, u.State)
+	}
+	return tw.Flush()
+}
+
+// blueGreenPlan is a blue-green dry run's plan (-o json): the live set
+// (fleet's units now, which go once the new ones are announced) and the
+// new units, with their sidekicks, on the other set of ports.
+type blueGreenPlan struct {
+	*fleetroll.Plan
+	Strategy string        `json:"strategy"`
+	New      []newUnitPlan `json:"new_units"`
+}
+
+type newUnitPlan struct {
+	Name     string `json:"name"`
+	Sidekick string `json:"sidekick,omitempty"`
+}
+
+func printBlueGreenPlan(w io.Writer, output string, s rollout.Settings, plan *fleetroll.Plan, next []string) error {
+	bg := blueGreenPlan{Plan: plan, Strategy: s.Strategy, New: []newUnitPlan{}}
+	for _, port := range next {
+		n := newUnitPlan{Name: fleetroll.UnitName(plan.Service, port)}
+		if s.Sidekick != "" {
+			n.Sidekick = fleetroll.UnitName(s.Sidekick, port)
+		}
+		bg.New = append(bg.New, n)
+	}
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(bg)
+	}
+	fmt.Fprintf(w, "plan: blue-green rollout of %s: %d new unit(s) on ports %s, each placed, running and healthy, then the switch; then the %d live unit(s) go (placement timeout %s, start timeout %s, stop timeout %s)\n",
+		plan.Service, len(bg.New), strings.Join(next, ","), len(plan.Units), s.PlacementTimeout, s.StartTimeout, s.StopTimeout)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  new (started first):")
+	for i, n := range bg.New {
+		side := ""
+		if n.Sidekick != "" {
+			side = "with " + n.Sidekick
+		}
+		fmt.Fprintf(tw, "  %d.\t%s\t%s\n", i+1, n.Name, side)
+	}
+	fmt.Fprintln(tw, "  live (drained, stopped and destroyed after the switch):")
 	for i, u := range plan.Units {
 		fmt.Fprintf(tw, "  %d.\t%s\t%s\n", i+1, u.Name, u.State)
 	}

@@ -32,7 +32,13 @@ Examples:
    fleetroll status
    fleetroll status my-service --etcd-endpoints http://10.0.0.1:2379
    fleetroll status 5f0c2a9b1e77 -o json
-   FLEETROLL_TOKEN=… fleetroll status --follow 5f0c2a9b1e77 --server https://fleetroll.example.com:8080`,
+   FLEETROLL_TOKEN=… fleetroll status --follow 5f0c2a9b1e77 --server https://fleetroll.example.com:8080
+
+Exit codes: 0 listed; 1 etcd could not be read; 2 usage errors. With --follow,
+the rollout's result as restart's: 0 succeeded; 1 failed, or it never ran
+(superseded by a newer trigger: its record names the rollout that runs
+instead; cancelled), or serve could not be reached; 2 usage errors; 3 rolled
+back; 4 aborted; 5 refused; 130 interrupted.`,
 		Flags:        flags,
 		Action:       statusAction,
 		OnUsageError: onUsageError,
