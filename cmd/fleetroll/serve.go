@@ -24,6 +24,7 @@ import (
 func serveCommand() *cli.Command {
 	flags := append(fleetFlags(),
 		configFlag("YAML file of services, their settings and triggers (reloaded on SIGHUP); the settings' flags given are every service's defaults"),
+		&cli.StringFlag{Name: "check-config", Usage: "validate this configuration file and the secrets serve would read (never printed), then exit: 0 valid, 2 not"},
 		&cli.StringFlag{Name: "service", EnvVars: []string{"FLEETROLL_SERVICE"}, Usage: "one service to roll, instead of --config"},
 		&cli.StringFlag{Name: "repository", EnvVars: []string{"FLEETROLL_REPOSITORY"}, Usage: "with --service: the image repository (namespace/name) whose pushes roll it"},
 		&cli.StringSliceFlag{Name: "tag", Value: cli.NewStringSlice("latest"), EnvVars: []string{"FLEETROLL_TAG"}, Usage: "with --service: tags (or globs) that roll it"},
@@ -72,9 +73,12 @@ Examples:
    fleetroll serve --config /etc/fleetroll/config.yaml --token-file /etc/fleetroll/token --public-url https://hooks.example.com
 
 Endpoints: POST /webhooks/dockerhub/{token}, POST /webhooks/registry, POST /webhooks/github
-(each only with its own secret), POST /rollouts, GET /rollouts, GET /rollouts/{id} (the API
-token), GET /healthz, GET /metrics (on --metrics-listen when set; on --listen, /metrics
-takes the API token).
+(each only with its own secret); with the API token: POST /rollouts, GET /rollouts,
+GET /rollouts/{id}, POST /rollouts/{id}/cancel, POST /rollouts/{id}/promote,
+POST /rollouts/{id}/abort, GET /events (Server-Sent Events); the status page at /
+(a login with the API token); GET /healthz, GET /livez and GET /metrics (on
+--metrics-listen when set; on --listen, /metrics takes the API token).
+--check-config FILE validates FILE and the secrets it names, then exits (0 or 2).
 SIGHUP reloads --config; SIGTERM stops taking work, lets the running unit step finish and exits 0.`,
 		Flags:        flags,
 		Action:       serveAction,
@@ -88,6 +92,7 @@ type serveOptions struct {
 	endpoint        string
 	requestTimeout  time.Duration
 	configFile      string
+	check           bool // --check-config: validate, then exit
 	config          *hook.Config
 	hook            hook.Options
 	listen          string
@@ -106,12 +111,19 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		endpoint:        c.String("endpoint"),
 		requestTimeout:  c.Duration("request-timeout"),
 		configFile:      c.String("config"),
+		check:           c.String("check-config") != "",
 		listen:          c.String("listen"),
 		metricsListen:   c.String("metrics-listen"),
 		callbackDrain:   c.Duration("callback-shutdown-timeout"),
 		tlsCert:         c.String("tls-cert"),
 		tlsKey:          c.String("tls-key"),
 		shutdownTimeout: c.Duration("shutdown-timeout"),
+	}
+	if o.check {
+		if o.configFile != "" && o.configFile != c.String("check-config") {
+			return nil, usageErr("serve: --check-config FILE checks FILE: give it or --config, not both")
+		}
+		o.configFile = c.String("check-config")
 	}
 	o.base = rollout.Defaults()
 	if err := applyFlags(c, &o.base); err != nil {
@@ -270,6 +282,9 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.check {
+		return checkConfig(c, o)
+	}
 	logger, fleet, err := connect(c, o.endpoint, o.requestTimeout)
 	if err != nil {
 		return err
@@ -406,6 +421,22 @@ loop:
 		return &exitError{exitFailed, fmt.Errorf("serve: %w", serveErr)}
 	}
 	logger.Info("stopped")
+	return nil
+}
+
+// checkConfig is serve --check-config: what serve checks before it asks
+// fleet or etcd anything, said in one line; what needs etcd is noted (serve
+// finds etcd as it starts). Exit 0, or 2 with the first error.
+func checkConfig(c *cli.Context, o *serveOptions) error {
+	o.hook.Config = o.config
+	res, err := hook.Check(o.hook)
+	if err != nil {
+		return usageErr("serve --check-config %s: %w", o.configFile, err)
+	}
+	fmt.Fprintf(c.App.Writer, "%s: valid: %d service(s), %d notification(s); the secrets are set\n", o.configFile, res.Services, res.Notifications)
+	if len(res.NeedsEtcd) > 0 {
+		fmt.Fprintf(c.App.Writer, "needs etcd (serve must find it as it starts): %s\n", strings.Join(res.NeedsEtcd, "; "))
+	}
 	return nil
 }
 
