@@ -20,6 +20,7 @@ type Outbox struct {
 	cb       *Callbacker
 	deadline time.Duration
 	log      *slog.Logger
+	failed   func(outgoing) // told of each message not delivered (metrics), when set
 
 	// The queue: pending posts by rollout, in order; ready are the
 	// rollouts with posts pending and none being sent (oldest first).
@@ -46,6 +47,7 @@ type outboxJob struct {
 type outgoing struct {
 	what    string
 	notify  bool // a notification: its URL is checked against the notifications' allow-list
+	dropped bool // never sent: the outbox was full or closed (for the metrics)
 	url     string
 	body    []byte
 	headers map[string]string
@@ -61,8 +63,13 @@ const (
 // NewOutbox starts workers that send through cb; deadline bounds all the
 // callbacks of one rollout.
 func NewOutbox(cb *Callbacker, size, workers int, deadline time.Duration, log *slog.Logger) *Outbox {
+	return newOutbox(cb, size, workers, deadline, log, nil)
+}
+
+// newOutbox is NewOutbox, telling failed of each message not delivered.
+func newOutbox(cb *Callbacker, size, workers int, deadline time.Duration, log *slog.Logger, failed func(outgoing)) *Outbox {
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &Outbox{cb: cb, deadline: deadline, log: log, ctx: ctx, cancel: cancel,
+	o := &Outbox{cb: cb, deadline: deadline, log: log, failed: failed, ctx: ctx, cancel: cancel,
 		pending: map[string][]outboxJob{}, inFlight: map[string]bool{}, size: max(size, 1)}
 	o.cond = sync.NewCond(&o.mu)
 	for range max(workers, 1) {
@@ -95,10 +102,12 @@ func (o *Outbox) post(rolloutID string, out []outgoing) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {
+		o.dropped(out)
 		return false
 	}
 	if o.queued >= o.size {
 		o.log.Warn("outbox full: messages not sent", "rollout_id", rolloutID, "messages", len(out))
+		o.dropped(out)
 		return false
 	}
 	o.queued++
@@ -108,6 +117,17 @@ func (o *Outbox) post(rolloutID string, out []outgoing) bool {
 	o.pending[rolloutID] = append(o.pending[rolloutID], outboxJob{rolloutID: rolloutID, out: out})
 	o.cond.Signal()
 	return true
+}
+
+// dropped counts messages the outbox had no room for as not delivered.
+func (o *Outbox) dropped(out []outgoing) {
+	if o.failed == nil {
+		return
+	}
+	for _, m := range out {
+		m.dropped = true
+		o.failed(m)
+	}
 }
 
 // work sends the next post of a ready rollout, until the outbox is closed
@@ -151,6 +171,9 @@ func (o *Outbox) send(j outboxJob) {
 			defer wg.Done()
 			if err := o.cb.deliver(ctx, m.url, m.notify, m.body, m.headers); err != nil {
 				o.log.Warn(m.what+" failed", "rollout_id", j.rolloutID, "origin", originOf(m.url), "error", err.Error())
+				if o.failed != nil {
+					o.failed(m)
+				}
 				return
 			}
 			o.log.Info(m.what+" sent", "rollout_id", j.rolloutID, "origin", originOf(m.url))

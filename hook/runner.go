@@ -62,6 +62,7 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 	}
 	s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
 	s.metrics.rollouts.WithLabelValues(j.Service, string(final.Status)).Inc()
+	s.om.finished(final)
 	for _, u := range final.Units {
 		if u.Outcome == fleetroll.OutcomeRestarted {
 			s.metrics.unitRestart.WithLabelValues(j.Service).Observe(time.Duration(u.Total).Seconds())
@@ -247,6 +248,7 @@ func (s *Server) report(j Job) {
 	for _, cb := range j.Callbacks {
 		if !s.opt.Callbacks.Allowed(cb) {
 			s.log.Warn("callback skipped: origin not on the allow-list", "rollout_id", j.ID, "callback_origin", originOf(cb))
+			s.om.callbacks.WithLabelValues(callbackNotAllowed).Inc()
 			continue
 		}
 		urls = append(urls, cb)

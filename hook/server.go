@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -110,6 +112,9 @@ type Options struct {
 	// that the queue's timers are the only ones on Clock).
 	HealthInterval, HealthTimeout time.Duration
 	HealthClock                   fleetroll.Clock
+	// Build names this binary in fleetroll_build_info (empty fields: the
+	// toolchain's record of the build).
+	Build BuildInfo
 	// Etcd, when set, is where locks, drain keys and the history live.
 	Etcd client.KeysAPI
 	// LeaseTTL is the TTL of this receiver's claims on services in the
@@ -159,6 +164,7 @@ type Server struct {
 	replays  deliveryGuard
 	pollers  *pollers // the registry pollers (poll:)
 	health   *healthCheck
+	om       *opsMetrics // the metrics one alerts on
 	metrics  *metrics
 	log      *slog.Logger
 	handler  http.Handler
@@ -272,6 +278,8 @@ func New(opt Options) (*Server, error) {
 		s.records.live = s.durable.live
 	}
 	s.metrics = newMetrics(s.queue)
+	s.om = newOpsMetrics(s.metrics.reg, opt.Build, func() ([]string, []fleetroll.Report) { return s.serviceNames(), s.store.List("") }, opt.Clock)
+	s.om.setTargets(slices.Collect(maps.Keys(targets)))
 	s.in = intake{secrets: opt.Secrets, config: s.Config, authorize: s.authorize, bodyLimit: opt.BodyLimit, clock: opt.Clock,
 		callbacks: opt.Callbacks, resolver: opt.Resolver, queue: s.queue, replays: s.replays, metrics: s.metrics, statusURL: s.statusURL}
 	s.in.gate = &releaseGate{etcd: opt.Etcd, config: s.Config, refused: s.refusedTrigger}
@@ -306,7 +314,7 @@ func (s *Server) OpsHandler() http.Handler { return s.ops }
 // sends the callbacks still queued, for at most outboxLimit. The readiness
 // checks run as long.
 func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
-	s.outbox = NewOutbox(s.opt.Callbacks, DefaultOutboxSize, DefaultOutboxWorkers, s.opt.CallbackDeadline, s.log)
+	s.outbox = newOutbox(s.opt.Callbacks, DefaultOutboxSize, DefaultOutboxWorkers, s.opt.CallbackDeadline, s.log, s.om.sendFailed)
 	polled, checked := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(polled)
@@ -354,6 +362,7 @@ func (s *Server) SetConfig(c *Config) error {
 		return err
 	}
 	s.targets.Store(&targets)
+	s.om.setTargets(slices.Collect(maps.Keys(targets)))
 	s.cfg.Store(c)
 	s.pollers.poke()
 	return nil
