@@ -244,3 +244,40 @@ func TestDocsEndpointsAreRouted(t *testing.T) {
 		}
 	}
 }
+
+// A doc's table of contents ("Contents:", before its first section) lists
+// its sections (## headings), in order, with GitHub's anchors.
+func TestDocsContentsListTheSections(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonWord := regexp.MustCompile(`[^\w\- ]`)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var toc, heads []string
+		inTOC, fence := false, false
+		for _, l := range strings.Split(string(b), "\n") {
+			switch {
+			case strings.HasPrefix(l, "```"):
+				fence = !fence
+			case fence:
+			case l == "Contents:" && heads == nil:
+				inTOC = true
+			case inTOC && strings.HasPrefix(l, "- ["):
+				_, a, _ := strings.Cut(l, "](#")
+				toc = append(toc, strings.TrimSuffix(a, ")"))
+			case strings.HasPrefix(l, "## "):
+				inTOC = false
+				h := nonWord.ReplaceAllString(strings.ToLower(strings.TrimSpace(l[3:])), "")
+				heads = append(heads, strings.ReplaceAll(h, " ", "-"))
+			}
+		}
+		if toc != nil && !slices.Equal(toc, heads) {
+			t.Errorf("%s: the contents list %v, the sections are %v", filepath.Base(f), toc, heads)
+		}
+	}
+}
