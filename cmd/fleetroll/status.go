@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,8 +27,10 @@ func statusCommand() *cli.Command {
 		Name:      "status",
 		Usage:     "show recent rollouts, from every fleetroll (CLI and servers), from etcd",
 		ArgsUsage: "[SERVICE | ROLLOUT-ID]",
-		Description: `Lists the rollouts recorded in etcd (/fleetroll/history), newest first.
-Every rollout run with etcd is recorded: restart, deploy, rollback and serve's.
+		Description: `Lists the rollouts in progress (running, paused after their canaries, queued in
+serve's queue; from etcd's queue, pauses and locks), then the rollouts recorded in etcd
+(/fleetroll/history), newest first. Every rollout run with etcd is recorded: restart,
+deploy, rollback and serve's.
 
 Examples:
    fleetroll status
@@ -79,6 +83,26 @@ func statusAction(c *cli.Context) error {
 			enc.SetIndent("", "  ")
 			return enc.Encode(r)
 		}
+		// Not ended yet: it is in progress, if anywhere.
+		active, err := coord.Active(c.Context, kapi, "")
+		if err != nil {
+			return &exitError{exitFailed, fmt.Errorf("status: %w", err)}
+		}
+		for _, a := range active {
+			if a.ID == id {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(a)
+			}
+		}
+	}
+	service := ""
+	if _, isID := rolloutID(arg); !isID {
+		service = arg
+	}
+	active, err := coord.Active(c.Context, kapi, service)
+	if err != nil {
+		return &exitError{exitFailed, fmt.Errorf("status: cannot read etcd at %s: %w", c.String("etcd-endpoints"), err)}
 	}
 	recs, err := h.List(c.Context, arg)
 	if err != nil {
@@ -110,7 +134,10 @@ func statusAction(c *cli.Context) error {
 	if out == "json" {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
-		doc := map[string]any{"rollouts": recs}
+		doc := map[string]any{"rollouts": recs, "active": active}
+		if active == nil {
+			doc["active"] = []coord.ActiveRollout{}
+		}
 		if rels != nil {
 			doc["release"] = rels
 		}
@@ -130,6 +157,9 @@ func statusAction(c *cli.Context) error {
 			return err
 		}
 	}
+	if err := printActive(c.App.Writer, active); err != nil {
+		return err
+	}
 	if len(recs) == 0 {
 		fmt.Fprintln(c.App.Writer, "no rollouts recorded")
 		return nil
@@ -142,6 +172,39 @@ func statusAction(c *cli.Context) error {
 			r.Started.Local().Format(time.DateTime), r.Finished.Sub(r.Started).Round(time.Second), r.Trigger, r.Error)
 	}
 	return tw.Flush()
+}
+
+// printActive prints the rollouts in progress, when there are any, with
+// what a paused one waits for.
+func printActive(w io.Writer, active []coord.ActiveRollout) error {
+	if len(active) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "in progress:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSERVICE\tSTATUS\tUNITS\tSTARTED\tTRIGGER\tBY\tWAITING")
+	for _, a := range active {
+		id, started, units := cmp.Or(a.ID, "-"), "-", "-"
+		if !a.Started.IsZero() {
+			started = a.Started.Local().Format(time.DateTime)
+		}
+		if a.Units > 0 {
+			units = fmt.Sprintf("%d/%d", a.Done, a.Units)
+		}
+		waiting := ""
+		if a.Status == fleetroll.StatusPaused {
+			waiting = fmt.Sprintf("canaries %s since %s: fleetroll promote|abort %s", strings.Join(a.Canaries, ","), a.PausedSince.Local().Format(time.DateTime), a.ID)
+			if a.Decision != nil {
+				waiting = fmt.Sprintf("decided: %s by %s", a.Decision.Kind, a.Decision.By)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, a.Service, a.Status, units, started, cmp.Or(a.Trigger, "-"), cmp.Or(a.Runner, "-"), waiting)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	return nil
 }
 
 // releases is a service's current release and the one before, as status
