@@ -142,6 +142,7 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		PublicURL:        strings.TrimSuffix(c.String("public-url"), "/"),
 		ListenAddr:       c.String("listen"),
 		SeparateOps:      c.String("metrics-listen") != "",
+		Build:            hook.BuildInfo{Version: thisBuild().Version, Revision: thisBuild().Revision, GoVersion: thisBuild().Go},
 	}
 	switch {
 	case o.configFile != "" && c.String("service") != "":
