@@ -110,6 +110,19 @@ func run() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
+	// fleetroll, built once before any cluster: the tree may change under a
+	// long run.
+	binDir, err := os.MkdirTemp("", "fleetroll-bench-detect")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(binDir)
+	bin := filepath.Join(binDir, "fleetroll")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/fleetroll")
+	build.Dir = abs
+	if _, err := output(build); err != nil {
+		return err
+	}
 
 	fmt.Printf("detection and recovery of a crashing release (issue 23)\n")
 	fmt.Printf("settings: 3 instances of the shipped unit (units/my-service@.service, one per machine on three) run by contrib/cluster/engine.sh;\n")
@@ -123,13 +136,13 @@ func run() error {
 
 	var rows []row
 	for _, m := range sizes {
-		b, err := up(ctx, abs, sites[m])
-		if err != nil {
-			return err
+		b, err := up(ctx, abs, bin, sites[m])
+		if err == nil {
+			var rs []row
+			rs, err = b.rounds(ctx, afters, *minHealthy)
+			rows = append(rows, rs...)
 		}
-		rs, err := b.rounds(ctx, afters, *minHealthy)
-		rows = append(rows, rs...)
-		if !*keep {
+		if b != nil && !*keep {
 			if derr := b.c.Down(context.WithoutCancel(ctx)); derr != nil && err == nil {
 				err = derr
 			}
@@ -199,20 +212,25 @@ type bench struct {
 }
 
 // up starts the site's cluster afresh, the drop-ins that run the shipped
-// unit and the pre-pull through the engine, and the three instances.
-func up(ctx context.Context, repo string, s site) (*bench, error) {
+// unit and the pre-pull through the engine, and the three instances. Once
+// its cluster is up, it returns the bench with it, even with an error.
+func up(ctx context.Context, repo, bin string, s site) (*bench, error) {
 	c, err := cluster.Up(ctx, cluster.Config{Repo: repo, Dir: s.dir, EtcdPort: s.etcdPort, FleetPort: s.fleet, Machines: s.machines, Fresh: true})
 	if err != nil {
 		return nil, err
 	}
-	b := &bench{c: c, repo: repo, bin: filepath.Join(s.dir, "bin", "fleetroll"), engine: filepath.Join(s.dir, "engine"),
+	b := &bench{c: c, repo: repo, bin: bin, engine: filepath.Join(s.dir, "engine"),
 		errDir: filepath.Join(s.dir, "stderr"), machines: s.machines, good: repository + "@sha256:" + digest("good")}
-	if _, err := b.sh(ctx, "go", "build", "-o", b.bin, "./cmd/fleetroll"); err != nil {
-		return nil, err
-	}
+	return b, b.setup(ctx, s)
+}
+
+// setup writes the drop-ins, launches the instances and deploys the good
+// release.
+func (b *bench) setup(ctx context.Context, s site) error {
+	c, repo := b.c, b.repo
 	for _, d := range []string{filepath.Join(b.engine, "args"), b.errDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	engine := map[string]string{"DOCKER": filepath.Join(repo, "contrib", "cluster", "engine.sh"), "ENGINE_DIR": b.engine, "STATE": s.dir, "ETCD": c.EtcdURL}
@@ -228,15 +246,15 @@ func up(ctx context.Context, repo string, s site) (*bench, error) {
 		}
 		// The crashing process's last line, with its time, in a file.
 		if err := dropIn(m, service+"@.service", inst, "StandardError=append:"+filepath.Join(b.errDir, "%i.log")); err != nil {
-			return nil, err
+			return err
 		}
 		if err := dropIn(m, "fleetroll-pull@.service", engine); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	opts, err := cluster.LoadTemplate(filepath.Join(repo, "units", "my-service@.service"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// One instance per machine on three (the unit's Conflicts=, renamed for
 	// this service); on one machine, none.
@@ -251,29 +269,29 @@ func up(ctx context.Context, repo string, s site) (*bench, error) {
 		kept = append(kept, o)
 	}
 	if b.units, err = c.Launch(ctx, service, kept, ports...); err != nil {
-		return nil, err
+		return err
 	}
 	if s.machines > 1 {
 		st, err := c.SystemdAll(ctx, b.units...)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		seen := map[int]bool{}
 		for _, x := range st {
 			seen[x.Machine] = true
 		}
 		if len(seen) != s.machines {
-			return nil, fmt.Errorf("the instances are not one per machine: %+v", st)
+			return fmt.Errorf("the instances are not one per machine: %+v", st)
 		}
 	}
 	rep, err := b.deploy(ctx, b.good, "--grace", "0s", "--min-healthy-time", "0s")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if rep.Status != fleetroll.StatusSucceeded {
-		return nil, fmt.Errorf("deploy of the good release: %s: %s", rep.Status, rep.Error)
+		return fmt.Errorf("deploy of the good release: %s: %s", rep.Status, rep.Error)
 	}
-	return b, nil
+	return nil
 }
 
 // dropIn writes a drop-in of environment variables and extra lines for a
@@ -543,12 +561,6 @@ func (b *bench) deploy(ctx context.Context, image string, extra ...string) (*fle
 		return nil, fmt.Errorf("deploy %s: %w\n%s", image, jerr, out)
 	}
 	return &r, nil
-}
-
-func (b *bench) sh(ctx context.Context, name string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = b.repo
-	return output(cmd)
 }
 
 // output runs cmd and returns its stdout; an error carries its stderr.
