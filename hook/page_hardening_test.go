@@ -149,6 +149,8 @@ func TestPageAnswersOnlyToItsHosts(t *testing.T) {
 		{"GET", "/"}, {"GET", "/ui/assets/app.js"}, {"GET", "/ui/state"}, {"GET", "/events"},
 		{"POST", "/login"}, {"POST", "/logout"}, {"POST", "/ui/roll?service=my-service"},
 		{"POST", "/ui/cancel?id=0123456789ab"}, {"POST", "/ui/rollback?service=my-service"},
+		{"GET", "/ui/rollouts/0123456789ab"}, {"GET", "/ui/rollout?id=0123456789ab"},
+		{"POST", "/ui/promote?id=0123456789ab"}, {"POST", "/ui/abort?id=0123456789ab"},
 	}
 	for _, host := range []string{"evil.example", "evil.example" + port, "EVIL.example.", "localhost.evil.example", "127.0.0.1.nip.io" + port} {
 		for _, p := range page {
@@ -230,6 +232,12 @@ func TestPageActionsCheckOrigin(t *testing.T) {
 	}
 	if n := len(env.srv.Store().List("")); n != 0 {
 		t.Fatalf("%d rollouts queued by cross-origin actions", n)
+	}
+	for _, action := range []string{"/ui/promote?id=0123456789ab", "/ui/abort?id=0123456789ab"} {
+		resp, body := pageRequest(t, c, "POST", base+action, "", nil, withHeaders(csrf, "Origin", "https://evil.example"))
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "cross-origin") {
+			t.Fatalf("%s from another origin: %d %s, want 403", action, resp.StatusCode, body)
+		}
 	}
 	for _, origin := range []string{"", base, "https://hooks.example.com", "https://HOOKS.EXAMPLE.COM:443"} {
 		h := csrf

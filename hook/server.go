@@ -649,7 +649,13 @@ func badPayload(err error) (int, any) {
 	return problem(http.StatusBadRequest, err.Error())
 }
 
+// statusURL is a rollout's record in the API (the 202's status_url, a
+// webhook notification's url): for programs, with the API token.
 func (s *Server) statusURL(id string) string { return s.opt.PublicURL + "/rollouts/" + id }
+
+// pageURL is a rollout on the status page (Slack's link, Docker Hub's
+// target_url): for people, through the page's login.
+func (s *Server) pageURL(id string) string { return s.opt.PublicURL + pageRolloutPath + id }
 
 func ignored(reason string) (int, any) {
 	return http.StatusOK, map[string]any{"status": "ignored", "reason": reason}
@@ -663,29 +669,34 @@ func (s *Server) decide(kind fleetroll.DecisionKind) func(*http.Request) (int, a
 		if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
 			return code, body
 		}
-		id := strings.ToLower(r.PathValue("id")) // ABCDEF012345 is abcdef012345
-		if !fleetroll.ValidRolloutID(id) {
-			return problem(http.StatusBadRequest, "rollout ID: want 12 hex digits")
-		}
-		if s.opt.Etcd == nil {
-			return problem(http.StatusNotFound, "no rollout is paused: canary pauses need etcd (--etcd-endpoints)")
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		d := fleetroll.Decision{Kind: kind, By: "api, request " + info(r).id}
-		ps, err := coord.Pauses{KAPI: s.opt.Etcd}.Decide(ctx, id, d)
-		switch {
-		case errors.Is(err, coord.ErrNotPaused):
-			return problem(http.StatusNotFound, fmt.Sprintf("rollout %s is not paused", id))
-		case errors.Is(err, coord.ErrDecided):
-			return problem(http.StatusConflict, err.Error())
-		case err != nil:
-			info(r).log.Warn("decision not recorded", "rollout_id", id, "error", err.Error())
-			return problem(http.StatusServiceUnavailable, "the decision could not be recorded; retry later")
-		}
-		info(r).log.Info("canary decision", "rollout_id", id, "service", ps.Service, "decision", string(kind))
-		return http.StatusOK, map[string]any{"id": id, "service": ps.Service, "decision": string(kind), "canaries": ps.Canaries}
+		return s.decideOn(r, r.PathValue("id"), kind, "api, request "+info(r).id)
 	}
+}
+
+// decideOn records the decision kind on paused rollout id, made by by: the
+// API's promote and abort, and the status page's buttons.
+func (s *Server) decideOn(r *http.Request, id string, kind fleetroll.DecisionKind, by string) (int, any) {
+	id = strings.ToLower(id) // ABCDEF012345 is abcdef012345
+	if !fleetroll.ValidRolloutID(id) {
+		return problem(http.StatusBadRequest, "rollout ID: want 12 hex digits")
+	}
+	if s.opt.Etcd == nil {
+		return problem(http.StatusNotFound, "no rollout is paused: canary pauses need etcd (--etcd-endpoints)")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	ps, err := coord.Pauses{KAPI: s.opt.Etcd}.Decide(ctx, id, fleetroll.Decision{Kind: kind, By: by})
+	switch {
+	case errors.Is(err, coord.ErrNotPaused):
+		return problem(http.StatusNotFound, fmt.Sprintf("rollout %s is not paused", id))
+	case errors.Is(err, coord.ErrDecided):
+		return problem(http.StatusConflict, err.Error())
+	case err != nil:
+		info(r).log.Warn("decision not recorded", "rollout_id", id, "error", err.Error())
+		return problem(http.StatusServiceUnavailable, "the decision could not be recorded; retry later")
+	}
+	info(r).log.Info("canary decision", "rollout_id", id, "service", ps.Service, "decision", string(kind), "by", by)
+	return http.StatusOK, map[string]any{"id": id, "service": ps.Service, "decision": string(kind), "canaries": ps.Canaries}
 }
 
 // configured checks a service named in a request against the configuration

@@ -45,12 +45,16 @@ func (s *Server) uiRoutes(mux *http.ServeMux) {
 		static.ServeHTTP(w, r)
 	}))
 	mux.Handle("GET /{$}", page(s.page))
+	mux.Handle("GET "+pageRolloutPath+"{id}", page(s.page))
 	mux.Handle("POST /login", page(s.login))
 	mux.Handle("POST /logout", page(s.logout))
 	mux.Handle("GET /ui/state", s.pageGuard(s.hook("ui", s.uiState)))
 	mux.Handle("POST /ui/roll", s.pageGuard(s.hook("ui", s.uiAction(s.rollNow))))
 	mux.Handle("POST /ui/cancel", s.pageGuard(s.hook("ui", s.uiAction(s.cancelQueued))))
 	mux.Handle("POST /ui/rollback", s.pageGuard(s.hook("ui", s.uiAction(s.rollBack))))
+	mux.Handle("GET /ui/rollout", s.pageGuard(s.hook("ui", s.uiRollout)))
+	mux.Handle("POST /ui/promote", s.pageGuard(s.hook("ui", s.uiAction(s.uiDecide(fleetroll.DecisionPromote)))))
+	mux.Handle("POST /ui/abort", s.pageGuard(s.hook("ui", s.uiAction(s.uiDecide(fleetroll.DecisionAbort)))))
 	mux.HandleFunc("POST /rollouts/{id}/cancel", s.hook("api", s.apiCancel))
 }
 
@@ -93,11 +97,38 @@ func (s *Server) canRead(r *http.Request) bool {
 	return ok
 }
 
+// pageRolloutPath and a rollout's ID is the page opened on that rollout
+// (Server.pageURL).
+const pageRolloutPath = "/ui/rollouts/"
+
+// pagePath is where a login returns to: the page itself, or the page opened
+// on a rollout (its ID in lower case); anything else is the page. Nothing a
+// form or a link carries is ever redirected to but these two shapes, so a
+// login can send no one to another site (no open redirect).
+func pagePath(p string) string {
+	if id, ok := strings.CutPrefix(p, pageRolloutPath); ok && fleetroll.ValidRolloutID(strings.ToLower(id)) {
+		return pageRolloutPath + strings.ToLower(id)
+	}
+	return "/"
+}
+
 func (s *Server) page(w http.ResponseWriter, r *http.Request) {
+	if id := r.PathValue("id"); id != "" && !fleetroll.ValidRolloutID(strings.ToLower(id)) {
+		http.NotFound(w, r)
+		return
+	}
 	sess, loggedIn, ok := s.viewing(r)
 	if !ok {
-		w.WriteHeader(http.StatusOK)
-		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{})
+		next := pagePath(r.URL.Path)
+		if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+			// A link followed from another site (Slack, Docker Hub): the
+			// browser left out the SameSite=Strict session cookie. The page
+			// asks for itself again, same-site, which carries it; without
+			// one, that request gets the login.
+			_ = uiTemplates.ExecuteTemplate(w, "again.html", map[string]any{"Next": next})
+			return
+		}
+		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Next": next})
 		return
 	}
 	data := map[string]any{"LoggedIn": loggedIn}
@@ -129,14 +160,14 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		}
 		info(r).log.Warn("login refused", "reason", strings.ToLower(strings.TrimSuffix(msg, ".")))
 		w.WriteHeader(code)
-		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": msg})
+		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": msg, "Next": pagePath(r.PostForm.Get("next"))})
 		return
 	}
 	sess := s.sessions.create()
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess.id, Path: "/", HttpOnly: true, Secure: s.overTLS(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessions.absolute / time.Second)})
 	info(r).log.Info("login")
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, pagePath(r.PostForm.Get("next")), http.StatusSeeOther)
 }
 
 // logout ends the session (CSRF-checked, from the page's form).
@@ -203,6 +234,37 @@ func (s *Server) rollBack(r *http.Request, _ string) (int, any) {
 		return problem(http.StatusConflict, "there is no release before the current one")
 	}
 	return s.in.enqueue(r, SourceManual, "", map[string]Event{service: {Repository: svc.Settings.Image, Digest: prev.Digest()}}, []string{service})
+}
+
+// uiDecide promotes or aborts rollout ?id=, paused after its canaries: the
+// API's decision (decideOn), made by the page's session.
+func (s *Server) uiDecide(kind fleetroll.DecisionKind) func(r *http.Request, by string) (int, any) {
+	return func(r *http.Request, by string) (int, any) {
+		return s.decideOn(r, r.URL.Query().Get("id"), kind, by)
+	}
+}
+
+// uiRollout answers rollout ?id='s record to the page (one opened on a
+// rollout that is not among its services' recent ones).
+func (s *Server) uiRollout(r *http.Request) (int, any) {
+	if _, _, ok := s.viewing(r); !ok {
+		return problem(http.StatusUnauthorized, "log in first")
+	}
+	id := strings.ToLower(r.URL.Query().Get("id"))
+	if !fleetroll.ValidRolloutID(id) {
+		return problem(http.StatusNotFound, "no such rollout")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	ro, found, err := s.records.Get(ctx, id)
+	switch {
+	case err != nil:
+		info(r).log.Warn("rollout records unavailable", "rollout_id", id, "error", err.Error())
+		return problem(http.StatusServiceUnavailable, unreadMessage(err))
+	case !found:
+		return problem(http.StatusNotFound, "no such rollout")
+	}
+	return http.StatusOK, ro
 }
 
 // cancelQueued takes rollout ?id= out of the queue before it runs.

@@ -306,3 +306,157 @@ func TestPageStateIsReadOncePerSecond(t *testing.T) {
 		t.Fatalf("a new record is not in the page's state:\n%s", body)
 	}
 }
+
+// Where a login returns to: the page, or the page opened on a rollout;
+// nothing else, so no link can make the login send anyone elsewhere.
+func TestPagePath(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                              "/",
+		"/":                             "/",
+		"/ui/rollouts/0123456789ab":     "/ui/rollouts/0123456789ab",
+		"/ui/rollouts/0123456789AB":     "/ui/rollouts/0123456789ab",
+		"/ui/rollouts/0123456789abc":    "/",
+		"/ui/rollouts/0123456789ab/":    "/",
+		"/ui/rollouts/0123456789ab?x=1": "/",
+		"/ui/rollouts/":                 "/",
+		"/ui/rollouts/../../evil":       "/",
+		"//evil.example/":               "/",
+		"/\\evil.example":               "/",
+		"https://evil.example/":         "/",
+		"https://evil.example/ui/rollouts/0123456789ab": "/",
+		"javascript:alert(1)":                           "/",
+		"/ui/state":                                     "/",
+		" /ui/rollouts/0123456789ab":                    "/",
+		"/ui/rollouts/0123456789ab\r\nX: y":             "/",
+	} {
+		if got := pagePath(in); got != want {
+			t.Errorf("pagePath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The page opened on a rollout (the link of a Slack message, of Docker
+// Hub's target_url): without a session, the login, which returns to it;
+// a link followed from another site, whose browser leaves the SameSite
+// cookie out, asks for the page again from the page's own origin.
+func TestPageOpensOnARollout(t *testing.T) {
+	env := newTestEnv(t, nil)
+	base := env.http.URL
+	const path = "/ui/rollouts/0123456789ab"
+	c := browser(t)
+	for p, code := range map[string]int{"/ui/rollouts/nothex": 404, "/ui/rollouts/0123456789abc": 404, "/ui/rollouts/0123456789ab/x": 404} {
+		if resp, body := send(t, c, "GET", base+p, nil, nil); resp.StatusCode != code {
+			t.Errorf("GET %s: %d %s, want %d", p, resp.StatusCode, body, code)
+		}
+	}
+	resp, page := send(t, c, "GET", base+path, nil, nil)
+	if resp.StatusCode != 200 || !strings.Contains(page, `action="/login"`) || !strings.Contains(page, `name="next" value="`+path+`"`) ||
+		resp.Header.Get("Content-Security-Policy") != uiCSP {
+		t.Fatalf("the rollout's page without a session: %d\n%s", resp.StatusCode, page)
+	}
+	resp, page = send(t, c, "GET", base+path, nil, map[string]string{"Sec-Fetch-Site": "cross-site"})
+	if resp.StatusCode != 200 || !strings.Contains(page, `<meta http-equiv="refresh" content="0;url=`+path+`">`) || strings.Contains(page, "token") {
+		t.Fatalf("the rollout's page from another site: %d\n%s", resp.StatusCode, page)
+	}
+
+	// A wrong token keeps where to return; a login returns there, or to
+	// the page for anything but a rollout's page.
+	form := func(token, next string) (io.Reader, map[string]string) {
+		return strings.NewReader(url.Values{"token": {token}, "next": {next}}.Encode()), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	}
+	body, h := form("wrong-token", path)
+	if resp, page := send(t, c, "POST", base+"/login", body, h); resp.StatusCode != 401 || !strings.Contains(page, `name="next" value="`+path+`"`) {
+		t.Fatalf("a wrong token: %d\n%s", resp.StatusCode, page)
+	}
+	for next, want := range map[string]string{strings.ToUpper(path[len("/ui/rollouts/"):]): "/", "/ui/rollouts/0123456789AB": path,
+		"//evil.example/": "/", "https://evil.example" + path: "/", "": "/"} {
+		body, h := form(testToken, next)
+		if resp, _ := send(t, browser(t), "POST", base+"/login", body, h); resp.StatusCode != 303 || resp.Header.Get("Location") != want {
+			t.Errorf("login with next %q: %d to %q, want %q", next, resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	}
+	body, h = form(testToken, path)
+	if resp, _ := send(t, c, "POST", base+"/login", body, h); resp.StatusCode != 303 || resp.Header.Get("Location") != path {
+		t.Fatalf("login from the rollout's page: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// With the session: the page itself, from anywhere.
+	for _, site := range []string{"", "same-origin", "cross-site"} {
+		resp, page := send(t, c, "GET", base+path, nil, map[string]string{"Sec-Fetch-Site": site})
+		if resp.StatusCode != 200 || !csrfMeta.MatchString(page) || !strings.Contains(page, `id="detail"`) {
+			t.Fatalf("the rollout's page with a session (Sec-Fetch-Site %q): %d\n%s", site, resp.StatusCode, page)
+		}
+	}
+}
+
+// A canary rollout paused in serve is promoted, or aborted, from the page:
+// the API's decision, with the session's CSRF token, recorded as the
+// page's; the page reads the rollout it is opened on.
+func TestPromoteAndAbortFromThePage(t *testing.T) {
+	etcdURL, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{etcdURL}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newTestEnv(t, func(o *Options) {
+		o.Etcd, o.Owner = kapi, "receiver"
+		for i := range o.Config.Services {
+			o.Config.Services[i].Settings.Canary = 1
+		}
+	})
+	base := env.http.URL
+	anon, c := browser(t), browser(t)
+	login(t, c, base, testToken)
+	_, page := send(t, c, "GET", base+"/", nil, nil)
+	csrf := map[string]string{"X-CSRF-Token": csrfMeta.FindStringSubmatch(page)[1]}
+	trigger := func() string {
+		t.Helper()
+		resp, body := send(t, c, "POST", base+"/ui/roll?service=my-service", nil, csrf)
+		if resp.StatusCode != 202 {
+			t.Fatalf("roll: %d %s", resp.StatusCode, body)
+		}
+		return regexp.MustCompile(`"id": "([0-9a-f]{12})"`).FindStringSubmatch(body)[1]
+	}
+
+	id := trigger()
+	waitStatus(t, env, id, fleetroll.StatusPaused)
+	if resp, body := send(t, anon, "GET", base+"/ui/rollout?id="+id, nil, nil); resp.StatusCode != 401 {
+		t.Fatalf("the rollout without a session: %d %s", resp.StatusCode, body)
+	}
+	for q, code := range map[string]int{id: 200, strings.ToUpper(id): 200, "000000000000": 404, "..%2f": 404} {
+		resp, body := send(t, c, "GET", base+"/ui/rollout?id="+q, nil, nil)
+		if resp.StatusCode != code || code == 200 && !strings.Contains(body, `"status": "paused"`) {
+			t.Errorf("the rollout %q: %d %s, want %d", q, resp.StatusCode, body, code)
+		}
+	}
+	for _, try := range []struct {
+		client  *http.Client
+		headers map[string]string
+		code    int
+	}{{anon, csrf, 401}, {c, nil, 403}, {c, map[string]string{"X-CSRF-Token": "forged"}, 403}} {
+		if resp, body := send(t, try.client, "POST", base+"/ui/promote?id="+id, nil, try.headers); resp.StatusCode != try.code {
+			t.Errorf("promote %v: %d %s, want %d", try.headers, resp.StatusCode, body, try.code)
+		}
+	}
+	if resp, body := send(t, c, "POST", base+"/ui/promote?id=000000000000", nil, csrf); resp.StatusCode != 404 {
+		t.Fatalf("promote a rollout that is not paused: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := send(t, c, "POST", base+"/ui/promote?id="+id, nil, csrf); resp.StatusCode != 200 || !strings.Contains(body, `"decision": "promote"`) {
+		t.Fatalf("promote: %d %s", resp.StatusCode, body)
+	}
+	if final := waitFinal(t, env, id); final.Status != fleetroll.StatusSucceeded || final.Restarted() != 3 ||
+		!strings.HasPrefix(final.Canary.By, "the status page (request ") {
+		t.Fatalf("promoted rollout: %+v %+v", final, final.Canary)
+	}
+
+	id = trigger()
+	waitStatus(t, env, id, fleetroll.StatusPaused)
+	if resp, body := send(t, c, "POST", base+"/ui/abort?id="+id, nil, csrf); resp.StatusCode != 200 || !strings.Contains(body, `"decision": "abort"`) {
+		t.Fatalf("abort: %d %s", resp.StatusCode, body)
+	}
+	if final := waitFinal(t, env, id); final.Status != fleetroll.StatusAborted || final.Units[2].Outcome != fleetroll.OutcomeUntouched {
+		t.Fatalf("aborted rollout: %+v", final)
+	}
+	if resp, _ := send(t, c, "POST", base+"/ui/promote?id="+id, nil, csrf); resp.StatusCode != 404 {
+		t.Fatalf("a decision after the end: %d", resp.StatusCode)
+	}
+}
