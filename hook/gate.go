@@ -139,7 +139,7 @@ func (s *Server) refusedTrigger(ctx context.Context, rec fleetroll.Report, callb
 	}
 	res := CallbackResult{State: "failure", Context: "fleetroll", Description: Outcome(rec)}
 	if s.opt.PublicURL != "" {
-		res.TargetURL = s.statusURL(rec.ID)
+		res.TargetURL = s.pageURL(rec.ID)
 	}
 	if s.outbox == nil || !s.outbox.Post(rec.ID, []string{callback}, res) {
 		s.log.Warn("callback not sent: the outbox is closed or full", "rollout_id", rec.ID)

@@ -138,11 +138,18 @@ type notifyUnit struct {
 
 // WebhookNotification is the body of a webhook notification.
 type WebhookNotification struct {
-	Event   string        `json:"event"`
-	Summary string        `json:"summary"`
+	Event   string `json:"event"`
+	Summary string `json:"summary"`
+	// URL is the rollout's record in the API (for a program, with the API
+	// token); PageURL the status page opened on it (for a person).
 	URL     string        `json:"url,omitempty"`
+	PageURL string        `json:"page_url,omitempty"`
 	Rollout notifyRollout `json:"rollout"`
 }
+
+// rolloutLinks are where a notification points: the rollout in the API
+// and on the status page ("" without a public URL).
+type rolloutLinks struct{ status, page string }
 
 func toNotify(r fleetroll.Report) notifyRollout {
 	n := notifyRollout{ID: r.ID, Service: r.Service, Status: r.Status, Strategy: r.Strategy, Started: r.Started, Finished: r.Finished,
@@ -165,8 +172,9 @@ func toNotify(r fleetroll.Report) notifyRollout {
 	return n
 }
 
-// message builds a target's request: the body and its headers.
-func (t notifyTarget) message(event string, r fleetroll.Report, statusURL string) ([]byte, map[string]string, error) {
+// message builds a target's request: the body and its headers. A Slack
+// message links to the status page, for the person who reads it.
+func (t notifyTarget) message(event string, r fleetroll.Report, links rolloutLinks) ([]byte, map[string]string, error) {
 	summary := Outcome(r)
 	if event == "started" {
 		summary = fmt.Sprintf("%s: rollout %s started (%s)", r.Service, r.ID, describeTrigger(r.Trigger))
@@ -183,13 +191,13 @@ func (t notifyTarget) message(event string, r fleetroll.Report, statusURL string
 			}
 			text += ")"
 		}
-		if statusURL != "" {
-			text += " <" + statusURL + "|rollout " + r.ID + ">"
+		if links.page != "" {
+			text += " <" + links.page + "|rollout " + r.ID + ">"
 		}
 		b, err := json.Marshal(map[string]string{"text": text})
 		return b, map[string]string{"Content-Type": "application/json"}, err
 	case NotifyWebhook:
-		b, err := json.Marshal(WebhookNotification{Event: event, Summary: summary, URL: statusURL, Rollout: toNotify(r)})
+		b, err := json.Marshal(WebhookNotification{Event: event, Summary: summary, URL: links.status, PageURL: links.page, Rollout: toNotify(r)})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -239,11 +247,11 @@ func (s *Server) notify(event string, r fleetroll.Report) {
 		if !ok || !t.wants(event) {
 			continue
 		}
-		url := ""
+		var links rolloutLinks
 		if s.opt.PublicURL != "" {
-			url = s.statusURL(r.ID)
+			links = rolloutLinks{status: s.statusURL(r.ID), page: s.pageURL(r.ID)}
 		}
-		body, headers, err := t.message(event, r, url)
+		body, headers, err := t.message(event, r, links)
 		if err != nil {
 			s.log.Warn("notification not built", "rollout_id", r.ID, "notification", name, "error", err.Error())
 			continue

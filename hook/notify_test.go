@@ -94,6 +94,7 @@ func notifyEnv(t *testing.T, nr *notifyReceivers, cfgYAML string, secrets map[st
 	}
 	return newTestEnvErr(t, func(o *Options) {
 		o.Config = cfg
+		o.PublicURL = notifyPublicURL
 		c, err := NewCallbacker([]string{DefaultCallbackAllow}, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -112,6 +113,8 @@ func notifyEnv(t *testing.T, nr *notifyReceivers, cfgYAML string, secrets map[st
 		}
 	})
 }
+
+const notifyPublicURL = "https://hooks.example.com"
 
 const notifyConfig = `
 notifications:
@@ -205,6 +208,11 @@ func checkNotification(t *testing.T, r received) string {
 			t.Fatalf("Slack body %s", r.body)
 		}
 		id, _, _ := strings.Cut(strings.TrimPrefix(m["text"], "fleetroll "), ":")
+		// The link is for the person reading it: the status page opened
+		// on the rollout, not the API (which answers a browser 401).
+		if link := " <" + notifyPublicURL + "/ui/rollouts/" + id + "|rollout " + id + ">"; !strings.HasSuffix(m["text"], link) {
+			t.Fatalf("Slack text %q does not end with the page's link %q", m["text"], link)
+		}
 		return id
 	}
 	if sig := r.headers.Get(SignatureHeader); !hmac.Equal([]byte(sig), []byte(Sign(notifyKey, r.body))) {
@@ -213,6 +221,9 @@ func checkNotification(t *testing.T, r received) string {
 	var n WebhookNotification
 	if err := json.Unmarshal(r.body, &n); err != nil || n.Rollout.Service != "my-service" || r.headers.Get("X-Fleetroll-Event") != n.Event {
 		t.Fatalf("webhook body %s", r.body)
+	}
+	if id := n.Rollout.ID; n.URL != notifyPublicURL+"/rollouts/"+id || n.PageURL != notifyPublicURL+"/ui/rollouts/"+id {
+		t.Fatalf("webhook links: url %q, page_url %q", n.URL, n.PageURL)
 	}
 	if strings.Contains(string(r.body), "machine") || strings.Contains(string(r.body), "last_state") {
 		t.Fatalf("a notification carries internal details: %s", r.body)
@@ -263,7 +274,7 @@ func TestSlackMessageEscapesWhatASenderWrote(t *testing.T) {
 	r := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusSucceeded,
 		Trigger: fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: tag}}
 	for _, event := range []string{"started", "succeeded"} {
-		body, _, err := target.message(event, r, "https://fleetroll.example/rollouts/0123456789ab")
+		body, _, err := target.message(event, r, rolloutLinks{status: "https://fleetroll.example/rollouts/0123456789ab", page: "https://fleetroll.example/ui/rollouts/0123456789ab"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,7 +289,7 @@ func TestSlackMessageEscapesWhatASenderWrote(t *testing.T) {
 		if !strings.Contains(text, "&lt;!channel&gt; &lt;mailto:ops@evil.example|approve here&gt; &amp; more") {
 			t.Errorf("%s: the tag is not in the text, escaped: %s", event, text)
 		}
-		if !strings.HasSuffix(text, " <https://fleetroll.example/rollouts/0123456789ab|rollout 0123456789ab>") {
+		if !strings.HasSuffix(text, " <https://fleetroll.example/ui/rollouts/0123456789ab|rollout 0123456789ab>") {
 			t.Errorf("%s: fleetroll's own link is gone: %s", event, text)
 		}
 	}

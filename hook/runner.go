@@ -262,7 +262,7 @@ func (s *Server) report(j Job) {
 		res.State = "error"
 	}
 	if s.opt.PublicURL != "" {
-		res.TargetURL = s.statusURL(final.ID)
+		res.TargetURL = s.pageURL(final.ID)
 	}
 	if s.outbox == nil || !s.outbox.Post(j.ID, urls, res) {
 		s.log.Warn("callbacks not sent: the outbox is closed or full", "rollout_id", j.ID, "callbacks", len(urls))

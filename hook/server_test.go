@@ -318,7 +318,9 @@ func TestDockerHubRollsAndCallsBack(t *testing.T) {
 	}
 	select {
 	case res := <-got:
-		if res.State != "success" || res.Context != "fleetroll" || res.TargetURL != ans["status_url"] {
+		// target_url is for the person reading Docker Hub: the status page
+		// opened on the rollout; status_url stays the API's.
+		if res.State != "success" || res.Context != "fleetroll" || res.TargetURL != "https://hooks.example.com/ui/rollouts/"+ans["id"].(string) {
 			t.Fatalf("callback = %+v", res)
 		}
 	case <-time.After(10 * time.Second):
