@@ -254,6 +254,14 @@ func (s *Server) uiRollout(r *http.Request) (int, any) {
 	if !fleetroll.ValidRolloutID(id) {
 		return problem(http.StatusNotFound, "no such rollout")
 	}
+	// One reading for the page at a time, the state's included: viewers
+	// cannot make the receiver read etcd in parallel.
+	select {
+	case s.uiCache.sem <- struct{}{}:
+		defer func() { <-s.uiCache.sem }()
+	case <-r.Context().Done():
+		return problem(http.StatusServiceUnavailable, "the rollout could not be read in time")
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	ro, found, err := s.records.Get(ctx, id)

@@ -5,6 +5,9 @@
 
 const state = { services: new Map(), rollouts: new Map(), seen: new Map() };
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+// The page opened on a rollout (/ui/rollouts/ID, the link of a Slack
+// message or of Docker Hub's target_url).
+const opened = (location.pathname.match(/^\/ui\/rollouts\/([0-9a-fA-F]{12})$/) || [])[1]?.toLowerCase() || "";
 const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, ...children) {
@@ -96,7 +99,7 @@ function renderService(svc) {
   const current = all.find(r => r.status === "running" || r.status === "paused");
   const cur = el("div", { class: "current" });
   if (current) {
-    cur.append(el("h3", {}, "Rollout " + current.id + " ", el("span", { class: "status-" + current.status }, current.status)));
+    cur.append(el("h3", {}, "Rollout " + current.id + " ", el("span", { class: "status-" + current.status }, current.status), ...decisions(current)));
     const tbl = el("table", { class: "units" }, el("tr", {}, el("th", {}, "unit"), el("th", {}, "phase"), el("th", {}, "outcome"), el("th", { class: "w" }, "time")));
     for (const u of current.units) {
       const seen = state.seen.get(current.id + " " + u.unit) || [];
@@ -175,15 +178,64 @@ function timeline(r) {
   return s;
 }
 
+// decisions are the Promote and Abort buttons of a rollout paused after
+// its canaries, for a session (none read-only).
+function decisions(r) {
+  if (!csrf || r.status !== "paused") return [];
+  const promote = el("button", { type: "button", class: "promote", "data-rollout": r.id, title: "roll the other instances" }, "Promote");
+  const abort = el("button", { type: "button", class: "abort", "data-rollout": r.id, title: "stop here; the other instances stay untouched" }, "Abort");
+  for (const [b, what] of [[promote, "promote"], [abort, "abort"]]) {
+    b.addEventListener("click", async (e) => {
+      e.stopPropagation();
+      const ans = await act("/ui/" + what + "?id=" + encodeURIComponent(r.id), b);
+      note(ans.ok ? "rollout " + r.id + ": " + what + " recorded" : "rollout " + r.id + ": " + what + " refused: " + ans.message);
+    });
+  }
+  return [promote, abort];
+}
+
+function note(text) { document.getElementById("detail-note").textContent = text; }
+
 function showDetail(id) {
   const r = state.rollouts.get(id);
   if (!r) return;
   document.getElementById("detail-title").textContent = "Rollout " + r.id + " of " + r.service;
-  document.getElementById("detail-summary").textContent = r.status + (r.error ? ": " + r.error : "") + " — " + seconds(duration(r));
-  document.getElementById("timeline").replaceChildren(timeline(r));
+  let summary = r.status + (r.error ? ": " + r.error : "");
+  if (r.status === "paused" && r.canary?.units?.length) summary += " after its canaries (" + r.canary.units.join(", ") + "): promote or abort";
+  if (duration(r)) summary += " — " + seconds(duration(r));
+  document.getElementById("detail-summary").textContent = summary;
+  document.getElementById("detail-actions").replaceChildren(...decisions(r));
+  const phased = r.units?.some(u => (u.phases || []).length);
+  document.getElementById("timeline").replaceChildren(...(phased ? [timeline(r)] : []));
   const d = document.getElementById("detail");
   d.hidden = false;
   d.dataset.rollout = r.id;
+  d.dataset.status = r.status;
+}
+
+// openRollout shows the rollout the page was opened on: from the services'
+// recent rollouts, or read on its own.
+async function openRollout(id) {
+  if (!state.rollouts.has(id)) {
+    let resp;
+    try {
+      resp = await fetch("/ui/rollout?id=" + encodeURIComponent(id), { credentials: "same-origin" });
+    } catch (e) {
+      resp = null;
+    }
+    if (!resp || !resp.ok) {
+      const d = document.getElementById("detail");
+      document.getElementById("detail-title").textContent = "Rollout " + id;
+      document.getElementById("detail-summary").textContent = resp && resp.status === 404 ? "no such rollout" : "the rollout could not be read" + (resp ? " (" + resp.status + ")" : "");
+      d.hidden = false;
+      d.scrollIntoView();
+      return;
+    }
+    const r = await resp.json();
+    if (!state.rollouts.has(id)) state.rollouts.set(id, r); // an event may have brought a newer record
+  }
+  showDetail(id);
+  document.getElementById("detail").scrollIntoView();
 }
 
 // refreshSoon reads the services' state again, at most twice a second.
@@ -209,13 +261,19 @@ function refreshSoon() {
   }, 500);
 }
 
-// act posts one of the page's actions with the session's CSRF token.
+// act posts one of the page's actions with the session's CSRF token, and
+// says how it went: {ok, message}.
 async function act(path, button) {
   button.disabled = true;
   try {
     const resp = await fetch(path, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
-    const ans = await resp.json();
-    button.title = resp.ok ? (ans.id ? "rollout " + ans.id + ": " + (ans.status || "queued") : "done") : (ans.error || String(resp.status));
+    const ans = await resp.json().catch(() => ({}));
+    const message = resp.ok ? (ans.id ? "rollout " + ans.id + ": " + (ans.decision || ans.status || "queued") : "done") : (ans.error || String(resp.status));
+    button.title = message;
+    return { ok: resp.ok, message };
+  } catch (e) {
+    button.title = "the receiver could not be reached";
+    return { ok: false, message: button.title };
   } finally {
     button.disabled = false;
   }
@@ -265,6 +323,7 @@ setInterval(() => {
 }, 250);
 
 document.getElementById("detail-close").addEventListener("click", () => {
-  const d = document.getElementById("detail"); d.hidden = true; delete d.dataset.rollout;
+  const d = document.getElementById("detail"); d.hidden = true; delete d.dataset.rollout; delete d.dataset.status;
+  note("");
 });
-load().then(listen);
+load().then(() => opened && openRollout(opened)).then(listen);
