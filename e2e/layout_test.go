@@ -93,6 +93,7 @@ var layout = []placement{
 	// then), and etcd killed, last.
 	{"TestReceiverPartition", faults},
 	{"TestFleetAPIRestartedMidRoll", faults},
+	{"TestHealthzFollowsFleetAndEtcd", faults},
 	{"TestContainersRollOnRegistryPush", faults},
 	{"TestEtcdLostMidRoll", faults},
 

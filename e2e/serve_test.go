@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -161,6 +162,7 @@ func waitStatus(t *testing.T, base, id string) map[string]any {
 
 func TestServeRollsOnWebhooks(t *testing.T) {
 	needCluster(t)
+	testStart := time.Now()
 	ports := []string{"18941", "18942", "18943"}
 	units := launchDemo(t, "e2e-hook", ports...)
 	callbacks := make(chan map[string]any, 4)
@@ -261,6 +263,59 @@ func TestServeRollsOnWebhooks(t *testing.T) {
 			t.Errorf("unit progress %v", m)
 		}
 	}
+
+	// /metrics after the two rollouts: what one alerts on, with values.
+	metrics := scrapeMetrics(t, base)
+	for sample, ok := range map[string]func(float64) bool{
+		`fleetroll_rollout_duration_seconds_count{service="e2e-hook",status="succeeded"}`: func(v float64) bool { return v == 2 },
+		`fleetroll_rollout_duration_seconds_sum{service="e2e-hook",status="succeeded"}`:   func(v float64) bool { return v > 0 },
+		`fleetroll_last_success_timestamp_seconds{service="e2e-hook"}`:                    func(v float64) bool { return v >= float64(testStart.Unix()) && v <= float64(time.Now().Unix()+1) },
+		`fleetroll_rollouts_paused{service="e2e-hook"}`:                                   func(v float64) bool { return v == 0 },
+		`fleetroll_rollout_running_seconds{service="e2e-hook"}`:                           func(v float64) bool { return v == 0 },
+		`fleetroll_callbacks_failed_total{kind="failed"}`:                                 func(v float64) bool { return v == 0 },
+		`fleetroll_callbacks_failed_total{kind="not_allowed"}`:                            func(v float64) bool { return v == 0 },
+	} {
+		if v, found := metrics[sample]; !found || !ok(v) {
+			t.Errorf("/metrics: %s = %v (found %v)", sample, v, found)
+		}
+	}
+	info := false
+	for sample, v := range metrics {
+		if strings.HasPrefix(sample, "fleetroll_build_info{") && strings.Contains(sample, `goversion="go`) && strings.Contains(sample, `revision="`) && v == 1 {
+			info = true
+		}
+	}
+	if !info {
+		t.Errorf("/metrics: no fleetroll_build_info{version,revision,goversion} 1")
+	}
+}
+
+// scrapeMetrics reads serve's /metrics on --listen (with the API token):
+// each sample's value by its name and labels.
+func scrapeMetrics(t *testing.T, base string) map[string]float64 {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+serveToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d %s", resp.StatusCode, raw)
+	}
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		if v, err := strconv.ParseFloat(l[i+1:], 64); err == nil {
+			out[l[:i]] = v
+		}
+	}
+	return out
 }
 
 // One service's settings in serve's configuration, used by fleetroll
