@@ -33,8 +33,12 @@ func TestNudgeRecoversAMissedWrite(t *testing.T) {
 		rep, err := r.Roll(context.Background(), planOf(a))
 		calls := f.Calls()
 		if nudge == 0 {
-			if err == nil || !strings.Contains(err.Error(), "timed out after 10s") || countCalls(calls, "unit ") != 0 {
+			// No nudge; one read of the unit: the stall's diagnosis.
+			if err == nil || !strings.Contains(err.Error(), "timed out after 10s") || countCalls(calls, "unit ") != 1 {
 				t.Fatalf("without nudging: err = %v, calls %v", err, calls)
+			}
+			if d := rep.Units[0].Phases[0].Diagnosis; !strings.Contains(d, "has not acted on the write") || !strings.Contains(d, "nudging off") {
+				t.Fatalf("without nudging, the stall's diagnosis: %q", d)
 			}
 			continue
 		}

@@ -103,6 +103,10 @@ type Span struct {
 	Phase    Phase     `json:"phase"`
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished,omitzero"`
+	// Diagnosis, on a stop or start that fleet had not acted on after
+	// StallAfter, says what fleet's agent and published state showed
+	// then, and what fleetroll did about it.
+	Diagnosis string `json:"diagnosis,omitempty"`
 }
 
 // UnitReport is one unit's part of a rollout.

@@ -551,10 +551,10 @@ func (r *Roller) stop(ctx context.Context, ur *UnitReport) (stopResult, *schema.
 	}
 	if res.err == nil {
 		by, late := r.progressBound(deadline)
-		res.err = late(r.waitState(ctx, name, by, r.opt.StopTimeout, stopped, &last, stopNudge))
+		res.err = late(r.waitState(ctx, name, by, r.opt.StopTimeout, stopped, &last, stopNudge.of(ur)))
 		if res.err != nil && ctx.Err() != nil {
 			res.interrupted = res.err
-			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, stopped, &last, stopNudge)
+			res.err = r.waitState(context.WithoutCancel(ctx), name, deadline, r.opt.StopTimeout, stopped, &last, stopNudge.of(ur))
 		}
 	}
 	if res.err == nil && polls == 1 {
@@ -653,7 +653,7 @@ func (r *Roller) start(ctx context.Context, ur *UnitReport, stop stopResult, las
 		if why == nil {
 			by, late = r.progressBound(deadline)
 		}
-		err = late(r.waitState(startCtx, name, by, r.opt.StartTimeout, runningAfter(last), &last, startNudge))
+		err = late(r.waitState(startCtx, name, by, r.opt.StartTimeout, runningAfter(last), &last, startNudge.of(ur)))
 	}
 	r.end(ur)
 	ur.Start = Seconds(clock.Now().Sub(t0))
@@ -727,6 +727,16 @@ func runningAfter(stopped *schema.UnitState) func(*schema.UnitState) (string, bo
 type nudge struct {
 	target  string
 	pending func(*schema.UnitState) bool
+	// ur, when set, is the unit whose phase a stall is diagnosed in.
+	ur *UnitReport
+}
+
+// of is n for the wait of one unit's phase: its stall is diagnosed in
+// ur.
+func (n *nudge) of(ur *UnitReport) *nudge {
+	c := *n
+	c.ur = ur
+	return &c
 }
 
 var (
@@ -754,6 +764,7 @@ func targetChanged(name, got, want string) error {
 func (r *Roller) waitState(ctx context.Context, name string, deadline time.Time, timeout time.Duration,
 	judge func(*schema.UnitState) (string, bool, error), last **schema.UnitState, n *nudge) error {
 	lastWrite := r.opt.Clock.Now() // the request itself
+	began := lastWrite
 	var wake <-chan struct{}
 	if w := r.opt.Hooks.Wake; w != nil {
 		wctx, cancel := context.WithCancel(ctx)
@@ -780,6 +791,9 @@ func (r *Roller) waitState(ctx context.Context, name string, deadline time.Time,
 		*last = st
 		msg, done, jerr := judge(st)
 		r.opt.Logger.Debug("poll", "rollout_id", r.opt.RolloutID, "unit", name, "state", msg)
+		if !done && jerr == nil && n != nil && n.ur != nil && n.pending(st) && r.opt.Clock.Now().Sub(began) >= StallAfter {
+			r.diagnose(ctx, n, st, r.opt.Clock.Now().Sub(began))
+		}
 		if done || jerr != nil || n == nil || r.opt.NudgeInterval <= 0 || !n.pending(st) {
 			return done, jerr
 		}

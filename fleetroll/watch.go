@@ -190,3 +190,44 @@ func (r *Roller) progressBound(deadline time.Time) (time.Time, func(error) error
 		return fmt.Errorf("%w: no unit got through in the progress deadline of %s (%w)", ErrNoProgress, r.opt.ProgressDeadline, err)
 	}
 }
+
+// StallAfter is how long a stop or start may show fleet's state from
+// before the request before fleetroll diagnoses it: fleet's agent acts on
+// a write within about 2 s when it sees it (docs/how-it-works.md).
+const StallAfter = 3 * time.Second
+
+// Stalled says why a unit's stop or start has shown no progress for
+// pending: what fleet holds as its target, what fleet's agent last acted
+// on (current, "" when unknown: err), what fleet publishes, and what
+// fleetroll does about it (nudging, or not).
+func Stalled(target, desired, current string, err error, st *schema.UnitState, pending, nudgeEvery time.Duration) string {
+	what := map[string]string{"loaded": "stop", "launched": "start"}[target]
+	head := fmt.Sprintf("%s pending for %s, fleet showing %s", what, pending.Round(100*time.Millisecond), DescribeState(st))
+	doing := "fleetroll waits; with nudging off, fleet's agent acts at its next reconcile (about 5 s)"
+	if nudgeEvery > 0 {
+		doing = fmt.Sprintf("fleetroll writes the target again every %s until it does", nudgeEvery)
+	}
+	switch {
+	case err != nil:
+		return fmt.Sprintf("%s: fleet's API did not say what its agent did (%v); %s", head, err, doing)
+	case desired != target:
+		return fmt.Sprintf("%s: fleet holds target %q, not %q: someone else changed it", head, desired, target)
+	case current != target:
+		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): it missed it; %s", head, current, doing)
+	}
+	return fmt.Sprintf("%s: fleet's agent acted on it (its current state is %q), but fleet has not published systemd's new state yet (it publishes about once a second): fleetroll waits", head, current)
+}
+
+// diagnose records, once per phase, why a unit's stop or start shows no
+// progress: in the phase's span of the record and in the log.
+func (r *Roller) diagnose(ctx context.Context, n *nudge, st *schema.UnitState, pending time.Duration) {
+	ur := n.ur
+	sp := len(ur.Phases) - 1
+	if sp < 0 || ur.Phases[sp].Diagnosis != "" {
+		return
+	}
+	desired, current, err := r.fleet.TargetState(ctx, ur.Unit)
+	msg := Stalled(n.target, desired, current, err, st, pending, r.opt.NudgeInterval)
+	ur.Phases[sp].Diagnosis = msg
+	r.opt.Logger.Warn("phase stalled: "+msg, "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "phase", string(ur.Phases[sp].Phase))
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -328,5 +329,64 @@ func TestDeployRollsBackPastItsProgressDeadline(t *testing.T) {
 	}
 	if rep.Units[0].Outcome != OutcomeRolledBack {
 		t.Fatalf("%s: %s, want rolled_back", a, rep.Units[0].Outcome)
+	}
+}
+
+// A stop whose write fleet's agent ignores (it missed it) is diagnosed
+// within the phase, once: the record's stop span and the log say what
+// fleet's agent and state showed and what fleetroll did; a stop fleet acts
+// on at once is not.
+func TestAStalledPhaseIsDiagnosedWithinIt(t *testing.T) {
+	a, b := "s@1.service", "s@2.service"
+	f := newFakeFleet()
+	f.Add(a, fakefleet.Unit{MissWrites: 2})
+	f.Add(b, fakefleet.Unit{})
+	var log strings.Builder
+	r, _, _ := newTestRoller(t, f, Options{PollInterval: time.Second, NudgeInterval: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := rep.Units[0].Phases[0]
+	if stop.Phase != PhaseStop || !strings.Contains(stop.Diagnosis, "stop pending for 3s") ||
+		!strings.Contains(stop.Diagnosis, `fleet's agent has not acted on the write (it last acted on "launched")`) ||
+		!strings.Contains(stop.Diagnosis, "writes the target again every 2s") {
+		t.Fatalf("the stop's diagnosis: %+v", stop)
+	}
+	if !stop.Finished.After(stop.Started.Add(StallAfter)) {
+		t.Fatalf("diagnosed in a phase that ended before the stall: %+v", stop)
+	}
+	if n := strings.Count(log.String(), "phase stalled"); n != 1 || !strings.Contains(log.String(), "unit="+a) {
+		t.Fatalf("%d stall lines in the log:\n%s", n, log.String())
+	}
+	for _, sp := range rep.Units[1].Phases {
+		if sp.Diagnosis != "" {
+			t.Fatalf("a prompt phase was diagnosed: %+v", sp)
+		}
+	}
+}
+
+func TestStalled(t *testing.T) {
+	running := &schema.UnitState{SystemdActiveState: "active", SystemdSubState: "running", MachineID: "m1"}
+	for _, c := range []struct {
+		name                     string
+		target, desired, current string
+		err                      error
+		nudge                    time.Duration
+		want                     string
+	}{
+		{"missed, nudging", "loaded", "loaded", "launched", nil, time.Second, "has not acted on the write (it last acted on \"launched\"): it missed it; fleetroll writes the target again every 1s"},
+		{"missed, no nudging", "loaded", "loaded", "launched", nil, 0, "with nudging off, fleet's agent acts at its next reconcile"},
+		{"acted, not published", "loaded", "loaded", "loaded", nil, time.Second, "acted on it (its current state is \"loaded\"), but fleet has not published"},
+		{"changed by someone", "launched", "loaded", "loaded", nil, time.Second, "someone else changed it"},
+		{"no answer", "launched", "", "", errors.New("timeout"), time.Second, "fleet's API did not say what its agent did (timeout)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := Stalled(c.target, c.desired, c.current, c.err, running, 3200*time.Millisecond, c.nudge)
+			if !strings.Contains(got, c.want) || !strings.Contains(got, "pending for 3.2s, fleet showing active/running") {
+				t.Fatalf("Stalled = %q, want %q", got, c.want)
+			}
+		})
 	}
 }
