@@ -200,9 +200,26 @@ const DefaultEndpoint = "unix:///var/run/fleet.sock"
 // (unix://PATH, http://HOST:PORT or https://HOST:PORT, as fleetctl accepts).
 // Every request is bound to the caller's context and to requestTimeout.
 func Connect(endpoint string, requestTimeout time.Duration) (Fleet, error) {
+	return ConnectTLS(endpoint, requestTimeout, TLSFiles{})
+}
+
+// ConnectTLS is Connect with the certificate files of an https:// endpoint
+// (fleetctl's --ca-file, --cert-file and --key-file). Files named for
+// another scheme are refused rather than ignored.
+func ConnectTLS(endpoint string, requestTimeout time.Duration, files TLSFiles) (Fleet, error) {
 	ep, base, err := transportFor(endpoint)
 	if err != nil {
 		return nil, err
+	}
+	if !files.IsZero() {
+		if ep.Scheme != "https" {
+			return nil, fmt.Errorf("endpoint %q: TLS files are for an https:// endpoint", endpoint)
+		}
+		tc, err := files.Config()
+		if err != nil {
+			return nil, fmt.Errorf("endpoint %s: %w", endpoint, err)
+		}
+		base.TLSClientConfig = tc
 	}
 	if requestTimeout <= 0 {
 		return nil, fmt.Errorf("request timeout must be positive, got %s", requestTimeout)
@@ -279,7 +296,7 @@ func (h *httpFleet) SetUnitTargetState(ctx context.Context, name, target string)
 
 // transportFor parses a fleetctl-style endpoint into the URL the fleet client
 // addresses and a transport that reaches it.
-func transportFor(endpoint string) (url.URL, http.RoundTripper, error) {
+func transportFor(endpoint string) (url.URL, *http.Transport, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return url.URL{}, nil, fmt.Errorf("endpoint %q: %w", endpoint, err)

@@ -144,15 +144,17 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	}
 }
 
-// connect builds the logger and the fleet connection every command uses.
+// connect builds the logger and the fleet connection every command uses,
+// with fleetFlags' certificate files for an https:// endpoint.
 func connect(c *cli.Context, endpoint string, requestTimeout time.Duration) (*slog.Logger, fleetroll.Fleet, error) {
 	logger, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return nil, nil, err
 	}
-	fleet, err := fleetroll.Connect(endpoint, requestTimeout)
+	files := fleetroll.TLSFiles{CA: c.String("ca-file"), Cert: c.String("cert-file"), Key: c.String("key-file")}
+	fleet, err := fleetroll.ConnectTLS(endpoint, requestTimeout, files)
 	if err != nil {
-		return nil, nil, usageErr("--endpoint: %w", err)
+		return nil, nil, usageErr("--endpoint (--ca-file, --cert-file, --key-file): %w", err)
 	}
 	return logger, fleet, nil
 }

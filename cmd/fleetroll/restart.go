@@ -23,6 +23,12 @@ func fleetFlags() []cli.Flag {
 			Usage: "fleet API endpoint: unix://PATH, http://HOST:PORT or https://HOST:PORT"},
 		&cli.DurationFlag{Name: "request-timeout", Value: 10 * time.Second, EnvVars: []string{"FLEETROLL_REQUEST_TIMEOUT"},
 			Usage: "timeout of each fleet API request"},
+		&cli.StringFlag{Name: "ca-file", EnvVars: []string{"FLEETCTL_CA_FILE", "FLEETROLL_CA_FILE"},
+			Usage: "with an https:// --endpoint: CA that signed fleet's certificate (default: the system's)"},
+		&cli.StringFlag{Name: "cert-file", EnvVars: []string{"FLEETCTL_CERT_FILE", "FLEETROLL_CERT_FILE"},
+			Usage: "with an https:// --endpoint: client certificate for fleet (with --key-file)"},
+		&cli.StringFlag{Name: "key-file", EnvVars: []string{"FLEETCTL_KEY_FILE", "FLEETROLL_KEY_FILE"},
+			Usage: "with an https:// --endpoint: client certificate's key"},
 	}
 }
 
