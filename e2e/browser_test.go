@@ -38,7 +38,8 @@ func chromium(t *testing.T) string {
 
 // browserContext starts a headless Chromium that connects to nothing but
 // loopback: no background networking, no component updates, every host
-// name but 127.0.0.1 resolving to nothing.
+// but 127.0.0.1 and 127.0.0.2 (another site, whose links a test follows)
+// resolving to nothing.
 func browserContext(t *testing.T) (context.Context, *consoleErrors) {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -53,7 +54,7 @@ func browserContext(t *testing.T) (context.Context, *consoleErrors) {
 		chromedp.Flag("no-first-run", true),
 		chromedp.Flag("no-pings", true),
 		chromedp.Flag("disable-features", "OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater"),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE 127.0.0.2"),
 		chromedp.WindowSize(1280, 1000),
 	)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)

@@ -72,6 +72,7 @@ var layout = []placement{
 	{"TestBlueGreenUnplacedKeepsTheOldOnes", together},
 	{"TestBlueGreenKilledIsRecovered", together},
 	{"TestStatusPageInABrowser", together},
+	{"TestSlackLinkOpensThePageAndPromotes", together},
 	{"TestReceiverFailover", together},
 	{"TestReleases", together},
 	{"TestRegistryPollDeploysALostPush", together},
