@@ -98,7 +98,7 @@ bench-hostile:
 # A release whose instances crash 3 s and 15 s after their start, deployed
 # with --on-failure rollback and a minimum healthy time of 20 s, on one
 # machine and on three: the crash seen, every instance back, how many ran
-# it; each goal printed (about 5 minutes).
+# it; each goal printed (under 6 minutes).
 bench-detect:
 	bench/detect.sh
 
