@@ -7,21 +7,21 @@ package coord
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
 	client "go.etcd.io/etcd/client/v2"
 )
 
-// Config says how to reach etcd, as fleetctl's flags do.
+// Config says how to reach etcd: its client URLs and, over TLS, the CA of
+// its certificate and a client certificate and key (fleetroll's --etcd-*
+// flags).
 type Config struct {
 	Endpoints                 []string
 	CAFile, CertFile, KeyFile string
@@ -42,24 +42,10 @@ func Connect(cfg Config) (client.KeysAPI, error) {
 		TLSHandshakeTimeout: cfg.Timeout,
 		MaxIdleConnsPerHost: 4,
 	}
-	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if cfg.CAFile != "" {
-			pem, err := os.ReadFile(cfg.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("etcd CA file: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("etcd CA file %s: no certificate", cfg.CAFile)
-			}
-		}
-		if cfg.CertFile != "" || cfg.KeyFile != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
-			if err != nil {
-				return nil, fmt.Errorf("etcd client certificate: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
+	if files := (fleetroll.TLSFiles{CA: cfg.CAFile, Cert: cfg.CertFile, Key: cfg.KeyFile}); !files.IsZero() {
+		tc, err := files.Config()
+		if err != nil {
+			return nil, fmt.Errorf("etcd: %w", err)
 		}
 		tr.TLSClientConfig = tc
 	}
