@@ -55,7 +55,7 @@ func serveCommand() *cli.Command {
 		&cli.DurationFlag{Name: "replay-window", Value: hook.DefaultReplayWindow, EnvVars: []string{"FLEETROLL_REPLAY_WINDOW"}, Usage: "a delivery received again within this answers \"duplicate\" and starts nothing"},
 		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FLEETROLL_METRICS_LISTEN"}, Usage: "serve /metrics and /healthz on this address instead of --listen (keeps them off a public listener; without it, /metrics on --listen takes the API token)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 6 * time.Minute, EnvVars: []string{"FLEETROLL_SHUTDOWN_TIMEOUT"}, Usage: "how long SIGTERM waits for the running unit step"},
-		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL for status links (https://hooks.example.com); the status page answers to its host, and https makes its cookie Secure"},
+		&cli.StringFlag{Name: "public-url", EnvVars: []string{"FLEETROLL_PUBLIC_URL"}, Usage: "base URL of the links handed out (https://hooks.example.com): status_url (the API's /rollouts/ID) and, for people, the status page on a rollout (/ui/rollouts/ID: Slack messages, Docker Hub's target_url); the status page answers to its host, and https makes its cookie Secure"},
 		&cli.IntFlag{Name: "history", Value: 200, EnvVars: []string{"FLEETROLL_HISTORY"}, Usage: "finished rollouts kept for GET /rollouts"},
 	)
 	flags = append(flags, settingsFlags()...)
