@@ -149,13 +149,20 @@ func TestSidekickUnit(t *testing.T) {
 func TestHookUnit(t *testing.T) {
 	uf := load(t, "fleetroll@.service")
 	e := env(t, uf)
-	for _, k := range []string{"DOCKER", "IMAGE", "ETC", "FLEET_SOCKET", "LISTEN"} {
+	for _, k := range []string{"DOCKER", "REPOSITORY", "ETC", "FLEET_SOCKET", "LISTEN"} {
 		if e[k] == "" {
 			t.Errorf("no Environment=%s", k)
 		}
 	}
+	// The release to run is the operator's: no moving tag by default.
+	for _, k := range []string{"VERSION", "IMAGE"} {
+		if v, ok := e[k]; !ok || v != "" {
+			t.Errorf("Environment=%s=%q, want it there and empty (the operator sets it)", k, v)
+		}
+	}
 	pre := strings.Join(values(uf, "Service", "ExecStartPre"), "\n")
-	contains(t, "ExecStartPre", pre, `pull "$$IMAGE"`, `rm -f "$$NAME"`)
+	contains(t, "ExecStartPre", pre, `-/bin/sh -c 'exec "$$DOCKER" pull "$${IMAGE:-$$REPOSITORY:$$VERSION}"'`, `rm -f "$$NAME"`)
+	contains(t, "ExecReload", one(t, uf, "Service", "ExecReload"), `kill --signal HUP "$$NAME"`)
 	contains(t, "ExecStart", one(t, uf, "Service", "ExecStart"), "--net=host", `-v "$$FLEET_SOCKET:/var/run/fleet.sock"`,
 		`-v "$$ETC:/etc/fleetroll:ro"`, "serve", "--endpoint unix:///var/run/fleet.sock", "--token-file /etc/fleetroll/token")
 	contains(t, "ExecStop", one(t, uf, "Service", "ExecStop"), `stop -t "$$STOP_TIMEOUT"`)
