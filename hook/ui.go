@@ -327,6 +327,49 @@ type uiInstance struct {
 	Systemd   string `json:"systemd"`
 	Announced *bool  `json:"announced,omitempty"`
 	Healthy   *bool  `json:"healthy,omitempty"`
+	// Disagrees: fleet's target and systemd's state disagree (disagree);
+	// DisagreeingSince is the first reading of the page's state that saw
+	// them disagree, and DisagreeingFor how long before this reading.
+	Disagrees        bool              `json:"disagrees,omitempty"`
+	DisagreeingSince time.Time         `json:"disagreeing_since,omitzero"`
+	DisagreeingFor   fleetroll.Seconds `json:"disagreeing_seconds,omitempty"`
+}
+
+// disagree says whether fleet's target for a unit (launched, loaded or
+// inactive) and systemd's state of it ("active/running", "no state", ...)
+// disagree: a launched unit that is not active, or one fleet holds loaded
+// or inactive that is active or becoming so. A unit on its way (a start or
+// a stop not yet done) disagrees until it gets there; an unknown target
+// never does.
+func disagree(target, systemd string) bool {
+	active, _, _ := strings.Cut(systemd, "/")
+	switch target {
+	case "launched":
+		return active != "active"
+	case "loaded", "inactive":
+		return active == "active" || active == "activating" || active == "reloading" || active == "deactivating"
+	}
+	return false
+}
+
+// disagreements are the since-times of the instances whose target and
+// state disagreed at the last reading, by unit: one entry per disagreeing
+// instance of a configured service, no more.
+type disagreements map[string]time.Time
+
+// mark judges instance i at a reading at now: when it disagrees, it keeps
+// the since-time of the last reading (prev), or starts one, and records it
+// in next.
+func (prev disagreements) mark(next disagreements, i *uiInstance, now time.Time) {
+	if !disagree(i.Fleet, i.Systemd) {
+		return
+	}
+	since, ok := prev[i.Unit]
+	if !ok {
+		since = now
+	}
+	next[i.Unit] = since
+	i.Disagrees, i.DisagreeingSince, i.DisagreeingFor = true, since, fleetroll.Seconds(now.Sub(since))
 }
 
 // uiState answers the page's data: every configured service with its
@@ -369,9 +412,13 @@ type uiStateCache struct {
 	at      time.Time
 	val     []uiService
 	changed <-chan struct{} // closed when a record changes after the reading
+	// disagreeing are the since-times of the last reading that judged
+	// the instances (one that read fleet's units and states).
+	disagreeing disagreements
 }
 
-// readUIState reads fleet, etcd and each instance's health check.
+// readUIState reads fleet, etcd and each instance's health check; it runs
+// under uiCache.sem, which guards uiCache.disagreeing.
 func (s *Server) readUIState(ctx context.Context) []uiService {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -385,6 +432,9 @@ func (s *Server) readUIState(ctx context.Context) []uiService {
 			machine[st.Name] = st.MachineID
 		}
 	}
+	// The instances' targets and states are judged only when both were
+	// read; otherwise the last judgement's since-times are kept.
+	judged, now, next := uerr == nil && serr == nil, s.opt.Clock.Now(), disagreements{}
 	out := []uiService{}
 	for _, svc := range s.Config().Services {
 		u := uiService{Name: svc.Name, Image: svc.Settings.Image, Drain: svc.Settings.Drain != nil, Instances: []uiInstance{}, Quarantined: []coord.Quarantined{}}
@@ -413,6 +463,9 @@ func (s *Server) readUIState(ctx context.Context) []uiService {
 			if i.Systemd == "" {
 				i.Systemd = "no state"
 			}
+			if judged {
+				s.uiCache.disagreeing.mark(next, &i, now)
+			}
 			if policy.Drain != nil && s.opt.Etcd != nil {
 				_, err := s.opt.Etcd.Get(ctx, policy.Drain.Prefix+"/"+in, nil)
 				announced := err == nil
@@ -431,6 +484,9 @@ func (s *Server) readUIState(ctx context.Context) []uiService {
 			u.Rollouts = u.Rollouts[:50]
 		}
 		out = append(out, u)
+	}
+	if judged {
+		s.uiCache.disagreeing = next
 	}
 	return out
 }

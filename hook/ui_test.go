@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -14,6 +15,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/clocktest"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
 )
 
 // browser is an HTTP client with cookies that does not follow redirects.
@@ -458,5 +460,112 @@ func TestPromoteAndAbortFromThePage(t *testing.T) {
 	}
 	if resp, _ := send(t, c, "POST", base+"/ui/promote?id="+id, nil, csrf); resp.StatusCode != 404 {
 		t.Fatalf("a decision after the end: %d", resp.StatusCode)
+	}
+}
+
+// Fleet's target and systemd's state disagree: a launched unit that is not
+// active, or a loaded or inactive one that is (or is becoming so).
+func TestDisagree(t *testing.T) {
+	for _, c := range []struct {
+		target, systemd string
+		want            bool
+	}{
+		{"launched", "active/running", false},
+		{"launched", "active/exited", false},
+		{"launched", "failed/failed", true},
+		{"launched", "inactive/dead", true},
+		{"launched", "activating/start", true},
+		{"launched", "deactivating/stop-sigterm", true},
+		{"launched", "no state", true},
+		{"loaded", "inactive/dead", false},
+		{"loaded", "failed/failed", false},
+		{"loaded", "active/running", true},
+		{"loaded", "activating/start", true},
+		{"loaded", "deactivating/stop-sigterm", true},
+		{"loaded", "no state", false},
+		{"inactive", "no state", false},
+		{"inactive", "active/running", true},
+		{"", "active/running", false},
+		{"", "failed/failed", false},
+	} {
+		if got := disagree(c.target, c.systemd); got != c.want {
+			t.Errorf("disagree(%q, %q) = %v, want %v", c.target, c.systemd, got, c.want)
+		}
+	}
+}
+
+// The page's state says since when an instance's target and state have
+// disagreed: the first reading that saw it, kept while they disagree,
+// forgotten when they agree again (or the instance is gone), and not
+// judged from a reading that could not read fleet's states.
+func TestPageStateSaysSinceWhenTargetAndStateDisagree(t *testing.T) {
+	clock := clocktest.New()
+	env := newTestEnv(t, func(o *Options) { o.Clock = clock; o.ViewFrom = mustPrefixes(t, "127.0.0.0/8") })
+	c := browser(t)
+	const broken = "my-service@8902.service"
+	var fleetErr string
+	read := func() map[string]uiInstance {
+		t.Helper()
+		clock.Advance(uiStateTTL) // a reading of its own
+		resp, body := send(t, c, "GET", env.http.URL+"/ui/state", nil, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("state: %d %s", resp.StatusCode, body)
+		}
+		var doc struct{ Services []uiService }
+		if err := json.Unmarshal([]byte(body), &doc); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]uiInstance{}
+		fleetErr = ""
+		for _, svc := range doc.Services {
+			fleetErr += svc.Error
+			for _, i := range svc.Instances {
+				out[i.Unit] = i
+			}
+		}
+		return out
+	}
+	if got := read(); len(got) != 4 || got[broken].Disagrees {
+		t.Fatalf("all running: %+v", got)
+	}
+	env.fleet.Update(broken, func(u *fakefleet.Unit) { u.Active, u.Sub = "failed", "failed" })
+	first := read()[broken]
+	since := clock.Now()
+	if !first.Disagrees || !first.DisagreeingSince.Equal(since) || first.DisagreeingFor != 0 || first.Fleet != "launched" || first.Systemd != "failed/failed" {
+		t.Fatalf("first reading of a failed launched unit: %+v", first)
+	}
+	clock.Advance(5 * time.Second)
+	later := read()
+	if i := later[broken]; !i.Disagrees || !i.DisagreeingSince.Equal(since) || time.Duration(i.DisagreeingFor) != 5*time.Second+uiStateTTL {
+		t.Fatalf("a later reading: %+v", i)
+	}
+	for u, i := range later {
+		if u != broken && (i.Disagrees || !i.DisagreeingSince.IsZero()) {
+			t.Errorf("%s agrees: %+v", u, i)
+		}
+	}
+	if n := len(env.srv.uiCache.disagreeing); n != 1 {
+		t.Errorf("%d since-times kept, want 1", n)
+	}
+	// Fleet unreadable: nothing judged, the since-time kept.
+	env.fleet.FailNext(fakefleet.Fault{Status: 500, Message: "boom"})
+	if i := read()[broken]; i.Disagrees || fleetErr == "" {
+		t.Fatalf("judged without fleet's units (%q): %+v", fleetErr, i)
+	}
+	if i := read()[broken]; !i.Disagrees || !i.DisagreeingSince.Equal(since) {
+		t.Fatalf("after a reading that failed: %+v", i)
+	}
+	// Running again: forgotten; failing again: a new since-time.
+	env.fleet.Update(broken, func(u *fakefleet.Unit) { u.Active, u.Sub = "active", "running" })
+	if i := read()[broken]; i.Disagrees || !i.DisagreeingSince.IsZero() {
+		t.Fatalf("running again: %+v", i)
+	}
+	if n := len(env.srv.uiCache.disagreeing); n != 0 {
+		t.Errorf("%d since-times kept, want 0", n)
+	}
+	env.fleet.Update(broken, func(u *fakefleet.Unit) { u.Desired = "loaded" })
+	again := read()[broken]
+	if !again.Disagrees || !again.DisagreeingSince.Equal(clock.Now()) || again.Fleet != "loaded" {
+		t.Fatalf("a loaded unit still running: %+v", again)
 	}
 }
