@@ -36,7 +36,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		info(r).log.Warn("request refused", "sender", "api", "status", code, "reason", msg)
 		writeJSON(w, code, withID(body, info(r).id))
 	}
-	if _, _, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if _, _, ok := bearer(r, s.secretsNow().API); !ok {
 		// The page's stream (a session, or a network opened to viewing):
 		// the page's Host check. The API token is no browser's.
 		if code, msg := s.pageRefusal(r); code != 0 {
@@ -47,7 +47,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if !s.canRead(r) {
 		// The API token, or the status page's session (or a network
 		// opened to viewing).
-		code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) })
+		code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.secretsNow().API) })
 		if ok {
 			code, body = problem(http.StatusUnauthorized, "log in first")
 		}
@@ -84,7 +84,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	// idle or absolute limit); one read with the API token or from a
 	// network opened to viewing has no session to end.
 	still := func() (bool, <-chan struct{}) { return true, nil }
-	if _, _, ok := bearer(r, s.opt.Secrets.API); !ok {
+	if _, _, ok := bearer(r, s.secretsNow().API); !ok {
 		if sess, ok := s.sessions.of(r); ok {
 			still = func() (bool, <-chan struct{}) { return s.sessions.alive(sess.id) }
 		}

@@ -19,7 +19,7 @@ import (
 // the replay window and the digest check). It holds no state of its own:
 // the queue, the replay window and the throttle are the server's.
 type intake struct {
-	secrets   Secrets
+	secrets   func() Secrets // those in force (a reload replaces them)
 	config    func() *Config
 	authorize func(r *http.Request, check func() (int, any, bool)) (int, any, bool)
 	bodyLimit int64
@@ -139,7 +139,7 @@ func (in *intake) submit(ctx context.Context, log *slog.Logger, requestID string
 
 func (in *intake) dockerHub(r *http.Request) (int, any) {
 	if code, body, ok := in.authorize(r, func() (int, any, bool) {
-		if !tokenEqual(in.secrets.DockerHub, r.PathValue("token")) {
+		if !tokenEqual(in.secrets().DockerHub, r.PathValue("token")) {
 			code, body := problem(http.StatusForbidden, "wrong token")
 			return code, body, false
 		}
@@ -178,7 +178,7 @@ func (in *intake) enqueueMatching(r *http.Request, source Source, sender, delive
 }
 
 func (in *intake) registry(r *http.Request) (int, any) {
-	if code, body, ok := in.authorize(r, func() (int, any, bool) { return bearer(r, in.secrets.Registry) }); !ok {
+	if code, body, ok := in.authorize(r, func() (int, any, bool) { return bearer(r, in.secrets().Registry) }); !ok {
 		return code, body
 	}
 	b, code, body := in.readBody(r, "application/vnd.docker.distribution.events.v1+json", "application/json")
@@ -227,7 +227,7 @@ func (in *intake) github(r *http.Request) (int, any) {
 		return code, body
 	}
 	if code, body, ok := in.authorize(r, func() (int, any, bool) {
-		if !VerifyGitHubSignature(in.secrets.GitHub, sig, b) {
+		if !VerifyGitHubSignature(in.secrets().GitHub, sig, b) {
 			code, body := problem(http.StatusForbidden, "wrong signature")
 			return code, body, false
 		}
@@ -255,7 +255,7 @@ func (in *intake) github(r *http.Request) (int, any) {
 }
 
 func (in *intake) manual(r *http.Request) (int, any) {
-	if code, body, ok := in.authorize(r, func() (int, any, bool) { return bearer(r, in.secrets.API) }); !ok {
+	if code, body, ok := in.authorize(r, func() (int, any, bool) { return bearer(r, in.secrets().API) }); !ok {
 		return code, body
 	}
 	b, code, body := in.readBody(r, "application/json")

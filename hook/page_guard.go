@@ -150,7 +150,7 @@ func (s *Server) pageGuard(next http.Handler) http.Handler {
 // listener, which is public.
 func (s *Server) withAPIToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) })
+		code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.secretsNow().API) })
 		if !ok {
 			s.hook("api", func(*http.Request) (int, any) { return code, body })(w, r)
 			return

@@ -152,6 +152,7 @@ type Server struct {
 	cfg      atomic.Pointer[Config]
 	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
 	sessions *sessions
+	secrets  atomic.Pointer[Secrets] // in force: opt.Secrets, then each SetSecrets
 	uiCache  uiStateCache
 	records  records // the read model: store, queue and history
 	in       intake  // where triggers come in: the senders and POST /rollouts
@@ -280,7 +281,8 @@ func New(opt Options) (*Server, error) {
 	s.metrics = newMetrics(s.queue)
 	s.om = newOpsMetrics(s.metrics.reg, opt.Build, func() ([]string, []fleetroll.Report) { return s.serviceNames(), s.store.List("") }, opt.Clock)
 	s.om.setTargets(slices.Collect(maps.Keys(targets)))
-	s.in = intake{secrets: opt.Secrets, config: s.Config, authorize: s.authorize, bodyLimit: opt.BodyLimit, clock: opt.Clock,
+	s.secrets.Store(&opt.Secrets)
+	s.in = intake{secrets: s.secretsNow, config: s.Config, authorize: s.authorize, bodyLimit: opt.BodyLimit, clock: opt.Clock,
 		callbacks: opt.Callbacks, resolver: opt.Resolver, queue: s.queue, replays: s.replays, metrics: s.metrics, statusURL: s.statusURL}
 	s.in.gate = &releaseGate{etcd: opt.Etcd, config: s.Config, refused: s.refusedTrigger}
 	s.pollers = newPollers(s)
@@ -334,6 +336,32 @@ func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
 
 // Config returns the configuration in force.
 func (s *Server) Config() *Config { return s.cfg.Load() }
+
+// secretsNow are the secrets in force.
+func (s *Server) secretsNow() Secrets { return *s.secrets.Load() }
+
+// SetSecrets replaces the secrets (a reload): they must be valid, and each
+// sender keeps its state, on or off (its endpoint is routed as the server
+// starts: a restart turns one on or off). A new API token ends the page's
+// sessions, opened with the old one. On an error the secrets in force stay.
+func (s *Server) SetSecrets(sec Secrets) error {
+	if err := sec.Validate(); err != nil {
+		return err
+	}
+	old := s.secretsNow()
+	for _, d := range []struct{ sender, was, is string }{
+		{"dockerhub", old.DockerHub, sec.DockerHub}, {"registry", old.Registry, sec.Registry}, {"github", old.GitHub, sec.GitHub},
+	} {
+		if (d.was == "") != (d.is == "") {
+			return fmt.Errorf("the %s sender would be turned on or off: a reload replaces secrets, a restart turns a sender on or off", d.sender)
+		}
+	}
+	s.secrets.Store(&sec)
+	if !tokenEqual(old.API, sec.API) {
+		s.sessions.endAll()
+	}
+	return nil
+}
 
 // checkPolicies makes sure every service's policy can work.
 func checkPolicies(c *Config, opt Options) error {
@@ -666,7 +694,7 @@ func ignored(reason string) (int, any) {
 // paused fleetroll watches (etcd), whichever receiver or CLI runs it.
 func (s *Server) decide(kind fleetroll.DecisionKind) func(*http.Request) (int, any) {
 	return func(r *http.Request) (int, any) {
-		if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
+		if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.secretsNow().API) }); !ok {
 			return code, body
 		}
 		return s.decideOn(r, r.PathValue("id"), kind, "api, request "+info(r).id)
@@ -712,7 +740,7 @@ func (s *Server) configured(service string) (int, any, bool) {
 // listRollouts answers this receiver's rollouts ("rollouts") and, with
 // etcd, the others recorded there ("history"), in the one record shape.
 func (s *Server) listRollouts(r *http.Request) (int, any) {
-	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.secretsNow().API) }); !ok {
 		return code, body
 	}
 	service := r.URL.Query().Get("service")
@@ -738,7 +766,7 @@ func (s *Server) listRollouts(r *http.Request) (int, any) {
 }
 
 func (s *Server) getRollout(r *http.Request) (int, any) {
-	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.secretsNow().API) }); !ok {
 		return code, body
 	}
 	id := r.PathValue("id")

@@ -105,6 +105,15 @@ func (ss *sessions) end(id string) {
 	ss.endedLocked()
 }
 
+// endAll ends every session: the API token they were opened with was
+// replaced.
+func (ss *sessions) endAll() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	clear(ss.byID)
+	ss.endedLocked()
+}
+
 // endedLocked wakes the streams read through a session: one has ended.
 func (ss *sessions) endedLocked() {
 	close(ss.ended)

@@ -90,7 +90,7 @@ func (s *Server) viewing(r *http.Request) (sess session, loggedIn, ok bool) {
 // canRead says whether a request may read rollouts: the API token, a
 // session, or a network opened to viewing.
 func (s *Server) canRead(r *http.Request) bool {
-	if _, _, ok := bearer(r, s.opt.Secrets.API); ok {
+	if _, _, ok := bearer(r, s.secretsNow().API); ok {
 		return true
 	}
 	_, _, ok := s.viewing(r)
@@ -147,7 +147,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	code, body, ok := s.authorize(r, func() (int, any, bool) {
-		if !tokenEqual(s.opt.Secrets.API, r.PostForm.Get("token")) {
+		if !tokenEqual(s.secretsNow().API, r.PostForm.Get("token")) {
 			return http.StatusUnauthorized, nil, false
 		}
 		return 0, nil, true
@@ -282,7 +282,7 @@ func (s *Server) cancelQueued(r *http.Request, by string) (int, any) {
 
 // apiCancel answers POST /rollouts/{id}/cancel.
 func (s *Server) apiCancel(r *http.Request) (int, any) {
-	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.opt.Secrets.API) }); !ok {
+	if code, body, ok := s.authorize(r, func() (int, any, bool) { return bearer(r, s.secretsNow().API) }); !ok {
 		return code, body
 	}
 	return s.cancel(r, r.PathValue("id"), "the API (request "+info(r).id+")")
