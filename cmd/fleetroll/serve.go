@@ -79,7 +79,8 @@ POST /rollouts/{id}/abort, GET /events (Server-Sent Events); the status page at 
 (a login with the API token); GET /healthz, GET /livez and GET /metrics (on
 --metrics-listen when set; on --listen, /metrics takes the API token).
 --check-config FILE validates FILE and the secrets it names, then exits (0 or 2).
-SIGHUP reloads --config; SIGTERM stops taking work, lets the running unit step finish and exits 0.`,
+SIGHUP reloads --config and the secrets' files (a reload that fails keeps
+what is in force); SIGTERM stops taking work, lets the running unit step finish and exits 0.`,
 		Flags:        flags,
 		Action:       serveAction,
 		OnUsageError: onUsageError,
@@ -100,7 +101,8 @@ type serveOptions struct {
 	callbackDrain   time.Duration
 	tlsCert, tlsKey string
 	shutdownTimeout time.Duration
-	timeouts        httpTimeouts // zero: defaultHTTPTimeouts
+	readSecrets     func() (hook.Secrets, error) // from the files (or variables) named, at start and at each SIGHUP
+	timeouts        httpTimeouts                 // zero: defaultHTTPTimeouts
 }
 
 func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
@@ -162,25 +164,14 @@ func serveOptionsFrom(c *cli.Context) (*serveOptions, error) {
 		return nil, usageErr("serve: give --config FILE or --service NAME")
 	}
 
-	sec := hook.Secrets{}
-	for _, s := range []struct {
-		dst        *string
-		flag, env  string
-		isRequired bool
-	}{
-		{&sec.API, "token-file", "FLEETROLL_TOKEN", true},
-		{&sec.DockerHub, "dockerhub-token-file", "FLEETROLL_DOCKERHUB_TOKEN", false},
-		{&sec.Registry, "registry-token-file", "FLEETROLL_REGISTRY_TOKEN", false},
-		{&sec.GitHub, "github-secret-file", "FLEETROLL_GITHUB_SECRET", false},
-	} {
-		if *s.dst, err = readSecret(c.String(s.flag), s.flag, s.env); err != nil {
-			return nil, err
-		}
-		if s.isRequired && *s.dst == "" {
-			return nil, usageErr("serve: a token is required: --token-file FILE or $%s", s.env)
-		}
+	files := map[string]string{}
+	for _, flag := range []string{"token-file", "dockerhub-token-file", "registry-token-file", "github-secret-file"} {
+		files[flag] = c.String(flag)
 	}
-	o.hook.Secrets = sec // hook.New validates them (exit 2)
+	o.readSecrets = func() (hook.Secrets, error) { return readSecrets(files) }
+	if o.hook.Secrets, err = o.readSecrets(); err != nil { // hook.New validates them (exit 2)
+		return nil, err
+	}
 
 	o.hook.NotifySecret = notifySecrets(c.String("notify-secrets-dir"))
 	if o.hook.Callbacks, err = hook.NewCallbacker(c.StringSlice("callback-allow"), c.Duration("callback-timeout")); err != nil {
@@ -232,6 +223,32 @@ func flagConfig(c *cli.Context, base rollout.Settings) (*hook.Config, error) {
 		return nil, usageErr("serve --service/--repository/--tag: %w", err)
 	}
 	return cfg, nil
+}
+
+// readSecrets reads the API token and the senders' secrets from the files
+// of the flags (flag name to file) or, for a flag not given, from its
+// variable.
+func readSecrets(files map[string]string) (hook.Secrets, error) {
+	sec := hook.Secrets{}
+	for _, s := range []struct {
+		dst        *string
+		flag, env  string
+		isRequired bool
+	}{
+		{&sec.API, "token-file", "FLEETROLL_TOKEN", true},
+		{&sec.DockerHub, "dockerhub-token-file", "FLEETROLL_DOCKERHUB_TOKEN", false},
+		{&sec.Registry, "registry-token-file", "FLEETROLL_REGISTRY_TOKEN", false},
+		{&sec.GitHub, "github-secret-file", "FLEETROLL_GITHUB_SECRET", false},
+	} {
+		var err error
+		if *s.dst, err = readSecret(files[s.flag], s.flag, s.env); err != nil {
+			return sec, err
+		}
+		if s.isRequired && *s.dst == "" {
+			return sec, usageErr("serve: a token is required: --token-file FILE or $%s", s.env)
+		}
+	}
+	return sec, nil
 }
 
 // readSecret reads a secret from a file (trailing newline trimmed) or, when
@@ -353,7 +370,7 @@ func newHTTPServer(h http.Handler, t httpTimeouts, logger *slog.Logger) *http.Se
 }
 
 // runServer serves until ctx is done (SIGINT, SIGTERM) or the listener
-// fails, reloading the configuration on SIGHUP.
+// fails, reloading the configuration and the secrets on SIGHUP.
 func runServer(ctx context.Context, o *serveOptions, srv *hook.Server, ln, opsLn net.Listener, logger *slog.Logger) error {
 	timeouts := o.timeouts
 	if timeouts == (httpTimeouts{}) {
@@ -441,9 +458,22 @@ func checkConfig(c *cli.Context, o *serveOptions) error {
 	return nil
 }
 
+// reload is SIGHUP: the secrets' files, then --config (which reads the
+// notifications' secrets again). Each that fails keeps what is in force and
+// says why.
 func reload(o *serveOptions, srv *hook.Server, logger *slog.Logger) {
+	if o.readSecrets != nil {
+		sec, err := o.readSecrets()
+		if err == nil {
+			err = srv.SetSecrets(sec)
+		}
+		if err != nil {
+			logger.Error("secrets reload failed; keeping the secrets in force", "error", err.Error())
+		} else {
+			logger.Info("secrets reloaded")
+		}
+	}
 	if o.configFile == "" {
-		logger.Warn("SIGHUP: nothing to reload without --config")
 		return
 	}
 	cfg, err := hook.LoadConfig(o.configFile, o.base)
