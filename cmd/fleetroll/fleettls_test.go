@@ -3,11 +3,15 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"net"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/etcdtest"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
 	"github.com/fleetroll/fleetroll/internal/testcerts"
 )
@@ -94,4 +98,46 @@ func TestTLSFilesNeedAnHTTPSEndpoint(t *testing.T) {
 	if sets := f.Sets(); len(sets) != 0 {
 		t.Fatalf("sets = %v", sets)
 	}
+}
+
+// The CLI keeps its lock, intent and history in an etcd served over TLS
+// that asks for a client certificate (--etcd-ca-file, --etcd-cert-file,
+// --etcd-key-file); without the certificate it touches nothing.
+func TestRestartWithEtcdOverTLS(t *testing.T) {
+	certs := testcerts.Make(t)
+	etcd, _ := etcdtest.StartTLS(t, etcdtest.TLS{CA: certs.CA, Cert: certs.ServerCert, Key: certs.ServerKey,
+		ClientCert: certs.ClientCert, ClientKey: certs.ClientKey}, freeTCPPort(t), freeTCPPort(t))
+	f, url := fakeCluster(t, units3[:2]...)
+	roll := []string{"restart", "my-service", "--endpoint", url, "--grace", "0s", "--min-healthy-time", "0s", "--poll-interval", "1ms",
+		"--etcd-endpoints", etcd, "--etcd-ca-file", certs.CA}
+	if code, _, errs := runCLI(t, roll...); code != 1 || !strings.Contains(errs, "etcd unreachable, nothing was touched") {
+		t.Fatalf("without a client certificate: exit %d: %s", code, errs)
+	}
+	if sets := f.Sets(); len(sets) != 0 {
+		t.Fatalf("sets = %v", sets)
+	}
+	t.Setenv("FLEETROLL_ETCD_CERT_FILE", certs.ClientCert)
+	t.Setenv("FLEETROLL_ETCD_KEY_FILE", certs.ClientKey)
+	code, out, errs := runCLI(t, append(roll, "-o", "json")...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var rep fleetroll.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	code, status, errs := runCLI(t, "status", rep.ID, "-o", "json", "--etcd-endpoints", etcd, "--etcd-ca-file", certs.CA)
+	if code != 0 || !strings.Contains(status, rep.ID) {
+		t.Fatalf("status from the TLS etcd: exit %d: %s\n%s", code, status, errs)
+	}
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
