@@ -53,6 +53,19 @@ type Callbacker struct {
 // (--callback-deadline) bounds it too.
 const DefaultMaxRetryAfter = 10 * time.Minute
 
+// defaultCallbacker is the callbacks' and notifications' poster of a
+// receiver given none: the default allow-lists, a 10 s timeout.
+func defaultCallbacker() (*Callbacker, error) {
+	cb, err := NewCallbacker([]string{DefaultCallbackAllow}, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if err := cb.AllowNotify(DefaultNotifyAllow); err != nil {
+		return nil, err
+	}
+	return cb, nil
+}
+
 // NewCallbacker accepts origins such as "https://registry.hub.docker.com" or
 // "http://127.0.0.1:9000".
 func NewCallbacker(origins []string, timeout time.Duration) (*Callbacker, error) {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 )
 
 // CheckResult is what Check found in a configuration that serve would
@@ -47,11 +46,8 @@ func Check(opt Options) (*CheckResult, error) {
 		}
 	}
 	if opt.Callbacks == nil {
-		cb, err := NewCallbacker([]string{DefaultCallbackAllow}, 10*time.Second)
+		cb, err := defaultCallbacker()
 		if err != nil {
-			return nil, err
-		}
-		if err := cb.AllowNotify(DefaultNotifyAllow); err != nil {
 			return nil, err
 		}
 		opt.Callbacks = cb

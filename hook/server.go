@@ -239,11 +239,8 @@ func New(opt Options) (*Server, error) {
 		opt.Registry = &reg
 	}
 	if opt.Callbacks == nil {
-		cb, err := NewCallbacker([]string{DefaultCallbackAllow}, 10*time.Second)
+		cb, err := defaultCallbacker()
 		if err != nil {
-			return nil, err
-		}
-		if err := cb.AllowNotify(DefaultNotifyAllow); err != nil {
 			return nil, err
 		}
 		opt.Callbacks = cb

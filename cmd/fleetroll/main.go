@@ -209,3 +209,12 @@ func moveFlagsFirst(app *cli.App, args []string) []string {
 	out = append(out, flags...)
 	return append(out, positional...)
 }
+
+// outputOf is the command's --output: text or json (else a usage error).
+func outputOf(c *cli.Context) (string, error) {
+	out := c.String("output")
+	if out != "text" && out != "json" {
+		return "", usageErr("--output %q: want text or json", out)
+	}
+	return out, nil
+}

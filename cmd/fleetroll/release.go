@@ -67,9 +67,9 @@ func releaseList(c *cli.Context) error {
 	if err := fleetroll.ValidateServiceName(service); err != nil {
 		return usageErr("release list: %w", err)
 	}
-	out := c.String("output")
-	if out != "text" && out != "json" {
-		return usageErr("--output %q: want text or json", out)
+	out, err := outputOf(c)
+	if err != nil {
+		return err
 	}
 	kapi, err := etcdFrom(c)
 	if err != nil {

@@ -140,9 +140,9 @@ func runRollout(c *cli.Context, verb string, change func(s *rollout.Settings) (*
 	if err != nil {
 		return err
 	}
-	output := c.String("output")
-	if output != "text" && output != "json" {
-		return usageErr("--output %q: want text or json", output)
+	output, err := outputOf(c)
+	if err != nil {
+		return err
 	}
 	endpoint := c.String("endpoint")
 	if c.Duration("request-timeout") <= 0 {

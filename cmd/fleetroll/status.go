@@ -60,9 +60,9 @@ func statusAction(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return usageErr("status: at most one service or rollout ID")
 	}
-	out := c.String("output")
-	if out != "text" && out != "json" {
-		return usageErr("--output %q: want text or json", out)
+	out, err := outputOf(c)
+	if err != nil {
+		return err
 	}
 	kapi, err := etcdFrom(c)
 	if err != nil {
