@@ -34,6 +34,48 @@ function seconds(ms) {
 
 function t(s) { return s ? Date.parse(s) : 0; }
 
+// PHASES are a unit's steps, in order; each has its colour (.lane-*).
+const PHASES = ["drain", "stop", "start", "health", "watch", "grace"];
+// MARKED are the phases also marked where they begin: they can be short
+// (a grace of 0 s), and they are the ones an operator looks for.
+const MARKED = new Set(["drain", "health", "watch", "grace"]);
+
+// scale chooses an axis's ticks for durations up to max (ms): a round
+// step, about four ticks, the last at or above max.
+function scale(max) {
+  const steps = [100, 200, 500, 1000, 2000, 5000, 10000, 15000, 30000, 60000, 120000, 300000, 600000, 900000, 1800000, 3600000];
+  const step = steps.find(s => s * 4 >= max) || Math.ceil(max / 4 / 3600000) * 3600000;
+  const top = Math.max(step, Math.ceil(max / step) * step);
+  const ticks = [];
+  for (let v = 0; v <= top; v += step) ticks.push(v);
+  return { top, ticks, label: v => step < 1000 ? (v / 1000).toFixed(1) + " s" : step < 60000 ? v / 1000 + " s" : v / 60000 + " m" };
+}
+
+function svgText(attrs, text) {
+  const e = svg("text", attrs);
+  e.textContent = text;
+  return e;
+}
+
+function titled(e, text) {
+  const title = svg("title", {});
+  title.textContent = text;
+  e.append(title);
+  return e;
+}
+
+// stamp notes when the page received a state, so that how long an
+// instance's target and state have disagreed keeps counting.
+function stamp(svc) {
+  const now = Date.now();
+  for (const i of svc.instances) i.localSince = now - (i.disagreeing_seconds || 0) * 1000;
+  return svc;
+}
+
+function disagreeing(i) {
+  return "disagree for " + (seconds(Date.now() - i.localSince) || "0.0 s");
+}
+
 function duration(r) {
   const a = t(r.started), b = t(r.finished);
   return a && b ? b - a : 0;
@@ -44,7 +86,7 @@ async function load() {
   if (!resp.ok) { document.getElementById("live").textContent = "cannot read the state (" + resp.status + ")"; return; }
   const doc = await resp.json();
   for (const svc of doc.services) {
-    state.services.set(svc.name, svc);
+    state.services.set(svc.name, stamp(svc));
     for (const r of svc.rollouts) state.rollouts.set(r.id, r);
   }
   renderAll();
@@ -88,10 +130,17 @@ function renderService(svc) {
   }
 
   const inst = el("table", { class: "instances" }, el("tr", {}, el("th", {}, "instance"), el("th", {}, "machine"),
-    el("th", {}, "fleet"), el("th", {}, "systemd"), el("th", {}, "in the proxy"), el("th", {}, "healthy")));
+    el("th", { title: "fleet's target state" }, "fleet"), el("th", { title: "systemd's state, as fleet publishes it" }, "systemd"),
+    el("th", { title: "whether fleet's target and systemd's state agree (since this receiver's first reading that saw them disagree)" }, "target and state"),
+    el("th", {}, "in the proxy"), el("th", {}, "healthy")));
   for (const i of svc.instances) {
-    inst.append(el("tr", { "data-unit": i.unit }, el("td", {}, i.unit), el("td", {}, i.machine || "—"), el("td", {}, i.fleet),
-      el("td", {}, i.systemd), el("td", {}, yesNo(i.announced)), el("td", {}, yesNo(i.healthy))));
+    const agree = i.disagrees
+      ? el("td", { class: "disagree", "data-local-since": String(i.localSince),
+        title: "fleet's target is " + i.fleet + ", systemd's state " + i.systemd + ", since " + new Date(i.disagreeing_since).toLocaleString() }, disagreeing(i))
+      : el("td", {}, "agree");
+    inst.append(el("tr", { "data-unit": i.unit, "data-disagrees": String(!!i.disagrees), class: i.disagrees ? "disagrees" : "" },
+      el("td", {}, i.unit), el("td", {}, i.machine || "—"), el("td", {}, i.fleet),
+      el("td", {}, i.systemd), agree, el("td", {}, yesNo(i.announced)), el("td", {}, yesNo(i.healthy))));
   }
   sec.append(inst);
 
@@ -103,10 +152,24 @@ function renderService(svc) {
     const tbl = el("table", { class: "units" }, el("tr", {}, el("th", {}, "unit"), el("th", {}, "phase"), el("th", {}, "outcome"), el("th", { class: "w" }, "time")));
     for (const u of current.units) {
       const seen = state.seen.get(current.id + " " + u.unit) || [];
-      const row = el("tr", { "data-unit": u.unit, "data-phase": u.phase || "", "data-seen": seen.join(" "), class: "phase-" + (u.phase || "none") },
-        el("td", {}, u.unit), el("td", {}, u.phase || ""), el("td", {}, u.outcome), el("td", {}, el("div", { class: "bar" })));
-      const open = (u.phases || []).at(-1);
-      if (open && !open.finished) row.dataset.since = String(t(open.started));
+      // A bar for a unit that has begun: growing with its phase in
+      // flight, or its whole time once done; none for a pending one.
+      const phases = u.phases || [];
+      const time = el("td", {});
+      const row = el("tr", { "data-unit": u.unit, "data-phase": u.phase || "", "data-outcome": u.outcome || "", "data-seen": seen.join(" "), class: "phase-" + (u.phase || "none") },
+        el("td", {}, u.unit), el("td", {}, u.phase || ""), el("td", {}, u.outcome), time);
+      const open = phases.at(-1);
+      if (open && !open.finished) {
+        row.dataset.since = String(t(open.started));
+        const bar = el("div", { class: "bar", title: open.phase + (open.diagnosis ? ": " + open.diagnosis : "") });
+        bar.style.width = barWidth(Date.now() - t(open.started));
+        time.append(bar);
+      } else if (open) {
+        const took = t(open.finished) - t(phases[0].started);
+        const bar = el("div", { class: "bar", title: seconds(took) || "0.0 s" });
+        bar.style.width = barWidth(took);
+        time.append(bar);
+      }
       tbl.append(row);
     }
     cur.append(tbl);
@@ -131,50 +194,90 @@ function renderService(svc) {
   return sec;
 }
 
-// chart draws the durations of the last 50 rollouts, oldest left.
+// chart draws the durations of the last 50 rollouts, oldest left: a
+// seconds axis, and under each bar its result.
 function chart(all) {
   const done = all.filter(r => duration(r) > 0).slice(0, 50).reverse();
-  const w = 500, h = 60, max = Math.max(1, ...done.map(duration));
+  const left = 44, plot = 90, top = 8, below = 78, slot = 13;
+  const w = left + 50 * slot + 8, h = top + plot + below;
   const s = svg("svg", { class: "chart", width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "rollout durations" });
+  if (!done.length) {
+    s.setAttribute("height", 24);
+    s.append(svgText({ x: 0, y: 16, class: "empty" }, "no finished rollouts yet"));
+    return s;
+  }
+  const sc = scale(Math.max(...done.map(duration)));
+  const y = v => top + plot - v / sc.top * plot;
+  const axis = svg("g", { class: "axis" });
+  axis.append(svg("line", { x1: left, x2: left, y1: top, y2: top + plot }), svg("line", { x1: left, x2: w, y1: top + plot, y2: top + plot }));
+  for (const v of sc.ticks) {
+    axis.append(svg("line", { class: "grid", x1: left - 4, x2: w, y1: y(v), y2: y(v) }),
+      svgText({ x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, sc.label(v)));
+  }
+  s.append(axis);
   done.forEach((r, i) => {
-    const bh = Math.max(1, Math.round(duration(r) / max * (h - 4)));
-    const rect = svg("rect", { x: i * (w / 50), y: h - bh, width: Math.max(1, w / 50 - 2), height: bh, class: r.status === "succeeded" ? "" : "failed" });
-    const title = svg("title", {}); title.textContent = r.id + ": " + seconds(duration(r)) + ", " + r.status;
-    rect.append(title);
-    s.append(rect);
+    const x = left + 2 + i * slot, d = duration(r);
+    const ok = r.status === "succeeded";
+    s.append(titled(svg("rect", { x, y: y(d), width: slot - 3, height: Math.max(1, top + plot - y(d)), class: ok ? "" : "failed", "data-id": r.id }),
+      r.id + ": " + seconds(d) + ", " + r.status));
+    const lx = x + (slot - 3) / 2 + 4, ly = top + plot + 4;
+    s.append(svgText({ x: lx, y: ly, class: "result" + (ok ? "" : " failed"), "data-id": r.id, "text-anchor": "end", transform: `rotate(-90 ${lx} ${ly})` }, r.status));
   });
   return s;
 }
 
-// timeline draws one lane per unit from the record's phase timings; each
-// lane carries when its unit went down (the stop began) and was running
-// again (the start ended).
+// timeline draws one lane per unit from the record's phase timings, on an
+// axis of seconds from the rollout's start, with a legend of the phases;
+// drain, health, watch and grace are also marked where they begin (a
+// grace of 0 s is a mark alone), and a phase fleetroll diagnosed is
+// outlined, its diagnosis in its title. A unit not reached has no bar.
+// Each lane carries when its unit went down (the stop began) and was
+// running again (the start ended).
 function timeline(r) {
   const spans = r.units.flatMap(u => u.phases || []);
   const t0 = Math.min(...spans.map(p => t(p.started)));
   const t1 = Math.max(...spans.map(p => t(p.finished) || Date.now()));
-  const w = 700, lane = 22, left = 190, total = Math.max(1, t1 - t0);
-  const s = svg("svg", { width: w, height: lane * r.units.length + 24, role: "img", "aria-label": "timeline of rollout " + r.id });
+  const w = 700, lane = 22, left = 190, right = 16, pw = w - left - right;
+  const sc = scale(Math.max(1, t1 - t0));
+  const x = ms => left + ms / sc.top * pw;
+  const lanesH = lane * r.units.length;
+  const s = svg("svg", { width: w, height: lanesH + 74, role: "img", "aria-label": "timeline of rollout " + r.id });
   r.units.forEach((u, i) => {
     const g = svg("g", { class: "lane", "data-unit": u.unit, transform: `translate(0 ${i * lane})` });
-    const label = svg("text", { x: 0, y: 15 }); label.textContent = u.unit; g.append(label);
+    g.append(svgText({ x: 0, y: 15 }, u.unit));
     let down = 0, up = 0;
-    for (const p of u.phases || []) {
+    const phases = u.phases || [];
+    if (!phases.length) g.append(svgText({ x: left + 4, y: 15, class: "pending" }, u.outcome || "pending"));
+    for (const p of phases) {
       const a = t(p.started), b = t(p.finished) || Date.now();
       if (p.phase === "stop" && !down) down = a;
       if (p.phase === "start") up = b;
-      const rect = svg("rect", { x: left + (a - t0) / total * (w - left), y: 3, height: 14,
-        width: Math.max(1, (b - a) / total * (w - left)), class: "lane-" + p.phase, "data-phase": p.phase });
-      const title = svg("title", {}); title.textContent = p.phase + ": " + seconds(b - a);
-      rect.append(title);
-      g.append(rect);
+      const what = p.phase + ": " + (seconds(b - a) || "0.0 s") + (p.finished ? "" : " so far") + (p.diagnosis ? "\n" + p.diagnosis : "");
+      g.append(titled(svg("rect", { x: x(a - t0), y: 3, height: 14, width: Math.max(1, x(b - t0) - x(a - t0)),
+        class: "lane-" + p.phase + (p.diagnosis ? " diagnosed" : ""), "data-phase": p.phase }), what));
+      if (MARKED.has(p.phase)) {
+        const mx = x(a - t0);
+        g.append(titled(svg("path", { d: `M${mx - 4} 0 L${mx + 4} 0 L${mx} 6 Z`, class: "mark lane-" + p.phase, "data-mark": p.phase }), what));
+      }
     }
     if (down) g.setAttribute("data-down-start", String(down));
     if (up) g.setAttribute("data-down-end", String(up));
     s.append(g);
   });
-  const axis = svg("text", { x: left, y: lane * r.units.length + 18 }); axis.textContent = "0 — " + seconds(total);
+  const axis = svg("g", { class: "axis", transform: `translate(0 ${lanesH + 2})` });
+  axis.append(svg("line", { x1: left, x2: left + pw, y1: 0, y2: 0 }));
+  for (const v of sc.ticks) {
+    axis.append(svg("line", { x1: x(v), x2: x(v), y1: 0, y2: 4 }), svgText({ x: x(v), y: 15, class: "tick", "text-anchor": "middle" }, sc.label(v)));
+  }
+  axis.append(svgText({ x: left - 16, y: 15, "text-anchor": "end", class: "axis-title" }, "since the start"));
   s.append(axis);
+  const legend = svg("g", { class: "legend", transform: `translate(${left} ${lanesH + 36})` });
+  PHASES.forEach((p, i) => {
+    legend.append(svg("rect", { x: i * 72, y: 0, width: 12, height: 12, class: "lane-" + p }), svgText({ x: i * 72 + 16, y: 10, "data-phase": p }, p));
+  });
+  legend.append(svg("path", { d: "M0 22 L8 22 L4 28 Z", class: "mark" }), svgText({ x: 14, y: 30 }, "where drain, health, watch or grace begins"),
+    svg("rect", { x: 290, y: 20, width: 12, height: 10, class: "diagnosed" }), svgText({ x: 306, y: 30 }, "diagnosed: a stall (hover for what)"));
+  s.append(legend);
   return s;
 }
 
@@ -254,7 +357,7 @@ function refreshSoon() {
       return;
     }
     for (const svc of doc.services) {
-      state.services.set(svc.name, svc);
+      state.services.set(svc.name, stamp(svc));
       const old = document.getElementById("svc-" + svc.name);
       if (old) old.replaceWith(renderService(svc));
     }
@@ -314,11 +417,18 @@ function listen() {
   es.addEventListener("reset", () => { load(); });
 }
 
-// The bars of the units in flight grow with time.
+// barWidth is a unit's bar for a time (ms): a minute is the cell's width.
+function barWidth(ms) { return Math.max(0, Math.min(100, ms / 600)) + "%"; }
+
+// The bars of the units in flight grow with time, and so do the times
+// instances' targets and states have disagreed.
 setInterval(() => {
   for (const row of document.querySelectorAll("tr[data-since]")) {
     const bar = row.querySelector(".bar");
-    if (bar) bar.style.width = Math.min(100, (Date.now() - Number(row.dataset.since)) / 600) + "%";
+    if (bar) bar.style.width = barWidth(Date.now() - Number(row.dataset.since));
+  }
+  for (const td of document.querySelectorAll("td[data-local-since]")) {
+    td.textContent = disagreeing({ localSince: Number(td.dataset.localSince) });
   }
 }, 250);
 
