@@ -103,14 +103,18 @@ func (c *consoleErrors) all() []string {
 
 // The status page in a real headless Chromium, against serve on the real
 // cluster: log in, a Docker Hub push, each unit seen through its stop and
-// start live, the result and the history row, a timeline with one lane per
-// unit and no two down at once, "roll now", and no console error.
+// start live (a pending one without a bar), the result and the history
+// row, the durations chart with its seconds axis and each bar's result, a
+// timeline with one lane per unit and no two down at once, its time axis
+// and legend, "roll now", and no console error.
 func TestStatusPageInABrowser(t *testing.T) {
 	c := needCluster(t)
 	ports := []string{"19181", "19182", "19183"}
 	units := launchDemo(t, "e2e-ui", ports...)
 	base := startServe(t, append(secretArgs(t), "--service", "e2e-ui", "--ports", strings.Join(ports, ","), "--repository", "demo/my-service",
-		"--tag", "latest", "--grace", "0s", "--min-healthy-time", "0s", "--etcd-endpoints", c.EtcdURL)...)
+		"--tag", "latest", "--grace", "0s", "--min-healthy-time", "0s", "--etcd-endpoints", c.EtcdURL,
+		// A health gate, brief: the timeline has a phase to mark.
+		"--health-path", "/healthz", "--health-interval", "200ms", "--health-successes", "1")...)
 	ctx, console := browserContext(t)
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()
@@ -157,6 +161,21 @@ func TestStatusPageInABrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Every rendering of the rollout in progress is looked at as it
+	// happens: a unit not reached yet (pending) has no bar.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => {
+		window.pendingRows = { seen: 0, barred: 0 };
+		new MutationObserver(() => {
+			for (const tr of document.querySelectorAll('#svc-e2e-ui .current tr[data-outcome="pending"]')) {
+				window.pendingRows.seen++;
+				if (tr.querySelector('.bar')) window.pendingRows.barred++;
+			}
+		}).observe(document.getElementById('services'), { childList: true, subtree: true });
+		return true;
+	})()`)); err != nil {
+		t.Fatal(err)
+	}
+
 	// A Docker Hub push.
 	var payload map[string]any
 	if err := json.Unmarshal(fixture(t, "dockerhub-push.json"), &payload); err != nil {
@@ -198,6 +217,36 @@ func TestStatusPageInABrowser(t *testing.T) {
 	if !strings.Contains(kinds[""], "succeeded") {
 		t.Errorf("the page did not show the result live: %q", kinds[""])
 	}
+	pending, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]int](`window.pendingRows`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pending["seen"] == 0 || pending["barred"] != 0 {
+		t.Errorf("pending rows of the rollout in progress: %v, want some seen and none with a bar", pending)
+	}
+
+	// The durations chart: a seconds axis from 0, and the result under
+	// the rollout's bar.
+	type chartParts struct {
+		Ticks  []string `json:"ticks"`
+		Result string   `json:"result"`
+	}
+	chart, err := chromedp.Run(ctx, chromedp.Evaluate[chartParts](fmt.Sprintf(`(() => {
+		const c = document.querySelector('#svc-e2e-ui svg.chart');
+		return { ticks: [...c.querySelectorAll('g.axis text.tick')].map(e => e.textContent),
+			result: c.querySelector('text.result[data-id="%s"]')?.textContent || "" };
+	})()`, id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chart.Ticks) < 2 || strings.TrimSuffix(strings.TrimSuffix(chart.Ticks[0], " s"), ".0") != "0" || chart.Result != "succeeded" {
+		t.Errorf("the chart: ticks %q, the result under %s's bar %q", chart.Ticks, id, chart.Result)
+	}
+	for _, tick := range chart.Ticks {
+		if !strings.HasSuffix(tick, " s") && !strings.HasSuffix(tick, " m") {
+			t.Errorf("the chart's tick %q has no unit", tick)
+		}
+	}
 
 	// The timeline: one lane per unit, no two down (stop to running) at once.
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row)), chromedp.WaitVisible(chromedp.CSS("#timeline svg"))); err != nil {
@@ -220,6 +269,33 @@ func TestStatusPageInABrowser(t *testing.T) {
 			t.Fatalf("two units down at once: %v and %v", lanes[i-1], l)
 		}
 	}
+	// Its time axis, its legend of every phase, and a mark where each
+	// drain, health, watch or grace begins.
+	type timelineParts struct {
+		Ticks  []string `json:"ticks"`
+		Legend []string `json:"legend"`
+		Marked []string `json:"marked"`
+		Marks  []string `json:"marks"`
+	}
+	parts, err := chromedp.Run(ctx, chromedp.Evaluate[timelineParts](`(() => {
+		const s = document.querySelector('#timeline svg'), text = q => [...s.querySelectorAll(q)].map(e => e.textContent);
+		return { ticks: text('g.axis text.tick'), legend: text('g.legend text[data-phase]'),
+			marked: [...s.querySelectorAll('g.lane rect[data-phase]')].map(r => r.dataset.phase).filter(p => ["drain", "health", "watch", "grace"].includes(p)),
+			marks: [...s.querySelectorAll('g.lane path[data-mark]')].map(m => m.dataset.mark) };
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parts.Ticks) < 2 || strings.TrimSuffix(strings.TrimSuffix(parts.Ticks[0], " s"), ".0") != "0" {
+		t.Errorf("the timeline's axis: %q", parts.Ticks)
+	}
+	if got := strings.Join(parts.Legend, " "); got != "drain stop start health watch grace" {
+		t.Errorf("the timeline's legend: %q", got)
+	}
+	if len(parts.Marks) < len(units) || strings.Join(parts.Marks, " ") != strings.Join(parts.Marked, " ") {
+		t.Errorf("the timeline marks %q, its phases to mark are %q", parts.Marks, parts.Marked)
+	}
+	t.Logf("the timeline: ticks %q, marks %q", parts.Ticks, parts.Marks)
 	if shot := os.Getenv("FLEETROLL_SCREENSHOT"); shot != "" {
 		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		if err != nil {
