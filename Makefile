@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || r=$$r-dirty; echo $$r; } || echo unknown)
 LDFLAGS = -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
-.PHONY: demo test check unit e2e fuzz fuzz-long build man release bench bench-prepull bench-watch bench-batch bench-hostile bench-detect screenshot cluster-down
+.PHONY: demo test check unit e2e fuzz fuzz-long build man release bench bench-roll bench-prepull bench-watch bench-batch bench-hostile bench-detect screenshot cluster-down
 
 demo:
 	contrib/demo.sh
@@ -74,6 +74,12 @@ bench:
 	bench/batch.sh
 	bench/hostile.sh
 	bench/detect.sh
+
+# fleet's stop and start phases over 20 rolls of 3 instances at grace 0, on
+# one machine and on three: p50, p99, max, the slow ones diagnosed; each
+# goal printed (about 15 minutes).
+bench-roll:
+	bench/roll.sh
 
 # Pre-pull against each instance pulling, 50 MB and 300 MB images, three
 # machines (about 10 minutes).

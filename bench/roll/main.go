@@ -1,24 +1,68 @@
-// Command roll measures, on the local real cluster and in one run, fleetroll's
-// wall time to roll three instances with grace 0 next to the naive loop's
-// (internal/naive: stop, poll until stopped, start, poll until running), and
-// fleet's own median stop and start latency per unit. It also counts how many
-// instances each method really restarted (a new MainPID).
+// Command roll measures fleet's stop and start phases as fleetroll sees
+// them (issue 24): on a local cluster of one machine and on one of three,
+// each of its own, it runs N rolls of the demo service's three instances
+// with fleetroll restart --grace 0s --min-healthy-time 0s -o json (nudging
+// at its default), and reads each rollout's record.
+//
+// A phase's time is its span in the record: from fleetroll's write of the
+// unit's target state to fleet's published result (stopped, or running)
+// as fleetroll observed it. A roll's time is the record's start to finish.
+//
+// Per cluster and phase kind it prints the count, p50, p99, maximum and
+// how many phases took over 3 s and over 6 s; every slow phase with its
+// diagnosis (fleetroll's own, made after fleetroll.StallAfter); the median
+// roll. Each goal is printed with PASS or FAIL, and it exits 1 when one is
+// missed.
+//
+// fleet runs with its debug log (FLEETROLL_FLEETD_DEBUG=1), and fleetroll
+// at --log-level debug: both are kept under -logs after the clusters go.
+//
+//	bench/roll.sh [-machines 1,3] [-rolls 20] [-logs DIR] [-keep]
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/internal/cluster"
-	"github.com/fleetroll/fleetroll/internal/fleetcount"
-	"github.com/fleetroll/fleetroll/internal/naive"
+)
+
+const service = "bench-roll"
+
+var ports = []string{"19901", "19902", "19903"}
+
+// A cluster of its own per size: its directory and ports.
+type site struct {
+	machines        int
+	dir             string
+	etcdPort, fleet int
+	// baseline is the median roll before this bench (docs/benchmarks.md,
+	// "Nudging": 5 rounds at nudge 500 ms, grace 0).
+	baseline time.Duration
+}
+
+var sites = map[int]site{
+	1: {1, "/tmp/fleetroll-bench-roll1", 42359, 49263, 11800 * time.Millisecond},
+	3: {3, "/tmp/fleetroll-bench-roll3", 42379, 49183, 12900 * time.Millisecond},
+}
+
+// goals of issue 24, per cluster.
+const (
+	slowPhase  = 3 * time.Second
+	maxSlow    = 1 // phases over slowPhase, of 6 per roll
+	worstPhase = 6 * time.Second
 )
 
 func main() {
@@ -29,213 +73,239 @@ func main() {
 }
 
 func run() error {
-	repo := flag.String("repo", ".", "repository root")
-	rounds := flag.Int("rounds", 1, "fleetroll rolls to run (more samples for the medians)")
-	naivePoll := flag.Duration("naive-poll", time.Second, "the naive loop's poll interval")
-	nudges := flag.String("nudge", "", "also roll with these --nudge-interval values, comma-separated, interleaved with the rolls without")
-	machines := flag.Int("machines", 1, "fleet machines of the cluster (more than 1: a cluster of its own under -dir)")
-	dir := flag.String("dir", "", "the cluster's state directory (default: the demo's, or /tmp/fleetroll-bench-roll3 with -machines > 1)")
+	repo := flag.String("repo", ".", "the repository root")
+	machinesFlag := flag.String("machines", "1,3", "cluster sizes, comma-separated (1 and 3)")
+	rolls := flag.Int("rolls", 20, "rolls per cluster")
+	logs := flag.String("logs", "/tmp/fleetroll-bench-roll-logs", "where fleetd's debug logs and fleetroll's are kept")
+	keep := flag.Bool("keep", false, "leave the clusters running")
 	flag.Parse()
+	var sizes []int
+	for _, f := range strings.Split(*machinesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if _, ok := sites[n]; err != nil || !ok {
+			return fmt.Errorf("-machines %q: want 1 and/or 3", *machinesFlag)
+		}
+		sizes = append(sizes, n)
+	}
+	if *rolls < 1 {
+		return fmt.Errorf("-rolls %d: want at least 1", *rolls)
+	}
+	abs, err := filepath.Abs(*repo)
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(*logs); err != nil {
+		return err
+	}
+	// fleet's debug log: cluster.sh reads it from the environment.
+	os.Setenv("FLEETROLL_FLEETD_DEBUG", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-
-	cfg := cluster.Config{Repo: *repo, Dir: *dir, Machines: *machines}
-	if *machines > 1 && cfg.Dir == "" {
-		cfg.Dir, cfg.EtcdPort, cfg.FleetPort = "/tmp/fleetroll-bench-roll3", 42379, 49183
-	}
-	cl, err := cluster.Up(ctx, cfg)
+	// fleetroll, built once before any cluster: the tree may change under a
+	// long run.
+	binDir, err := os.MkdirTemp("", "fleetroll-bench-roll")
 	if err != nil {
 		return err
 	}
-	ports := []string{"19901", "19902", "19903"}
-	units, err := cl.LaunchDemo(ctx, "bench-roll", ports...)
-	if err != nil {
-		return err
-	}
-	defer cl.Destroy(units...)
-	fleet, err := fleetroll.Connect(cl.Endpoint, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	plan, err := fleetroll.MakePlan(ctx, fleet, fleetroll.Target{Service: "bench-roll", Instances: ports})
-	if err != nil {
+	defer os.RemoveAll(binDir)
+	bin := filepath.Join(binDir, "fleetroll")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/fleetroll")
+	build.Dir = abs
+	if _, err := output(build); err != nil {
 		return err
 	}
 
-	modes := []*mode{{name: "fleetroll, no nudge"}}
-	for _, v := range strings.Split(*nudges, ",") {
-		if v = strings.TrimSpace(v); v == "" {
-			continue
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("-nudge %q: want positive durations", v)
-		}
-		modes = append(modes, &mode{name: "fleetroll, nudge " + d.String(), nudge: d})
-	}
-	counted := &fleetcount.Fleet{Fleet: fleet}
-	for i := 0; i < *rounds; i++ {
-		for _, m := range modes { // interleaved: fleet's timing drifts, both see the same
-			before, err := cl.Systemd(ctx, units...)
-			if err != nil {
-				return err
-			}
-			r, err := fleetroll.NewRoller(counted, fleetroll.Options{Grace: 0, NudgeInterval: m.nudge})
-			if err != nil {
-				return err
-			}
-			counted.Reset()
-			cpu0 := clusterCPU(cl)
-			t0 := time.Now()
-			rep, err := r.Roll(ctx, plan)
-			if err != nil {
-				return fmt.Errorf("%s roll: %w", m.name, err)
-			}
-			m.wall = append(m.wall, time.Since(t0))
-			cpu1 := clusterCPU(cl)
-			m.etcdCPU += cpu1.etcd - cpu0.etcd
-			m.fleetdCPU += cpu1.fleetd - cpu0.fleetd
-			for _, u := range rep.Units {
-				m.stops = append(m.stops, time.Duration(u.Stop))
-				m.starts = append(m.starts, time.Duration(u.Start))
-			}
-			reads, writes := counted.Reset()
-			m.reads, m.writes = m.reads+reads, m.writes+writes
-			after, err := cl.Systemd(ctx, units...)
-			if err != nil {
-				return err
-			}
-			m.restarted = append(m.restarted, restarted(before, after))
-		}
-	}
-	stops, starts := modes[0].stops, modes[0].starts
-	rollWall, rollRestarted := modes[0].wall, modes[0].restarted
+	fmt.Printf("stop and start phases of %d rolls of 3 instances per cluster (issue 24)\n", *rolls)
+	fmt.Printf("settings: the demo service (contrib/demo), fleet v1.0.0 with its debug log, one cluster of its own per size;\n")
+	fmt.Printf("  fleetroll restart --grace 0s --min-healthy-time 0s -o json (no watch after the start, as the issue's figures),\n")
+	fmt.Printf("  nudge %s and poll %s (the defaults), no drain, no health gate, one instance at a time\n",
+		fleetroll.DefaultNudgeInterval, fleetroll.DefaultPollInterval)
+	fmt.Printf("  phase: its span in the record, fleetroll's write to fleet's published result as fleetroll saw it; roll: the record's start to finish\n")
 
-	before, err := cl.Systemd(ctx, units...)
-	if err != nil {
-		return err
+	var results []result
+	for _, m := range sizes {
+		res, err := bench(ctx, abs, bin, sites[m], *rolls, filepath.Join(*logs, fmt.Sprintf("%dm", m)), *keep)
+		if err != nil {
+			return err
+		}
+		results = append(results, res)
 	}
-	t0 := time.Now()
-	if err := naive.Roll(ctx, fleet, units, *naivePoll); err != nil {
-		return fmt.Errorf("naive loop: %w", err)
-	}
-	naiveWall := time.Since(t0)
-	after, err := cl.Systemd(ctx, units...)
-	if err != nil {
-		return err
-	}
-	naiveRestarted := restarted(before, after)
 
-	fmt.Printf("roll of 3 instances on the local cluster (fleet v1.0.0, systemd --user), grace 0\n")
-	fmt.Printf("%-34s %12s %22s\n", "method", "wall time", "really restarted")
-	for i, w := range rollWall {
-		fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("fleetroll (round %d)", i+1), w.Round(time.Millisecond), rollRestarted[i])
-	}
-	fmt.Printf("%-34s %12s %18d / 3\n", fmt.Sprintf("naive loop (poll %s)", *naivePoll), naiveWall.Round(time.Millisecond), naiveRestarted)
-	fmt.Printf("fleet latency per unit, median of %d: stop %s, start %s (min %s / %s, max %s / %s)\n",
-		len(stops), median(stops), median(starts), slices.Min(stops).Round(time.Millisecond), slices.Min(starts).Round(time.Millisecond),
-		slices.Max(stops).Round(time.Millisecond), slices.Max(starts).Round(time.Millisecond))
-	fast := 0
-	for _, d := range append(append([]time.Duration{}, stops...), starts...) {
-		if d <= 3*time.Second {
-			fast++
+	fmt.Println()
+	failed := 0
+	for _, r := range results {
+		tag := fmt.Sprintf("%d machine(s)", r.site.machines)
+		all := append(append([]phase{}, r.phases["stop"]...), r.phases["start"]...)
+		over3, over6 := count(all, slowPhase), count(all, worstPhase)
+		med := median(r.rolls)
+		for _, g := range []struct {
+			name string
+			ok   bool
+			got  string
+		}{
+			{fmt.Sprintf("at most %d of %d phases over %s", maxSlow, len(all), slowPhase), over3 <= maxSlow, fmt.Sprintf("%d", over3)},
+			{fmt.Sprintf("none over %s", worstPhase), over6 == 0, fmt.Sprintf("%d (max %s)", over6, secs(maxOf(all)))},
+			{fmt.Sprintf("median roll no slower than before (%s)", secs(r.site.baseline)), med <= r.site.baseline, secs(med)},
+		} {
+			mark := "PASS"
+			if !g.ok {
+				mark, failed = "FAIL", failed+1
+			}
+			fmt.Printf("  %s %s: %s: %s\n", mark, tag, g.name, g.got)
 		}
 	}
-	fmt.Printf("every stop:  %v\nevery start: %v\nphases at or under 3s: %d of %d (%.0f%%)\n",
-		rounded(stops), rounded(starts), fast, len(stops)+len(starts), 100*float64(fast)/float64(len(stops)+len(starts)))
-	if len(modes) > 1 {
-		fmt.Printf("\ninterleaved rounds, %d each:\n", *rounds)
-		fmt.Printf("%-24s %-34s %8s %10s %16s %22s %10s\n", "method", "wall times (s)", "median", "phases<=3s", "API calls/unit", "CPU/roll etcd, fleetd", "restarted")
-		for _, m := range modes {
-			phases := append(append([]time.Duration{}, m.stops...), m.starts...)
-			fast := 0
-			for _, d := range phases {
-				if d <= 3*time.Second {
-					fast++
-				}
-			}
-			units := float64(len(m.stops))
-			total := 0
-			for _, n := range m.restarted {
-				total += n
-			}
-			var walls []string
-			for _, w := range m.wall {
-				walls = append(walls, fmt.Sprintf("%.1f", w.Seconds()))
-			}
-			rolls := time.Duration(len(m.wall))
-			fmt.Printf("%-24s %-34s %8s %9.0f%% %7.1f r %4.1f w %10s %10s %7d/%d\n", m.name, strings.Join(walls, " "), median(m.wall),
-				100*float64(fast)/float64(len(phases)), float64(m.reads)/units, float64(m.writes)/units,
-				(m.etcdCPU / rolls).Round(time.Millisecond), (m.fleetdCPU / rolls).Round(time.Millisecond), total, len(m.stops))
-			fmt.Printf("%-24s stops %v\n%-24s starts %v\n", "", rounded(m.stops), "", rounded(m.starts))
-		}
+	fmt.Printf("\nlogs: %s (fleetd.log per machine with fleet's debug lines, rollNN.log fleetroll's)\n", *logs)
+	if failed > 0 {
+		return fmt.Errorf("%d goal(s) missed", failed)
 	}
 	return nil
 }
 
-// mode is one way of rolling, measured over the rounds.
-type mode struct {
-	name                string
-	nudge               time.Duration
-	wall, stops, starts []time.Duration
-	restarted           []int
-	reads, writes       int
-	etcdCPU, fleetdCPU  time.Duration
+// phase is one stop or start of a unit.
+type phase struct {
+	roll      int
+	unit      string
+	took      time.Duration
+	diagnosis string
 }
 
-// cpu is the CPU time (user and system) etcd and every fleetd have used.
-type cpu struct{ etcd, fleetd time.Duration }
+type result struct {
+	site   site
+	phases map[string][]phase // by kind: stop, start
+	rolls  []time.Duration
+}
 
-// clusterCPU reads the CPU time of the cluster's etcd and fleetds from
-// /proc (pid files under the cluster's directory).
-func clusterCPU(cl *cluster.Cluster) cpu {
-	var c cpu
-	c.etcd = procCPU(filepath.Join(cl.Dir, "etcd.pid"))
-	files, _ := filepath.Glob(filepath.Join(cl.Dir, "fleetd.pid"))
-	more, _ := filepath.Glob(filepath.Join(cl.Dir, "m*", "fleetd.pid"))
-	for _, f := range append(files, more...) {
-		c.fleetd += procCPU(f)
+// bench starts the site's cluster afresh, launches the demo's instances,
+// rolls them n times and prints the figures. fleetd's logs and fleetroll's
+// are kept under logDir.
+func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, keep bool) (res result, err error) {
+	res = result{site: s, phases: map[string][]phase{}}
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return res, err
 	}
-	return c
-}
-
-// procCPU is utime+stime of the process in the pid file.
-func procCPU(pidFile string) time.Duration {
-	b, err := os.ReadFile(pidFile)
+	c, err := cluster.Up(ctx, cluster.Config{Repo: repo, Dir: s.dir, EtcdPort: s.etcdPort, FleetPort: s.fleet, Machines: s.machines, Fresh: true})
 	if err != nil {
-		return 0
+		return res, err
 	}
-	stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(b)) + "/stat")
-	if err != nil {
-		return 0
+	defer func() {
+		keepLogs(s, logDir)
+		if keep {
+			return
+		}
+		if derr := c.Down(context.WithoutCancel(ctx)); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	if _, err := c.LaunchDemo(ctx, service, ports...); err != nil {
+		return res, err
 	}
-	// The fields after the command name, which may hold spaces.
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	if len(f) < 13 {
-		return 0
+	for i := 1; i <= n; i++ {
+		rep, err := roll(ctx, c, bin, filepath.Join(logDir, fmt.Sprintf("roll%02d.log", i)))
+		if err != nil {
+			return res, fmt.Errorf("%d machine(s), roll %d: %w", s.machines, i, err)
+		}
+		if rep.Status != fleetroll.StatusSucceeded {
+			return res, fmt.Errorf("%d machine(s), roll %d: %s", s.machines, i, rep.Status)
+		}
+		res.rolls = append(res.rolls, rep.Finished.Sub(rep.Started))
+		for _, u := range rep.Units {
+			for _, sp := range u.Phases {
+				if sp.Phase != fleetroll.PhaseStop && sp.Phase != fleetroll.PhaseStart {
+					continue
+				}
+				res.phases[string(sp.Phase)] = append(res.phases[string(sp.Phase)],
+					phase{roll: i, unit: u.Unit, took: sp.Finished.Sub(sp.Started), diagnosis: sp.Diagnosis})
+			}
+		}
 	}
-	var ut, st int64
-	fmt.Sscan(f[11], &ut)
-	fmt.Sscan(f[12], &st)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+
+	fmt.Printf("\n%d machine(s): %d rolls, every one succeeded\n", s.machines, n)
+	fmt.Printf("  %-6s %5s %7s %7s %7s %7s %7s\n", "phase", "count", "p50", "p99", "max", ">3 s", ">6 s")
+	for _, k := range []string{"stop", "start"} {
+		ps := res.phases[k]
+		fmt.Printf("  %-6s %5d %7s %7s %7s %7d %7d\n", k, len(ps), secs(pct(ps, 50)), secs(pct(ps, 99)), secs(maxOf(ps)),
+			count(ps, slowPhase), count(ps, worstPhase))
+	}
+	walls := make([]string, len(res.rolls))
+	for i, w := range res.rolls {
+		walls[i] = fmt.Sprintf("%.1f", w.Seconds())
+	}
+	fmt.Printf("  rolls (s): %s; median %s\n", strings.Join(walls, " "), secs(median(res.rolls)))
+	for _, k := range []string{"stop", "start"} {
+		for _, p := range res.phases[k] {
+			if p.took <= slowPhase && p.diagnosis == "" {
+				continue
+			}
+			d := p.diagnosis
+			if d == "" {
+				d = "(no diagnosis)"
+			}
+			fmt.Printf("  slow: roll %d %s %s %s: %s\n", p.roll, p.unit, k, secs(p.took), d)
+		}
+	}
+	return res, nil
 }
 
-func restarted(before, after []cluster.SystemdState) int {
+// roll runs one fleetroll restart from the hub and returns its record;
+// fleetroll's log goes to logFile.
+func roll(ctx context.Context, c *cluster.Cluster, bin, logFile string) (*fleetroll.Report, error) {
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cmd := c.Hub(rctx, bin, "restart", service, "--ports", strings.Join(ports, ","), "--grace", "0s", "--min-healthy-time", "0s",
+		"--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL, "--log-level", "debug", "-o", "json")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	runErr := cmd.Run()
+	if werr := os.WriteFile(logFile, errb.Bytes(), 0o644); werr != nil {
+		return nil, werr
+	}
+	var r fleetroll.Report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		return nil, fmt.Errorf("fleetroll restart: %v, record: %w (log: %s)", runErr, err, logFile)
+	}
+	if runErr != nil {
+		return &r, fmt.Errorf("fleetroll restart: %w (log: %s)", runErr, logFile)
+	}
+	return &r, nil
+}
+
+// keepLogs copies every machine's fleetd.log to logDir.
+func keepLogs(s site, logDir string) {
+	for i := 1; i <= s.machines; i++ {
+		from, to := filepath.Join(s.dir, "fleetd.log"), filepath.Join(logDir, "fleetd.log")
+		if s.machines > 1 {
+			from, to = filepath.Join(s.dir, fmt.Sprintf("m%d", i), "fleetd.log"), filepath.Join(logDir, fmt.Sprintf("fleetd-m%d.log", i))
+		}
+		if b, err := os.ReadFile(from); err == nil {
+			os.WriteFile(to, b, 0o644)
+		}
+	}
+}
+
+// pct is the p-th percentile (nearest rank) of the phases' times.
+func pct(ps []phase, p float64) time.Duration {
+	if len(ps) == 0 {
+		return 0
+	}
+	ds := make([]time.Duration, len(ps))
+	for i, x := range ps {
+		ds[i] = x.took
+	}
+	slices.Sort(ds)
+	rank := int(math.Ceil(p / 100 * float64(len(ds))))
+	return ds[max(rank, 1)-1]
+}
+
+func maxOf(ps []phase) time.Duration { return pct(ps, 100) }
+
+func count(ps []phase, over time.Duration) int {
 	n := 0
-	for i := range before {
-		if after[i].Up() && after[i].MainPID != before[i].MainPID {
+	for _, p := range ps {
+		if p.took > over {
 			n++
 		}
 	}
 	return n
-}
-
-func rounded(ds []time.Duration) []time.Duration {
-	out := make([]time.Duration, len(ds))
-	for i, d := range ds {
-		out[i] = d.Round(100 * time.Millisecond)
-	}
-	return out
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -244,9 +314,20 @@ func median(ds []time.Duration) time.Duration {
 	if len(s) == 0 {
 		return 0
 	}
-	m := s[len(s)/2]
 	if len(s)%2 == 0 {
-		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
-	return m.Round(time.Millisecond)
+	return s[len(s)/2]
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
+
+// output runs cmd and returns its stdout; an error carries its stderr.
+func output(cmd *exec.Cmd) (string, error) {
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, errb.String())
+	}
+	return out.String(), nil
 }
