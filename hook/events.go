@@ -81,13 +81,18 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	// A stream read through a page's session ends with it (logout, or its
-	// idle or absolute limit); one read with the API token or from a
-	// network opened to viewing has no session to end.
+	// idle or absolute limit); one read with the API token ends when a
+	// reload replaces the token (SetSecrets ends the sessions, which wakes
+	// it); one from a network opened to viewing has nothing to end.
 	still := func() (bool, <-chan struct{}) { return true, nil }
-	if _, _, ok := bearer(r, s.secretsNow().API); !ok {
-		if sess, ok := s.sessions.of(r); ok {
-			still = func() (bool, <-chan struct{}) { return s.sessions.alive(sess.id) }
+	if _, _, ok := bearer(r, s.secretsNow().API); ok {
+		still = func() (bool, <-chan struct{}) {
+			_, ended := s.sessions.alive("") // taken before the token is read: no wake missed
+			_, _, ok := bearer(r, s.secretsNow().API)
+			return ok, ended
 		}
+	} else if sess, ok := s.sessions.of(r); ok {
+		still = func() (bool, <-chan struct{}) { return s.sessions.alive(sess.id) }
 	}
 	sub, backlog, complete := s.store.Subscribe(after, rollout)
 	defer s.store.Unsubscribe(sub)
