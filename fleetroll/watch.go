@@ -215,7 +215,9 @@ func Stalled(target, desired, current string, err error, st *schema.UnitState, p
 	case current != target:
 		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): it missed it; %s", head, current, doing)
 	}
-	return fmt.Sprintf("%s: fleet's agent acted on it (its current state is %q), but fleet has not published systemd's new state yet (it publishes about once a second): fleetroll waits", head, current)
+	return fmt.Sprintf("%s: fleet's agent acted on it (its current state is %q), but fleet has not published systemd's new state yet: "+
+		"it publishes a change within about a second, but fleet v1.0.0 can lose one that falls on its periodic republish of every unit "+
+		"(every 4/5 of its agent TTL, 24 s at the default 30 s) and shows it only at the next one (docs/how-it-works.md): fleetroll waits", head, current)
 }
 
 // diagnose records, once per phase, why a unit's stop or start shows no

@@ -378,7 +378,7 @@ func TestStalled(t *testing.T) {
 	}{
 		{"missed, nudging", "loaded", "loaded", "launched", nil, time.Second, "has not acted on the write (it last acted on \"launched\"): it missed it; fleetroll writes the target again every 1s"},
 		{"missed, no nudging", "loaded", "loaded", "launched", nil, 0, "with nudging off, fleet's agent acts at its next reconcile"},
-		{"acted, not published", "loaded", "loaded", "loaded", nil, time.Second, "acted on it (its current state is \"loaded\"), but fleet has not published"},
+		{"acted, not published", "loaded", "loaded", "loaded", nil, time.Second, "acted on it (its current state is \"loaded\"), but fleet has not published systemd's new state yet: it publishes a change within about a second, but fleet v1.0.0 can lose one that falls on its periodic republish"},
 		{"changed by someone", "launched", "loaded", "loaded", nil, time.Second, "someone else changed it"},
 		{"no answer", "launched", "", "", errors.New("timeout"), time.Second, "fleet's API did not say what its agent did (timeout)"},
 	} {
