@@ -43,6 +43,13 @@ func Connect(cfg Config) (client.KeysAPI, error) {
 		MaxIdleConnsPerHost: 4,
 	}
 	if files := (fleetroll.TLSFiles{CA: cfg.CAFile, Cert: cfg.CertFile, Key: cfg.KeyFile}); !files.IsZero() {
+		// As fleet's: files named for a plain endpoint are refused, not
+		// left unused on a connection the operator believes is TLS.
+		for _, ep := range cfg.Endpoints {
+			if !strings.HasPrefix(strings.ToLower(ep), "https://") {
+				return nil, fmt.Errorf("etcd endpoint %q: TLS files are for https:// endpoints", ep)
+			}
+		}
 		tc, err := files.Config()
 		if err != nil {
 			return nil, fmt.Errorf("etcd: %w", err)

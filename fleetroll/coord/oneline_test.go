@@ -64,3 +64,17 @@ func TestEtcdCodesThroughOneLineErrors(t *testing.T) {
 		t.Fatalf("create over a key: %v", err)
 	}
 }
+
+// Certificate files given for an endpoint that is not https:// are refused,
+// as fleet's are, rather than left unused on a plain-text connection.
+func TestConnectRefusesTLSFilesForPlainEndpoints(t *testing.T) {
+	for _, eps := range [][]string{{"http://127.0.0.1:2379"}, {"https://a:2379", "http://b:2379"}, {"127.0.0.1:2379"}} {
+		_, err := Connect(Config{Endpoints: eps, CAFile: "/nonexistent/ca.pem"})
+		if err == nil || !strings.Contains(err.Error(), "https://") {
+			t.Errorf("%v with a CA file: %v, want a refusal naming https://", eps, err)
+		}
+	}
+	if _, err := Connect(Config{Endpoints: []string{"http://127.0.0.1:2379"}}); err != nil {
+		t.Errorf("a plain endpoint without files: %v", err)
+	}
+}
