@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -175,7 +176,7 @@ func (r Registry) clock() fleetroll.Clock {
 func WaitAsked(status int, h http.Header, now time.Time) time.Duration {
 	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
 		if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-			return time.Duration(s) * time.Second
+			return seconds(s)
 		}
 		if t, err := http.ParseTime(v); err == nil {
 			return max(t.Sub(now), 0)
@@ -187,7 +188,7 @@ func WaitAsked(status int, h http.Header, now time.Time) time.Duration {
 	}
 	if v := strings.TrimSpace(h.Get("RateLimit-Reset")); v != "" {
 		if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-			return time.Duration(s) * time.Second
+			return seconds(s)
 		}
 	}
 	if v := strings.TrimSpace(h.Get("X-RateLimit-Reset")); v != "" {
@@ -196,6 +197,16 @@ func WaitAsked(status int, h http.Header, now time.Time) time.Duration {
 		}
 	}
 	return window
+}
+
+// seconds is s seconds (s >= 0), or the longest Duration when s seconds
+// are past its range: a sender's number never wraps to a short or negative
+// wait.
+func seconds(s int) time.Duration {
+	if s > int(math.MaxInt64/time.Second) {
+		return math.MaxInt64
+	}
+	return time.Duration(s) * time.Second
 }
 
 // rateRemaining reads RateLimit-Remaining (or X-RateLimit-Remaining):
@@ -216,7 +227,7 @@ func rateRemaining(h http.Header) (remaining int, window time.Duration, known bo
 	for p := range strings.SplitSeq(params, ";") {
 		if k, val, ok := strings.Cut(strings.TrimSpace(p), "="); ok && k == "w" {
 			if s, err := strconv.Atoi(val); err == nil && s > 0 {
-				window = time.Duration(s) * time.Second
+				window = seconds(s)
 			}
 		}
 	}

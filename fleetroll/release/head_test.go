@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -186,6 +187,12 @@ func TestWaitAsked(t *testing.T) {
 		{"X-RateLimit-Reset unix", 429, map[string]string{"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": fmt.Sprint(now.Add(10 * time.Minute).Unix())}, 10 * time.Minute},
 		{"reset without spent", 200, map[string]string{"RateLimit-Remaining": "3", "RateLimit-Reset": "42"}, 0},
 		{"Retry-After wins", 429, map[string]string{"Retry-After": "7", "RateLimit-Remaining": "0;w=60"}, 7 * time.Second},
+		// Seconds past a Duration's range ask for the longest wait, not a
+		// wrapped one (18446744074 s wraps to 0.29 s, 9300000000 s below 0).
+		{"Retry-After past the range", 429, map[string]string{"Retry-After": "18446744074"}, math.MaxInt64},
+		{"Retry-After past the range, negative", 503, map[string]string{"Retry-After": "9300000000"}, math.MaxInt64},
+		{"RateLimit-Reset past the range", 429, map[string]string{"RateLimit-Remaining": "0", "RateLimit-Reset": "18446744074"}, math.MaxInt64},
+		{"window past the range", 429, map[string]string{"RateLimit-Remaining": "0;w=18446744074"}, math.MaxInt64},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			h := http.Header{}
