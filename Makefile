@@ -67,6 +67,7 @@ release: man
 
 bench:
 	bench/roll.sh
+	bench/nudge.sh
 	bench/hook.sh
 	bench/load.sh
 	bench/prepull.sh
