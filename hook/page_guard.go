@@ -29,7 +29,8 @@ func newPageHosts(publicURL, listen string) (pageHosts, error) {
 	var h pageHosts
 	if publicURL != "" {
 		u, err := url.Parse(publicURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.User != nil {
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.User != nil ||
+			u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(publicURL, "#") {
 			return h, fmt.Errorf("public URL %q: want http:// or https://, a host and at most a port and a path", publicURL)
 		}
 		h.public, h.https = normalHost(u.Hostname()), u.Scheme == "https"

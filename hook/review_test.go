@@ -264,3 +264,16 @@ func TestReviewAStaleEventDoesNotSinkTheEnvelopesCurrentOne(t *testing.T) {
 		t.Fatalf("my-service's current push (tag v1 is %s in the registry) was never queued", ociDigest)
 	}
 }
+
+// A public URL with a query or a fragment is refused: the links made from
+// it (PublicURL + "/ui/rollouts/ID") would land in the query or fragment.
+func TestPublicURLWithoutQueryOrFragment(t *testing.T) {
+	for _, u := range []string{"https://hooks.example.com/?a=b", "https://hooks.example.com/#x", "https://hooks.example.com?"} {
+		if _, err := newPageHosts(u, ""); err == nil {
+			t.Errorf("public URL %q taken", u)
+		}
+	}
+	if _, err := newPageHosts("https://hooks.example.com/fleetroll", ""); err != nil {
+		t.Errorf("a public URL with a path: %v", err)
+	}
+}
