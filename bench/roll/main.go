@@ -220,10 +220,10 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 	}
 
 	fmt.Printf("\n%d machine(s): %d rolls, every one succeeded\n", s.machines, n)
-	fmt.Printf("  %-6s %5s %7s %7s %7s %7s %7s\n", "phase", "count", "p50", "p99", "max", ">3 s", ">6 s")
+	fmt.Printf("  %-6s %5s %8s %8s %8s %7s %7s   (p99: nearest rank; of 60, the largest)\n", "phase", "count", "p50", "p99", "max", ">3 s", ">6 s")
 	for _, k := range []string{"stop", "start"} {
 		ps := res.phases[k]
-		fmt.Printf("  %-6s %5d %7s %7s %7s %7d %7d\n", k, len(ps), secs(pct(ps, 50)), secs(pct(ps, 99)), secs(maxOf(ps)),
+		fmt.Printf("  %-6s %5d %8s %8s %8s %7d %7d\n", k, len(ps), secs(pct(ps, 50)), secs(pct(ps, 99)), secs(maxOf(ps)),
 			count(ps, slowPhase), count(ps, worstPhase))
 	}
 	walls := make([]string, len(res.rolls))
@@ -320,7 +320,7 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 
 // output runs cmd and returns its stdout; an error carries its stderr.
 func output(cmd *exec.Cmd) (string, error) {
