@@ -21,6 +21,14 @@ const SourcePoll Source = "poll"
 // asks for longer).
 const MaxPollBackoff = 30 * time.Minute
 
+// MaxPollWait bounds the wait a registry may ask for (Retry-After, a rate
+// limit's reset): Docker Hub's anonymous window is 6 h; a longer or absurd
+// answer must not stop the poller for days.
+const MaxPollWait = 6 * time.Hour
+
+// askedWait is the wait a registry asked for, bounded by MaxPollWait.
+func askedWait(d time.Duration) time.Duration { return min(d, MaxPollWait) }
+
 // pollers runs one registry poller per service with poll: in the
 // configuration, each polling only while it holds the service's poller
 // lease in etcd; a configuration reload starts, stops or restarts them.
@@ -207,7 +215,7 @@ func (p *poller) pollHeld(ctx context.Context, held *coord.Held) string {
 		switch {
 		case errors.Is(err, release.ErrRateLimited):
 			fails++
-			wait = max(p.backoff(fails), m.Wait)
+			wait = max(p.backoff(fails), askedWait(m.Wait))
 			p.count("rate_limited")
 			p.log.Warn("registry poll: the registry asks to wait (429)", "retry_in", wait.String(), "asked", m.Wait.String())
 			continue
@@ -216,13 +224,13 @@ func (p *poller) pollHeld(ctx context.Context, held *coord.Held) string {
 				continue // the sleep above returns
 			}
 			fails++
-			wait = max(p.backoff(fails), m.Wait)
+			wait = max(p.backoff(fails), askedWait(m.Wait))
 			p.count("error")
 			p.log.Warn("registry poll failed", "error", err.Error(), "retry_in", wait.String())
 			continue
 		}
 		fails = 0
-		wait = max(p.interval, m.Wait)
+		wait = max(p.interval, askedWait(m.Wait))
 		if m.Wait > 0 {
 			p.log.Warn("registry poll: the registry's rate limit is spent; waiting", "retry_in", wait.String())
 		}

@@ -241,6 +241,21 @@ func TestPollerHonoursRetryAfter(t *testing.T) {
 	mustContain(t, env.logs.String(), "the registry asks to wait (429)")
 }
 
+// A registry asking for an absurd wait is waited for MaxPollWait at most:
+// it cannot stop the poller for days.
+func TestPollerBoundsTheWaitAsked(t *testing.T) {
+	rs := newReceivers(t)
+	pr := newPollRegistry(t)
+	setRelease(t, rs, pr.image(), "sha256:"+strings.Repeat("a", 64))
+	pr.limited = "2000000" // 23 days
+	env := startPolling(t, rs, pr, "receiver A")
+	made := env.clock.Made()
+	pr.head(t)
+	env.nextPoll(t, made, MaxPollWait)
+	env.clock.Advance(MaxPollWait)
+	pr.head(t)
+}
+
 // Two receivers: one polls, the holder of the lease; when it stops, the
 // other takes over.
 func TestPollerOnePerServiceAcrossReceivers(t *testing.T) {
