@@ -79,6 +79,7 @@ var layout = []placement{
 	{"TestKilledFleetrollIsRecoveredByARestart", together},
 	{"TestConfigGivesTheCLIAndServeTheSameRollout", together},
 	{"TestServeSurvivesABurstOfPushes", together},
+	{"TestUnitsSettingsRollOverTLSEtcd", together},
 
 	// A quiet fleet: the recovery's time, an observer of the proxy's view
 	// at 50 ms, nudges, watches.
