@@ -12,7 +12,7 @@ import (
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/rollout"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is what fleetroll serve rolls and what triggers it. Secrets never
