@@ -4,6 +4,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/release"
 	"github.com/fleetroll/fleetroll/fleetroll/rollout"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/urfave/cli/v2"
 )
 
@@ -11,7 +12,7 @@ import (
 func registryFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "registry-credentials-file", EnvVars: []string{"FLEETROLL_REGISTRY_CREDENTIALS_FILE"},
-			Usage: "USER:PASSWORD for the registry, to resolve tags of private images (default: anonymous)"},
+			Usage: "USER:PASSWORD for every registry, to resolve tags of private images (default: docker's config.json, $DOCKER_CONFIG or ~/.docker, for the registry, else anonymous)"},
 		&cli.DurationFlag{Name: "resolve-timeout", Value: release.DefaultTimeout, EnvVars: []string{"FLEETROLL_RESOLVE_TIMEOUT"},
 			Usage: "how long resolving a tag to its digest may take"},
 	}
@@ -87,10 +88,11 @@ Exit codes: as deploy's.`,
 	}
 }
 
-// registryFrom is the registry client of the flags (anonymous, with its
-// defaults, for a command without them).
+// registryFrom is the registry client of the flags (with its defaults for
+// a command without them): the credentials file's, else docker's config's
+// for each registry, else anonymous.
 func registryFrom(c *cli.Context) (release.Registry, error) {
-	reg := release.Registry{Timeout: release.DefaultTimeout}
+	reg := release.Registry{Timeout: release.DefaultTimeout, Keychain: authn.DefaultKeychain}
 	if c.IsSet("resolve-timeout") {
 		reg.Timeout = c.Duration("resolve-timeout")
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -100,7 +99,11 @@ func (w *TagWatch) Head(ctx context.Context, etag string) (Manifest, error) {
 		// The handshake (a GET /v2/, and a token when the registry wants
 		// one) is done once and kept: the bearer transport asks for a new
 		// token when the registry refuses the old one.
-		rt, err := transport.NewWithContext(ctx, w.ref.Context().Registry, w.auth(), transport.NewUserAgent(inner, w.ua),
+		auth, err := w.reg.authFor(ctx, w.ref.Context())
+		if err != nil {
+			return Manifest{}, fmt.Errorf("head %s: %w", w.ref, err)
+		}
+		rt, err := transport.NewWithContext(ctx, w.ref.Context().Registry, auth, transport.NewUserAgent(inner, w.ua),
 			[]string{w.ref.Scope(transport.PullScope)})
 		if err != nil {
 			return Manifest{}, fmt.Errorf("head %s: %w", w.ref, err)
@@ -150,13 +153,6 @@ func (w *TagWatch) Head(ctx context.Context, etag string) (Manifest, error) {
 		}
 		return m, fmt.Errorf("head %s: the registry answered %s", w.ref, resp.Status)
 	}
-}
-
-func (w *TagWatch) auth() authn.Authenticator {
-	if w.reg.Auth != nil {
-		return w.reg.Auth
-	}
-	return authn.Anonymous
 }
 
 func (r Registry) clock() fleetroll.Clock {

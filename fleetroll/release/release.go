@@ -1,7 +1,8 @@
 // Package release resolves an image's tag to the digest it points to, through
 // the registry API (go-containerregistry): the manifest-list / OCI-index
-// media types, and the token flow Docker Hub uses, anonymous or with
-// credentials from a file.
+// media types, and the token flow Docker Hub uses, anonymous, with
+// credentials from a file, or with what docker's config holds for the
+// registry (a keychain).
 package release
 
 import (
@@ -27,8 +28,12 @@ const DefaultTimeout = 30 * time.Second
 // loopback or private addresses are spoken to over plain HTTP (as docker
 // does for them); every other one over HTTPS.
 type Registry struct {
-	// Auth is used for every registry; nil is anonymous.
+	// Auth is used for every registry; nil: Keychain's.
 	Auth authn.Authenticator
+	// Keychain, without Auth, finds each registry's credentials
+	// (authn.DefaultKeychain: docker's config.json); a registry it has
+	// none for, or a nil Keychain, is spoken to anonymously.
+	Keychain authn.Keychain
 	// Timeout bounds each Resolve; zero is DefaultTimeout.
 	Timeout time.Duration
 	// Transport, when set, carries the requests (tests).
@@ -52,6 +57,22 @@ func CredentialsFromFile(path string) (authn.Authenticator, error) {
 		return nil, fmt.Errorf("registry credentials %s: want USER:PASSWORD on the first line", path)
 	}
 	return &authn.Basic{Username: user, Password: pass}, nil
+}
+
+// authFor is what a request to repo's registry authenticates with: Auth,
+// else what Keychain holds for the registry, else nothing (anonymous).
+func (r Registry) authFor(ctx context.Context, repo name.Repository) (authn.Authenticator, error) {
+	switch {
+	case r.Auth != nil:
+		return r.Auth, nil
+	case r.Keychain != nil:
+		auth, err := authn.Resolve(ctx, r.Keychain, repo)
+		if err != nil {
+			return nil, fmt.Errorf("registry credentials for %s from the keychain (docker's config): %w", repo.RegistryStr(), err)
+		}
+		return auth, nil
+	}
+	return authn.Anonymous, nil
 }
 
 // Resolve returns the digest of image:tag, or checks that image@digest
@@ -80,10 +101,11 @@ func (r Registry) Resolve(ctx context.Context, image, tagOrDigest string) (strin
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("fleetroll")}
-	if r.Auth != nil {
-		opts = append(opts, remote.WithAuth(r.Auth))
+	auth, err := r.authFor(ctx, ref.Context())
+	if err != nil {
+		return "", fmt.Errorf("resolve %s: %w", ref, err)
 	}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("fleetroll"), remote.WithAuth(auth)}
 	if r.Transport != nil {
 		opts = append(opts, remote.WithTransport(r.Transport))
 	}
