@@ -136,8 +136,8 @@ func TestRegistryPollDeploysALostPush(t *testing.T) {
 
 	// Unchanged: a few intervals of HEADs.
 	time.Sleep(2*interval + interval/2) // observed time, not synchronisation
-	pushed := time.Now()
 	d2 := push()
+	pushed := time.Now() // the tag moved as the push returned
 	var rel *fr.Release
 	eventually(t, time.Minute, "the pushed digest deployed", func() error {
 		rel, err = store.Current(context.Background(), service)
@@ -149,8 +149,24 @@ func TestRegistryPollDeploysALostPush(t *testing.T) {
 	if rel.Trigger.Source != "poll" {
 		t.Errorf("the release's trigger: %+v, want source poll", rel.Trigger)
 	}
-	if lag := rel.Trigger.Received.Sub(pushed); lag > interval+time.Second {
-		t.Errorf("the push was queued %s after it was pushed: want within the %s interval", lag, interval)
+	// The poll saw the push within one interval: the first HEAD of the
+	// tag after the push came no later than that. Queueing it (the digest
+	// checked again, the queue written in etcd) follows, a few seconds at
+	// most on a machine busy with the suite's other lanes.
+	mu.Lock()
+	var found time.Time
+	for _, h := range heads {
+		if h.inTag && !h.at.Before(pushed) {
+			found = h.at
+			break
+		}
+	}
+	mu.Unlock()
+	if found.IsZero() || found.Sub(pushed) > interval+300*time.Millisecond {
+		t.Errorf("the first HEAD of the tag after the push came %s after it: want within the %s interval", found.Sub(pushed), interval)
+	}
+	if lag := rel.Trigger.Received.Sub(pushed); lag > interval+3*time.Second {
+		t.Errorf("the push was queued %s after it was pushed: want within the %s interval and the queue's few seconds", lag, interval)
 	}
 	var rec fr.Report
 	eventually(t, time.Minute, "the rollout recorded as succeeded", func() error {

@@ -344,7 +344,13 @@ func TestConfigGivesTheCLIAndServeTheSameRollout(t *testing.T) {
 		t.Fatalf("restart --config: exit %d\n%s", code, out)
 	}
 	var cli fr.Report
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &cli); err != nil {
+	// The record begins a line of its own: log lines before it may hold
+	// a brace (fleet's error bodies).
+	i := strings.Index(out, "{\n")
+	if i < 0 {
+		t.Fatalf("restart -o json: no record\n%s", out)
+	}
+	if err := json.Unmarshal([]byte(out[i:]), &cli); err != nil {
 		t.Fatalf("restart -o json: %v\n%s", err, out)
 	}
 
