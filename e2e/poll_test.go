@@ -144,6 +144,12 @@ func TestRegistryPollDeploysALostPush(t *testing.T) {
 		if err != nil || rel == nil || rel.Digest() != d2 {
 			return fmt.Errorf("current release %v (%v), want %s", rel, err, d2)
 		}
+		// The store writes the current release, then its history entry
+		// (trigger and rollout): a read between the two sees the image
+		// alone.
+		if rel.Rollout == "" {
+			return fmt.Errorf("release %s without its history entry yet", rel.Image)
+		}
 		return nil
 	})
 	if rel.Trigger.Source != "poll" {
