@@ -39,7 +39,10 @@ const watchFailures = 3
 func WatchStatus(st *schema.UnitState, machine string) (string, error) {
 	switch {
 	case st == nil:
-		return "", errors.New("fleet publishes no state for it any more")
+		// fleet publishes no state at times (fleet or its agent restarting,
+		// its states being republished): by itself no crash. The watch
+		// asks whether the unit is still there and launched.
+		return "no state published (not judged)", nil
 	case machine != "" && st.MachineID != "" && st.MachineID != machine:
 		return "", fmt.Errorf("moved from machine %s to %s", shortID(machine), shortID(st.MachineID))
 	case st.SystemdActiveState == "active" && st.SystemdSubState == "running":
@@ -130,10 +133,19 @@ func (r *Roller) watchAfterStart(ctx context.Context, ur *UnitReport) error {
 			if machine == "" && st != nil {
 				machine = st.MachineID
 			}
-			last = st
+			if st != nil {
+				last = st
+			}
 			msg, werr := WatchStatus(st, machine)
 			if werr != nil {
 				return fail(werr)
+			}
+			if st == nil {
+				// No state: a unit destroyed or stopped by someone else
+				// is theirs (fail says so); a launched one is watched on.
+				if got, _, terr := r.fleet.TargetState(ctx, name); errors.Is(terr, ErrNotFound) || (terr == nil && got != "launched") {
+					return fail(errors.New("fleet publishes no state for it"))
+				}
 			}
 			r.opt.Logger.Debug("watch", "rollout_id", r.opt.RolloutID, "unit", name, "state", msg)
 		case ctx.Err() != nil:
