@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/fleetroll/fleetroll/internal/fakefleet"
 )
 
@@ -48,10 +49,8 @@ func run() error {
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "fleetroll")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/fleetroll")
-	build.Dir = *repo
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %v\n%s", err, out)
+	if err := cluster.BuildFleetroll(ctx, *repo, bin); err != nil {
+		return err
 	}
 	fixture, err := os.ReadFile(filepath.Join(*repo, "hook", "testdata", "dockerhub-push.json"))
 	if err != nil {

@@ -100,10 +100,8 @@ func run() error {
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "fleetroll")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/fleetroll")
-	build.Dir = *repo
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %v\n%s", err, out)
+	if err := cluster.BuildFleetroll(ctx, *repo, bin); err != nil {
+		return err
 	}
 	tokenFile, hubFile := filepath.Join(tmp, "token"), filepath.Join(tmp, "dockerhub-token")
 	for f, v := range map[string]string{tokenFile: token, hubFile: hubToken} {

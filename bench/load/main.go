@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -64,10 +63,8 @@ func run() error {
 		}()
 	}
 	fr := filepath.Join(*dir, "bin", "fleetroll")
-	build := exec.CommandContext(ctx, "go", "build", "-o", fr, "./cmd/fleetroll")
-	build.Dir = *repo
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build fleetroll: %w\n%s", err, out)
+	if err := cluster.BuildFleetroll(ctx, *repo, fr); err != nil {
+		return err
 	}
 	var ports, spare []string
 	for i := range *instances {

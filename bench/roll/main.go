@@ -109,9 +109,7 @@ func run() error {
 	}
 	defer os.RemoveAll(binDir)
 	bin := filepath.Join(binDir, "fleetroll")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/fleetroll")
-	build.Dir = abs
-	if _, err := output(build); err != nil {
+	if err := cluster.BuildFleetroll(ctx, abs, bin); err != nil {
 		return err
 	}
 

@@ -520,3 +520,15 @@ func (c *Cluster) Restore(ctx context.Context) error {
 	_, err := c.script(ctx, "up")
 	return err
 }
+
+// BuildFleetroll builds ./cmd/fleetroll of the repository at repo into
+// out (a file path), once, before a benchmark starts its clusters: the
+// tree may change under a long run.
+func BuildFleetroll(ctx context.Context, repo, out string) error {
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/fleetroll")
+	build.Dir = repo
+	if b, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build fleetroll: %w\n%s", err, b)
+	}
+	return nil
+}
