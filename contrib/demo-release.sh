@@ -48,6 +48,8 @@ fi
 pinned=$(go run ./contrib/image -image "$IMAGE:$new" -version "$new")
 echo "$new" >"$STATE/web-version"
 
+# The containers they run, for cluster.sh down (they outlive a killed systemd).
+printf 'web-%s\n' "${PORTS[@]}" >"$STATE/containers"
 # The instances (the first run launches them on IMAGE=:v1, before any release).
 go run ./contrib/cluster/submit -endpoint "$FLEETCTL_ENDPOINT" -service web -no-conflicts \
   -ports "${PORTS[0]}-${PORTS[2]}" units/my-service@.service >/dev/null

@@ -295,8 +295,36 @@ start_fleet() { # I
   log "machine $i: fleet running, API on unix://$m/fleet.sock"
 }
 
+# stale: the state directory is here but nothing of its cluster runs (etcd,
+# every machine's systemd and fleet supervisor): it stopped without down (a
+# reboot, a killed session). Its units' processes and containers may still
+# hold their ports.
+stale() {
+  [[ -d $STATE ]] || return 1
+  alive etcd && return 1
+  local i p
+  for i in $(seq "$MACHINES"); do
+    p=$(mpre "$i")
+    alive "${p}systemd" && return 1
+    alive "${p}fleetd-supervisor" && return 1
+  done
+  return 0
+}
+
+# remove_containers: the containers the demo's units ran (names listed in
+# $STATE/containers), which outlive their unit when its systemd is killed.
+remove_containers() {
+  [[ -s $STATE/containers ]] && command -v podman >/dev/null || return 0
+  # shellcheck disable=SC2046
+  CONTAINERS_CONF=$repo/contrib/container/containers.conf podman rm -f -t 0 $(cat "$STATE/containers") >/dev/null 2>&1 || true
+}
+
 up() {
   check_deps
+  if stale; then
+    log "$STATE holds a cluster that stopped without down: removing what it left first"
+    down
+  fi
   mkdir -p "$STATE"
   ((MACHINES > 1)) && echo "$MACHINES" >"$STATE/machines"
   [[ -f $STATE/demo-version ]] || echo v1 >"$STATE/demo-version"
@@ -372,6 +400,7 @@ down() {
       done <"$m/cgroups"
     fi
   done
+  remove_containers
   for p in fleet-relay hub-fleet-relay hub-etcd-relay etcd-relay demo-registry; do stop_pid "$p"; done
   stop_pid etcd
   # Anything left in the state directory's services (a unit's own children).
