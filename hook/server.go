@@ -151,7 +151,7 @@ type Server struct {
 	opt      Options
 	cfg      atomic.Pointer[Config]
 	targets  atomic.Pointer[map[string]notifyTarget] // the notifications of cfg, with their secrets
-	sessions *sessions
+	sessions sessionStore
 	secrets  atomic.Pointer[Secrets] // in force: opt.Secrets, then each SetSecrets
 	uiCache  uiStateCache
 	records  records // the read model: store, queue and history
@@ -269,7 +269,13 @@ func New(opt Options) (*Server, error) {
 	}
 	s.auth = newAuthThrottle(s.opt.Clock)
 	s.streams = newStreamSlots(DefaultMaxStreams, DefaultMaxStreamsPerClient)
-	s.sessions = newSessions(cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute), s.opt.Clock)
+	idle, absolute := cmp.Or(opt.SessionIdle, DefaultSessionIdle), cmp.Or(opt.SessionAbsolute, DefaultSessionAbsolute)
+	if opt.Etcd != nil {
+		// A login valid on every receiver of the etcd, ended on all.
+		s.sessions = newEtcdSessions(opt.Etcd, idle, absolute, opt.Clock, opt.Logger)
+	} else {
+		s.sessions = newSessions(idle, absolute, opt.Clock)
+	}
 	s.uiCache.sem = make(chan struct{}, 1)
 	s.records = records{store: s.store, etcd: opt.Etcd, owner: opt.Owner, config: s.Config}
 	if s.durable != nil {
@@ -314,10 +320,14 @@ func (s *Server) OpsHandler() http.Handler { return s.ops }
 // checks run as long.
 func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
 	s.outbox = newOutbox(s.opt.Callbacks, DefaultOutboxSize, DefaultOutboxWorkers, s.opt.CallbackDeadline, s.log, s.om.sendFailed)
-	polled, checked := make(chan struct{}), make(chan struct{})
+	polled, checked, watched := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(polled)
 		s.pollers.Run(ctx)
+	}()
+	go func() {
+		defer close(watched)
+		s.sessions.run(ctx)
 	}()
 	go func() {
 		defer close(checked)
@@ -326,6 +336,7 @@ func (s *Server) Run(ctx context.Context, outboxLimit time.Duration) {
 	s.queue.Run(ctx)
 	<-polled
 	<-checked
+	<-watched
 	if !s.outbox.Close(outboxLimit) {
 		s.log.Warn("shutdown: callbacks still unsent were abandoned", "limit", outboxLimit.String())
 	}

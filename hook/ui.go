@@ -163,9 +163,17 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": msg, "Next": pagePath(r.PostForm.Get("next"))})
 		return
 	}
-	sess := s.sessions.create()
+	sess, err := s.sessions.create(r.Context())
+	if err != nil {
+		// The sessions live in etcd, and it cannot be reached.
+		info(r).log.Error("login failed: the session could not be stored", "err", err)
+		w.Header().Set("Retry-After", "10")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = uiTemplates.ExecuteTemplate(w, "login.html", map[string]any{"Error": "The receiver cannot store sessions right now (etcd): try again in a moment.", "Next": pagePath(r.PostForm.Get("next"))})
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess.id, Path: "/", HttpOnly: true, Secure: s.overTLS(r),
-		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessions.absolute / time.Second)})
+		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessions.maxAge() / time.Second)})
 	info(r).log.Info("login")
 	http.Redirect(w, r, pagePath(r.PostForm.Get("next")), http.StatusSeeOther)
 }
@@ -178,7 +186,13 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
 	}
-	s.sessions.end(sess.id)
+	if err := s.sessions.end(r.Context(), sess.id); err != nil {
+		// Kept: a session believed ended must be.
+		info(r).log.Error("logout failed: the session could not be ended", "err", err)
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, "the session could not be ended (etcd cannot be reached): try again in a moment", http.StatusServiceUnavailable)
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", HttpOnly: true, Secure: s.overTLS(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
