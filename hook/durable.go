@@ -165,10 +165,14 @@ func (d *durable) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wctx, stopWatch := context.WithCancel(ctx)
 	var watchers sync.WaitGroup
-	watchers.Add(2)
+	watchers.Add(3)
 	go func() {
 		defer watchers.Done()
 		coord.Watch(wctx, d.kapi, coord.QueuePrefix, func(*client.Response) { d.poke() })
+	}()
+	go func() {
+		defer watchers.Done()
+		d.watchFeed(wctx)
 	}()
 	go func() {
 		defer watchers.Done()
@@ -525,16 +529,17 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 }
 
 // progress mirrors a running rollout's record into its queue entry, for
-// the status API of every receiver and for the one that may resume it. The
-// record is read at each write, so that of the units of a batch moving at
-// once the last write carries the newest record.
-func (d *durable) progress(ctx context.Context, j Job) {
+// the status API and the event stream of every receiver, and for the one
+// that may resume it; ev says what the step was (nil: the record's change
+// says it). The record is read at each write, so that of the units of a
+// batch moving at once the last write carries the newest record.
+func (d *durable) progress(ctx context.Context, j Job, ev *coord.EntryEvent) {
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := d.triggers.Update(wctx, j.entry, func(e *coord.QueuedTrigger) {
 		if rec, ok := d.store.Get(j.ID); ok && e.Runner == d.owner {
 			rec.Status = fleetroll.StatusRunning
-			e.Record = rec
+			e.Record, e.Event = rec, ev
 		}
 	}); err != nil && ctx.Err() == nil {
 		d.log.Warn("queue: progress not recorded", "rollout_id", j.ID, "error", err.Error())

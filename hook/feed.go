@@ -39,6 +39,9 @@ type Subscription struct {
 	C       <-chan StreamEvent
 	c       chan StreamEvent
 	rollout string
+	// after: the client has the events up to it already (an ID of etcd
+	// this receiver has not seen yet); they are not sent again.
+	after uint64
 }
 
 // change says what an update is, for the feed.
@@ -49,8 +52,19 @@ type change struct {
 }
 
 // emitLocked appends an event of r to the feed and hands it to the
-// subscribers; a subscriber whose buffer is full is cut off.
+// subscribers: a change made here, numbered by the store. With the durable
+// queue the feed is etcd's (mirror), and changes made here reach it
+// through etcd.
 func (s *Store) emitLocked(ch change, before fleetroll.Status, r *fleetroll.Report) {
+	if s.external {
+		return
+	}
+	s.seq++
+	s.appendLocked(newEvent(s.seq, ch, before, r))
+}
+
+// newEvent is the event of a change of r (from status before).
+func newEvent(id uint64, ch change, before fleetroll.Status, r *fleetroll.Report) StreamEvent {
 	kind := ch.kind
 	if kind == "" {
 		kind = "progress"
@@ -58,16 +72,21 @@ func (s *Store) emitLocked(ch change, before fleetroll.Status, r *fleetroll.Repo
 			kind = string(r.Status)
 		}
 	}
-	s.seq++
-	ev := StreamEvent{ID: s.seq, Kind: kind, Rollout: r.ID, Service: r.Service, Unit: ch.unit, Phase: ch.phase, Status: r.Status, Record: r.Clone()}
+	return StreamEvent{ID: id, Kind: kind, Rollout: r.ID, Service: r.Service, Unit: ch.unit, Phase: ch.phase, Status: r.Status, Record: r.Clone()}
+}
+
+// appendLocked appends ev to the feed and hands it to the subscribers; a
+// subscriber whose buffer is full is cut off.
+func (s *Store) appendLocked(ev StreamEvent) {
 	if len(s.feed) >= 2*feedSize {
 		// Keep the newest feedSize (a copy every feedSize events, not one
 		// per event).
 		s.feed = append(make([]StreamEvent, 0, 2*feedSize), s.feed[len(s.feed)-feedSize:]...)
+		s.floor = s.feed[0].ID - 1
 	}
 	s.feed = append(s.feed, ev)
 	for sub := range s.subs {
-		if sub.rollout != "" && sub.rollout != ev.Rollout {
+		if sub.rollout != "" && sub.rollout != ev.Rollout || ev.ID != 0 && ev.ID <= sub.after {
 			continue
 		}
 		select {
@@ -77,6 +96,57 @@ func (s *Store) emitLocked(ch change, before fleetroll.Status, r *fleetroll.Repo
 			close(sub.c)
 		}
 	}
+}
+
+// FeedFromEtcd makes etcd the feed's source, for a receiver with the
+// durable queue: its events are the writes of the queue entries and of
+// the history, each numbered by its etcd index, so that an event ID means
+// the same on every receiver (Last-Event-ID resumes anywhere). Call it
+// before the store is used.
+func (s *Store) FeedFromEtcd() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.external = true
+}
+
+// restartFeed begins the feed again after etcd's index (the watch starts
+// there): the events before are gone. A subscriber that may have missed
+// some is cut off (a client that reconnects learns what it missed): every
+// one when the feed starts again, only those that asked for older events
+// when it starts (the others asked for new ones only).
+func (s *Store) restartFeed(index uint64, again bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.feed = nil
+	s.seq, s.floor = index, index
+	for sub := range s.subs {
+		if again || sub.after != 0 && sub.after < index {
+			delete(s.subs, sub)
+			close(sub.c)
+		}
+	}
+}
+
+// mirror takes a change of a rollout's record that etcd holds at index
+// (id 0: an event etcd does not number) and hands it to the feed. The
+// store keeps the newer of its own record and etcd's: its own while this
+// receiver runs the rollout, and a record that ended is not taken back to
+// an earlier state.
+func (s *Store) mirror(id uint64, ch change, before fleetroll.Status, r fleetroll.Report, own bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if held, ok := s.byID[r.ID]; ok {
+		if r.Status.Final() || !own && !held.Status.Final() {
+			*held = r.Clone()
+		}
+	} else {
+		s.insertLocked(r)
+	}
+	s.notifyLocked()
+	if id > s.seq {
+		s.seq = id
+	}
+	s.appendLocked(newEvent(id, ch, before, &r))
 }
 
 // Subscribe returns a subscription to the events after the one with ID
@@ -100,10 +170,15 @@ func (s *Store) Subscribe(after uint64, rollout string) (sub *Subscription, back
 	switch {
 	case after == 0:
 		return sub, nil, true
+	case after > s.seq && s.external:
+		// An index of etcd that this receiver's watch has not reached
+		// yet: the events after it are still to come.
+		sub.after = after
+		return sub, nil, true
 	case after > s.seq:
 		return sub, nil, false // another run's IDs (serve restarted): read the records again
 	}
-	complete = after == s.seq || (len(s.feed) > 0 && s.feed[0].ID <= after+1)
+	complete = after >= s.floor
 	for _, ev := range s.feed {
 		if ev.ID > after && (rollout == "" || ev.Rollout == rollout) {
 			backlog = append(backlog, ev)

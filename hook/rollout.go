@@ -18,6 +18,8 @@ type Store struct {
 
 	// The feed of changes (GET /events).
 	seq        uint64
+	floor      uint64 // the feed holds every event after it
+	external   bool   // the feed is etcd's (FeedFromEtcd)
 	feed       []StreamEvent
 	subs       map[*Subscription]bool
 	feedClosed bool
@@ -43,9 +45,16 @@ func (s *Store) Put(r fleetroll.Report) {
 		s.emitLocked(change{}, before, held)
 		return
 	}
-	s.byID[r.ID] = &c
-	s.order = append(s.order, r.ID)
+	s.insertLocked(c)
 	s.emitLocked(change{kind: "queued"}, "", &c)
+	s.notifyLocked()
+}
+
+// insertLocked adds a record the store does not hold (the caller's copy),
+// last, and drops the oldest finished ones over the limit.
+func (s *Store) insertLocked(c fleetroll.Report) {
+	s.byID[c.ID] = &c
+	s.order = append(s.order, c.ID)
 	for len(s.order) > s.limit {
 		i := 0
 		for i < len(s.order) && !s.byID[s.order[i]].Status.Final() {
@@ -57,7 +66,6 @@ func (s *Store) Put(r fleetroll.Report) {
 		delete(s.byID, s.order[i])
 		s.order = append(s.order[:i], s.order[i+1:]...)
 	}
-	s.notifyLocked()
 }
 
 func (s *Store) notifyLocked() {

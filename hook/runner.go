@@ -144,7 +144,7 @@ func (s *Server) request(ctx context.Context, j Job) (rollout.Request, error) {
 				r.Started, r.Units = rec.Started, rec.Units
 			})
 			if s.durable != nil && j.entry != "" {
-				s.durable.progress(ctx, j)
+				s.durable.progress(ctx, j, nil)
 			}
 		},
 		Decide: func(next rollout.DecideFunc) rollout.DecideFunc {
@@ -187,7 +187,7 @@ func (s *Server) progress(ctx context.Context, j Job, e fleetroll.Event) {
 		}
 	})
 	if s.durable != nil && j.entry != "" {
-		s.durable.progress(ctx, j)
+		s.durable.progress(ctx, j, &coord.EntryEvent{Kind: string(e.Kind), Unit: e.Unit, Phase: e.Phase})
 	}
 }
 

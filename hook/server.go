@@ -260,6 +260,7 @@ func New(opt Options) (*Server, error) {
 	if opt.Etcd != nil {
 		// Several receivers share one queue and one replay window in etcd.
 		s.durable = newDurable(opt.Etcd, s.store, qopt, opt.Owner, opt.LeaseTTL, opt.Logger)
+		s.store.FeedFromEtcd()
 		s.durable.exec, s.durable.recover, s.durable.services = s.execute, s.recoverOnly, s.serviceNames
 		s.queue = s.durable
 		s.replays = etcdReplays{d: coord.Deliveries{KAPI: opt.Etcd, Window: max(opt.ReplayWindow, 0)}, log: opt.Logger}

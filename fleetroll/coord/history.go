@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	client "go.etcd.io/etcd/client/v2"
@@ -118,4 +119,17 @@ func (h History) Get(ctx context.Context, id string) (fleetroll.Report, bool, er
 		}
 	}
 	return fleetroll.Report{}, false, nil
+}
+
+// DecodeHistory decodes a record as the history holds it (a node under
+// HistoryPrefix/SERVICE), for a watch of the history.
+func DecodeHistory(n *client.Node) (fleetroll.Report, error) {
+	var r fleetroll.Report
+	if err := json.Unmarshal([]byte(n.Value), &r); err != nil {
+		return fleetroll.Report{}, fmt.Errorf("history %s: %w", n.Key, err)
+	}
+	if !fleetroll.ValidRolloutID(r.ID) || r.Service == "" || !strings.HasPrefix(n.Key, HistoryPrefix+"/"+r.Service+"/") {
+		return fleetroll.Report{}, fmt.Errorf("history %s: not a rollout record of its service", n.Key)
+	}
+	return r, nil
 }

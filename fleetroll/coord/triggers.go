@@ -35,10 +35,38 @@ type QueuedTrigger struct {
 	// Push names the push it carries (a hash): the same push delivered to
 	// two receivers merges into one rollout.
 	Push string `json:"push,omitempty"`
+	// Event says what the write that left the entry so was (a unit's
+	// step, a phase), for the event stream of every receiver (GET
+	// /events); nil when the change of the record says it. Each write
+	// sets its own: Update and a merge clear it first.
+	Event *EntryEvent `json:"event,omitempty"`
 
 	Key   string `json:"-"` // its etcd key
 	Index uint64 `json:"-"` // etcd's creation index: the order of arrival
 	mod   uint64
+}
+
+// EntryEvent is what one write of a queue entry was: the kind of event
+// (a roller's event of a unit, "phase", ...), its unit and phase.
+type EntryEvent struct {
+	Kind  string          `json:"kind"`
+	Unit  string          `json:"unit,omitempty"`
+	Phase fleetroll.Phase `json:"phase,omitempty"`
+}
+
+// DecodeEntry decodes a queue entry as etcd holds it (a node under
+// QueuePrefix/entries), for a watch of the queue.
+func DecodeEntry(n *client.Node) (QueuedTrigger, error) { return decodeTrigger(n) }
+
+// EntryService is the service of a queue entry's key, and whether the key
+// is one (QueuePrefix/entries/SERVICE/NAME).
+func EntryService(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, QueuePrefix+"/entries/")
+	if !ok {
+		return "", false
+	}
+	service, name, ok := strings.Cut(rest, "/")
+	return service, ok && name != "" && !strings.Contains(name, "/")
 }
 
 // Triggers is the durable trigger queue shared by several receivers.
@@ -112,7 +140,7 @@ func (q Triggers) Add(ctx context.Context, service, push string, again bool, new
 			if callback == "" || slices.Contains(same.Callbacks, callback) {
 				return Added{Entry: *same, Merged: true}, nil
 			}
-			same.Callbacks = addOnce(same.Callbacks, callback)
+			same.Callbacks, same.Event = addOnce(same.Callbacks, callback), nil
 			if err := q.put(ctx, same); isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeKeyNotFound) {
 				continue
 			} else if err != nil {
@@ -274,6 +302,7 @@ func (q Triggers) UpdateIf(ctx context.Context, key string, ok func(QueuedTrigge
 				return e, err
 			}
 		}
+		e.Event = nil
 		fn(&e)
 		if err := q.put(ctx, &e); isCode(err, client.ErrorCodeTestFailed) {
 			continue

@@ -1,0 +1,173 @@
+package hook
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// feedPrefix is what the feed watches: the queue entries (a rollout queued
+// and each step of its run, whichever receiver runs it) and the history
+// (its end), under one prefix, so that one watch sees them in etcd's order.
+const feedPrefix = "/fleetroll"
+
+// watchFeed feeds the store's event stream from etcd until ctx ends: the
+// records of the queue's entries as they are now, then every write of an
+// entry or of the history, numbered by its etcd index. When etcd no longer
+// holds the events after the last one seen (its window of 1000 is past),
+// it starts again from the present: the clients connected then are cut
+// off, and those behind get a reset.
+func (d *durable) watchFeed(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for again := false; ctx.Err() == nil; again = true {
+		index, err := d.loadFeed(ctx)
+		if err == nil {
+			d.store.restartFeed(index, again)
+			backoff = 100 * time.Millisecond
+			err = d.followFeed(ctx, index)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("event feed: etcd's changes are read again from the present", "error", err.Error())
+		t := d.opt.Clock.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// loadFeed puts the queued and running rollouts into the store (no event:
+// they are the state the feed starts from) and returns etcd's index then.
+func (d *durable) loadFeed(ctx context.Context) (uint64, error) {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := d.kapi.Get(lctx, coord.QueuePrefix+"/entries", &client.GetOptions{Recursive: true})
+	if isKeyNotFound(err) {
+		if resp, err = d.kapi.Get(lctx, "/", nil); err == nil {
+			return resp.Index, nil
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	served := d.services()
+	for _, dir := range resp.Node.Nodes {
+		for _, n := range dir.Nodes {
+			e, err := coord.DecodeEntry(n)
+			if err != nil || !slices.Contains(served, e.Record.Service) {
+				continue
+			}
+			if _, ok := d.store.Get(e.Record.ID); !ok {
+				d.store.Put(e.Record)
+			}
+		}
+	}
+	return resp.Index, nil
+}
+
+// errFeedCleared: etcd no longer holds the changes after the last one seen.
+var errFeedCleared = errors.New("etcd no longer holds the changes after the last one seen")
+
+// followFeed hands each change after index to the store, in etcd's order.
+// A broken watch is opened again where it stopped.
+func (d *durable) followFeed(ctx context.Context, index uint64) error {
+	backoff := 100 * time.Millisecond
+	for {
+		w := d.kapi.Watcher(feedPrefix, &client.WatcherOptions{AfterIndex: index, Recursive: true})
+		for {
+			resp, err := w.Next(ctx)
+			if err != nil {
+				var ee client.Error
+				if errors.As(err, &ee) && ee.Code == client.ErrorCodeEventIndexCleared {
+					return errFeedCleared
+				}
+				break
+			}
+			backoff = 100 * time.Millisecond
+			if resp.Node != nil {
+				index = resp.Node.ModifiedIndex
+				d.feedChange(resp)
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		t := d.opt.Clock.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C():
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// feedChange turns one write under feedPrefix into the feed's event, when
+// it is a queue entry's or a history record's of a service served here.
+func (d *durable) feedChange(resp *client.Response) {
+	n := resp.Node
+	switch resp.Action {
+	case "set", "create", "update", "compareAndSwap":
+	default:
+		return // deletes and expiries: a rollout's end is its history record
+	}
+	id := n.ModifiedIndex
+	if service, ok := coord.EntryService(n.Key); ok {
+		if !slices.Contains(d.services(), service) {
+			return
+		}
+		e, err := coord.DecodeEntry(n)
+		if err != nil {
+			return
+		}
+		var prev *coord.QueuedTrigger
+		if resp.PrevNode != nil {
+			if p, err := coord.DecodeEntry(resp.PrevNode); err == nil {
+				prev = &p
+			}
+		}
+		d.feedEntry(id, e, prev)
+		return
+	}
+	if strings.HasPrefix(n.Key, coord.HistoryPrefix+"/") {
+		r, err := coord.DecodeHistory(n)
+		if err != nil || !slices.Contains(d.services(), r.Service) {
+			return
+		}
+		d.store.mirror(id, change{}, "", r, false)
+	}
+}
+
+// feedEntry is the event of a write of a queue entry: the step its Event
+// names, a new rollout ("queued"), or the change of the record's status.
+// A waiting entry that a newer push took the place of ends its rollout,
+// superseded: that event has no ID (etcd numbers one write once).
+func (d *durable) feedEntry(id uint64, e coord.QueuedTrigger, prev *coord.QueuedTrigger) {
+	var ch change
+	before := fleetroll.Status("")
+	switch {
+	case e.Event != nil:
+		ch = change{kind: e.Event.Kind, unit: e.Event.Unit, phase: e.Event.Phase}
+	case prev == nil || prev.Record.ID != e.Record.ID:
+		ch = change{kind: "queued"}
+	}
+	if prev != nil && prev.Record.ID == e.Record.ID {
+		before = prev.Record.Status
+	}
+	if prev != nil && prev.Record.ID != e.Record.ID && !prev.Record.Status.Final() {
+		d.store.mirror(0, change{}, prev.Record.Status, d.supersededRecord(prev.Record, e.Record.ID), false)
+	}
+	d.store.mirror(id, ch, before, e.Record, e.Runner == d.owner)
+}
