@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -51,17 +52,40 @@ func followFrom(c *cli.Context) (*followOptions, error) {
 	return o, nil
 }
 
+// followGiveUp is how long status --follow tries again a server that no
+// longer answers (a receiver restarting, a balancer moving it) before it
+// gives up.
+var followGiveUp = time.Minute
+
 // follow prints a rollout's progress from serve's event stream until it
 // ends, and returns restart's exit code for its result. A broken stream is
-// opened again where it left off (Last-Event-ID).
+// opened again where it left off (Last-Event-ID), on whichever receiver
+// answers. A server that cannot be reached at the start, or that has not
+// answered for followGiveUp, is given up with an error.
 func follow(c *cli.Context, o *followOptions) error {
 	ctx, out, errw := c.Context, c.App.Writer, c.App.ErrWriter
 	base := strings.TrimSuffix(o.server.String(), "/")
 	var last uint64
 	var rec fleetroll.Report
+	// opened: when the stream was last opened (the start, before the
+	// first); reached: whether the server ever answered.
+	opened, reached := time.Now(), false
 	backoff := 500 * time.Millisecond
 	for {
 		resp, err := o.open(ctx, base+"/events?rollout="+o.id, last)
+		var ne net.Error
+		unreachable := errors.As(err, &ne)
+		switch {
+		case err == nil:
+			opened, reached = time.Now(), true
+		case ctx.Err() != nil:
+		case unreachable && !reached:
+			return &exitError{exitFailed, fmt.Errorf("status --follow: fleetroll serve at %s cannot be reached: %w", base, err)}
+		case time.Since(opened) > followGiveUp:
+			return &exitError{exitFailed, fmt.Errorf("status --follow: fleetroll serve at %s: no event stream for %s (%w); rollout %s may still run: fleetroll status %s",
+				base, followGiveUp, err, o.id, o.id)}
+		}
+		reached = reached || !unreachable
 		if err == nil {
 			// The record as it stands once the stream is open: a rollout
 			// that ended before is not waited for.

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,3 +116,31 @@ func (w *onHeader) WriteHeader(code int) {
 }
 
 func (w *onHeader) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// status --follow gives up with a clear error on a server it cannot reach,
+// and on one that has not opened the stream for followGiveUp.
+func TestStatusFollowGivesUp(t *testing.T) {
+	t.Setenv("FLEETROLL_TOKEN", token)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close() // nothing listens there any more
+	code, out, errs := runCLI(t, "status", "-f", "0123456789ab", "--server", gone.URL)
+	if code != exitFailed || !strings.Contains(errs, "fleetroll serve at "+gone.URL+" cannot be reached") {
+		t.Fatalf("exit %d:\n%s%s", code, out, errs)
+	}
+
+	prev := followGiveUp
+	followGiveUp = 1500 * time.Millisecond
+	t.Cleanup(func() { followGiveUp = prev })
+	var n atomic.Int32
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":"etcd unreachable"}`))
+	}))
+	defer busy.Close()
+	code, out, errs = runCLI(t, "status", "-f", "0123456789ab", "--server", busy.URL)
+	if code != exitFailed || !strings.Contains(errs, "no event stream for 1.5s") || !strings.Contains(errs, "503") || n.Load() < 2 {
+		t.Fatalf("exit %d after %d tries:\n%s%s", code, n.Load(), out, errs)
+	}
+}
