@@ -76,6 +76,7 @@ var layout = []placement{
 	{"TestReceiverFailover", together},
 	{"TestReleases", together},
 	{"TestRegistryPollDeploysALostPush", together},
+	{"TestOneLiveViewOnEveryReceiver", together},
 	{"TestKilledFleetrollIsRecoveredByARestart", together},
 	{"TestConfigGivesTheCLIAndServeTheSameRollout", together},
 	{"TestServeSurvivesABurstOfPushes", together},

@@ -475,6 +475,9 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		if e.Runner != "" || e.Record.Restarted() > 0 {
 			r := e.Record.Clone()
 			resume = &r
+			// Taken over from a receiver gone, or put back by one that
+			// stopped: every receiver's stream says who goes on with it.
+			e.Event = &coord.EntryEvent{Kind: "resumed"}
 		}
 		e.Runner, e.Record.By = d.owner, d.owner
 		e.Record.Status = fleetroll.StatusRunning

@@ -7,7 +7,8 @@ import (
 // StreamEvent is one message of GET /events: a change of one rollout's
 // record, what changed (kind), and the record as it stands after it.
 //
-// Kinds: queued (a new rollout); the roller's events of a unit (stopping,
+// Kinds: queued (a new rollout); resumed (a receiver goes on with a
+// rollout another left); the roller's events of a unit (stopping,
 // stopped, starting, recovering, running, healthy, failed) and its phases
 // (phase: drain, stop, start, health, grace); the rollout's own (paused,
 // decided); and a status the record entered (running, succeeded, failed,

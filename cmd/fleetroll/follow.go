@@ -213,6 +213,8 @@ func printStreamEvent(w io.Writer, ev hook.StreamEvent) {
 	if ev.Unit == "" {
 		switch ev.Kind {
 		case "queued", "progress":
+		case "resumed":
+			fmt.Fprintf(w, "rollout %s: resumed by %s\n", ev.Rollout, ev.Record.By)
 		default:
 			fmt.Fprintf(w, "rollout %s: %s\n", ev.Rollout, ev.Kind)
 		}

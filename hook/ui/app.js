@@ -391,7 +391,8 @@ function listen() {
     const ev = JSON.parse(msg.data);
     state.rollouts.set(ev.rollout_id, ev.record);
     const act = document.getElementById("activity");
-    const what = ev.unit ? ev.unit + ": " + (ev.kind === "phase" ? ev.phase : ev.kind) : "rollout " + ev.rollout_id + " of " + ev.service + ": " + ev.kind;
+    const what = ev.unit ? ev.unit + ": " + (ev.kind === "phase" ? ev.phase : ev.kind)
+      : "rollout " + ev.rollout_id + " of " + ev.service + ": " + ev.kind + (ev.kind === "resumed" ? " by " + ev.record.by : "");
     act.prepend(el("li", { "data-rollout": ev.rollout_id, "data-unit": ev.unit || "", "data-kind": ev.kind },
       new Date().toLocaleTimeString() + " " + what));
     while (act.children.length > 200) act.lastChild.remove();
@@ -410,7 +411,7 @@ function listen() {
     // A unit back, or a rollout over: the instances' states changed.
     if (ev.kind === "running" || ev.kind === "healthy" || !["queued", "progress", "phase", "stopping", "stopped", "starting"].includes(ev.kind)) refreshSoon();
   };
-  for (const kind of ["queued", "stopping", "stopped", "starting", "recovering", "running", "healthy", "failed", "phase", "paused", "decided",
+  for (const kind of ["queued", "resumed", "stopping", "stopped", "starting", "recovering", "running", "healthy", "failed", "phase", "paused", "decided",
     "succeeded", "interrupted", "superseded", "cancelled", "rolled_back", "aborted", "refused", "progress"]) {
     es.addEventListener(kind, onEvent);
   }
