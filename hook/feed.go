@@ -81,9 +81,12 @@ func newEvent(id uint64, ch change, before fleetroll.Status, r *fleetroll.Report
 func (s *Store) appendLocked(ev StreamEvent) {
 	if len(s.feed) >= 2*feedSize {
 		// Keep the newest feedSize (a copy every feedSize events, not one
-		// per event).
+		// per event). The floor is the last ID dropped: etcd's IDs are not
+		// consecutive, and an event without one (0) may come first.
+		for _, old := range s.feed[:len(s.feed)-feedSize] {
+			s.floor = max(s.floor, old.ID)
+		}
 		s.feed = append(make([]StreamEvent, 0, 2*feedSize), s.feed[len(s.feed)-feedSize:]...)
-		s.floor = s.feed[0].ID - 1
 	}
 	s.feed = append(s.feed, ev)
 	for sub := range s.subs {
