@@ -2,8 +2,11 @@ package hook
 
 import (
 	"testing"
+	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/internal/etcdtest"
 )
 
 // The feed of etcd holds events without an ID (a waiting rollout that a
@@ -34,5 +37,51 @@ func TestFeedTrimmedAtAnEventWithoutID(t *testing.T) {
 	}
 	if _, _, complete := s.Subscribe(lastDropped-2, ""); complete {
 		t.Fatalf("after %d (an event trimmed follows): want a reset", lastDropped-2)
+	}
+}
+
+// When the feed starts again from the present (etcd's window passed), the
+// records it holds are brought up to date: a rollout another receiver
+// runs as etcd holds it now, and one that ended meanwhile as the history
+// holds it (its end is not left as running for ever).
+func TestFeedRestartBringsRecordsUpToDate(t *testing.T) {
+	url, _ := etcdtest.Start(t)
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDurable(kapi, NewStore(10), QueueOptions{}, "receiver A", 3*time.Second, discardLogger())
+	d.services = func() []string { return []string{"my-service"} }
+	d.store.FeedFromEtcd()
+
+	ended := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver B",
+		Started: time.Now().Add(-time.Minute)}
+	d.store.mirror(5, change{}, fleetroll.StatusQueued, ended, false)
+	ended.Status, ended.Finished = fleetroll.StatusSucceeded, time.Now()
+	if err := (coord.History{KAPI: kapi}).Save(t.Context(), ended); err != nil {
+		t.Fatal(err)
+	}
+
+	runs := fleetroll.Report{ID: "aaaaaaaaaaaa", Service: "my-service", Status: fleetroll.StatusQueued, Trigger: fleetroll.Trigger{Tag: "v2"}}
+	d.store.mirror(6, change{kind: "queued"}, "", runs, false)
+	q := coord.Triggers{KAPI: kapi}
+	add, err := q.Add(t.Context(), "my-service", "push v2", false, func() fleetroll.Report { return runs }, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Update(t.Context(), add.Entry.Key, func(e *coord.QueuedTrigger) {
+		e.Runner, e.Record.By, e.Record.Status = "receiver B", "receiver B", fleetroll.StatusRunning
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := d.loadFeed(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := d.store.Get(ended.ID); r.Status != fleetroll.StatusSucceeded {
+		t.Errorf("a rollout that ended while the feed was not read: %s", r.Status)
+	}
+	if r, _ := d.store.Get(runs.ID); r.Status != fleetroll.StatusRunning || r.By != "receiver B" {
+		t.Errorf("a rollout another receiver began meanwhile: %s by %q", r.Status, r.By)
 	}
 }

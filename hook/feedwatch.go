@@ -49,31 +49,62 @@ func (d *durable) watchFeed(ctx context.Context) {
 
 // loadFeed puts the queued and running rollouts into the store (no event:
 // they are the state the feed starts from) and returns etcd's index then.
+// Records the store holds already are brought up to date as mirror does
+// (when the feed starts again, it missed their changes): from their queue
+// entry, or from the history once they have left the queue.
 func (d *durable) loadFeed(ctx context.Context) (uint64, error) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := d.kapi.Get(lctx, coord.QueuePrefix+"/entries", &client.GetOptions{Recursive: true})
 	if isKeyNotFound(err) {
-		if resp, err = d.kapi.Get(lctx, "/", nil); err == nil {
-			return resp.Index, nil
+		resp, err = d.kapi.Get(lctx, "/", nil)
+		if err == nil {
+			resp.Node = nil // no entries
 		}
 	}
 	if err != nil {
 		return 0, err
 	}
 	served := d.services()
-	for _, dir := range resp.Node.Nodes {
+	queued := map[string]bool{}
+	for _, dir := range nodesOf(resp.Node) {
 		for _, n := range dir.Nodes {
 			e, err := coord.DecodeEntry(n)
 			if err != nil || !slices.Contains(served, e.Record.Service) {
 				continue
 			}
-			if _, ok := d.store.Get(e.Record.ID); !ok {
+			queued[e.Record.ID] = true
+			if held, ok := d.store.Get(e.Record.ID); !ok || e.Runner != d.owner && !held.Status.Final() {
 				d.store.Put(e.Record)
 			}
 		}
 	}
+	var gone []string
+	for _, r := range d.store.List("") {
+		if !r.Status.Final() && !queued[r.ID] && slices.Contains(served, r.Service) {
+			gone = append(gone, r.ID)
+		}
+	}
+	if len(gone) > 0 {
+		recs, err := coord.History{KAPI: d.kapi}.List(lctx, "")
+		if err != nil {
+			d.log.Warn("event feed: the ends of rollouts that left the queue not read", "error", err.Error())
+		}
+		for _, r := range recs {
+			if slices.Contains(gone, r.ID) && r.Status.Final() {
+				d.store.Put(r)
+			}
+		}
+	}
 	return resp.Index, nil
+}
+
+// nodesOf is a directory's nodes (none for nil).
+func nodesOf(n *client.Node) client.Nodes {
+	if n == nil {
+		return nil
+	}
+	return n.Nodes
 }
 
 // errFeedCleared: etcd no longer holds the changes after the last one seen.
