@@ -212,3 +212,20 @@ func (s *Store) CloseFeed() {
 	}
 	s.subs = nil
 }
+
+// ownRecords are the store's records of the rollouts this receiver runs or
+// ran (its live gauges): with etcd's feed, the store mirrors the other
+// receivers' too.
+func (s *Server) ownRecords() []fleetroll.Report {
+	all := s.store.List("")
+	if s.durable == nil {
+		return all
+	}
+	own := all[:0]
+	for _, r := range all {
+		if r.By == s.opt.Owner {
+			own = append(own, r)
+		}
+	}
+	return own
+}

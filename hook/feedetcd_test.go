@@ -1,6 +1,8 @@
 package hook
 
 import (
+	"io"
+	"net/http"
 	"testing"
 	"time"
 
@@ -83,5 +85,31 @@ func TestFeedRestartBringsRecordsUpToDate(t *testing.T) {
 	}
 	if r, _ := d.store.Get(runs.ID); r.Status != fleetroll.StatusRunning || r.By != "receiver B" {
 		t.Errorf("a rollout another receiver began meanwhile: %s by %q", r.Status, r.By)
+	}
+}
+
+// A receiver's live gauges tell of the rollouts it runs (docs: aggregate
+// across receivers with sum or max): another receiver's rollout, which
+// its feed mirrors, is not counted again.
+func TestLiveGaugesCountOnlyTheReceiversOwn(t *testing.T) {
+	rs := newReceivers(t)
+	a := rs.start(t, "receiver A")
+	rec := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusPaused, By: "receiver B",
+		Started: time.Now().Add(-time.Hour), Units: []fleetroll.UnitReport{}}
+	a.srv.durable.feedEntry(7, coord.QueuedTrigger{Record: rec, Runner: "receiver B"}, nil)
+	if r, ok := a.srv.Store().Get(rec.ID); !ok || r.Status != fleetroll.StatusPaused {
+		t.Fatalf("the feed did not mirror B's rollout: %+v", r)
+	}
+	req := mustRequest(t, "GET", a.http.URL+"/metrics", map[string]string{"Authorization": "Bearer " + testToken})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, name := range []string{"fleetroll_rollouts_paused", "fleetroll_rollout_running_seconds"} {
+		if v := metricValue(t, string(b), name+`{service="my-service"}`); v != 0 {
+			t.Errorf("%s on A = %v; B runs that rollout", name, v)
+		}
 	}
 }

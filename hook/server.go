@@ -283,7 +283,7 @@ func New(opt Options) (*Server, error) {
 		s.records.live = s.durable.live
 	}
 	s.metrics = newMetrics(s.queue)
-	s.om = newOpsMetrics(s.metrics.reg, opt.Build, func() ([]string, []fleetroll.Report) { return s.serviceNames(), s.store.List("") }, opt.Clock)
+	s.om = newOpsMetrics(s.metrics.reg, opt.Build, func() ([]string, []fleetroll.Report) { return s.serviceNames(), s.ownRecords() }, opt.Clock)
 	s.om.setTargets(slices.Collect(maps.Keys(targets)))
 	s.secrets.Store(&opt.Secrets)
 	s.in = intake{secrets: s.secretsNow, config: s.Config, authorize: s.authorize, bodyLimit: opt.BodyLimit, clock: opt.Clock,
