@@ -67,8 +67,9 @@ func follow(c *cli.Context, o *followOptions) error {
 	base := strings.TrimSuffix(o.server.String(), "/")
 	var last uint64
 	var rec fleetroll.Report
-	// opened: when the stream was last opened (the start, before the
-	// first); reached: whether the server ever answered.
+	// opened: when a stream was last open (the start, before the first):
+	// the minute counts from its end; reached: whether the server ever
+	// answered.
 	opened, reached := time.Now(), false
 	backoff := 500 * time.Millisecond
 	for {
@@ -116,6 +117,7 @@ func follow(c *cli.Context, o *followOptions) error {
 				})
 			}
 			resp.Body.Close()
+			opened = time.Now()
 		}
 		if errors.Is(err, errFollowed) {
 			return followEnd(out, o.output, rec)

@@ -144,3 +144,41 @@ func TestStatusFollowGivesUp(t *testing.T) {
 		t.Fatalf("exit %d after %d tries:\n%s%s", code, n.Load(), out, errs)
 	}
 }
+
+// A stream that was open longer than followGiveUp and ends (its receiver
+// restarts) is tried again for followGiveUp from its end, not given up at
+// the first refusal.
+func TestStatusFollowRetriesAfterALongStream(t *testing.T) {
+	t.Setenv("FLEETROLL_TOKEN", token)
+	prev := followGiveUp
+	followGiveUp = time.Second
+	t.Cleanup(func() { followGiveUp = prev })
+	var streams, refused atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/rollouts/0123456789ab" {
+			_ = json.NewEncoder(w).Encode(fleetroll.Report{ID: "0123456789ab", Service: "a", Status: fleetroll.StatusRunning})
+			return
+		}
+		if streams.Add(1) > 1 {
+			refused.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable) // restarting
+			_, _ = w.Write([]byte(`{"error":"shutting down"}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(": ping\n\n"))
+		w.(http.Flusher).Flush()
+		// The stream outlives followGiveUp, then its receiver goes.
+		select {
+		case <-time.After(followGiveUp + 200*time.Millisecond):
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	code, out, errs := runCLI(t, "status", "-f", "0123456789ab", "--server", srv.URL)
+	if code != exitFailed || !strings.Contains(errs, "no event stream for 1s") || refused.Load() < 2 {
+		t.Fatalf("exit %d after %d refusals:\n%s%s", code, refused.Load(), out, errs)
+	}
+}
