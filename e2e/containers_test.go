@@ -16,20 +16,26 @@ import (
 	"time"
 
 	"github.com/coreos/fleet/schema"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
 	"github.com/fleetroll/fleetroll/internal/cluster"
+	"github.com/fleetroll/fleetroll/internal/proxyimage"
 )
 
 // The container proof (issue 4): the fleetroll image built from the
 // Dockerfile with podman, two versions of the demo image, a local registry
 // whose notifications reach fleetroll running in its container as the shipped
-// fleetroll@.service, the shipped my-service units and the confd + nginx
-// proxy. Pushing version 2 rolls every instance to it, and the proxy answers
+// fleetroll@.service, the shipped my-service units and the proxy unit (nginx
+// and confd in a container, from an image of the host's nginx: no nginx
+// image is pulled from Docker Hub). Pushing version 2 rolls every instance to it, and the proxy answers
 // from all of them.
 
 const (
 	regAddr     = "127.0.0.1:15000"
 	hookListen  = "127.0.0.1:18080"
 	proxyListen = "127.0.0.1:18088"
+	proxyCtr    = "e2e-my-service-proxy"
 	ctrToken    = "e2e-container-token-0123456789"
 	ctrRegToken = "e2e-container-registry-token-0123"
 )
@@ -396,7 +402,7 @@ func proxyServes(version string) func() error {
 func TestContainersRollOnRegistryPush(t *testing.T) {
 	clu := needCluster(t)
 	claimUnits(t, "my-service", ctrPorts...)
-	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox")
+	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox", "ldd")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		t.Fatal(err)
@@ -449,6 +455,19 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	go func() { _ = sink.Serve(sinkLn) }()
 	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", fleetrollImage)
 	c.run(5*time.Minute, "podman", "push", "--tls-verify=false", demoImage+":v1", demoImage+":latest")
+	// The proxy's image, made of the host's nginx, pulled by its unit.
+	proxyImage := regAddr + "/e2e/nginx:host"
+	pimg, err := proxyimage.Build(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pref, err := name.NewTag(proxyImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(pref, pimg); err != nil {
+		t.Fatal(err)
+	}
 	notified := waiting(t, waitPoll, "the registry's first notification")
 	select {
 	case <-sinkGot:
@@ -511,8 +530,8 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	dropIn(t, "fleetroll@.service", with(map[string]string{"IMAGE": fleetrollImage, "ETC": etc, "ETCD_ENDPOINTS": clu.EtcdURL,
 		"FLEET_SOCKET": filepath.Join(clu.Dir, "fleet.sock"), "LISTEN": hookListen, "STOP_TIMEOUT": "60", "SERVE_ARGS": "--quiet-period 1s",
 		"SECRET_ARGS": "--registry-token-file /etc/fleetroll/registry-token"}))
-	dropIn(t, "my-service-proxy.service", map[string]string{"PROXY_DIR": proxyDir})
-	dropIn(t, "my-service-confd.service", map[string]string{"PROXY_DIR": proxyDir, "CONFD": strings.TrimSpace(confd), "ETCD": clu.EtcdURL})
+	dropIn(t, "my-service-proxy.service", with(map[string]string{"IMAGE": proxyImage, "NAME": proxyCtr, "PROXY_DIR": proxyDir,
+		"CONFD": strings.TrimSpace(confd), "ETCD": clu.EtcdURL, "STOP_TIMEOUT": "5"}))
 
 	// Submit the shipped units.
 	var instances, sidekicks []string
@@ -523,14 +542,13 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	submit(t, filepath.Join(repo, "units", "my-service@.service"), instances...)
 	submit(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), sidekicks...)
 	submit(t, filepath.Join(repo, "contrib", "proxy", "units", "my-service-proxy.service"), "my-service-proxy.service")
-	submit(t, filepath.Join(repo, "contrib", "proxy", "units", "my-service-confd.service"), "my-service-confd.service")
 	submit(t, filepath.Join(repo, "units", "fleetroll@.service"), "fleetroll@1.service")
 	t.Cleanup(func() {
 		// Units first (their ExecStop stops the containers), then leftovers.
-		for _, n := range append(instances, "fleetroll@1.service") {
+		for _, n := range append(instances, "fleetroll@1.service", "my-service-proxy.service") {
 			clu.Destroy(n)
 		}
-		names := []string{"fleetroll-1"}
+		names := []string{"fleetroll-1", proxyCtr}
 		for _, p := range ctrPorts {
 			names = append(names, "my-service-"+p)
 		}
@@ -539,7 +557,7 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	launched := waiting(t, waitFleet, "the shipped units running")
-	for _, n := range append(append(append([]string{}, instances...), sidekicks...), "my-service-proxy.service", "my-service-confd.service", "fleetroll@1.service") {
+	for _, n := range append(append(append([]string{}, instances...), sidekicks...), "my-service-proxy.service", "fleetroll@1.service") {
 		if err := clu.WaitRunning(ctx, n); err != nil {
 			t.Fatal(err)
 		}
