@@ -539,12 +539,19 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 func (d *durable) progress(ctx context.Context, j Job, ev *coord.EntryEvent) {
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := d.triggers.Update(wctx, j.entry, func(e *coord.QueuedTrigger) {
-		if rec, ok := d.store.Get(j.ID); ok && e.Runner == d.owner {
+	// Only while the entry is this receiver's: a write of another's would
+	// be an event of nothing on every receiver's stream.
+	if _, err := d.triggers.UpdateIf(wctx, j.entry, func(e coord.QueuedTrigger) error {
+		if _, ok := d.store.Get(j.ID); !ok || e.Runner != d.owner {
+			return errNotOurs
+		}
+		return nil
+	}, func(e *coord.QueuedTrigger) {
+		if rec, ok := d.store.Get(j.ID); ok {
 			rec.Status = fleetroll.StatusRunning
 			e.Record, e.Event = rec, ev
 		}
-	}); err != nil && ctx.Err() == nil {
+	}); err != nil && !errors.Is(err, errNotOurs) && ctx.Err() == nil {
 		d.log.Warn("queue: progress not recorded", "rollout_id", j.ID, "error", err.Error())
 	}
 }

@@ -2,9 +2,11 @@ package hook
 
 import (
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
@@ -168,5 +170,42 @@ func TestFeedChangeKinds(t *testing.T) {
 	}
 	if r, _ := d.store.Get("aaaaaaaaaaaa"); r.Status != fleetroll.StatusSuperseded || r.Queue.SupersededBy != "bbbbbbbbbbbb" {
 		t.Fatalf("superseded record %+v", r)
+	}
+}
+
+// A receiver that lost a rollout to another (its claim lapsed) writes no
+// more progress into its entry: such a write would be an event of nothing
+// on every receiver's stream.
+func TestProgressWritesOnlyItsOwnEntry(t *testing.T) {
+	rs := newReceivers(t)
+	rec := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: fleetroll.NewID(), Service: "my-service", Status: fleetroll.StatusRunning,
+		Trigger: fleetroll.Trigger{Source: "manual"}, Units: []fleetroll.UnitReport{}}
+	q := coord.Triggers{KAPI: rs.kapi}
+	add, err := q.Add(t.Context(), "my-service", "push", false, func() fleetroll.Report { return rec }, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDurable(rs.kapi, NewStore(10), QueueOptions{}, "receiver B", time.Second, slog.New(slog.DiscardHandler))
+	d.store.Put(rec)
+	j := Job{ID: rec.ID, Service: "my-service", entry: add.Entry.Key}
+	index := func() uint64 {
+		resp, err := rs.kapi.Get(t.Context(), add.Entry.Key, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Node.ModifiedIndex
+	}
+	for _, c := range []struct {
+		runner string
+		writes bool
+	}{{"receiver A", false}, {"receiver B", true}} {
+		if _, err := q.Update(t.Context(), add.Entry.Key, func(e *coord.QueuedTrigger) { e.Runner = c.runner }); err != nil {
+			t.Fatal(err)
+		}
+		before := index()
+		d.progress(t.Context(), j, &coord.EntryEvent{Kind: "stopping", Unit: "my-service@8901.service"})
+		if wrote := index() != before; wrote != c.writes {
+			t.Errorf("entry run by %s: written %v, want %v", c.runner, wrote, c.writes)
+		}
 	}
 }
