@@ -81,6 +81,7 @@ var layout = []placement{
 	{"TestConfigGivesTheCLIAndServeTheSameRollout", together},
 	{"TestServeSurvivesABurstOfPushes", together},
 	{"TestUnitsSettingsRollOverTLSEtcd", together},
+	{"TestUpgradeReceiversLosesNoPush", together},
 
 	// A quiet fleet: the recovery's time, an observer of the proxy's view
 	// at 50 ms, nudges, watches.
