@@ -545,8 +545,15 @@ func TestContainersRollOnRegistryPush(t *testing.T) {
 	submit(t, filepath.Join(repo, "units", "fleetroll@.service"), "fleetroll@1.service")
 	t.Cleanup(func() {
 		// Units first (their ExecStop stops the containers), then leftovers.
-		for _, n := range append(instances, "fleetroll@1.service", "my-service-proxy.service") {
+		for _, n := range append(instances, "fleetroll@1.service") {
 			clu.Destroy(n)
+		}
+		// The proxy's container removed under its unit would restart it
+		// (Restart=on-failure): the unit goes first.
+		stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := clu.DestroyAndWait(stopCtx, "my-service-proxy.service"); err != nil {
+			t.Log(err)
 		}
 		names := []string{"fleetroll-1", proxyCtr}
 		for _, p := range ctrPorts {
