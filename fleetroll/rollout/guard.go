@@ -28,6 +28,10 @@ type guard struct {
 	trigger  fleetroll.Trigger
 	roll     fleetroll.Options // tunes the recovery (timeouts, poll, logger, clock)
 	say      func(format string, a ...any)
+	// onEvent is told the steps of a restore that resumes this very
+	// rollout (its units are the rollout's): the receivers' streams show
+	// the takeover's restore as they show the roll.
+	onEvent func(fleetroll.Event)
 	// onRestored, when set, is given a dead holder's intent and what the
 	// restore of each of its units did. When the intent is of this rollout
 	// itself (a receiver resuming the rollout of one that stopped), the
@@ -197,7 +201,7 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 		names = append(names, u.Unit)
 	}
 	g.say("recovering rollout %s of %s, left by %s: restoring %s", in.Rollout, service, in.Owner, strings.Join(names, ", "))
-	restored, rerr := g.restore(ctx, hooks, names)
+	restored, rerr := g.restore(ctx, hooks, names, resumed)
 	if g.onRestored != nil {
 		g.onRestored(*in, restored)
 	}
@@ -236,10 +240,14 @@ func (g *guard) recoverDead(ctx context.Context, hooks fleetroll.Hooks) error {
 }
 
 // restore brings units back with the recovery's hooks (the health gate,
-// the announcement, fencing; no drain, no pause).
-func (g *guard) restore(ctx context.Context, hooks fleetroll.Hooks, units []string) ([]fleetroll.UnitReport, error) {
+// the announcement, fencing; no drain, no pause). The steps of the restore
+// of this rollout's own units (own) are reported as its roll's are.
+func (g *guard) restore(ctx context.Context, hooks fleetroll.Hooks, units []string, own bool) ([]fleetroll.UnitReport, error) {
 	opt := g.roll
 	opt.RolloutID, opt.OnEvent = g.rollout, nil
+	if own {
+		opt.OnEvent = g.onEvent
+	}
 	opt.Hooks = fleetroll.Hooks{AfterRunning: hooks.AfterRunning, Done: hooks.Done, Fence: hooks.Fence, Wake: hooks.Wake}
 	roller, err := fleetroll.NewRoller(g.fleet, opt)
 	if err != nil {
@@ -325,7 +333,7 @@ func (g *guard) recoverBlueGreen(ctx context.Context, in *coord.Intent, hooks fl
 			errs = append(errs, err)
 		}
 	}
-	restored, rerr := g.restore(ctx, hooks, units(keep))
+	restored, rerr := g.restore(ctx, hooks, units(keep), in.Rollout == g.rollout)
 	if rerr != nil {
 		errs = append(errs, rerr)
 	}

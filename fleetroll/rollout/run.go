@@ -214,7 +214,7 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 	opts := s.Options()
 	opts.RolloutID, opts.Logger, opts.Clock = req.ID, r.logger(), r.Clock // the roller names the rollout and unit
 	g := &guard{etcd: r.Etcd, fleet: r.Fleet, service: req.Service, settings: s, lock: r.LockOf(s, req.Deploy != nil),
-		owner: req.Owner, rollout: req.ID, trigger: req.Trigger, roll: opts, say: warn,
+		owner: req.Owner, rollout: req.ID, trigger: req.Trigger, roll: opts, say: warn, onEvent: req.OnEvent,
 		onRestored: func(in coord.Intent, restored []fleetroll.UnitReport) {
 			if in.Rollout != req.ID {
 				return

@@ -598,3 +598,38 @@ func TestBlueGreenTakenOverAfterItsSwitchEnds(t *testing.T) {
 		t.Fatalf("live record %+v", live)
 	}
 }
+
+// A rollout resumed from its own intent (a receiver taking over another's)
+// reports the steps of its units' restore as it reports its roll's: the
+// receivers' streams show the takeover. The restore of another rollout's
+// units (a dead one, recorded as interrupted) is not this rollout's steps.
+func TestRunReportsTheRestoreOfItsOwnUnits(t *testing.T) {
+	for _, c := range []struct {
+		intent string
+		want   bool
+	}{{"0000000000a1", true}, {"0000000000b2", false}} {
+		kapi := startEtcd(t)
+		ctx := t.Context()
+		ff := fakefleet.New("solo@1.service", "solo@2.service")
+		ff.Update("solo@1.service", func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+		if err := (coord.Intents{KAPI: kapi}).Put(ctx, "solo", coord.Intent{Rollout: c.intent, Owner: "receiver A", Started: time.Now(),
+			Units: []coord.IntentUnit{{Unit: "solo@1.service", Phase: fleetroll.PhaseStop}}}); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var steps []string
+		s := fast()
+		s.Ports = PortList{"2"}
+		req := Request{ID: "0000000000a1", Service: "solo", Settings: s, Resume: &fleetroll.Report{ID: "0000000000a1"},
+			OnEvent: func(e fleetroll.Event) { mu.Lock(); steps = append(steps, e.Unit+" "+string(e.Kind)); mu.Unlock() }}
+		if rep, err := (Runner{Fleet: newFleet(t, ff), Etcd: kapi}).Run(ctx, req); err != nil {
+			t.Fatalf("intent of %s: %v %+v", c.intent, err, rep)
+		}
+		mu.Lock()
+		got := slices.Contains(steps, "solo@1.service starting")
+		mu.Unlock()
+		if got != c.want {
+			t.Errorf("intent of %s: the restore's steps reported %v, want %v (steps %v)", c.intent, got, c.want, steps)
+		}
+	}
+}
