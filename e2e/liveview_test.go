@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -122,6 +123,23 @@ func TestOneLiveViewOnEveryReceiver(t *testing.T) {
 	step("the takeover and the end on A's page", time.Minute,
 		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`#activity li[data-rollout="%s"][data-kind="resumed"]`, id))),
 		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`#activity li[data-rollout="%s"][data-kind="succeeded"]`, id))))
+	// Every unit's steps, B's and A's, as A's page listed them live.
+	seen, err := chromedp.Run(ctx, chromedp.Evaluate[[][]string](fmt.Sprintf(
+		`[...document.querySelectorAll('#activity li[data-rollout="%s"]')].map(li => [li.dataset.unit, li.dataset.kind])`, id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, u := range units {
+		kinds := []string{"stopping", "stopped", "starting", "running"}
+		if i == 1 {
+			kinds = []string{"stopping", "starting"} // B died in its stop; A brought it back
+		}
+		for _, kind := range kinds {
+			if !slices.ContainsFunc(seen, func(s []string) bool { return len(s) == 2 && s[0] == u && s[1] == kind }) {
+				t.Errorf("A's page did not list %s: %s (it listed %v)", u, kind, seen)
+			}
+		}
+	}
 	var ro fr.Report
 	if err := getJSON(baseA+"/rollouts/"+id, auth, &ro); err != nil {
 		t.Fatal(err)
