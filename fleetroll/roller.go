@@ -114,12 +114,84 @@ type Hooks struct {
 	// Wake, when set, wakes the waits for a unit's state the moment fleet
 	// publishes a new one (etcd watches), instead of at the next poll.
 	Wake Waker
+	// Republish, when set, tells when fleet's agent next republishes every
+	// unit's state: a stop or start is held back rather than written where
+	// its change would meet that republish (republishHold).
+	Republish Republish
 	// Canary, when set, pauses the roll once its first N units have been
 	// restarted, until a decision (docs/strategies.md).
 	Canary *Canary
 	// BlueGreen, when set, replaces the units with new ones on spare
 	// instances instead of restarting them (docs/strategies.md).
 	BlueGreen *BlueGreen
+}
+
+// Republish tells when fleet's agent on the machine of a unit republishes
+// the states of all its units. fleet v1.0.0 can lose a unit's change that
+// its generator sees in the same tick as that republish: the state from
+// before the change lands last, and fleet shows it until the next
+// republish, some 24 s later. And the agent's job heartbeat on the same
+// tick blinds it for a second to the writes that follow
+// (docs/how-it-works.md).
+type Republish interface {
+	// Next returns the republish on the unit's machine that comes next,
+	// or the one that passed within the last 2 s; false when it cannot
+	// tell.
+	Next(ctx context.Context, unit string) (time.Time, bool)
+}
+
+// The windows around fleet's republish where a write costs: its agent acts
+// about 1 s after a write (a nudge 0.5 s later catches a missed one) and
+// its generator sees systemd's change at the next 1 s tick, so a write from
+// republishLate to republishEarly before the republish meets it: it is
+// held until republishAhead before it, where the agent acts after the
+// republish and within its second. One in the republish's second
+// (republishBlind after it) would wait for the agent's next look: it is
+// held until that second is over.
+const (
+	republishLate  = 800 * time.Millisecond
+	republishEarly = 2300 * time.Millisecond
+	republishAhead = 700 * time.Millisecond
+	republishBlind = 1100 * time.Millisecond
+)
+
+// republishHold is how long to hold a write at now, with fleet's republish
+// at at (the next, or one just passed), so that the change it asks for
+// neither meets that republish nor waits out the agent's blind second (0:
+// write now).
+func republishHold(now, at time.Time) time.Duration {
+	switch d := at.Sub(now); {
+	case d >= republishLate && d <= republishEarly:
+		return d - republishAhead
+	case d <= 0 && d > -republishBlind:
+		return d + republishBlind
+	}
+	return 0
+}
+
+// holdForRepublish waits, before a unit's stop or start is written, until
+// fleet's agent has republished its machine's states, when the write would
+// meet that republish. It returns early when ctx ends (a start is then
+// written at once).
+func (r *Roller) holdForRepublish(ctx context.Context, ur *UnitReport, phase Phase) (held bool) {
+	rp := r.opt.Hooks.Republish
+	if rp == nil {
+		return false
+	}
+	next, ok := rp.Next(ctx, ur.Unit)
+	if !ok {
+		r.opt.Logger.Debug("fleet's next republish unknown", "rollout_id", r.opt.RolloutID, "unit", ur.Unit)
+		return false
+	}
+	hold := republishHold(r.opt.Clock.Now(), next)
+	r.opt.Logger.Debug("fleet's next republish", "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "in", next.Sub(r.opt.Clock.Now()).Round(time.Millisecond))
+	if hold <= 0 {
+		return false
+	}
+	r.opt.Logger.Info("holding the write until fleet's periodic republish has passed", "rollout_id", r.opt.RolloutID, "unit", ur.Unit,
+		"phase", phase, "hold", hold.Round(time.Millisecond))
+	_, _ = r.sleepOrWake(ctx, hold, nil)
+	return true
 }
 
 // Waker tells the roller when fleet may have published a new state of a
@@ -436,6 +508,10 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 		}
 	}
 
+	if r.holdForRepublish(ctx, ur, PhaseStop) && ctx.Err() != nil {
+		// Cancelled while held: the stop was never written.
+		return r.failed(ur, PhaseStop, nil, false, fmt.Errorf("%w; the unit was not stopped", ctx.Err()), t0)
+	}
 	stop, last := r.stop(ctx, ur)
 	switch {
 	case errors.Is(stop.err, ErrNotFound):
@@ -451,6 +527,9 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 	was := ""
 	if last != nil {
 		was = last.MachineID
+	}
+	if stop.err == nil {
+		r.holdForRepublish(ctx, ur, PhaseStart)
 	}
 	last, startErr := r.start(ctx, ur, stop, last)
 	ur.Total = Seconds(clock.Now().Sub(t0))

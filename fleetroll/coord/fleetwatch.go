@@ -3,7 +3,10 @@ package coord
 import (
 	"context"
 	"fmt"
+	"path"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
@@ -137,4 +140,154 @@ func FleetOwn(ctx context.Context, kapi client.KeysAPI, fleet fleetroll.Fleet) (
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
 	return line
+}
+
+// fleet's default agent TTL (agent_ttl): the TTL of the unit states its
+// agents publish; an agent republishes every unit's state every 4/5 of it.
+const (
+	fleetAgentTTL        = 30 * time.Second
+	fleetRepublishPeriod = fleetAgentTTL * 4 / 5
+)
+
+// FleetRepublish tells when fleet's agent on a unit's machine next
+// republishes its units' states (fleetroll.Republish). Every state an agent
+// publishes carries its agent TTL, and a republish writes all of its
+// machine's states at once: states that share their expiration, the
+// earliest of that machine's, were written by the last republish (a change
+// since rewrote the others). Once seen, a machine's republish is known to
+// come every period after; it is remembered for the next writes of the
+// rollout, whose changes may leave no state of the republish. It assumes
+// fleet's default agent TTL, and says it cannot tell when the states do not
+// fit it. Make one with NewFleetRepublish; it is safe for concurrent use.
+type FleetRepublish struct {
+	KAPI   client.KeysAPI
+	Prefix string // DefaultFleetPrefix when empty
+
+	mu   sync.Mutex
+	seen map[string]time.Time // by machine: a republish seen
+}
+
+// NewFleetRepublish reads fleet's states in etcd (kapi).
+func NewFleetRepublish(kapi client.KeysAPI) *FleetRepublish {
+	return &FleetRepublish{KAPI: kapi, seen: map[string]time.Time{}}
+}
+
+var _ fleetroll.Republish = (*FleetRepublish)(nil)
+
+// Next implements fleetroll.Republish.
+func (f *FleetRepublish) Next(ctx context.Context, unit string) (time.Time, bool) {
+	if unit == "" || strings.Contains(unit, "/") || strings.Contains(unit, "..") {
+		return time.Time{}, false
+	}
+	prefix := f.Prefix
+	if prefix == "" {
+		prefix = DefaultFleetPrefix
+	}
+	states := strings.TrimSuffix(prefix, "/") + "/states"
+	// Asked before a write: an etcd slow to answer only costs the hold.
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := f.KAPI.Get(ctx, states+"/"+unit, nil)
+	if err != nil || len(resp.Node.Nodes) != 1 {
+		return time.Time{}, false // not published, or on several machines
+	}
+	machine := path.Base(resp.Node.Nodes[0].Key)
+	all, err := f.KAPI.Get(ctx, states, &client.GetOptions{Recursive: true})
+	if err != nil {
+		return time.Time{}, false
+	}
+	var exps []time.Time
+	for _, u := range all.Node.Nodes {
+		for _, n := range u.Nodes {
+			if path.Base(n.Key) == machine && n.Expiration != nil {
+				exps = append(exps, *n.Expiration)
+			}
+		}
+	}
+	now := time.Now()
+	last, ok := LastRepublish(exps, now)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.seen == nil {
+		f.seen = map[string]time.Time{}
+	}
+	if !ok {
+		last, ok = f.seen[machine]
+	}
+	if !ok {
+		// Every state changed since (a rollout just ran): etcd's recent
+		// changes hold the republish, a rewrite of a state unchanged.
+		last, ok = f.fromHistory(ctx, states, machine, all.Index)
+	}
+	if !ok {
+		return time.Time{}, false
+	}
+	f.seen[machine] = last
+	return NextRepublish(last, now), true
+}
+
+// fromHistory finds the machine's last republish among etcd's recent
+// changes of fleet's states (etcd v2 keeps the last 1000 changes), up to
+// index: a state written again with the value it had. It reads them one
+// by one, as a watch from the past does, and stops at the first wait.
+func (f *FleetRepublish) fromHistory(ctx context.Context, states, machine string, index uint64) (time.Time, bool) {
+	after := uint64(1) // 0 would be "from now on"
+	if index > 1000 {
+		after = index - 1000
+	}
+	w := f.KAPI.Watcher(states, &client.WatcherOptions{AfterIndex: after, Recursive: true})
+	var last time.Time
+	for range 2000 {
+		nctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		resp, err := w.Next(nctx)
+		cancel()
+		if err != nil || resp.Node == nil {
+			break // no more past changes (a wait), or the history is gone
+		}
+		n := resp.Node
+		if resp.PrevNode != nil && resp.PrevNode.Value == n.Value && path.Base(n.Key) == machine && n.Expiration != nil {
+			last = n.Expiration.Add(-fleetAgentTTL)
+		}
+		if n.ModifiedIndex >= index {
+			break
+		}
+	}
+	if last.IsZero() {
+		return time.Time{}, false
+	}
+	if now := time.Now(); last.After(now.Add(time.Second)) || now.Sub(last) > 10*fleetRepublishPeriod {
+		return time.Time{}, false
+	}
+	return last, true
+}
+
+// LastRepublish dates a machine's last republish from the expirations of
+// its states, at now: at least two share the earliest (within 10 ms), one
+// agent TTL after it. False when they do not show one that fits fleet's
+// default agent TTL.
+func LastRepublish(exps []time.Time, now time.Time) (time.Time, bool) {
+	if len(exps) < 2 {
+		return time.Time{}, false
+	}
+	exps = slices.Clone(exps)
+	slices.SortFunc(exps, func(a, b time.Time) int { return a.Compare(b) })
+	if exps[1].Sub(exps[0]) > 10*time.Millisecond {
+		return time.Time{}, false // the earliest is a change of one unit
+	}
+	last := exps[0].Add(-fleetAgentTTL)
+	if last.After(now.Add(time.Second)) || now.Sub(last) > fleetRepublishPeriod+2*time.Second {
+		return time.Time{}, false // another TTL, or an agent gone
+	}
+	return last, true
+}
+
+// NextRepublish is the republish of an agent that republished at last, one
+// period after another, that comes next after now, or that passed within
+// the last 2 s (fleetroll.Republish).
+func NextRepublish(last, now time.Time) time.Time {
+	next := last
+	for next.Before(now.Add(-2 * time.Second)) {
+		next = next.Add(fleetRepublishPeriod)
+	}
+	return next
 }

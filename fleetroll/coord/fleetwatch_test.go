@@ -60,3 +60,101 @@ func TestFleetStatesWake(t *testing.T) {
 		}
 	}
 }
+
+func TestLastRepublish(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 30, 0, time.UTC)
+	at := func(ds ...time.Duration) []time.Time { // expirations, from now
+		var out []time.Time
+		for _, d := range ds {
+			out = append(out, now.Add(d))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name string
+		exps []time.Time
+		last time.Time
+		ok   bool
+	}{
+		{"republished 10 s ago, one unit changed since", at(28*time.Second, 20*time.Second, 20*time.Second+3*time.Millisecond), now.Add(-10 * time.Second), true},
+		{"republished now", at(30*time.Second, 30*time.Second), now, true},
+		{"every unit changed since: no two alike", at(21*time.Second, 25*time.Second, 28*time.Second), time.Time{}, false},
+		{"one state", at(20 * time.Second), time.Time{}, false},
+		{"nothing published", nil, time.Time{}, false},
+		{"a TTL longer than fleet's default", at(45*time.Second, 45*time.Second), time.Time{}, false},
+		{"no republish for longer than a period", at(2*time.Second, 2*time.Second), time.Time{}, false},
+	} {
+		last, ok := LastRepublish(c.exps, now)
+		if ok != c.ok || !last.Equal(c.last) {
+			t.Errorf("%s: %s %v, want %s %v", c.name, last, ok, c.last, c.ok)
+		}
+	}
+	last := now.Add(-10 * time.Second)
+	for _, c := range []struct {
+		now, next time.Time
+	}{
+		{now, last.Add(24 * time.Second)},
+		{last.Add(time.Second), last}, // just passed: still the one that matters
+		{last.Add(24 * time.Second), last.Add(24 * time.Second)},
+		{last.Add(60 * time.Second), last.Add(72 * time.Second)},
+	} {
+		if got := NextRepublish(last, c.now); !got.Equal(c.next) {
+			t.Errorf("after %s, at %s: next %s, want %s", last, c.now, got, c.next)
+		}
+	}
+}
+
+// The next republish of a unit's machine is read from the states fleet's
+// agent published there with its TTL: those that share the earliest
+// expiration date the last republish; another machine's states do not
+// count. Once every state has changed since, the republish seen is
+// remembered; one not seen is found among etcd's recent changes (a state
+// written again with its value).
+func TestFleetRepublishReadsTheMachinesStates(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := t.Context()
+	set := func(keys []string, value string, ttl time.Duration) {
+		t.Helper()
+		for _, key := range keys {
+			if _, err := kapi.Set(ctx, DefaultFleetPrefix+"states/"+key, value, &client.SetOptions{TTL: ttl}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	near := func(what string, got time.Time, ok bool, want time.Time) {
+		t.Helper()
+		if !ok || got.Before(want.Add(-2*time.Second)) || got.After(want.Add(time.Second)) {
+			t.Fatalf("%s: next republish %s %v, want about %s", what, got, ok, want)
+		}
+	}
+	// Machine m1's republish 10 s ago (20 s left of 30) of a and b; a
+	// change of c since; machine m2's older states are not m1's.
+	set([]string{"a@1.service/m1", "b@1.service/m1"}, "running", 20*time.Second)
+	set([]string{"c@1.service/m1"}, "running", 28*time.Second)
+	set([]string{"d@1.service/m2", "e@1.service/m2"}, "running", 5*time.Second)
+	rp := NewFleetRepublish(kapi)
+	want := time.Now().Add(14 * time.Second)
+	next, ok := rp.Next(ctx, "c@1.service")
+	near("m1", next, ok, want)
+	// a and b change too: no two states alike; the republish seen holds.
+	set([]string{"a@1.service/m1"}, "dead", 29*time.Second)
+	set([]string{"b@1.service/m1"}, "dead", 30*time.Second)
+	next, ok = rp.Next(ctx, "a@1.service")
+	near("m1, every state changed since", next, ok, want)
+	// Not seen by this one, nor in etcd's changes (a, b and c were never
+	// written again unchanged): unknown.
+	if next, ok := NewFleetRepublish(kapi).Next(ctx, "a@1.service"); ok {
+		t.Errorf("a republish told (%s) with no state of it, none remembered and none in etcd's changes", next)
+	}
+	// A republish now (c written again with its value), then a change of
+	// c: the states show none, etcd's changes do.
+	set([]string{"c@1.service/m1"}, "running", 30*time.Second)
+	set([]string{"c@1.service/m1"}, "dead", 30*time.Second)
+	next, ok = NewFleetRepublish(kapi).Next(ctx, "a@1.service")
+	near("m1, from etcd's changes (just passed)", next, ok, time.Now())
+	for _, unit := range []string{"unknown@1.service", "../x", ""} {
+		if _, ok := rp.Next(ctx, unit); ok {
+			t.Errorf("%q: a republish told", unit)
+		}
+	}
+}

@@ -70,6 +70,11 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 		// fallback when etcd is out of reach.
 		hooks.Wake = coord.FleetStates{KAPI: g.etcd}
 	}
+	if g.etcd != nil {
+		// A stop or start that would meet fleet's periodic republish is
+		// written once it has passed (fleet's etcd: its states say when).
+		hooks.Republish = coord.NewFleetRepublish(g.etcd)
+	}
 	if g.lock == LockFail || g.lock == LockWait {
 		held, err := coord.Lock{KAPI: g.etcd, Key: coord.LockKey(service), Owner: g.owner, TTL: p.LockTTL,
 			OnWait: func(holder string) { g.say("waiting for the lock of %s, held by %s", service, holder) }}.Acquire(ctx, g.lock == LockWait)
