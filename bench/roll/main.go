@@ -171,6 +171,9 @@ type result struct {
 	site   site
 	phases map[string][]phase // by kind: stop, start
 	rolls  []time.Duration
+	// paused: the phases whose wall-clock span exceeds fleetroll's own
+	// measure by over a second (the machine paused).
+	paused []string
 }
 
 // bench starts the site's cluster afresh, launches the demo's instances,
@@ -205,16 +208,31 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 		if rep.Status != fleetroll.StatusSucceeded {
 			return res, fmt.Errorf("%d machine(s), roll %d: %s", s.machines, i, rep.Status)
 		}
-		res.rolls = append(res.rolls, rep.Finished.Sub(rep.Started))
+		var excess time.Duration // of the roll's wall clock, over its phases' own measures
 		for _, u := range rep.Units {
 			for _, sp := range u.Phases {
 				if sp.Phase != fleetroll.PhaseStop && sp.Phase != fleetroll.PhaseStart {
 					continue
 				}
+				// The phase's time as fleetroll measured it (its process's
+				// monotonic clock), not the span's wall-clock times: a pause
+				// of the whole machine (a VM held by its host: fleetd and
+				// fleetroll silent alike, the wall clock stepped on) is no
+				// time fleet took. The difference is printed.
+				took := time.Duration(u.Stop)
+				if sp.Phase == fleetroll.PhaseStart {
+					took = time.Duration(u.Start)
+				}
+				if wall := sp.Finished.Sub(sp.Started); wall-took > time.Second {
+					excess += wall - took
+					res.paused = append(res.paused, fmt.Sprintf("roll %d %s %s: %s by fleetroll's clock, %s by the wall clock",
+						i, u.Unit, sp.Phase, secs(took), secs(wall)))
+				}
 				res.phases[string(sp.Phase)] = append(res.phases[string(sp.Phase)],
-					phase{roll: i, unit: u.Unit, took: sp.Finished.Sub(sp.Started), diagnosis: sp.Diagnosis})
+					phase{roll: i, unit: u.Unit, took: took, diagnosis: sp.Diagnosis})
 			}
 		}
+		res.rolls = append(res.rolls, rep.Finished.Sub(rep.Started)-excess)
 	}
 
 	fmt.Printf("\n%d machine(s): %d rolls, every one succeeded\n", s.machines, n)
@@ -229,6 +247,9 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 		walls[i] = fmt.Sprintf("%.1f", w.Seconds())
 	}
 	fmt.Printf("  rolls (s): %s; median %s\n", strings.Join(walls, " "), secs(median(res.rolls)))
+	for _, p := range res.paused {
+		fmt.Printf("  machine paused: %s (counted by fleetroll's clock; the roll less the difference)\n", p)
+	}
 	for _, k := range []string{"stop", "start"} {
 		for _, p := range res.phases[k] {
 			if p.took <= slowPhase && p.diagnosis == "" {
