@@ -244,18 +244,6 @@ func launchSidekicks(t *testing.T, ports ...string) {
 	submitUnits(t, filepath.Join(repo, "units", "my-service-sidekick@.service"), false, sidekicks...)
 }
 
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI=true (contrib/cluster/deps.sh installs it)", tool)
-			}
-			t.Skipf("no %s", tool)
-		}
-	}
-}
-
 func writeFile(t *testing.T, path, content string, mode os.FileMode) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -402,7 +390,7 @@ func proxyServes(version string) func() error {
 func TestContainersRollOnRegistryPush(t *testing.T) {
 	clu := needCluster(t)
 	claimUnits(t, "my-service", ctrPorts...)
-	needTools(t, "podman", "runc", "docker-registry", "nginx", "busybox", "ldd")
+	cluster.NeedTools(t, "podman", "runc", "docker-registry", "nginx", "busybox", "ldd")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
+	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -32,7 +33,7 @@ import (
 // receivers apart by the process owning each connection.
 func TestRegistryPollDeploysALostPush(t *testing.T) {
 	c := needCluster(t)
-	needTools(t, "docker-registry")
+	cluster.NeedTools(t, "docker-registry")
 	const (
 		service  = "e2e-poll"
 		proxy    = "127.0.0.1:19451"

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	fr "github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -115,7 +116,7 @@ func (v *versions) Stop() map[string]bool {
 func TestReleases(t *testing.T) {
 	clu := needCluster(t)
 	claimUnits(t, relService, relPorts...)
-	needTools(t, "podman", "runc", "docker-registry", "curl")
+	cluster.NeedTools(t, "podman", "runc", "docker-registry", "curl")
 	tmp := t.TempDir()
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		t.Fatal(err)

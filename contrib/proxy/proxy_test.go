@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/fleetroll/fleetroll/internal/cluster"
 	"github.com/fleetroll/fleetroll/internal/etcdtest"
 	"github.com/fleetroll/fleetroll/internal/proxyimage"
 	"github.com/fleetroll/fleetroll/internal/unitsh"
@@ -62,18 +63,6 @@ func TestListenIsApartFromTheReceivers(t *testing.T) {
 	}
 	if img := proxy.Env()["IMAGE"]; strings.HasSuffix(img, ":latest") || !strings.Contains(img[strings.LastIndex(img, "/")+1:], ":") {
 		t.Errorf("IMAGE=%s: pin a tag", img)
-	}
-}
-
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI=true (contrib/cluster/deps.sh installs it)", tool)
-			}
-			t.Skipf("no %s", tool)
-		}
 	}
 }
 
@@ -163,7 +152,7 @@ func etcdKey(ctx context.Context, etcd, key string, value ...string) error {
 // pid file work in the container: an instance announced in etcd is reached
 // through the proxy's port, and no more once its key is gone.
 func TestUnitRunsTheProxyInAContainer(t *testing.T) {
-	needTools(t, "podman", "runc", "nginx", "docker-registry", "ldd", "go")
+	cluster.NeedTools(t, "podman", "runc", "nginx", "docker-registry", "ldd", "go")
 	repo, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
