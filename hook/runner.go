@@ -60,7 +60,8 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 		// see it too.
 		s.record(ctx, final)
 	}
-	s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
+	// The metrics first: whoever sees the record's end (the API, a test)
+	// then finds it counted.
 	s.metrics.rollouts.WithLabelValues(j.Service, string(final.Status)).Inc()
 	s.om.finished(final)
 	for _, u := range final.Units {
@@ -68,6 +69,7 @@ func (s *Server) execute(ctx context.Context, j Job) (ended bool) {
 			s.metrics.unitRestart.WithLabelValues(j.Service).Observe(time.Duration(u.Total).Seconds())
 		}
 	}
+	s.store.Update(j.ID, func(r *fleetroll.Report) { *r = final.Clone() })
 	if err != nil {
 		log.Error("rollout "+string(final.Status), "error", err.Error())
 	} else {
