@@ -131,6 +131,17 @@ func (s *Store) restartFeed(index uint64, again bool) {
 	}
 }
 
+// pass hands to the feed a change of a rollout that the store does not
+// keep (a CLI's, which the status API lists from the history).
+func (s *Store) pass(id uint64, ch change, before fleetroll.Status, r fleetroll.Report) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id > s.seq {
+		s.seq = id
+	}
+	s.appendLocked(newEvent(id, ch, before, &r))
+}
+
 // mirror takes a change of a rollout's record that etcd holds at index
 // (id 0: an event etcd does not number) and hands it to the feed. The
 // store keeps the newer of its own record and etcd's: its own while this

@@ -177,6 +177,12 @@ func (d *durable) feedChange(resp *client.Response) {
 		if err != nil || !slices.Contains(d.services(), r.Service) {
 			return
 		}
+		if _, held := d.store.Get(r.ID); !held && r.Queue == nil {
+			// Not a receiver's (a CLI's): streamed, and listed from the
+			// history, not among the receivers' rollouts.
+			d.store.pass(id, change{}, "", r)
+			return
+		}
 		d.store.mirror(id, change{}, "", r, false)
 	}
 }

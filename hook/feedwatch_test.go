@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -206,6 +207,30 @@ func TestProgressWritesOnlyItsOwnEntry(t *testing.T) {
 		d.progress(t.Context(), j, &coord.EntryEvent{Kind: "stopping", Unit: "my-service@8901.service"})
 		if wrote := index() != before; wrote != c.writes {
 			t.Errorf("entry run by %s: written %v, want %v", c.runner, wrote, c.writes)
+		}
+	}
+}
+
+// A rollout another receiver ran reads as ended once the feed brought its
+// end, though its queue entry is still there (the runner removes it after
+// the history write): the API never answers "running" after the stream
+// said "succeeded".
+func TestAnEndedRolloutReadsEndedBeforeItsEntryGoes(t *testing.T) {
+	s := NewStore(10)
+	running := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver B"}
+	ended := running
+	ended.Status = fleetroll.StatusSucceeded
+	s.Put(ended)
+	m := records{store: s, owner: "receiver A", config: func() *Config { return &Config{} },
+		live: func(context.Context) (map[string]fleetroll.Report, error) {
+			return map[string]fleetroll.Report{running.ID: running}, nil
+		}}
+	if r, ok, err := m.Get(t.Context(), running.ID); err != nil || !ok || r.Status != fleetroll.StatusSucceeded {
+		t.Fatalf("get: %s %v %v", r.Status, ok, err)
+	}
+	for _, r := range m.merged(s.List(""), map[string]fleetroll.Report{running.ID: running}, nil, "") {
+		if r.ID == running.ID && r.Status != fleetroll.StatusSucceeded {
+			t.Fatalf("listed as %s", r.Status)
 		}
 	}
 }

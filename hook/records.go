@@ -85,8 +85,11 @@ func (m records) Get(ctx context.Context, id string) (fleetroll.Report, bool, er
 			return fleetroll.Report{}, false, fmt.Errorf("%w: %w", errQueueUnread, err)
 		}
 		if l, found := live[id]; found {
-			if ok && l.By == m.owner {
-				return ro, true, nil // this receiver runs it: its record is the newest
+			if ok && (l.By == m.owner || ro.Status.Final()) {
+				// This receiver runs it (its record is the newest), or it has
+				// ended (its history record, which the feed brought, comes
+				// before the entry's removal).
+				return ro, true, nil
 			}
 			return l, true, nil
 		}
@@ -129,8 +132,8 @@ func (m records) merged(local []fleetroll.Report, live map[string]fleetroll.Repo
 	out := make([]fleetroll.Report, 0, len(local)+len(live))
 	for _, r := range local {
 		if l, ok := live[r.ID]; ok {
-			if l.By != m.owner {
-				r = l // queued, or run by another receiver
+			if l.By != m.owner && !r.Status.Final() {
+				r = l // queued, or run by another receiver (and not ended yet)
 			}
 		} else if h, ok := ended[r.ID]; ok && !r.Status.Final() {
 			r = h
