@@ -136,10 +136,15 @@ func (s *Store) restartFeed(index uint64, again bool) {
 func (s *Store) pass(id uint64, ch change, before fleetroll.Status, r fleetroll.Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.etcdEventLocked(id, ch, before, &r)
+}
+
+// etcdEventLocked appends the event etcd numbered id (0: none) to the feed.
+func (s *Store) etcdEventLocked(id uint64, ch change, before fleetroll.Status, r *fleetroll.Report) {
 	if id > s.seq {
 		s.seq = id
 	}
-	s.appendLocked(newEvent(id, ch, before, &r))
+	s.appendLocked(newEvent(id, ch, before, r))
 }
 
 // mirror takes a change of a rollout's record that etcd holds at index
@@ -158,10 +163,7 @@ func (s *Store) mirror(id uint64, ch change, before fleetroll.Status, r fleetrol
 		s.insertLocked(r)
 	}
 	s.notifyLocked()
-	if id > s.seq {
-		s.seq = id
-	}
-	s.appendLocked(newEvent(id, ch, before, &r))
+	s.etcdEventLocked(id, ch, before, &r)
 }
 
 // Subscribe returns a subscription to the events after the one with ID

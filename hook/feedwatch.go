@@ -36,12 +36,8 @@ func (d *durable) watchFeed(ctx context.Context) {
 			return
 		}
 		d.log.Warn("event feed: etcd's changes are read again from the present", "error", err.Error())
-		t := d.opt.Clock.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !d.pause(ctx, backoff) {
 			return
-		case <-t.C():
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -134,12 +130,8 @@ func (d *durable) followFeed(ctx context.Context, index uint64) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		t := d.opt.Clock.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !d.pause(ctx, backoff) {
 			return ctx.Err()
-		case <-t.C():
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -207,4 +199,16 @@ func (d *durable) feedEntry(id uint64, e coord.QueuedTrigger, prev *coord.Queued
 		d.store.mirror(0, change{}, prev.Record.Status, d.supersededRecord(prev.Record, e.Record.ID), false)
 	}
 	d.store.mirror(id, ch, before, e.Record, e.Runner == d.owner)
+}
+
+// pause waits d on the queue's clock; false when ctx ended first.
+func (d *durable) pause(ctx context.Context, wait time.Duration) bool {
+	t := d.opt.Clock.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C():
+		return true
+	}
 }

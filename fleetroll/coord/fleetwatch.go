@@ -32,14 +32,10 @@ var _ fleetroll.Waker = FleetStates{}
 // out of reach it stops waking and the roller polls on.
 func (f FleetStates) Watch(ctx context.Context, unit string) <-chan struct{} {
 	ch := make(chan struct{}, 1)
-	if unit == "" || strings.Contains(unit, "/") || strings.Contains(unit, "..") {
+	key, ok := statesKey(f.Prefix, unit)
+	if !ok {
 		return ch // never wakes: a name that is not one key stays out of the path
 	}
-	prefix := f.Prefix
-	if prefix == "" {
-		prefix = DefaultFleetPrefix
-	}
-	key := strings.TrimSuffix(prefix, "/") + "/states/" + unit
 	go Watch(ctx, f.KAPI, key, func(resp *client.Response) {
 		if !newState(resp) {
 			return
@@ -50,6 +46,19 @@ func (f FleetStates) Watch(ctx context.Context, unit string) <-chan struct{} {
 		}
 	})
 	return ch
+}
+
+// statesKey is where fleet (its etcd prefix; DefaultFleetPrefix when
+// empty) publishes a unit's states, PREFIX/states/UNIT; false for a name
+// that is not one key.
+func statesKey(prefix, unit string) (string, bool) {
+	if unit == "" || strings.Contains(unit, "/") || strings.Contains(unit, "..") {
+		return "", false
+	}
+	if prefix == "" {
+		prefix = DefaultFleetPrefix
+	}
+	return strings.TrimSuffix(prefix, "/") + "/states/" + unit, true
 }
 
 // newState tells whether a change under a unit's states may be a new
@@ -176,18 +185,15 @@ var _ fleetroll.Republish = (*FleetRepublish)(nil)
 
 // Next implements fleetroll.Republish.
 func (f *FleetRepublish) Next(ctx context.Context, unit string) (time.Time, bool) {
-	if unit == "" || strings.Contains(unit, "/") || strings.Contains(unit, "..") {
+	key, ok := statesKey(f.Prefix, unit)
+	if !ok {
 		return time.Time{}, false
 	}
-	prefix := f.Prefix
-	if prefix == "" {
-		prefix = DefaultFleetPrefix
-	}
-	states := strings.TrimSuffix(prefix, "/") + "/states"
+	states := path.Dir(key)
 	// Asked before a write: an etcd slow to answer only costs the hold.
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	resp, err := f.KAPI.Get(ctx, states+"/"+unit, nil)
+	resp, err := f.KAPI.Get(ctx, key, nil)
 	if err != nil || len(resp.Node.Nodes) != 1 {
 		return time.Time{}, false // not published, or on several machines
 	}
