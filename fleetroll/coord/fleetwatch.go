@@ -297,3 +297,133 @@ func NextRepublish(last, now time.Time) time.Time {
 	}
 	return next
 }
+
+// fleetAgentSleep is how long fleet v1.0.0's agent sleeps after a change of
+// its jobs before it watches them again (registry/event.go).
+const fleetAgentSleep = time.Second
+
+// FleetAgents follows what fleet's agents hear (fleetroll.Hearing). Each
+// agent watches PREFIX/job in etcd; on a change there it sleeps a second,
+// then reconciles (on a change of a target), and only then watches again,
+// from the present: a change in that second is never seen by it. Every
+// agent watches the same keys, so one change deafens every agent that
+// listened, fleetroll's own writes and the agents' heartbeats alike. A
+// change it did not hear is told from one it heard by the time alone, so
+// an agent's own act is taken as a fresh start: when it stops or launches
+// a unit (its job-state deleted, or set anew) it has just watched again,
+// and hears that write of its own. Make one with WatchFleetAgents; it is
+// safe for concurrent use.
+type FleetAgents struct {
+	mu   sync.Mutex
+	deaf time.Time // until when the agents are deaf
+	done chan struct{}
+}
+
+var _ fleetroll.Hearing = (*FleetAgents)(nil)
+
+// WatchFleetAgents follows fleet's jobs in etcd (kapi, under
+// DefaultFleetPrefix) until ctx ends; Done is closed once it has stopped.
+// It starts from the agents' last act it can date: a unit launched within
+// the last second (a rollout that just ended) deafens them still.
+func WatchFleetAgents(ctx context.Context, kapi client.KeysAPI) *FleetAgents {
+	a := &FleetAgents{done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		if at, ok := lastJobState(ctx, kapi); ok {
+			a.Changed(at, AgentActed)
+		}
+		Watch(ctx, kapi, DefaultFleetPrefix+"job", func(resp *client.Response) { a.Changed(time.Now(), KindOfJobChange(resp)) })
+	}()
+	return a
+}
+
+// lastJobState dates the last write of a unit's job-state (an agent's
+// launch, or its heartbeat), when it was within the last second: each is
+// written with fleet's agent TTL, so its expiration tells when.
+func lastJobState(ctx context.Context, kapi client.KeysAPI) (time.Time, bool) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := kapi.Get(ctx, DefaultFleetPrefix+"job", &client.GetOptions{Recursive: true})
+	if err != nil || resp.Node == nil {
+		return time.Time{}, false
+	}
+	var last time.Time
+	for _, u := range resp.Node.Nodes {
+		for _, n := range u.Nodes {
+			if path.Base(n.Key) == "job-state" && n.Expiration != nil && n.Expiration.After(last) {
+				last = *n.Expiration
+			}
+		}
+	}
+	at, now := last.Add(-fleetAgentTTL), time.Now()
+	if last.IsZero() || at.Before(now.Add(-fleetAgentSleep)) || at.After(now.Add(100*time.Millisecond)) {
+		return time.Time{}, false
+	}
+	return at, true
+}
+
+// Done is closed when the watch has stopped.
+func (a *FleetAgents) Done() <-chan struct{} { return a.done }
+
+// JobChange is what a change of fleet's jobs tells of its agents.
+type JobChange int
+
+const (
+	// JobWrite: a write that agents hear when they listen (a target, a
+	// heartbeat of the agent).
+	JobWrite JobChange = iota
+	// AgentActed: an agent stopped or launched a unit, just after it
+	// watched again: it hears this write of its own.
+	AgentActed
+	// WatchBroken: the watch broke and changes may have been missed; the
+	// agents are then taken to listen (a write they miss is nudged again).
+	WatchBroken
+)
+
+// KindOfJobChange tells what a change under fleet's jobs is (nil: the
+// watch broke). An agent that acts on a unit deletes its job-state, or
+// sets it where there was none; its heartbeat sets it again unchanged.
+func KindOfJobChange(resp *client.Response) JobChange {
+	switch {
+	case resp == nil || resp.Node == nil:
+		return WatchBroken
+	case path.Base(resp.Node.Key) != "job-state":
+		return JobWrite
+	case resp.Action == "delete":
+		return AgentActed
+	case resp.Action == "set" || resp.Action == "create" || resp.Action == "update" || resp.Action == "compareAndSwap":
+		if resp.PrevNode == nil || resp.PrevNode.Value != resp.Node.Value {
+			return AgentActed
+		}
+	}
+	return JobWrite
+}
+
+// Changed takes a change of fleet's jobs seen at at.
+func (a *FleetAgents) Changed(at time.Time, c JobChange) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.deaf = AgentsDeafUntil(a.deaf, at, c)
+}
+
+// DeafUntil implements fleetroll.Hearing.
+func (a *FleetAgents) DeafUntil(string) time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.deaf
+}
+
+// AgentsDeafUntil is until when fleet's agents are deaf after a change c of
+// their jobs at at, when they were deaf until deaf: a change they heard
+// deafens them for their sleep, and an agent hears its own act; another
+// change in their sleep is not heard, and changes nothing. After a broken
+// watch they are taken to listen.
+func AgentsDeafUntil(deaf, at time.Time, c JobChange) time.Time {
+	switch {
+	case c == WatchBroken:
+		return time.Time{}
+	case c == JobWrite && at.Before(deaf):
+		return deaf
+	}
+	return at.Add(fleetAgentSleep)
+}

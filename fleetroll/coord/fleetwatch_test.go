@@ -1,6 +1,7 @@
 package coord
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -156,5 +157,136 @@ func TestFleetRepublishReadsTheMachinesStates(t *testing.T) {
 		if _, ok := rp.Next(ctx, unit); ok {
 			t.Errorf("%q: a republish told", unit)
 		}
+	}
+}
+
+func TestAgentsDeafUntil(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name      string
+		deaf, at  time.Duration // from t0; deaf < 0: never deaf before
+		change    JobChange
+		wantUntil time.Duration // < 0: listening
+	}{
+		{"a write heard by listening agents", -1, 0, JobWrite, time.Second},
+		{"a write in their sleep is not heard", time.Second, 400 * time.Millisecond, JobWrite, time.Second},
+		{"just before they listen again", time.Second, 999 * time.Millisecond, JobWrite, time.Second},
+		{"once they listen again", time.Second, time.Second, JobWrite, 2 * time.Second},
+		{"long after", time.Second, 10 * time.Second, JobWrite, 11 * time.Second},
+		// An agent that acts has just watched again: a sleep taken to
+		// last longer was wrong.
+		{"an agent's act", 1500 * time.Millisecond, time.Second, AgentActed, 2 * time.Second},
+		{"an agent's act when listening", -1, time.Second, AgentActed, 2 * time.Second},
+		{"a broken watch", time.Second, 400 * time.Millisecond, WatchBroken, -1},
+	} {
+		var deaf, want time.Time
+		if c.deaf >= 0 {
+			deaf = t0.Add(c.deaf)
+		}
+		if c.wantUntil >= 0 {
+			want = t0.Add(c.wantUntil)
+		}
+		if got := AgentsDeafUntil(deaf, t0.Add(c.at), c.change); !got.Equal(want) {
+			t.Errorf("%s: deaf until %s, want %s", c.name, got, want)
+		}
+	}
+}
+
+func TestKindOfJobChange(t *testing.T) {
+	const m = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+	state := func(key, v string) *client.Node {
+		return &client.Node{Key: DefaultFleetPrefix + "job/s@1.service/" + key, Value: v}
+	}
+	for _, c := range []struct {
+		name string
+		resp *client.Response
+		want JobChange
+	}{
+		{"a target state written", &client.Response{Action: "set", Node: state("target-state", "loaded"), PrevNode: state("target-state", "launched")}, JobWrite},
+		{"the same target written again (a nudge)", &client.Response{Action: "set", Node: state("target-state", "loaded"), PrevNode: state("target-state", "loaded")}, JobWrite},
+		{"a unit scheduled", &client.Response{Action: "set", Node: state("target", m)}, JobWrite},
+		{"a unit stopped by its agent", &client.Response{Action: "delete", Node: state("job-state", ""), PrevNode: state("job-state", m)}, AgentActed},
+		{"a unit launched by its agent", &client.Response{Action: "set", Node: state("job-state", m)}, AgentActed},
+		{"the agent's heartbeat", &client.Response{Action: "set", Node: state("job-state", m), PrevNode: state("job-state", m)}, JobWrite},
+		{"a heartbeat that expired", &client.Response{Action: "expire", Node: state("job-state", ""), PrevNode: state("job-state", m)}, JobWrite},
+		{"a broken watch", nil, WatchBroken},
+	} {
+		if got := KindOfJobChange(c.resp); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// A change under fleet's jobs deafens the agents for their second; a
+// broken watch forgets it (the agents are taken to listen); the watch
+// stops with its context.
+func TestFleetAgentsFollowTheJobs(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	a := WatchFleetAgents(ctx, kapi)
+	if d := a.DeafUntil("s@1.service"); !d.IsZero() {
+		t.Fatalf("deaf until %s before any change", d)
+	}
+	// The watch may start after a first write: write until it is seen.
+	key := DefaultFleetPrefix + "job/s@1.service/target-state"
+	deadline := time.Now().Add(10 * time.Second)
+	var before time.Time
+	for a.DeafUntil("s@1.service").IsZero() {
+		if time.Now().After(deadline) {
+			t.Fatal("no change of the jobs seen")
+		}
+		if before.IsZero() {
+			before = time.Now()
+		}
+		if _, err := kapi.Set(ctx, key, "loaded", nil); err != nil {
+			t.Fatal(err)
+		}
+		// Seen within a moment, or written again.
+		for end := time.Now().Add(200 * time.Millisecond); a.DeafUntil("s@1.service").IsZero() && time.Now().Before(end); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	d := a.DeafUntil("s@1.service")
+	if d.Before(before.Add(time.Second)) || d.After(time.Now().Add(time.Second)) {
+		t.Errorf("deaf until %s, want a second after a write (the first at %s)", d.Format(time.StampMicro), before.Format(time.StampMicro))
+	}
+	a.Changed(time.Now(), WatchBroken)
+	if got := a.DeafUntil("s@1.service"); !got.IsZero() {
+		t.Errorf("after a broken watch: deaf until %s, want listening", got)
+	}
+	cancel()
+	select {
+	case <-a.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch did not stop with its context")
+	}
+}
+
+// An agent's launch within the last second (a rollout that just ended)
+// deafens the agents from the start; one older does not.
+func TestFleetAgentsStartFromALaunchJustMade(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := t.Context()
+	key := DefaultFleetPrefix + "job/s@1.service/job-state"
+	before := time.Now()
+	if _, err := kapi.Set(ctx, key, "m1", &client.SetOptions{TTL: 30 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	a := WatchFleetAgents(ctx, kapi)
+	deadline := time.Now().Add(5 * time.Second)
+	for a.DeafUntil("s@1.service").IsZero() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d := a.DeafUntil("s@1.service")
+	if d.Before(before.Add(time.Second-10*time.Millisecond)) || d.After(before.Add(time.Second+100*time.Millisecond)) {
+		t.Errorf("deaf until %s, want a second after the launch at %s", d.Format(time.StampMicro), before.Format(time.StampMicro))
+	}
+
+	// Dated 20 s ago: the agents listen.
+	if _, err := kapi.Set(ctx, key, "m1", &client.SetOptions{TTL: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if at, ok := lastJobState(ctx, kapi); ok {
+		t.Errorf("a job-state written 20 s ago (by its TTL) dated %s", at)
 	}
 }
