@@ -11,22 +11,34 @@ import (
 func TestRepublishHold(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, c := range []struct {
-		until time.Duration // to the republish (negative: it passed)
-		hold  time.Duration
+		until   time.Duration // to the republish (negative: it passed)
+		unheard bool          // fleetroll does not know when the agents listen
+		hold    time.Duration
 	}{
-		{-2 * time.Second, 0},                            // the agent looks again
-		{-1100 * time.Millisecond, 0},                    // just out of the blind second
-		{-time.Second, 100 * time.Millisecond},           // in the agent's blind second
-		{0, 1100 * time.Millisecond},                     // at it
-		{700 * time.Millisecond, 0},                      // the agent acts after it
-		{800 * time.Millisecond, 100 * time.Millisecond}, // the agent would act in its tick: written 0.7 s before it
-		{1900 * time.Millisecond, 1200 * time.Millisecond},
-		{2300 * time.Millisecond, 1600 * time.Millisecond},
-		{2400 * time.Millisecond, 0}, // the change is seen before it
-		{20 * time.Second, 0},
+		// Not knowing when the agents listen: a write may be missed and
+		// nudged 0.5 s later, and the heartbeat's deaf second is held out.
+		{-2 * time.Second, true, 0},                            // the agent looks again
+		{-1100 * time.Millisecond, true, 0},                    // just out of the blind second
+		{-time.Second, true, 100 * time.Millisecond},           // in the agent's blind second
+		{0, true, 1100 * time.Millisecond},                     // at it
+		{700 * time.Millisecond, true, 0},                      // the agent acts after it
+		{800 * time.Millisecond, true, 100 * time.Millisecond}, // the agent would act in its tick: written 0.7 s before it
+		{1900 * time.Millisecond, true, 1200 * time.Millisecond},
+		{2300 * time.Millisecond, true, 1600 * time.Millisecond},
+		{2400 * time.Millisecond, true, 0}, // the change is seen before it
+		{20 * time.Second, true, 0},
+		// Knowing it: the agent acts 1 s after the write.
+		{-time.Second, false, 0}, // the heartbeat's deaf second is the hearing's to tell
+		{0, false, 0},
+		{850 * time.Millisecond, false, 0},                       // the agent acts 0.15 s after it
+		{900 * time.Millisecond, false, 0},                       // 0.1 s after it
+		{950 * time.Millisecond, false, 50 * time.Millisecond},   // too close: written 0.9 s before it
+		{1500 * time.Millisecond, false, 600 * time.Millisecond}, // in the second before it
+		{2150 * time.Millisecond, false, 1250 * time.Millisecond},
+		{2200 * time.Millisecond, false, 0}, // the change is seen a tick before it
 	} {
-		if got := republishHold(now, now.Add(c.until)); got != c.hold {
-			t.Errorf("republish in %s: hold %s, want %s", c.until, got, c.hold)
+		if got := republishHold(now, now.Add(c.until), c.unheard); got != c.hold {
+			t.Errorf("republish in %s (unheard %v): hold %s, want %s", c.until, c.unheard, got, c.hold)
 		}
 	}
 }
@@ -86,3 +98,110 @@ func TestRollHoldsAWriteThatWouldMeetTheRepublish(t *testing.T) {
 		t.Errorf("a's phases %s/%s, want 100ms each", u.Stop, u.Start)
 	}
 }
+
+// deafFor is a Hearing whose agents are deaf, per unit, until a time set
+// relative to the clock's now when first asked.
+type deafFor struct {
+	clock Clock
+	mu    sync.Mutex
+	in    map[string]time.Duration
+	until map[string]time.Time
+}
+
+func (d *deafFor) DeafUntil(unit string) time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if u, ok := d.until[unit]; ok {
+		return u
+	}
+	in, ok := d.in[unit]
+	if !ok {
+		return time.Time{}
+	}
+	d.until[unit] = d.clock.Now().Add(in)
+	return d.until[unit]
+}
+
+// A stop or start is written once fleet's agents listen, just after their
+// deaf second; one they hear at once is written at once. The hold is in no
+// phase.
+func TestRollHoldsAWriteUntilFleetsAgentsListen(t *testing.T) {
+	a, b := "my-service@8901.service", "my-service@8902.service"
+	f := newFakeFleet(a, b)
+	var mu sync.Mutex
+	var at []time.Time
+	var clock Clock
+	f.SetHook(func(call string) {
+		if strings.HasPrefix(call, "set ") {
+			mu.Lock()
+			at = append(at, clock.Now())
+			mu.Unlock()
+		}
+	})
+	deaf := &deafFor{in: map[string]time.Duration{a: 600 * time.Millisecond}, until: map[string]time.Time{}}
+	r, fc, _ := newTestRoller(t, f, Options{Hooks: Hooks{Hearing: deaf}})
+	clock, deaf.clock = fc, fc
+	t0 := fc.Now()
+	rep, err := r.Roll(context.Background(), planOf(a, b))
+	if err != nil || rep.Restarted() != 2 {
+		t.Fatalf("roll: %v %+v", err, rep)
+	}
+	want := []string{a + " loaded", a + " launched", b + " loaded", b + " launched"}
+	if got := sets(f.Calls()); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("sets %v, want %v", got, want)
+	}
+	// a's stop: held 0.6 s and the margin; its start (the agents listen
+	// by then) and b's writes: at once after the poll that saw the stop.
+	if d := at[0].Sub(t0); d != 600*time.Millisecond+hearingMargin {
+		t.Errorf("a's stop written %s after the roll began, want 620ms", d)
+	}
+	if d := at[1].Sub(at[0]); d != 100*time.Millisecond {
+		t.Errorf("a's start written %s after its stop, want one poll", d)
+	}
+	if d := at[3].Sub(at[2]); d != 100*time.Millisecond {
+		t.Errorf("b's start written %s after its stop, want one poll", d)
+	}
+	if u := rep.Units[0]; time.Duration(u.Stop) != 100*time.Millisecond {
+		t.Errorf("a's stop phase %s, want 100ms (the hold is before it)", u.Stop)
+	}
+}
+
+// A hold for the agents' second that would put the write in the
+// republish's window is followed by the republish's hold: the write is
+// made clear of both.
+func TestHoldsForTheAgentsAndTheRepublishTogether(t *testing.T) {
+	a := "my-service@8901.service"
+	f := newFakeFleet(a)
+	var mu sync.Mutex
+	var at []time.Time
+	var clock Clock
+	f.SetHook(func(call string) {
+		if strings.HasPrefix(call, "set ") {
+			mu.Lock()
+			at = append(at, clock.Now())
+			mu.Unlock()
+		}
+	})
+	// Deaf for 0.7 s, which would leave the write 2.06 s before the
+	// republish, where the agent would act in the second before it: held
+	// on until 0.9 s before it, 1.9 s after the roll began.
+	deaf := &deafFor{in: map[string]time.Duration{a: 700 * time.Millisecond}, until: map[string]time.Time{}}
+	rp := &republishAt{in: map[string]time.Duration{a: 2800 * time.Millisecond}}
+	r, fc, _ := newTestRoller(t, f, Options{Hooks: Hooks{Hearing: deaf, Republish: rp}})
+	clock, deaf.clock = fc, fc
+	t0 := fc.Now()
+	rp.clock = frozen{t0}
+	if _, err := r.Roll(context.Background(), planOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	if d := at[0].Sub(t0); d != 1900*time.Millisecond {
+		t.Errorf("the stop written %s after the roll began, want 1.9s", d)
+	}
+}
+
+// frozen is a clock that tells one time.
+type frozen struct{ t time.Time }
+
+func (f frozen) Now() time.Time                     { return f.t }
+func (frozen) After(time.Duration) <-chan time.Time { return nil }
+func (frozen) NewTimer(time.Duration) Timer         { return nil }

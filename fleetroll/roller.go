@@ -118,6 +118,11 @@ type Hooks struct {
 	// unit's state: a stop or start is held back rather than written where
 	// its change would meet that republish (republishHold).
 	Republish Republish
+	// Hearing, when set, tells when fleet's agents listen for a write: a
+	// stop or start is held back rather than written where its agent
+	// cannot hear it (fleet v1.0.0's agents are deaf for a second after
+	// each change of their jobs).
+	Hearing Hearing
 	// Canary, when set, pauses the roll once its first N units have been
 	// restarted, until a decision (docs/strategies.md).
 	Canary *Canary
@@ -140,15 +145,38 @@ type Republish interface {
 	Next(ctx context.Context, unit string) (time.Time, bool)
 }
 
-// The windows around fleet's republish where a write costs: its agent acts
-// about 1 s after a write (a nudge 0.5 s later catches a missed one) and
-// its generator sees systemd's change at the next 1 s tick, so a write from
-// republishLate to republishEarly before the republish meets it: it is
-// held until republishAhead before it, where the agent acts after the
-// republish and within its second. One in the republish's second
-// (republishBlind after it) would wait for the agent's next look: it is
-// held until that second is over.
+// Hearing tells when fleet's agents hear a write of a unit's target state.
+// fleet v1.0.0's agents watch their jobs in etcd; after each change there
+// an agent sleeps a second before it watches again, from the present, and
+// a write in that second is never seen: it waits for a nudge or for the
+// agent's 5 s tick (docs/how-it-works.md).
+type Hearing interface {
+	// DeafUntil returns when fleet's agents listen again for the unit's
+	// writes; a time not after now when they listen now, or when it
+	// cannot tell.
+	DeafUntil(unit string) time.Time
+}
+
+// hearingMargin is how long after the agents' deaf second a held write is
+// made: fleet's agent watches again once its second is over and its
+// reconciler has taken the trigger (a few milliseconds).
+const hearingMargin = 20 * time.Millisecond
+
+// The windows around fleet's republish where a write costs. Its agent
+// acts on a write it hears 1 s after it (and a few milliseconds), and its
+// generator sees systemd's change at its next 1 s tick, so an agent that
+// acts in the second before the republish meets it. A write it hears
+// (Hooks.Hearing says when it listens) from heardLate to heardEarly before
+// the republish is held until heardLate before it, where the agent acts
+// just after the republish. Without Hearing a write may also be missed
+// and nudged 0.5 s later: one from republishLate to republishEarly before
+// it is held until republishAhead before it; and one in the republish's
+// second (republishBlind after it), where the agents are deaf after the
+// heartbeat that comes with the republish, is held until that second is
+// over (with Hearing, the heartbeat is seen like any other change).
 const (
+	heardLate      = 900 * time.Millisecond
+	heardEarly     = 2150 * time.Millisecond
 	republishLate  = 800 * time.Millisecond
 	republishEarly = 2300 * time.Millisecond
 	republishAhead = 700 * time.Millisecond
@@ -157,10 +185,15 @@ const (
 
 // republishHold is how long to hold a write at now, with fleet's republish
 // at at (the next, or one just passed), so that the change it asks for
-// neither meets that republish nor waits out the agent's blind second (0:
-// write now).
-func republishHold(now, at time.Time) time.Duration {
-	switch d := at.Sub(now); {
+// does not meet that republish, nor, unheard is true (fleetroll does not
+// know when the agents listen), waits out the agents' deaf second after it
+// (0: write now).
+func republishHold(now, at time.Time, unheard bool) time.Duration {
+	d := at.Sub(now)
+	switch {
+	case !unheard && d >= heardLate && d <= heardEarly:
+		return d - heardLate
+	case !unheard:
 	case d >= republishLate && d <= republishEarly:
 		return d - republishAhead
 	case d <= 0 && d > -republishBlind:
@@ -169,29 +202,60 @@ func republishHold(now, at time.Time) time.Duration {
 	return 0
 }
 
-// holdForRepublish waits, before a unit's stop or start is written, until
-// fleet's agent has republished its machine's states, when the write would
-// meet that republish. It returns early when ctx ends (a start is then
+// holdForFleet waits, before a unit's stop or start is written, until
+// fleet's agent can hear the write (Hooks.Hearing) and would act on it
+// clear of its machine's periodic republish (Hooks.Republish). Each hold
+// is one that the other may move, so the two are asked again after it, a
+// few times at most. It returns early when ctx ends (a start is then
 // written at once).
-func (r *Roller) holdForRepublish(ctx context.Context, ur *UnitReport, phase Phase) (held bool) {
-	rp := r.opt.Hooks.Republish
-	if rp == nil {
-		return false
+func (r *Roller) holdForFleet(ctx context.Context, ur *UnitReport, phase Phase) (held bool) {
+	var next time.Time
+	known := false
+	if rp := r.opt.Hooks.Republish; rp != nil {
+		next, known = rp.Next(ctx, ur.Unit)
+		if known {
+			r.opt.Logger.Debug("fleet's next republish", "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "in", next.Sub(r.opt.Clock.Now()).Round(time.Millisecond))
+		} else {
+			r.opt.Logger.Debug("fleet's next republish unknown", "rollout_id", r.opt.RolloutID, "unit", ur.Unit)
+		}
 	}
-	next, ok := rp.Next(ctx, ur.Unit)
-	if !ok {
-		r.opt.Logger.Debug("fleet's next republish unknown", "rollout_id", r.opt.RolloutID, "unit", ur.Unit)
-		return false
+	for range 3 {
+		now := r.opt.Clock.Now()
+		if known {
+			if hold := republishHold(now, next, r.opt.Hooks.Hearing == nil); hold > 0 {
+				r.opt.Logger.Info("holding the write until fleet's periodic republish has passed", "rollout_id", r.opt.RolloutID, "unit", ur.Unit,
+					"phase", phase, "hold", hold.Round(time.Millisecond))
+				if r.hold(ctx, hold) {
+					return true
+				}
+				held = true
+				continue
+			}
+		}
+		h := r.opt.Hooks.Hearing
+		if h == nil {
+			return held
+		}
+		hold := h.DeafUntil(ur.Unit).Add(hearingMargin).Sub(now)
+		if hold <= 0 {
+			return held
+		}
+		// At most the agents' second: a tracker that says more is wrong.
+		hold = min(hold, time.Second+hearingMargin)
+		r.opt.Logger.Debug("holding the write until fleet's agents listen", "rollout_id", r.opt.RolloutID, "unit", ur.Unit,
+			"phase", phase, "hold", hold.Round(time.Millisecond))
+		if r.hold(ctx, hold) {
+			return true
+		}
+		held = true
 	}
-	hold := republishHold(r.opt.Clock.Now(), next)
-	r.opt.Logger.Debug("fleet's next republish", "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "in", next.Sub(r.opt.Clock.Now()).Round(time.Millisecond))
-	if hold <= 0 {
-		return false
-	}
-	r.opt.Logger.Info("holding the write until fleet's periodic republish has passed", "rollout_id", r.opt.RolloutID, "unit", ur.Unit,
-		"phase", phase, "hold", hold.Round(time.Millisecond))
-	_, _ = r.sleepOrWake(ctx, hold, nil)
-	return true
+	return held
+}
+
+// hold waits d before a write; true when ctx ended meanwhile.
+func (r *Roller) hold(ctx context.Context, d time.Duration) (cancelled bool) {
+	_, err := r.sleepOrWake(ctx, d, nil)
+	return err != nil
 }
 
 // Waker tells the roller when fleet may have published a new state of a
@@ -508,7 +572,7 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 		}
 	}
 
-	if r.holdForRepublish(ctx, ur, PhaseStop) && ctx.Err() != nil {
+	if r.holdForFleet(ctx, ur, PhaseStop) && ctx.Err() != nil {
 		// Cancelled while held: the stop was never written.
 		return r.failed(ur, PhaseStop, nil, false, fmt.Errorf("%w; the unit was not stopped", ctx.Err()), t0)
 	}
@@ -529,7 +593,7 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 		was = last.MachineID
 	}
 	if stop.err == nil {
-		r.holdForRepublish(ctx, ur, PhaseStart)
+		r.holdForFleet(ctx, ur, PhaseStart)
 	}
 	last, startErr := r.start(ctx, ur, stop, last)
 	ur.Total = Seconds(clock.Now().Sub(t0))

@@ -56,9 +56,15 @@ var ErrRecoveryFailed = errors.New("recovery failed")
 // flight, and returns the roll's hooks and a release function to call when
 // the roll is over. When etcd is needed and cannot be reached, it fails
 // before anything is touched.
-func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
+func (g *guard) prepare(ctx context.Context) (_ fleetroll.Hooks, _ func(), err error) {
 	var hooks fleetroll.Hooks
 	release := func() {}
+	stopHearing := func() {}
+	defer func() {
+		if err != nil {
+			stopHearing()
+		}
+	}()
 	p, service := g.settings, g.service
 	if g.etcd != nil {
 		if err := coord.Ping(ctx, g.etcd); err != nil {
@@ -74,6 +80,12 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 		// A stop or start that would meet fleet's periodic republish is
 		// written once it has passed (fleet's etcd: its states say when).
 		hooks.Republish = coord.NewFleetRepublish(g.etcd)
+		// ... and once fleet's agents can hear it: they are deaf for a
+		// second after each change of their jobs (the same etcd).
+		hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		agents := coord.WatchFleetAgents(hctx, g.etcd)
+		hooks.Hearing = agents
+		stopHearing = func() { cancel(); <-agents.Done() }
 	}
 	if g.lock == LockFail || g.lock == LockWait {
 		held, err := coord.Lock{KAPI: g.etcd, Key: coord.LockKey(service), Owner: g.owner, TTL: p.LockTTL,
@@ -170,7 +182,7 @@ func (g *guard) prepare(ctx context.Context) (fleetroll.Hooks, func(), error) {
 			return fleetroll.Hooks{}, func() {}, err
 		}
 	}
-	return hooks, release, nil
+	return hooks, func() { release(); stopHearing() }, nil
 }
 
 func (g *guard) clock() fleetroll.Clock { return clockOr(g.roll.Clock) }
