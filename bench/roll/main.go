@@ -78,7 +78,12 @@ func run() error {
 	rolls := flag.Int("rolls", 20, "rolls per cluster")
 	logs := flag.String("logs", "/tmp/fleetroll-bench-roll-logs", "where fleetd's debug logs and fleetroll's are kept")
 	keep := flag.Bool("keep", false, "leave the clusters running")
+	watch := flag.Bool("watch", false, "roll with --watch: waits woken by fleet's state writes in etcd, not only by polls")
 	flag.Parse()
+	var extra []string
+	if *watch {
+		extra = append(extra, "--watch")
+	}
 	var sizes []int
 	for _, f := range strings.Split(*machinesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -118,11 +123,14 @@ func run() error {
 	fmt.Printf("  fleetroll restart --grace 0s --min-healthy-time 0s -o json (no watch after the start, as the issue's figures),\n")
 	fmt.Printf("  nudge %s and poll %s (the defaults), no drain, no health gate, one instance at a time\n",
 		fleetroll.DefaultNudgeInterval, fleetroll.DefaultPollInterval)
+	if *watch {
+		fmt.Printf("  --watch: each wait also woken by fleet's state writes in etcd\n")
+	}
 	fmt.Printf("  phase: its span in the record, fleetroll's write to fleet's published result as fleetroll saw it; roll: the record's start to finish\n")
 
 	var results []result
 	for _, m := range sizes {
-		res, err := bench(ctx, abs, bin, sites[m], *rolls, filepath.Join(*logs, fmt.Sprintf("%dm", m)), *keep)
+		res, err := bench(ctx, abs, bin, sites[m], *rolls, filepath.Join(*logs, fmt.Sprintf("%dm", m)), *keep, extra)
 		if err != nil {
 			return err
 		}
@@ -179,7 +187,7 @@ type result struct {
 // bench starts the site's cluster afresh, launches the demo's instances,
 // rolls them n times and prints the figures. fleetd's logs and fleetroll's
 // are kept under logDir.
-func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, keep bool) (res result, err error) {
+func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, keep bool, extra []string) (res result, err error) {
 	res = result{site: s, phases: map[string][]phase{}}
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return res, err
@@ -201,7 +209,7 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 		return res, err
 	}
 	for i := 1; i <= n; i++ {
-		rep, err := roll(ctx, c, bin, filepath.Join(logDir, fmt.Sprintf("roll%02d.log", i)))
+		rep, err := roll(ctx, c, bin, filepath.Join(logDir, fmt.Sprintf("roll%02d.log", i)), extra)
 		if err != nil {
 			return res, fmt.Errorf("%d machine(s), roll %d: %w", s.machines, i, err)
 		}
@@ -267,11 +275,12 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 
 // roll runs one fleetroll restart from the hub and returns its record;
 // fleetroll's log goes to logFile.
-func roll(ctx context.Context, c *cluster.Cluster, bin, logFile string) (*fleetroll.Report, error) {
+func roll(ctx context.Context, c *cluster.Cluster, bin, logFile string, extra []string) (*fleetroll.Report, error) {
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := c.Hub(rctx, bin, "restart", service, "--ports", strings.Join(ports, ","), "--grace", "0s", "--min-healthy-time", "0s",
-		"--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL, "--log-level", "debug", "-o", "json")
+	args := append([]string{"restart", service, "--ports", strings.Join(ports, ","), "--grace", "0s", "--min-healthy-time", "0s",
+		"--endpoint", c.Endpoint, "--etcd-endpoints", c.EtcdURL, "--log-level", "debug", "-o", "json"}, extra...)
+	cmd := c.Hub(rctx, bin, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	runErr := cmd.Run()
