@@ -96,8 +96,8 @@ func settingFlags() []setting {
 				s.MaxUnavailable = u
 				return nil
 			}),
-		boolean("watch", "wake the waits on fleet's state writes in etcd (watches) instead of at the next poll (docs/how-it-works.md)",
-			func(s *rollout.Settings, b bool) { s.Watch = b }),
+		boolean("watch", "wake the waits on fleet's state writes in etcd (watches) instead of at the next poll; on when fleetroll has etcd, --watch=false polls alone (docs/how-it-works.md)",
+			func(s *rollout.Settings, b bool) { s.Watch = &b }),
 		str("lock", "", "the service's lock in etcd, which guards the intent record: wait (until it is free), fail (refuse when held) or off "+
 			"(default: wait when fleetroll has etcd, off without)", func(s *rollout.Settings, v string) error {
 			s.Lock = rollout.LockMode(v)

@@ -71,7 +71,7 @@ func (g *guard) prepare(ctx context.Context) (_ fleetroll.Hooks, _ func(), err e
 			return hooks, release, fmt.Errorf("etcd unreachable, nothing was touched: %w", err)
 		}
 	}
-	if p.Watch && g.etcd != nil {
+	if p.Watches(g.etcd != nil) {
 		// Waits wake on fleet's own state writes; polling stays the
 		// fallback when etcd is out of reach.
 		hooks.Wake = coord.FleetStates{KAPI: g.etcd}

@@ -165,7 +165,7 @@ func TestRunWithoutEtcd(t *testing.T) {
 	if err != nil || rep.Restarted() != 1 {
 		t.Fatalf("run without etcd: %v %+v", err, rep)
 	}
-	for _, s := range []Settings{{Lock: LockWait}, {Drain: &fleetroll.DrainPolicy{}}, {Image: "registry.example/a/b"}, {Watch: true}} {
+	for _, s := range []Settings{{Lock: LockWait}, {Drain: &fleetroll.DrainPolicy{}}, {Image: "registry.example/a/b"}, {Watch: new(true)}} {
 		set := fast()
 		set.Lock, set.Drain, set.Image, set.Watch = s.Lock, s.Drain, s.Image, s.Watch
 		before := len(ff.Sets())

@@ -54,8 +54,9 @@ type Settings struct {
 	NudgeInterval  time.Duration         `yaml:"nudge_interval"` // 0: off
 	MaxUnavailable fleetroll.Unavailable `yaml:"max_unavailable"`
 	// Watch wakes the waits on fleet's state writes in etcd instead of at
-	// the next poll (off by default: docs/benchmarks.md).
-	Watch bool `yaml:"watch"`
+	// the next poll: nil (the default) when fleetroll has etcd; true
+	// needs it; false polls alone (docs/how-it-works.md).
+	Watch *bool `yaml:"watch"`
 	// MinHealthyTime keeps each instance under watch once it runs and
 	// passed its health gate, the last one included (fleet's state, and
 	// the health check when set): a failure in it fails the rollout at
@@ -144,6 +145,10 @@ func (s Settings) Clone() Settings {
 		p := *s.PrePull
 		c.PrePull = &p
 	}
+	if s.Watch != nil {
+		w := *s.Watch
+		c.Watch = &w
+	}
 	return c
 }
 
@@ -200,7 +205,7 @@ func (s Settings) Uses() []string {
 	add(s.Lock == LockFail || s.Lock == LockWait, "--lock "+string(s.Lock))
 	add(s.Drain != nil, "--drain")
 	add(s.Image != "", "a release (--image)")
-	add(s.Watch, "--watch")
+	add(s.Watch != nil && *s.Watch, "--watch")
 	add(s.Canary > 0, "--canary")
 	add(s.Strategy == StrategyBlueGreen, "--strategy blue-green")
 	return out
@@ -313,6 +318,12 @@ func (s Settings) Options() fleetroll.Options {
 	return fleetroll.Options{Grace: s.Grace, StopTimeout: s.StopTimeout, StartTimeout: s.StartTimeout,
 		PollInterval: s.PollInterval, NudgeInterval: s.NudgeInterval, MaxUnavailable: s.MaxUnavailable,
 		MinHealthy: s.MinHealthyTime, ProgressDeadline: s.ProgressDeadline}
+}
+
+// Watches tells whether the waits watch fleet's state writes, with etcd
+// at hand (hasEtcd): as asked, or by default when there is etcd.
+func (s Settings) Watches(hasEtcd bool) bool {
+	return hasEtcd && (s.Watch == nil || *s.Watch)
 }
 
 // PrePulls tells whether a deploy pre-pulls its release (the default).
