@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/fleetroll/fleetroll/fleetroll"
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/cluster"
 )
 
@@ -211,6 +212,12 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 	if _, err := c.LaunchDemo(ctx, service, ports...); err != nil {
 		return res, err
 	}
+	// fleetroll dates fleet's periodic republish from the last one, and a
+	// fleetd has none for its first 24 s: the rolls begin once it has
+	// republished, as on a cluster that has run a while.
+	if err := firstRepublish(ctx, c); err != nil {
+		return res, err
+	}
 	for i := 1; i <= n; i++ {
 		rep, err := roll(ctx, c, bin, filepath.Join(logDir, fmt.Sprintf("roll%02d.log", i)), extra)
 		if err != nil {
@@ -274,6 +281,28 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 		}
 	}
 	return res, nil
+}
+
+// firstRepublish waits until fleetroll can date the republish of fleet's
+// agent on the machine of the demo's first instance.
+func firstRepublish(ctx context.Context, c *cluster.Cluster) error {
+	_, kapi, err := c.Clients()
+	if err != nil {
+		return err
+	}
+	rp := coord.NewFleetRepublish(kapi)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		if _, ok := rp.Next(ctx, service+"@"+ports[0]+".service"); ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fleet's first republish not seen: %w", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // roll runs one fleetroll restart from the hub and returns its record;
