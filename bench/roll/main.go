@@ -38,6 +38,7 @@ import (
 	"github.com/fleetroll/fleetroll/fleetroll"
 	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/cluster"
+	etcd "go.etcd.io/etcd/client/v2"
 )
 
 const service = "bench-roll"
@@ -283,24 +284,23 @@ func bench(ctx context.Context, repo, bin string, s site, n int, logDir string, 
 	return res, nil
 }
 
-// firstRepublish waits until fleetroll can date the republish of fleet's
-// agent on the machine of the demo's first instance.
+// firstRepublish waits for a republish of fleet's agents: a unit's state
+// written again unchanged.
 func firstRepublish(ctx context.Context, c *cluster.Cluster) error {
 	_, kapi, err := c.Clients()
 	if err != nil {
 		return err
 	}
-	rp := coord.NewFleetRepublish(kapi)
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	w := kapi.Watcher(coord.DefaultFleetPrefix+"states", &etcd.WatcherOptions{Recursive: true})
 	for {
-		if _, ok := rp.Next(ctx, service+"@"+ports[0]+".service"); ok {
-			return nil
+		resp, err := w.Next(ctx)
+		if err != nil {
+			return fmt.Errorf("fleet's first republish not seen: %w", err)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("fleet's first republish not seen: %w", ctx.Err())
-		case <-time.After(500 * time.Millisecond):
+		if resp.Node != nil && resp.PrevNode != nil && resp.Node.Value == resp.PrevNode.Value {
+			return nil
 		}
 	}
 }
