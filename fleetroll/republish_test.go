@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fleetroll/fleetroll/internal/fakefleet"
 )
 
 func TestRepublishHold(t *testing.T) {
@@ -60,37 +62,21 @@ func (r republishAt) Next(_ context.Context, unit string) (time.Time, bool) {
 func TestRollHoldsAWriteThatWouldMeetTheRepublish(t *testing.T) {
 	a, b := "my-service@8901.service", "my-service@8902.service"
 	f := newFakeFleet(a, b)
-	var mu sync.Mutex
-	var at []time.Time
-	var clock Clock
-	f.SetHook(func(call string) {
-		if strings.HasPrefix(call, "set ") {
-			mu.Lock()
-			at = append(at, clock.Now())
-			mu.Unlock()
-		}
-	})
+	w := recordWrites(f)
 	rp := &republishAt{in: map[string]time.Duration{a: 1500 * time.Millisecond, b: 10 * time.Second}}
 	r, fc, _ := newTestRoller(t, f, Options{Hooks: Hooks{Republish: rp}})
-	clock, rp.clock = fc, fc
+	w.clock, rp.clock = fc, fc
 	t0 := fc.Now()
-	rep, err := r.Roll(context.Background(), planOf(a, b))
-	if err != nil || rep.Restarted() != 2 {
-		t.Fatalf("roll: %v %+v", err, rep)
-	}
-	want := []string{a + " loaded", a + " launched", b + " loaded", b + " launched"}
-	if got := sets(f.Calls()); strings.Join(got, ",") != strings.Join(want, ",") {
-		t.Fatalf("sets %v, want %v", got, want)
-	}
+	rep := rollInOrder(t, r, f, a, b)
 	// a's stop and start were each held until 0.7 s before the republish
 	// (1.5 s ahead when asked): 0.8 s; b's writes were not.
-	if d := at[0].Sub(t0); d != 800*time.Millisecond {
+	if d := w.at(0).Sub(t0); d != 800*time.Millisecond {
 		t.Errorf("a's stop written %s after the roll began, want 0.8s", d)
 	}
-	if d := at[1].Sub(at[0]); d != 100*time.Millisecond+800*time.Millisecond {
+	if d := w.at(1).Sub(w.at(0)); d != 100*time.Millisecond+800*time.Millisecond {
 		t.Errorf("a's start written %s after its stop, want the stop's poll and the hold, 0.9s", d)
 	}
-	if d := at[3].Sub(at[2]); d != 100*time.Millisecond {
+	if d := w.at(3).Sub(w.at(2)); d != 100*time.Millisecond {
 		t.Errorf("b's start written %s after its stop, want one poll", d)
 	}
 	// The phases count from the writes: the hold is in neither.
@@ -128,37 +114,21 @@ func (d *deafFor) DeafUntil(unit string) time.Time {
 func TestRollHoldsAWriteUntilFleetsAgentsListen(t *testing.T) {
 	a, b := "my-service@8901.service", "my-service@8902.service"
 	f := newFakeFleet(a, b)
-	var mu sync.Mutex
-	var at []time.Time
-	var clock Clock
-	f.SetHook(func(call string) {
-		if strings.HasPrefix(call, "set ") {
-			mu.Lock()
-			at = append(at, clock.Now())
-			mu.Unlock()
-		}
-	})
+	w := recordWrites(f)
 	deaf := &deafFor{in: map[string]time.Duration{a: 600 * time.Millisecond}, until: map[string]time.Time{}}
 	r, fc, _ := newTestRoller(t, f, Options{Hooks: Hooks{Hearing: deaf}})
-	clock, deaf.clock = fc, fc
+	w.clock, deaf.clock = fc, fc
 	t0 := fc.Now()
-	rep, err := r.Roll(context.Background(), planOf(a, b))
-	if err != nil || rep.Restarted() != 2 {
-		t.Fatalf("roll: %v %+v", err, rep)
-	}
-	want := []string{a + " loaded", a + " launched", b + " loaded", b + " launched"}
-	if got := sets(f.Calls()); strings.Join(got, ",") != strings.Join(want, ",") {
-		t.Fatalf("sets %v, want %v", got, want)
-	}
+	rep := rollInOrder(t, r, f, a, b)
 	// a's stop: held 0.6 s and the margin; its start (the agents listen
 	// by then) and b's writes: at once after the poll that saw the stop.
-	if d := at[0].Sub(t0); d != 600*time.Millisecond+hearingMargin {
+	if d := w.at(0).Sub(t0); d != 600*time.Millisecond+hearingMargin {
 		t.Errorf("a's stop written %s after the roll began, want 620ms", d)
 	}
-	if d := at[1].Sub(at[0]); d != 100*time.Millisecond {
+	if d := w.at(1).Sub(w.at(0)); d != 100*time.Millisecond {
 		t.Errorf("a's start written %s after its stop, want one poll", d)
 	}
-	if d := at[3].Sub(at[2]); d != 100*time.Millisecond {
+	if d := w.at(3).Sub(w.at(2)); d != 100*time.Millisecond {
 		t.Errorf("b's start written %s after its stop, want one poll", d)
 	}
 	if u := rep.Units[0]; time.Duration(u.Stop) != 100*time.Millisecond {
@@ -172,29 +142,20 @@ func TestRollHoldsAWriteUntilFleetsAgentsListen(t *testing.T) {
 func TestHoldsForTheAgentsAndTheRepublishTogether(t *testing.T) {
 	a := "my-service@8901.service"
 	f := newFakeFleet(a)
-	var mu sync.Mutex
-	var at []time.Time
-	var clock Clock
-	f.SetHook(func(call string) {
-		if strings.HasPrefix(call, "set ") {
-			mu.Lock()
-			at = append(at, clock.Now())
-			mu.Unlock()
-		}
-	})
+	w := recordWrites(f)
 	// Deaf for 0.7 s, which would leave the write 2.06 s before the
 	// republish, where the agent would act in the second before it: held
 	// on until 0.9 s before it, 1.9 s after the roll began.
 	deaf := &deafFor{in: map[string]time.Duration{a: 700 * time.Millisecond}, until: map[string]time.Time{}}
 	rp := &republishAt{in: map[string]time.Duration{a: 2800 * time.Millisecond}}
 	r, fc, _ := newTestRoller(t, f, Options{Hooks: Hooks{Hearing: deaf, Republish: rp}})
-	clock, deaf.clock = fc, fc
+	w.clock, deaf.clock = fc, fc
 	t0 := fc.Now()
 	rp.clock = frozen{t0}
 	if _, err := r.Roll(context.Background(), planOf(a)); err != nil {
 		t.Fatal(err)
 	}
-	if d := at[0].Sub(t0); d != 1900*time.Millisecond {
+	if d := w.at(0).Sub(t0); d != 1900*time.Millisecond {
 		t.Errorf("the stop written %s after the roll began, want 1.9s", d)
 	}
 }
@@ -205,3 +166,48 @@ type frozen struct{ t time.Time }
 func (f frozen) Now() time.Time                     { return f.t }
 func (frozen) After(time.Duration) <-chan time.Time { return nil }
 func (frozen) NewTimer(time.Duration) Timer         { return nil }
+
+// writes records when each target state is written to a fake fleet, by
+// its clock (set before the roll).
+type writes struct {
+	mu    sync.Mutex
+	clock Clock
+	times []time.Time
+}
+
+func recordWrites(f *fakefleet.Fleet) *writes {
+	w := &writes{}
+	f.SetHook(func(call string) {
+		if strings.HasPrefix(call, "set ") {
+			w.mu.Lock()
+			w.times = append(w.times, w.clock.Now())
+			w.mu.Unlock()
+		}
+	})
+	return w
+}
+
+// at is the time of the i-th write.
+func (w *writes) at(i int) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.times[i]
+}
+
+// rollInOrder rolls units with r and checks that each was stopped, then
+// started, in turn.
+func rollInOrder(t *testing.T, r *Roller, f *fakefleet.Fleet, units ...string) *Report {
+	t.Helper()
+	rep, err := r.Roll(context.Background(), planOf(units...))
+	if err != nil || rep.Restarted() != len(units) {
+		t.Fatalf("roll: %v %+v", err, rep)
+	}
+	var want []string
+	for _, u := range units {
+		want = append(want, u+" loaded", u+" launched")
+	}
+	if got := sets(f.Calls()); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("sets %v, want %v", got, want)
+	}
+	return rep
+}
