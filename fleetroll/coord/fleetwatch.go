@@ -304,18 +304,20 @@ const fleetAgentSleep = time.Second
 
 // FleetAgents follows what fleet's agents hear (fleetroll.Hearing). Each
 // agent watches PREFIX/job in etcd; on a change there it sleeps a second,
-// then reconciles (on a change of a target), and only then watches again,
-// from the present: a change in that second is never seen by it. Every
-// agent watches the same keys, so one change deafens every agent that
-// listened, fleetroll's own writes and the agents' heartbeats alike. A
-// change it did not hear is told from one it heard by the time alone, so
-// an agent's own act is taken as a fresh start: when it stops or launches
-// a unit (its job-state deleted, or set anew) it has just watched again,
-// and hears that write of its own. Make one with WatchFleetAgents; it is
-// safe for concurrent use.
+// then reconciles (on a change of a target or target-state: reading every
+// unit's target, so a target written in that second is acted on at its
+// end), and only then watches again, from the present: any other change
+// in that second is never seen by it. Every agent watches the same keys,
+// so one change deafens every agent that listened, fleetroll's own writes
+// and the agents' heartbeats alike. A change it did not hear is told from
+// one it heard by the time alone, so an agent's own act is taken as a
+// fresh start: when it stops or launches a unit (its job-state deleted,
+// or set anew) it has just watched again, and hears that write of its
+// own, which is no target: its second ends with no reconcile. Make one
+// with WatchFleetAgents; it is safe for concurrent use.
 type FleetAgents struct {
 	mu   sync.Mutex
-	deaf time.Time // until when the agents are deaf
+	ear  AgentsEar
 	done chan struct{}
 }
 
@@ -324,28 +326,32 @@ var _ fleetroll.Hearing = (*FleetAgents)(nil)
 // WatchFleetAgents follows fleet's jobs in etcd (kapi, under
 // DefaultFleetPrefix) until ctx ends; Done is closed once it has stopped.
 // It starts from the agents' last act it can date: a unit launched within
-// the last second (a rollout that just ended) deafens them still.
+// the last second (a rollout that just ended) deafens them still. The
+// date is etcd's clock (the TTL's expiration) read by fleetroll's: a skew
+// between them only costs a nudge or a longer hold, once.
 func WatchFleetAgents(ctx context.Context, kapi client.KeysAPI) *FleetAgents {
 	a := &FleetAgents{done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
-		if at, ok := lastJobState(ctx, kapi); ok {
+		at, index, ok := lastJobState(ctx, kapi)
+		if ok {
 			a.Changed(at, AgentActed)
 		}
-		Watch(ctx, kapi, DefaultFleetPrefix+"job", func(resp *client.Response) { a.Changed(time.Now(), KindOfJobChange(resp)) })
+		WatchFrom(ctx, kapi, DefaultFleetPrefix+"job", index, func(resp *client.Response) { a.Changed(time.Now(), KindOfJobChange(resp)) })
 	}()
 	return a
 }
 
 // lastJobState dates the last write of a unit's job-state (an agent's
 // launch, or its heartbeat), when it was within the last second: each is
-// written with fleet's agent TTL, so its expiration tells when.
-func lastJobState(ctx context.Context, kapi client.KeysAPI) (time.Time, bool) {
+// written with fleet's agent TTL, so its expiration tells when. index is
+// etcd's index of the read (0 when it failed), to watch on from.
+func lastJobState(ctx context.Context, kapi client.KeysAPI) (at time.Time, index uint64, ok bool) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	resp, err := kapi.Get(ctx, DefaultFleetPrefix+"job", &client.GetOptions{Recursive: true})
 	if err != nil || resp.Node == nil {
-		return time.Time{}, false
+		return time.Time{}, 0, false
 	}
 	var last time.Time
 	for _, u := range resp.Node.Nodes {
@@ -357,9 +363,9 @@ func lastJobState(ctx context.Context, kapi client.KeysAPI) (time.Time, bool) {
 	}
 	at, now := last.Add(-fleetAgentTTL), time.Now()
 	if last.IsZero() || at.Before(now.Add(-fleetAgentSleep)) || at.After(now.Add(100*time.Millisecond)) {
-		return time.Time{}, false
+		return time.Time{}, resp.Index, false
 	}
-	return at, true
+	return at, resp.Index, true
 }
 
 // Done is closed when the watch has stopped.
@@ -369,9 +375,12 @@ func (a *FleetAgents) Done() <-chan struct{} { return a.done }
 type JobChange int
 
 const (
-	// JobWrite: a write that agents hear when they listen (a target, a
-	// heartbeat of the agent).
+	// JobWrite: a write that agents hear when they listen, and that ends
+	// their second with no reconcile (a heartbeat, a unit's object).
 	JobWrite JobChange = iota
+	// TargetWrite: a unit's target or target-state written: the agents
+	// that hear it reconcile at the end of their second.
+	TargetWrite
 	// AgentActed: an agent stopped or launched a unit, just after it
 	// watched again: it hears this write of its own.
 	AgentActed
@@ -384,14 +393,23 @@ const (
 // watch broke). An agent that acts on a unit deletes its job-state, or
 // sets it where there was none; its heartbeat sets it again unchanged.
 func KindOfJobChange(resp *client.Response) JobChange {
-	switch {
-	case resp == nil || resp.Node == nil:
+	if resp == nil || resp.Node == nil {
 		return WatchBroken
-	case path.Base(resp.Node.Key) != "job-state":
+	}
+	switch path.Base(resp.Node.Key) {
+	case "target", "target-state":
+		if resp.Action == "delete" || resp.Action == "expire" {
+			return JobWrite
+		}
+		return TargetWrite
+	case "job-state":
+	default:
 		return JobWrite
-	case resp.Action == "delete":
+	}
+	switch resp.Action {
+	case "delete":
 		return AgentActed
-	case resp.Action == "set" || resp.Action == "create" || resp.Action == "update" || resp.Action == "compareAndSwap":
+	case "set", "create", "update", "compareAndSwap":
 		if resp.PrevNode == nil || resp.PrevNode.Value != resp.Node.Value {
 			return AgentActed
 		}
@@ -399,31 +417,39 @@ func KindOfJobChange(resp *client.Response) JobChange {
 	return JobWrite
 }
 
+// AgentsEar is what fleet's agents do with a write: deaf until Until;
+// when Reconcile, one made before then is still acted on then.
+type AgentsEar struct {
+	Until     time.Time
+	Reconcile bool
+}
+
 // Changed takes a change of fleet's jobs seen at at.
 func (a *FleetAgents) Changed(at time.Time, c JobChange) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.deaf = AgentsDeafUntil(a.deaf, at, c)
+	a.ear = AgentsAfter(a.ear, at, c)
 }
 
-// DeafUntil implements fleetroll.Hearing.
-func (a *FleetAgents) DeafUntil(string) time.Time {
+// Deaf implements fleetroll.Hearing.
+func (a *FleetAgents) Deaf(string) (time.Time, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.deaf
+	return a.ear.Until, a.ear.Reconcile
 }
 
-// AgentsDeafUntil is until when fleet's agents are deaf after a change c of
-// their jobs at at, when they were deaf until deaf: a change they heard
-// deafens them for their sleep, and an agent hears its own act; another
-// change in their sleep is not heard, and changes nothing. After a broken
-// watch they are taken to listen.
-func AgentsDeafUntil(deaf, at time.Time, c JobChange) time.Time {
+// AgentsAfter is what fleet's agents do with a write after a change c of
+// their jobs at at, when they did ear before: a change they heard
+// deafens them for their sleep (which ends with a reconcile after a
+// target written), and an agent hears its own act; another change in
+// their sleep is not heard, and changes nothing. After a broken watch
+// they are taken to listen.
+func AgentsAfter(ear AgentsEar, at time.Time, c JobChange) AgentsEar {
 	switch {
 	case c == WatchBroken:
-		return time.Time{}
-	case c == JobWrite && at.Before(deaf):
-		return deaf
+		return AgentsEar{}
+	case c != AgentActed && at.Before(ear.Until):
+		return ear
 	}
-	return at.Add(fleetAgentSleep)
+	return AgentsEar{Until: at.Add(fleetAgentSleep), Reconcile: c == TargetWrite}
 }

@@ -452,9 +452,16 @@ func (d Deliveries) Forget(ctx context.Context, key string) error {
 // watch is set up again after a pause, with a wake-up of nil (changes may
 // have been missed).
 func Watch(ctx context.Context, kapi client.KeysAPI, prefix string, wake func(*client.Response)) {
+	WatchFrom(ctx, kapi, prefix, 0, wake)
+}
+
+// WatchFrom is Watch from the changes after etcd's index after (0: from
+// now on); a watch set up again starts from now.
+func WatchFrom(ctx context.Context, kapi client.KeysAPI, prefix string, after uint64, wake func(*client.Response)) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		w := kapi.Watcher(prefix, &client.WatcherOptions{Recursive: true})
+		w := kapi.Watcher(prefix, &client.WatcherOptions{Recursive: true, AfterIndex: after})
+		after = 0
 		for {
 			resp, err := w.Next(ctx)
 			if err != nil {
