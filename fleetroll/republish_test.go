@@ -86,26 +86,48 @@ func TestRollHoldsAWriteThatWouldMeetTheRepublish(t *testing.T) {
 }
 
 // deafFor is a Hearing whose agents are deaf, per unit, until a time set
-// relative to the clock's now when first asked.
+// relative to the clock's now when first asked; reconcile as given.
 type deafFor struct {
-	clock Clock
-	mu    sync.Mutex
-	in    map[string]time.Duration
-	until map[string]time.Time
+	clock     Clock
+	reconcile bool
+	mu        sync.Mutex
+	in        map[string]time.Duration
+	until     map[string]time.Time
 }
 
-func (d *deafFor) DeafUntil(unit string) time.Time {
+func (d *deafFor) Deaf(unit string) (time.Time, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if u, ok := d.until[unit]; ok {
-		return u
+		return u, d.reconcile
 	}
 	in, ok := d.in[unit]
 	if !ok {
-		return time.Time{}
+		return time.Time{}, false
 	}
 	d.until[unit] = d.clock.Now().Add(in)
-	return d.until[unit]
+	return d.until[unit], d.reconcile
+}
+
+func TestHearingHold(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name      string
+		left      time.Duration // to the end of the agents' second
+		reconcile bool
+		hold      time.Duration
+	}{
+		{"listening", -time.Second, false, 0},
+		{"listening again just now", 0, false, 0},
+		{"deaf after an act or a heartbeat", 600 * time.Millisecond, false, 630 * time.Millisecond},
+		{"in a second that ends with a reconcile", 600 * time.Millisecond, true, 0},
+		{"too close to that reconcile", 40 * time.Millisecond, true, 70 * time.Millisecond},
+		{"never known", -24 * time.Hour, false, 0},
+	} {
+		if got := hearingHold(now, now.Add(c.left), c.reconcile); got != c.hold {
+			t.Errorf("%s: hold %s, want %s", c.name, got, c.hold)
+		}
+	}
 }
 
 // A stop or start is written once fleet's agents listen, just after their
@@ -123,7 +145,7 @@ func TestRollHoldsAWriteUntilFleetsAgentsListen(t *testing.T) {
 	// a's stop: held 0.6 s and the margin; its start (the agents listen
 	// by then) and b's writes: at once after the poll that saw the stop.
 	if d := w.at(0).Sub(t0); d != 600*time.Millisecond+hearingMargin {
-		t.Errorf("a's stop written %s after the roll began, want 620ms", d)
+		t.Errorf("a's stop written %s after the roll began, want 630ms", d)
 	}
 	if d := w.at(1).Sub(w.at(0)); d != 100*time.Millisecond {
 		t.Errorf("a's start written %s after its stop, want one poll", d)
@@ -133,6 +155,22 @@ func TestRollHoldsAWriteUntilFleetsAgentsListen(t *testing.T) {
 	}
 	if u := rep.Units[0]; time.Duration(u.Stop) != 100*time.Millisecond {
 		t.Errorf("a's stop phase %s, want 100ms (the hold is before it)", u.Stop)
+	}
+}
+
+// A write in a second that ends with the agents' reconcile (a target was
+// written: a batch's other unit) is made at once: it is acted on then.
+func TestNoHoldInASecondThatEndsWithAReconcile(t *testing.T) {
+	a := "my-service@8901.service"
+	f := newFakeFleet(a)
+	w := recordWrites(f)
+	deaf := &deafFor{in: map[string]time.Duration{a: 600 * time.Millisecond}, until: map[string]time.Time{}, reconcile: true}
+	r, fc, _ := newTestRoller(t, f, Options{Hooks: Hooks{Hearing: deaf}})
+	w.clock, deaf.clock = fc, fc
+	t0 := fc.Now()
+	rollInOrder(t, r, f, a)
+	if d := w.at(0).Sub(t0); d != 0 {
+		t.Errorf("the stop written %s after the roll began, want at once", d)
 	}
 }
 

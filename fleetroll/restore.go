@@ -55,6 +55,7 @@ func (r *Roller) restore(ctx context.Context, ur *UnitReport) error {
 			return r.failed(ur, PhaseStop, last, true, err, t0)
 		}
 	}
+	r.holdForFleet(ctx, ur, PhaseStart)
 	last, err = r.start(ctx, ur, stopResult{}, last)
 	if err != nil {
 		return r.failed(ur, PhaseStart, last, true, err, t0)

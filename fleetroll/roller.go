@@ -147,20 +147,44 @@ type Republish interface {
 
 // Hearing tells when fleet's agents hear a write of a unit's target state.
 // fleet v1.0.0's agents watch their jobs in etcd; after each change there
-// an agent sleeps a second before it watches again, from the present, and
-// a write in that second is never seen: it waits for a nudge or for the
-// agent's 5 s tick (docs/how-it-works.md).
+// an agent sleeps a second before it watches again, from the present. When
+// the change was a target (or target-state) written, it then reconciles,
+// reading every unit's target, so a target written in that second is acted
+// on at its end; after any other change (its own act, a heartbeat) a write
+// in that second is never seen: it waits for a nudge or for the agent's
+// 5 s tick (docs/how-it-works.md).
 type Hearing interface {
-	// DeafUntil returns when fleet's agents listen again for the unit's
-	// writes; a time not after now when they listen now, or when it
-	// cannot tell.
-	DeafUntil(unit string) time.Time
+	// Deaf returns until when fleet's agents are deaf to the unit's
+	// writes (a time not after now, or zero, when they listen now or it
+	// cannot tell), and whether a write made before then is acted on
+	// then.
+	Deaf(unit string) (until time.Time, reconcile bool)
 }
 
 // hearingMargin is how long after the agents' deaf second a held write is
 // made: fleet's agent watches again once its second is over and its
-// reconciler has taken the trigger (a few milliseconds).
-const hearingMargin = 20 * time.Millisecond
+// reconciler has taken the trigger (a few milliseconds). reconcileGuard:
+// a write within it of the reconcile that ends a second might miss that
+// reconcile's read, and the act that follows opens a second that hears
+// nothing; it waits for that second instead.
+const (
+	hearingMargin  = 30 * time.Millisecond
+	reconcileGuard = 50 * time.Millisecond
+)
+
+// hearingHold is how long to hold a write at now for fleet's agents, deaf
+// until until, to act on it (0: write now): one they will act on when
+// their second ends (reconcile) need not wait.
+func hearingHold(now, until time.Time, reconcile bool) time.Duration {
+	left := until.Sub(now)
+	switch {
+	case left <= 0:
+		return 0
+	case reconcile && left > reconcileGuard:
+		return 0
+	}
+	return left + hearingMargin
+}
 
 // The windows around fleet's republish where a write costs. Its agent
 // acts on a write it hears 1 s after it (and a few milliseconds), and its
@@ -219,7 +243,7 @@ func (r *Roller) holdForFleet(ctx context.Context, ur *UnitReport, phase Phase) 
 			r.opt.Logger.Debug("fleet's next republish unknown", "rollout_id", r.opt.RolloutID, "unit", ur.Unit)
 		}
 	}
-	for range 3 {
+	for range 4 {
 		now := r.opt.Clock.Now()
 		if known {
 			if hold := republishHold(now, next, r.opt.Hooks.Hearing == nil); hold > 0 {
@@ -236,7 +260,8 @@ func (r *Roller) holdForFleet(ctx context.Context, ur *UnitReport, phase Phase) 
 		if h == nil {
 			return held
 		}
-		hold := h.DeafUntil(ur.Unit).Add(hearingMargin).Sub(now)
+		until, reconcile := h.Deaf(ur.Unit)
+		hold := hearingHold(now, until, reconcile)
 		if hold <= 0 {
 			return held
 		}
