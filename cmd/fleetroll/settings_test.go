@@ -55,7 +55,7 @@ var settingCases = map[string]settingCase{
 	"PollInterval":   {"poll_interval: 7s", []string{"--poll-interval", "7s"}, map[string]string{"FLEETROLL_POLL_INTERVAL": "7s"}, 7 * time.Second},
 	"NudgeInterval":  {"nudge_interval: 0s", []string{"--nudge-interval", "0s"}, map[string]string{"FLEETROLL_NUDGE_INTERVAL": "0s"}, time.Duration(0)},
 	"MaxUnavailable": {"max_unavailable: 50%", []string{"--max-unavailable", "50%"}, map[string]string{"FLEETROLL_MAX_UNAVAILABLE": "50%"}, fleetroll.Unavailable{Percent: 50}},
-	"Watch":          {"watch: true", []string{"--watch"}, map[string]string{"FLEETROLL_WATCH": "true"}, true},
+	"Watch":          {"watch: false", []string{"--watch=false"}, map[string]string{"FLEETROLL_WATCH": "false"}, false},
 	"Lock":           {"lock: fail", []string{"--lock", "fail"}, map[string]string{"FLEETROLL_LOCK": "fail"}, rollout.LockFail},
 	"LockTTL":        {"lock_ttl: 7s", []string{"--lock-ttl", "7s"}, map[string]string{"FLEETROLL_LOCK_TTL": "7s"}, 7 * time.Second},
 	"Drain.Prefix": {"drain: {prefix: /lb/x}", []string{"--drain", "--drain-prefix", "/lb/x"},
