@@ -119,9 +119,9 @@ func TestHearingHold(t *testing.T) {
 	}{
 		{"listening", -time.Second, false, 0},
 		{"listening again just now", 0, false, 0},
-		{"deaf after an act or a heartbeat", 600 * time.Millisecond, false, 630 * time.Millisecond},
+		{"deaf after an act or a heartbeat", 600 * time.Millisecond, false, 615 * time.Millisecond},
 		{"in a second that ends with a reconcile", 600 * time.Millisecond, true, 0},
-		{"too close to that reconcile", 40 * time.Millisecond, true, 70 * time.Millisecond},
+		{"too close to that reconcile", 40 * time.Millisecond, true, 55 * time.Millisecond},
 		{"never known", -24 * time.Hour, false, 0},
 	} {
 		if got := hearingHold(now, now.Add(c.left), c.reconcile); got != c.hold {
@@ -145,7 +145,7 @@ func TestRollHoldsAWriteUntilFleetsAgentsListen(t *testing.T) {
 	// a's stop: held 0.6 s and the margin; its start (the agents listen
 	// by then) and b's writes: at once after the poll that saw the stop.
 	if d := w.at(0).Sub(t0); d != 600*time.Millisecond+hearingMargin {
-		t.Errorf("a's stop written %s after the roll began, want 630ms", d)
+		t.Errorf("a's stop written %s after the roll began, want 615ms", d)
 	}
 	if d := w.at(1).Sub(w.at(0)); d != 100*time.Millisecond {
 		t.Errorf("a's start written %s after its stop, want one poll", d)

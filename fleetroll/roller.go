@@ -168,7 +168,7 @@ type Hearing interface {
 // reconcile's read, and the act that follows opens a second that hears
 // nothing; it waits for that second instead.
 const (
-	hearingMargin  = 30 * time.Millisecond
+	hearingMargin  = 15 * time.Millisecond
 	reconcileGuard = 50 * time.Millisecond
 )
 
