@@ -82,6 +82,7 @@ func run() error {
 	batchesFlag := flag.String("batches", "1,10", "--max-unavailable values")
 	machines := flag.Int("machines", 1, "fleet machines (more than 1: a cluster of its own under /tmp/fleetroll-bench-batch3)")
 	watch := flag.Bool("watch", false, "wake waits on fleet's state writes (etcd watches, --watch)")
+	hear := flag.Bool("hear", false, "hold each write until fleet's agents listen and clear of its republish, as fleetroll does with etcd")
 	blueGreen := flag.Bool("blue-green", false, "then replace the largest N blue-green")
 	flag.Parse()
 	sizes, err := ints(*sizesFlag)
@@ -127,7 +128,7 @@ func run() error {
 		return err
 	}
 
-	fmt.Printf("rolls in batches on %d machine(s), grace 0, watches %v\n", *machines, *watch)
+	fmt.Printf("rolls in batches on %d machine(s), grace 0, watches %v, writes held for fleet's agents %v\n", *machines, *watch, *hear)
 	fmt.Printf("%6s %4s %10s %14s %12s %16s %12s %10s\n", "N", "b", "wall", "ceil(N/b)*t1", "most down", "API calls/unit", "API calls/s", "result")
 	for _, n := range sizes {
 		var one time.Duration
@@ -136,7 +137,15 @@ func run() error {
 			if *watch {
 				o.Hooks.Wake = coord.FleetStates{KAPI: kapi}
 			}
+			stop := func() {}
+			if *hear {
+				hctx, cancel := context.WithCancel(ctx)
+				agents := coord.WatchFleetAgents(hctx, kapi)
+				o.Hooks.Hearing, o.Hooks.Republish = agents, coord.NewFleetRepublish(kapi)
+				stop = func() { cancel(); <-agents.Done() }
+			}
 			m, err := measure(ctx, cl, counted, ports[:n], o, units[:n])
+			stop()
 			if err != nil {
 				return err
 			}
