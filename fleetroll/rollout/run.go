@@ -150,12 +150,35 @@ func (r Runner) Plan(ctx context.Context, req Request) (*fleetroll.Plan, error) 
 	if err != nil {
 		return nil, err
 	}
-	plan, err := fleetroll.MakePlan(ctx, r.Fleet, t)
+	plan, err := r.makePlan(ctx, t)
 	var pe *fleetroll.PlanError
 	if err != nil && !errors.As(err, &pe) {
 		return nil, fmt.Errorf("%w: %w", ErrFleet, err)
 	}
 	return plan, err
+}
+
+// planRetries are the pauses between the reads of a plan that fleet
+// answered with a transient error: fleet's API answers 500 to a listing
+// while a unit is being destroyed, which is no reason to fail a rollout.
+var planRetries = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
+
+// makePlan is fleetroll.MakePlan, read again after a transient error of
+// fleet (fleetroll.IsTransient), a few times within a few seconds.
+func (r Runner) makePlan(ctx context.Context, t fleetroll.Target) (*fleetroll.Plan, error) {
+	for _, pause := range planRetries {
+		plan, err := fleetroll.MakePlan(ctx, r.Fleet, t)
+		if err == nil || !fleetroll.IsTransient(err) {
+			return plan, err
+		}
+		r.logger().Warn("fleet's answer to the plan failed, reading it again", "service", t.Service, "error", err.Error(), "retry_in", pause)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.clock().After(pause):
+		}
+	}
+	return fleetroll.MakePlan(ctx, r.Fleet, t)
 }
 
 // ErrFleet wraps the errors of a plan that fleet could not answer.
@@ -258,7 +281,7 @@ func (r Runner) Run(ctx context.Context, req Request) (*fleetroll.Report, error)
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", req.Service, err)
 	}
-	plan, err := fleetroll.MakePlan(ctx, r.Fleet, hooks.Target(t))
+	plan, err := r.makePlan(ctx, hooks.Target(t))
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", req.Service, err)
 	}

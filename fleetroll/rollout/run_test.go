@@ -633,3 +633,31 @@ func TestRunReportsTheRestoreOfItsOwnUnits(t *testing.T) {
 		}
 	}
 }
+
+// fleet's API answers 500 to a listing while a unit is being destroyed: a
+// plan reads fleet again a few times before the rollout fails on it, and
+// one that fleet keeps refusing fails as fleet's, with nothing touched.
+func TestPlanReadsFleetAgainAfterATransientError(t *testing.T) {
+	// The pauses, shortened (no test of this package runs in parallel).
+	defer func(p []time.Duration) { planRetries = p }(planRetries)
+	planRetries = []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond, time.Millisecond}
+	ff := fakefleet.New("my-service@1.service")
+	r := Runner{Fleet: newFleet(t, ff)}
+	ff.FailNext(fakefleet.Fault{Status: 500})
+	rep, err := r.Run(t.Context(), Request{Service: "my-service", Settings: fast()})
+	if err != nil || rep.Restarted() != 1 {
+		t.Fatalf("a roll after one 500 of fleet: %v %+v", err, rep)
+	}
+	var faults []fakefleet.Fault
+	for range len(planRetries) + 1 {
+		faults = append(faults, fakefleet.Fault{Status: 500})
+	}
+	ff.FailNext(faults...)
+	before := len(ff.Sets())
+	if _, err := r.Run(t.Context(), Request{Service: "my-service", Settings: fast()}); !errors.Is(err, ErrFleet) {
+		t.Errorf("fleet answering 500 every time: %v, want ErrFleet", err)
+	}
+	if len(ff.Sets()) != before {
+		t.Errorf("a rollout fleet could not plan touched fleet")
+	}
+}
