@@ -320,7 +320,7 @@ func (r *Roller) retireBlue(ctx context.Context, ur *UnitReport, b *BlueGreen) e
 			return r.failed(ur, PhaseDrain, nil, false, fmt.Errorf("%w; the old unit was left as it is", err), t0)
 		}
 	}
-	if r.holdForFleet(ctx, ur, PhaseStop) && ctx.Err() != nil {
+	if r.holdForFleet(ctx, ur, PhaseStop) {
 		return r.failed(ur, PhaseStop, nil, false, fmt.Errorf("%w; the old unit was left as it is", ctx.Err()), t0)
 	}
 	stop, last := r.stop(ctx, ur)

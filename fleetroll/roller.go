@@ -230,9 +230,9 @@ func republishHold(now, at time.Time, unheard bool) time.Duration {
 // fleet's agent can hear the write (Hooks.Hearing) and would act on it
 // clear of its machine's periodic republish (Hooks.Republish). Each hold
 // is one that the other may move, so the two are asked again after it, a
-// few times at most. It returns early when ctx ends (a start is then
-// written at once).
-func (r *Roller) holdForFleet(ctx context.Context, ur *UnitReport, phase Phase) (held bool) {
+// few times at most. It reports whether ctx ended during a hold (a start
+// is then written at once).
+func (r *Roller) holdForFleet(ctx context.Context, ur *UnitReport, phase Phase) (cancelled bool) {
 	var next time.Time
 	known := false
 	if rp := r.opt.Hooks.Republish; rp != nil {
@@ -243,38 +243,29 @@ func (r *Roller) holdForFleet(ctx context.Context, ur *UnitReport, phase Phase) 
 			r.opt.Logger.Debug("fleet's next republish unknown", "rollout_id", r.opt.RolloutID, "unit", ur.Unit)
 		}
 	}
+	h := r.opt.Hooks.Hearing
 	for range 4 {
 		now := r.opt.Clock.Now()
+		var hold time.Duration
+		level, msg := slog.LevelInfo, "holding the write until fleet's periodic republish has passed"
 		if known {
-			if hold := republishHold(now, next, r.opt.Hooks.Hearing == nil); hold > 0 {
-				r.opt.Logger.Info("holding the write until fleet's periodic republish has passed", "rollout_id", r.opt.RolloutID, "unit", ur.Unit,
-					"phase", phase, "hold", hold.Round(time.Millisecond))
-				if r.hold(ctx, hold) {
-					return true
-				}
-				held = true
-				continue
-			}
+			hold = republishHold(now, next, h == nil)
 		}
-		h := r.opt.Hooks.Hearing
-		if h == nil {
-			return held
+		if hold <= 0 && h != nil {
+			until, reconcile := h.Deaf(ur.Unit)
+			// At most the agents' second: a tracker that says more is wrong.
+			hold = min(hearingHold(now, until, reconcile), time.Second+hearingMargin)
+			level, msg = slog.LevelDebug, "holding the write until fleet's agents listen"
 		}
-		until, reconcile := h.Deaf(ur.Unit)
-		hold := hearingHold(now, until, reconcile)
 		if hold <= 0 {
-			return held
+			return false
 		}
-		// At most the agents' second: a tracker that says more is wrong.
-		hold = min(hold, time.Second+hearingMargin)
-		r.opt.Logger.Debug("holding the write until fleet's agents listen", "rollout_id", r.opt.RolloutID, "unit", ur.Unit,
-			"phase", phase, "hold", hold.Round(time.Millisecond))
+		r.opt.Logger.Log(ctx, level, msg, "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "phase", phase, "hold", hold.Round(time.Millisecond))
 		if r.hold(ctx, hold) {
 			return true
 		}
-		held = true
 	}
-	return held
+	return false
 }
 
 // hold waits d before a write; true when ctx ended meanwhile.
@@ -597,7 +588,7 @@ func (r *Roller) restart(ctx context.Context, ur *UnitReport) error {
 		}
 	}
 
-	if r.holdForFleet(ctx, ur, PhaseStop) && ctx.Err() != nil {
+	if r.holdForFleet(ctx, ur, PhaseStop) {
 		// Cancelled while held: the stop was never written.
 		return r.failed(ur, PhaseStop, nil, false, fmt.Errorf("%w; the unit was not stopped", ctx.Err()), t0)
 	}

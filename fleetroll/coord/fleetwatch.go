@@ -202,14 +202,7 @@ func (f *FleetRepublish) Next(ctx context.Context, unit string) (time.Time, bool
 	if err != nil {
 		return time.Time{}, false
 	}
-	var exps []time.Time
-	for _, u := range all.Node.Nodes {
-		for _, n := range u.Nodes {
-			if path.Base(n.Key) == machine && n.Expiration != nil {
-				exps = append(exps, *n.Expiration)
-			}
-		}
-	}
+	exps := expirations(all.Node, machine)
 	now := time.Now()
 	last, ok := LastRepublish(exps, now)
 	f.mu.Lock()
@@ -230,6 +223,21 @@ func (f *FleetRepublish) Next(ctx context.Context, unit string) (time.Time, bool
 	}
 	f.seen[machine] = last
 	return NextRepublish(last, now), true
+}
+
+// expirations are those of the keys named name in each unit's directory
+// under dir (fleet's PREFIX/states/UNIT/MACHINE, PREFIX/job/UNIT/job-state):
+// fleet's agents write them with their TTL.
+func expirations(dir *client.Node, name string) []time.Time {
+	var out []time.Time
+	for _, u := range dir.Nodes {
+		for _, n := range u.Nodes {
+			if path.Base(n.Key) == name && n.Expiration != nil {
+				out = append(out, *n.Expiration)
+			}
+		}
+	}
+	return out
 }
 
 // fromHistory finds the machine's last republish among etcd's recent
@@ -354,12 +362,8 @@ func lastJobState(ctx context.Context, kapi client.KeysAPI) (at time.Time, index
 		return time.Time{}, 0, false
 	}
 	var last time.Time
-	for _, u := range resp.Node.Nodes {
-		for _, n := range u.Nodes {
-			if path.Base(n.Key) == "job-state" && n.Expiration != nil && n.Expiration.After(last) {
-				last = *n.Expiration
-			}
-		}
+	if exps := expirations(resp.Node, "job-state"); len(exps) > 0 {
+		last = slices.MaxFunc(exps, time.Time.Compare)
 	}
 	at, now := last.Add(-fleetAgentTTL), time.Now()
 	if last.IsZero() || at.Before(now.Add(-fleetAgentSleep)) || at.After(now.Add(100*time.Millisecond)) {
