@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -115,9 +116,26 @@ func stampStderr() error {
 	}
 	out := os.NewFile(uintptr(orig), "stderr")
 	go func() {
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			fmt.Fprintf(out, "%s %s\n", time.Now().UTC().Format("15:04:05.000000"), sc.Text())
+		// Lines of any length: a line is stamped where it begins and
+		// copied in pieces. (A bufio.Scanner stops at a line over 64 KiB,
+		// fleet's debug log of the tasks of many units, and the pipe's
+		// end closed with it would kill fleetd with SIGPIPE at its next
+		// line.) The write end is never closed: the copy runs as long as
+		// fleetd.
+		br := bufio.NewReaderSize(r, 64<<10)
+		begins := true
+		for {
+			piece, err := br.ReadSlice('\n')
+			if len(piece) > 0 {
+				if begins {
+					fmt.Fprintf(out, "%s ", time.Now().UTC().Format("15:04:05.000000"))
+				}
+				_, _ = out.Write(piece)
+				begins = piece[len(piece)-1] == '\n'
+			}
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				return
+			}
 		}
 	}()
 	return nil
