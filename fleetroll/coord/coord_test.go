@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -344,5 +346,61 @@ func TestDrainUndoesAnAnnouncementThatRacedIt(t *testing.T) {
 	}()
 	if err := d.Out(ctx, "s@8901.service"); err == nil || !strings.Contains(err.Error(), "announced again") {
 		t.Fatalf("err = %v, want the stubborn announcement named", err)
+	}
+}
+
+// A rollout has one record: a Save of it under another start time replaces
+// it where it is, and writers that each amend a part of it at once all
+// land (compare-and-swap, merged again after a lost race).
+func TestHistoryOneRecordPerRollout(t *testing.T) {
+	kapi, _, _ := startEtcd(t)
+	ctx := t.Context()
+	h := History{KAPI: kapi}
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	queued := fleetroll.Report{ID: "0000000000a1", Service: "s", Status: fleetroll.StatusSuperseded, Queue: &fleetroll.QueueInfo{Queued: t0}}
+	if err := h.Save(ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	started := fleetroll.Report{ID: "0000000000a1", Service: "s", Status: fleetroll.StatusInterrupted, Started: t0.Add(time.Minute)}
+	if err := h.Save(ctx, started); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := h.List(ctx, "s")
+	if err != nil || len(recs) != 1 || recs[0].Status != fleetroll.StatusInterrupted || recs[0].Queue != nil {
+		t.Fatalf("after two saves of one rollout: %+v %v", recs, err)
+	}
+
+	// Writers amend one record at once, each adding its unit.
+	const writers = 6
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			part := fleetroll.Report{ID: "0000000000b2", Service: "s", Status: fleetroll.StatusInterrupted, Started: t0,
+				Units: []fleetroll.UnitReport{{Unit: fmt.Sprintf("s@%d.service", i), Outcome: fleetroll.OutcomeInterrupted}}}
+			errs <- h.Amend(ctx, part, func(stored, r fleetroll.Report) fleetroll.Report {
+				r.Units = append(stored.Units, r.Units...)
+				return r
+			})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	rec, ok, err := h.Get(ctx, "0000000000b2")
+	if err != nil || !ok {
+		t.Fatalf("amended record: %v %v", ok, err)
+	}
+	var units []string
+	for _, u := range rec.Units {
+		units = append(units, u.Unit)
+	}
+	slices.Sort(units)
+	if len(units) != writers || len(slices.Compact(slices.Clone(units))) != writers {
+		t.Fatalf("the record has %d units %v, want each of the %d writers' once", len(units), units, writers)
 	}
 }

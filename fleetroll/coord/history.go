@@ -22,31 +22,91 @@ type History struct {
 	Keep int // default 50
 }
 
-// Save stores a record and drops the oldest beyond Keep.
+// Save stores a record as its rollout's one record, in place of the one
+// the rollout has already (which may sit under another start time's key),
+// and drops the oldest beyond Keep.
 func (h History) Save(ctx context.Context, r fleetroll.Report) error {
+	return h.Amend(ctx, r, nil)
+}
+
+// Amend stores r as its rollout's one record, like Save; when the rollout
+// has a record already, what is stored is merge(stored, r) (nil: r).
+// Two fleetrolls may each write a part of one record at once (the queue of
+// a receiver, the recovery of another's intent): each write is a
+// compare-and-swap on the record read, and a write that lost the race reads
+// the record again and merges anew.
+func (h History) Amend(ctx context.Context, r fleetroll.Report, merge func(stored, r fleetroll.Report) fleetroll.Report) error {
 	if err := fleetroll.ValidateServiceName(r.Service); err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
 	if !fleetroll.ValidRolloutID(r.ID) {
 		return fmt.Errorf("history: rollout ID %q is not 12 hex digits", r.ID)
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
 	dir := HistoryPrefix + "/" + r.Service
-	at := r.Started
-	if at.IsZero() && r.Queue != nil {
-		at = r.Queue.Queued
-	}
-	key := fmt.Sprintf("%s/%020d-%s", dir, at.UnixNano(), r.ID)
-	if _, err := h.KAPI.Set(ctx, key, string(b), nil); err != nil {
-		return fmt.Errorf("history: save %s: %w", r.ID, err)
+	for attempt := 1; ; attempt++ {
+		rec, key := r, recordKey(dir, r)
+		opts := &client.SetOptions{PrevExist: client.PrevNoExist}
+		node, err := h.find(ctx, dir, r.ID)
+		if err != nil {
+			return fmt.Errorf("history: save %s: %w", r.ID, err)
+		}
+		if node != nil {
+			key, opts = node.Key, &client.SetOptions{PrevIndex: node.ModifiedIndex}
+			var stored fleetroll.Report
+			if merge != nil && json.Unmarshal([]byte(node.Value), &stored) == nil {
+				rec = merge(stored, r)
+			}
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		_, err = h.KAPI.Set(ctx, key, string(b), opts)
+		if err == nil {
+			break
+		}
+		raced := isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeNodeExist) || isCode(err, client.ErrorCodeKeyNotFound)
+		if !raced || attempt == maxAmends {
+			return fmt.Errorf("history: save %s: %w", r.ID, err)
+		}
 	}
 	if err := prune(ctx, h.KAPI, dir, h.Keep, 50); err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
 	return nil
+}
+
+// maxAmends bounds the writes of one record that lose a race with another
+// writer of it: each race lost is one another writer won, and a handful of
+// fleetrolls at most write one record.
+const maxAmends = 10
+
+// recordKey is where a new record goes: under its start time (its queue
+// time when it never started), so that the keys sort oldest first.
+func recordKey(dir string, r fleetroll.Report) string {
+	at := r.Started
+	if at.IsZero() && r.Queue != nil {
+		at = r.Queue.Queued
+	}
+	return fmt.Sprintf("%s/%020d-%s", dir, at.UnixNano(), r.ID)
+}
+
+// find returns the node of a rollout's record in its service's directory,
+// or nil.
+func (h History) find(ctx context.Context, dir, id string) (*client.Node, error) {
+	resp, err := h.KAPI.Get(ctx, dir, nil)
+	if isCode(err, client.ErrorCodeKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range resp.Node.Nodes {
+		if !n.Dir && strings.HasSuffix(n.Key, "-"+id) {
+			return n, nil
+		}
+	}
+	return nil, nil
 }
 
 // prune deletes the oldest keys of dir (sorted by name) beyond keep
