@@ -1,6 +1,7 @@
 package fleetroll
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -364,3 +365,94 @@ func (e *UnitError) Error() string {
 }
 
 func (e *UnitError) Unwrap() error { return e.Err }
+
+// JoinInterrupted is the one record of a rollout that its fleetroll's end
+// interrupted, from two records of it that were each written knowing a
+// part: the queue's, when a newer push took the place of a rollout whose
+// receiver had stopped (what it superseded, which rollout took its place,
+// the units it had done), and the recovery's of the intent it left (the
+// units it had in flight, and whether they were brought back). later is
+// the one being written, stored the one already saved; either may come
+// first. later's account wins where both have one, except a unit's: there
+// the final outcome wins over an in-progress one. What only stored knows is
+// kept, and both errors are said.
+func JoinInterrupted(stored, later Report) Report {
+	out := later.Clone()
+	st := stored.Clone()
+	if st.Status == StatusInterrupted {
+		out.Status = StatusInterrupted
+	}
+	if out.Trigger.Source == "" {
+		out.Trigger = st.Trigger
+	}
+	out.Strategy = cmp.Or(out.Strategy, st.Strategy)
+	out.By = cmp.Or(out.By, st.By)
+	if out.Started.IsZero() || !st.Started.IsZero() && st.Started.Before(out.Started) {
+		out.Started = st.Started
+	}
+	if st.Finished.After(out.Finished) {
+		out.Finished = st.Finished
+	}
+	out.Release = cmp.Or(out.Release, st.Release)
+	out.Pull = cmp.Or(out.Pull, st.Pull)
+	out.Prune = cmp.Or(out.Prune, st.Prune)
+	out.Canary = cmp.Or(out.Canary, st.Canary)
+	if len(out.NotLaunched) == 0 {
+		out.NotLaunched = st.NotLaunched
+	}
+	out.Phase = cmp.Or(out.Phase, st.Phase)
+	switch {
+	case out.Queue == nil:
+		out.Queue = st.Queue
+	case st.Queue != nil:
+		q, sq := out.Queue, st.Queue
+		q.SupersededBy = cmp.Or(q.SupersededBy, sq.SupersededBy)
+		if q.Queued.IsZero() {
+			q.Queued = sq.Queued
+		}
+		if q.FirstQueued.IsZero() {
+			q.FirstQueued = sq.FirstQueued
+		}
+		if len(q.Supersedes) == 0 {
+			q.Supersedes, q.SupersedesDropped = sq.Supersedes, sq.SupersedesDropped
+		}
+		if len(sq.Resumed) > len(q.Resumed) {
+			q.Resumed = sq.Resumed
+		}
+	}
+	// The units, in the order of the longer list (the rollout's plan):
+	// later's report of each unless it is still under way where stored's
+	// is not.
+	byName := map[string]UnitReport{}
+	for _, s := range st.Units {
+		byName[s.Unit] = s
+	}
+	for _, l := range out.Units {
+		if s, ok := byName[l.Unit]; !ok || !l.Outcome.underWay() || s.Outcome.underWay() {
+			byName[l.Unit] = l
+		}
+	}
+	order := st.Units
+	if len(out.Units) > len(order) {
+		order = out.Units
+	}
+	units := make([]UnitReport, 0, len(byName))
+	for _, u := range append(slices.Clone(order), append(st.Units, out.Units...)...) {
+		if r, ok := byName[u.Unit]; ok {
+			units = append(units, r)
+			delete(byName, u.Unit)
+		}
+	}
+	out.Units = units
+	switch {
+	case st.Error == "" || strings.Contains(out.Error, st.Error):
+	case out.Error == "" || strings.Contains(st.Error, out.Error):
+		out.Error = st.Error
+	default:
+		out.Error += "; " + st.Error
+	}
+	return out
+}
+
+// underWay: the unit's outcome is not known yet.
+func (o Outcome) underWay() bool { return o == OutcomePending || o == OutcomeInProgress || o == "" }
