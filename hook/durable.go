@@ -362,7 +362,9 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id 
 		sup.add(handOn(old))
 		rec := d.supersededRecord(old.Record, id)
 		d.store.Put(rec)
-		if err := (coord.History{KAPI: d.kapi}).Save(ctx, rec); err != nil {
+		// One that was running: the recovery of its intent records it
+		// too, before or after; the two are joined.
+		if err := (coord.History{KAPI: d.kapi}).Amend(ctx, rec, fleetroll.JoinInterrupted); err != nil {
 			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -240,6 +241,77 @@ func TestReceiverTakesOverADeadOnesRollout(t *testing.T) {
 	b.stop()
 	if n := rs.calls.Load(); n != 1 {
 		t.Fatalf("%d callbacks, want 1", n)
+	}
+}
+
+// A receiver died mid-rollout (its shutdown timed out) with a unit in
+// flight, and a newer push waits. The next receiver runs the newer one:
+// the queue records the dead one's rollout as interrupted and superseded
+// by it, and the newer rollout's recovery of the intent records it too.
+// The history keeps one record of it that says both, so that its push is
+// seen to be in the rollout that ran.
+func TestNewerPushTakesADeadReceiversPlace(t *testing.T) {
+	rs := newReceivers(t)
+	ctx := t.Context()
+	units := testUnits[:3]
+	old := fleetroll.NewID()
+	now := time.Now().UTC()
+	trig := fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: "latest", PushedAt: "1795835368", Received: now}
+	rs.leftByA(t, fleetroll.Report{Version: fleetroll.SchemaVersion, ID: old, Service: "my-service", Status: fleetroll.StatusRunning,
+		Trigger: trig, Started: now, By: "receiver A", Queue: &fleetroll.QueueInfo{Queued: now}, Units: []fleetroll.UnitReport{
+			{Unit: units[0], Outcome: fleetroll.OutcomeRestarted},
+			{Unit: units[1], Outcome: fleetroll.OutcomeInProgress, Phase: fleetroll.PhaseStart},
+			{Unit: units[2], Outcome: fleetroll.OutcomePending},
+		}}, "")
+	if err := (coord.Intents{KAPI: rs.kapi}).Put(ctx, "my-service", coord.Intent{Rollout: old, Trigger: trig, Owner: "receiver A, rollout " + old,
+		Started: now, Units: []coord.IntentUnit{{Unit: units[1], Phase: fleetroll.PhaseStart, Since: now}}}); err != nil {
+		t.Fatal(err)
+	}
+	rs.fleet.Update(units[1], func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+	newer := trig
+	newer.PushedAt = "1795835369"
+	add, err := (coord.Triggers{KAPI: rs.kapi}).Add(ctx, "my-service", triggerKey(newer), false, func() fleetroll.Report {
+		return fleetroll.Report{Version: fleetroll.SchemaVersion, ID: fleetroll.NewID(), Service: "my-service", Status: fleetroll.StatusQueued,
+			Trigger: newer, Units: []fleetroll.UnitReport{}, Queue: &fleetroll.QueueInfo{Queued: now.Add(time.Second)}}
+	}, "", nil)
+	if err != nil || add.Merged || add.Superseded != nil {
+		t.Fatalf("newer push queued: %+v %v", add, err)
+	}
+	id := add.Entry.Record.ID
+
+	b := rs.start(t, "receiver B")
+	final := waitFinal(t, b, id)
+	if final.Status != fleetroll.StatusSucceeded || final.Restarted() != 3 || final.Queue == nil || !slices.Equal(final.Queue.Supersedes, []string{old}) {
+		t.Fatalf("rollout %+v", final)
+	}
+	hist, err := coord.History{KAPI: rs.kapi}.List(ctx, "my-service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []fleetroll.Report
+	for _, r := range hist {
+		if r.ID == old {
+			recs = append(recs, r)
+		}
+	}
+	if len(recs) != 1 {
+		t.Fatalf("%d records of the interrupted rollout, want 1: %+v", len(recs), recs)
+	}
+	rec := recs[0]
+	if rec.Status != fleetroll.StatusInterrupted || rec.Queue == nil || rec.Queue.SupersededBy != id {
+		t.Fatalf("interrupted rollout's record: status %s, queue %+v", rec.Status, rec.Queue)
+	}
+	for _, want := range []string{"stopped with " + units[1] + " in phase start in flight", "a newer trigger (" + id + ") took its place"} {
+		if !strings.Contains(rec.Error, want) {
+			t.Errorf("its error %q does not say %q", rec.Error, want)
+		}
+	}
+	outcomes := map[string]fleetroll.Outcome{}
+	for _, u := range rec.Units {
+		outcomes[u.Unit] = u.Outcome
+	}
+	if want := map[string]fleetroll.Outcome{units[0]: fleetroll.OutcomeRestarted, units[1]: fleetroll.OutcomeInterrupted, units[2]: fleetroll.OutcomePending}; !maps.Equal(outcomes, want) {
+		t.Fatalf("its units %v, want %v", outcomes, want)
 	}
 }
 

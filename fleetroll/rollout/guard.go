@@ -273,14 +273,16 @@ func (g *guard) restore(ctx context.Context, hooks fleetroll.Hooks, units []stri
 	return roller.Restore(ctx, units)
 }
 
-// recordInterrupted saves a dead holder's rollout in the history.
+// recordInterrupted saves a dead holder's rollout in the history, joined
+// with the record a receiver's queue may have made of it (a newer push
+// took its place: fleetroll.JoinInterrupted).
 func (g *guard) recordInterrupted(ctx context.Context, rep fleetroll.Report) {
 	if !fleetroll.ValidRolloutID(rep.ID) {
 		return
 	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := (coord.History{KAPI: g.etcd}).Save(hctx, rep); err != nil {
+	if err := (coord.History{KAPI: g.etcd}).Amend(hctx, rep, fleetroll.JoinInterrupted); err != nil {
 		g.say("the interrupted rollout %s was not recorded: %v", rep.ID, err)
 	}
 }
