@@ -249,7 +249,10 @@ func TestStatusPageInABrowser(t *testing.T) {
 	}
 
 	// The timeline: one lane per unit, no two down (stop to running) at once.
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row)), chromedp.WaitVisible(chromedp.CSS("#timeline svg"))); err != nil {
+	if err := clickLive(ctx, row); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS("#timeline svg"))); err != nil {
 		t.Fatal(err)
 	}
 	lanes, err := chromedp.Run(ctx, chromedp.Evaluate[[][]any](
@@ -308,7 +311,7 @@ func TestStatusPageInABrowser(t *testing.T) {
 
 	// Roll now: a second rollout starts, live.
 	var second string
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#svc-e2e-ui button.roll"))); err != nil {
+	if err := clickLive(ctx, "#svc-e2e-ui button.roll"); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(time.Minute)
@@ -332,4 +335,21 @@ func TestStatusPageInABrowser(t *testing.T) {
 	if errs := console.all(); len(errs) > 0 {
 		t.Fatalf("the page logged errors:\n%s", strings.Join(errs, "\n"))
 	}
+}
+
+// clickLive clicks the element that sel selects in one evaluation in the
+// page. The page redraws its rows and buttons on every live update, and
+// chromedp.Click acts on a node it looked up a moment before: one redrawn
+// meanwhile is gone ("Could not find node with given id").
+func clickLive(ctx context.Context, sel string) error {
+	q, _ := json.Marshal(sel)
+	found, err := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf(
+		`(() => { const e = document.querySelector(%s); if (!e) return false; e.click(); return true; })()`, q)))
+	if err != nil {
+		return fmt.Errorf("click %s: %w", sel, err)
+	}
+	if !found {
+		return fmt.Errorf("click %s: not on the page", sel)
+	}
+	return nil
 }

@@ -159,10 +159,10 @@ services:
 		t.Fatalf("the page on the rollout says %q (%v)", summary, err)
 	}
 
-	if err := chromedp.Do(ctx,
-		chromedp.Click(chromedp.CSS(detail+" #detail-actions button.promote")),
-		chromedp.WaitVisible(chromedp.CSS(detail+`[data-status="succeeded"]`)),
-	); err != nil {
+	if err := clickLive(ctx, detail+" #detail-actions button.promote"); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(detail+`[data-status="succeeded"]`))); err != nil {
 		t.Fatalf("promote from the page: %v; the browser's console: %q", err, console.all())
 	}
 	ro := waitStatus(t, base, id)
