@@ -210,9 +210,10 @@ const StallAfter = 3 * time.Second
 
 // Stalled says why a unit's stop or start has shown no progress for
 // pending: what fleet holds as its target, what fleet's agent last acted
-// on (current, "" when unknown: err), what fleet publishes, and what
-// fleetroll does about it (nudging, or not).
-func Stalled(target, desired, current string, err error, st *schema.UnitState, pending, nudgeEvery time.Duration) string {
+// on (current, "" when unknown: err), how many units were destroyed on its
+// machine from just before the write (unloading), what fleet publishes,
+// and what fleetroll does about it (nudging, or not).
+func Stalled(target, desired, current string, unloading int, err error, st *schema.UnitState, pending, nudgeEvery time.Duration) string {
 	what := map[string]string{"loaded": "stop", "launched": "start"}[target]
 	head := fmt.Sprintf("%s pending for %s, fleet showing %s", what, pending.Round(100*time.Millisecond), DescribeState(st))
 	doing := "fleetroll waits; with nudging off, fleet's agent acts at its next reconcile (about 5 s)"
@@ -224,6 +225,10 @@ func Stalled(target, desired, current string, err error, st *schema.UnitState, p
 		return fmt.Sprintf("%s: fleet's API did not say what its agent did (%v); %s", head, err, doing)
 	case desired != target:
 		return fmt.Sprintf("%s: fleet holds target %q, not %q: someone else changed it", head, desired, target)
+	case current != target && unloading > 0:
+		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): %d unit(s) on its machine were destroyed "+
+			"from just before it, and fleet v1.0.0's agent unloads each in a reconcile of its own, about a second each, starting or "+
+			"stopping nothing else meanwhile (docs/troubleshooting.md); %s", head, current, unloading, doing)
 	case current != target:
 		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): it missed it; %s", head, current, doing)
 	}
@@ -231,6 +236,11 @@ func Stalled(target, desired, current string, err error, st *schema.UnitState, p
 		"it publishes a change within about a second, but fleet v1.0.0 can lose one that falls on its periodic republish of every unit "+
 		"(every 4/5 of its agent TTL, 24 s at the default 30 s) and shows it only at the next one (docs/how-it-works.md): fleetroll waits", head, current)
 }
+
+// destroyedBefore is how long before a write a unit destroyed on its
+// machine may still hold fleet's agent up: it unloads one per reconcile,
+// about a second each.
+const destroyedBefore = 2 * time.Second
 
 // diagnose records, once per phase, why a unit's stop or start shows no
 // progress: in the phase's span of the record and in the log.
@@ -241,7 +251,15 @@ func (r *Roller) diagnose(ctx context.Context, n *nudge, st *schema.UnitState, p
 		return
 	}
 	desired, current, err := r.fleet.TargetState(ctx, ur.Unit)
-	msg := Stalled(n.target, desired, current, err, st, pending, r.opt.NudgeInterval)
+	unloading := 0
+	if h := r.opt.Hooks.Hearing; h != nil {
+		machine := ""
+		if st != nil {
+			machine = st.MachineID
+		}
+		unloading = h.Unloading(machine, r.opt.Clock.Now().Add(-pending-destroyedBefore))
+	}
+	msg := Stalled(n.target, desired, current, unloading, err, st, pending, r.opt.NudgeInterval)
 	ur.Phases[sp].Diagnosis = msg
 	r.opt.Logger.Warn("phase stalled: "+msg, "rollout_id", r.opt.RolloutID, "unit", ur.Unit, "phase", string(ur.Phases[sp].Phase))
 }

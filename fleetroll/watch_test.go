@@ -374,18 +374,20 @@ func TestStalled(t *testing.T) {
 	for _, c := range []struct {
 		name                     string
 		target, desired, current string
+		unloading                int
 		err                      error
 		nudge                    time.Duration
 		want                     string
 	}{
-		{"missed, nudging", "loaded", "loaded", "launched", nil, time.Second, "has not acted on the write (it last acted on \"launched\"): it missed it; fleetroll writes the target again every 1s"},
-		{"missed, no nudging", "loaded", "loaded", "launched", nil, 0, "with nudging off, fleet's agent acts at its next reconcile"},
-		{"acted, not published", "loaded", "loaded", "loaded", nil, time.Second, "acted on it (its current state is \"loaded\"), but fleet has not published systemd's new state yet: it publishes a change within about a second, but fleet v1.0.0 can lose one that falls on its periodic republish"},
-		{"changed by someone", "launched", "loaded", "loaded", nil, time.Second, "someone else changed it"},
-		{"no answer", "launched", "", "", errors.New("timeout"), time.Second, "fleet's API did not say what its agent did (timeout)"},
+		{"missed, nudging", "loaded", "loaded", "launched", 0, nil, time.Second, "has not acted on the write (it last acted on \"launched\"): it missed it; fleetroll writes the target again every 1s"},
+		{"missed, no nudging", "loaded", "loaded", "launched", 0, nil, 0, "with nudging off, fleet's agent acts at its next reconcile"},
+		{"acted, not published", "loaded", "loaded", "loaded", 2, nil, time.Second, "acted on it (its current state is \"loaded\"), but fleet has not published systemd's new state yet: it publishes a change within about a second, but fleet v1.0.0 can lose one that falls on its periodic republish"},
+		{"busy unloading units destroyed", "launched", "launched", "loaded", 3, nil, time.Second, "has not acted on the write (it last acted on \"loaded\"): 3 unit(s) on its machine were destroyed from just before it, and fleet v1.0.0's agent unloads each in a reconcile of its own"},
+		{"changed by someone", "launched", "loaded", "loaded", 0, nil, time.Second, "someone else changed it"},
+		{"no answer", "launched", "", "", 0, errors.New("timeout"), time.Second, "fleet's API did not say what its agent did (timeout)"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got := Stalled(c.target, c.desired, c.current, c.err, running, 3200*time.Millisecond, c.nudge)
+			got := Stalled(c.target, c.desired, c.current, c.unloading, c.err, running, 3200*time.Millisecond, c.nudge)
 			if !strings.Contains(got, c.want) || !strings.Contains(got, "pending for 3.2s, fleet showing active/running") {
 				t.Fatalf("Stalled = %q, want %q", got, c.want)
 			}
