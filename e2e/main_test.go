@@ -20,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetroll/fleetroll/fleetroll/coord"
 	"github.com/fleetroll/fleetroll/internal/cluster"
+	client "go.etcd.io/etcd/client/v2"
 )
 
 var (
@@ -51,8 +53,26 @@ func upCluster(l lane) {
 		o.c, o.err = cluster.Up(ctx, cfg)
 		if o.err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: the %s lane's cluster did not start: %v\n", l, o.err)
+			return
+		}
+		if keepCluster() {
+			o.err = clearFleetroll(ctx, o.c)
 		}
 	})
+}
+
+// clearFleetroll removes what an earlier run's fleetrolls left in a kept
+// cluster's etcd (deliveries seen, quarantines, records, queues): each run
+// starts from none, as on a fresh cluster.
+func clearFleetroll(ctx context.Context, c *cluster.Cluster) error {
+	kapi, err := coord.Connect(coord.Config{Endpoints: []string{c.EtcdURL}, Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	if _, err := kapi.Delete(ctx, "/fleetroll", &client.DeleteOptions{Recursive: true}); err != nil && !client.IsKeyNotFound(err) {
+		return fmt.Errorf("clear /fleetroll in the kept cluster's etcd: %w", err)
+	}
+	return nil
 }
 
 func init() {
