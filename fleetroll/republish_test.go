@@ -90,13 +90,10 @@ func TestRollHoldsAWriteThatWouldMeetTheRepublish(t *testing.T) {
 type deafFor struct {
 	clock     Clock
 	reconcile bool
-	unloading int // Unloading's answer
 	mu        sync.Mutex
 	in        map[string]time.Duration
 	until     map[string]time.Time
 }
-
-func (d *deafFor) Unloading(string, time.Time) int { return d.unloading }
 
 func (d *deafFor) Deaf(unit string) (time.Time, bool) {
 	d.mu.Lock()

@@ -159,13 +159,6 @@ type Hearing interface {
 	// cannot tell), and whether a write made before then is acted on
 	// then.
 	Deaf(unit string) (until time.Time, reconcile bool)
-	// Unloading counts the units fleet destroyed on the machine since
-	// then. fleet v1.0.0's agent unloads each in a reconcile of its own
-	// when systemd has already let it go (the unit stopped at once), and
-	// starts or stops nothing else in that reconcile: a storm of destroys
-	// holds every write on the machine up by about a second each
-	// (docs/how-it-works.md).
-	Unloading(machine string, since time.Time) int
 }
 
 // hearingMargin is how long after the agents' deaf second a held write is

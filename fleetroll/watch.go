@@ -210,8 +210,8 @@ const StallAfter = 3 * time.Second
 
 // Stalled says why a unit's stop or start has shown no progress for
 // pending: what fleet holds as its target, what fleet's agent last acted
-// on (current, "" when unknown: err), how many units were destroyed on its
-// machine from just before the write (unloading), what fleet publishes,
+// on (current, "" when unknown: err), how many units destroyed on its
+// machine the agent has yet to unload (Unloading), what fleet publishes,
 // and what fleetroll does about it (nudging, or not).
 func Stalled(target, desired, current string, unloading int, err error, st *schema.UnitState, pending, nudgeEvery time.Duration) string {
 	what := map[string]string{"loaded": "stop", "launched": "start"}[target]
@@ -226,8 +226,8 @@ func Stalled(target, desired, current string, unloading int, err error, st *sche
 	case desired != target:
 		return fmt.Sprintf("%s: fleet holds target %q, not %q: someone else changed it", head, desired, target)
 	case current != target && unloading > 0:
-		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): %d unit(s) on its machine were destroyed "+
-			"from just before it, and fleet v1.0.0's agent unloads each in a reconcile of its own, about a second each, starting or "+
+		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): it is busy: %d unit(s) destroyed on its "+
+			"machine are not unloaded yet, and fleet v1.0.0's agent unloads them one per reconcile, a second or two each, starting or "+
 			"stopping nothing else meanwhile (docs/troubleshooting.md); %s", head, current, unloading, doing)
 	case current != target:
 		return fmt.Sprintf("%s: fleet's agent has not acted on the write (it last acted on %q): it missed it; %s", head, current, doing)
@@ -237,10 +237,26 @@ func Stalled(target, desired, current string, unloading int, err error, st *sche
 		"(every 4/5 of its agent TTL, 24 s at the default 30 s) and shows it only at the next one (docs/how-it-works.md): fleetroll waits", head, current)
 }
 
-// destroyedBefore is how long before a write a unit destroyed on its
-// machine may still hold fleet's agent up: it unloads one per reconcile,
-// about a second each.
-const destroyedBefore = 2 * time.Second
+// Unloading counts the units destroyed on a machine that its fleet agent
+// has not unloaded yet: fleet lists no such unit, but still publishes its
+// state there (the agent removes it as it unloads the unit). fleet
+// v1.0.0's agent unloads them one per reconcile, about a second each, and
+// starts or stops nothing else meanwhile (docs/how-it-works.md).
+func Unloading(units []*schema.Unit, states []*schema.UnitState, machine string) int {
+	listed := map[string]bool{}
+	for _, u := range units {
+		if u != nil {
+			listed[u.Name] = true
+		}
+	}
+	n := 0
+	for _, st := range states {
+		if st != nil && st.MachineID == machine && !listed[st.Name] {
+			n++
+		}
+	}
+	return n
+}
 
 // diagnose records, once per phase, why a unit's stop or start shows no
 // progress: in the phase's span of the record and in the log.
@@ -252,12 +268,14 @@ func (r *Roller) diagnose(ctx context.Context, n *nudge, st *schema.UnitState, p
 	}
 	desired, current, err := r.fleet.TargetState(ctx, ur.Unit)
 	unloading := 0
-	if h := r.opt.Hooks.Hearing; h != nil {
-		machine := ""
-		if st != nil {
-			machine = st.MachineID
+	if err == nil && desired == n.target && current != n.target && st != nil {
+		// Is the agent busy with destroyed units? Their states are
+		// published until it has unloaded them.
+		units, uerr := r.fleet.Units(ctx)
+		states, serr := r.fleet.UnitStates(ctx)
+		if uerr == nil && serr == nil {
+			unloading = Unloading(units, states, st.MachineID)
 		}
-		unloading = h.Unloading(machine, r.opt.Clock.Now().Add(-pending-destroyedBefore))
 	}
 	msg := Stalled(n.target, desired, current, unloading, err, st, pending, r.opt.NudgeInterval)
 	ur.Phases[sp].Diagnosis = msg

@@ -382,7 +382,7 @@ func TestStalled(t *testing.T) {
 		{"missed, nudging", "loaded", "loaded", "launched", 0, nil, time.Second, "has not acted on the write (it last acted on \"launched\"): it missed it; fleetroll writes the target again every 1s"},
 		{"missed, no nudging", "loaded", "loaded", "launched", 0, nil, 0, "with nudging off, fleet's agent acts at its next reconcile"},
 		{"acted, not published", "loaded", "loaded", "loaded", 2, nil, time.Second, "acted on it (its current state is \"loaded\"), but fleet has not published systemd's new state yet: it publishes a change within about a second, but fleet v1.0.0 can lose one that falls on its periodic republish"},
-		{"busy unloading units destroyed", "launched", "launched", "loaded", 3, nil, time.Second, "has not acted on the write (it last acted on \"loaded\"): 3 unit(s) on its machine were destroyed from just before it, and fleet v1.0.0's agent unloads each in a reconcile of its own"},
+		{"busy unloading units destroyed", "launched", "launched", "loaded", 3, nil, time.Second, "has not acted on the write (it last acted on \"loaded\"): it is busy: 3 unit(s) destroyed on its machine are not unloaded yet, and fleet v1.0.0's agent unloads them one per reconcile"},
 		{"changed by someone", "launched", "loaded", "loaded", 0, nil, time.Second, "someone else changed it"},
 		{"no answer", "launched", "", "", 0, errors.New("timeout"), time.Second, "fleet's API did not say what its agent did (timeout)"},
 	} {
@@ -392,6 +392,26 @@ func TestStalled(t *testing.T) {
 				t.Fatalf("Stalled = %q, want %q", got, c.want)
 			}
 		})
+	}
+}
+
+// The units a machine's agent has yet to unload: a state published there
+// for a unit fleet no longer lists.
+func TestUnloading(t *testing.T) {
+	units := []*schema.Unit{{Name: "s@1.service"}, {Name: "s@2.service"}, nil}
+	state := func(name, machine string) *schema.UnitState { return &schema.UnitState{Name: name, MachineID: machine} }
+	states := []*schema.UnitState{state("s@1.service", "m1"), state("s@2.service", "m2"), state("gone@1.service", "m1"),
+		state("gone@2.service", "m1"), state("gone@3.service", "m2"), nil}
+	for _, c := range []struct {
+		machine string
+		want    int
+	}{{"m1", 2}, {"m2", 1}, {"m3", 0}} {
+		if got := Unloading(units, states, c.machine); got != c.want {
+			t.Errorf("Unloading on %s = %d, want %d", c.machine, got, c.want)
+		}
+	}
+	if got := Unloading(nil, nil, "m1"); got != 0 {
+		t.Errorf("Unloading of nothing = %d", got)
 	}
 }
 

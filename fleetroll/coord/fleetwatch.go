@@ -324,28 +324,10 @@ const fleetAgentSleep = time.Second
 // own, which is no target: its second ends with no reconcile. Make one
 // with WatchFleetAgents; it is safe for concurrent use.
 type FleetAgents struct {
-	mu  sync.Mutex
-	ear AgentsEar
-	// placed is the machine of each unit fleet has scheduled (its job's
-	// target), so that a unit destroyed is known by its machine;
-	// destroyed are the units destroyed lately, oldest first.
-	placed    map[string]string
-	destroyed []destroyedUnit
-	done      chan struct{}
+	mu   sync.Mutex
+	ear  AgentsEar
+	done chan struct{}
 }
-
-// destroyedUnit is a unit destroyed at at, scheduled on machine then.
-type destroyedUnit struct {
-	at      time.Time
-	machine string
-}
-
-// Destroys are kept for destroyedFor, and at most maxDestroyed of them: a
-// storm of destroys keeps an agent busy a second each (see Unloading).
-const (
-	destroyedFor = time.Minute
-	maxDestroyed = 1024
-)
 
 var _ fleetroll.Hearing = (*FleetAgents)(nil)
 
@@ -356,114 +338,38 @@ var _ fleetroll.Hearing = (*FleetAgents)(nil)
 // date is etcd's clock (the TTL's expiration) read by fleetroll's: a skew
 // between them only costs a nudge or a longer hold, once.
 func WatchFleetAgents(ctx context.Context, kapi client.KeysAPI) *FleetAgents {
-	a := &FleetAgents{placed: map[string]string{}, done: make(chan struct{})}
+	a := &FleetAgents{done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
-		jobs, index := readJobs(ctx, kapi)
-		a.mu.Lock()
-		a.placed = placements(jobs)
-		a.mu.Unlock()
-		if at, ok := lastJobState(jobs, time.Now()); ok {
+		at, index, ok := lastJobState(ctx, kapi)
+		if ok {
 			a.Changed(at, AgentActed)
 		}
-		WatchFrom(ctx, kapi, DefaultFleetPrefix+"job", index, func(resp *client.Response) {
-			now := time.Now()
-			a.Changed(now, KindOfJobChange(resp))
-			a.placement(now, resp)
-		})
+		WatchFrom(ctx, kapi, DefaultFleetPrefix+"job", index, func(resp *client.Response) { a.Changed(time.Now(), KindOfJobChange(resp)) })
 	}()
 	return a
 }
 
-// readJobs reads fleet's jobs, and etcd's index of the read to watch on
-// from (nil and 0 when it failed).
-func readJobs(ctx context.Context, kapi client.KeysAPI) (*client.Node, uint64) {
+// lastJobState dates the last write of a unit's job-state (an agent's
+// launch, or its heartbeat), when it was within the last second: each is
+// written with fleet's agent TTL, so its expiration tells when. index is
+// etcd's index of the read (0 when it failed), to watch on from.
+func lastJobState(ctx context.Context, kapi client.KeysAPI) (at time.Time, index uint64, ok bool) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	resp, err := kapi.Get(ctx, DefaultFleetPrefix+"job", &client.GetOptions{Recursive: true})
 	if err != nil || resp.Node == nil {
-		return nil, 0
-	}
-	return resp.Node, resp.Index
-}
-
-// placements is the machine of each job that has one (its target).
-func placements(jobs *client.Node) map[string]string {
-	placed := map[string]string{}
-	if jobs == nil {
-		return placed
-	}
-	for _, job := range jobs.Nodes {
-		for _, n := range job.Nodes {
-			if path.Base(n.Key) == "target" && n.Value != "" {
-				placed[path.Base(job.Key)] = n.Value
-			}
-		}
-	}
-	return placed
-}
-
-// placement follows the jobs' machines through a change seen at now, and
-// notes a unit destroyed (its job removed) with the machine it was on.
-func (a *FleetAgents) placement(now time.Time, resp *client.Response) {
-	if resp == nil || resp.Node == nil {
-		return
-	}
-	rest, ok := strings.CutPrefix(resp.Node.Key, DefaultFleetPrefix+"job/")
-	if !ok {
-		return
-	}
-	unit, leaf, _ := strings.Cut(rest, "/")
-	gone := resp.Action == "delete" || resp.Action == "expire"
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	switch {
-	case leaf == "target" && !gone:
-		a.placed[unit] = resp.Node.Value
-	case leaf == "target":
-		delete(a.placed, unit)
-	case leaf == "" && gone:
-		a.destroyed = append(a.destroyed, destroyedUnit{at: now, machine: a.placed[unit]})
-		delete(a.placed, unit)
-		first := 0
-		for first < len(a.destroyed) && (now.Sub(a.destroyed[first].at) > destroyedFor || len(a.destroyed)-first > maxDestroyed) {
-			first++
-		}
-		a.destroyed = slices.Delete(a.destroyed, 0, first)
-	}
-}
-
-// Unloading implements fleetroll.Hearing: the units fleet destroyed on the
-// machine since then, as this watch saw them (on any machine, for "").
-func (a *FleetAgents) Unloading(machine string, since time.Time) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	n := 0
-	for _, d := range a.destroyed {
-		if !d.at.Before(since) && (machine == "" || d.machine == machine) {
-			n++
-		}
-	}
-	return n
-}
-
-// lastJobState dates the last write of a unit's job-state (an agent's
-// launch, or its heartbeat) in jobs, when it was within the second before
-// now: each is written with fleet's agent TTL, so its expiration tells
-// when.
-func lastJobState(jobs *client.Node, now time.Time) (at time.Time, ok bool) {
-	if jobs == nil {
-		return time.Time{}, false
+		return time.Time{}, 0, false
 	}
 	var last time.Time
-	if exps := expirations(jobs, "job-state"); len(exps) > 0 {
+	if exps := expirations(resp.Node, "job-state"); len(exps) > 0 {
 		last = slices.MaxFunc(exps, time.Time.Compare)
 	}
-	at = last.Add(-fleetAgentTTL)
+	at, now := last.Add(-fleetAgentTTL), time.Now()
 	if last.IsZero() || at.Before(now.Add(-fleetAgentSleep)) || at.After(now.Add(100*time.Millisecond)) {
-		return time.Time{}, false
+		return time.Time{}, resp.Index, false
 	}
-	return at, true
+	return at, resp.Index, true
 }
 
 // Done is closed when the watch has stopped.

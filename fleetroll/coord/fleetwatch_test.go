@@ -2,7 +2,6 @@ package coord
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -310,9 +309,7 @@ func TestFleetAgentsStartFromALaunchJustMade(t *testing.T) {
 	if _, err := kapi.Set(ctx, key, "m1", &client.SetOptions{TTL: 10 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	if jobs, _ := readJobs(ctx, kapi); jobs == nil {
-		t.Error("fleet's jobs not read")
-	} else if at, ok := lastJobState(jobs, time.Now()); ok {
+	if at, _, ok := lastJobState(ctx, kapi); ok {
 		t.Errorf("a job-state written 20 s ago (by its TTL) dated %s", at)
 	}
 }
@@ -320,71 +317,4 @@ func TestFleetAgentsStartFromALaunchJustMade(t *testing.T) {
 func deafUntil(a *FleetAgents) time.Time {
 	until, _ := a.Deaf("s@1.service")
 	return until
-}
-
-// A unit destroyed (its job removed) is counted on the machine it was
-// scheduled to, whether its place was read at the start or watched.
-func TestFleetAgentsCountTheUnitsDestroyedByMachine(t *testing.T) {
-	kapi, _, _ := startEtcd(t)
-	ctx := t.Context()
-	job := func(unit string) string { return DefaultFleetPrefix + "job/" + unit }
-	if _, err := kapi.Set(ctx, job("old@1.service")+"/target", "m2", nil); err != nil {
-		t.Fatal(err)
-	}
-	since := time.Now()
-	a := WatchFleetAgents(ctx, kapi)
-	// Scheduled while watched: written until the watch has seen it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := kapi.Set(ctx, job("new@1.service")+"/target", "m1", nil); err != nil {
-			t.Fatal(err)
-		}
-		a.mu.Lock()
-		seen := a.placed["new@1.service"] == "m1" && a.placed["old@1.service"] == "m2"
-		a.mu.Unlock()
-		if seen {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the jobs' machines not seen")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, u := range []string{"new@1.service", "old@1.service"} {
-		if _, err := kapi.Delete(ctx, job(u), &client.DeleteOptions{Recursive: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for a.Unloading("", since) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d destroys seen, want 2", a.Unloading("", since))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if m1, m2, m3 := a.Unloading("m1", since), a.Unloading("m2", since), a.Unloading("m3", since); m1 != 1 || m2 != 1 || m3 != 0 {
-		t.Errorf("destroyed on m1, m2, m3: %d, %d, %d; want 1, 1, 0", m1, m2, m3)
-	}
-	if n := a.Unloading("", time.Now().Add(time.Second)); n != 0 {
-		t.Errorf("%d destroyed after now", n)
-	}
-}
-
-// The destroys kept are bounded: the last minute's, and no more than
-// maxDestroyed.
-func TestFleetAgentsKeepDestroysBounded(t *testing.T) {
-	a := &FleetAgents{placed: map[string]string{}}
-	t0 := time.Date(2026, 12, 5, 13, 0, 0, 0, time.UTC)
-	gone := func(at time.Time, unit string) {
-		a.placement(at, &client.Response{Action: "delete", Node: &client.Node{Key: DefaultFleetPrefix + "job/" + unit, Dir: true}})
-	}
-	for i := range maxDestroyed + 100 {
-		gone(t0, fmt.Sprintf("s@%d.service", i))
-	}
-	if n := len(a.destroyed); n != maxDestroyed {
-		t.Errorf("%d destroys kept, want %d", n, maxDestroyed)
-	}
-	gone(t0.Add(destroyedFor+time.Second), "late@1.service")
-	if n := len(a.destroyed); n != 1 {
-		t.Errorf("%d destroys kept a minute on, want the last one", n)
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -97,6 +98,10 @@ type Fleet struct {
 	hook     func(call string)
 	created  func(name string, u *Unit)
 	machines map[string]string
+	// unloading: units destroyed whose machines' agents have not unloaded
+	// them yet (unit: machine): fleet lists no such unit, and still
+	// publishes its state.
+	unloading map[string]string
 	// Steps is the polls a transition takes when a unit does not say
 	// (default 2).
 	Steps int
@@ -144,6 +149,18 @@ func (f *Fleet) Update(name string, fn func(*Unit)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(f.units[name])
+}
+
+// AddUnloading adds a unit destroyed that the agent of machine has not
+// unloaded yet: fleet lists no such unit, and still publishes its state
+// (active/running on machine) among all units' states.
+func (f *Fleet) AddUnloading(name, machine string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.unloading == nil {
+		f.unloading = map[string]string{}
+	}
+	f.unloading[name] = machine
 }
 
 // SetMachines replaces the machines GET /machines lists (ID to public IP);
@@ -331,6 +348,12 @@ func (f *Fleet) listStates(w http.ResponseWriter, r *http.Request) {
 		}
 		states = append(states, map[string]string{"name": n, "machineID": u.Machine, "hash": "h",
 			"systemdLoadState": "loaded", "systemdActiveState": u.Active, "systemdSubState": u.Sub})
+	}
+	if name == "" {
+		for _, n := range slices.Sorted(maps.Keys(f.unloading)) {
+			states = append(states, map[string]string{"name": n, "machineID": f.unloading[n], "hash": "h",
+				"systemdLoadState": "loaded", "systemdActiveState": "active", "systemdSubState": "running"})
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"states": states})
 }
