@@ -82,6 +82,7 @@ var layout = []placement{
 	{"TestServeSurvivesABurstOfPushes", together},
 	{"TestUnitsSettingsRollOverTLSEtcd", together},
 	{"TestUpgradeReceiversLosesNoPush", together},
+	{"TestStallAfterDestroysSaysWhy", together},
 
 	// A quiet fleet: the recovery's time, an observer of the proxy's view
 	// at 50 ms, nudges, watches.
