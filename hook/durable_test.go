@@ -88,6 +88,30 @@ func (rs *receivers) leftByA(t *testing.T, rec fleetroll.Report, callback string
 	}
 }
 
+// diedMidUnit leaves what "receiver A" leaves when it dies in phase of
+// the second of three units, the first restarted: its trigger running
+// (with the callback, when not ""), its intent, and the unit stopped. It
+// returns the rollout and its trigger (received now).
+func (rs *receivers) diedMidUnit(t *testing.T, phase fleetroll.Phase, callback string) (string, fleetroll.Trigger) {
+	t.Helper()
+	units := testUnits[:3]
+	id := fleetroll.NewID()
+	now := time.Now().UTC()
+	trig := fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: "latest", PushedAt: "1795835368", Received: now}
+	rs.leftByA(t, fleetroll.Report{Version: fleetroll.SchemaVersion, ID: id, Service: "my-service", Status: fleetroll.StatusRunning,
+		Trigger: trig, Started: now, By: "receiver A", Queue: &fleetroll.QueueInfo{Queued: now}, Units: []fleetroll.UnitReport{
+			{Unit: units[0], Outcome: fleetroll.OutcomeRestarted},
+			{Unit: units[1], Outcome: fleetroll.OutcomeInProgress, Phase: phase},
+			{Unit: units[2], Outcome: fleetroll.OutcomePending},
+		}}, callback)
+	if err := (coord.Intents{KAPI: rs.kapi}).Put(t.Context(), "my-service", coord.Intent{Rollout: id, Trigger: trig, Owner: "receiver A, rollout " + id,
+		Started: now, Units: []coord.IntentUnit{{Unit: units[1], Phase: phase, Since: now}}}); err != nil {
+		t.Fatal(err)
+	}
+	rs.fleet.Update(units[1], func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+	return id, trig
+}
+
 func (rs *receivers) push(t *testing.T) []byte {
 	return bytes.Replace(fixture(t, "dockerhub-push.json"), []byte("https://registry.hub.docker.com"), []byte(rs.cbs.URL), 1)
 }
@@ -193,21 +217,7 @@ func TestReceiverTakesOverADeadOnesRollout(t *testing.T) {
 	rs := newReceivers(t)
 	ctx := t.Context()
 	units := testUnits[:3]
-	id := fleetroll.NewID()
-	now := time.Now().UTC()
-	trig := fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: "latest", PushedAt: "1795835368", Received: now}
-	rec := fleetroll.Report{Version: fleetroll.SchemaVersion, ID: id, Service: "my-service", Status: fleetroll.StatusRunning, Trigger: trig,
-		Started: now, By: "receiver A", Queue: &fleetroll.QueueInfo{Queued: now}, Units: []fleetroll.UnitReport{
-			{Unit: units[0], Outcome: fleetroll.OutcomeRestarted},
-			{Unit: units[1], Outcome: fleetroll.OutcomeInProgress, Phase: fleetroll.PhaseStop},
-			{Unit: units[2], Outcome: fleetroll.OutcomePending},
-		}}
-	rs.leftByA(t, rec, rs.cbs.URL+"/u/demo/my-service/hook/x/")
-	if err := (coord.Intents{KAPI: rs.kapi}).Put(ctx, "my-service", coord.Intent{Rollout: id, Trigger: trig, Owner: "receiver A, rollout " + id,
-		Started: now, Units: []coord.IntentUnit{{Unit: units[1], Phase: fleetroll.PhaseStop, Since: now}}}); err != nil {
-		t.Fatal(err)
-	}
-	rs.fleet.Update(units[1], func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+	id, _ := rs.diedMidUnit(t, fleetroll.PhaseStop, rs.cbs.URL+"/u/demo/my-service/hook/x/")
 
 	b := rs.start(t, "receiver B")
 	final := waitFinal(t, b, id)
@@ -254,20 +264,8 @@ func TestNewerPushTakesADeadReceiversPlace(t *testing.T) {
 	rs := newReceivers(t)
 	ctx := t.Context()
 	units := testUnits[:3]
-	old := fleetroll.NewID()
-	now := time.Now().UTC()
-	trig := fleetroll.Trigger{Source: "dockerhub", Repository: "demo/my-service", Tag: "latest", PushedAt: "1795835368", Received: now}
-	rs.leftByA(t, fleetroll.Report{Version: fleetroll.SchemaVersion, ID: old, Service: "my-service", Status: fleetroll.StatusRunning,
-		Trigger: trig, Started: now, By: "receiver A", Queue: &fleetroll.QueueInfo{Queued: now}, Units: []fleetroll.UnitReport{
-			{Unit: units[0], Outcome: fleetroll.OutcomeRestarted},
-			{Unit: units[1], Outcome: fleetroll.OutcomeInProgress, Phase: fleetroll.PhaseStart},
-			{Unit: units[2], Outcome: fleetroll.OutcomePending},
-		}}, "")
-	if err := (coord.Intents{KAPI: rs.kapi}).Put(ctx, "my-service", coord.Intent{Rollout: old, Trigger: trig, Owner: "receiver A, rollout " + old,
-		Started: now, Units: []coord.IntentUnit{{Unit: units[1], Phase: fleetroll.PhaseStart, Since: now}}}); err != nil {
-		t.Fatal(err)
-	}
-	rs.fleet.Update(units[1], func(u *fakefleet.Unit) { u.Desired, u.Active, u.Sub = "loaded", "inactive", "dead" })
+	old, trig := rs.diedMidUnit(t, fleetroll.PhaseStart, "")
+	now := trig.Received
 	newer := trig
 	newer.PushedAt = "1795835369"
 	add, err := (coord.Triggers{KAPI: rs.kapi}).Add(ctx, "my-service", triggerKey(newer), false, func() fleetroll.Report {
