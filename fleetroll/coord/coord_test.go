@@ -370,37 +370,85 @@ func TestHistoryOneRecordPerRollout(t *testing.T) {
 		t.Fatalf("after two saves of one rollout: %+v %v", recs, err)
 	}
 
-	// Writers amend one record at once, each adding its unit.
-	const writers = 6
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for i := range writers {
-		wg.Go(func() {
-			part := fleetroll.Report{ID: "0000000000b2", Service: "s", Status: fleetroll.StatusInterrupted, Started: t0,
-				Units: []fleetroll.UnitReport{{Unit: fmt.Sprintf("s@%d.service", i), Outcome: fleetroll.OutcomeInterrupted}}}
-			errs <- h.Amend(ctx, part, func(stored, r fleetroll.Report) fleetroll.Report {
-				r.Units = append(stored.Units, r.Units...)
-				return r
-			})
-		})
+	// Writers amend one record at once, each adding its unit, with the
+	// same start time or each its own (then each may create a record of
+	// its own key, and they are folded into one).
+	addUnits := func(stored, r fleetroll.Report) fleetroll.Report {
+		for _, u := range stored.Units {
+			if !slices.ContainsFunc(r.Units, func(o fleetroll.UnitReport) bool { return o.Unit == u.Unit }) {
+				r.Units = append(r.Units, u)
+			}
+		}
+		return r
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
+	for round, started := range []func(i int) time.Time{
+		func(int) time.Time { return t0 },
+		func(i int) time.Time { return t0.Add(time.Duration(i) * time.Millisecond) },
+	} {
+		id := fmt.Sprintf("0000000000b%d", round)
+		writers := 6 - 3*round // folds make more writes: fewer writers at once
+		var wg sync.WaitGroup
+		errs := make(chan error, writers)
+		for i := range writers {
+			wg.Go(func() {
+				part := fleetroll.Report{ID: id, Service: "s", Status: fleetroll.StatusInterrupted, Started: started(i),
+					Units: []fleetroll.UnitReport{{Unit: fmt.Sprintf("s@%d.service", i), Outcome: fleetroll.OutcomeInterrupted}}}
+				errs <- h.Amend(ctx, part, addUnits)
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		if units := unitsOf(t, h, id); len(units) != writers {
+			t.Fatalf("round %d: the records of %s hold units %v, want each of the %d writers' once, in one record", round, id, units, writers)
 		}
 	}
-	rec, ok, err := h.Get(ctx, "0000000000b2")
-	if err != nil || !ok {
-		t.Fatalf("amended record: %v %v", ok, err)
+
+	// Two records left under two keys (two writers' creates, before this
+	// kind of fold): the next amend folds them into the earlier key's.
+	for i, at := range []time.Time{t0, t0.Add(time.Second)} {
+		part := fleetroll.Report{ID: "0000000000c1", Service: "s", Status: fleetroll.StatusInterrupted, Started: at,
+			Units: []fleetroll.UnitReport{{Unit: fmt.Sprintf("s@%d.service", i)}}}
+		b, _ := json.Marshal(part)
+		if _, err := kapi.Set(ctx, fmt.Sprintf("%s/s/%020d-%s", HistoryPrefix, at.UnixNano(), part.ID), string(b), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Amend(ctx, fleetroll.Report{ID: "0000000000c1", Service: "s", Started: t0.Add(time.Minute),
+		Units: []fleetroll.UnitReport{{Unit: "s@2.service"}}}, addUnits); err != nil {
+		t.Fatal(err)
+	}
+	if units := unitsOf(t, h, "0000000000c1"); !slices.Equal(units, []string{"s@0.service", "s@1.service", "s@2.service"}) {
+		t.Fatalf("after the fold: %v, want the three units in one record", units)
+	}
+}
+
+// unitsOf is the units of a rollout's record, sorted; it fails the test
+// unless the history holds exactly one record of it.
+func unitsOf(t *testing.T, h History, id string) []string {
+	t.Helper()
+	all, err := h.List(t.Context(), "")
+	if err != nil {
+		t.Fatal(err)
 	}
 	var units []string
-	for _, u := range rec.Units {
-		units = append(units, u.Unit)
+	n := 0
+	for _, r := range all {
+		if r.ID != id {
+			continue
+		}
+		n++
+		for _, u := range r.Units {
+			units = append(units, u.Unit)
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d records of %s, want 1", n, id)
 	}
 	slices.Sort(units)
-	if len(units) != writers || len(slices.Compact(slices.Clone(units))) != writers {
-		t.Fatalf("the record has %d units %v, want each of the %d writers' once", len(units), units, writers)
-	}
+	return units
 }

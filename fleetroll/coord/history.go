@@ -34,7 +34,10 @@ func (h History) Save(ctx context.Context, r fleetroll.Report) error {
 // Two fleetrolls may each write a part of one record at once (the queue of
 // a receiver, the recovery of another's intent): each write is a
 // compare-and-swap on the record read, and a write that lost the race reads
-// the record again and merges anew.
+// the record again and merges anew. Two that each found no record create
+// one each, under their own start times: with a merge, the one that sees
+// both (each looks again after a create) folds the later key's into the
+// earlier's and removes it, so that one record is left.
 func (h History) Amend(ctx context.Context, r fleetroll.Report, merge func(stored, r fleetroll.Report) fleetroll.Report) error {
 	if err := fleetroll.ValidateServiceName(r.Service); err != nil {
 		return fmt.Errorf("history: %w", err)
@@ -43,30 +46,32 @@ func (h History) Amend(ctx context.Context, r fleetroll.Report, merge func(store
 		return fmt.Errorf("history: rollout ID %q is not 12 hex digits", r.ID)
 	}
 	dir := HistoryPrefix + "/" + r.Service
+	more := false // a create, or records of the rollout under more keys
 	for attempt := 1; ; attempt++ {
-		rec, key := r, recordKey(dir, r)
-		opts := &client.SetOptions{PrevExist: client.PrevNoExist}
-		node, err := h.find(ctx, dir, r.ID)
+		nodes, err := h.records(ctx, dir, r.ID)
 		if err != nil {
 			return fmt.Errorf("history: save %s: %w", r.ID, err)
 		}
-		if node != nil {
-			key, opts = node.Key, &client.SetOptions{PrevIndex: node.ModifiedIndex}
-			var stored fleetroll.Report
-			if merge != nil && json.Unmarshal([]byte(node.Value), &stored) == nil {
+		rec, key := r, recordKey(dir, r)
+		opts := &client.SetOptions{PrevExist: client.PrevNoExist}
+		if len(nodes) > 0 {
+			n := nodes[0]
+			key, opts = n.Key, &client.SetOptions{PrevIndex: n.ModifiedIndex}
+			if stored, ok := decodeRecord(n); ok && merge != nil {
 				rec = merge(stored, r)
 			}
 		}
-		b, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		_, err = h.KAPI.Set(ctx, key, string(b), opts)
+		err = h.put(ctx, key, rec, opts)
 		if err == nil {
+			more = len(nodes) != 1
 			break
 		}
-		raced := isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeNodeExist) || isCode(err, client.ErrorCodeKeyNotFound)
-		if !raced || attempt == maxAmends {
+		if !raced(err) || attempt == maxAmends {
+			return fmt.Errorf("history: save %s: %w", r.ID, err)
+		}
+	}
+	if more && merge != nil {
+		if err := h.fold(ctx, dir, r.ID, merge); err != nil {
 			return fmt.Errorf("history: save %s: %w", r.ID, err)
 		}
 	}
@@ -74,6 +79,61 @@ func (h History) Amend(ctx context.Context, r fleetroll.Report, merge func(store
 		return fmt.Errorf("history: %w", err)
 	}
 	return nil
+}
+
+// fold leaves one record of a rollout that has more (two writers created
+// one each at once): each later key's record is merged into the earliest
+// key's, then removed. Both writers may fold at once: a record merged in
+// twice is merged as once (merge joins what each part says), and a key
+// removed already is not an error.
+func (h History) fold(ctx context.Context, dir, id string, merge func(stored, r fleetroll.Report) fleetroll.Report) error {
+	nodes, err := h.records(ctx, dir, id)
+	if err != nil || len(nodes) < 2 {
+		return err
+	}
+	for _, extra := range nodes[1:] {
+		part, ok := decodeRecord(extra)
+		if ok {
+			for attempt := 1; ; attempt++ {
+				keep, err := h.records(ctx, dir, id)
+				if err != nil {
+					return err
+				}
+				if len(keep) == 0 || keep[0].Key == extra.Key {
+					return nil // the earlier one is gone (pruned): this one stays
+				}
+				first := keep[0]
+				stored, _ := decodeRecord(first)
+				err = h.put(ctx, first.Key, merge(stored, part), &client.SetOptions{PrevIndex: first.ModifiedIndex})
+				if err == nil {
+					break
+				}
+				if !raced(err) || attempt == maxAmends {
+					return err
+				}
+			}
+		}
+		if _, err := h.KAPI.Delete(ctx, extra.Key, &client.DeleteOptions{PrevIndex: extra.ModifiedIndex}); err != nil && !raced(err) {
+			return fmt.Errorf("remove %s: %w", extra.Key, err)
+		}
+	}
+	return nil
+}
+
+// raced: a compare-and-swap or a create lost to another writer, or the
+// key went (pruned, or folded into another) meanwhile.
+func raced(err error) bool {
+	return isCode(err, client.ErrorCodeTestFailed) || isCode(err, client.ErrorCodeNodeExist) || isCode(err, client.ErrorCodeKeyNotFound)
+}
+
+// put writes a record to its key (opts: the compare-and-swap).
+func (h History) put(ctx context.Context, key string, r fleetroll.Report, opts *client.SetOptions) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", r.ID, err)
+	}
+	_, err = h.KAPI.Set(ctx, key, string(b), opts)
+	return err
 }
 
 // maxAmends bounds the writes of one record that lose a race with another
@@ -91,22 +151,30 @@ func recordKey(dir string, r fleetroll.Report) string {
 	return fmt.Sprintf("%s/%020d-%s", dir, at.UnixNano(), r.ID)
 }
 
-// find returns the node of a rollout's record in its service's directory,
-// or nil.
-func (h History) find(ctx context.Context, dir, id string) (*client.Node, error) {
-	resp, err := h.KAPI.Get(ctx, dir, nil)
+// records returns the nodes of a rollout's records in its service's
+// directory, earliest key first (one, but for a moment when two writers
+// created one each), read from etcd's leader.
+func (h History) records(ctx context.Context, dir, id string) ([]*client.Node, error) {
+	resp, err := h.KAPI.Get(ctx, dir, &client.GetOptions{Sort: true, Quorum: true})
 	if isCode(err, client.ErrorCodeKeyNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	var out []*client.Node
 	for _, n := range resp.Node.Nodes {
 		if !n.Dir && strings.HasSuffix(n.Key, "-"+id) {
-			return n, nil
+			out = append(out, n)
 		}
 	}
-	return nil, nil
+	return out, nil
+}
+
+// decodeRecord reads a record node.
+func decodeRecord(n *client.Node) (fleetroll.Report, bool) {
+	var r fleetroll.Report
+	return r, json.Unmarshal([]byte(n.Value), &r) == nil
 }
 
 // prune deletes the oldest keys of dir (sorted by name) beyond keep
