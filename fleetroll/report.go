@@ -375,10 +375,26 @@ func (e *UnitError) Unwrap() error { return e.Err }
 // the one being written, stored the one already saved; either may come
 // first. later's account wins where both have one, except a unit's: there
 // the final outcome wins over an in-progress one. What only stored knows is
-// kept, and both errors are said.
+// kept, and both errors are said. A record of a rollout that ended on its
+// own (succeeded, failed, ...) is kept as it is, with the rollout that
+// took its place added.
 func JoinInterrupted(stored, later Report) Report {
 	out := later.Clone()
 	st := stored.Clone()
+	// One that ended on its own (its receiver died after its end, before
+	// its queue entry was removed) keeps its record: the other only adds
+	// which rollout took its place.
+	for _, p := range [][2]*Report{{&st, &out}, {&out, &st}} {
+		if ended, other := p[0], p[1]; endedOnItsOwn(ended.Status) && !endedOnItsOwn(other.Status) {
+			if other.Queue != nil && other.Queue.SupersededBy != "" {
+				if ended.Queue == nil {
+					ended.Queue = &QueueInfo{}
+				}
+				ended.Queue.SupersededBy = cmp.Or(ended.Queue.SupersededBy, other.Queue.SupersededBy)
+			}
+			return *ended
+		}
+	}
 	if st.Status == StatusInterrupted {
 		out.Status = StatusInterrupted
 	}
@@ -452,6 +468,12 @@ func JoinInterrupted(stored, later Report) Report {
 		out.Error += "; " + st.Error
 	}
 	return out
+}
+
+// endedOnItsOwn: a rollout's end that no fleetroll's stop made
+// (succeeded, failed, rolled back, aborted, refused).
+func endedOnItsOwn(s Status) bool {
+	return s.Final() && s != StatusInterrupted && s != StatusSuperseded && s != StatusCancelled
 }
 
 // underWay: the unit's outcome is not known yet.

@@ -68,6 +68,15 @@ func TestJoinInterrupted(t *testing.T) {
 			}
 		})
 	}
+	// A rollout that ended before its receiver died (its queue entry left
+	// behind) keeps its record, in either order, with its superseder added.
+	done := Report{Version: SchemaVersion, ID: queue.ID, Service: "s", Status: StatusSucceeded, Trigger: trig, Started: t0,
+		Finished: t0.Add(30 * time.Second), Units: []UnitReport{{Unit: "s@1.service", Outcome: OutcomeRestarted}}}
+	for _, got := range []Report{JoinInterrupted(done, queue), JoinInterrupted(queue, done)} {
+		if got.Status != StatusSucceeded || got.Error != "" || len(got.Units) != 1 || got.Queue == nil || got.Queue.SupersededBy != "a871aaa498ed" {
+			t.Errorf("a succeeded rollout joined with the queue's record: %+v, queue %+v", got, got.Queue)
+		}
+	}
 	// A record that only one of them has a field of keeps it.
 	onlyQueue := JoinInterrupted(recovery, Report{ID: queue.ID, Service: "s", Queue: queue.Queue, Units: []UnitReport{}})
 	if onlyQueue.Trigger != trig || onlyQueue.By != "receiver B" || onlyQueue.Status != StatusInterrupted || len(onlyQueue.Units) != 1 {
