@@ -340,7 +340,9 @@ func TestStatusPageInABrowser(t *testing.T) {
 // clickLive clicks the element that sel selects in one evaluation in the
 // page. The page redraws its rows and buttons on every live update, and
 // chromedp.Click acts on a node it looked up a moment before: one redrawn
-// meanwhile is gone ("Could not find node with given id").
+// meanwhile is gone ("Could not find node with given id"). Unlike
+// chromedp.Click it does not wait for the element: callers wait for it
+// first.
 func clickLive(ctx context.Context, sel string) error {
 	q, _ := json.Marshal(sel)
 	found, err := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf(

@@ -240,8 +240,8 @@ func Stalled(target, desired, current string, unloading int, err error, st *sche
 // Unloading counts the units destroyed on a machine that its fleet agent
 // has not unloaded yet: fleet lists no such unit, but still publishes its
 // state there (the agent removes it as it unloads the unit). fleet
-// v1.0.0's agent unloads them one per reconcile, about a second each, and
-// starts or stops nothing else meanwhile (docs/how-it-works.md).
+// v1.0.0's agent unloads them one per reconcile, a second or two each,
+// and starts or stops nothing else meanwhile (docs/how-it-works.md).
 func Unloading(units []*schema.Unit, states []*schema.UnitState, machine string) int {
 	listed := map[string]bool{}
 	for _, u := range units {
@@ -270,9 +270,10 @@ func (r *Roller) diagnose(ctx context.Context, n *nudge, st *schema.UnitState, p
 	unloading := 0
 	if err == nil && desired == n.target && current != n.target && st != nil {
 		// Is the agent busy with destroyed units? Their states are
-		// published until it has unloaded them.
-		units, uerr := r.fleet.Units(ctx)
+		// published until it has unloaded them. The states first: a
+		// unit destroyed between the two reads still counts.
 		states, serr := r.fleet.UnitStates(ctx)
+		units, uerr := r.fleet.Units(ctx)
 		if uerr == nil && serr == nil {
 			unloading = Unloading(units, states, st.MachineID)
 		}
