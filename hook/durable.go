@@ -124,7 +124,9 @@ func (d *durable) Submit(ctx context.Context, service string, t fleetroll.Trigge
 				}
 			}
 		}
-		d.store.Put(add.Entry.Record)
+		// A receiver's queue may have taken the new rollout up already
+		// (its account, with what it superseded, is the newer one).
+		d.store.PutNew(add.Entry.Record)
 		d.poke()
 	}
 	return add.Entry.Record, add.Merged, nil
@@ -345,11 +347,10 @@ func (d *durable) start(ctx context.Context, wg *sync.WaitGroup, service string,
 	}()
 }
 
-// supersede removes the entries olds from the queue, superseded by the
-// rollout id: their records say so (one that was running, its receiver
-// gone, was interrupted), in this receiver's store and the history. It
-// returns their rollouts and callbacks, for id's entry to carry.
-func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id string) (sup superseded, err error) {
+// supersede removes the entries olds from the queue. It returns what
+// they hand on, for the entry that takes their place to carry, and the
+// entries removed, for record once that entry is known.
+func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger) (sup superseded, removed []coord.QueuedTrigger, err error) {
 	for _, e := range olds {
 		old, err := d.triggers.Remove(ctx, e.Key)
 		if isKeyNotFound(err) {
@@ -357,9 +358,19 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id 
 		}
 		if err != nil {
 			d.log.Warn("queue: superseded trigger not removed", "rollout_id", e.Record.ID, "error", err.Error())
-			return sup, err
+			return sup, removed, err
 		}
 		sup.add(handOn(old))
+		removed = append(removed, old)
+	}
+	return sup, removed, nil
+}
+
+// record says that the rollout id took the place of the entries removed
+// (one that was running, its receiver gone, was interrupted), in this
+// receiver's store and the history.
+func (d *durable) record(ctx context.Context, removed []coord.QueuedTrigger, id string) {
+	for _, old := range removed {
 		rec := d.supersededRecord(old.Record, id)
 		d.store.Put(rec)
 		// One that was running: the recovery of its intent records it
@@ -368,7 +379,6 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger, id 
 			d.log.Warn("superseded rollout not recorded", "rollout_id", rec.ID, "error", err.Error())
 		}
 	}
-	return sup, nil
 }
 
 // errNotOurs: a queue entry that no longer carries the rollout this
@@ -468,8 +478,9 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	es := all[service]
 	newest := es[len(es)-1]
 	id := newest.Record.ID
-	sup, err := d.supersede(wctx, es[:len(es)-1], id)
+	sup, removed, err := d.supersede(wctx, es[:len(es)-1])
 	if err != nil {
+		d.record(wctx, removed, id)
 		return
 	}
 	var resume *fleetroll.Report
@@ -487,10 +498,12 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	})
 	if err != nil {
 		d.log.Warn("queue: trigger not taken", "rollout_id", id, "error", err.Error())
+		d.record(wctx, removed, id)
 		return
 	}
-	cancel()
 	id = e.Record.ID // a newer push may have taken the entry's place meanwhile
+	d.record(wctx, removed, id)
+	cancel()
 	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
 		d.store.Put(e.Record)
 	}

@@ -50,6 +50,21 @@ func (s *Store) Put(r fleetroll.Report) {
 	s.notifyLocked()
 }
 
+// PutNew records a rollout the store does not hold yet, and leaves one it
+// holds as it is: a queue that took the rollout up meanwhile has put a
+// newer account of it.
+func (s *Store) PutNew(r fleetroll.Report) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.byID[r.ID]; ok {
+		return
+	}
+	c := r.Clone()
+	s.insertLocked(c)
+	s.emitLocked(change{kind: "queued"}, "", &c)
+	s.notifyLocked()
+}
+
 // insertLocked adds a record the store does not hold (the caller's copy),
 // last, and drops the oldest finished ones over the limit.
 func (s *Store) insertLocked(c fleetroll.Report) {
