@@ -269,6 +269,16 @@ func TestUpgradeReceiversLosesNoPush(t *testing.T) {
 	if len(unnamed) != dropped {
 		t.Errorf("%d accepted pushes named by no rollout that ran, and %d counted unnamed by them: lost %v", len(unnamed), dropped, unnamed)
 	}
+	if t.Failed() {
+		for _, r := range recs {
+			q := fr.QueueInfo{}
+			if r.Queue != nil {
+				q = *r.Queue
+			}
+			t.Logf("record %s: %s by %s; superseded by %q; supersedes %v (+%d unnamed); resumed %d time(s)",
+				r.ID, r.Status, r.By, q.SupersededBy, q.Supersedes, q.SupersedesDropped, len(q.Resumed))
+		}
+	}
 	t.Logf("%d pushes sent, %d accepted (%d refused or unanswered while a receiver stopped), %d rollouts ran, %d takeovers, %d stopped by a shutdown and superseded, %d superseded past the names a record keeps",
 		p.sent, len(p.accepted), p.sent-len(p.accepted), ran, resumed, handedOn, dropped)
 }
