@@ -63,6 +63,10 @@ type durable struct {
 
 	mu      sync.Mutex
 	running map[string]bool
+	// runs are the rollouts this receiver has taken up and runs now: its
+	// store's account of each is newer than any queue entry's that the
+	// feed may still bring.
+	runs    map[string]bool
 	queued  int
 	suspect map[string]bool // services whose lock expired: check for an intent
 	changed chan struct{}
@@ -79,7 +83,7 @@ func newDurable(kapi client.KeysAPI, store *Store, opt QueueOptions, owner strin
 		opt.Clock = fleetroll.SystemClock{}
 	}
 	return &durable{kapi: kapi, triggers: coord.Triggers{KAPI: kapi}, store: store, opt: opt, owner: owner, ttl: ttl, log: log,
-		running: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1),
+		running: map[string]bool{}, runs: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1),
 		adding: map[string]chan struct{}{}}
 }
 
@@ -504,6 +508,8 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	id = e.Record.ID // a newer push may have taken the entry's place meanwhile
 	d.record(wctx, removed, id)
 	cancel()
+	d.setRuns(id, true)
+	defer d.setRuns(id, false)
 	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
 		d.store.Put(e.Record)
 	}
@@ -544,6 +550,24 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		j.Callbacks = last.Callbacks
 		d.opt.AfterRun(j)
 	}
+}
+
+// setRuns notes that this receiver runs the rollout id (on), or no longer.
+func (d *durable) setRuns(id string, on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		d.runs[id] = true
+	} else {
+		delete(d.runs, id)
+	}
+}
+
+// runsIt reports whether this receiver runs the rollout id now.
+func (d *durable) runsIt(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.runs[id]
 }
 
 // progress mirrors a running rollout's record into its queue entry, for

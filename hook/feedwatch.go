@@ -198,7 +198,10 @@ func (d *durable) feedEntry(id uint64, e coord.QueuedTrigger, prev *coord.Queued
 	if prev != nil && prev.Record.ID != e.Record.ID && !prev.Record.Status.Final() {
 		d.store.mirror(0, change{}, prev.Record.Status, d.supersededRecord(prev.Record, e.Record.ID), false)
 	}
-	d.store.mirror(id, ch, before, e.Record, e.Runner == d.owner)
+	// This receiver's own: the entry says so, or it has taken the
+	// rollout up and the feed brings an older write of its entry (the
+	// push's, before it was taken).
+	d.store.mirror(id, ch, before, e.Record, e.Runner == d.owner || d.runsIt(e.Record.ID))
 }
 
 // pause waits d on the queue's clock; false when ctx ended first.

@@ -114,3 +114,28 @@ func TestStorePutNewKeepsTheNewerAccount(t *testing.T) {
 		t.Fatal("PutNew of a new record did not put it")
 	}
 }
+
+// The feed brings writes of a queue entry after the fact: the push's own
+// write of an entry this receiver has since taken up and runs does not
+// take its store's account back (what it superseded, its status); one it
+// does not run is taken as etcd has it.
+func TestFeedKeepsTheAccountOfARolloutThisReceiverRuns(t *testing.T) {
+	d := newDurable(nil, NewStore(10), QueueOptions{}, "receiver A", 3*time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.services = func() []string { return []string{"my-service"} }
+	for _, runs := range []bool{true, false} {
+		id := "0000000000c1"
+		if !runs {
+			id = "0000000000c2"
+		}
+		d.store.Put(fleetroll.Report{ID: id, Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver A",
+			Queue: &fleetroll.QueueInfo{Supersedes: []string{"0000000000aa", "0000000000bb"}}})
+		d.setRuns(id, runs)
+		stale := fleetroll.Report{ID: id, Service: "my-service", Status: fleetroll.StatusQueued, Queue: &fleetroll.QueueInfo{Supersedes: []string{"0000000000bb"}}}
+		d.feedEntry(7, coord.QueuedTrigger{Record: stale}, nil)
+		got, _ := d.store.Get(id)
+		kept := got.Status == fleetroll.StatusRunning && len(got.Queue.Supersedes) == 2
+		if kept != runs {
+			t.Errorf("runs %v: the store holds %s, superseding %v", runs, got.Status, got.Queue.Supersedes)
+		}
+	}
+}
