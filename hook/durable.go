@@ -63,10 +63,6 @@ type durable struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	// runs are the rollouts this receiver has taken up and runs now: its
-	// store's account of each is newer than any queue entry's that the
-	// feed may still bring.
-	runs    map[string]bool
 	queued  int
 	suspect map[string]bool // services whose lock expired: check for an intent
 	changed chan struct{}
@@ -83,7 +79,7 @@ func newDurable(kapi client.KeysAPI, store *Store, opt QueueOptions, owner strin
 		opt.Clock = fleetroll.SystemClock{}
 	}
 	return &durable{kapi: kapi, triggers: coord.Triggers{KAPI: kapi}, store: store, opt: opt, owner: owner, ttl: ttl, log: log,
-		running: map[string]bool{}, runs: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1),
+		running: map[string]bool{}, suspect: map[string]bool{}, changed: make(chan struct{}), wake: make(chan struct{}, 1),
 		adding: map[string]chan struct{}{}}
 }
 
@@ -374,6 +370,13 @@ func (d *durable) supersede(ctx context.Context, olds []coord.QueuedTrigger) (su
 // (one that was running, its receiver gone, was interrupted), in this
 // receiver's store and the history.
 func (d *durable) record(ctx context.Context, removed []coord.QueuedTrigger, id string) {
+	if len(removed) == 0 {
+		return
+	}
+	// Their entries are gone: recorded even when the queue's read of them
+	// timed out or the receiver is stopping.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	for _, old := range removed {
 		rec := d.supersededRecord(old.Record, id)
 		d.store.Put(rec)
@@ -508,11 +511,8 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 	id = e.Record.ID // a newer push may have taken the entry's place meanwhile
 	d.record(wctx, removed, id)
 	cancel()
-	d.setRuns(id, true)
-	defer d.setRuns(id, false)
-	if _, ok := d.store.Update(id, func(r *fleetroll.Report) { *r = e.Record.Clone() }); !ok {
-		d.store.Put(e.Record)
-	}
+	d.store.Take(e.Record)
+	defer d.store.Release(id)
 	j := Job{ID: id, Service: service, Trigger: e.Record.Trigger, Callbacks: e.Callbacks, Resume: resume, entry: e.Key, lease: lease}
 	ended := d.exec(ctx, j)
 	final, _ := d.store.Get(id)
@@ -550,24 +550,6 @@ func (d *durable) runOne(ctx context.Context, service string, lease func() error
 		j.Callbacks = last.Callbacks
 		d.opt.AfterRun(j)
 	}
-}
-
-// setRuns notes that this receiver runs the rollout id (on), or no longer.
-func (d *durable) setRuns(id string, on bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if on {
-		d.runs[id] = true
-	} else {
-		delete(d.runs, id)
-	}
-}
-
-// runsIt reports whether this receiver runs the rollout id now.
-func (d *durable) runsIt(id string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.runs[id]
 }
 
 // progress mirrors a running rollout's record into its queue entry, for

@@ -149,21 +149,36 @@ func (s *Store) etcdEventLocked(id uint64, ch change, before fleetroll.Status, r
 
 // mirror takes a change of a rollout's record that etcd holds at index
 // (id 0: an event etcd does not number) and hands it to the feed. The
-// store keeps the newer of its own record and etcd's: its own while this
-// receiver runs the rollout, and a record that ended is not taken back to
-// an earlier state.
-func (s *Store) mirror(id uint64, ch change, before fleetroll.Status, r fleetroll.Report, own bool) {
+// store keeps the newer of its own record and etcd's (newerLocked): its
+// own while this receiver runs the rollout (own: the entry names it; or
+// waiting: a write from before any runner, of one it has taken up), and a
+// record that ended is not taken back to an earlier state.
+func (s *Store) mirror(id uint64, ch change, before fleetroll.Status, r fleetroll.Report, own, waiting bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if held, ok := s.byID[r.ID]; ok {
-		if r.Status.Final() || !own && !held.Status.Final() {
-			*held = r.Clone()
-		}
-	} else {
-		s.insertLocked(r)
-	}
+	s.refreshLocked(r, own, waiting)
 	s.notifyLocked()
 	s.etcdEventLocked(id, ch, before, &r)
+}
+
+// refresh brings the store's record of a rollout up to date from etcd, as
+// mirror does, with no event (the feed's starting state).
+func (s *Store) refresh(r fleetroll.Report, own, waiting bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refreshLocked(r, own, waiting)
+	s.notifyLocked()
+}
+
+func (s *Store) refreshLocked(r fleetroll.Report, own, waiting bool) {
+	if !s.newerLocked(r, own, waiting) {
+		return
+	}
+	if held, ok := s.byID[r.ID]; ok {
+		*held = r.Clone()
+		return
+	}
+	s.insertLocked(r.Clone())
 }
 
 // Subscribe returns a subscription to the events after the one with ID

@@ -23,13 +23,13 @@ func TestFeedTrimmedAtAnEventWithoutID(t *testing.T) {
 	id := uint64(100)
 	for i := range 2 * feedSize {
 		if i == feedSize { // the first event kept by the trim below
-			s.mirror(0, change{}, "", rec, false)
+			s.mirror(0, change{}, "", rec, false, false)
 			continue
 		}
 		id += 2 // etcd's indexes of the feed's writes are not consecutive
-		s.mirror(id, change{kind: "progress"}, fleetroll.StatusRunning, rec, false)
+		s.mirror(id, change{kind: "progress"}, fleetroll.StatusRunning, rec, false, false)
 	}
-	s.mirror(id+2, change{kind: "progress"}, fleetroll.StatusRunning, rec, false) // trims
+	s.mirror(id+2, change{kind: "progress"}, fleetroll.StatusRunning, rec, false, false) // trims
 	lastDropped := uint64(100 + 2*feedSize)
 	if _, backlog, complete := s.Subscribe(id, ""); !complete || len(backlog) != 1 || backlog[0].ID != id+2 {
 		t.Fatalf("after %d (held): complete %v, backlog %d", id, complete, len(backlog))
@@ -58,14 +58,14 @@ func TestFeedRestartBringsRecordsUpToDate(t *testing.T) {
 
 	ended := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver B",
 		Started: time.Now().Add(-time.Minute)}
-	d.store.mirror(5, change{}, fleetroll.StatusQueued, ended, false)
+	d.store.mirror(5, change{}, fleetroll.StatusQueued, ended, false, false)
 	ended.Status, ended.Finished = fleetroll.StatusSucceeded, time.Now()
 	if err := (coord.History{KAPI: kapi}).Save(t.Context(), ended); err != nil {
 		t.Fatal(err)
 	}
 
 	runs := fleetroll.Report{ID: "aaaaaaaaaaaa", Service: "my-service", Status: fleetroll.StatusQueued, Trigger: fleetroll.Trigger{Tag: "v2"}}
-	d.store.mirror(6, change{kind: "queued"}, "", runs, false)
+	d.store.mirror(6, change{kind: "queued"}, "", runs, false, false)
 	q := coord.Triggers{KAPI: kapi}
 	add, err := q.Add(t.Context(), "my-service", "push v2", false, func() fleetroll.Report { return runs }, "", nil)
 	if err != nil {

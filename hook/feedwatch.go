@@ -70,9 +70,7 @@ func (d *durable) loadFeed(ctx context.Context) (uint64, error) {
 				continue
 			}
 			queued[e.Record.ID] = true
-			if held, ok := d.store.Get(e.Record.ID); !ok || e.Runner != d.owner && !held.Status.Final() {
-				d.store.Put(e.Record)
-			}
+			d.store.refresh(e.Record, e.Runner == d.owner, e.Runner == "")
 		}
 	}
 	var gone []string
@@ -175,7 +173,7 @@ func (d *durable) feedChange(resp *client.Response) {
 			d.store.pass(id, change{}, "", r)
 			return
 		}
-		d.store.mirror(id, change{}, "", r, false)
+		d.store.mirror(id, change{}, "", r, false, false)
 	}
 }
 
@@ -196,12 +194,9 @@ func (d *durable) feedEntry(id uint64, e coord.QueuedTrigger, prev *coord.Queued
 		before = prev.Record.Status
 	}
 	if prev != nil && prev.Record.ID != e.Record.ID && !prev.Record.Status.Final() {
-		d.store.mirror(0, change{}, prev.Record.Status, d.supersededRecord(prev.Record, e.Record.ID), false)
+		d.store.mirror(0, change{}, prev.Record.Status, d.supersededRecord(prev.Record, e.Record.ID), false, false)
 	}
-	// This receiver's own: the entry says so, or it has taken the
-	// rollout up and the feed brings an older write of its entry (the
-	// push's, before it was taken).
-	d.store.mirror(id, ch, before, e.Record, e.Runner == d.owner || d.runsIt(e.Record.ID))
+	d.store.mirror(id, ch, before, e.Record, e.Runner == d.owner, e.Runner == "")
 }
 
 // pause waits d on the queue's clock; false when ctx ended first.

@@ -85,7 +85,7 @@ func TestSubscribeToEtcdIndexes(t *testing.T) {
 	s.FeedFromEtcd()
 	s.restartFeed(100, false)
 	rec := fleetroll.Report{ID: "0123456789ab", Service: "my-service", Status: fleetroll.StatusQueued}
-	s.mirror(101, change{kind: "queued"}, "", rec, false)
+	s.mirror(101, change{kind: "queued"}, "", rec, false, false)
 
 	if _, _, complete := s.Subscribe(99, ""); complete {
 		t.Error("an ID before the feed began: want a reset")
@@ -100,8 +100,8 @@ func TestSubscribeToEtcdIndexes(t *testing.T) {
 		t.Fatalf("after 105 (not seen here yet): %v %v", backlog, complete)
 	}
 	rec.Status = fleetroll.StatusRunning
-	s.mirror(104, change{}, fleetroll.StatusQueued, rec, false) // the client has it already
-	s.mirror(106, change{kind: "stopping", unit: "my-service@8901.service"}, fleetroll.StatusRunning, rec, false)
+	s.mirror(104, change{}, fleetroll.StatusQueued, rec, false, false) // the client has it already
+	s.mirror(106, change{kind: "stopping", unit: "my-service@8901.service"}, fleetroll.StatusRunning, rec, false, false)
 	select {
 	case ev := <-ahead.C:
 		if ev.ID != 106 || ev.Kind != "stopping" {

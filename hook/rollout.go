@@ -15,6 +15,10 @@ type Store struct {
 	order   []string // oldest first
 	limit   int
 	changed chan struct{} // closed and replaced on every change
+	// taken are the rollouts this receiver's queue has taken up and runs
+	// (Take): a write of their queue entry from before (no runner yet)
+	// that the feed brings late is older than the store's account.
+	taken map[string]bool
 
 	// The feed of changes (GET /events).
 	seq        uint64
@@ -28,7 +32,7 @@ type Store struct {
 // NewStore keeps at most limit finished rollouts (queued and running ones
 // are never dropped).
 func NewStore(limit int) *Store {
-	return &Store{byID: map[string]*fleetroll.Report{}, limit: max(limit, 1), changed: make(chan struct{})}
+	return &Store{byID: map[string]*fleetroll.Report{}, limit: max(limit, 1), changed: make(chan struct{}), taken: map[string]bool{}}
 }
 
 // Put records a rollout. A new one goes last and drops the oldest finished
@@ -48,6 +52,41 @@ func (s *Store) Put(r fleetroll.Report) {
 	s.insertLocked(c)
 	s.emitLocked(change{kind: "queued"}, "", &c)
 	s.notifyLocked()
+}
+
+// Take records the rollout this receiver's queue has just taken up, as the
+// queue entry it took says, and marks it taken until Release.
+func (s *Store) Take(r fleetroll.Report) {
+	s.mu.Lock()
+	s.taken[r.ID] = true
+	s.mu.Unlock()
+	if _, ok := s.Update(r.ID, func(held *fleetroll.Report) { *held = r.Clone() }); !ok {
+		s.Put(r)
+	}
+}
+
+// Release ends Take's mark: the rollout is no longer run here.
+func (s *Store) Release(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.taken, id)
+}
+
+// newerLocked reports whether the store should take r, a write of the
+// rollout's queue entry (or its history record) that the feed brings, in
+// place of its own account: an end always; otherwise not while this
+// receiver runs it (own: the entry names it as runner; or the write is
+// from before its runner, waiting, and the store has taken it up), nor
+// over an end.
+func (s *Store) newerLocked(r fleetroll.Report, own, waiting bool) bool {
+	held, ok := s.byID[r.ID]
+	switch {
+	case !ok || r.Status.Final():
+		return true
+	case own || waiting && s.taken[r.ID]:
+		return false
+	}
+	return !held.Status.Final()
 }
 
 // PutNew records a rollout the store does not hold yet, and leaves one it

@@ -127,9 +127,13 @@ func TestFeedKeepsTheAccountOfARolloutThisReceiverRuns(t *testing.T) {
 		if !runs {
 			id = "0000000000c2"
 		}
-		d.store.Put(fleetroll.Report{ID: id, Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver A",
-			Queue: &fleetroll.QueueInfo{Supersedes: []string{"0000000000aa", "0000000000bb"}}})
-		d.setRuns(id, runs)
+		account := fleetroll.Report{ID: id, Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver A",
+			Queue: &fleetroll.QueueInfo{Supersedes: []string{"0000000000aa", "0000000000bb"}}}
+		if runs {
+			d.store.Take(account)
+		} else {
+			d.store.Put(account)
+		}
 		stale := fleetroll.Report{ID: id, Service: "my-service", Status: fleetroll.StatusQueued, Queue: &fleetroll.QueueInfo{Supersedes: []string{"0000000000bb"}}}
 		d.feedEntry(7, coord.QueuedTrigger{Record: stale}, nil)
 		got, _ := d.store.Get(id)
@@ -137,5 +141,18 @@ func TestFeedKeepsTheAccountOfARolloutThisReceiverRuns(t *testing.T) {
 		if kept != runs {
 			t.Errorf("runs %v: the store holds %s, superseding %v", runs, got.Status, got.Queue.Supersedes)
 		}
+	}
+	// Another receiver that took it over writes its entry as runner: that
+	// is taken, taken up here or not.
+	other := fleetroll.Report{ID: "0000000000c1", Service: "my-service", Status: fleetroll.StatusRunning, By: "receiver B"}
+	d.feedEntry(8, coord.QueuedTrigger{Record: other, Runner: "receiver B"}, nil)
+	if got, _ := d.store.Get("0000000000c1"); got.By != "receiver B" {
+		t.Errorf("a takeover's write not taken: %+v", got)
+	}
+	// Once released, a write from before a runner is taken again.
+	d.store.Release("0000000000c1")
+	d.feedEntry(9, coord.QueuedTrigger{Record: fleetroll.Report{ID: "0000000000c1", Service: "my-service", Status: fleetroll.StatusQueued}}, nil)
+	if got, _ := d.store.Get("0000000000c1"); got.Status != fleetroll.StatusQueued {
+		t.Errorf("after Release: %+v", got)
 	}
 }
