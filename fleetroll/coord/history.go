@@ -46,11 +46,31 @@ func (h History) Amend(ctx context.Context, r fleetroll.Report, merge func(store
 		return fmt.Errorf("history: rollout ID %q is not 12 hex digits", r.ID)
 	}
 	dir := HistoryPrefix + "/" + r.Service
-	more := false // a create, or records of the rollout under more keys
+	nodes, err := h.write(ctx, dir, r, merge)
+	if err != nil {
+		return fmt.Errorf("history: save %s: %w", r.ID, err)
+	}
+	// A create, or records of the rollout under more keys: fold them.
+	if len(nodes) != 1 && merge != nil {
+		if err := h.fold(ctx, dir, r.ID, merge); err != nil {
+			return fmt.Errorf("history: save %s: %w", r.ID, err)
+		}
+	}
+	if err := prune(ctx, h.KAPI, dir, h.Keep, 50); err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	return nil
+}
+
+// write stores r in the rollout's earliest record, as merge(stored, r)
+// (nil: r), or as a new record when it has none: a compare-and-swap, read
+// and merged again after a race lost. It returns the rollout's records as
+// read before the write that won.
+func (h History) write(ctx context.Context, dir string, r fleetroll.Report, merge func(stored, r fleetroll.Report) fleetroll.Report) ([]*client.Node, error) {
 	for attempt := 1; ; attempt++ {
 		nodes, err := h.records(ctx, dir, r.ID)
 		if err != nil {
-			return fmt.Errorf("history: save %s: %w", r.ID, err)
+			return nil, err
 		}
 		rec, key := r, recordKey(dir, r)
 		opts := &client.SetOptions{PrevExist: client.PrevNoExist}
@@ -63,54 +83,32 @@ func (h History) Amend(ctx context.Context, r fleetroll.Report, merge func(store
 		}
 		err = h.put(ctx, key, rec, opts)
 		if err == nil {
-			more = len(nodes) != 1
-			break
+			return nodes, nil
 		}
 		if !raced(err) || attempt == maxAmends {
-			return fmt.Errorf("history: save %s: %w", r.ID, err)
+			return nil, err
 		}
 	}
-	if more && merge != nil {
-		if err := h.fold(ctx, dir, r.ID, merge); err != nil {
-			return fmt.Errorf("history: save %s: %w", r.ID, err)
-		}
-	}
-	if err := prune(ctx, h.KAPI, dir, h.Keep, 50); err != nil {
-		return fmt.Errorf("history: %w", err)
-	}
-	return nil
 }
 
 // fold leaves one record of a rollout that has more (two writers created
 // one each at once): each later key's record is merged into the earliest
-// key's, then removed. Both writers may fold at once: a record merged in
-// twice is merged as once (merge joins what each part says), and a key
-// removed already is not an error.
+// key's (write), then removed. Both writers may fold at once: a record
+// merged in twice is merged as once (merge joins what each part says), and
+// a key removed already is not an error.
 func (h History) fold(ctx context.Context, dir, id string, merge func(stored, r fleetroll.Report) fleetroll.Report) error {
 	nodes, err := h.records(ctx, dir, id)
 	if err != nil || len(nodes) < 2 {
 		return err
 	}
 	for _, extra := range nodes[1:] {
-		part, ok := decodeRecord(extra)
-		if ok {
-			for attempt := 1; ; attempt++ {
-				keep, err := h.records(ctx, dir, id)
-				if err != nil {
-					return err
-				}
-				if len(keep) == 0 || keep[0].Key == extra.Key {
-					return nil // the earlier one is gone (pruned): this one stays
-				}
-				first := keep[0]
-				stored, _ := decodeRecord(first)
-				err = h.put(ctx, first.Key, merge(stored, part), &client.SetOptions{PrevIndex: first.ModifiedIndex})
-				if err == nil {
-					break
-				}
-				if !raced(err) || attempt == maxAmends {
-					return err
-				}
+		if part, ok := decodeRecord(extra); ok {
+			into, err := h.write(ctx, dir, part, merge)
+			if err != nil {
+				return err
+			}
+			if len(into) > 0 && into[0].Key == extra.Key {
+				return nil // the earlier one is gone (pruned): this one stays
 			}
 		}
 		if _, err := h.KAPI.Delete(ctx, extra.Key, &client.DeleteOptions{PrevIndex: extra.ModifiedIndex}); err != nil && !raced(err) {
