@@ -41,12 +41,20 @@ func NewStore(limit int) *Store {
 func (s *Store) Put(r fleetroll.Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.putLocked(r, true)
+}
+
+// putLocked records r: a new rollout, or (replace) in place of the one
+// the store holds.
+func (s *Store) putLocked(r fleetroll.Report, replace bool) {
 	c := r.Clone()
 	if held, ok := s.byID[r.ID]; ok {
-		before := held.Status
-		*held = c
-		s.notifyLocked()
-		s.emitLocked(change{}, before, held)
+		if replace {
+			before := held.Status
+			*held = c
+			s.notifyLocked()
+			s.emitLocked(change{}, before, held)
+		}
 		return
 	}
 	s.insertLocked(c)
@@ -58,11 +66,9 @@ func (s *Store) Put(r fleetroll.Report) {
 // queue entry it took says, and marks it taken until Release.
 func (s *Store) Take(r fleetroll.Report) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.taken[r.ID] = true
-	s.mu.Unlock()
-	if _, ok := s.Update(r.ID, func(held *fleetroll.Report) { *held = r.Clone() }); !ok {
-		s.Put(r)
-	}
+	s.putLocked(r, true)
 }
 
 // Release ends Take's mark: the rollout is no longer run here.
@@ -95,13 +101,7 @@ func (s *Store) newerLocked(r fleetroll.Report, own, waiting bool) bool {
 func (s *Store) PutNew(r fleetroll.Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.byID[r.ID]; ok {
-		return
-	}
-	c := r.Clone()
-	s.insertLocked(c)
-	s.emitLocked(change{kind: "queued"}, "", &c)
-	s.notifyLocked()
+	s.putLocked(r, false)
 }
 
 // insertLocked adds a record the store does not hold (the caller's copy),
